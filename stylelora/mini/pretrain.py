@@ -1,0 +1,127 @@
+"""Pretrain the miniature Stable Diffusion from a fixed seed, on the procedural world.
+
+    python -m stylelora.mini.pretrain [--out stylelora/mini/weights] [--vae-steps N] [--unet-steps N]
+
+Two phases: the VAE learns to reconstruct the world's images; then the UNet and text
+encoder learn to denoise its latents, with 10% caption dropout so classifier-free
+guidance works. Each phase's result is kept in --work, so a stopped run picks up after
+the last finished phase. The weights are saved in float16 in the diffusers layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, StableDiffusionPipeline
+from diffusers.optimization import get_cosine_schedule_with_warmup
+
+from ..loss import ddpm_loss
+from .architecture import DEFAULT, build_pipeline
+from .world import corpus
+
+WEIGHTS = Path(__file__).parent / "weights"
+
+
+def _images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def train_vae(vae: AutoencoderKL, images: torch.Tensor, steps: int, batch: int, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    schedule = get_cosine_schedule_with_warmup(optimizer, 100, steps)
+    vae.train()
+    start = time.time()
+    for step in range(steps):
+        index = torch.randint(0, len(images), (batch,), generator=generator)
+        posterior = vae.encode(images[index]).latent_dist
+        reconstruction = vae.decode(posterior.sample(generator)).sample
+        # A small KL weight keeps the latent space smooth without blurring the textures away.
+        loss = torch.nn.functional.mse_loss(reconstruction, images[index]) + 1e-6 * posterior.kl().mean()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 50 == 0 or step == steps - 1:
+            print(f"vae step {step}/{steps} loss {loss.item():.5f} {time.time() - start:.0f}s", flush=True)
+    vae.eval()
+
+
+@torch.no_grad()
+def encode_all(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
+    return torch.cat([vae.encode(images[i : i + 256]).latent_dist.mode() for i in range(0, len(images), 256)])
+
+
+def train_denoiser(pipe: StableDiffusionPipeline, latents: torch.Tensor, captions: list[str], steps: int,
+                   batch: int, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    unet, text_encoder, scheduler = pipe.unet, pipe.text_encoder, pipe.scheduler
+    tokens = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt").input_ids
+    empty = pipe.tokenizer([""], padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                           return_tensors="pt").input_ids
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=4e-4, weight_decay=1e-2)
+    schedule = get_cosine_schedule_with_warmup(optimizer, 200, steps)
+    unet.train()
+    text_encoder.train()
+    start = time.time()
+    for step in range(steps):
+        index = torch.randint(0, len(latents), (batch,), generator=generator)
+        ids = tokens[index].clone()
+        dropped = torch.rand(batch, generator=generator) < 0.1  # caption dropout, for guidance
+        ids[dropped] = empty
+        x0 = latents[index]
+        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
+        prediction = unet(scheduler.add_noise(x0, noise, t), t, text_encoder(ids)[0]).sample
+        loss = ddpm_loss(prediction, noise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 50 == 0 or step == steps - 1:
+            print(f"unet step {step}/{steps} loss {loss.item():.4f} {time.time() - start:.0f}s", flush=True)
+    unet.eval()
+    text_encoder.eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=WEIGHTS)
+    parser.add_argument("--work", type=Path, default=Path("mini-pretrain"))
+    parser.add_argument("--images", type=int, default=20000)
+    parser.add_argument("--vae-steps", type=int, default=1200)
+    parser.add_argument("--unet-steps", type=int, default=2400)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    images, captions, _ = corpus(args.images, seed=args.seed)
+    pixels = _images_to_tensor(images)
+    pipe = build_pipeline(args.work / "init", DEFAULT, seed=args.seed)
+
+    vae_dir = args.work / "vae"
+    if (vae_dir / "config.json").exists():
+        pipe.vae = AutoencoderKL.from_pretrained(vae_dir)
+    else:
+        train_vae(pipe.vae, pixels, args.vae_steps, batch=32, seed=args.seed)
+        pipe.vae.save_pretrained(vae_dir)
+    latents = encode_all(pipe.vae, pixels)
+    # Unit-variance latents, as Stable Diffusion's 0.18215 does for its own VAE.
+    pipe.vae.register_to_config(scaling_factor=float(1 / latents.std()))
+    latents = latents * pipe.vae.config.scaling_factor
+    print(f"latents {tuple(latents.shape)} scaling_factor {pipe.vae.config.scaling_factor:.4f}", flush=True)
+
+    train_denoiser(pipe, latents, captions, args.unet_steps, batch=64, seed=args.seed + 1)
+    pipe.to(torch.float16).save_pretrained(args.out)
+    print(f"saved {args.out}")
+
+
+if __name__ == "__main__":
+    main()
