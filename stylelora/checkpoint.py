@@ -1,0 +1,87 @@
+"""Resumable checkpoints under <out>/checkpoints/step-NNNNNN/: adapter weights, optimizer and LR-scheduler state.
+
+No RNG state is stored because none is needed: every step draws its randomness from a
+generator seeded by (seed, step), and the data order from (seed, epoch), so a resumed run
+replays exactly what an uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .adapter import AdapterFile, read_adapter, save_adapter, write_atomically
+from .errors import TrainingError
+
+# Settings that change what the adapter is; resuming with any of them changed is refused.
+IDENTITY_FIELDS = ("base", "rank", "alpha", "target_modules", "train_text_encoder", "text_encoder_targets", "resolution")
+KEEP = 3
+
+
+def checkpoint_root(out_dir: Path) -> Path:
+    return out_dir / "checkpoints"
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The newest complete checkpoint (a folder is complete once it has been renamed into place)."""
+    root = checkpoint_root(out_dir)
+    done = sorted(p for p in root.glob("step-*") if p.is_dir() and (p / "state.pt").is_file()) if root.is_dir() else []
+    return done[-1] if done else None
+
+
+def save_checkpoint(out_dir: Path, step: int, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
+                    optimizer_state: dict, scheduler_state: dict, config_json: dict[str, Any]) -> Path:
+    """Write the checkpoint into a temporary folder, then rename it into place, then prune old ones."""
+    root = checkpoint_root(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=".staging-"))
+    try:
+        save_adapter(staging / "adapter.safetensors", tensors, metadata)
+        buffer = _torch_bytes({"step": step, "optimizer": optimizer_state, "scheduler": scheduler_state,
+                               "config": json.dumps(config_json)})
+        write_atomically(staging / "state.pt", buffer)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-KEEP]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _torch_bytes(value: Any) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+def load_checkpoint(path: Path) -> tuple[AdapterFile, dict[str, Any]]:
+    """Read a checkpoint. torch.load runs with weights_only=True, so a tampered file cannot run code."""
+    adapter = read_adapter(path / "adapter.safetensors")
+    try:
+        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise TrainingError(f"{path / 'state.pt'}: unreadable checkpoint ({str(error).splitlines()[0]}); "
+                            "delete that folder to resume from the one before") from None
+    state["config"] = json.loads(state["config"])
+    return adapter, state
+
+
+def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """Refuse a resume whose settings would make a different adapter; name every difference."""
+    changed = [f"{name}: {saved.get(name)!r} -> {current.get(name)!r}" for name in IDENTITY_FIELDS
+               if saved.get(name) != current.get(name)]
+    if changed:
+        raise TrainingError(f"{path}: cannot resume with changed settings ({'; '.join(changed)}); "
+                            "use the original values, or a new --out to start afresh")

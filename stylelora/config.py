@@ -1,0 +1,175 @@
+"""Typed job configs. Both the CLI and the UI build these; `validate()` is the one place they are checked."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+LR_SCHEDULES = ("constant", "cosine", "linear")
+PRECISIONS = ("auto", "no", "fp16", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs. Field names are the CLI flags with '-' for '_'."""
+
+    data: Path
+    out: Path | None = None
+    name: str | None = None
+    base: str = "mini"
+    # captions
+    caption: str = ""
+    trigger: str = ""
+    caption_dropout: float = 0.0
+    shuffle_tags: bool = False
+    keep_tags: int = 0
+    # images
+    resolution: int | None = None  # None: the base model's native size
+    random_crop: bool = False
+    flip: bool = False
+    # adapter
+    rank: int = 4
+    alpha: float | None = None  # None: equal to rank, so the scale is 1
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = UNET_TARGETS
+    train_text_encoder: bool = False
+    text_encoder_targets: tuple[str, ...] = TEXT_ENCODER_TARGETS
+    # optimisation
+    learning_rate: float = 1e-3
+    text_encoder_lr: float = 5e-5
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    max_steps: int | None = None
+    epochs: int | None = None
+    batch_size: int = 4
+    grad_accumulation: int = 1
+    max_grad_norm: float = 1.0
+    weight_decay: float = 1e-2
+    min_snr_gamma: float = 0.0
+    noise_offset: float = 0.0
+    seed: int = 0
+    # speed
+    precision: str = "auto"
+    gradient_checkpointing: bool = False
+    cache_latents: bool = True
+    # outputs
+    save_every: int = 0
+    resume: bool = False
+    sample_every: int = 0
+    sample_prompts: tuple[str, ...] = ()
+    log_every: int = 1
+
+    @property
+    def effective_alpha(self) -> float:
+        return float(self.rank if self.alpha is None else self.alpha)
+
+    @property
+    def adapter_name(self) -> str:
+        if self.name:
+            return self.name
+        if self.out is not None and self.out.suffix == ".safetensors":
+            return self.out.stem
+        return Path(self.data).resolve().name or "style"
+
+    @property
+    def out_dir(self) -> Path:
+        """The run folder: checkpoints, samples, metrics and caches live here."""
+        if self.out is None:
+            return Path("adapters") / self.adapter_name
+        return self.out.parent if self.out.suffix == ".safetensors" else self.out
+
+    @property
+    def adapter_path(self) -> Path:
+        if self.out is not None and self.out.suffix == ".safetensors":
+            return self.out
+        return self.out_dir / f"{self.adapter_name}.safetensors"
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+                for k, v in dataclasses.asdict(self).items()}
+
+
+def _fail(field_name: str, value: Any, fix: str) -> ConfigError:
+    flag = "--" + field_name.replace("_", "-")
+    return ConfigError(f"{flag} = {value!r}: {fix}")
+
+
+def validate(config: TrainConfig) -> TrainConfig:
+    """Check every field and return the config unchanged; raise ConfigError naming the first bad one."""
+    c = config
+    checks: list[tuple[bool, str, str]] = [
+        (c.rank >= 1, "rank", "the rank must be a whole number of at least 1 (4 to 32 is usual)"),
+        (c.alpha is None or c.alpha > 0, "alpha", "alpha must be above 0 (leave it out to use the rank)"),
+        (0 <= c.dropout < 1, "dropout", "LoRA dropout must be in [0, 1)"),
+        (0 <= c.caption_dropout < 1, "caption_dropout", "caption dropout is a rate in [0, 1)"),
+        (c.keep_tags >= 0, "keep_tags", "the number of leading tags to keep must be 0 or more"),
+        (c.resolution is None or (c.resolution >= 8 and c.resolution % 8 == 0), "resolution",
+         "the resolution must be a positive multiple of 8, e.g. 512"),
+        (c.learning_rate > 0, "learning_rate", "the learning rate must be above 0, e.g. 1e-4"),
+        (c.text_encoder_lr > 0, "text_encoder_lr", "the learning rate must be above 0, e.g. 5e-5"),
+        (c.lr_schedule in LR_SCHEDULES, "lr_schedule", f"choose one of {', '.join(LR_SCHEDULES)}"),
+        (c.warmup_steps >= 0, "warmup_steps", "warmup steps must be 0 or more"),
+        (c.max_steps is None or c.max_steps >= 1, "max_steps", "train for at least 1 step"),
+        (c.epochs is None or c.epochs >= 1, "epochs", "train for at least 1 epoch"),
+        (c.batch_size >= 1, "batch_size", "the batch size must be at least 1"),
+        (c.grad_accumulation >= 1, "grad_accumulation", "accumulate over at least 1 batch"),
+        (c.max_grad_norm >= 0, "max_grad_norm", "the clipping norm must be 0 (off) or more"),
+        (c.weight_decay >= 0, "weight_decay", "weight decay must be 0 or more"),
+        (c.min_snr_gamma >= 0, "min_snr_gamma", "gamma must be 0 (off) or more; 5 is usual"),
+        (c.noise_offset >= 0, "noise_offset", "the noise offset must be 0 or more; 0.05 is usual"),
+        (c.precision in PRECISIONS, "precision", f"choose one of {', '.join(PRECISIONS)}"),
+        (c.save_every >= 0, "save_every", "save every N steps, N >= 0 (0 = only at the end)"),
+        (c.sample_every >= 0, "sample_every", "sample every N steps, N >= 0 (0 = never)"),
+        (c.sample_every == 0 or bool(c.sample_prompts), "sample_every",
+         "give at least one --sample-prompt to sample during training"),
+        (c.log_every >= 1, "log_every", "log every N steps, N >= 1"),
+        (bool(c.target_modules), "target_modules", "name at least one module, e.g. to_q,to_k,to_v,to_out.0"),
+        (c.max_steps is None or c.epochs is None, "epochs", "give --max-steps or --epochs, not both"),
+    ]
+    for ok, name, fix in checks:
+        if not ok:
+            raise _fail(name, getattr(c, name), fix)
+    if c.out is not None and c.out.suffix not in ("", ".safetensors"):
+        raise _fail("out", str(c.out), "give a folder, or a file path ending in .safetensors")
+    return config
+
+
+_TUPLE_FIELDS = {f.name for f in dataclasses.fields(TrainConfig) if "tuple" in str(f.type)}
+_PATH_FIELDS = {"data", "out"}
+
+
+def from_dict(values: dict[str, Any]) -> TrainConfig:
+    """Build a TrainConfig from plain values (a TOML table, UI fields), converting types; unknown keys are errors."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    converted: dict[str, Any] = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ConfigError(f"unknown setting {key!r}: see `stylelora train --help` for the list")
+        if name in _PATH_FIELDS and value is not None:
+            value = Path(value)
+        elif name in _TUPLE_FIELDS and value is not None:
+            value = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
+        converted[name] = value
+    if "data" not in converted:
+        raise ConfigError("no image folder given: pass it as the first argument, e.g. `stylelora train ./images`")
+    return TrainConfig(**converted)
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read a --config file. Its keys are the flag names, e.g. `max-steps = 500`."""
+    try:
+        with open(path, "rb") as handle:
+            table = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    return dict(table.get("train", table))

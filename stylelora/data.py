@@ -1,0 +1,209 @@
+"""Find images and captions in a folder, load them safely as RGB, and preprocess them.
+
+Every file with an image extension is either used or reported by name with the reason;
+nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .errors import DatasetError
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+# Image formats people drop in a folder that we do not read, so we can say why.
+OTHER_IMAGE_EXTENSIONS = {".gif", ".tif", ".tiff", ".heic", ".avif", ".svg", ".psd"}
+CAPTION_SUFFIXES = (".txt", ".caption")
+
+
+@dataclass(frozen=True)
+class Example:
+    path: Path
+    caption: str
+    caption_source: str  # ".txt", ".caption", "metadata.jsonl", "--caption" or "none"
+    size: tuple[int, int]
+    sha256: str
+
+
+@dataclass
+class ImageFolder:
+    root: Path
+    examples: list[Example]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def captions_found(self) -> int:
+        return sum(e.caption_source not in ("--caption", "none") for e in self.examples)
+
+    @property
+    def content_hash(self) -> str:
+        digest = hashlib.sha256()
+        for e in self.examples:
+            digest.update(f"{e.path.relative_to(self.root)}\0{e.sha256}\0{e.caption}\n".encode())
+        return digest.hexdigest()
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Decode the whole image and normalise it to 8-bit RGB; raise ValueError with a reason."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as opened:
+                if getattr(opened, "n_frames", 1) > 1:
+                    warnings.warn(f"{path}: animated image, only its first frame is used")
+                opened.load()
+                image = ImageOps.exif_transpose(opened)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ValueError("larger than Pillow's decompression-bomb limit; downscale it first") from None
+        except Image.UnidentifiedImageError:
+            raise ValueError("not a readable image (wrong extension or corrupt)") from None
+        except (OSError, SyntaxError) as error:
+            raise ValueError(f"cannot be decoded ({error})") from None
+    return _to_rgb(image)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit (or 32-bit integer) greyscale: scale the full range down to 8 bits.
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray((array / top * 255).clip(0, 255).round().astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    return image.convert("RGB")
+
+
+def _read_text(path: Path, folder: ImageFolder) -> str:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+        folder.warnings.append(f"{path}: caption is not UTF-8; read it as Latin-1 (save it as UTF-8 to be sure)")
+    return " ".join(text.split())
+
+
+def _metadata_captions(root: Path, folder: ImageFolder) -> dict[Path, str]:
+    captions: dict[Path, str] = {}
+    for jsonl in sorted(root.rglob("metadata.jsonl")):
+        for number, line in enumerate(jsonl.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                captions[(jsonl.parent / row["file_name"]).resolve()] = " ".join(str(row["text"]).split())
+            except (json.JSONDecodeError, KeyError, TypeError):
+                folder.warnings.append(f"{jsonl}:{number}: not a JSON object with file_name and text; line ignored")
+    return captions
+
+
+def _find_files(root: Path, folder: ImageFolder) -> list[Path]:
+    files: list[Path] = []
+    seen: set[Path] = set()
+    # os.walk-style recursion that does not follow symlinked folders round in loops.
+    for path in sorted(root.rglob("*")):
+        try:
+            real = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            folder.skipped.append((path, "broken or looping symlink"))
+            continue
+        if path.is_dir() or path.name.startswith("."):
+            continue
+        suffix = path.suffix.lower()
+        if suffix in OTHER_IMAGE_EXTENSIONS:
+            folder.skipped.append((path, f"{suffix} is not supported; convert it to PNG"))
+        elif suffix in IMAGE_EXTENSIONS and real not in seen:
+            seen.add(real)
+            files.append(path)
+    return files
+
+
+def _caption_for(path: Path, metadata: dict[Path, str], default: str, folder: ImageFolder) -> tuple[str, str]:
+    for suffix in CAPTION_SUFFIXES:
+        sidecar = path.with_suffix(suffix)
+        if sidecar.is_file():
+            return _read_text(sidecar, folder), suffix
+    if path.resolve() in metadata:
+        return metadata[path.resolve()], "metadata.jsonl"
+    if default:
+        return default, "--caption"
+    return "", "none"
+
+
+def scan_folder(root: Path, default_caption: str = "", trigger: str = "") -> ImageFolder:
+    """Find and fully decode every image under `root`, with its caption. Raise DatasetError if none is usable."""
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"{root}: no such folder; give the folder that holds your training images")
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder; give the folder that holds your training images")
+    folder = ImageFolder(root=root, examples=[])
+    metadata = _metadata_captions(root, folder)
+    for path in _find_files(root, folder):
+        try:
+            data = path.read_bytes()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                image = load_rgb(path)
+            folder.warnings += [str(w.message) for w in caught if "animated" in str(w.message)]
+        except PermissionError:
+            folder.skipped.append((path, "permission denied; make it readable"))
+            continue
+        except ValueError as error:
+            folder.skipped.append((path, str(error)))
+            continue
+        caption, source = _caption_for(path, metadata, default_caption, folder)
+        if trigger:
+            caption = f"{trigger}, {caption}" if caption else trigger
+        folder.examples.append(Example(path, caption, source, image.size, hashlib.sha256(data).hexdigest()))
+    if not folder.examples:
+        reasons = f" ({len(folder.skipped)} files skipped: {folder.skipped[0][0].name}: {folder.skipped[0][1]})" if folder.skipped else ""
+        raise DatasetError(f"{root}: no usable image (png, jpg, jpeg, webp, bmp) found{reasons}")
+    return folder
+
+
+def preprocess(image: Image.Image, resolution: int, random_crop: bool, flip: bool,
+               rng: random.Random | None = None) -> torch.Tensor:
+    """Resize the short side to `resolution`, crop a square, maybe flip; return CxHxW in [-1, 1]."""
+    scale = resolution / min(image.size)
+    size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
+    image = image.resize(size, Image.Resampling.BICUBIC)
+    if random_crop:
+        rng = rng or random.Random()
+        left, top = rng.randint(0, image.width - resolution), rng.randint(0, image.height - resolution)
+    else:
+        left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
+    image = image.crop((left, top, left + resolution, top + resolution))
+    if flip:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    array = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())
+    return array.permute(2, 0, 1) / 127.5 - 1
+
+
+def training_caption(caption: str, trigger: str, dropout: float, shuffle: bool, keep: int,
+                     rng: random.Random) -> str:
+    """The caption one step trains on: dropped to "" at rate `dropout`, or with its comma-separated
+    tags shuffled after the first `keep` (the trigger always stays first)."""
+    if dropout and rng.random() < dropout:
+        return ""
+    if not shuffle:
+        return caption
+    body = caption[len(trigger) + 2 :] if trigger and caption.startswith(trigger + ", ") else caption
+    tags = [t.strip() for t in body.split(",") if t.strip()]
+    head, tail = tags[:keep], tags[keep:]
+    rng.shuffle(tail)
+    return ", ".join(([trigger] if trigger and body is not caption else []) + head + tail)

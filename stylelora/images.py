@@ -1,0 +1,22 @@
+"""Write PNG images atomically, with their generation settings in the PNG text chunks."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+
+from .adapter import write_atomically
+
+
+def save_png(image: Image.Image, path: Path, settings: dict) -> Path:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("stylelora", json.dumps(settings))
+    for key, value in settings.items():
+        info.add_text(str(key), value if isinstance(value, str) else json.dumps(value))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    write_atomically(Path(path), buffer.getvalue())
+    return Path(path)

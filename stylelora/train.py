@@ -1,0 +1,403 @@
+"""Train a LoRA style adapter: the loop reads top to bottom.
+
+Per step: draw latents from the cache, add noise at a uniform timestep, let the UNet
+(with LoRA) predict the noise (or velocity), take the MSE, step AdamW. Everything else
+here is bookkeeping: data order, checkpoints, samples, metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+from diffusers.optimization import get_scheduler
+
+from . import __version__
+from .adapter import attach_lora, load_into, lora_state_dict, metadata_json, save_adapter, to_kohya
+from .base import architecture_of, load_base, weights_fingerprint
+from .cache import LatentCache, TextCache, encode_parameters, sample_latents
+from .checkpoint import check_compatible, latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig, validate
+from .data import ImageFolder, load_rgb, preprocess, scan_folder, training_caption
+from .errors import TrainingError
+from .loss import ddpm_loss, min_snr_weights, noise_target, offset_noise
+
+DEFAULT_STEPS = 300
+
+
+@dataclass
+class Progress:
+    step: int
+    total_steps: int
+    loss: float
+    learning_rate: float
+    steps_per_second: float
+    seconds_left: float
+    samples: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    adapter_path: Path
+    steps: int
+    loss: float
+    seconds: float
+    stopped_early: bool = False
+
+
+class TrainingInterrupted(TrainingError):
+    """Training stopped on request (Ctrl-C or the UI's Stop); a checkpoint was saved."""
+
+
+def precision_for(config: TrainConfig, device: torch.device) -> str:
+    if config.precision != "auto":
+        return config.precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def clip_gradients(accelerator: Accelerator, parameters: list[torch.nn.Parameter], max_norm: float) -> float:
+    """Clip the global gradient norm to `max_norm` and return the norm before clipping.
+    Takes a list: the diffusers example once passed a spent generator, so nothing was clipped."""
+    if max_norm <= 0:
+        norms = [p.grad.detach().float().norm() for p in parameters if p.grad is not None]
+        return float(torch.stack(norms).norm()) if norms else 0.0
+    return float(accelerator.clip_grad_norm_(parameters, max_norm))
+
+
+def sample_order(count: int, seed: int, start: int, length: int) -> list[int]:
+    """Indices `start` .. `start+length` of the endless sequence of per-epoch shuffles of `count` examples."""
+    order = []
+    for k in range(start, start + length):
+        epoch, position = divmod(k, count)
+        permutation = torch.randperm(count, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        order.append(int(permutation[position]))
+    return order
+
+
+def step_generator(seed: int, step: int, micro: int, process: int) -> torch.Generator:
+    key = hashlib.sha256(f"{seed}/{step}/{micro}/{process}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(key[:8], "little"))
+
+
+def total_steps(config: TrainConfig, examples: int, world_size: int) -> int:
+    if config.max_steps is not None:
+        return config.max_steps
+    if config.epochs is not None:
+        per_step = config.batch_size * config.grad_accumulation * world_size
+        return max(1, math.ceil(config.epochs * examples / per_step))
+    return DEFAULT_STEPS
+
+
+def describe_folder(folder: ImageFolder, log: Callable[[str], None]) -> None:
+    log(f"Found {len(folder.examples)} images in {folder.root}, {folder.captions_found} with captions.")
+    for path, reason in folder.skipped:
+        log(f"  skipped {path}: {reason}")
+    for warning in folder.warnings:
+        log(f"  warning: {warning}")
+    if folder.captions_found == 0:
+        log("WARNING: no caption found (.txt / .caption sidecars or metadata.jsonl). Every image trains on "
+            f"{folder.examples[0].caption!r}; add captions or pass --caption / --trigger.")
+
+
+def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = None,
+          should_stop: Callable[[], bool] | None = None, log: Callable[[str], None] = print,
+          progress_bar: bool = True) -> TrainResult:
+    """Train one adapter as `config` says; return where it was written. Raises StyleloraError, never exits."""
+    validate(config)
+    started = time.time()
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
+    say = log if main else (lambda message: None)
+    precision = precision_for(config, accelerator.device)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+
+    folder = scan_folder(config.data, config.caption, config.trigger)
+    describe_folder(folder, say)
+    pipe = load_base(config.base, dtype=weight_dtype, device=accelerator.device)
+    unet, vae, text_encoder, scheduler = pipe.unet, pipe.vae, pipe.text_encoder, pipe.scheduler
+    for model in (unet, vae, text_encoder):
+        model.requires_grad_(False)
+    native = unet.config.sample_size * pipe.vae_scale_factor
+    resolution = config.resolution or native
+    for example in folder.examples:
+        if min(example.size) < resolution:
+            say(f"  warning: {example.path} is {example.size[0]}x{example.size[1]}, smaller than {resolution}; upscaling it")
+
+    attach_lora(unet, config.target_modules, config.rank, config.effective_alpha, config.dropout)
+    lora_params = [p for p in unet.parameters() if p.requires_grad]
+    groups = [{"params": lora_params, "lr": config.learning_rate}]
+    if config.train_text_encoder:
+        attach_lora(text_encoder, config.text_encoder_targets, config.rank, config.effective_alpha,
+                    config.dropout, flag="--text-encoder-targets")
+        groups.append({"params": [p for p in text_encoder.parameters() if p.requires_grad], "lr": config.text_encoder_lr})
+    for group in groups:
+        for p in group["params"]:
+            p.data = p.data.float()  # LoRA weights train in float32 even over a low-precision base
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    steps = total_steps(config, len(folder.examples), accelerator.num_processes)
+    lr_schedule = get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps,
+                                num_training_steps=steps)
+
+    out_dir = config.out_dir
+    start_step = 0
+    if config.resume:
+        start_step = _resume(config, out_dir, unet, text_encoder, optimizer, lr_schedule, resolution, say)
+
+    # Caches: latents once per image variant; text embeddings while the text encoder is frozen
+    # and captions are fixed (dropout only ever swaps in the empty caption, which caches too).
+    latent_cache = None
+    if config.cache_latents and not config.random_crop:
+        cache_dir = out_dir / "cache" / "latents" if main else None
+        latent_cache = LatentCache(vae, weights_fingerprint(vae), resolution, cache_dir)
+        for example in folder.examples:
+            for flip in ((False, True) if config.flip else (False,)):
+                latent_cache.parameters(example, flip)
+        say(f"Latent cache: {latent_cache.hits} read from disk, {latent_cache.misses} encoded.")
+    elif config.random_crop:
+        say("Random crops make every step's image different, so latents are encoded each step (no cache).")
+    text_cache = TextCache() if not (config.train_text_encoder or config.shuffle_tags) else None
+
+    def encode_text(captions: list[str]) -> torch.Tensor:
+        ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(accelerator.device)
+        return text_encoder(ids)[0]
+
+    trained = [unet, text_encoder] if config.train_text_encoder else [unet]
+    prepared = accelerator.prepare(*trained, optimizer, lr_schedule)
+    unet_run = prepared[0]
+    text_run = prepared[1] if config.train_text_encoder else text_encoder
+    optimizer, lr_schedule = prepared[-2], prepared[-1]
+    trainable = [p for group in groups for p in group["params"]]
+    prediction_type = scheduler.config.prediction_type
+    alphas_cumprod = scheduler.alphas_cumprod
+    base_id = weights_fingerprint(unet)
+
+    def batch_loss(step: int, micro: int) -> torch.Tensor:
+        generator = step_generator(config.seed, step, micro, accelerator.process_index)
+        caption_rng = random.Random(generator.initial_seed())
+        first = ((step * config.grad_accumulation + micro) * accelerator.num_processes + accelerator.process_index) * config.batch_size
+        examples = [folder.examples[i] for i in sample_order(len(folder.examples), config.seed, first, config.batch_size)]
+        flips = [config.flip and caption_rng.random() < 0.5 for _ in examples]
+        if latent_cache is not None:
+            parameters = torch.stack([latent_cache.parameters(e, f) for e, f in zip(examples, flips)])
+        else:
+            pixels = torch.stack([preprocess(load_rgb(e.path), resolution, config.random_crop, f, caption_rng)
+                                  for e, f in zip(examples, flips)])
+            parameters = encode_parameters(vae, pixels)
+        latents = sample_latents(parameters, vae.config.scaling_factor, generator).to(accelerator.device, weight_dtype)
+        captions = [training_caption(e.caption, config.trigger, config.caption_dropout, config.shuffle_tags,
+                                     config.keep_tags, caption_rng) for e in examples]
+        if text_cache is not None:
+            with torch.no_grad():
+                embeddings = torch.stack([text_cache.get(c, encode_text) for c in captions])
+        else:
+            embeddings = encode_text(captions)
+
+        noise = offset_noise(torch.randn(latents.shape, generator=generator), config.noise_offset, generator)
+        noise = noise.to(accelerator.device, weight_dtype)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(examples),), generator=generator)
+        timesteps = timesteps.to(accelerator.device)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        with accelerator.autocast():
+            prediction = unet_run(noisy, timesteps, embeddings.to(weight_dtype)).sample
+        target = noise_target(prediction_type, latents, noise, timesteps, alphas_cumprod)
+        weights = (min_snr_weights(timesteps, alphas_cumprod, config.min_snr_gamma, prediction_type)
+                   if config.min_snr_gamma > 0 else None)
+        return ddpm_loss(prediction, target, weights)
+
+    def adapter_tensors() -> dict[str, torch.Tensor]:
+        tensors = to_kohya(lora_state_dict(accelerator.unwrap_model(unet_run)), "unet", config.effective_alpha)
+        if config.train_text_encoder:
+            tensors |= to_kohya(lora_state_dict(accelerator.unwrap_model(text_run)), "text_encoder", config.effective_alpha)
+        return tensors
+
+    def metadata(step: int) -> dict[str, str]:
+        return adapter_metadata(config, folder, resolution, step, base_id, architecture_of(unet), prediction_type)
+
+    def checkpoint(step: int) -> Path | None:
+        if not main:
+            return None
+        return save_checkpoint(out_dir, step, adapter_tensors(), metadata(step), optimizer.state_dict(),
+                               lr_schedule.state_dict(), config.to_json_dict())
+
+    metrics = _MetricsLog(out_dir) if main else None
+    bar = _progress_bar(steps, start_step, progress_bar and main)
+    loss_value, step, tick = float("nan"), start_step, time.time()
+    say(f"Training {len(lora_params)} LoRA tensors (rank {config.rank}, alpha {config.effective_alpha:g}) "
+        f"for {steps} steps at {resolution}px, batch {config.batch_size}, precision {precision}.")
+    try:
+        for step in range(start_step, steps):
+            if should_stop is not None and should_stop():
+                raise TrainingInterrupted("stopped on request")
+            # The step's randomness (including LoRA dropout) depends only on (seed, step): exact resume.
+            torch.manual_seed(config.seed * 1_000_003 + step)
+            total = 0.0
+            for micro in range(config.grad_accumulation):
+                last = micro == config.grad_accumulation - 1
+                with nullcontext() if last else accelerator.no_sync(unet_run):
+                    loss = batch_loss(step, micro)
+                    if not torch.isfinite(loss):
+                        raise TrainingError(f"the loss became {loss.item()} at step {step + 1}; lower "
+                                            "--learning-rate or use --precision no")
+                    accelerator.backward(loss / config.grad_accumulation)
+                    total += loss.item() / config.grad_accumulation
+            grad_norm = clip_gradients(accelerator, trainable, config.max_grad_norm)
+            if not math.isfinite(grad_norm):
+                raise TrainingError(f"the gradients became {grad_norm} at step {step + 1}; lower --learning-rate")
+            optimizer.step()
+            lr_schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_value = total
+            done = step + 1
+            rate = (done - start_step) / max(time.time() - tick, 1e-9)
+            samples: list[Path] = []
+            if main and config.save_every and done % config.save_every == 0 and done < steps:
+                checkpoint(done)
+            if main and config.sample_every and done % config.sample_every == 0:
+                samples = render_samples(pipe, config.sample_prompts, out_dir / "samples", done, config.seed)
+            if metrics is not None and (done % config.log_every == 0 or done == steps):
+                metrics.write(done, loss_value, lr_schedule.get_last_lr()[0], rate, grad_norm)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+            if on_progress is not None and main:
+                on_progress(Progress(done, steps, loss_value, lr_schedule.get_last_lr()[0], rate,
+                                     (steps - done) / max(rate, 1e-9), samples))
+    except (KeyboardInterrupt, TrainingInterrupted):
+        bar.close()
+        saved = checkpoint(step) if step > start_step else latest_checkpoint(out_dir)
+        raise TrainingInterrupted(f"training stopped at step {step} of {steps}; checkpoint {saved}; "
+                                  "run the same command with --resume to continue") from None
+    finally:
+        bar.close()
+        if metrics is not None:
+            metrics.close()
+
+    accelerator.wait_for_everyone()
+    if main:
+        save_adapter(config.adapter_path, adapter_tensors(), metadata(steps))
+    return TrainResult(config.adapter_path, steps, loss_value, time.time() - started)
+
+
+def _resume(config: TrainConfig, out_dir: Path, unet, text_encoder, optimizer, lr_schedule, resolution: int,
+            say: Callable[[str], None]) -> int:
+    path = latest_checkpoint(out_dir)
+    if path is None:
+        say(f"No checkpoint in {out_dir / 'checkpoints'}; starting from step 0.")
+        return 0
+    adapter, state = load_checkpoint(path)
+    current = config.to_json_dict() | {"resolution": resolution}
+    saved = state["config"] | {"resolution": int(adapter.metadata.get("ss_resolution", "0").split(",")[0] or 0) or resolution}
+    check_compatible(saved, current, path)
+    load_into(unet, adapter, "unet", path)
+    if config.train_text_encoder:
+        load_into(text_encoder, adapter, "text_encoder", path)
+    optimizer.load_state_dict(state["optimizer"])
+    lr_schedule.load_state_dict(state["scheduler"])
+    say(f"Resuming from {path} (step {state['step']}).")
+    return int(state["step"])
+
+
+@torch.no_grad()
+def render_samples(pipe, prompts: tuple[str, ...], folder: Path, step: int, seed: int) -> list[Path]:
+    """Fixed-seed previews, so samples from different steps compare like for like."""
+    from .images import save_png
+
+    pipe.unet.eval()
+    paths = []
+    for index, prompt in enumerate(prompts):
+        generator = torch.Generator().manual_seed(seed)
+        image = pipe(prompt, num_inference_steps=20, generator=generator).images[0]
+        paths.append(save_png(image, folder / f"step-{step:06d}-{index}.png", {"prompt": prompt, "step": step, "seed": seed}))
+    pipe.unet.train()
+    return paths
+
+
+def adapter_metadata(config: TrainConfig, folder: ImageFolder, resolution: int, steps: int, base_id: str,
+                     architecture: str, prediction_type: str) -> dict[str, str]:
+    """Our own keys plus the ss_* and modelspec.* keys that AUTOMATIC1111 and civitai-style tools read."""
+    spec_arch = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-768-v" if prediction_type == "v_prediction"
+                 else "stable-diffusion-v2-512", "sdxl": "stable-diffusion-xl-v1-base"}.get(architecture, f"stylelora-{architecture}")
+    targets = list(config.target_modules) + (list(config.text_encoder_targets) if config.train_text_encoder else [])
+    return metadata_json({
+        "stylelora.version": __version__,
+        "stylelora.rank": config.rank,
+        "stylelora.alpha": config.effective_alpha,
+        "stylelora.target_modules": targets,
+        "stylelora.text_encoder": config.train_text_encoder,
+        "stylelora.base": config.base,
+        "stylelora.base_hash": base_id,
+        "stylelora.architecture": architecture,
+        "stylelora.prediction_type": prediction_type,
+        "stylelora.resolution": resolution,
+        "stylelora.steps": steps,
+        "stylelora.image_count": len(folder.examples),
+        "stylelora.dataset_hash": folder.content_hash,
+        "stylelora.trigger_words": [config.trigger] if config.trigger else [],
+        "stylelora.config": json.dumps(config.to_json_dict()),
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": config.rank,
+        "ss_network_alpha": config.effective_alpha,
+        "ss_base_model_version": {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}.get(architecture, architecture),
+        "ss_v2": architecture == "sd2",
+        "ss_output_name": config.adapter_name,
+        "ss_resolution": f"{resolution},{resolution}",
+        "ss_num_train_images": len(folder.examples),
+        "ss_max_train_steps": steps,
+        "ss_learning_rate": config.learning_rate,
+        "ss_training_comment": f"trained with stylelora {__version__}",
+        "modelspec.sai_model_spec": "1.0.1",
+        "modelspec.architecture": f"{spec_arch}/lora",
+        "modelspec.implementation": "diffusers",
+        "modelspec.title": config.adapter_name,
+        "modelspec.resolution": f"{resolution}x{resolution}",
+        "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "modelspec.prediction_type": "v" if prediction_type == "v_prediction" else "epsilon",
+        "modelspec.trigger_phrase": config.trigger,
+    })
+
+
+class _MetricsLog:
+    """metrics.jsonl (one JSON object per logged step) and TensorBoard scalars, side by side."""
+
+    def __init__(self, out_dir: Path):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl = open(out_dir / "metrics.jsonl", "a", encoding="utf-8")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.board = SummaryWriter(str(out_dir / "tensorboard"))
+        except ImportError:
+            self.board = None
+
+    def write(self, step: int, loss: float, lr: float, steps_per_second: float, grad_norm: float) -> None:
+        row = {"step": step, "loss": loss, "lr": lr, "steps_per_second": steps_per_second, "grad_norm": grad_norm}
+        self.jsonl.write(json.dumps(row) + "\n")
+        self.jsonl.flush()
+        if self.board is not None:
+            for key, value in row.items():
+                if key != "step":
+                    self.board.add_scalar(f"train/{key}", value, step)
+
+    def close(self) -> None:
+        self.jsonl.close()
+        if self.board is not None:
+            self.board.close()
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
