@@ -1,0 +1,113 @@
+"""The `stylelora` command. A thin layer: parse flags into a config, call the library, turn errors into exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .config import PRECISIONS, LR_SCHEDULES, from_dict, load_toml
+from .errors import StyleloraError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def add_train_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("train", help="train a style adapter from a folder of captioned images",
+                            description="Train a LoRA style adapter from a folder of captioned images.")
+    p.add_argument("data", nargs="?", help="folder of images (png, jpg, webp, bmp; subfolders too)")
+    p.add_argument("--config", type=Path, help="TOML file with the same options as these flags (flags win)")
+    p.add_argument("--out", type=Path, help="output folder, or a .safetensors file path (default adapters/<name>)")
+    p.add_argument("--name", help="adapter name (default: the output file or image folder name)")
+    p.add_argument("--base", help="'mini' (built in, default), a hub id, a diffusers folder or a .safetensors checkpoint")
+    g = p.add_argument_group("captions")
+    g.add_argument("--caption", help="caption for images that have none")
+    g.add_argument("--trigger", help="trigger phrase put before every caption")
+    g.add_argument("--caption-dropout", type=float, help="rate of steps trained on an empty caption (0)")
+    g.add_argument("--shuffle-tags", action=argparse.BooleanOptionalAction, default=None, help="shuffle comma-separated tags")
+    g.add_argument("--keep-tags", type=int, help="leading tags kept in place when shuffling (0)")
+    g = p.add_argument_group("images")
+    g.add_argument("--resolution", type=int, help="training size in pixels, a multiple of 8 (default: the base's native size)")
+    g.add_argument("--random-crop", action=argparse.BooleanOptionalAction, default=None, help="random instead of center crops")
+    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips")
+    g = p.add_argument_group("adapter")
+    g.add_argument("--rank", type=int, help="LoRA rank (4)")
+    g.add_argument("--alpha", type=float, help="LoRA alpha (default: the rank, so the scale is 1)")
+    g.add_argument("--dropout", type=float, help="LoRA dropout (0)")
+    g.add_argument("--target-modules", type=_csv, help="UNet module-name suffixes (to_q,to_k,to_v,to_out.0)")
+    g.add_argument("--train-text-encoder", action=argparse.BooleanOptionalAction, default=None,
+                   help="also adapt the CLIP text encoder (q/k/v/out_proj)")
+    g.add_argument("--text-encoder-targets", type=_csv, help="text-encoder module suffixes (q_proj,k_proj,v_proj,out_proj)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--learning-rate", "--lr", type=float, help="UNet LoRA learning rate (1e-3)")
+    g.add_argument("--text-encoder-lr", type=float, help="text-encoder LoRA learning rate (5e-5)")
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="constant, cosine or linear (constant)")
+    g.add_argument("--warmup-steps", type=int, help="linear warmup steps (0)")
+    g.add_argument("--max-steps", type=int, help="optimizer steps to train (default 300 unless --epochs)")
+    g.add_argument("--epochs", type=int, help="passes over the images, instead of --max-steps")
+    g.add_argument("--batch-size", type=int, help="images per step per device (4)")
+    g.add_argument("--grad-accumulation", type=int, help="batches accumulated per optimizer step (1)")
+    g.add_argument("--max-grad-norm", type=float, help="gradient clipping norm, 0 = off (1.0)")
+    g.add_argument("--weight-decay", type=float, help="AdamW weight decay (0.01)")
+    g.add_argument("--min-snr-gamma", type=float, help="min-SNR loss weighting, 0 = off; 5 is usual (0)")
+    g.add_argument("--noise-offset", type=float, help="noise offset, 0 = off; 0.05 is usual (0)")
+    g.add_argument("--seed", type=int, help="random seed (0)")
+    g = p.add_argument_group("speed")
+    g.add_argument("--precision", choices=PRECISIONS, help="auto (bf16/fp16 on GPU, fp32 on CPU), no, fp16 or bf16")
+    g.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                   help="trade compute for memory")
+    g.add_argument("--cache-latents", action=argparse.BooleanOptionalAction, default=None,
+                   help="encode each image once with the VAE (on)")
+    g = p.add_argument_group("checkpoints and samples")
+    g.add_argument("--save-every", type=int, help="write a resumable checkpoint every N steps (0 = off)")
+    g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
+                   help="continue from the latest checkpoint in the output folder")
+    g.add_argument("--sample-every", type=int, help="render preview images every N steps (0 = off)")
+    g.add_argument("--sample-prompt", dest="sample_prompts", action="append", help="prompt for previews (repeatable)")
+    g.add_argument("--log-every", type=int, help="write metrics every N steps (1)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .train import TrainingInterrupted, train
+
+    values = load_toml(args.config) if args.config else {}
+    flags = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "config", "quiet")}
+    config = from_dict(values | flags)
+    try:
+        result = train(config, progress_bar=not args.quiet, log=lambda m: print(m, file=sys.stderr))
+    except TrainingInterrupted as stop:
+        print(f"stylelora: {stop}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"Adapter written to {result.adapter_path}")
+    print(f"{result.steps} steps in {result.seconds:.0f}s, final loss {result.loss:.4f}, "
+          f"rank {config.rank}, alpha {config.effective_alpha:g}, base {config.base}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stylelora", description="Teach Stable Diffusion a style with LoRA.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_train_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no warnings about optional image backends
+    args = build_parser().parse_args(argv)
+    try:
+        return {"train": run_train}[args.command](args)
+    except StyleloraError as error:
+        print(f"stylelora: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
