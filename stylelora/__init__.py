@@ -10,7 +10,7 @@ __all__ = ["TrainConfig", "TrainResult", "StyleloraError", "train", "__version__
 if TYPE_CHECKING:
     from .config import TrainConfig
     from .errors import StyleloraError
-    from .train import TrainResult, train
+    from .training import TrainResult, train
 
 
 def __getattr__(name: str):
@@ -26,5 +26,5 @@ def __getattr__(name: str):
     if name in ("train", "TrainResult"):
         import importlib
 
-        return getattr(importlib.import_module("stylelora.train"), name)
+        return getattr(importlib.import_module("stylelora.training"), name)
     raise AttributeError(f"module 'stylelora' has no attribute {name!r}")

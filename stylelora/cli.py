@@ -75,7 +75,7 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .train import TrainingInterrupted, train
+    from .training import TrainingInterrupted, train
 
     values = load_toml(args.config) if args.config else {}
     flags = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "config", "quiet")}
