@@ -1,0 +1,66 @@
+"""Shared fixtures: a tiny random Stable Diffusion pipeline and a small captioned image folder, all offline."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from stylelora.config import TrainConfig  # noqa: E402
+from stylelora.mini.architecture import TINY, build_pipeline  # noqa: E402
+from stylelora.mini.world import corpus  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+def _save_pipeline(folder: Path, prediction_type: str = "epsilon") -> Path:
+    pipe = build_pipeline(folder, TINY, seed=0)
+    if prediction_type != "epsilon":
+        pipe.scheduler.register_to_config(prediction_type=prediction_type)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """A randomly initialised miniature SD pipeline (32 px), saved in the diffusers layout."""
+    return _save_pipeline(tmp_path_factory.mktemp("tiny-base"))
+
+
+@pytest.fixture(scope="session")
+def tiny_vpred_base(tmp_path_factory) -> Path:
+    return _save_pipeline(tmp_path_factory.mktemp("tiny-vpred"), "v_prediction")
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    """Six captioned images of the miniature world."""
+    folder = tmp_path_factory.mktemp("images")
+    images, captions, _ = corpus(6, seed=3)
+    for index, (image, caption) in enumerate(zip(images, captions)):
+        Image.fromarray(image).save(folder / f"{index}.png")
+        (folder / f"{index}.txt").write_text(caption)
+    return folder
+
+
+@pytest.fixture
+def train_config(tiny_base: Path, image_folder: Path, tmp_path: Path):
+    def make(**overrides) -> TrainConfig:
+        values = dict(data=image_folder, out=tmp_path / "run", base=str(tiny_base), max_steps=4, batch_size=2,
+                      learning_rate=1e-2)
+        return TrainConfig(**(values | overrides))
+
+    return make
+
+
+def save_image(path: Path, array: np.ndarray, **kwargs) -> Path:
+    Image.fromarray(array).save(path, **kwargs)
+    return path
