@@ -74,8 +74,8 @@ class TrainConfig:
     def adapter_name(self) -> str:
         if self.name:
             return self.name
-        if self.out is not None and self.out.suffix == ".safetensors":
-            return self.out.stem
+        if self.out is not None:
+            return self.out.stem if self.out.suffix == ".safetensors" else self.out.name
         return Path(self.data).resolve().name or "style"
 
     @property

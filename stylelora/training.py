@@ -23,7 +23,7 @@ from diffusers.optimization import get_scheduler
 
 from . import __version__
 from .adapter import attach_lora, load_into, lora_state_dict, metadata_json, save_adapter, to_kohya
-from .base import architecture_of, load_base, weights_fingerprint
+from .base import architecture_of, load_base, resolve_base, weights_fingerprint
 from .cache import LatentCache, TextCache, encode_parameters, sample_latents
 from .checkpoint import check_compatible, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, validate
@@ -115,6 +115,7 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
           progress_bar: bool = True) -> TrainResult:
     """Train one adapter as `config` says; return where it was written. Raises StyleloraError, never exits."""
     validate(config)
+    resolve_base(config.base)  # a wrong --base fails now, not after the images are read
     started = time.time()
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
@@ -134,6 +135,7 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
         if min(example.size) < resolution:
             say(f"  warning: {example.path} is {example.size[0]}x{example.size[1]}, smaller than {resolution}; upscaling it")
 
+    torch.manual_seed(config.seed)  # LoRA's A matrices start random: the same seed, the same start
     attach_lora(unet, config.target_modules, config.rank, config.effective_alpha, config.dropout)
     lora_params = [p for p in unet.parameters() if p.requires_grad]
     groups = [{"params": lora_params, "lr": config.learning_rate}]

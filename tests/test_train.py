@@ -1,0 +1,131 @@
+"""The training loop: outputs, exact resume, clipping, NaN handling, v-prediction, and the CLI."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from stylelora import training
+from stylelora.adapter import read_adapter
+from stylelora.checkpoint import latest_checkpoint
+from stylelora.errors import TrainingError
+from stylelora.training import train
+
+QUIET = dict(progress_bar=False, log=lambda m: None)
+
+
+def test_train_writes_one_adapter_with_metadata_and_metrics(train_config):
+    config = train_config(max_steps=3, trigger="zxq", sample_every=3, sample_prompts=("a red circle",))
+    result = train(config, **QUIET)
+    assert result.adapter_path == config.out / "run.safetensors"
+    assert [p.name for p in config.out.glob("*.safetensors")] == ["run.safetensors"]
+    meta = read_adapter(result.adapter_path).metadata
+    assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "4.0"
+    assert json.loads(meta["stylelora.target_modules"]) == ["to_q", "to_k", "to_v", "to_out.0"]
+    assert json.loads(meta["stylelora.trigger_words"]) == ["zxq"]
+    assert meta["stylelora.image_count"] == "6" and len(meta["stylelora.dataset_hash"]) == 64
+    assert meta["modelspec.architecture"] == "stylelora-mini/lora" and meta["ss_output_name"] == "run"
+    assert json.loads(meta["stylelora.config"])["max_steps"] == 3
+    rows = [json.loads(line) for line in (config.out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(r["loss"] > 0 for r in rows)
+    assert (config.out / "samples" / "step-000003-0.png").is_file()
+
+
+def _lora_tensors(path):
+    return {k: v for k, v in read_adapter(path).tensors.items()}
+
+
+def test_resume_equals_an_uninterrupted_run(train_config, tmp_path):
+    straight = train_config(out=tmp_path / "straight", max_steps=6, save_every=2, flip=True, caption_dropout=0.3)
+    train(straight, **QUIET)
+    # Stop after 4 of 6 steps (keeping the checkpoint at step 4), then resume.
+    stopped = train_config(out=tmp_path / "resumed", max_steps=6, save_every=2, flip=True, caption_dropout=0.3)
+    calls = iter(range(100))
+    with pytest.raises(training.TrainingInterrupted, match="--resume"):
+        train(stopped, should_stop=lambda: next(calls) >= 4, **QUIET)
+    assert latest_checkpoint(stopped.out).name == "step-000004"
+    stopped.resume = True
+    train(stopped, **QUIET)
+    a, b = _lora_tensors(straight.adapter_path), _lora_tensors(stopped.adapter_path)
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+def test_resume_with_a_changed_rank_is_refused(train_config):
+    train(train_config(max_steps=2, save_every=1), **QUIET)
+    with pytest.raises(TrainingError, match=r"rank: 4 -> 8"):
+        train(train_config(max_steps=4, rank=8, resume=True), **QUIET)
+    # More steps is a compatible change.
+    assert train(train_config(max_steps=3, resume=True), **QUIET).steps == 3
+
+
+def test_clipping_really_clips(train_config, monkeypatch):
+    norms = []
+    real = training.clip_gradients
+
+    def spy(accelerator, parameters, max_norm):
+        before = real(accelerator, parameters, max_norm)
+        after = torch.stack([p.grad.norm() for p in parameters if p.grad is not None]).norm().item()
+        norms.append((before, after))
+        return before
+
+    monkeypatch.setattr(training, "clip_gradients", spy)
+    train(train_config(max_steps=2, max_grad_norm=1e-4), **QUIET)
+    assert len(norms) == 2
+    for before, after in norms:
+        assert before > 1e-3 and after == pytest.approx(1e-4, rel=1e-3)
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(train_config, monkeypatch):
+    real = training.ddpm_loss
+    count = iter(range(100))
+    monkeypatch.setattr(training, "ddpm_loss", lambda *a: real(*a) * (float("nan") if next(count) >= 2 else 1))
+    config = train_config(max_steps=5, save_every=1)
+    with pytest.raises(TrainingError, match="the loss became nan at step 3"):
+        train(config, **QUIET)
+    assert latest_checkpoint(config.out).name == "step-000002"
+    assert not config.adapter_path.exists()
+
+
+def test_v_prediction_base_trains_against_velocity(train_config, tiny_vpred_base, monkeypatch):
+    seen = []
+    real = training.noise_target
+    monkeypatch.setattr(training, "noise_target", lambda kind, *a: seen.append(kind) or real(kind, *a))
+    result = train(train_config(base=str(tiny_vpred_base), max_steps=2), **QUIET)
+    assert seen == ["v_prediction", "v_prediction"]
+    assert read_adapter(result.adapter_path).metadata["modelspec.prediction_type"] == "v"
+
+
+def _cli(*args, cwd=None):
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-m", "stylelora", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env | {k: v for k, v in __import__("os").environ.items() if k.startswith(("PYTHON", "HOME"))})
+
+
+def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, image_folder, tiny_base):
+    base = ["--base", str(tiny_base)]
+    for args, expected in [
+        (["train", str(tmp_path / "missing")], "no such folder"),
+        (["train", str(tmp_path)], "no usable image"),
+        (["train", str(image_folder), "--rank", "0"], "--rank = 0"),
+        (["train", str(image_folder), "--resolution", "30"], "--resolution = 30"),
+        (["train", str(image_folder), "--max-steps", "-1"], "--max-steps = -1"),
+        (["train", str(image_folder), "--base", str(tmp_path / "model.ckpt")], "pickle"),
+    ]:
+        run = _cli(*(args if "--base" in args else args + base))
+        assert run.returncode == 2, (args, run.stderr)
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0] and "Traceback" not in run.stderr, run.stderr
+
+
+def test_cli_trains_with_toml_config_and_flags_winning(tmp_path, tiny_base, image_folder):
+    toml = tmp_path / "style.toml"
+    toml.write_text(f'base = "{tiny_base}"\nmax-steps = 5\nrank = 2\nbatch-size = 2\n')
+    out = tmp_path / "cli.safetensors"
+    run = _cli("train", str(image_folder), "--config", str(toml), "--max-steps", "2", "--out", str(out), "--quiet")
+    assert run.returncode == 0, run.stderr
+    assert f"Adapter written to {out}" in run.stdout and "2 steps" in run.stdout
+    assert "Found 6 images" in run.stderr and "6 with captions" in run.stderr
+    assert read_adapter(out).rank() == 2
