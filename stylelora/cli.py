@@ -85,6 +85,8 @@ def run_train(args: argparse.Namespace) -> int:
     except TrainingInterrupted as stop:
         print(f"stylelora: {stop}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    if not result.is_main:
+        return 0
     print(f"Adapter written to {result.adapter_path}")
     print(f"{result.steps} steps in {result.seconds:.0f}s, final loss {result.loss:.4f}, "
           f"rank {config.rank}, alpha {config.effective_alpha:g}, base {config.base}")

@@ -51,7 +51,7 @@ class TrainResult:
     steps: int
     loss: float
     seconds: float
-    stopped_early: bool = False
+    is_main: bool = True  # False in the other processes of a multi-process run, which write nothing
 
 
 class TrainingInterrupted(TrainingError):
@@ -239,7 +239,8 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
     bar = _progress_bar(steps, start_step, progress_bar and main)
     loss_value, step, tick = float("nan"), start_step, time.time()
     say(f"Training {len(lora_params)} LoRA tensors (rank {config.rank}, alpha {config.effective_alpha:g}) "
-        f"for {steps} steps at {resolution}px, batch {config.batch_size}, precision {precision}.")
+        f"for {steps} steps at {resolution}px, batch {config.batch_size} x {accelerator.num_processes} "
+        f"process(es), precision {precision}.")
     try:
         for step in range(start_step, steps):
             if should_stop is not None and should_stop():
@@ -290,7 +291,7 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
     accelerator.wait_for_everyone()
     if main:
         save_adapter(config.adapter_path, adapter_tensors(), metadata(steps))
-    return TrainResult(config.adapter_path, steps, loss_value, time.time() - started)
+    return TrainResult(config.adapter_path, steps, loss_value, time.time() - started, is_main=main)
 
 
 def _resume(config: TrainConfig, out_dir: Path, unet, text_encoder, optimizer, lr_schedule, resolution: int,
