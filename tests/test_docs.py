@@ -1,0 +1,24 @@
+"""README.md stays true: every flag of `stylelora train` is in its option table, and CI runs its test command."""
+
+import argparse
+from pathlib import Path
+
+from stylelora.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_train_flag_is_documented():
+    readme = (ROOT / "README.md").read_text()
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    flags = [o for a in commands.choices["train"]._actions for o in a.option_strings
+             if o.startswith("--") and not o.startswith("--no-") and o != "--help"]
+    missing = [f for f in flags if f"`{f}`" not in readme]
+    assert flags and not missing, f"add these to README.md's option table: {missing}"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text().splitlines()
+    marker = readme.index("<!-- test-command -->")
+    assert readme[marker + 1] == "```" and "pytest" in readme[marker + 2]
+    assert "test-command" in (ROOT / ".ci" / "run").read_text()
