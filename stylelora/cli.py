@@ -93,19 +93,49 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_generate_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("generate", help="paint with a base model and weighted style adapters",
+                            description="Generate images with any number of style adapters, each at its own weight.")
+    p.add_argument("prompt")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]",
+                   help="adapter and weight, e.g. a.safetensors:0.7 or a.safetensors:unet=0.8,te=0.5 (repeatable)")
+    p.add_argument("--base", default="mini", help="'mini' (default), a hub id, a diffusers folder or a .safetensors file")
+    p.add_argument("--negative", default="", help="negative prompt")
+    p.add_argument("-n", "--count", type=int, default=4, help="number of images (4)")
+    p.add_argument("--steps", type=int, default=30, help="denoising steps (30)")
+    p.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale (7.5)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the first image; image i uses seed + i (1)")
+    p.add_argument("--size", type=int, help="image size in pixels (default: the base's native size)")
+    p.add_argument("--scheduler", default="dpm++", choices=("ddim", "euler", "dpm++"), help="sampler (dpm++)")
+    p.add_argument("--out", type=Path, default=Path("outputs"), help="folder for the PNG files (outputs)")
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from .generate import GenerateConfig, generate
+
+    config = GenerateConfig(prompt=args.prompt, loras=tuple(args.lora), base=args.base, negative=args.negative,
+                            count=args.count, steps=args.steps, cfg=args.cfg, seed=args.seed, size=args.size,
+                            scheduler=args.scheduler, out=args.out)
+    for path in generate(config):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stylelora", description="Teach Stable Diffusion a style with LoRA.")
     commands = parser.add_subparsers(dest="command", required=True)
     add_train_parser(commands)
+    add_generate_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no warnings about optional image backends
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")  # no warnings about optional image backends
     args = build_parser().parse_args(argv)
     try:
-        return {"train": run_train}[args.command](args)
+        return {"train": run_train, "generate": run_generate}[args.command](args)
     except StyleloraError as error:
         print(f"stylelora: error: {error}", file=sys.stderr)
         return EXIT_USAGE

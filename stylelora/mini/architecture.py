@@ -55,7 +55,10 @@ def build_vae(size: MiniSize) -> AutoencoderKL:
         block_out_channels=size.vae_channels,
         layers_per_block=1,
         latent_channels=4,
-        norm_num_groups=32,
+        # 8 groups, not SD's 32: with 32 channels, 32 groups is per-channel instance norm, which
+        # strips each image's mean colour and made a small VAE's colours drift (measured: test
+        # MSE 0.053 vs 0.031 after 400 steps).
+        norm_num_groups=8,
         sample_size=size.image_size,
     )
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 from diffusers.optimization import get_cosine_schedule_with_warmup
 
@@ -41,8 +42,11 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, steps: int, batch: int, 
         index = torch.randint(0, len(images), (batch,), generator=generator)
         posterior = vae.encode(images[index]).latent_dist
         reconstruction = vae.decode(posterior.sample(generator)).sample
-        # A small KL weight keeps the latent space smooth without blurring the textures away.
-        loss = torch.nn.functional.mse_loss(reconstruction, images[index]) + 1e-6 * posterior.kl().mean()
+        # L1 keeps flat colours and hard edges crisp; a small KL weight keeps the latent space
+        # smooth without blurring the textures away.
+        target = images[index]
+        loss = (F.l1_loss(reconstruction, target) + F.mse_loss(reconstruction, target)
+                + 1e-6 * posterior.kl().mean())
         loss.backward()
         optimizer.step()
         schedule.step()
@@ -97,7 +101,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=WEIGHTS)
     parser.add_argument("--work", type=Path, default=Path("mini-pretrain"))
     parser.add_argument("--images", type=int, default=20000)
-    parser.add_argument("--vae-steps", type=int, default=1200)
+    parser.add_argument("--vae-steps", type=int, default=2500)
     parser.add_argument("--unet-steps", type=int, default=2400)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

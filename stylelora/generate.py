@@ -1,0 +1,60 @@
+"""The generate job: a typed config, checked in one place, and the function the CLI and UI call."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError
+from .images import save_png
+from .styler import Styler, parse_lora_spec
+
+
+@dataclass
+class GenerateConfig:
+    prompt: str
+    loras: tuple[str, ...] = ()  # "file.safetensors:0.7" specs
+    base: str = "mini"
+    negative: str = ""
+    count: int = 4
+    steps: int = 30
+    cfg: float = 7.5
+    seed: int = 1
+    size: int | None = None
+    scheduler: str = "dpm++"
+    out: Path = Path("outputs")
+
+
+def validate_generate(config: GenerateConfig) -> GenerateConfig:
+    checks = [
+        (config.count >= 1, "count", "make at least 1 image"),
+        (config.steps >= 1, "steps", "use at least 1 denoising step; 20-30 is usual"),
+        (config.cfg >= 0, "cfg", "guidance must be 0 or more; 7.5 is usual"),
+        (config.size is None or (config.size >= 8 and config.size % 8 == 0), "size", "use a multiple of 8"),
+        (bool(config.prompt.strip()), "prompt", "give a prompt, e.g. \"a red circle\""),
+    ]
+    for ok, name, fix in checks:
+        if not ok:
+            raise ConfigError(f"--{name} = {getattr(config, name)!r}: {fix}")
+    return config
+
+
+def generate(config: GenerateConfig, styler: Styler | None = None) -> list[Path]:
+    """Render `count` images and write them as PNGs carrying their settings; return the paths."""
+    validate_generate(config)
+    specs = [parse_lora_spec(spec) for spec in config.loras]
+    styler = styler or Styler(config.base)
+    weights = {styler.load(path): weight for path, weight in specs}
+    styler.set_weights(weights)
+    images = styler.generate(config.prompt, config.negative, config.count, config.steps, config.cfg,
+                             config.seed, config.size, config.scheduler)
+    slug = re.sub(r"[^a-z0-9]+", "-", config.prompt.lower()).strip("-")[:40] or "image"
+    paths = []
+    for index, image in enumerate(images):
+        settings = {"prompt": config.prompt, "negative": config.negative, "seed": config.seed + index,
+                    "steps": config.steps, "cfg": config.cfg, "scheduler": config.scheduler, "base": config.base,
+                    "size": image.size[0],
+                    "loras": [{"file": str(p), "unet": w.unet, "te": w.text_encoder} for p, w in specs]}
+        paths.append(save_png(image, config.out / f"{slug}-{config.seed + index}.png", settings))
+    return paths

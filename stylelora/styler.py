@@ -1,0 +1,136 @@
+"""Styler: one loaded base pipeline, any number of named style adapters, each at its own weight.
+
+Adapters are loaded once and kept; switching or reweighting only sets peft's adapter scales
+(weight x alpha / rank per module), which is exact and reversible, and never reloads the base.
+Adapters that are not in the active set are left out of the forward pass.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+from PIL import Image
+
+from .adapter import read_adapter
+from .base import load_base
+from .errors import AdapterFileError, ConfigError
+
+SCHEDULERS = {
+    "ddim": (DDIMScheduler, {}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+}
+
+
+@dataclass(frozen=True)
+class StyleWeight:
+    """How strongly one adapter applies: to the UNet and to the text encoder (if it adapts one)."""
+
+    unet: float
+    text_encoder: float
+
+    @classmethod
+    def parse(cls, text: str, flag: str = "--lora") -> "StyleWeight":
+        """'0.7' for both parts, or 'unet=0.8,te=0.5'."""
+        try:
+            if "=" not in text:
+                value = float(text)
+                return cls(value, value)
+            parts = dict(part.split("=", 1) for part in text.split(","))
+            unknown = set(parts) - {"unet", "te"}
+            if unknown:
+                raise ValueError
+            return cls(float(parts.get("unet", 1.0)), float(parts.get("te", 1.0)))
+        except ValueError:
+            raise ConfigError(f"{flag} weight {text!r}: give a number like 0.7, or unet=0.8,te=0.5") from None
+
+
+def parse_lora_spec(spec: str) -> tuple[Path, StyleWeight]:
+    """'path.safetensors:0.7' or 'path.safetensors:unet=0.8,te=0.5' or just 'path.safetensors' (weight 1)."""
+    match = re.fullmatch(r"(.+?\.safetensors)(?::(.+))?", spec) or re.fullmatch(r"(.+?):([-+0-9.=,a-z]+)", spec)
+    if match is None:
+        return Path(spec), StyleWeight(1.0, 1.0)
+    return Path(match.group(1)), StyleWeight.parse(match.group(2)) if match.group(2) else StyleWeight(1.0, 1.0)
+
+
+def adapter_name_for(path: Path, taken: set[str]) -> str:
+    name = re.sub(r"[^A-Za-z0-9_]", "_", path.stem) or "style"
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}_{n}"
+    return candidate
+
+
+class Styler:
+    """Paint with a base model and a weighted stack of style adapters."""
+
+    def __init__(self, base: str = "mini", device: str | None = None, dtype: torch.dtype | None = None):
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = dtype or (torch.float16 if device == "cuda" else torch.float32)
+        self.base = base
+        self.pipe = load_base(base, dtype=dtype, device=device)
+        self.paths: dict[str, Path] = {}
+        self.weights: dict[str, StyleWeight] = {}
+
+    def load(self, path: Path, name: str | None = None) -> str:
+        """Load an adapter file under `name` (default: from its file name) and return the name."""
+        path = Path(path)
+        adapter = read_adapter(path)  # refuses pickles and damaged files with a clear reason
+        name = name or adapter_name_for(path, set(self.paths))
+        try:
+            self.pipe.load_lora_weights(dict(adapter.tensors), adapter_name=name)
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise AdapterFileError(f"{path}: does not fit base {self.base!r} ({str(error).splitlines()[0][:200]})") from None
+        self.paths[name] = path
+        self.weights[name] = StyleWeight(0.0, 0.0)
+        return name
+
+    def unload(self, name: str) -> None:
+        self.pipe.delete_adapters([name])
+        self.paths.pop(name)
+        self.weights.pop(name)
+        self._apply()
+
+    def set_weights(self, weights: dict[str, StyleWeight | float]) -> None:
+        """Set every named adapter's weight; adapters not named are switched off (weight 0)."""
+        unknown = set(weights) - set(self.paths)
+        if unknown:
+            raise ConfigError(f"no adapter named {sorted(unknown)[0]!r} is loaded; loaded: {sorted(self.paths)}")
+        self.weights = {name: StyleWeight(0.0, 0.0) for name in self.paths}
+        for name, weight in weights.items():
+            self.weights[name] = weight if isinstance(weight, StyleWeight) else StyleWeight(float(weight), float(weight))
+        self._apply()
+
+    def _apply(self) -> None:
+        active = {n: w for n, w in self.weights.items() if w.unet != 0 or w.text_encoder != 0}
+        if not active:
+            self.pipe.disable_lora()
+            return
+        self.pipe.enable_lora()
+        parts = self.pipe.get_list_adapters()
+        weights = [{"unet": w.unet} | ({"text_encoder": w.text_encoder} if n in parts.get("text_encoder", []) else {})
+                   for n, w in active.items()]
+        self.pipe.set_adapters(list(active), weights)
+
+    @torch.no_grad()
+    def generate(self, prompt: str, negative: str = "", count: int = 1, steps: int = 30, cfg: float = 7.5,
+                 seed: int = 0, size: int | None = None, scheduler: str = "dpm++") -> list[Image.Image]:
+        if scheduler not in SCHEDULERS:
+            raise ConfigError(f"--scheduler {scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
+        kind, options = SCHEDULERS[scheduler]
+        self.pipe.scheduler = kind.from_config(self.pipe.scheduler.config, **options)
+        size = size or self.native_size
+        # One generator per image: image i is reproduced alone by seed + i.
+        generators = [torch.Generator().manual_seed(seed + i) for i in range(count)]
+        return self.pipe(prompt, negative_prompt=negative or None, num_images_per_prompt=count,
+                         num_inference_steps=steps, guidance_scale=cfg, generator=generators,
+                         height=size, width=size).images
+
+    @property
+    def native_size(self) -> int:
+        return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
