@@ -130,8 +130,8 @@ def read_adapter(path: Path) -> AdapterFile:
     """Read an adapter file, refusing pickles and broken files with a one-line reason."""
     path = Path(path)
     if path.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin", ".pkl"):
-        raise AdapterFileError(f"{path}: pickle files can run code when loaded, so they are refused; "
-                               "convert it to .safetensors with a trusted tool first")
+        raise AdapterFileError(f"{path}: pickle files can run code when loaded, so they are refused; load it in "
+                               "a sandbox you trust and save it again with safetensors.torch.save_file")
     if not path.is_file():
         raise AdapterFileError(f"{path}: no such adapter file")
     try:

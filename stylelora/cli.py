@@ -121,11 +121,59 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_adapter_tool_parsers(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("merge", help="merge weighted adapters into one",
+                            description="Merge adapters: FILE:WEIGHT ... into one adapter (cat: exact; svd: rank R).")
+    p.add_argument("adapters", nargs="+", metavar="FILE[:WEIGHT]")
+    p.add_argument("-o", "--out", type=Path, required=True, help="output .safetensors file (or folder with --into-base)")
+    p.add_argument("--method", choices=("cat", "svd"), default="cat", help="cat (exact, ranks add up) or svd (rank R)")
+    p.add_argument("--rank", type=int, help="target rank for --method svd")
+    p.add_argument("--into-base", action="store_true", help="write a full base model folder with the blend fused in")
+    p.add_argument("--base", default="mini", help="base model for --into-base (mini)")
+
+    p = commands.add_parser("convert", help="convert an adapter between kohya, diffusers and peft layouts")
+    p.add_argument("file", type=Path)
+    p.add_argument("--to", choices=("kohya", "diffusers", "peft"), required=True)
+    p.add_argument("-o", "--out", type=Path, required=True, help="output file (a folder for peft)")
+
+    p = commands.add_parser("inspect", help="show what an adapter file holds")
+    p.add_argument("file", type=Path)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from .merge_job import MergeConfig, merge
+
+    result = merge(MergeConfig(tuple(args.adapters), args.out, args.method, args.rank, args.into_base, args.base))
+    if result.relative_error is not None:
+        print(f"svd rank {args.rank}: relative error of the merged deltas {result.relative_error:.6f}")
+    print(f"Merged {len(args.adapters)} adapters into {result.path}")
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from .formats import read_lora, write_lora
+
+    weights, metadata, kind = read_lora(args.file)
+    write_lora(weights, args.to, args.out, metadata)
+    print(f"Converted {args.file} ({kind}) to {args.to}: {args.out}")
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from .inspect_adapter import as_json, as_text, describe
+
+    info = describe(args.file)
+    print(as_json(info) if args.json else as_text(info))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stylelora", description="Teach Stable Diffusion a style with LoRA.")
     commands = parser.add_subparsers(dest="command", required=True)
     add_train_parser(commands)
     add_generate_parser(commands)
+    add_adapter_tool_parsers(commands)
     return parser
 
 
@@ -135,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")  # no warnings about optional image backends
     args = build_parser().parse_args(argv)
     try:
-        return {"train": run_train, "generate": run_generate}[args.command](args)
+        runners = {"train": run_train, "generate": run_generate, "merge": run_merge, "convert": run_convert,
+                   "inspect": run_inspect}
+        return runners[args.command](args)
     except StyleloraError as error:
         print(f"stylelora: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -15,7 +15,7 @@ import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from PIL import Image
 
-from .adapter import read_adapter
+from .formats import read_lora, to_kohya
 from .base import load_base
 from .errors import AdapterFileError, ConfigError
 
@@ -80,10 +80,10 @@ class Styler:
     def load(self, path: Path, name: str | None = None) -> str:
         """Load an adapter file under `name` (default: from its file name) and return the name."""
         path = Path(path)
-        adapter = read_adapter(path)  # refuses pickles and damaged files with a clear reason
+        weights, _, _ = read_lora(path)  # any layout; refuses pickles and damaged files with a clear reason
         name = name or adapter_name_for(path, set(self.paths))
         try:
-            self.pipe.load_lora_weights(dict(adapter.tensors), adapter_name=name)
+            self.pipe.load_lora_weights(to_kohya(weights), adapter_name=name)
         except (ValueError, KeyError, RuntimeError) as error:
             raise AdapterFileError(f"{path}: does not fit base {self.base!r} ({str(error).splitlines()[0][:200]})") from None
         self.paths[name] = path

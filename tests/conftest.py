@@ -64,3 +64,32 @@ def train_config(tiny_base: Path, image_folder: Path, tmp_path: Path):
 def save_image(path: Path, array: np.ndarray, **kwargs) -> Path:
     Image.fromarray(array).save(path, **kwargs)
     return path
+
+
+@pytest.fixture(scope="session")
+def two_adapters(tiny_base, image_folder, tmp_path_factory):
+    """Two rank-2, alpha-4 adapters trained briefly on the tiny base with different seeds."""
+    from stylelora.training import train
+
+    out = tmp_path_factory.mktemp("adapters")
+    paths = []
+    for name, seed in (("alpha", 1), ("beta", 2)):
+        config = TrainConfig(data=image_folder, out=out / f"{name}.safetensors", base=str(tiny_base), max_steps=3,
+                             batch_size=2, learning_rate=3e-2, seed=seed, rank=2, alpha=4.0)
+        paths.append(train(config, progress_bar=False, log=lambda m: None).adapter_path)
+    return paths
+
+
+@pytest.fixture
+def unet_probe():
+    """The UNet's output (of a Styler or anything with .pipe) on fixed random inputs."""
+
+    def _probe(styler):
+        unet = styler.pipe.unet
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(1, 4, unet.config.sample_size, unet.config.sample_size, generator=g)
+        text = torch.randn(1, 24, unet.config.cross_attention_dim, generator=g)
+        with torch.no_grad():
+            return unet(x, torch.tensor([500]), text).sample
+
+    return _probe

@@ -14,40 +14,18 @@ from stylelora.styler import Styler, StyleWeight, parse_lora_spec
 from stylelora.training import train
 
 
-@pytest.fixture(scope="module")
-def two_adapters(tiny_base, image_folder, tmp_path_factory):
-    from stylelora.config import TrainConfig
-
-    out = tmp_path_factory.mktemp("adapters")
-    paths = []
-    for name, seed in (("alpha", 1), ("beta", 2)):
-        config = TrainConfig(data=image_folder, out=out / f"{name}.safetensors", base=str(tiny_base), max_steps=3,
-                             batch_size=2, learning_rate=3e-2, seed=seed, rank=2, alpha=4.0)
-        paths.append(train(config, progress_bar=False, log=lambda m: None).adapter_path)
-    return paths
-
-
-def _probe(styler):
-    unet = styler.pipe.unet
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 4, unet.config.sample_size, unet.config.sample_size, generator=g)
-    text = torch.randn(1, 24, unet.config.cross_attention_dim, generator=g)
-    with torch.no_grad():
-        return unet(x, torch.tensor([500]), text).sample
-
-
 def _manual_delta(path, module_key):
     tensors = read_adapter(path).tensors
     down, up = tensors[f"{module_key}.lora_down.weight"], tensors[f"{module_key}.lora_up.weight"]
     return tensors[f"{module_key}.alpha"].item() / down.shape[0] * up @ down
 
 
-def test_weights_set_exact_scales_and_zero_is_the_base(tiny_base, two_adapters):
+def test_weights_set_exact_scales_and_zero_is_the_base(tiny_base, two_adapters, unet_probe):
     styler = Styler(str(tiny_base))
-    base_out = _probe(styler)
+    base_out = unet_probe(styler)
     a, b = (styler.load(p) for p in two_adapters)
     styler.set_weights({})
-    assert torch.equal(_probe(styler), base_out)
+    assert torch.equal(unet_probe(styler), base_out)
     key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
     layer = styler.pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
     x = torch.randn(3, layer.in_features)
@@ -58,7 +36,7 @@ def test_weights_set_exact_scales_and_zero_is_the_base(tiny_base, two_adapters):
                             + wb * _manual_delta(two_adapters[1], key)).T
             assert torch.allclose(layer(x), expected, atol=1e-5)
     styler.set_weights({a: 0.0, b: 0.0})
-    assert torch.equal(_probe(styler), base_out)  # reversible: back to the base exactly
+    assert torch.equal(unet_probe(styler), base_out)  # reversible: back to the base exactly
 
 
 def test_unknown_adapter_names_and_bad_weights_are_errors(tiny_base, two_adapters, tmp_path):

@@ -1,0 +1,236 @@
+"""LoRA key layouts: kohya / AUTOMATIC1111 / ComfyUI, diffusers, and peft, through one exact in-memory form.
+
+Every layout is read into `LoraWeights`: per module, the down (A) and up (B) matrices and
+the alpha, so scale = alpha / rank is kept exactly, whatever the layout stores it as.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+from .adapter import read_adapter, write_atomically
+from .errors import AdapterFileError
+
+FORMATS = ("kohya", "diffusers", "peft")
+PARTS = ("unet", "text_encoder")
+KOHYA_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
+
+# Module-name pieces that contain '_' in diffusers/transformers; kohya flattens every '.' to '_'.
+_COMPOUND = ["down_blocks", "up_blocks", "mid_block", "transformer_blocks", "to_q", "to_k", "to_v", "to_out",
+             "proj_in", "proj_out", "time_emb_proj", "conv_shortcut", "conv_in", "conv_out", "time_embedding",
+             "linear_1", "linear_2", "text_model", "self_attn", "q_proj", "k_proj", "v_proj", "out_proj",
+             "final_layer_norm", "layer_norm1", "layer_norm2", "token_embedding", "position_embedding",
+             "add_embedding", "text_projection"]
+
+
+@dataclass
+class LoraModule:
+    down: torch.Tensor  # rank x in_features (peft's lora_A)
+    up: torch.Tensor  # out_features x rank (peft's lora_B)
+    alpha: float
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def delta(self) -> torch.Tensor:
+        """The weight change this module adds at weight 1: (alpha / rank) * up @ down."""
+        return self.scale * (self.up.double().flatten(1) @ self.down.double().flatten(1))
+
+
+# Keys are (part, module path) with diffusers module paths; the text encoder's keep `text_model.`.
+LoraWeights = dict[tuple[str, str], LoraModule]
+
+
+def _unflatten(flat: str) -> str:
+    path = flat.replace("_", ".")
+    for word in _COMPOUND:
+        path = path.replace(word.replace("_", "."), word)
+    return path
+
+
+def _text_path(module: str) -> str:
+    return module if module.startswith("text_model.") else "text_model." + module
+
+
+def from_kohya(tensors: dict[str, torch.Tensor], source: Path) -> LoraWeights:
+    weights: LoraWeights = {}
+    names = {key.split(".", 1)[0] for key in tensors if key.endswith("lora_down.weight")}
+    for name in sorted(names):
+        part = next((p for p, prefix in KOHYA_PREFIX.items() if name.startswith(prefix)), None)
+        if part is None:
+            raise AdapterFileError(f"{source}: key {name} is neither lora_unet_ nor lora_te_; "
+                                   "only Stable Diffusion 1.x/2.x LoRA files are supported")
+        up = tensors.get(f"{name}.lora_up.weight")
+        if up is None:
+            raise AdapterFileError(f"{source}: {name} has lora_down but no lora_up weight")
+        down = tensors[f"{name}.lora_down.weight"]
+        alpha = tensors.get(f"{name}.alpha")
+        module = _unflatten(name[len(KOHYA_PREFIX[part]):])
+        weights[(part, module)] = LoraModule(down, up, float(alpha.item()) if alpha is not None else float(down.shape[0]))
+    return weights
+
+
+def to_kohya(weights: LoraWeights) -> dict[str, torch.Tensor]:
+    out = {}
+    for (part, module), lora in weights.items():
+        name = KOHYA_PREFIX[part] + module.replace(".", "_")
+        out[f"{name}.lora_down.weight"] = lora.down.contiguous()
+        out[f"{name}.lora_up.weight"] = lora.up.contiguous()
+        out[f"{name}.alpha"] = torch.tensor(float(lora.alpha))
+    return out
+
+
+def _peft_config(weights: LoraWeights, part: str) -> dict:
+    """A LoraConfig dict that reproduces every module's rank and alpha exactly."""
+    modules = {m: w for (p, m), w in weights.items() if p == part}
+    first = next(iter(modules.values()))
+    return {
+        "r": first.rank,
+        "lora_alpha": first.alpha,
+        "target_modules": sorted(modules),
+        "rank_pattern": {m: w.rank for m, w in modules.items() if w.rank != first.rank},
+        "alpha_pattern": {m: w.alpha for m, w in modules.items() if w.alpha != first.alpha},
+    }
+
+
+def _from_peft_keys(tensors: dict[str, torch.Tensor], part_of, config_of, source: Path) -> LoraWeights:
+    weights: LoraWeights = {}
+    for key, down in tensors.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        located = part_of(key[: -len(".lora_A.weight")])
+        if located is None:
+            continue
+        part, module = located
+        up = tensors.get(key.replace(".lora_A.weight", ".lora_B.weight"))
+        if up is None:
+            raise AdapterFileError(f"{source}: {key} has no matching lora_B weight")
+        config = config_of(part)
+        rank = int(down.shape[0])
+        alpha = config.get("alpha_pattern", {}).get(module, config.get("lora_alpha", rank)) if config else rank
+        if part == "text_encoder":
+            module = _text_path(module)
+        weights[(part, module)] = LoraModule(down, up, float(alpha))
+    return weights
+
+
+def from_diffusers(tensors: dict[str, torch.Tensor], metadata: dict[str, str], source: Path) -> LoraWeights:
+    packed = json.loads(metadata.get(DIFFUSERS_METADATA_KEY, "{}"))
+    configs = {part: {k[len(part) + 1:]: v for k, v in packed.items() if k.startswith(part + ".")} for part in PARTS}
+
+    def part_of(key: str):
+        part, _, module = key.partition(".")
+        return (part, module) if part in PARTS else None
+
+    return _from_peft_keys(tensors, part_of, configs.get, source)
+
+
+def to_diffusers(weights: LoraWeights) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    out, packed = {}, {}
+    for (part, module), lora in weights.items():
+        out[f"{part}.{module}.lora_A.weight"] = lora.down.contiguous()
+        out[f"{part}.{module}.lora_B.weight"] = lora.up.contiguous()
+    for part in {p for p, _ in weights}:
+        packed |= {f"{part}.{k}": v for k, v in _peft_config(weights, part).items()}
+    return out, {DIFFUSERS_METADATA_KEY: json.dumps(packed, sort_keys=True)}
+
+
+def from_peft_folder(folder: Path) -> LoraWeights:
+    """A peft folder: adapter_model.safetensors + adapter_config.json for the UNet, and optionally the
+    same pair in text_encoder/."""
+    weights: LoraWeights = {}
+    for part, sub in (("unet", folder), ("text_encoder", folder / "text_encoder")):
+        file = sub / "adapter_model.safetensors"
+        if not file.is_file():
+            continue
+        config_file = sub / "adapter_config.json"
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        tensors = read_adapter(file).tensors
+        prefix = "base_model.model."
+        weights |= _from_peft_keys(tensors, lambda k, p=part: (p, k[len(prefix):] if k.startswith(prefix) else k),
+                                   lambda p, c=config: c, file)
+    if not weights:
+        raise AdapterFileError(f"{folder}: no adapter_model.safetensors with LoRA weights in this folder")
+    return weights
+
+
+def to_peft_folder(weights: LoraWeights, folder: Path, metadata: dict[str, str]) -> None:
+    for part, sub in (("unet", folder), ("text_encoder", folder / "text_encoder")):
+        modules = {m: w for (p, m), w in weights.items() if p == part}
+        if not modules:
+            continue
+        tensors = {}
+        for module, lora in modules.items():
+            name = module[len("text_model."):] if part == "text_encoder" else module
+            tensors[f"base_model.model.{name}.lora_A.weight"] = lora.down.contiguous()
+            tensors[f"base_model.model.{name}.lora_B.weight"] = lora.up.contiguous()
+        config = _peft_config({(part, _strip(part, m)): w for m, w in modules.items()}, part)
+        config |= {"peft_type": "LORA", "bias": "none", "lora_dropout": 0.0, "init_lora_weights": True}
+        write_atomically(sub / "adapter_model.safetensors", safetensors.torch.save(tensors, metadata=metadata))
+        write_atomically(sub / "adapter_config.json", json.dumps(config, indent=2).encode())
+
+
+def _strip(part: str, module: str) -> str:
+    return module[len("text_model."):] if part == "text_encoder" and module.startswith("text_model.") else module
+
+
+def detect_format(tensors: dict[str, torch.Tensor]) -> str:
+    keys = list(tensors)
+    if any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_")) for k in keys):
+        return "kohya"
+    if any(k.startswith(("unet.", "text_encoder.")) and ".lora_A." in k for k in keys):
+        return "diffusers"
+    if any(k.startswith("base_model.model.") for k in keys):
+        return "peft"
+    return "unknown"
+
+
+def read_lora(path: Path) -> tuple[LoraWeights, dict[str, str], str]:
+    """Read any supported layout: (weights, metadata, format name). Pickles are refused unopened."""
+    path = Path(path)
+    if path.is_dir():
+        return from_peft_folder(path), {}, "peft"
+    adapter = read_adapter(path)  # refuses pickles and damaged files, unopened
+    tensors, metadata = adapter.tensors, adapter.metadata
+    kind = detect_format(tensors)
+    if kind == "kohya":
+        weights = from_kohya(tensors, path)
+    elif kind == "diffusers":
+        weights = from_diffusers(tensors, metadata, path)
+    elif kind == "peft":
+        config_file = path.parent / "adapter_config.json"
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        weights = _from_peft_keys(tensors, lambda k: ("unet", k[len("base_model.model."):]), lambda p: config, path)
+    else:
+        raise AdapterFileError(f"{path}: no LoRA weights in a known layout (kohya lora_unet_/lora_te_, "
+                               "diffusers unet./text_encoder., or peft base_model.model.)")
+    for (part, module), lora in weights.items():
+        if not (torch.isfinite(lora.down).all() and torch.isfinite(lora.up).all()):
+            raise AdapterFileError(f"{path}: {part} module {module} holds NaN or infinite weights")
+    return weights, metadata, kind
+
+
+def write_lora(weights: LoraWeights, kind: str, out: Path, metadata: dict[str, str] | None = None) -> Path:
+    metadata = dict(metadata or {})
+    if kind == "kohya":
+        write_atomically(out, safetensors.torch.save(to_kohya(weights), metadata=metadata))
+    elif kind == "diffusers":
+        tensors, extra = to_diffusers(weights)
+        write_atomically(out, safetensors.torch.save(tensors, metadata=metadata | extra))
+    elif kind == "peft":
+        to_peft_folder(weights, out, metadata)
+    else:
+        raise AdapterFileError(f"unknown format {kind!r}: choose one of {', '.join(FORMATS)}")
+    return out

@@ -1,0 +1,63 @@
+"""Weighted merges of LoRA adapters, done on the product B·A, never on A and B separately.
+
+Averaging A's and B's separately (as some tools do) multiplies cross terms B_1·A_2 into the
+result, which is not the blend. `cat` stacks the ranks so the merged delta equals the
+weighted sum exactly; `svd` compresses that exact sum to rank R and reports the error.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .formats import LoraModule, LoraWeights
+from .styler import StyleWeight
+
+
+def _weight_for(part: str, weight: StyleWeight) -> float:
+    return weight.unet if part == "unet" else weight.text_encoder
+
+
+def merge_cat(items: list[tuple[LoraWeights, StyleWeight]]) -> LoraWeights:
+    """Concatenate ranks: up = [w_1 s_1 B_1 | w_2 s_2 B_2 ...], down = [A_1; A_2 ...], alpha = total rank."""
+    merged: LoraWeights = {}
+    for key in sorted({key for weights, _ in items for key in weights}):
+        downs, ups = [], []
+        for weights, weight in items:
+            if key in weights:
+                lora = weights[key]
+                downs.append(lora.down.float())
+                ups.append(lora.up.float() * (_weight_for(key[0], weight) * lora.scale))
+        down, up = torch.cat(downs, dim=0), torch.cat(ups, dim=1)
+        merged[key] = LoraModule(down, up, float(down.shape[0]))
+    return merged
+
+
+def blended_deltas(items: list[tuple[LoraWeights, StyleWeight]]) -> dict[tuple[str, str], torch.Tensor]:
+    """The exact weighted sum of each module's delta, in float64, flattened to 2-D."""
+    deltas: dict[tuple[str, str], torch.Tensor] = {}
+    for weights, weight in items:
+        for key, lora in weights.items():
+            delta = _weight_for(key[0], weight) * lora.delta()
+            deltas[key] = deltas[key] + delta if key in deltas else delta
+    return deltas
+
+
+def merge_svd(items: list[tuple[LoraWeights, StyleWeight]], rank: int) -> tuple[LoraWeights, float]:
+    """Best rank-`rank` approximation (per module, by truncated SVD) of the exact blend, and the relative
+    Frobenius error over all modules: ||exact - approx|| / ||exact||."""
+    shapes = {key: (lora.down.shape, lora.up.shape) for weights, _ in items for key, lora in weights.items()}
+    merged: LoraWeights = {}
+    error_sq = total_sq = 0.0
+    for key, delta in blended_deltas(items).items():
+        u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+        k = max(1, min(rank, int(s.shape[0])))
+        root = s[:k].sqrt()
+        up, down = u[:, :k] * root, root[:, None] * vh[:k]
+        error_sq += float((s[k:] ** 2).sum())
+        total_sq += float((s ** 2).sum())
+        down_shape, up_shape = shapes[key]
+        merged[key] = LoraModule(down.float().reshape(k, *down_shape[1:]), up.float().reshape(up_shape[0], k, *up_shape[2:]),
+                                 float(k))
+    return merged, math.sqrt(error_sq / total_sq) if total_sq > 0 else 0.0

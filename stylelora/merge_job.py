@@ -1,0 +1,77 @@
+"""The merge job: read weighted adapters, blend them exactly (cat) or at rank R (svd), or fuse into a base."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError
+from .formats import read_lora, write_lora
+from .merge import merge_cat, merge_svd
+from .styler import Styler, parse_lora_spec
+
+
+@dataclass
+class MergeConfig:
+    adapters: tuple[str, ...]  # "file.safetensors:0.6" specs
+    out: Path
+    method: str = "cat"
+    rank: int | None = None
+    into_base: bool = False
+    base: str = "mini"
+
+
+@dataclass
+class MergeResult:
+    path: Path
+    relative_error: float | None = None
+
+
+def validate_merge(config: MergeConfig) -> None:
+    if not config.adapters:
+        raise ConfigError("name at least one adapter to merge, e.g. a.safetensors:0.6 b.safetensors:0.4")
+    if config.method not in ("cat", "svd"):
+        raise ConfigError(f"--method = {config.method!r}: choose cat or svd")
+    if config.method == "svd" and (config.rank is None or config.rank < 1):
+        raise ConfigError(f"--rank = {config.rank!r}: --method svd needs a target rank of at least 1, e.g. --rank 8")
+
+
+def merge(config: MergeConfig) -> MergeResult:
+    validate_merge(config)
+    specs = [parse_lora_spec(spec) for spec in config.adapters]
+    if config.into_base:
+        return MergeResult(fuse_into_base(config.base, specs, config.out))
+    items = [(read_lora(path)[0], weight) for path, weight in specs]
+    error = None
+    if config.method == "cat":
+        merged = merge_cat(items)
+    else:
+        merged, error = merge_svd(items, config.rank)
+    sources = [{"file": str(p), "unet": w.unet, "te": w.text_encoder} for p, w in specs]
+    metadata = {"stylelora.merged_from": json.dumps(sources), "stylelora.merge_method": config.method,
+                "modelspec.merged_from": ", ".join(str(p) for p, _ in specs)}
+    write_lora(merged, "kohya", config.out, metadata)
+    return MergeResult(config.out, error)
+
+
+def fuse_into_base(base: str, specs, out: Path) -> Path:
+    """Fuse the weighted blend into a copy of the base and save it as a diffusers folder, atomically."""
+    styler = Styler(base)
+    styler.set_weights({styler.load(path): weight for path, weight in specs})
+    styler.pipe.fuse_lora(adapter_names=list(styler.paths), lora_scale=1.0)
+    styler.pipe.unload_lora_weights()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        styler.pipe.save_pretrained(staging)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,53 @@
+"""Measure what the miniature model draws: generate for every colour x shape prompt and judge each image.
+
+Used by the test suite (few images, loose bounds) and by bench/style_report.py (many images).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .judge import judge
+from .world import COLOURS, SHAPES
+
+
+@dataclass
+class Rates:
+    images: int = 0
+    colour_right: int = 0
+    shape_right: int = 0
+    textures: Counter = field(default_factory=Counter)
+    palettes: Counter = field(default_factory=Counter)
+
+    def share(self, what: str) -> float:
+        """Share of images judged as `what`: a texture, a palette, 'colour' or 'shape' (named ones right)."""
+        if self.images == 0:
+            return 0.0
+        count = {"colour": self.colour_right, "shape": self.shape_right}.get(what)
+        if count is None:
+            count = self.textures[what] + self.palettes[what]
+        return count / self.images
+
+
+def prompts() -> list[tuple[str, str, str]]:
+    return [(f"a {colour} {shape}", colour, shape) for colour in COLOURS for shape in SHAPES]
+
+
+def measure(styler, per_prompt: int = 4, steps: int = 20, cfg: float = 4.0, seed: int = 0,
+            scheduler: str = "dpm++") -> Rates:
+    """Judge `per_prompt` images for each of the 12 colour x shape prompts, with the styler's current weights."""
+    rates = Rates()
+    for index, (prompt, colour, shape) in enumerate(prompts()):
+        images = styler.generate(prompt, count=per_prompt, steps=steps, cfg=cfg, seed=seed + 1000 * index,
+                                 scheduler=scheduler)
+        for image in images:
+            verdict = judge(np.asarray(image.convert("RGB")))
+            rates.images += 1
+            rates.colour_right += verdict.colour == colour
+            rates.shape_right += verdict.shape == shape
+            rates.textures[verdict.texture or "none"] += 1
+            rates.palettes[verdict.palette or "none"] += 1
+    return rates
