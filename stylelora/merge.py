@@ -15,10 +15,6 @@ from .formats import LoraModule, LoraWeights
 from .styler import StyleWeight
 
 
-def _weight_for(part: str, weight: StyleWeight) -> float:
-    return weight.unet if part == "unet" else weight.text_encoder
-
-
 def merge_cat(items: list[tuple[LoraWeights, StyleWeight]]) -> LoraWeights:
     """Concatenate ranks: up = [w_1 s_1 B_1 | w_2 s_2 B_2 ...], down = [A_1; A_2 ...], alpha = total rank."""
     merged: LoraWeights = {}
@@ -28,7 +24,7 @@ def merge_cat(items: list[tuple[LoraWeights, StyleWeight]]) -> LoraWeights:
             if key in weights:
                 lora = weights[key]
                 downs.append(lora.down.float())
-                ups.append(lora.up.float() * (_weight_for(key[0], weight) * lora.scale))
+                ups.append(lora.up.float() * (weight.for_module(*key) * lora.scale))
         down, up = torch.cat(downs, dim=0), torch.cat(ups, dim=1)
         merged[key] = LoraModule(down, up, float(down.shape[0]))
     return merged
@@ -39,7 +35,7 @@ def blended_deltas(items: list[tuple[LoraWeights, StyleWeight]]) -> dict[tuple[s
     deltas: dict[tuple[str, str], torch.Tensor] = {}
     for weights, weight in items:
         for key, lora in weights.items():
-            delta = _weight_for(key[0], weight) * lora.delta()
+            delta = weight.for_module(*key) * lora.delta()
             deltas[key] = deltas[key] + delta if key in deltas else delta
     return deltas
 

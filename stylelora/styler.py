@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+from peft.tuners.lora import LoraLayer
 from PIL import Image
 
 from .formats import read_lora, to_kohya
@@ -26,32 +27,54 @@ SCHEDULERS = {
 }
 
 
+BLOCKS = ("down", "mid", "up")
+
+
 @dataclass(frozen=True)
 class StyleWeight:
-    """How strongly one adapter applies: to the UNet and to the text encoder (if it adapts one)."""
+    """How strongly one adapter applies: to the UNet and to the text encoder (if it adapts one).
+    `blocks` optionally overrides the UNet weight for its down, mid and up blocks, as in
+    diffusers' set_adapters block dictionaries and AUTOMATIC1111's block-weight extension."""
 
     unet: float
     text_encoder: float
+    blocks: tuple[tuple[str, float], ...] = ()
+
+    def for_module(self, part: str, module: str) -> float:
+        """The weight that applies to one module, e.g. ('unet', 'down_blocks.0.attentions.0...')."""
+        if part != "unet":
+            return self.text_encoder
+        block = "mid" if module.startswith("mid_block") else module.split("_", 1)[0]
+        return dict(self.blocks).get(block, self.unet)
+
+    def unet_setting(self) -> float | dict[str, float]:
+        """The UNet weight in diffusers' set_adapters form: a number, or a per-block dictionary."""
+        return {block: dict(self.blocks).get(block, self.unet) for block in BLOCKS} if self.blocks else self.unet
+
+    @property
+    def is_off(self) -> bool:
+        return self.unet == 0 and self.text_encoder == 0 and all(w == 0 for _, w in self.blocks)
 
     @classmethod
     def parse(cls, text: str, flag: str = "--lora") -> "StyleWeight":
-        """'0.7' for both parts, or 'unet=0.8,te=0.5'."""
+        """'0.7' for every part, or named parts: 'unet=0.8,te=0.5', 'down=0,mid=1,up=0.6' (unset parts: 1)."""
         try:
             if "=" not in text:
                 value = float(text)
                 return cls(value, value)
-            parts = dict(part.split("=", 1) for part in text.split(","))
-            unknown = set(parts) - {"unet", "te"}
-            if unknown:
+            parts = {k.strip(): float(v) for k, v in (part.split("=", 1) for part in text.split(","))}
+            if set(parts) - {"unet", "te", *BLOCKS}:
                 raise ValueError
-            return cls(float(parts.get("unet", 1.0)), float(parts.get("te", 1.0)))
+            blocks = tuple((b, parts[b]) for b in BLOCKS if b in parts)
+            return cls(parts.get("unet", 1.0), parts.get("te", 1.0), blocks)
         except ValueError:
-            raise ConfigError(f"{flag} weight {text!r}: give a number like 0.7, or unet=0.8,te=0.5") from None
+            raise ConfigError(f"{flag} weight {text!r}: give a number like 0.7, or parts like unet=0.8,te=0.5 "
+                              "or down=0,mid=1,up=0.6") from None
 
 
 def parse_lora_spec(spec: str) -> tuple[Path, StyleWeight]:
     """'path.safetensors:0.7' or 'path.safetensors:unet=0.8,te=0.5' or just 'path.safetensors' (weight 1)."""
-    match = re.fullmatch(r"(.+?\.safetensors)(?::(.+))?", spec) or re.fullmatch(r"(.+?):([-+0-9.=,a-z]+)", spec)
+    match = re.fullmatch(r"(.+?\.safetensors)(?::(.+))?", spec) or re.fullmatch(r"(.+?):([-+0-9.=,a-z ]+)", spec)
     if match is None:
         return Path(spec), StyleWeight(1.0, 1.0)
     return Path(match.group(1)), StyleWeight.parse(match.group(2)) if match.group(2) else StyleWeight(1.0, 1.0)
@@ -67,7 +90,12 @@ def adapter_name_for(path: Path, taken: set[str]) -> str:
 
 
 class Styler:
-    """Paint with a base model and a weighted stack of style adapters."""
+    """Paint with a base model and a weighted stack of style adapters.
+
+    While the weights stay the same, the blend is fused into the base weights (as AUTOMATIC1111
+    and ComfyUI do), so each denoising step costs what the bare base costs. Changing the
+    weights first restores the base weights from a copy, so unfusing is exact, not a subtraction.
+    """
 
     def __init__(self, base: str = "mini", device: str | None = None, dtype: torch.dtype | None = None):
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -76,21 +104,25 @@ class Styler:
         self.pipe = load_base(base, dtype=dtype, device=device)
         self.paths: dict[str, Path] = {}
         self.weights: dict[str, StyleWeight] = {}
+        self._originals: dict[torch.nn.Module, torch.Tensor] = {}  # base weights of fused layers
 
     def load(self, path: Path, name: str | None = None) -> str:
-        """Load an adapter file under `name` (default: from its file name) and return the name."""
+        """Load an adapter file under `name` (default: from its file name), at weight 0, and return the name."""
         path = Path(path)
         weights, _, _ = read_lora(path)  # any layout; refuses pickles and damaged files with a clear reason
         name = name or adapter_name_for(path, set(self.paths))
+        self.unfuse()
         try:
             self.pipe.load_lora_weights(to_kohya(weights), adapter_name=name)
         except (ValueError, KeyError, RuntimeError) as error:
             raise AdapterFileError(f"{path}: does not fit base {self.base!r} ({str(error).splitlines()[0][:200]})") from None
         self.paths[name] = path
         self.weights[name] = StyleWeight(0.0, 0.0)
+        self._apply()
         return name
 
     def unload(self, name: str) -> None:
+        self.unfuse()
         self.pipe.delete_adapters([name])
         self.paths.pop(name)
         self.weights.pop(name)
@@ -101,21 +133,61 @@ class Styler:
         unknown = set(weights) - set(self.paths)
         if unknown:
             raise ConfigError(f"no adapter named {sorted(unknown)[0]!r} is loaded; loaded: {sorted(self.paths)}")
-        self.weights = {name: StyleWeight(0.0, 0.0) for name in self.paths}
+        new = {name: StyleWeight(0.0, 0.0) for name in self.paths}
         for name, weight in weights.items():
-            self.weights[name] = weight if isinstance(weight, StyleWeight) else StyleWeight(float(weight), float(weight))
+            new[name] = weight if isinstance(weight, StyleWeight) else StyleWeight(float(weight), float(weight))
+        if new == self.weights:
+            return  # unchanged: stay fused
+        self.unfuse()
+        self.weights = new
         self._apply()
 
     def _apply(self) -> None:
-        active = {n: w for n, w in self.weights.items() if w.unet != 0 or w.text_encoder != 0}
+        active = {n: w for n, w in self.weights.items() if not w.is_off}
         if not active:
-            self.pipe.disable_lora()
+            if self.paths:
+                self.pipe.disable_lora()
             return
         self.pipe.enable_lora()
         parts = self.pipe.get_list_adapters()
-        weights = [{"unet": w.unet} | ({"text_encoder": w.text_encoder} if n in parts.get("text_encoder", []) else {})
+        weights = [{"unet": w.unet_setting()}
+                   | ({"text_encoder": w.text_encoder} if n in parts.get("text_encoder", []) else {})
                    for n, w in active.items()]
+        # Only the active adapters run: loaded but inactive ones cost nothing per step.
         self.pipe.set_adapters(list(active), weights)
+
+    def _lora_layers(self):
+        for model in (self.pipe.unet, self.pipe.text_encoder):
+            for module in model.modules():
+                if isinstance(module, LoraLayer) and not module.disable_adapters:
+                    yield module
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Add the active blend into the base weights and switch the adapter paths off."""
+        if self._originals:
+            return
+        for layer in list(self._lora_layers()):
+            active = [n for n in layer.active_adapters if n in layer.lora_A]
+            if not active:
+                continue
+            weight = layer.base_layer.weight
+            self._originals[layer] = weight.data.clone()
+            delta = sum(layer.get_delta_weight(n).float() for n in active)
+            weight.data = (weight.data.float() + delta).to(weight.dtype)
+            layer.enable_adapters(False)
+
+    @torch.no_grad()
+    def unfuse(self) -> None:
+        """Put the base weights back exactly (copied, not subtracted) and switch the adapters back on."""
+        for layer, original in self._originals.items():
+            layer.base_layer.weight.data = original
+            layer.enable_adapters(True)
+        self._originals.clear()
+
+    @property
+    def fused(self) -> bool:
+        return bool(self._originals)
 
     @torch.no_grad()
     def generate(self, prompt: str, negative: str = "", count: int = 1, steps: int = 30, cfg: float = 7.5,
@@ -125,6 +197,7 @@ class Styler:
         kind, options = SCHEDULERS[scheduler]
         self.pipe.scheduler = kind.from_config(self.pipe.scheduler.config, **options)
         size = size or self.native_size
+        self.fuse()
         # One generator per image: image i is reproduced alone by seed + i.
         generators = [torch.Generator().manual_seed(seed + i) for i in range(count)]
         return self.pipe(prompt, negative_prompt=negative or None, num_images_per_prompt=count,

@@ -66,3 +66,30 @@ def test_generate_writes_reproducible_pngs_with_settings(tiny_base, two_adapters
     again = generate(GenerateConfig(prompt="a red circle", loras=loras, base=str(tiny_base), count=1, steps=3,
                                     seed=6, out=tmp_path / "b"))
     assert np.array_equal(np.asarray(Image.open(again[0])), np.asarray(Image.open(paths[1])))
+
+
+def test_fusing_is_exact_and_unfusing_restores_the_base_bit_for_bit(tiny_base, two_adapters, unet_probe):
+    styler = Styler(str(tiny_base))
+    base_out = unet_probe(styler)
+    a, b = (styler.load(p) for p in two_adapters)
+    styler.set_weights({a: 0.8, b: -0.3})
+    unfused = unet_probe(styler)
+    styler.fuse()
+    assert styler.fused and torch.allclose(unet_probe(styler), unfused, atol=1e-5)
+    styler.set_weights({a: 0.8, b: -0.3})  # unchanged weights keep the fused state
+    assert styler.fused
+    styler.set_weights({a: 0.0, b: 0.0})
+    assert not styler.fused and torch.equal(unet_probe(styler), base_out)
+
+
+def test_per_block_weights_reach_only_their_blocks(tiny_base, two_adapters):
+    weight = StyleWeight.parse("down=0,mid=1,up=0.5")
+    assert weight.for_module("unet", "down_blocks.0.attentions.0.x") == 0
+    assert weight.for_module("unet", "mid_block.attentions.0.x") == 1
+    assert weight.for_module("unet", "up_blocks.1.attentions.0.x") == 0.5
+    styler = Styler(str(tiny_base))
+    a = styler.load(two_adapters[0])
+    styler.set_weights({a: weight})
+    down = styler.pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
+    up = styler.pipe.unet.up_blocks[1].attentions[0].transformer_blocks[0].attn1.to_q
+    assert down.scaling[a] == 0 and up.scaling[a] == 0.5 * 4.0 / 2
