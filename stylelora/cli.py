@@ -121,6 +121,34 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_grid_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("grid", help="one comparison image: prompts or adapter B's weight against adapter A's",
+                            description="An X/Y grid: columns are adapter A's weights; rows are the prompts, or "
+                                        "adapter B's weights with --lora-b. Every cell uses the same seed.")
+    p.add_argument("prompts", nargs="+")
+    p.add_argument("--lora", required=True, help="adapter A")
+    p.add_argument("--weights", default="0,0.25,0.5,0.75,1", help="A's weights across (0,0.25,0.5,0.75,1)")
+    p.add_argument("--lora-b", help="adapter B: rows become B's weights")
+    p.add_argument("--weights-b", default="", help="B's weights down, e.g. 0,0.5,1")
+    p.add_argument("--base", default="mini")
+    p.add_argument("--negative", default="")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--cfg", type=float, default=7.5)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--scheduler", default="dpm++", choices=("ddim", "euler", "dpm++"))
+    p.add_argument("-o", "--out", type=Path, default=Path("outputs/grid.png"))
+
+
+def run_grid(args: argparse.Namespace) -> int:
+    from .grid import GridConfig, make_grid, parse_weights
+
+    config = GridConfig(tuple(args.prompts), args.lora, parse_weights(args.weights, "--weights"), args.out,
+                        args.lora_b, parse_weights(args.weights_b, "--weights-b") if args.lora_b else (),
+                        args.base, args.negative, args.steps, args.cfg, args.seed, args.scheduler)
+    print(make_grid(config))
+    return 0
+
+
 def add_adapter_tool_parsers(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("merge", help="merge weighted adapters into one",
                             description="Merge adapters: FILE:WEIGHT ... into one adapter (cat: exact; svd: rank R).")
@@ -173,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     add_train_parser(commands)
     add_generate_parser(commands)
+    add_grid_parser(commands)
     add_adapter_tool_parsers(commands)
     return parser
 
@@ -183,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")  # no warnings about optional image backends
     args = build_parser().parse_args(argv)
     try:
-        runners = {"train": run_train, "generate": run_generate, "merge": run_merge, "convert": run_convert,
+        runners = {"train": run_train, "generate": run_generate, "grid": run_grid, "merge": run_merge, "convert": run_convert,
                    "inspect": run_inspect}
         return runners[args.command](args)
     except StyleloraError as error:

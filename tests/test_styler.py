@@ -93,3 +93,25 @@ def test_per_block_weights_reach_only_their_blocks(tiny_base, two_adapters):
     down = styler.pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
     up = styler.pipe.unet.up_blocks[1].attentions[0].transformer_blocks[0].attn1.to_q
     assert down.scaling[a] == 0 and up.scaling[a] == 0.5 * 4.0 / 2
+
+
+def test_cli_generate_and_grid(tiny_base, two_adapters, tmp_path):
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "stylelora", *args], capture_output=True, text=True)
+
+    run = cli("generate", "a blue square", "--lora", f"{two_adapters[0]}:0.7", "--lora", f"{two_adapters[1]}:-0.5",
+              "--base", str(tiny_base), "-n", "2", "--steps", "2", "--out", str(tmp_path / "g"))
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["a-blue-square-1.png", "a-blue-square-2.png"]
+    grid = tmp_path / "grid.png"
+    run = cli("grid", "a red circle", "a blue square", "--lora", str(two_adapters[0]), "--weights", "0,1,2",
+              "--base", str(tiny_base), "--steps", "2", "-o", str(grid))
+    assert run.returncode == 0, run.stderr
+    image = Image.open(grid)
+    assert image.width > 3 * 128 and image.height == 18 + 2 * 128
+    assert json.loads(image.text["stylelora"])["weights"] == [0.0, 1.0, 2.0]
+    run = cli("grid", "x", "--lora", str(two_adapters[0]), "--weights", "a,b", "--base", str(tiny_base))
+    assert run.returncode == 2 and "--weights 'a,b'" in run.stderr
