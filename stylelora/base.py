@@ -11,12 +11,12 @@ import transformers
 from diffusers import StableDiffusionPipeline
 
 from .errors import BaseModelError
+from .files import PICKLE_SUFFIXES
 
 diffusers.utils.logging.disable_progress_bar()
 transformers.utils.logging.disable_progress_bar()
 
 MINI_WEIGHTS = Path(__file__).parent / "mini" / "weights"
-PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl"}
 
 
 def resolve_base(spec: str) -> str:

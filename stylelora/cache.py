@@ -12,7 +12,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from .adapter import write_atomically
+from .files import write_atomically
 from .data import Example, load_rgb, preprocess
 
 

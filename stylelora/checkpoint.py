@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .adapter import AdapterFile, read_adapter, save_adapter, write_atomically
+from .files import SafetensorsFile, read_safetensors, save_safetensors, write_atomically
 from .errors import TrainingError
 
 # Settings that change what the adapter is; resuming with any of them changed is refused.
@@ -43,7 +43,7 @@ def save_checkpoint(out_dir: Path, step: int, tensors: dict[str, torch.Tensor], 
     final = root / f"step-{step:06d}"
     staging = Path(tempfile.mkdtemp(dir=root, prefix=".staging-"))
     try:
-        save_adapter(staging / "adapter.safetensors", tensors, metadata)
+        save_safetensors(staging / "adapter.safetensors", tensors, metadata)
         buffer = _torch_bytes({"step": step, "optimizer": optimizer_state, "scheduler": scheduler_state,
                                "config": json.dumps(config_json)})
         write_atomically(staging / "state.pt", buffer)
@@ -66,9 +66,9 @@ def _torch_bytes(value: Any) -> bytes:
     return buffer.getvalue()
 
 
-def load_checkpoint(path: Path) -> tuple[AdapterFile, dict[str, Any]]:
+def load_checkpoint(path: Path) -> tuple[SafetensorsFile, dict[str, Any]]:
     """Read a checkpoint. torch.load runs with weights_only=True, so a tampered file cannot run code."""
-    adapter = read_adapter(path / "adapter.safetensors")
+    adapter = read_safetensors(path / "adapter.safetensors")
     try:
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
     except Exception as error:

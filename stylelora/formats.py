@@ -14,7 +14,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from .adapter import read_adapter, write_atomically
+from .files import read_safetensors, write_atomically
 from .errors import AdapterFileError
 
 FORMATS = ("kohya", "diffusers", "peft")
@@ -157,7 +157,7 @@ def from_peft_folder(folder: Path) -> LoraWeights:
             continue
         config_file = sub / "adapter_config.json"
         config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-        tensors = read_adapter(file).tensors
+        tensors = read_safetensors(file).tensors
         prefix = "base_model.model."
         weights |= _from_peft_keys(tensors, lambda k, p=part: (p, k[len(prefix):] if k.startswith(prefix) else k),
                                    lambda p, c=config: c, file)
@@ -202,7 +202,7 @@ def read_lora(path: Path) -> tuple[LoraWeights, dict[str, str], str]:
     path = Path(path)
     if path.is_dir():
         return from_peft_folder(path), {}, "peft"
-    adapter = read_adapter(path)  # refuses pickles and damaged files, unopened
+    adapter = read_safetensors(path)  # refuses pickles and damaged files, unopened
     tensors, metadata = adapter.tensors, adapter.metadata
     kind = detect_format(tensors)
     if kind == "kohya":

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
-from .adapter import write_atomically
+from .files import write_atomically
 
 
 def save_png(image: Image.Image, path: Path, settings: dict) -> Path:

@@ -22,7 +22,9 @@ from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
 
 from . import __version__
-from .adapter import attach_lora, load_into, lora_state_dict, metadata_json, save_adapter, to_kohya
+from .adapter import attach_lora, load_into, lora_weights
+from .files import metadata_json, save_safetensors
+from .formats import to_kohya
 from .base import architecture_of, load_base, resolve_base, weights_fingerprint
 from .cache import LatentCache, TextCache, encode_parameters, sample_latents
 from .checkpoint import check_compatible, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -221,10 +223,10 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
         return ddpm_loss(prediction, target, weights)
 
     def adapter_tensors() -> dict[str, torch.Tensor]:
-        tensors = to_kohya(lora_state_dict(accelerator.unwrap_model(unet_run)), "unet", config.effective_alpha)
+        weights = lora_weights(accelerator.unwrap_model(unet_run), "unet", config.effective_alpha)
         if config.train_text_encoder:
-            tensors |= to_kohya(lora_state_dict(accelerator.unwrap_model(text_run)), "text_encoder", config.effective_alpha)
-        return tensors
+            weights |= lora_weights(accelerator.unwrap_model(text_run), "text_encoder", config.effective_alpha)
+        return to_kohya(weights)
 
     def metadata(step: int) -> dict[str, str]:
         return adapter_metadata(config, folder, resolution, step, base_id, architecture_of(unet), prediction_type)
@@ -290,7 +292,7 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
 
     accelerator.wait_for_everyone()
     if main:
-        save_adapter(config.adapter_path, adapter_tensors(), metadata(steps))
+        save_safetensors(config.adapter_path, adapter_tensors(), metadata(steps))
     return TrainResult(config.adapter_path, steps, loss_value, time.time() - started, is_main=main)
 
 
@@ -304,9 +306,9 @@ def _resume(config: TrainConfig, out_dir: Path, unet, text_encoder, optimizer, l
     current = config.to_json_dict() | {"resolution": resolution}
     saved = state["config"] | {"resolution": int(adapter.metadata.get("ss_resolution", "0").split(",")[0] or 0) or resolution}
     check_compatible(saved, current, path)
-    load_into(unet, adapter, "unet", path)
+    load_into(unet, adapter.tensors, "unet", path)
     if config.train_text_encoder:
-        load_into(text_encoder, adapter, "text_encoder", path)
+        load_into(text_encoder, adapter.tensors, "text_encoder", path)
     optimizer.load_state_dict(state["optimizer"])
     lr_schedule.load_state_dict(state["scheduler"])
     say(f"Resuming from {path} (step {state['step']}).")

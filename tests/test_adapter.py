@@ -3,7 +3,9 @@
 import torch
 from diffusers import StableDiffusionPipeline
 
-from stylelora.adapter import attach_lora, from_kohya, lora_state_dict, read_adapter, to_kohya
+from stylelora.adapter import attach_lora, load_into, lora_weights
+from stylelora.files import read_safetensors
+from stylelora.formats import from_kohya, to_kohya
 from stylelora.config import TEXT_ENCODER_TARGETS, UNET_TARGETS
 from stylelora.errors import ConfigError
 from stylelora.training import train
@@ -46,18 +48,25 @@ def test_unmatched_targets_name_the_flag(tiny_base):
 def test_kohya_keys_round_trip_with_alpha(tiny_base):
     pipe = StableDiffusionPipeline.from_pretrained(tiny_base)
     attach_lora(pipe.text_encoder, TEXT_ENCODER_TARGETS, rank=2, alpha=3.0, dropout=0.0)
-    tensors = to_kohya(lora_state_dict(pipe.text_encoder), "text_encoder", 3.0)
+    tensors = to_kohya(lora_weights(pipe.text_encoder, "text_encoder", 3.0))
     name = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
     assert {f"{name}.lora_down.weight", f"{name}.lora_up.weight", f"{name}.alpha"} <= set(tensors)
     assert tensors[f"{name}.alpha"].item() == 3.0
-    peft, alphas = from_kohya(tensors, "text_encoder", pipe.text_encoder, source="x")
-    assert set(peft) == set(lora_state_dict(pipe.text_encoder)) and set(alphas.values()) == {3.0}
+    back = from_kohya(tensors, source="x")
+    assert back.keys() == lora_weights(pipe.text_encoder, "text_encoder", 3.0).keys()
+    assert {lora.alpha for lora in back.values()} == {3.0}
+    # ...and the weights go back into a model exactly.
+    fresh = StableDiffusionPipeline.from_pretrained(tiny_base)
+    attach_lora(fresh.text_encoder, TEXT_ENCODER_TARGETS, rank=2, alpha=3.0, dropout=0.0)
+    load_into(fresh.text_encoder, tensors, "text_encoder", source="x")
+    loaded = lora_weights(fresh.text_encoder, "text_encoder", 3.0)
+    assert all(torch.equal(loaded[k].down, back[k].down) and torch.equal(loaded[k].up, back[k].up) for k in back)
 
 
 def test_trained_file_loads_in_stock_diffusers_with_the_same_output(train_config):
     config = train_config(max_steps=3, rank=4, alpha=2.0, train_text_encoder=True, text_encoder_lr=1e-2)
     result = train(config, progress_bar=False, log=lambda m: None)
-    adapter = read_adapter(result.adapter_path)
+    adapter = read_safetensors(result.adapter_path)
     assert all(k.startswith(("lora_unet_", "lora_te_")) for k in adapter.tensors)
     assert any(k.startswith("lora_te_text_model_") for k in adapter.tensors)
     assert {t.item() for k, t in adapter.tensors.items() if k.endswith(".alpha")} == {2.0}
@@ -67,9 +76,7 @@ def test_trained_file_loads_in_stock_diffusers_with_the_same_output(train_config
     # Ours: attach the same LoRA and copy the file's weights in.
     ours = StableDiffusionPipeline.from_pretrained(config.base)
     attach_lora(ours.unet, UNET_TARGETS, rank=4, alpha=2.0, dropout=0.0)
-    from stylelora.adapter import load_into
-
-    load_into(ours.unet, adapter, "unet", result.adapter_path)
+    load_into(ours.unet, adapter.tensors, "unet", result.adapter_path)
     # Theirs: diffusers' own loader reading the kohya layout.
     theirs = StableDiffusionPipeline.from_pretrained(config.base)
     theirs.load_lora_weights(str(result.adapter_path))

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from stylelora.adapter import read_adapter
+from stylelora.files import read_safetensors
 
 
 def test_two_process_cpu_run_writes_one_adapter(tmp_path, tiny_base, image_folder):
@@ -23,4 +23,4 @@ def test_two_process_cpu_run_writes_one_adapter(tmp_path, tiny_base, image_folde
     assert "batch 2 x 2 process(es)" in run.stderr
     assert run.stdout.count("Adapter written to") == 1
     assert [p.name for p in out.glob("*.safetensors")] == ["ddp.safetensors"]
-    assert read_adapter(out / "ddp.safetensors").metadata["stylelora.steps"] == "3"
+    assert read_safetensors(out / "ddp.safetensors").metadata["stylelora.steps"] == "3"

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stylelora.adapter import read_adapter
+from stylelora.files import read_safetensors
 from stylelora.errors import AdapterFileError, ConfigError
 from stylelora.generate import GenerateConfig, generate
 from stylelora.styler import Styler, StyleWeight, parse_lora_spec
@@ -15,7 +15,7 @@ from stylelora.training import train
 
 
 def _manual_delta(path, module_key):
-    tensors = read_adapter(path).tensors
+    tensors = read_safetensors(path).tensors
     down, up = tensors[f"{module_key}.lora_down.weight"], tensors[f"{module_key}.lora_up.weight"]
     return tensors[f"{module_key}.alpha"].item() / down.shape[0] * up @ down
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from stylelora import training
-from stylelora.adapter import read_adapter
+from stylelora.files import read_safetensors
 from stylelora.checkpoint import latest_checkpoint
 from stylelora.errors import TrainingError
 from stylelora.training import train
@@ -21,7 +21,7 @@ def test_train_writes_one_adapter_with_metadata_and_metrics(train_config):
     result = train(config, **QUIET)
     assert result.adapter_path == config.out / "run.safetensors"
     assert [p.name for p in config.out.glob("*.safetensors")] == ["run.safetensors"]
-    meta = read_adapter(result.adapter_path).metadata
+    meta = read_safetensors(result.adapter_path).metadata
     assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "4.0"
     assert json.loads(meta["stylelora.target_modules"]) == ["to_q", "to_k", "to_v", "to_out.0"]
     assert json.loads(meta["stylelora.trigger_words"]) == ["zxq"]
@@ -34,7 +34,7 @@ def test_train_writes_one_adapter_with_metadata_and_metrics(train_config):
 
 
 def _lora_tensors(path):
-    return {k: v for k, v in read_adapter(path).tensors.items()}
+    return {k: v for k, v in read_safetensors(path).tensors.items()}
 
 
 def test_resume_equals_an_uninterrupted_run(train_config, tmp_path):
@@ -95,7 +95,7 @@ def test_v_prediction_base_trains_against_velocity(train_config, tiny_vpred_base
     monkeypatch.setattr(training, "noise_target", lambda kind, *a: seen.append(kind) or real(kind, *a))
     result = train(train_config(base=str(tiny_vpred_base), max_steps=2), **QUIET)
     assert seen == ["v_prediction", "v_prediction"]
-    assert read_adapter(result.adapter_path).metadata["modelspec.prediction_type"] == "v"
+    assert read_safetensors(result.adapter_path).metadata["modelspec.prediction_type"] == "v"
 
 
 def _cli(*args, cwd=None):
@@ -128,4 +128,4 @@ def test_cli_trains_with_toml_config_and_flags_winning(tmp_path, tiny_base, imag
     assert run.returncode == 0, run.stderr
     assert f"Adapter written to {out}" in run.stdout and "2 steps" in run.stdout
     assert "Found 6 images" in run.stderr and "6 with captions" in run.stderr
-    assert read_adapter(out).rank() == 2
+    assert {t.shape[0] for k, t in read_safetensors(out).tensors.items() if k.endswith('lora_down.weight')} == {2}

@@ -1,0 +1,73 @@
+"""Files on disk: atomic writes, and the one place that opens a .safetensors adapter file."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import safetensors
+import safetensors.torch
+import torch
+
+from .errors import AdapterFileError
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, flush it to disk, then rename over `path`:
+    a crash at any moment leaves either the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def refuse_pickle(path: Path, what: str = "file") -> None:
+    if Path(path).suffix.lower() in PICKLE_SUFFIXES:
+        raise AdapterFileError(f"{path}: pickle {what}s can run code when loaded, so they are refused; load it in "
+                               "a sandbox you trust and save it again with safetensors.torch.save_file")
+
+
+@dataclass
+class SafetensorsFile:
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+
+
+def read_safetensors(path: Path) -> SafetensorsFile:
+    """Read a LoRA .safetensors file, refusing pickles and damaged files with a one-line reason."""
+    path = Path(path)
+    refuse_pickle(path)
+    if not path.is_file():
+        raise AdapterFileError(f"{path}: no such adapter file")
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as error:  # safetensors raises its own error types for every kind of damage
+        raise AdapterFileError(f"{path}: not a valid .safetensors file ({str(error).splitlines()[0]})") from None
+    if not any(key.endswith(("lora_down.weight", "lora_A.weight")) for key in tensors):
+        raise AdapterFileError(f"{path}: holds no LoRA weights (no lora_down/lora_A keys)")
+    return SafetensorsFile(tensors, metadata)
+
+
+def save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    write_atomically(Path(path), safetensors.torch.save(tensors, metadata=metadata))
+    return Path(path)
+
+
+def metadata_json(values: dict[str, object]) -> dict[str, str]:
+    """safetensors metadata must be str -> str: JSON-encode what is not already a string."""
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}

@@ -1,0 +1,31 @@
+"""The miniature world and its judge, without the model: the judge must read the generator's own images."""
+
+from stylelora.mini.judge import judge
+from stylelora.mini.tokenizer import build_vocab, _bpe
+from stylelora.mini.world import WORDS, corpus
+
+
+def test_judge_reads_the_worlds_own_images():
+    images, _, scenes = corpus(300, seed=42)
+    fields = ("shape", "colour", "texture", "palette")
+    right = {f: 0 for f in fields}
+    for image, scene in zip(images, scenes):
+        verdict = judge(image)
+        for f in fields:
+            right[f] += getattr(verdict, f) == getattr(scene, f)
+    assert all(count / len(scenes) >= 0.95 for count in right.values()), right
+
+
+def test_corpus_is_deterministic_and_captions_name_colour_and_shape():
+    a_images, a_captions, scenes = corpus(20, seed=1)
+    b_images, b_captions, _ = corpus(20, seed=1)
+    assert (a_images == b_images).all() and a_captions == b_captions
+    assert all(s.colour in c and s.shape in c for s, c in zip(scenes, a_captions))
+    assert any(s.texture not in c for s, c in zip(scenes, a_captions))  # style named only sometimes
+
+
+def test_every_world_word_is_one_token():
+    vocab, merges = build_vocab(WORDS)
+    ranks = {m: i for i, m in enumerate(merges)}
+    assert all(len(_bpe(word, ranks)) == 1 for word in WORDS)
+    assert all(token in vocab for word in WORDS for token in _bpe(word, ranks))
