@@ -196,6 +196,13 @@ def run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_ui(args: argparse.Namespace, rest: list[str]) -> int:
+    import importlib
+
+    # The UI is a separate top-level package; the CLI only starts it, by name.
+    return importlib.import_module("ui.app").main(rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stylelora", description="Teach Stable Diffusion a style with LoRA.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -203,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_parser(commands)
     add_grid_parser(commands)
     add_adapter_tool_parsers(commands)
+    commands.add_parser("ui", help="open the web UI (see `stylelora ui --help`)", add_help=False)
     return parser
 
 
@@ -210,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")  # no warnings about optional image backends
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["ui"]:
+        return run_ui(argparse.Namespace(), argv[1:])
     args = build_parser().parse_args(argv)
     try:
         runners = {"train": run_train, "generate": run_generate, "grid": run_grid, "merge": run_merge, "convert": run_convert,

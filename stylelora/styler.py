@@ -109,6 +109,9 @@ class Styler:
     def load(self, path: Path, name: str | None = None) -> str:
         """Load an adapter file under `name` (default: from its file name), at weight 0, and return the name."""
         path = Path(path)
+        for loaded_name, loaded_path in self.paths.items():
+            if loaded_path.resolve() == path.resolve() and name in (None, loaded_name):
+                return loaded_name  # already loaded: reuse it, never load a second copy
         weights, _, _ = read_lora(path)  # any layout; refuses pickles and damaged files with a clear reason
         name = name or adapter_name_for(path, set(self.paths))
         self.unfuse()

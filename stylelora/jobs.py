@@ -1,0 +1,100 @@
+"""Training in the background: one job at a time, with live progress, a loss history and Stop.
+
+The web UI polls `TrainingJob.snapshot()`; the training itself is the library's `train()`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import TrainConfig
+from .errors import StyleloraError
+from .training import Progress, TrainingInterrupted, train
+
+
+@dataclass
+class JobState:
+    status: str = "idle"  # idle, running, stopping, done, stopped, failed
+    message: str = ""
+    step: int = 0
+    total_steps: int = 0
+    steps_per_second: float = 0.0
+    seconds_left: float = 0.0
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    samples: list[Path] = field(default_factory=list)
+    adapter_path: Path | None = None
+    log: list[str] = field(default_factory=list)
+
+
+class TrainingJob:
+    """Runs at most one training at a time in a daemon thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = JobState()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, config: TrainConfig) -> None:
+        with self._lock:
+            if self.running:
+                raise StyleloraError("a training is already running; stop it or wait for it to finish")
+            self._stop.clear()
+            self._state = JobState(status="running", message=f"starting {config.adapter_name}")
+            self._thread = threading.Thread(target=self._run, args=(config,), daemon=True, name="stylelora-train")
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self.running:
+            self._stop.set()
+            with self._lock:
+                self._state.status = "stopping"
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def snapshot(self) -> JobState:
+        with self._lock:
+            s = self._state
+            return JobState(s.status, s.message, s.step, s.total_steps, s.steps_per_second, s.seconds_left,
+                            list(s.losses), list(s.samples), s.adapter_path, list(s.log))
+
+    def _on_progress(self, progress: Progress) -> None:
+        with self._lock:
+            s = self._state
+            s.step, s.total_steps = progress.step, progress.total_steps
+            s.steps_per_second, s.seconds_left = progress.steps_per_second, progress.seconds_left
+            s.losses.append((progress.step, progress.loss))
+            s.samples += progress.samples
+
+    def _log(self, line: str) -> None:
+        with self._lock:
+            self._state.log.append(line)
+
+    def _run(self, config: TrainConfig) -> None:
+        started = time.time()
+        try:
+            result = train(config, on_progress=self._on_progress, should_stop=self._stop.is_set, log=self._log,
+                           progress_bar=False)
+        except TrainingInterrupted as stop:
+            self._finish("stopped", str(stop))
+        except StyleloraError as error:
+            self._finish("failed", str(error))
+        except Exception as error:  # keep the page alive and say what broke, in one line
+            self._finish("failed", f"unexpected error: {type(error).__name__}: {error}")
+        else:
+            with self._lock:
+                self._state.adapter_path = result.adapter_path
+            self._finish("done", f"adapter written to {result.adapter_path} in {time.time() - started:.0f}s")
+
+    def _finish(self, status: str, message: str) -> None:
+        with self._lock:
+            self._state.status, self._state.message = status, message

@@ -1,0 +1,104 @@
+"""The adapter library: a folder of adapter files the UI lists, imports into, renames and deletes from."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import AdapterFileError, ConfigError
+from .inspect_adapter import describe
+
+SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]")
+MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+
+
+def safe_file_name(name: str) -> str:
+    """A bare file name with no path parts and no odd characters: '../../etc/passwd' -> 'passwd'."""
+    bare = Path(str(name).replace("\\", "/")).name
+    cleaned = SAFE_NAME.sub("_", bare).strip(" .")
+    return cleaned or "file"
+
+
+@dataclass
+class AdapterEntry:
+    name: str
+    path: Path
+    architecture: str
+    rank: int
+    trigger: str
+    images: str
+    created: str
+    preview: Path | None
+
+
+def list_adapters(folder: Path) -> list[AdapterEntry]:
+    """Every .safetensors adapter directly in `folder` or one level down (adapters/<name>/<name>.safetensors)."""
+    folder = Path(folder)
+    entries = []
+    files = sorted(set(folder.glob("*.safetensors")) | set(folder.glob("*/*.safetensors")))
+    for path in files:
+        try:
+            info = describe(path)
+        except AdapterFileError:
+            continue
+        meta = info["metadata"]
+        samples = sorted(path.parent.glob("samples/*.png"))
+        entries.append(AdapterEntry(
+            name=path.stem, path=path, architecture=info["architecture"],
+            rank=max((g["rank"] for g in info["groups"]), default=0),
+            trigger=", ".join(_json_list(meta.get("stylelora.trigger_words", "[]"))),
+            images=meta.get("stylelora.image_count", meta.get("ss_num_train_images", "?")),
+            created=time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime)),
+            preview=samples[-1] if samples else None))
+    return entries
+
+
+def _json_list(text: str) -> list[str]:
+    import json
+
+    try:
+        value = json.loads(text)
+        return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    except json.JSONDecodeError:
+        return [text]
+
+
+def import_adapter(source: Path, folder: Path, original_name: str | None = None) -> Path:
+    """Check an uploaded file as `stylelora inspect` does, then copy it into the library."""
+    source = Path(source)
+    name = safe_file_name(original_name or source.name)
+    if not name.endswith(".safetensors"):
+        raise AdapterFileError(f"{name}: only .safetensors adapters can be imported (pickle formats can run code)")
+    if source.stat().st_size > MAX_UPLOAD_BYTES:
+        raise AdapterFileError(f"{name}: larger than {MAX_UPLOAD_BYTES // 2**20} MB; that is no LoRA adapter")
+    describe(source)  # raises a one-line AdapterFileError for anything broken
+    target = Path(folder) / name
+    if target.exists():
+        raise ConfigError(f"{name}: an adapter with that name is already in the library; rename one first")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    return target
+
+
+def _inside(path: Path, folder: Path) -> Path:
+    resolved = Path(path).resolve()
+    if not resolved.is_relative_to(Path(folder).resolve()):
+        raise ConfigError(f"{path}: not in the adapters folder {folder}")
+    return resolved
+
+
+def rename_adapter(path: Path, new_name: str, folder: Path) -> Path:
+    path = _inside(path, folder)
+    name = safe_file_name(new_name)
+    target = path.with_name(name if name.endswith(".safetensors") else f"{name}.safetensors")
+    if target.exists():
+        raise ConfigError(f"{target.name}: that name is taken")
+    path.rename(target)
+    return target
+
+
+def delete_adapter(path: Path, folder: Path) -> None:
+    _inside(path, folder).unlink()

@@ -1,0 +1,1 @@
+"""The stylelora web UI (Gradio). Run it with `stylelora ui`."""

@@ -1,0 +1,345 @@
+"""The stylelora web UI: Train, Generate and Library tabs over the same library calls as the CLI.
+
+This file only lays out the page and turns library results and errors into page messages;
+training, blending and file checks all live in the `stylelora` package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from stylelora.config import TrainConfig, validate
+from stylelora.errors import StyleloraError
+from stylelora.generate import GenerateConfig, generate
+from stylelora.grid import GridConfig, make_grid
+from stylelora.jobs import TrainingJob
+from stylelora.library import delete_adapter, import_adapter, list_adapters, rename_adapter
+from stylelora.merge_job import MergeConfig, merge
+from stylelora.styler import Styler
+from stylelora.workspace import caption_rows, dataset_folder, save_captions, save_uploads
+
+MAX_UPLOAD = "50mb"
+
+
+class Session:
+    """What the page shares between requests: one training job and one Styler per base model."""
+
+    def __init__(self, workspace: Path, adapters: Path):
+        self.workspace, self.adapters = workspace.resolve(), adapters.resolve()
+        self.job = TrainingJob()
+        self.stylers: dict[str, Styler] = {}
+
+    def styler(self, base: str) -> Styler:
+        # Loaded once per base: changing only the weights never reloads the model.
+        if base not in self.stylers:
+            self.stylers[base] = Styler(base)
+        return self.stylers[base]
+
+    def adapter_paths(self) -> dict[str, Path]:
+        return {entry.name: entry.path for entry in list_adapters(self.adapters)}
+
+
+def _error(error: Exception) -> str:
+    return f"**Error:** {error}"
+
+
+def build_app(workspace: Path, adapters: Path) -> gr.Blocks:
+    session = Session(workspace, adapters)
+    session.workspace.mkdir(parents=True, exist_ok=True)
+    session.adapters.mkdir(parents=True, exist_ok=True)
+    with gr.Blocks(title="stylelora") as app:
+        gr.Markdown("# stylelora\nTeach Stable Diffusion a style from a few pictures, then paint with several styles.")
+        with gr.Tab("Train", id="train"):
+            train_tab(session)
+        with gr.Tab("Generate", id="generate"):
+            generate_tab(session)
+        with gr.Tab("Library", id="library"):
+            library_tab(session)
+    return app
+
+
+def train_tab(session: Session) -> None:
+    with gr.Row():
+        uploads = gr.File(label="Drop images (and .txt captions) here", file_count="multiple", elem_id="uploads")
+        with gr.Column():
+            name = gr.Textbox("mystyle", label="Adapter name", elem_id="adapter-name")
+            folder = gr.Textbox(label="...or a folder of images on this machine", elem_id="folder")
+            load_folder = gr.Button("Use this folder", elem_id="use-folder")
+    data_message = gr.Markdown(elem_id="data-message")
+    dataset = gr.State("")
+    thumbs = gr.Gallery(label="Images", columns=10, height=160, elem_id="thumbs")
+    captions = gr.Dataframe(headers=["file", "caption"], interactive=True, column_count=(2, "fixed"), elem_id="captions")
+    save = gr.Button("Save captions", elem_id="save-captions")
+    with gr.Row():
+        trigger = gr.Textbox(label="Trigger word", elem_id="trigger")
+        base = gr.Textbox("mini", label="Base model", elem_id="train-base")
+        text_encoder = gr.Checkbox(False, label="Train the text encoder", elem_id="train-te")
+    with gr.Row():
+        rank = gr.Number(4, label="Rank", precision=0, elem_id="rank")
+        steps = gr.Number(300, label="Steps", precision=0, elem_id="steps")
+        learning_rate = gr.Number(1e-3, label="Learning rate", elem_id="lr")
+        resolution = gr.Number(0, label="Resolution (0 = the base's own)", precision=0, elem_id="resolution")
+    with gr.Accordion("Advanced", open=False):
+        with gr.Row():
+            batch_size = gr.Number(4, label="Batch size", precision=0)
+            alpha = gr.Number(0, label="Alpha (0 = rank)")
+            seed = gr.Number(0, label="Seed", precision=0)
+            save_every = gr.Number(50, label="Checkpoint every N steps", precision=0)
+        with gr.Row():
+            sample_every = gr.Number(0, label="Preview every N steps (0 = off)", precision=0, elem_id="sample-every")
+            sample_prompt = gr.Textbox("", label="Preview prompt", elem_id="sample-prompt")
+            flip = gr.Checkbox(False, label="Random flips")
+            caption_dropout = gr.Number(0.0, label="Caption dropout")
+    with gr.Row():
+        start = gr.Button("Start training", variant="primary", elem_id="start")
+        stop = gr.Button("Stop", elem_id="stop")
+    status = gr.Markdown(elem_id="train-status")
+    progress = gr.HTML(elem_id="train-progress")
+    loss_plot = gr.LinePlot(x="step", y="loss", title="Loss", elem_id="loss-plot", height=220)
+    samples = gr.Gallery(label="Previews", columns=6, height=160, elem_id="samples")
+    timer = gr.Timer(1.0)
+
+    def show(folder_path: Path, extra: list[str]):
+        try:
+            rows, skipped = caption_rows(folder_path)
+        except StyleloraError as error:
+            return str(folder_path), [], pd.DataFrame(columns=["file", "caption"]), _error(error)
+        lines = [f"{len(rows)} images in `{folder_path}`."] + [f"- skipped {s}" for s in skipped] + [f"- {e}" for e in extra]
+        images = [str(folder_path / row[0]) for row in rows]
+        return str(folder_path), images, pd.DataFrame(rows, columns=["file", "caption"]), "\n".join(lines)
+
+    def on_upload(files, adapter_name):
+        if not files:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        target = dataset_folder(session.workspace, adapter_name or "mystyle")
+        pairs = [(Path(f), Path(getattr(f, "orig_name", None) or f).name) for f in files]
+        _, refused = save_uploads(pairs, target)
+        return show(target, [f"refused {r}" for r in refused])
+
+    def on_folder(path):
+        return show(Path(path).expanduser(), [])
+
+    def on_save(folder_path, table):
+        if not folder_path:
+            return "**Error:** upload images or choose a folder first"
+        try:
+            rows = table.values.tolist() if isinstance(table, pd.DataFrame) else table
+            return f"Saved {save_captions(Path(folder_path), rows)} captions as .txt files."
+        except StyleloraError as error:
+            return _error(error)
+
+    uploads.upload(on_upload, [uploads, name], [dataset, thumbs, captions, data_message])
+    load_folder.click(on_folder, [folder], [dataset, thumbs, captions, data_message])
+    save.click(on_save, [dataset, captions], [data_message])
+
+    def on_start(folder_path, adapter_name, trigger_word, base_model, te, rank_, steps_, lr, res, batch, alpha_, seed_,
+                 save_n, sample_n, prompt, flip_, dropout):
+        if not folder_path:
+            return "**Error:** upload images or choose a folder first"
+        try:
+            config = validate(TrainConfig(
+                data=Path(folder_path), out=session.adapters / re.sub(r"[^A-Za-z0-9_-]", "_", adapter_name or "style"),
+                base=base_model, trigger=trigger_word, train_text_encoder=te, rank=int(rank_), max_steps=int(steps_),
+                learning_rate=float(lr), resolution=int(res) or None, batch_size=int(batch), alpha=float(alpha_) or None,
+                seed=int(seed_), save_every=int(save_n), sample_every=int(sample_n) if prompt else 0,
+                sample_prompts=(prompt,) if prompt else (), flip=flip_, caption_dropout=float(dropout)))
+            session.job.start(config)
+        except StyleloraError as error:
+            return _error(error)
+        return "Training started."
+
+    start.click(on_start, [dataset, name, trigger, base, text_encoder, rank, steps, learning_rate, resolution,
+                           batch_size, alpha, seed, save_every, sample_every, sample_prompt, flip, caption_dropout],
+                [status])
+    stop.click(lambda: session.job.stop() or "Stopping after this step; the checkpoint is kept.", None, [status])
+
+    def poll():
+        state = session.job.snapshot()
+        if state.status == "idle":
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        text = {"running": "Training", "stopping": "Stopping", "done": "Done", "stopped": "Stopped",
+                "failed": "**Error:**"}[state.status]
+        message = f"{text} {state.message}" if state.status != "running" else \
+            f"Training: step {state.step}/{state.total_steps}, {state.steps_per_second:.2f} steps/s, " \
+            f"{state.seconds_left:.0f} s left"
+        bar = (f'<progress id="train-bar" value="{state.step}" max="{max(state.total_steps, 1)}" '
+               f'style="width:100%"></progress><span id="train-step">{state.step}</span>')
+        curve = pd.DataFrame(state.losses, columns=["step", "loss"])
+        return message, bar, curve, [str(p) for p in state.samples]
+
+    timer.tick(poll, None, [status, progress, loss_plot, samples])
+
+
+def generate_tab(session: Session) -> None:
+    with gr.Row():
+        base = gr.Textbox("mini", label="Base model", elem_id="gen-base")
+        chosen = gr.CheckboxGroup(choices=list(session.adapter_paths()), label="Adapters", elem_id="gen-adapters")
+        refresh = gr.Button("Refresh list", elem_id="gen-refresh")
+    prompt = gr.Textbox("a red circle", label="Prompt", elem_id="prompt")
+    negative = gr.Textbox("", label="Negative prompt")
+    with gr.Row():
+        seed = gr.Number(1, label="Seed", precision=0, elem_id="seed")
+        random_seed = gr.Checkbox(False, label="Random seed")
+        steps = gr.Slider(1, 100, 20, step=1, label="Steps", elem_id="gen-steps")
+        cfg = gr.Slider(0, 20, 4.0, step=0.5, label="Guidance")
+        count = gr.Slider(1, 16, 4, step=1, label="Images", elem_id="count")
+        size = gr.Number(0, label="Size (0 = the base's own)", precision=0)
+    go = gr.Button("Generate", variant="primary", elem_id="generate")
+    message = gr.Markdown(elem_id="gen-status")
+    gallery = gr.Gallery(label="Results", columns=4, height=300, elem_id="gallery", format="png")
+    with gr.Accordion("Save this blend / X-Y grid", open=False):
+        with gr.Row():
+            blend_name = gr.Textbox("blend", label="Save the blend as")
+            save_blend = gr.Button("Save this blend as an adapter", elem_id="save-blend")
+        with gr.Row():
+            grid_weights = gr.Textbox("0,0.5,1", label="Weights for the first adapter (columns)")
+            grid_weights_b = gr.Textbox("", label="Weights for the second adapter (rows; empty = prompt only)")
+            grid = gr.Button("Make a grid", elem_id="grid")
+    refresh.click(lambda: gr.update(choices=list(session.adapter_paths())), None, [chosen])
+
+    @gr.render(inputs=[chosen])
+    def weight_controls(names):
+        controls = []
+        for name in names:
+            slug = re.sub(r"[^a-z0-9]+", "-", name.lower())
+            with gr.Row():
+                on = gr.Checkbox(True, label=f"{name} on", elem_id=f"on-{slug}")
+                weight = gr.Slider(-1, 2, 1.0, step=0.05, label=f"{name} weight", elem_id=f"weight-{slug}")
+            controls += [on, weight]
+
+        def specs(names_, values):
+            paths = session.adapter_paths()
+            pairs = list(zip(values[0::2], values[1::2]))
+            return [f"{paths[n]}:{w}" for n, (on_, w) in zip(names_, pairs) if on_ and n in paths]
+
+        def run(base_, prompt_, negative_, seed_, random_, steps_, cfg_, count_, size_, names_, *values):
+            seed_ = random.randrange(2**31) if random_ else int(seed_)
+            try:
+                config = GenerateConfig(prompt_, tuple(specs(names_, values)), base_, negative_, int(count_),
+                                        int(steps_), float(cfg_), seed_, int(size_) or None,
+                                        out=session.workspace / "outputs")
+                paths = generate(config, session.styler(base_))
+            except StyleloraError as error:
+                return gr.skip(), _error(error)
+            return [str(p) for p in paths], f"{len(paths)} images, seeds {seed_} to {seed_ + len(paths) - 1}."
+
+        def save(blend, names_, *values):
+            try:
+                out = session.adapters / f"{re.sub(r'[^A-Za-z0-9_-]', '_', blend or 'blend')}.safetensors"
+                merge(MergeConfig(tuple(specs(names_, values)), out))
+            except StyleloraError as error:
+                return _error(error)
+            return f"Saved the blend as {out.name}."
+
+        def grid_run(base_, prompt_, seed_, steps_, cfg_, weights, weights_b, names_, *values):
+            chosen_specs = specs(names_, values)
+            if not chosen_specs:
+                return gr.skip(), "**Error:** choose at least one adapter"
+            from stylelora.grid import parse_weights
+
+            try:
+                lora_b = chosen_specs[1].rsplit(":", 1)[0] if weights_b and len(chosen_specs) > 1 else None
+                config = GridConfig((prompt_,), chosen_specs[0].rsplit(":", 1)[0], parse_weights(weights, "weights"),
+                                    session.workspace / "outputs" / f"grid-{int(seed_)}.png", lora_b,
+                                    parse_weights(weights_b, "weights-b") if lora_b else (), base_, "", int(steps_),
+                                    float(cfg_), int(seed_))
+                path = make_grid(config, session.styler(base_))
+            except StyleloraError as error:
+                return gr.skip(), _error(error)
+            return [str(path)], "Grid saved."
+
+        go.click(run, [base, prompt, negative, seed, random_seed, steps, cfg, count, size, chosen] + controls,
+                 [gallery, message])
+        save_blend.click(save, [blend_name, chosen] + controls, [message])
+        grid.click(grid_run, [base, prompt, seed, steps, cfg, grid_weights, grid_weights_b, chosen] + controls,
+                   [gallery, message])
+
+
+def library_tab(session: Session) -> None:
+    table = gr.Dataframe(headers=["name", "base", "rank", "trigger", "images", "created"], interactive=False,
+                         elem_id="library")
+    previews = gr.Gallery(label="Previews", columns=8, height=140, elem_id="previews")
+    refresh = gr.Button("Refresh", elem_id="library-refresh")
+    message = gr.Markdown(elem_id="library-message")
+    with gr.Row():
+        upload = gr.File(label="Import an adapter (.safetensors)", file_count="single", elem_id="import")
+    with gr.Row():
+        target = gr.Dropdown(choices=[], label="Adapter", elem_id="library-target")
+        new_name = gr.Textbox(label="New name")
+        rename = gr.Button("Rename")
+    with gr.Row():
+        confirm = gr.Checkbox(False, label="Yes, delete it")
+        delete = gr.Button("Delete", variant="stop")
+
+    def listing(note: str = ""):
+        entries = list_adapters(session.adapters)
+        rows = [[e.name, e.architecture, e.rank, e.trigger, e.images, e.created] for e in entries]
+        return (pd.DataFrame(rows, columns=["name", "base", "rank", "trigger", "images", "created"]),
+                [(str(e.preview), e.name) for e in entries if e.preview],
+                gr.update(choices=[e.name for e in entries]), note)
+
+    def on_import(file):
+        if file is None:
+            return listing()
+        try:
+            path = import_adapter(Path(file), session.adapters, Path(getattr(file, "orig_name", None) or file).name)
+        except StyleloraError as error:
+            return listing(_error(error))
+        return listing(f"Imported {path.name}.")
+
+    def on_rename(name, new):
+        try:
+            rename_adapter(session.adapter_paths()[name], new, session.adapters)
+        except (StyleloraError, KeyError) as error:
+            return listing(_error(error))
+        return listing(f"Renamed {name} to {new}.")
+
+    def on_delete(name, sure):
+        if not sure:
+            return listing("Tick 'Yes, delete it' to confirm.")
+        try:
+            delete_adapter(session.adapter_paths()[name], session.adapters)
+        except (StyleloraError, KeyError) as error:
+            return listing(_error(error))
+        return listing(f"Deleted {name}.")
+
+    outputs = [table, previews, target, message]
+    refresh.click(listing, None, outputs)
+    upload.upload(on_import, [upload], outputs)
+    rename.click(on_rename, [target, new_name], outputs)
+    delete.click(on_delete, [target, confirm], outputs)
+
+
+def launch(workspace: Path, adapters: Path, host: str = "127.0.0.1", port: int | None = None, share: bool = False,
+           auth: tuple[str, str] | None = None, block: bool = True):
+    app = build_app(workspace, adapters)
+    app.queue(default_concurrency_limit=1)
+    return app.launch(server_name=host, server_port=port, share=share, auth=auth, max_file_size=MAX_UPLOAD,
+                      allowed_paths=[str(workspace.resolve()), str(adapters.resolve())], prevent_thread_lock=not block,
+                      quiet=not block)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stylelora ui", description="Open the stylelora web UI.")
+    parser.add_argument("--workspace", type=Path, default=Path("stylelora-workspace"))
+    parser.add_argument("--adapters", type=Path, default=Path("adapters"))
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--share", action="store_true", help="make a public Gradio link (off by default)")
+    parser.add_argument("--auth", help="user:password required to open the page")
+    args = parser.parse_args(argv)
+    auth = tuple(args.auth.split(":", 1)) if args.auth else None
+    if args.auth and len(auth) != 2:
+        parser.error("--auth takes user:password")
+    launch(args.workspace, args.adapters, args.host, args.port, args.share, auth)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
