@@ -177,29 +177,31 @@ def train_tab(session: Session) -> None:
 
 
 def generate_tab(session: Session) -> None:
+    # Inputs are marked interactive: their listeners are attached inside gr.render below,
+    # which Gradio cannot see when it first draws the page.
     with gr.Row():
-        base = gr.Textbox("mini", label="Base model", elem_id="gen-base")
+        base = gr.Textbox("mini", label="Base model", elem_id="gen-base", interactive=True)
         chosen = gr.CheckboxGroup(choices=list(session.adapter_paths()), label="Adapters", elem_id="gen-adapters")
         refresh = gr.Button("Refresh list", elem_id="gen-refresh")
-    prompt = gr.Textbox("a red circle", label="Prompt", elem_id="prompt")
-    negative = gr.Textbox("", label="Negative prompt")
+    prompt = gr.Textbox("a red circle", label="Prompt", elem_id="prompt", interactive=True)
+    negative = gr.Textbox("", label="Negative prompt", interactive=True)
     with gr.Row():
-        seed = gr.Number(1, label="Seed", precision=0, elem_id="seed")
-        random_seed = gr.Checkbox(False, label="Random seed")
-        steps = gr.Slider(1, 100, 20, step=1, label="Steps", elem_id="gen-steps")
-        cfg = gr.Slider(0, 20, 4.0, step=0.5, label="Guidance")
-        count = gr.Slider(1, 16, 4, step=1, label="Images", elem_id="count")
-        size = gr.Number(0, label="Size (0 = the base's own)", precision=0)
+        seed = gr.Number(1, label="Seed", precision=0, elem_id="seed", interactive=True)
+        random_seed = gr.Checkbox(False, label="Random seed", interactive=True)
+        steps = gr.Slider(1, 100, 20, step=1, label="Steps", elem_id="gen-steps", interactive=True)
+        cfg = gr.Slider(0, 20, 4.0, step=0.5, label="Guidance", interactive=True)
+        count = gr.Slider(1, 16, 4, step=1, label="Images", elem_id="count", interactive=True)
+        size = gr.Number(0, label="Size (0 = the base's own)", precision=0, interactive=True)
     go = gr.Button("Generate", variant="primary", elem_id="generate")
     message = gr.Markdown(elem_id="gen-status")
     gallery = gr.Gallery(label="Results", columns=4, height=300, elem_id="gallery", format="png")
     with gr.Accordion("Save this blend / X-Y grid", open=False):
         with gr.Row():
-            blend_name = gr.Textbox("blend", label="Save the blend as")
+            blend_name = gr.Textbox("blend", label="Save the blend as", interactive=True)
             save_blend = gr.Button("Save this blend as an adapter", elem_id="save-blend")
         with gr.Row():
-            grid_weights = gr.Textbox("0,0.5,1", label="Weights for the first adapter (columns)")
-            grid_weights_b = gr.Textbox("", label="Weights for the second adapter (rows; empty = prompt only)")
+            grid_weights = gr.Textbox("0,0.5,1", label="Weights for the first adapter (columns)", interactive=True)
+            grid_weights_b = gr.Textbox("", label="Weights for the second adapter (rows; empty = prompt only)", interactive=True)
             grid = gr.Button("Make a grid", elem_id="grid")
     refresh.click(lambda: gr.update(choices=list(session.adapter_paths())), None, [chosen])
 
@@ -209,8 +211,9 @@ def generate_tab(session: Session) -> None:
         for name in names:
             slug = re.sub(r"[^a-z0-9]+", "-", name.lower())
             with gr.Row():
-                on = gr.Checkbox(True, label=f"{name} on", elem_id=f"on-{slug}")
-                weight = gr.Slider(-1, 2, 1.0, step=0.05, label=f"{name} weight", elem_id=f"weight-{slug}")
+                on = gr.Checkbox(True, label=f"{name} on", elem_id=f"on-{slug}", interactive=True)
+                weight = gr.Slider(-1, 2, 1.0, step=0.05, label=f"{name} weight", elem_id=f"weight-{slug}",
+                                   interactive=True)
             controls += [on, weight]
 
         def specs(names_, values):
@@ -285,13 +288,14 @@ def library_tab(session: Session) -> None:
                 gr.update(choices=[e.name for e in entries]), note)
 
     def on_import(file):
+        # The upload box is emptied after each import, so the next file can be dropped straight in.
         if file is None:
-            return listing()
+            return *listing(), None
         try:
             path = import_adapter(Path(file), session.adapters, Path(getattr(file, "orig_name", None) or file).name)
         except StyleloraError as error:
-            return listing(_error(error))
-        return listing(f"Imported {path.name}.")
+            return *listing(_error(error)), None
+        return *listing(f"Imported {path.name}."), None
 
     def on_rename(name, new):
         try:
@@ -311,7 +315,7 @@ def library_tab(session: Session) -> None:
 
     outputs = [table, previews, target, message]
     refresh.click(listing, None, outputs)
-    upload.upload(on_import, [upload], outputs)
+    upload.upload(on_import, [upload], outputs + [upload])
     rename.click(on_rename, [target, new_name], outputs)
     delete.click(on_delete, [target, confirm], outputs)
 

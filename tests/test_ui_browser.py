@@ -1,0 +1,153 @@
+"""The web UI end to end in headless Chromium: upload, caption, train, library, generate, errors, safety."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+playwright = pytest.importorskip("playwright.sync_api")
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    workspace, adapters = tmp_path_factory.mktemp("ws"), tmp_path_factory.mktemp("lib")
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stylelora", "ui", "--workspace", str(workspace), "--adapters", str(adapters),
+         "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=os.environ | {"HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"})
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        raise RuntimeError(process.stdout.read())
+    yield url, workspace, adapters
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        tab = browser.new_page(viewport={"width": 1280, "height": 1800})
+        tab.goto(server[0])
+        tab.wait_for_selector("#start", timeout=60_000)
+        yield tab
+        browser.close()
+
+
+def _fill(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def test_the_server_is_local_only_and_serves_no_outside_file(server):
+    url = server[0]
+    assert url.startswith("http://127.0.0.1:")
+    for path in ("/file=/etc/passwd", "/gradio_api/file=/etc/passwd", "/gradio_api/file=../../../../etc/passwd"):
+        try:
+            body = urllib.request.urlopen(url + path, timeout=5).read()
+        except urllib.error.HTTPError as error:
+            assert error.code in (403, 404)
+        else:
+            assert b"root:" not in body
+
+
+def test_upload_caption_train_library_generate(page, server, image_folder, tiny_base, two_adapters, tmp_path):
+    _, workspace, adapters = server
+    # Upload four images, one text file posing as an image, and a file with a path-escaping name.
+    sneaky = tmp_path / "sneaky"
+    sneaky.mkdir()
+    files = sorted(image_folder.glob("*.png"))[:4]
+    (tmp_path / "notes.exe").write_text("not an image")
+    page.locator("#uploads input[type=file]").set_input_files([str(f) for f in files] + [str(tmp_path / "notes.exe")])
+    page.wait_for_selector("#data-message :text('4 images')", timeout=60_000)
+    assert "refused notes.exe" in page.locator("#data-message").inner_text()
+    dataset = workspace / "datasets" / "mystyle"
+    assert sorted(p.name for p in dataset.glob("*.png")) == [f.name for f in files]
+
+    # Edit the first caption and save it as a sidecar file.
+    cell = page.locator("#captions [data-testid='cell-0-1']")
+    cell.dblclick()
+    editor = cell.locator("textarea, input").first
+    editor.fill("a zzstripe circle")
+    editor.press("Enter")
+    page.click("#save-captions")
+    page.wait_for_selector("#data-message :text('Saved 4 captions')", timeout=30_000)
+    assert (dataset / files[0].with_suffix(".txt").name).read_text().strip() == "a zzstripe circle"
+
+    # Train a tiny adapter and watch the progress and the loss curve move.
+    _fill(page, "train-base", tiny_base)
+    _fill(page, "steps", 12)
+    page.click("#start")
+    seen_steps = set()
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        status = page.locator("#train-status").inner_text()
+        if page.locator("#train-step").count():
+            seen_steps.add(page.locator("#train-step").inner_text())
+        if status.startswith(("Done", "Error", "Stopped")):
+            break
+        time.sleep(0.3)
+    assert status.startswith("Done"), status
+    assert len(seen_steps) >= 2, seen_steps  # the bar moved while training ran
+    assert page.locator("#loss-plot canvas, #loss-plot svg").count() > 0
+    assert (adapters / "mystyle" / "mystyle.safetensors").is_file()
+
+    # The library lists it; importing a pickle is refused with a readable message; a real file imports.
+    page.get_by_role("tab", name="Library").click()
+    page.click("#library-refresh")
+    page.locator("#library [role=gridcell]", has_text="mystyle").first.wait_for(timeout=30_000)
+    (tmp_path / "evil.ckpt").write_bytes(b"\x80\x04K\x01.")
+    page.locator("#import input[type=file]").set_input_files(str(tmp_path / "evil.ckpt"))
+    page.wait_for_selector("#library-message :text('only .safetensors')", timeout=30_000)
+    assert "Traceback" not in page.content()
+    page.locator("#import input[type=file]").set_input_files(str(two_adapters[0]))
+    page.wait_for_selector("#library-message :text('Imported alpha.safetensors')", timeout=30_000)
+
+    # Generate with two adapters at different weights.
+    page.get_by_role("tab", name="Generate").click()
+    _fill(page, "gen-base", tiny_base)
+    page.click("#gen-refresh")
+    for name in ("mystyle", "alpha"):
+        page.locator("#gen-adapters label", has_text=name).click()
+    page.wait_for_selector("#weight-alpha", timeout=30_000)
+    _fill(page, "weight-alpha", 0.4)
+    _fill(page, "weight-mystyle", 1.2)
+    _fill(page, "gen-steps", 2)
+    _fill(page, "count", 2)
+    page.click("#generate")
+    page.wait_for_selector("#gen-status :text('2 images')", timeout=120_000)
+    assert page.locator("#gallery img").count() >= 2
+    outputs = sorted((workspace / "outputs").glob("*.png"))
+    assert len(outputs) == 2
+    from PIL import Image
+
+    settings = Image.open(outputs[0]).text["loras"]
+    assert "alpha.safetensors:0.4" not in settings and '"unet": 0.4' in settings and '"unet": 1.2' in settings
