@@ -108,6 +108,9 @@ def add_generate_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, help="image size in pixels (default: the base's native size)")
     p.add_argument("--scheduler", default="dpm++", choices=("ddim", "euler", "dpm++"), help="sampler (dpm++)")
     p.add_argument("--out", type=Path, default=Path("outputs"), help="folder for the PNG files (outputs)")
+    p.add_argument("--blend", default="merge", choices=("merge", "switch", "composite"),
+                   help="merge: weighted sum, fused (1x cost); switch: one adapter per step in turn (1x); "
+                        "composite: every adapter's prediction averaged each step (N x cost)")
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -115,7 +118,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
     config = GenerateConfig(prompt=args.prompt, loras=tuple(args.lora), base=args.base, negative=args.negative,
                             count=args.count, steps=args.steps, cfg=args.cfg, seed=args.seed, size=args.size,
-                            scheduler=args.scheduler, out=args.out)
+                            scheduler=args.scheduler, out=args.out, blend=args.blend)
     for path in generate(config):
         print(path)
     return 0

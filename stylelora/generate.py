@@ -24,6 +24,7 @@ class GenerateConfig:
     size: int | None = None
     scheduler: str = "dpm++"
     out: Path = Path("outputs")
+    blend: str = "merge"
 
 
 def validate_generate(config: GenerateConfig) -> GenerateConfig:
@@ -48,12 +49,13 @@ def generate(config: GenerateConfig, styler: Styler | None = None) -> list[Path]
     weights = {styler.load(path): weight for path, weight in specs}
     styler.set_weights(weights)
     images = styler.generate(config.prompt, config.negative, config.count, config.steps, config.cfg,
-                             config.seed, config.size, config.scheduler)
+                             config.seed, config.size, config.scheduler, config.blend)
     slug = re.sub(r"[^a-z0-9]+", "-", config.prompt.lower()).strip("-")[:40] or "image"
     paths = []
     for index, image in enumerate(images):
         settings = {"prompt": config.prompt, "negative": config.negative, "seed": config.seed + index,
-                    "steps": config.steps, "cfg": config.cfg, "scheduler": config.scheduler, "base": config.base,
+                    "steps": config.steps, "cfg": config.cfg, "scheduler": config.scheduler, "blend": config.blend,
+                    "base": config.base,
                     "size": image.size[0],
                     "loras": [{"file": str(p), "unet": w.unet, "te": w.text_encoder} for p, w in specs]}
         paths.append(save_png(image, config.out / f"{slug}-{config.seed + index}.png", settings))

@@ -12,16 +12,24 @@ from .formats import read_lora
 _CONTEXT_WIDTH = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
 
 
+def architecture_of_weights(weights, metadata: dict[str, str]) -> str:
+    """SD1.x / SD2.x / SDXL from the width of the cross-attention key/value inputs."""
+    if metadata.get("stylelora.architecture") == "mini":
+        return "stylelora mini"
+    widths = {lora.down.shape[1] for (part, module), lora in weights.items()
+              if part == "unet" and "attn2" in module and module.endswith(("to_k", "to_v"))}
+    if not widths:
+        return "unknown"
+    width = next(iter(widths))
+    return _CONTEXT_WIDTH.get(width, f"unknown (context width {width})")
+
+
 def describe(path: Path) -> dict:
     weights, metadata, kind = read_lora(path)
     groups = Counter((part, lora.rank, lora.alpha) for (part, _), lora in weights.items())
     targets = sorted({module.rsplit(".", 1)[-1] if not module.endswith(".0") else module.rsplit(".", 2)[-2] + ".0"
                       for _, module in weights})
-    widths = {lora.down.shape[1] for (part, module), lora in weights.items()
-              if part == "unet" and "attn2" in module and module.endswith(("to_k", "to_v"))}
-    architecture = _CONTEXT_WIDTH.get(next(iter(widths)), f"unknown (context width {next(iter(widths))})") if widths else "unknown"
-    if metadata.get("stylelora.architecture") == "mini":
-        architecture = "stylelora mini"
+    architecture = architecture_of_weights(weights, metadata)
     return {
         "file": str(path),
         "format": kind,

@@ -17,9 +17,11 @@ from peft.tuners.lora import LoraLayer
 from PIL import Image
 
 from .formats import read_lora, to_kohya
-from .base import load_base
+from .inspect_adapter import architecture_of_weights
+from .base import architecture_of, load_base
 from .errors import AdapterFileError, ConfigError
 
+BLENDS = ("merge", "switch", "composite")
 SCHEDULERS = {
     "ddim": (DDIMScheduler, {}),
     "euler": (EulerDiscreteScheduler, {}),
@@ -112,13 +114,21 @@ class Styler:
         for loaded_name, loaded_path in self.paths.items():
             if loaded_path.resolve() == path.resolve() and name in (None, loaded_name):
                 return loaded_name  # already loaded: reuse it, never load a second copy
-        weights, _, _ = read_lora(path)  # any layout; refuses pickles and damaged files with a clear reason
+        weights, metadata, _ = read_lora(path)  # any layout; refuses pickles and damaged files with a clear reason
         name = name or adapter_name_for(path, set(self.paths))
         self.unfuse()
+        made_for = f"made for {architecture_of_weights(weights, metadata)}, but base {self.base!r} is {self.architecture}"
         try:
             self.pipe.load_lora_weights(to_kohya(weights), adapter_name=name)
-        except (ValueError, KeyError, RuntimeError) as error:
-            raise AdapterFileError(f"{path}: does not fit base {self.base!r} ({str(error).splitlines()[0][:200]})") from None
+        except (ValueError, KeyError, RuntimeError, TypeError) as error:
+            raise AdapterFileError(f"{path}: does not fit: {made_for} ({str(error).splitlines()[0][:160]})") from None
+        matched = sum(name in getattr(m, "lora_A", {}) for model in (self.pipe.unet, self.pipe.text_encoder)
+                      for m in model.modules() if isinstance(m, LoraLayer))
+        if matched < len(weights):
+            # A partial match would paint a quietly different style: refuse it and say so.
+            self.pipe.delete_adapters([name])
+            self._apply()
+            raise AdapterFileError(f"{path}: only {matched} of its {len(weights)} modules exist in this base; {made_for}")
         self.paths[name] = path
         self.weights[name] = StyleWeight(0.0, 0.0)
         self._apply()
@@ -194,18 +204,66 @@ class Styler:
 
     @torch.no_grad()
     def generate(self, prompt: str, negative: str = "", count: int = 1, steps: int = 30, cfg: float = 7.5,
-                 seed: int = 0, size: int | None = None, scheduler: str = "dpm++") -> list[Image.Image]:
+                 seed: int = 0, size: int | None = None, scheduler: str = "dpm++",
+                 blend: str = "merge") -> list[Image.Image]:
+        """Paint `count` images. blend: 'merge' (the weighted sum, fused: 1x UNet cost), 'switch' (one adapter
+        per denoising step, in turn: 1x) or 'composite' (each adapter's prediction, averaged: N x)."""
         if scheduler not in SCHEDULERS:
             raise ConfigError(f"--scheduler {scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
+        if blend not in BLENDS:
+            raise ConfigError(f"--blend {blend!r}: choose one of {', '.join(BLENDS)}")
         kind, options = SCHEDULERS[scheduler]
         self.pipe.scheduler = kind.from_config(self.pipe.scheduler.config, **options)
         size = size or self.native_size
-        self.fuse()
+        active = {n: w for n, w in self.weights.items() if not w.is_off}
+        if blend == "merge" or len(active) < 2:
+            self.fuse()
+            unet_forward = None
+        else:
+            self.unfuse()
+            unet_forward = self._per_adapter_forward(active, blend)
         # One generator per image: image i is reproduced alone by seed + i.
         generators = [torch.Generator().manual_seed(seed + i) for i in range(count)]
-        return self.pipe(prompt, negative_prompt=negative or None, num_images_per_prompt=count,
-                         num_inference_steps=steps, guidance_scale=cfg, generator=generators,
-                         height=size, width=size).images
+        try:
+            if unet_forward is not None:
+                self.pipe.unet.forward = unet_forward
+            return self.pipe(prompt, negative_prompt=negative or None, num_images_per_prompt=count,
+                             num_inference_steps=steps, guidance_scale=cfg, generator=generators,
+                             height=size, width=size).images
+        finally:
+            if unet_forward is not None:
+                del self.pipe.unet.forward  # back to the class's own forward
+                self._apply()
+
+    def _per_adapter_forward(self, active: dict[str, StyleWeight], blend: str):
+        """A UNet forward that runs one adapter at a time: in turn per step ('switch'), or all of them,
+        averaged ('composite'). Guidance is linear in the UNet output, so averaging raw outputs equals
+        averaging each adapter's guided prediction (Zhong et al. 2024, Multi-LoRA Composition)."""
+        unet, original = self.pipe.unet, type(self.pipe.unet).forward
+        names = list(active)
+        calls = iter(range(10**9))
+
+        def run(name, *args, **kwargs):
+            unet.set_adapters([name], [active[name].unet_setting()])
+            return original(unet, *args, **kwargs)
+
+        def forward(*args, **kwargs):
+            if blend == "switch":
+                return run(names[next(calls) % len(names)], *args, **kwargs)
+            outputs = [run(name, *args, **kwargs) for name in names]
+            first = outputs[0]
+            mean = sum((o[0] if isinstance(o, tuple) else o.sample) for o in outputs) / len(outputs)
+            if isinstance(first, tuple):
+                return (mean,)
+            first.sample = mean
+            return first
+
+        return forward
+
+    @property
+    def architecture(self) -> str:
+        return {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "mini": "stylelora mini"}.get(
+            architecture_of(self.pipe.unet), "an unknown architecture")
 
     @property
     def native_size(self) -> int:

@@ -115,3 +115,98 @@ def test_cli_generate_and_grid(tiny_base, two_adapters, tmp_path):
     assert json.loads(image.text["stylelora"])["weights"] == [0.0, 1.0, 2.0]
     run = cli("grid", "x", "--lora", str(two_adapters[0]), "--weights", "a,b", "--base", str(tiny_base))
     assert run.returncode == 2 and "--weights 'a,b'" in run.stderr
+
+
+def _kohya_file(path, modules, rank, alpha, in_width=32, out_width=32, seed=0):
+    """A kohya-layout file made here from known matrices."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for module in modules:
+        name = "lora_unet_" + module.replace(".", "_")
+        tensors[f"{name}.lora_down.weight"] = torch.randn(rank, in_width, generator=g)
+        tensors[f"{name}.lora_up.weight"] = torch.randn(out_width, rank, generator=g)
+        if alpha is not None:
+            tensors[f"{name}.alpha"] = torch.tensor(float(alpha))
+    save_file(tensors, str(path))
+    return tensors
+
+
+def test_a_hand_made_kohya_file_loads_with_scale_alpha_over_rank(tiny_base, tmp_path):
+    module = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    styler = Styler(str(tiny_base))
+
+    def layer():  # looked up each time: loading an adapter wraps the Linear in a LoRA layer
+        return styler.pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
+
+    x = torch.randn(2, 32)
+    with torch.no_grad():
+        plain = layer()(x)
+    for alpha, expected_scale in ((1.0, 0.5), (None, 1.0)):  # no .alpha key: scale 1, as kohya and A1111 read it
+        path = tmp_path / f"hand-{alpha}.safetensors"
+        tensors = _kohya_file(path, [module], rank=2, alpha=alpha)
+        name = styler.load(path)
+        styler.set_weights({name: 1.0})
+        down, up = tensors[f"lora_unet_{module.replace('.', '_')}.lora_down.weight"], \
+            tensors[f"lora_unet_{module.replace('.', '_')}.lora_up.weight"]
+        with torch.no_grad():
+            assert torch.allclose(layer()(x), plain + expected_scale * x @ (up @ down).T, atol=1e-5)
+        styler.unload(name)
+
+
+def test_another_architecture_or_a_partial_match_is_refused_naming_both(tiny_base, tmp_path):
+    styler = Styler(str(tiny_base))
+    wide = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
+    _kohya_file(tmp_path / "sd2.safetensors", [wide], rank=4, alpha=4, in_width=1024)
+    with pytest.raises(AdapterFileError, match=r"made for SD2\.x, but base .* is stylelora mini"):
+        styler.load(tmp_path / "sd2.safetensors")
+    _kohya_file(tmp_path / "partial.safetensors",
+                ["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", "down_blocks.7.attentions.0.proj_in"],
+                rank=2, alpha=2)
+    with pytest.raises(AdapterFileError, match="only 1 of its 2 modules exist in this base"):
+        styler.load(tmp_path / "partial.safetensors")
+    assert styler.paths == {}
+
+
+def test_damaged_and_nan_files_give_one_line_errors(tmp_path):
+    from stylelora.formats import read_lora
+
+    module = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    tensors = _kohya_file(tmp_path / "good.safetensors", [module], rank=2, alpha=2)
+    data = (tmp_path / "good.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(AdapterFileError, match="cut.safetensors: not a valid .safetensors file") as caught:
+        read_lora(tmp_path / "cut.safetensors")
+    assert "\n" not in str(caught.value)
+    from safetensors.torch import save_file
+
+    tensors[f"lora_unet_{module.replace('.', '_')}.lora_up.weight"][0, 0] = float("nan")
+    save_file(tensors, str(tmp_path / "nan.safetensors"))
+    with pytest.raises(AdapterFileError, match="nan.safetensors: unet module .* holds NaN or infinite weights"):
+        read_lora(tmp_path / "nan.safetensors")
+
+
+def test_switch_and_composite_blends(tiny_base, two_adapters, unet_probe):
+    styler = Styler(str(tiny_base))
+    a, b = (styler.load(p) for p in two_adapters)
+    only_a, only_b = {a: 0.8}, {b: 0.5}
+    outputs = {}
+    for label, weights in (("a", only_a), ("b", only_b)):
+        styler.set_weights(weights)
+        outputs[label] = unet_probe(styler)
+    styler.set_weights({a: 0.8, b: 0.5})
+    forward = styler._per_adapter_forward({n: w for n, w in styler.weights.items()}, "composite")
+    styler.pipe.unet.forward = forward
+    try:
+        composite = unet_probe(styler)
+    finally:
+        del styler.pipe.unet.forward
+        styler._apply()
+    assert torch.allclose(composite, (outputs["a"] + outputs["b"]) / 2, atol=1e-5)
+    for blend in ("switch", "composite"):
+        images = styler.generate("a red circle", count=1, steps=2, seed=3, blend=blend)
+        assert images[0].size == (32, 32)
+    assert torch.allclose(unet_probe(styler), unet_probe(styler))  # the normal forward is back
+    with pytest.raises(ConfigError, match="--blend 'mix'"):
+        styler.generate("x", blend="mix")
