@@ -17,6 +17,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
 ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "tests" / "artifacts"  # screenshots of each tab, for people to look at
 
 
 def _free_port() -> int:
@@ -119,6 +120,8 @@ def test_upload_caption_train_library_generate(page, server, image_folder, tiny_
     assert len(seen_steps) >= 2, seen_steps  # the bar moved while training ran
     assert page.locator("#loss-plot canvas, #loss-plot svg").count() > 0
     assert (adapters / "mystyle" / "mystyle.safetensors").is_file()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "train.png"), full_page=True)
 
     # The library lists it; importing a pickle is refused with a readable message; a real file imports.
     page.get_by_role("tab", name="Library").click()
@@ -130,6 +133,7 @@ def test_upload_caption_train_library_generate(page, server, image_folder, tiny_
     assert "Traceback" not in page.content()
     page.locator("#import input[type=file]").set_input_files(str(two_adapters[0]))
     page.wait_for_selector("#library-message :text('Imported alpha.safetensors')", timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "library.png"), full_page=True)
 
     # Generate with two adapters at different weights.
     page.get_by_role("tab", name="Generate").click()
@@ -145,6 +149,7 @@ def test_upload_caption_train_library_generate(page, server, image_folder, tiny_
     page.click("#generate")
     page.wait_for_selector("#gen-status :text('2 images')", timeout=120_000)
     assert page.locator("#gallery img").count() >= 2
+    page.screenshot(path=str(ARTIFACTS / "generate.png"), full_page=True)
     outputs = sorted((workspace / "outputs").glob("*.png"))
     assert len(outputs) == 2
     from PIL import Image
