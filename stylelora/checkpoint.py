@@ -8,15 +8,13 @@ replays exactly what an uninterrupted one would have done.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .files import SafetensorsFile, read_safetensors, save_safetensors, write_atomically
+from .files import SafetensorsFile, folder_written_atomically, read_safetensors, save_safetensors, write_atomically
 from .errors import TrainingError
 
 # Settings that change what the adapter is; resuming with any of them changed is refused.
@@ -41,18 +39,11 @@ def save_checkpoint(out_dir: Path, step: int, tensors: dict[str, torch.Tensor], 
     root = checkpoint_root(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=".staging-"))
-    try:
+    with folder_written_atomically(final) as staging:
         save_safetensors(staging / "adapter.safetensors", tensors, metadata)
         buffer = _torch_bytes({"step": step, "optimizer": optimizer_state, "scheduler": scheduler_state,
                                "config": json.dumps(config_json)})
         write_atomically(staging / "state.pt", buffer)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
+from .files import folder_written_atomically
 from .formats import read_lora, write_lora
 from .merge import merge_cat, merge_svd
 from .styler import Styler, parse_lora_spec
@@ -64,14 +62,6 @@ def fuse_into_base(base: str, specs, out: Path) -> Path:
     styler.set_weights({styler.load(path): weight for path, weight in specs})
     styler.pipe.fuse_lora(adapter_names=list(styler.paths), lora_scale=1.0)
     styler.pipe.unload_lora_weights()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with folder_written_atomically(out) as staging:
         styler.pipe.save_pretrained(staging)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
