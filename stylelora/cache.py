@@ -1,7 +1,8 @@
 """Caches that make a LoRA step cost one UNet pass: VAE latents per image variant, and text embeddings.
 
-Latents are stored as the VAE posterior's parameters (mean and log-variance), so each step
-still draws a fresh latent sample exactly as an uncached loop would, for the price of a randn.
+Training uses the VAE posterior's mean. Stable Diffusion's VAE has a tiny posterior spread, so
+the mean and a sample differ little there, and the miniature base was pretrained on the mean:
+its small VAE's spread (about a fifth of the latents' scale) would only add noise to the style.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from .data import Example, load_rgb, preprocess
 
 
 class LatentCache:
-    """Posterior parameters per (image, resolution, flip), in memory and, if `folder` is set, on disk."""
+    """Unscaled latents per (image, resolution, flip), in memory and, if `folder` is set, on disk."""
 
     def __init__(self, vae: torch.nn.Module, vae_id: str, resolution: int, folder: Path | None = None):
         self.vae, self.vae_id, self.resolution, self.folder = vae, vae_id, resolution, folder
@@ -25,39 +26,32 @@ class LatentCache:
         self.hits = self.misses = 0
 
     def key(self, example: Example, flip: bool) -> str:
-        recipe = f"{example.sha256}|{self.resolution}|center|flip={flip}|{self.vae_id}"
+        recipe = f"{example.sha256}|{self.resolution}|center|flip={flip}|{self.vae_id}|mean"
         return hashlib.sha256(recipe.encode()).hexdigest()[:32]
 
-    def parameters(self, example: Example, flip: bool, write: bool = True) -> torch.Tensor:
+    def latents(self, example: Example, flip: bool, write: bool = True) -> torch.Tensor:
         key = self.key(example, flip)
         if key in self.memory:
             return self.memory[key]
         path = self.folder / f"{key}.safetensors" if self.folder else None
         if path is not None and path.is_file():
             self.hits += 1
-            value = safetensors.torch.load_file(str(path))["parameters"]
+            value = safetensors.torch.load_file(str(path))["latents"]
         else:
             self.misses += 1
             pixels = preprocess(load_rgb(example.path), self.resolution, random_crop=False, flip=flip)
-            value = encode_parameters(self.vae, pixels[None])[0]
+            value = encode_latents(self.vae, pixels[None])[0]
             if path is not None and write:
-                write_atomically(path, safetensors.torch.save({"parameters": value.contiguous()}))
+                write_atomically(path, safetensors.torch.save({"latents": value.contiguous()}))
         self.memory[key] = value
         return value
 
 
 @torch.no_grad()
-def encode_parameters(vae: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-    """The VAE posterior's parameters for a batch of [-1, 1] images, in float32 on the CPU."""
+def encode_latents(vae: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """Unscaled latents (the posterior mean) of a batch of [-1, 1] images, in float32 on the CPU."""
     pixels = pixels.to(device=vae.device, dtype=vae.dtype)
-    return vae.encode(pixels).latent_dist.parameters.float().cpu()
-
-
-def sample_latents(parameters: torch.Tensor, scaling_factor: float, generator: torch.Generator) -> torch.Tensor:
-    """Draw scaled latents from stored posterior parameters, as `latent_dist.sample() * scaling_factor`."""
-    mean, logvar = parameters.chunk(2, dim=1)
-    std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-    return (mean + std * torch.randn(mean.shape, generator=generator)) * scaling_factor
+    return vae.encode(pixels).latent_dist.mode().float().cpu()
 
 
 class TextCache:

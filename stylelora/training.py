@@ -26,7 +26,7 @@ from .adapter import attach_lora, load_into, lora_weights
 from .files import metadata_json, save_safetensors
 from .formats import to_kohya
 from .base import architecture_of, load_base, resolve_base, weights_fingerprint
-from .cache import LatentCache, TextCache, encode_parameters, sample_latents
+from .cache import LatentCache, TextCache, encode_latents
 from .checkpoint import check_compatible, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, validate
 from .data import ImageFolder, load_rgb, preprocess, scan_folder, training_caption
@@ -168,7 +168,7 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
         latent_cache = LatentCache(vae, weights_fingerprint(vae), resolution, cache_dir)
         for example in folder.examples:
             for flip in ((False, True) if config.flip else (False,)):
-                latent_cache.parameters(example, flip)
+                latent_cache.latents(example, flip)
         say(f"Latent cache: {latent_cache.hits} read from disk, {latent_cache.misses} encoded.")
     elif config.random_crop:
         say("Random crops make every step's image different, so latents are encoded each step (no cache).")
@@ -196,12 +196,12 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
         examples = [folder.examples[i] for i in sample_order(len(folder.examples), config.seed, first, config.batch_size)]
         flips = [config.flip and caption_rng.random() < 0.5 for _ in examples]
         if latent_cache is not None:
-            parameters = torch.stack([latent_cache.parameters(e, f) for e, f in zip(examples, flips)])
+            latents = torch.stack([latent_cache.latents(e, f) for e, f in zip(examples, flips)])
         else:
             pixels = torch.stack([preprocess(load_rgb(e.path), resolution, config.random_crop, f, caption_rng)
                                   for e, f in zip(examples, flips)])
-            parameters = encode_parameters(vae, pixels)
-        latents = sample_latents(parameters, vae.config.scaling_factor, generator).to(accelerator.device, weight_dtype)
+            latents = encode_latents(vae, pixels)
+        latents = (latents * vae.config.scaling_factor).to(accelerator.device, weight_dtype)
         captions = [training_caption(e.caption, config.trigger, config.caption_dropout, config.shuffle_tags,
                                      config.keep_tags, caption_rng) for e in examples]
         if text_cache is not None:
