@@ -8,7 +8,6 @@ here is bookkeeping: data order, checkpoints, samples, metrics.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import random
 import time
@@ -21,17 +20,17 @@ import torch
 from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
 
-from . import __version__
 from .adapter import attach_lora, load_into, lora_weights
-from .files import metadata_json, save_safetensors
-from .formats import to_kohya
 from .base import architecture_of, load_base, resolve_base, weights_fingerprint
 from .cache import LatentCache, TextCache, encode_latents
 from .checkpoint import check_compatible, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, validate
 from .data import ImageFolder, load_rgb, preprocess, scan_folder, training_caption
 from .errors import TrainingError
+from .files import save_safetensors
+from .formats import to_kohya
 from .loss import ddpm_loss, min_snr_weights, noise_target, offset_noise
+from .run_outputs import MetricsLog, adapter_metadata, progress_bar as make_progress_bar, render_samples
 
 DEFAULT_STEPS = 300
 
@@ -235,11 +234,11 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
         if not main:
             return None
         return save_checkpoint(out_dir, step, adapter_tensors(), metadata(step), optimizer.state_dict(),
-                               lr_schedule.state_dict(), config.to_json_dict())
+                               lr_schedule.state_dict(), config.to_json_dict() | {"resolution": resolution})
 
-    metrics = _MetricsLog(out_dir) if main else None
-    bar = _progress_bar(steps, start_step, progress_bar and main)
-    loss_value, step, tick = float("nan"), start_step, time.time()
+    metrics = MetricsLog(out_dir) if main else None
+    bar = make_progress_bar(steps, start_step, progress_bar and main)
+    loss_value, completed, tick = float("nan"), start_step, time.time()
     say(f"Training {len(lora_params)} LoRA tensors (rank {config.rank}, alpha {config.effective_alpha:g}) "
         f"for {steps} steps at {resolution}px, batch {config.batch_size} x {accelerator.num_processes} "
         f"process(es), precision {precision}.")
@@ -265,8 +264,8 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
             optimizer.step()
             lr_schedule.step()
             optimizer.zero_grad(set_to_none=True)
-            loss_value = total
-            done = step + 1
+            loss_value, completed = total, step + 1
+            done = completed
             rate = (done - start_step) / max(time.time() - tick, 1e-9)
             samples: list[Path] = []
             if main and config.save_every and done % config.save_every == 0 and done < steps:
@@ -282,8 +281,9 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
                                      (steps - done) / max(rate, 1e-9), samples))
     except (KeyboardInterrupt, TrainingInterrupted):
         bar.close()
-        saved = checkpoint(step) if step > start_step else latest_checkpoint(out_dir)
-        raise TrainingInterrupted(f"training stopped at step {step} of {steps}; checkpoint {saved}; "
+        # Saved as of the last finished optimizer step, so a resume replays nothing twice.
+        saved = checkpoint(completed) if completed > start_step else latest_checkpoint(out_dir)
+        raise TrainingInterrupted(f"training stopped at step {completed} of {steps}; checkpoint {saved}; "
                                   "run the same command with --resume to continue") from None
     finally:
         bar.close()
@@ -303,9 +303,7 @@ def _resume(config: TrainConfig, out_dir: Path, unet, text_encoder, optimizer, l
         say(f"No checkpoint in {out_dir / 'checkpoints'}; starting from step 0.")
         return 0
     adapter, state = load_checkpoint(path)
-    current = config.to_json_dict() | {"resolution": resolution}
-    saved = state["config"] | {"resolution": int(adapter.metadata.get("ss_resolution", "0").split(",")[0] or 0) or resolution}
-    check_compatible(saved, current, path)
+    check_compatible(state["config"], config.to_json_dict() | {"resolution": resolution}, path)
     load_into(unet, adapter.tensors, "unet", path)
     if config.train_text_encoder:
         load_into(text_encoder, adapter.tensors, "text_encoder", path)
@@ -313,96 +311,3 @@ def _resume(config: TrainConfig, out_dir: Path, unet, text_encoder, optimizer, l
     lr_schedule.load_state_dict(state["scheduler"])
     say(f"Resuming from {path} (step {state['step']}).")
     return int(state["step"])
-
-
-@torch.no_grad()
-def render_samples(pipe, prompts: tuple[str, ...], folder: Path, step: int, seed: int) -> list[Path]:
-    """Fixed-seed previews, so samples from different steps compare like for like."""
-    from .images import save_png
-
-    pipe.unet.eval()
-    paths = []
-    for index, prompt in enumerate(prompts):
-        generator = torch.Generator().manual_seed(seed)
-        image = pipe(prompt, num_inference_steps=20, generator=generator).images[0]
-        paths.append(save_png(image, folder / f"step-{step:06d}-{index}.png", {"prompt": prompt, "step": step, "seed": seed}))
-    pipe.unet.train()
-    return paths
-
-
-def adapter_metadata(config: TrainConfig, folder: ImageFolder, resolution: int, steps: int, base_id: str,
-                     architecture: str, prediction_type: str) -> dict[str, str]:
-    """Our own keys plus the ss_* and modelspec.* keys that AUTOMATIC1111 and civitai-style tools read."""
-    spec_arch = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-768-v" if prediction_type == "v_prediction"
-                 else "stable-diffusion-v2-512", "sdxl": "stable-diffusion-xl-v1-base"}.get(architecture, f"stylelora-{architecture}")
-    targets = list(config.target_modules) + (list(config.text_encoder_targets) if config.train_text_encoder else [])
-    return metadata_json({
-        "stylelora.version": __version__,
-        "stylelora.rank": config.rank,
-        "stylelora.alpha": config.effective_alpha,
-        "stylelora.target_modules": targets,
-        "stylelora.text_encoder": config.train_text_encoder,
-        "stylelora.base": config.base,
-        "stylelora.base_hash": base_id,
-        "stylelora.architecture": architecture,
-        "stylelora.prediction_type": prediction_type,
-        "stylelora.resolution": resolution,
-        "stylelora.steps": steps,
-        "stylelora.image_count": len(folder.examples),
-        "stylelora.dataset_hash": folder.content_hash,
-        "stylelora.trigger_words": [config.trigger] if config.trigger else [],
-        "stylelora.config": json.dumps(config.to_json_dict()),
-        "ss_network_module": "networks.lora",
-        "ss_network_dim": config.rank,
-        "ss_network_alpha": config.effective_alpha,
-        "ss_base_model_version": {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}.get(architecture, architecture),
-        "ss_v2": architecture == "sd2",
-        "ss_output_name": config.adapter_name,
-        "ss_resolution": f"{resolution},{resolution}",
-        "ss_num_train_images": len(folder.examples),
-        "ss_max_train_steps": steps,
-        "ss_learning_rate": config.learning_rate,
-        "ss_training_comment": f"trained with stylelora {__version__}",
-        "modelspec.sai_model_spec": "1.0.1",
-        "modelspec.architecture": f"{spec_arch}/lora",
-        "modelspec.implementation": "diffusers",
-        "modelspec.title": config.adapter_name,
-        "modelspec.resolution": f"{resolution}x{resolution}",
-        "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "modelspec.prediction_type": "v" if prediction_type == "v_prediction" else "epsilon",
-        "modelspec.trigger_phrase": config.trigger,
-    })
-
-
-class _MetricsLog:
-    """metrics.jsonl (one JSON object per logged step) and TensorBoard scalars, side by side."""
-
-    def __init__(self, out_dir: Path):
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.jsonl = open(out_dir / "metrics.jsonl", "a", encoding="utf-8")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.board = SummaryWriter(str(out_dir / "tensorboard"))
-        except ImportError:
-            self.board = None
-
-    def write(self, step: int, loss: float, lr: float, steps_per_second: float, grad_norm: float) -> None:
-        row = {"step": step, "loss": loss, "lr": lr, "steps_per_second": steps_per_second, "grad_norm": grad_norm}
-        self.jsonl.write(json.dumps(row) + "\n")
-        self.jsonl.flush()
-        if self.board is not None:
-            for key, value in row.items():
-                if key != "step":
-                    self.board.add_scalar(f"train/{key}", value, step)
-
-    def close(self) -> None:
-        self.jsonl.close()
-        if self.board is not None:
-            self.board.close()
-
-
-def _progress_bar(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)

@@ -1,0 +1,106 @@
+"""What a training run writes besides the adapter: its metadata, metrics, previews and progress bar."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .config import TrainConfig
+from .data import ImageFolder
+from .files import metadata_json
+from .images import save_png
+
+
+@torch.no_grad()
+def render_samples(pipe, prompts: tuple[str, ...], folder: Path, step: int, seed: int) -> list[Path]:
+    """Fixed-seed previews, so samples from different steps compare like for like."""
+    pipe.unet.eval()
+    paths = []
+    for index, prompt in enumerate(prompts):
+        generator = torch.Generator().manual_seed(seed)
+        image = pipe(prompt, num_inference_steps=20, generator=generator).images[0]
+        paths.append(save_png(image, folder / f"step-{step:06d}-{index}.png", {"prompt": prompt, "step": step, "seed": seed}))
+    pipe.unet.train()
+    return paths
+
+
+def adapter_metadata(config: TrainConfig, folder: ImageFolder, resolution: int, steps: int, base_id: str,
+                     architecture: str, prediction_type: str) -> dict[str, str]:
+    """Our own keys plus the ss_* and modelspec.* keys that AUTOMATIC1111 and civitai-style tools read."""
+    spec_arch = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-768-v" if prediction_type == "v_prediction"
+                 else "stable-diffusion-v2-512", "sdxl": "stable-diffusion-xl-v1-base"}.get(architecture, f"stylelora-{architecture}")
+    targets = list(config.target_modules) + (list(config.text_encoder_targets) if config.train_text_encoder else [])
+    return metadata_json({
+        "stylelora.version": __version__,
+        "stylelora.rank": config.rank,
+        "stylelora.alpha": config.effective_alpha,
+        "stylelora.target_modules": targets,
+        "stylelora.text_encoder": config.train_text_encoder,
+        "stylelora.base": config.base,
+        "stylelora.base_hash": base_id,
+        "stylelora.architecture": architecture,
+        "stylelora.prediction_type": prediction_type,
+        "stylelora.resolution": resolution,
+        "stylelora.steps": steps,
+        "stylelora.image_count": len(folder.examples),
+        "stylelora.dataset_hash": folder.content_hash,
+        "stylelora.trigger_words": [config.trigger] if config.trigger else [],
+        "stylelora.config": json.dumps(config.to_json_dict()),
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": config.rank,
+        "ss_network_alpha": config.effective_alpha,
+        "ss_base_model_version": {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}.get(architecture, architecture),
+        "ss_v2": architecture == "sd2",
+        "ss_output_name": config.adapter_name,
+        "ss_resolution": f"{resolution},{resolution}",
+        "ss_num_train_images": len(folder.examples),
+        "ss_max_train_steps": steps,
+        "ss_learning_rate": config.learning_rate,
+        "ss_training_comment": f"trained with stylelora {__version__}",
+        "modelspec.sai_model_spec": "1.0.1",
+        "modelspec.architecture": f"{spec_arch}/lora",
+        "modelspec.implementation": "diffusers",
+        "modelspec.title": config.adapter_name,
+        "modelspec.resolution": f"{resolution}x{resolution}",
+        "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "modelspec.prediction_type": "v" if prediction_type == "v_prediction" else "epsilon",
+        "modelspec.trigger_phrase": config.trigger,
+    })
+
+
+class MetricsLog:
+    """metrics.jsonl (one JSON object per logged step) and TensorBoard scalars, side by side."""
+
+    def __init__(self, out_dir: Path):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl = open(out_dir / "metrics.jsonl", "a", encoding="utf-8")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.board = SummaryWriter(str(out_dir / "tensorboard"))
+        except ImportError:
+            self.board = None
+
+    def write(self, step: int, loss: float, lr: float, steps_per_second: float, grad_norm: float) -> None:
+        row = {"step": step, "loss": loss, "lr": lr, "steps_per_second": steps_per_second, "grad_norm": grad_norm}
+        self.jsonl.write(json.dumps(row) + "\n")
+        self.jsonl.flush()
+        if self.board is not None:
+            for key, value in row.items():
+                if key != "step":
+                    self.board.add_scalar(f"train/{key}", value, step)
+
+    def close(self) -> None:
+        self.jsonl.close()
+        if self.board is not None:
+            self.board.close()
+
+
+def progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
