@@ -32,7 +32,7 @@ from .formats import to_kohya
 from .loss import ddpm_loss, min_snr_weights, noise_target, offset_noise
 from .run_outputs import MetricsLog, adapter_metadata, progress_bar as make_progress_bar, render_samples
 
-DEFAULT_STEPS = 300
+DEFAULT_STEPS = 800
 
 
 @dataclass
@@ -139,7 +139,7 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
     torch.manual_seed(config.seed)  # LoRA's A matrices start random: the same seed, the same start
     attach_lora(unet, config.target_modules, config.rank, config.effective_alpha, config.dropout)
     lora_params = [p for p in unet.parameters() if p.requires_grad]
-    groups = [{"params": lora_params, "lr": config.learning_rate}]
+    groups = [{"params": lora_params, "lr": config.effective_learning_rate}]
     if config.train_text_encoder:
         attach_lora(text_encoder, config.text_encoder_targets, config.rank, config.effective_alpha,
                     config.dropout, flag="--text-encoder-targets")

@@ -82,8 +82,8 @@ def train_tab(session: Session) -> None:
         text_encoder = gr.Checkbox(False, label="Train the text encoder", elem_id="train-te")
     with gr.Row():
         rank = gr.Number(4, label="Rank", precision=0, elem_id="rank")
-        steps = gr.Number(300, label="Steps", precision=0, elem_id="steps")
-        learning_rate = gr.Number(1e-3, label="Learning rate", elem_id="lr")
+        steps = gr.Number(800, label="Steps", precision=0, elem_id="steps")
+        learning_rate = gr.Number(0, label="Learning rate (0 = the base's usual)", elem_id="lr")
         resolution = gr.Number(0, label="Resolution (0 = the base's own)", precision=0, elem_id="resolution")
     with gr.Accordion("Advanced", open=False):
         with gr.Row():
@@ -146,7 +146,7 @@ def train_tab(session: Session) -> None:
             config = validate(TrainConfig(
                 data=Path(folder_path), out=session.adapters / re.sub(r"[^A-Za-z0-9_-]", "_", adapter_name or "style"),
                 base=base_model, trigger=trigger_word, train_text_encoder=te, rank=int(rank_), max_steps=int(steps_),
-                learning_rate=float(lr), resolution=int(res) or None, batch_size=int(batch), alpha=float(alpha_) or None,
+                learning_rate=float(lr) or None, resolution=int(res) or None, batch_size=int(batch), alpha=float(alpha_) or None,
                 seed=int(seed_), save_every=int(save_n), sample_every=int(sample_n) if prompt else 0,
                 sample_prompts=(prompt,) if prompt else (), flip=flip_, caption_dropout=float(dropout)))
             session.job.start(config)
