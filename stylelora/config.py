@@ -144,8 +144,6 @@ def validate(config: TrainConfig) -> TrainConfig:
     for ok, name, fix in checks:
         if not ok:
             raise _fail(name, getattr(c, name), fix)
-    if c.out is not None and c.out.suffix not in ("", ".safetensors"):
-        raise _fail("out", str(c.out), "give a folder, or a file path ending in .safetensors")
     return config
 
 
