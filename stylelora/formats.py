@@ -7,7 +7,6 @@ the alpha, so scale = alpha / rank is kept exactly, whatever the layout stores i
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 

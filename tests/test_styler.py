@@ -11,7 +11,6 @@ from stylelora.files import read_safetensors
 from stylelora.errors import AdapterFileError, ConfigError
 from stylelora.generate import GenerateConfig, generate
 from stylelora.styler import Styler, StyleWeight, parse_lora_spec
-from stylelora.training import train
 
 
 def _manual_delta(path, module_key):

@@ -11,7 +11,6 @@ the last finished phase. The weights are saved in float16 in the diffusers layou
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
