@@ -8,6 +8,7 @@ its small VAE's spread (about a fifth of the latents' scale) would only add nois
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import safetensors.torch
@@ -34,17 +35,28 @@ class LatentCache:
         if key in self.memory:
             return self.memory[key]
         path = self.folder / f"{key}.safetensors" if self.folder else None
-        if path is not None and path.is_file():
+        value = self._read(path) if path is not None and path.is_file() else None
+        if value is not None:
             self.hits += 1
-            value = safetensors.torch.load_file(str(path))["latents"]
         else:
             self.misses += 1
-            pixels = preprocess(load_rgb(example.path), self.resolution, random_crop=False, flip=flip)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # scan_folder has already reported what is odd about the image
+                image = load_rgb(example.path)
+            pixels = preprocess(image, self.resolution, random_crop=False, flip=flip)
             value = encode_latents(self.vae, pixels[None])[0]
             if path is not None and write:
                 write_atomically(path, safetensors.torch.save({"latents": value.contiguous()}))
         self.memory[key] = value
         return value
+
+    @staticmethod
+    def _read(path: Path) -> torch.Tensor | None:
+        """A cached latent, or None if the file is damaged (it is then encoded and written again)."""
+        try:
+            return safetensors.torch.load_file(str(path))["latents"]
+        except Exception:  # safetensors has its own error types for every kind of damage
+            return None
 
 
 @torch.no_grad()

@@ -39,6 +39,8 @@ def save_checkpoint(out_dir: Path, step: int, tensors: dict[str, torch.Tensor], 
     root = checkpoint_root(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
+    for stale in root.glob(".step-*"):  # staging folders of a run killed mid-save
+        shutil.rmtree(stale, ignore_errors=True)
     with folder_written_atomically(final) as staging:
         save_safetensors(staging / "adapter.safetensors", tensors, metadata)
         buffer = _torch_bytes({"step": step, "optimizer": optimizer_state, "scheduler": scheduler_state,

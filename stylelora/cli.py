@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -80,6 +81,8 @@ def run_train(args: argparse.Namespace) -> int:
     values = load_toml(args.config) if args.config else {}
     flags = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "config", "quiet")}
     config = from_dict(values | flags)
+    # `kill` (SIGTERM) stops like Ctrl-C: the step in flight finishes into a checkpoint.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         result = train(config, progress_bar=not args.quiet, log=lambda m: print(m, file=sys.stderr))
     except TrainingInterrupted as stop:
@@ -232,6 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     except StyleloraError as error:
         print(f"stylelora: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C before training started: nothing to save
+        print("stylelora: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as error:  # the disk, not the user's input: still one line, never a traceback
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"stylelora: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

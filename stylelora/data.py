@@ -23,6 +23,7 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 # Image formats people drop in a folder that we do not read, so we can say why.
 OTHER_IMAGE_EXTENSIONS = {".gif", ".tif", ".tiff", ".heic", ".avif", ".svg", ".psd"}
 CAPTION_SUFFIXES = (".txt", ".caption")
+MAX_ASPECT = 8  # a center square of a longer image keeps under an eighth of it
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,10 @@ def scan_folder(root: Path, default_caption: str = "", trigger: str = "") -> Ima
             continue
         except ValueError as error:
             folder.skipped.append((path, str(error)))
+            continue
+        if max(image.size) > MAX_ASPECT * min(image.size):
+            folder.skipped.append((path, f"{image.width}x{image.height} is too long and thin for a square crop "
+                                         f"(more than {MAX_ASPECT}:1); crop it to the part that shows the style"))
             continue
         caption, source = _caption_for(path, metadata, default_caption, folder)
         if trigger:

@@ -32,8 +32,10 @@ def write_atomically(path: Path, data: bytes) -> None:
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename is None:  # say which file a full disk refused
+            raise OSError(error.errno, error.strerror or str(error), str(path)) from error
         raise
 
 

@@ -7,6 +7,7 @@ the alpha, so scale = alpha / rank is kept exactly, whatever the layout stores i
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +77,8 @@ def from_kohya(tensors: dict[str, torch.Tensor], source: Path) -> LoraWeights:
             raise AdapterFileError(f"{source}: {name} has lora_down but no lora_up weight")
         down = tensors[f"{name}.lora_down.weight"]
         alpha = tensors.get(f"{name}.alpha")
+        if alpha is not None and alpha.numel() != 1:
+            raise AdapterFileError(f"{source}: {name}.alpha holds {alpha.numel()} numbers; alpha is one number")
         module = _unflatten(name[len(KOHYA_PREFIX[part]):])
         weights[(part, module)] = LoraModule(down, up, float(alpha.item()) if alpha is not None else float(down.shape[0]))
     return weights
@@ -216,9 +219,25 @@ def read_lora(path: Path) -> tuple[LoraWeights, dict[str, str], str]:
         raise AdapterFileError(f"{path}: no LoRA weights in a known layout (kohya lora_unet_/lora_te_, "
                                "diffusers unet./text_encoder., or peft base_model.model.)")
     for (part, module), lora in weights.items():
-        if not (torch.isfinite(lora.down).all() and torch.isfinite(lora.up).all()):
-            raise AdapterFileError(f"{path}: {part} module {module} holds NaN or infinite weights")
+        problem = _problem_with(lora)
+        if problem:
+            raise AdapterFileError(f"{path}: {part} module {module} {problem}; the file is damaged or not a LoRA")
     return weights, metadata, kind
+
+
+def _problem_with(lora: LoraModule) -> str | None:
+    """Why these tensors cannot be a LoRA pair (what the model's own shapes allow is checked on loading)."""
+    if not (lora.down.is_floating_point() and lora.up.is_floating_point()):
+        return f"holds {lora.down.dtype}/{lora.up.dtype} (integer) weights where floats belong"
+    if lora.down.ndim not in (2, 4) or lora.up.ndim != lora.down.ndim:
+        return f"has weights of shapes {list(lora.down.shape)} and {list(lora.up.shape)}, not a LoRA pair"
+    if lora.rank == 0 or lora.up.shape[1] != lora.rank:
+        return f"has mismatched ranks: down {list(lora.down.shape)}, up {list(lora.up.shape)}"
+    if not math.isfinite(lora.alpha):
+        return f"has alpha {lora.alpha}"
+    if not (torch.isfinite(lora.down).all() and torch.isfinite(lora.up).all()):
+        return "holds NaN or infinite weights"
+    return None
 
 
 def write_lora(weights: LoraWeights, kind: str, out: Path, metadata: dict[str, str] | None = None) -> Path:

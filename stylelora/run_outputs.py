@@ -11,7 +11,7 @@ import torch
 from . import __version__
 from .config import TrainConfig
 from .data import ImageFolder
-from .files import metadata_json
+from .files import metadata_json, write_atomically
 from .images import save_png
 
 
@@ -75,9 +75,14 @@ def adapter_metadata(config: TrainConfig, folder: ImageFolder, resolution: int, 
 class MetricsLog:
     """metrics.jsonl (one JSON object per logged step) and TensorBoard scalars, side by side."""
 
-    def __init__(self, out_dir: Path):
+    def __init__(self, out_dir: Path, start_step: int = 0):
+        """Keep the rows of steps up to `start_step` (a resume replays the rest), drop any half-written
+        last line a killed run left, then append."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.jsonl = open(out_dir / "metrics.jsonl", "a", encoding="utf-8")
+        path = out_dir / "metrics.jsonl"
+        kept = [line for line in _json_lines(path) if json.loads(line)["step"] <= start_step]
+        write_atomically(path, "".join(line + "\n" for line in kept).encode())
+        self.jsonl = open(path, "a", encoding="utf-8")
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -98,6 +103,17 @@ class MetricsLog:
         self.jsonl.close()
         if self.board is not None:
             self.board.close()
+
+
+def _json_lines(path: Path) -> list[str]:
+    lines = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []:
+        try:
+            if isinstance(json.loads(line).get("step"), int):
+                lines.append(line)
+        except (json.JSONDecodeError, AttributeError):
+            pass
+    return lines
 
 
 def progress_bar(total: int, initial: int, enabled: bool):

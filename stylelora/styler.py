@@ -7,6 +7,7 @@ Adapters that are not in the active set are left out of the forward pass.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,9 +64,11 @@ class StyleWeight:
         try:
             if "=" not in text:
                 value = float(text)
+                if not math.isfinite(value):
+                    raise ValueError
                 return cls(value, value)
             parts = {k.strip(): float(v) for k, v in (part.split("=", 1) for part in text.split(","))}
-            if set(parts) - {"unet", "te", *BLOCKS}:
+            if set(parts) - {"unet", "te", *BLOCKS} or not all(map(math.isfinite, parts.values())):
                 raise ValueError
             blocks = tuple((b, parts[b]) for b in BLOCKS if b in parts)
             return cls(parts.get("unet", 1.0), parts.get("te", 1.0), blocks)

@@ -111,6 +111,18 @@ def describe_folder(folder: ImageFolder, log: Callable[[str], None]) -> None:
             f"{folder.examples[0].caption!r}; add captions or pass --caption / --trigger.")
 
 
+def warn_long_captions(folder: ImageFolder, tokenizer, say: Callable[[str], None]) -> None:
+    """CLIP reads a fixed number of tokens and cuts the rest: say so, by file, rather than cut silently."""
+    limit = tokenizer.model_max_length
+    for example in folder.examples:
+        # Counting a prefix is enough to know it is too long, and stays fast on a megabyte of text.
+        if len(tokenizer(example.caption[: 40 * limit]).input_ids) > limit:
+            source = example.path.with_suffix(example.caption_source) if example.caption_source.startswith(".") \
+                else example.path
+            say(f"  warning: {source}: the caption is longer than {limit} tokens, the text encoder's limit; "
+                "the rest is cut")
+
+
 def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = None,
           should_stop: Callable[[], bool] | None = None, log: Callable[[str], None] = print,
           progress_bar: bool = True) -> TrainResult:
@@ -127,6 +139,7 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
     folder = scan_folder(config.data, config.caption, config.trigger)
     describe_folder(folder, say)
     pipe = load_base(config.base, dtype=weight_dtype, device=accelerator.device)
+    warn_long_captions(folder, pipe.tokenizer, say)
     unet, vae, text_encoder, scheduler = pipe.unet, pipe.vae, pipe.text_encoder, pipe.scheduler
     for model in (unet, vae, text_encoder):
         model.requires_grad_(False)
@@ -158,6 +171,9 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
     start_step = 0
     if config.resume:
         start_step = _resume(config, out_dir, unet, text_encoder, optimizer, lr_schedule, resolution, say)
+    elif (earlier := latest_checkpoint(out_dir)) is not None:
+        raise TrainingError(f"{earlier}: this output folder holds a checkpoint of an earlier run; add --resume to "
+                            "continue it, or choose another --out (or delete that checkpoints folder) to start afresh")
 
     # Caches: latents once per image variant; text embeddings while the text encoder is frozen
     # and captions are fixed (dropout only ever swaps in the empty caption, which caches too).
@@ -236,13 +252,14 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
         return save_checkpoint(out_dir, step, adapter_tensors(), metadata(step), optimizer.state_dict(),
                                lr_schedule.state_dict(), config.to_json_dict() | {"resolution": resolution})
 
-    metrics = MetricsLog(out_dir) if main else None
+    metrics: MetricsLog | None = None
     bar = make_progress_bar(steps, start_step, progress_bar and main)
     loss_value, completed, tick = float("nan"), start_step, time.time()
     say(f"Training {len(lora_params)} LoRA tensors (rank {config.rank}, alpha {config.effective_alpha:g}) "
         f"for {steps} steps at {resolution}px, batch {config.batch_size} x {accelerator.num_processes} "
         f"process(es), precision {precision}.")
     try:
+        metrics = MetricsLog(out_dir, start_step) if main else None
         for step in range(start_step, steps):
             if should_stop is not None and should_stop():
                 raise TrainingInterrupted("stopped on request")
@@ -268,12 +285,13 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
             done = completed
             rate = (done - start_step) / max(time.time() - tick, 1e-9)
             samples: list[Path] = []
+            # Metrics before the checkpoint: a kill between the two leaves rows that a resume rewrites.
+            if metrics is not None and (done % config.log_every == 0 or done == steps):
+                metrics.write(done, loss_value, lr_schedule.get_last_lr()[0], rate, grad_norm)
             if main and config.save_every and done % config.save_every == 0 and done < steps:
                 checkpoint(done)
             if main and config.sample_every and done % config.sample_every == 0:
                 samples = render_samples(pipe, config.sample_prompts, out_dir / "samples", done, config.seed)
-            if metrics is not None and (done % config.log_every == 0 or done == steps):
-                metrics.write(done, loss_value, lr_schedule.get_last_lr()[0], rate, grad_norm)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
             if on_progress is not None and main:
@@ -285,6 +303,8 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
         saved = checkpoint(completed) if completed > start_step else latest_checkpoint(out_dir)
         raise TrainingInterrupted(f"training stopped at step {completed} of {steps}; checkpoint {saved}; "
                                   "run the same command with --resume to continue") from None
+    except OSError as error:  # a full disk or a vanished folder: say so, and point at what survived
+        raise _write_failed(error, out_dir) from None
     finally:
         bar.close()
         if metrics is not None:
@@ -292,8 +312,18 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
 
     accelerator.wait_for_everyone()
     if main:
-        save_safetensors(config.adapter_path, adapter_tensors(), metadata(steps))
+        try:
+            save_safetensors(config.adapter_path, adapter_tensors(), metadata(steps))
+        except OSError as error:
+            raise _write_failed(error, out_dir) from None
     return TrainResult(config.adapter_path, steps, loss_value, time.time() - started, is_main=main)
+
+
+def _write_failed(error: OSError, out_dir: Path) -> TrainingError:
+    last = latest_checkpoint(out_dir)
+    kept = (f"the last good checkpoint, {last}, is intact: free some space and run again with --resume" if last
+            else "no checkpoint was written yet; use --save-every to keep resumable checkpoints")
+    return TrainingError(f"{error.filename or out_dir}: cannot write ({error.strerror or error}); {kept}")
 
 
 def _resume(config: TrainConfig, out_dir: Path, unet, text_encoder, optimizer, lr_schedule, resolution: int,
