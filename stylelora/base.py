@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 
 import diffusers
@@ -46,10 +47,22 @@ def resolve_base(spec: str) -> str:
     raise BaseModelError(f"{spec}: no such folder or file, and not a hub id like 'org/name'")
 
 
+_LOADING = threading.Lock()
+
+
 def load_base(spec: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> StableDiffusionPipeline:
     """Load the whole pipeline in `dtype` on `device`, with the safety checker off (we train styles, not filters)."""
     kind = resolve_base(spec)
     options = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    # Loading builds modules on the meta device inside a process-wide context, so two threads loading
+    # at once (the UI: a training job and a generation) break each other. One load at a time.
+    with _LOADING:
+        pipe = _load(spec, kind, dtype, options)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def _load(spec: str, kind: str, dtype: torch.dtype, options: dict) -> StableDiffusionPipeline:
     try:
         if kind == "file":
             pipe = StableDiffusionPipeline.from_single_file(spec, dtype=dtype)
@@ -59,8 +72,7 @@ def load_base(spec: str, dtype: torch.dtype = torch.float32, device: str | torch
     except (OSError, ValueError, EnvironmentError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise BaseModelError(f"{spec}: cannot load the base model ({first_line})") from None
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return pipe
 
 
 def weights_fingerprint(module: torch.nn.Module) -> str:

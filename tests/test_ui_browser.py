@@ -2,59 +2,31 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+from ui_helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, start_ui, stop_ui
+
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
-ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"  # screenshots of each tab, for people to look at
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     workspace, adapters = tmp_path_factory.mktemp("ws"), tmp_path_factory.mktemp("lib")
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "stylelora", "ui", "--workspace", str(workspace), "--adapters", str(adapters),
-         "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=os.environ | {"HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"})
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        raise RuntimeError(process.stdout.read())
+    process, url = start_ui(workspace, adapters)
     yield url, workspace, adapters
-    process.terminate()
-    process.wait(10)
+    stop_ui(process)
 
 
 @pytest.fixture(scope="module")
 def page(server):
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         tab = browser.new_page(viewport={"width": 1280, "height": 1800})
         tab.goto(server[0])
         tab.wait_for_selector("#start", timeout=60_000)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import random
 import re
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -34,6 +35,9 @@ class Session:
         self.workspace, self.adapters = workspace.resolve(), adapters.resolve()
         self.job = TrainingJob()
         self.stylers: dict[str, Styler] = {}
+        # Every browser session shares these Stylers, whose weights are set per request:
+        # one painting at a time, the rest wait their turn.
+        self.painting = threading.Lock()
 
     def styler(self, base: str) -> Styler:
         # Loaded once per base: changing only the weights never reloads the model.
@@ -227,10 +231,11 @@ def generate_tab(session: Session) -> None:
                 config = GenerateConfig(prompt_, tuple(specs(names_, values)), base_, negative_, int(count_),
                                         int(steps_), float(cfg_), seed_, int(size_) or None,
                                         out=session.workspace / "outputs")
-                paths = generate(config, session.styler(base_))
+                with session.painting:
+                    paths = generate(config, session.styler(base_))
             except StyleloraError as error:
                 return gr.skip(), _error(error)
-            return [str(p) for p in paths], f"{len(paths)} images, seeds {seed_} to {seed_ + len(paths) - 1}."
+            return [str(p) for p in paths], f"{len(paths)} image{'s' if len(paths) != 1 else ''}, seeds {seed_} to {seed_ + len(paths) - 1}."
 
         def save(blend, names_, *values):
             try:
@@ -252,7 +257,8 @@ def generate_tab(session: Session) -> None:
                                     session.workspace / "outputs" / f"grid-{int(seed_)}.png", lora_b,
                                     parse_weights(weights_b, "weights-b") if lora_b else (), base_, "", int(steps_),
                                     float(cfg_), int(seed_))
-                path = make_grid(config, session.styler(base_))
+                with session.painting:
+                    path = make_grid(config, session.styler(base_))
             except StyleloraError as error:
                 return gr.skip(), _error(error)
             return [str(path)], "Grid saved."

@@ -1,0 +1,48 @@
+"""Start the web UI in a subprocess and open headless Chromium on it (shared by the UI tests)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_ui(workspace: Path, adapters: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    """`stylelora ui` on a free port; returns the process and its URL once it answers."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stylelora", "ui", "--workspace", str(workspace), "--adapters", str(adapters),
+         "--port", str(port), *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=os.environ | {"HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"})
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return process, url
+        except urllib.error.HTTPError:
+            return process, url  # it answers (an auth-protected page may answer 401)
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    raise RuntimeError(process.stdout.read())
+
+
+def stop_ui(process: subprocess.Popen) -> None:
+    process.terminate()
+    process.wait(10)
