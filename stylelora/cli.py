@@ -60,7 +60,7 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     g.add_argument("--noise-offset", type=float, help="noise offset, 0 = off; 0.05 is usual (0)")
     g.add_argument("--seed", type=int, help="random seed (0)")
     g = p.add_argument_group("speed")
-    g.add_argument("--precision", choices=PRECISIONS, help="auto (bf16/fp16 on GPU, fp32 on CPU), no, fp16 or bf16")
+    g.add_argument("--precision", choices=PRECISIONS, help="auto (GPU: bf16, or fp16; CPU: bf16 for big models on CPUs with bf16 instructions, else fp32), no, fp16 or bf16")
     g.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="trade compute for memory")
     g.add_argument("--cache-latents", action=argparse.BooleanOptionalAction, default=None,

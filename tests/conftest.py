@@ -93,3 +93,14 @@ def unet_probe():
             return unet(x, torch.tensor([500]), text).sample
 
     return _probe
+
+
+@pytest.fixture(scope="module")
+def ui_server(tmp_path_factory):
+    """`stylelora ui` in a subprocess with its own workspace and adapters folder, one per test module."""
+    from ui_helpers import start_ui, stop_ui
+
+    workspace, adapters = tmp_path_factory.mktemp("ws"), tmp_path_factory.mktemp("lib")
+    process, url = start_ui(workspace, adapters)
+    yield url, workspace, adapters
+    stop_ui(process)

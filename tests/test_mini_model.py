@@ -37,6 +37,7 @@ def test_mini_draws_the_named_colour_and_shape(mini_styler):
     assert rates.share("shape") >= 0.4, rates
 
 
+@pytest.mark.slow
 def test_a_pastel_adapter_raises_the_pastel_share(mini_styler, tmp_path):
     # Default settings (800 steps). Pastel is the style they learn best (bench/style_report.py: 28% -> 65%);
     # stripes and dots move far less, which README reports.

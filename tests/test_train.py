@@ -104,6 +104,7 @@ def _cli(*args, cwd=None):
                           env=env | {k: v for k, v in __import__("os").environ.items() if k.startswith(("PYTHON", "HOME"))})
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, image_folder, tiny_base):
     base = ["--base", str(tiny_base)]
     for args, expected in [

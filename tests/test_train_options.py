@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import torch
 from PIL import Image
 
 from stylelora.training import Progress, total_steps, train
@@ -67,3 +68,15 @@ def test_small_images_are_upscaled_with_a_warning(train_config, tmp_path):
     train(train_config(data=folder, max_steps=1), progress_bar=False, log=logs.append)
     assert any("tiny.png is 8x8, smaller than 32; upscaling it" in line for line in logs)
     assert any("WARNING: no caption found" in line for line in logs)
+
+
+def test_cpu_auto_precision_is_bf16_only_for_big_models_on_bf16_cpus(monkeypatch, train_config):
+    from stylelora import training
+
+    cpu, config = torch.device("cpu"), train_config()
+    for has_bf16, parameters, expected in [(True, 860_000_000, "bf16"), (True, 4_000_000, "no"),
+                                           (False, 860_000_000, "no")]:
+        monkeypatch.setattr(training, "cpu_has_bf16", lambda: has_bf16)
+        assert training.precision_for(config, cpu, parameters) == expected
+    config.precision = "no"
+    assert training.precision_for(config, cpu, 860_000_000) == "no"

@@ -17,23 +17,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ui_helpers import CHROMIUM, CHROMIUM_ARGS, start_ui, stop_ui
+from ui_helpers import CHROMIUM, CHROMIUM_ARGS, fill, start_ui, stop_ui
 
 playwright = pytest.importorskip("playwright.sync_api")
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    workspace, adapters = tmp_path_factory.mktemp("ws"), tmp_path_factory.mktemp("lib")
-    process, url = start_ui(workspace, adapters)
-    yield url, workspace, adapters
-    stop_ui(process)
-
-
-def _fill(page, elem_id: str, value) -> None:
-    box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
-    box.fill(str(value))
-    box.press("Tab")
+def server(ui_server):
+    return ui_server
 
 
 def _status(page) -> str:
@@ -67,29 +58,29 @@ def test_parallel_sessions_generate_while_training_runs_and_a_second_start_is_re
             page.wait_for_selector("#start", timeout=60_000)
 
         # One session starts a long training run from a folder on this machine.
-        _fill(trainer, "folder", image_folder)
+        fill(trainer, "folder", image_folder)
         trainer.click("#use-folder")
         trainer.wait_for_selector("#data-message :text('6 images')", timeout=60_000)
-        _fill(trainer, "train-base", tiny_base)
-        _fill(trainer, "steps", 100_000)
+        fill(trainer, "train-base", tiny_base)
+        fill(trainer, "steps", 100_000)
         trainer.click("#start")
         _wait(lambda: _status(trainer).startswith("Training"), 120, "training to start")
 
         # Another session's start is refused with a message, not queued behind it silently.
-        _fill(rival, "folder", image_folder)
+        fill(rival, "folder", image_folder)
         rival.click("#use-folder")
         rival.wait_for_selector("#data-message :text('6 images')", timeout=60_000)
-        _fill(rival, "train-base", tiny_base)
+        fill(rival, "train-base", tiny_base)
         rival.click("#start")
         _wait(lambda: "already running" in _status(rival), 60, "the second start to be refused")
 
         # Three sessions press Generate at the same moment: queued, and all complete.
         for index, page in enumerate(painters):
             page.get_by_role("tab", name="Generate").click()
-            _fill(page, "gen-base", tiny_base)
-            _fill(page, "gen-steps", 2)
-            _fill(page, "count", 1)
-            _fill(page, "prompt", f"a red circle {index}")
+            fill(page, "gen-base", tiny_base)
+            fill(page, "gen-steps", 2)
+            fill(page, "count", 1)
+            fill(page, "prompt", f"a red circle {index}")
         for page in painters:
             page.click("#generate")
         for page in painters:
@@ -103,6 +94,16 @@ def test_parallel_sessions_generate_while_training_runs_and_a_second_start_is_re
         _wait(lambda: _status(trainer).startswith("Stopped"), 120, "training to stop")
         assert "--resume" in _status(trainer) or "checkpoint" in _status(trainer)
         assert any((adapters / "mystyle" / "checkpoints").glob("step-*"))
+
+        # Starting the same adapter again is refused until "continue" is ticked; then it resumes.
+        trainer.click("#start")
+        _wait(lambda: "earlier run" in _status(trainer), 60, "a fresh start over a checkpoint to be refused")
+        trainer.get_by_text("Advanced").click()
+        trainer.locator("#resume input").check()
+        trainer.click("#start")
+        _wait(lambda: _status(trainer).startswith("Training"), 120, "the resumed training to start")
+        trainer.click("#stop")
+        _wait(lambda: _status(trainer).startswith("Stopped"), 120, "the resumed training to stop")
         browser.close()
 
 
@@ -122,7 +123,7 @@ def test_uploads_with_escaping_names_land_inside_the_workspace(server, tmp_path)
         page = browser.new_page()
         page.goto(url)
         page.wait_for_selector("#start", timeout=60_000)
-        _fill(page, "adapter-name", "../../uploads")
+        fill(page, "adapter-name", "../../uploads")
         page.locator("#uploads input[type=file]").set_input_files(
             [{"name": name, "mimeType": "image/png", "buffer": _png()} for name in names])
         page.wait_for_selector("#data-message :text('images')", timeout=60_000)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ui_helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, start_ui, stop_ui
+from ui_helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, fill
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
@@ -16,11 +16,8 @@ ARTIFACTS = ROOT / "tests" / "artifacts"  # screenshots of each tab, for people 
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    workspace, adapters = tmp_path_factory.mktemp("ws"), tmp_path_factory.mktemp("lib")
-    process, url = start_ui(workspace, adapters)
-    yield url, workspace, adapters
-    stop_ui(process)
+def server(ui_server):
+    return ui_server
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +29,6 @@ def page(server):
         tab.wait_for_selector("#start", timeout=60_000)
         yield tab
         browser.close()
-
-
-def _fill(page, elem_id: str, value) -> None:
-    box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
-    box.fill(str(value))
-    box.press("Tab")
 
 
 def test_the_server_is_local_only_and_serves_no_outside_file(server):
@@ -76,8 +67,8 @@ def test_upload_caption_train_library_generate(page, server, image_folder, tiny_
     assert (dataset / files[0].with_suffix(".txt").name).read_text().strip() == "a zzstripe circle"
 
     # Train a tiny adapter and watch the progress and the loss curve move.
-    _fill(page, "train-base", tiny_base)
-    _fill(page, "steps", 12)
+    fill(page, "train-base", tiny_base)
+    fill(page, "steps", 12)
     page.click("#start")
     seen_steps = set()
     deadline = time.time() + 180
@@ -109,15 +100,15 @@ def test_upload_caption_train_library_generate(page, server, image_folder, tiny_
 
     # Generate with two adapters at different weights.
     page.get_by_role("tab", name="Generate").click()
-    _fill(page, "gen-base", tiny_base)
+    fill(page, "gen-base", tiny_base)
     page.click("#gen-refresh")
     for name in ("mystyle", "alpha"):
         page.locator("#gen-adapters label", has_text=name).click()
     page.wait_for_selector("#weight-alpha", timeout=30_000)
-    _fill(page, "weight-alpha", 0.4)
-    _fill(page, "weight-mystyle", 1.2)
-    _fill(page, "gen-steps", 2)
-    _fill(page, "count", 2)
+    fill(page, "weight-alpha", 0.4)
+    fill(page, "weight-mystyle", 1.2)
+    fill(page, "gen-steps", 2)
+    fill(page, "count", 2)
     page.click("#generate")
     page.wait_for_selector("#gen-status :text('2 images')", timeout=120_000)
     assert page.locator("#gallery img").count() >= 2

@@ -46,3 +46,10 @@ def start_ui(workspace: Path, adapters: Path, *extra: str) -> tuple[subprocess.P
 def stop_ui(process: subprocess.Popen) -> None:
     process.terminate()
     process.wait(10)
+
+
+def fill(page, elem_id: str, value) -> None:
+    """Type into the Gradio textbox or number field with this elem_id, then leave it (which submits it)."""
+    box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
+    box.fill(str(value))
+    box.press("Tab")

@@ -100,6 +100,7 @@ def train_tab(session: Session) -> None:
             sample_prompt = gr.Textbox("", label="Preview prompt", elem_id="sample-prompt")
             flip = gr.Checkbox(False, label="Random flips")
             caption_dropout = gr.Number(0.0, label="Caption dropout")
+            resume = gr.Checkbox(False, label="Continue from this adapter's last checkpoint (--resume)", elem_id="resume")
     with gr.Row():
         start = gr.Button("Start training", variant="primary", elem_id="start")
         stop = gr.Button("Stop", elem_id="stop")
@@ -143,7 +144,7 @@ def train_tab(session: Session) -> None:
     save.click(on_save, [dataset, captions], [data_message])
 
     def on_start(folder_path, adapter_name, trigger_word, base_model, te, rank_, steps_, lr, res, batch, alpha_, seed_,
-                 save_n, sample_n, prompt, flip_, dropout):
+                 save_n, sample_n, prompt, flip_, dropout, resume_):
         if not folder_path:
             return "**Error:** upload images or choose a folder first"
         try:
@@ -152,14 +153,15 @@ def train_tab(session: Session) -> None:
                 base=base_model, trigger=trigger_word, train_text_encoder=te, rank=int(rank_), max_steps=int(steps_),
                 learning_rate=float(lr) or None, resolution=int(res) or None, batch_size=int(batch), alpha=float(alpha_) or None,
                 seed=int(seed_), save_every=int(save_n), sample_every=int(sample_n) if prompt else 0,
-                sample_prompts=(prompt,) if prompt else (), flip=flip_, caption_dropout=float(dropout)))
+                sample_prompts=(prompt,) if prompt else (), flip=flip_, caption_dropout=float(dropout), resume=resume_))
             session.job.start(config)
         except StyleloraError as error:
             return _error(error)
         return "Training started."
 
     start.click(on_start, [dataset, name, trigger, base, text_encoder, rank, steps, learning_rate, resolution,
-                           batch_size, alpha, seed, save_every, sample_every, sample_prompt, flip, caption_dropout],
+                           batch_size, alpha, seed, save_every, sample_every, sample_prompt, flip, caption_dropout,
+                           resume],
                 [status])
     stop.click(lambda: session.job.stop() or "Stopping after this step; the checkpoint is kept.", None, [status])
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .world import COLOURS, PALETTES, SHADE, palette_rgb
+from .world import COLOURS, PALETTES, palette_rgb
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,41 @@ def judge(image: np.ndarray) -> Verdict:
     # The base tone is the brighter mode; the texture's second tone is SHADE times it.
     bright = inside[luminance >= np.percentile(luminance, 70)].mean(axis=0)
     colour, palette = _nearest_colour(bright)
-    threshold = bright.mean() * (1 + SHADE) / 2
-    dark_share = float((luminance < threshold).mean())
-    texture = "solid" if dark_share < 0.1 else "dotted" if dark_share < 0.33 else "striped"
-    return Verdict(shape, colour, texture, palette)
+    return Verdict(shape, colour, _texture(pixels.mean(axis=-1), mask), palette)
+
+
+# The world's stripes run diagonally: (x + y) // 4 alternates tone, so a step of (+2, -2) stays in a
+# band and a step of (+2, +2) crosses into the next. Dots change tone along both diagonals alike.
+# Contrast is measured relative to the base tone, so faint stripes a person sees still count.
+MIN_CONTRAST = 0.08
+MAX_STRIPE_RATIO = 0.5
+
+
+def _texture(luminance: np.ndarray, mask: np.ndarray) -> str:
+    inner = _erode(mask, 2)  # the outline's anti-aliasing is not texture
+    if inner.sum() < 20:
+        inner = mask
+    tone = max(float(np.percentile(luminance[inner], 70)), 1.0)
+    across = _shifted_difference(luminance, inner, 2, 2) / tone
+    along = _shifted_difference(luminance, inner, -2, 2) / tone
+    if max(across, along) < MIN_CONTRAST:
+        return "solid"
+    return "striped" if along < MAX_STRIPE_RATIO * across else "dotted"
+
+
+def _erode(mask: np.ndarray, times: int) -> np.ndarray:
+    for _ in range(times):
+        inner = mask.copy()
+        inner[1:] &= mask[:-1]
+        inner[:-1] &= mask[1:]
+        inner[:, 1:] &= mask[:, :-1]
+        inner[:, :-1] &= mask[:, 1:]
+        mask = inner
+    return mask
+
+
+def _shifted_difference(luminance: np.ndarray, mask: np.ndarray, dy: int, dx: int) -> float:
+    """Mean |L(y, x) - L(y + dy, x + dx)| over pixel pairs that are both inside `mask`."""
+    moved = np.roll(luminance, (-dy, -dx), axis=(0, 1))
+    both = mask & np.roll(mask, (-dy, -dx), axis=(0, 1))
+    return float(np.abs(luminance - moved)[both].mean()) if both.any() else 0.0

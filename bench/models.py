@@ -1,0 +1,78 @@
+"""The two bases the benchmarks run on, and random adapters for them.
+
+- the built-in miniature base at its native 64 px;
+- Stable Diffusion 1.5's UNet, VAE and text-encoder shapes with random weights, at 256 px
+  (32x32 latents): the largest real-shaped case a CPU trains in minutes.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from stylelora.adapter import attach_lora, lora_weights
+from stylelora.config import UNET_TARGETS
+from stylelora.files import save_safetensors
+from stylelora.formats import to_kohya
+
+
+@dataclass(frozen=True)
+class Base:
+    label: str
+    spec: str  # what --base takes
+    resolution: int
+    batch: int
+
+
+MINI = Base("miniature", "mini", 64, 4)
+
+
+def sd15(folder: Path | None = None) -> Base:
+    return Base("SD1.5-shaped UNet", str(sd15_pipeline(folder or Path(tempfile.gettempdir()) / "stylelora-bench-sd15")),
+                256, 1)
+
+
+def sd15_pipeline(folder: Path) -> Path:
+    """SD 1.5's shapes with random weights, saved once in the diffusers layout (float16 on disk)."""
+    if (folder / "model_index.json").is_file():
+        return folder
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from stylelora.mini.architecture import build_scheduler
+    from stylelora.mini.tokenizer import write_tokenizer
+    from stylelora.mini.world import WORDS
+
+    torch.manual_seed(0)
+    tokenizer = write_tokenizer(folder / "tokenizer", WORDS, max_length=77)
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
+                                block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=768, intermediate_size=3072,
+                                        num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
+                                        bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1,
+                                        pad_token_id=len(tokenizer) - 1))
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
+                                   scheduler=build_scheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.to(torch.float16).save_pretrained(folder)
+    return folder
+
+
+def random_adapters(unet: torch.nn.Module, count: int, folder: Path, rank: int = 4) -> list[Path]:
+    """`count` rank-`rank` adapter files for this UNet, with random (non-zero) up and down weights."""
+    paths = []
+    for index in range(count):
+        torch.manual_seed(index)
+        name = f"bench{index}"
+        attach_lora(unet, UNET_TARGETS, rank, rank, 0.0, adapter_name=name)
+        weights = lora_weights(unet, "unet", rank, adapter_name=name)
+        for module in weights.values():
+            module.up = torch.randn_like(module.up) * 0.01
+        unet.delete_adapters(name)
+        paths.append(save_safetensors(folder / f"{name}.safetensors", to_kohya(weights), {}))
+    return paths

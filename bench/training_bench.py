@@ -1,0 +1,166 @@
+"""Training cost: our step against its physical floor and a naive loop, memory, the cache, scaling, options.
+
+Every time is a median over repeats, and every result is a ratio of two things measured side by
+side in the same run.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from stylelora.adapter import attach_lora
+from stylelora.base import load_base
+from stylelora.cache import LatentCache
+from stylelora.config import UNET_TARGETS, TrainConfig
+from stylelora.data import load_rgb, preprocess, scan_folder
+from stylelora.loss import ddpm_loss
+from stylelora.training import train
+
+from models import Base
+
+STRIPES = Path(__file__).resolve().parent.parent / "datasets" / "stripes"
+
+
+def timed(step: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median seconds of `step()` over `repeats` runs, after `warmup` unmeasured runs."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _inputs(pipe, batch: int, resolution: int, requires_grad: bool = False):
+    side = resolution // pipe.vae_scale_factor
+    latents = torch.randn(batch, 4, side, side, requires_grad=requires_grad)
+    text = torch.randn(batch, pipe.tokenizer.model_max_length, pipe.unet.config.cross_attention_dim)
+    return latents, text, torch.randint(0, 1000, (batch,))
+
+
+def floor_step(pipe, base: Base) -> Callable[[], None]:
+    """One forward and one backward (input gradients only) through the frozen UNet: a LoRA step's floor."""
+    unet = pipe.unet.requires_grad_(False)
+    latents, text, t = _inputs(pipe, base.batch, base.resolution, requires_grad=True)
+
+    def step():
+        latents.grad = None
+        unet(latents, t, text).sample.float().pow(2).mean().backward()
+
+    return step
+
+
+def lora_step(pipe, base: Base, rank: int = 4, autocast: bool = False, channels_last: bool = False,
+              compiled: bool = False, checkpointing: bool = False) -> Callable[[], None]:
+    """A LoRA step on cached inputs (what our loop does per step) with one CPU option switched on."""
+    attach_lora(pipe.unet, UNET_TARGETS, rank, rank, 0.0)
+    params = [p for p in pipe.unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    if channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+    if checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+    unet = torch.compile(pipe.unet) if compiled else pipe.unet
+    latents, text, t = _inputs(pipe, base.batch, base.resolution)
+    noise = torch.randn_like(latents)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            prediction = unet(pipe.scheduler.add_noise(latents, noise, t), t, text).sample
+        ddpm_loss(prediction.float(), noise).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+
+    return step
+
+
+def naive_step(pipe, base: Base, rank: int = 4, autocast: bool = False) -> Callable[[], None]:
+    """A loop like the diffusers example script's: VAE encode and text encoder every step, nothing cached."""
+    attach_lora(pipe.unet, UNET_TARGETS, rank, rank, 0.0, adapter_name="naive")
+    params = [p for p in pipe.unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    images = [e.path for e in scan_folder(STRIPES).examples][: base.batch]
+    pixels = torch.stack([preprocess(load_rgb(p), base.resolution, False, False) for p in images])
+    ids = pipe.tokenizer(["a red circle"] * base.batch, padding="max_length",
+                         max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            with torch.no_grad():
+                latents = pipe.vae.encode(pixels).latent_dist.sample() * pipe.vae.config.scaling_factor
+                text = pipe.text_encoder(ids)[0]
+            noise = torch.randn_like(latents)
+            t = torch.randint(0, 1000, (base.batch,))
+            prediction = pipe.unet(pipe.scheduler.add_noise(latents, noise, t), t, text).sample
+        ddpm_loss(prediction.float(), noise.float()).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+
+    return step
+
+
+def our_step_seconds(base: Base, steps: int, **options) -> float:
+    """Median time between steps of stylelora's own train(), leaving out the first two."""
+    stamps: list[float] = []
+    with tempfile.TemporaryDirectory() as out:
+        train(TrainConfig(data=STRIPES, out=Path(out), base=base.spec, batch_size=options.pop("batch", base.batch),
+                          resolution=base.resolution, max_steps=steps, **options),
+              on_progress=lambda p: stamps.append(time.perf_counter()), progress_bar=False, log=lambda m: None)
+    return statistics.median(b - a for a, b in zip(stamps[2:], stamps[3:]))
+
+
+def _peak_rss_child(kind: str, base: Base, steps: int, queue) -> None:
+    if kind == "ours":
+        our_step_seconds(base, steps)
+    else:
+        step = naive_step(load_base(base.spec), base)
+        for _ in range(steps):
+            step()
+    queue.put(_high_water_mark())
+
+
+def _high_water_mark() -> int:
+    """This process's peak resident memory in bytes. VmHWM starts afresh at exec; ru_maxrss would carry
+    the parent's peak over into a spawned child."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def peak_rss(kind: str, base: Base, steps: int) -> int:
+    """Peak resident memory, in bytes, of a fresh process that trains `steps` steps our way or the naive way."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_peak_rss_child, args=(kind, base, steps, queue))
+    process.start()
+    value = queue.get()
+    process.join()
+    return value
+
+
+def cache_cost(base: Base, sample: int) -> tuple[float, int]:
+    """Seconds to encode the whole stripes folder into the latent cache (timed on `sample` images and
+    scaled up), and bytes per cached image."""
+    pipe = load_base(base.spec)
+    examples = scan_folder(STRIPES).examples
+    with tempfile.TemporaryDirectory() as folder:
+        cache = LatentCache(pipe.vae, "bench", base.resolution, Path(folder))
+        start = time.perf_counter()
+        for example in examples[:sample]:
+            cache.latents(example, False)
+        seconds = (time.perf_counter() - start) * len(examples) / min(sample, len(examples))
+        sizes = [p.stat().st_size for p in Path(folder).glob("*.safetensors")]
+    return seconds, int(statistics.mean(sizes))
