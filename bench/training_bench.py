@@ -122,13 +122,17 @@ def our_step_seconds(base: Base, steps: int, **options) -> float:
 
 
 def _peak_rss_child(kind: str, base: Base, steps: int, queue) -> None:
-    if kind == "ours":
-        our_step_seconds(base, steps)
-    else:
-        step = naive_step(load_base(base.spec), base)
-        for _ in range(steps):
-            step()
-    queue.put(_high_water_mark())
+    try:
+        if kind == "ours":
+            with tempfile.TemporaryDirectory() as out:
+                train(TrainConfig(data=STRIPES, out=Path(out), base=base.spec, batch_size=base.batch,
+                                  resolution=base.resolution, max_steps=steps), progress_bar=False, log=lambda m: None)
+        else:
+            step = naive_step(load_base(base.spec), base)
+            for _ in range(steps):
+                step()
+    finally:  # the parent waits for an answer: give one even if the run failed (its traceback shows)
+        queue.put(_high_water_mark())
 
 
 def _high_water_mark() -> int:

@@ -29,3 +29,24 @@ def test_every_world_word_is_one_token():
     ranks = {m: i for i, m in enumerate(merges)}
     assert all(len(_bpe(word, ranks)) == 1 for word in WORDS)
     assert all(token in vocab for word in WORDS for token in _bpe(word, ranks))
+
+
+def test_judge_reads_faint_and_blurred_textures_by_their_direction():
+    import dataclasses
+
+    import numpy as np
+
+    from stylelora.mini.world import random_scene, render
+
+    rng = np.random.default_rng(5)
+    noise = np.random.default_rng(6)
+    for texture in ("striped", "dotted", "solid"):
+        for _ in range(10):
+            scene = random_scene(rng, texture=texture, palette="normal")
+            image = render(scene).astype(np.float32)
+            flat = render(dataclasses.replace(scene, texture="solid")).astype(np.float32)
+            # Half the texture's contrast, a 3-pixel box blur and a little noise: what the model paints.
+            faint = flat + (image - flat) / 2
+            blurred = sum(np.roll(faint, (dy, dx), (0, 1)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9
+            noisy = np.clip(blurred + noise.normal(0, 2, blurred.shape), 0, 255).astype(np.uint8)
+            assert judge(noisy).texture == texture, (texture, scene)

@@ -85,7 +85,8 @@ def _erode(mask: np.ndarray, times: int) -> np.ndarray:
 
 
 def _shifted_difference(luminance: np.ndarray, mask: np.ndarray, dy: int, dx: int) -> float:
-    """Mean |L(y, x) - L(y + dy, x + dx)| over pixel pairs that are both inside `mask`."""
+    """The 75th percentile of |L(y, x) - L(y + dy, x + dx)| over pixel pairs both inside `mask`: a
+    percentile, not the mean, so that sparse dots count as much as stripes that cover half the shape."""
     moved = np.roll(luminance, (-dy, -dx), axis=(0, 1))
     both = mask & np.roll(mask, (-dy, -dx), axis=(0, 1))
-    return float(np.abs(luminance - moved)[both].mean()) if both.any() else 0.0
+    return float(np.percentile(np.abs(luminance - moved)[both], 75)) if both.any() else 0.0
