@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+
+from stylelora.files import write_atomically
 
 
 def _pyplot():
@@ -26,9 +29,7 @@ def plot_training(rows: list[dict], path: Path) -> None:
     axes[1].set_title("naive loop / ours (higher is better)")
     for axis in axes:
         axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    _save(plt, figure, path)
 
 
 def plot_scaling(scaling: list[dict], path: Path) -> None:
@@ -41,9 +42,7 @@ def plot_scaling(scaling: list[dict], path: Path) -> None:
     axes[1].set(title="step time vs rank", xlabel="rank", ylabel="relative to rank 4", xscale="log")
     for axis in axes:
         axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    _save(plt, figure, path)
 
 
 def plot_generation(results, path: Path) -> None:
@@ -57,6 +56,12 @@ def plot_generation(results, path: Path) -> None:
         axis.axhline(1.02, color="red", linestyle="--", label="fused target 1.02")
         axis.set(title=f"{g.label}: step / base step", xlabel="adapters", xticks=counts)
         axis.legend()
+    _save(plt, figure, path)
+
+
+def _save(plt, figure, path: Path) -> None:
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
+    write_atomically(path, buffer.getvalue())

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from stylelora.config import TrainConfig  # noqa: E402
+from stylelora.files import write_atomically  # noqa: E402
 from stylelora.images import save_png  # noqa: E402
 from stylelora.mini.evaluate import measure  # noqa: E402
 from stylelora.styler import Styler  # noqa: E402
@@ -88,7 +89,7 @@ def main() -> None:
               "each of the 12 colour x shape prompts per setting, 20 DPM++ steps, guidance 4, judged by "
               "`stylelora.mini.judge`. Adapters trained with default settings.\n\n")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "style_report.md").write_text(header + report)
+    write_atomically(RESULTS / "style_report.md", (header + report).encode())
     save_png(grid_image(styler, names), RESULTS / "styles.png", {"columns": "base, stripes, dots, pastel, stripes 0.5 + pastel 0.5"})
     print(header + report)
 
