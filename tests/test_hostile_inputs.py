@@ -17,6 +17,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
+from stylelora.config import TrainConfig
 from stylelora.data import scan_folder
 from stylelora.errors import AdapterFileError
 from stylelora.formats import read_lora
@@ -102,10 +103,8 @@ def test_every_hostile_image_is_used_correctly_or_refused_by_name(hostile):
 def test_the_trainer_runs_on_the_hostile_folder_and_names_every_refusal(hostile, tiny_base, tmp_path):
     root, used, refused = hostile
     lines: list[str] = []
-    train_result = train(
-        __import__("stylelora.config", fromlist=["TrainConfig"]).TrainConfig(
-            data=root, out=tmp_path / "out", base=str(tiny_base), max_steps=3, batch_size=3),
-        progress_bar=False, log=lines.append)
+    train_result = train(TrainConfig(data=root, out=tmp_path / "out", base=str(tiny_base), max_steps=3, batch_size=3),
+                         progress_bar=False, log=lines.append)
     assert train_result.adapter_path.is_file()
     log = "\n".join(lines)
     assert f"Found {len(used)} images" in log
