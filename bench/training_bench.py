@@ -111,22 +111,25 @@ def naive_step(pipe, base: Base, rank: int = 4, autocast: bool = False) -> Calla
     return step
 
 
+def train_on_stripes(base: Base, steps: int, on_progress=None, **options) -> None:
+    """stylelora's own train() on the stripes folder at the base's size, into a throw-away folder."""
+    with tempfile.TemporaryDirectory() as out:
+        train(TrainConfig(data=STRIPES, out=Path(out), base=base.spec, batch_size=base.batch,
+                          resolution=base.resolution, max_steps=steps, **options),
+              on_progress=on_progress, progress_bar=False, log=lambda m: None)
+
+
 def our_step_seconds(base: Base, steps: int, **options) -> float:
     """Median time between steps of stylelora's own train(), leaving out the first two."""
     stamps: list[float] = []
-    with tempfile.TemporaryDirectory() as out:
-        train(TrainConfig(data=STRIPES, out=Path(out), base=base.spec, batch_size=options.pop("batch", base.batch),
-                          resolution=base.resolution, max_steps=steps, **options),
-              on_progress=lambda p: stamps.append(time.perf_counter()), progress_bar=False, log=lambda m: None)
+    train_on_stripes(base, steps, on_progress=lambda p: stamps.append(time.perf_counter()), **options)
     return statistics.median(b - a for a, b in zip(stamps[2:], stamps[3:]))
 
 
 def _peak_rss_child(kind: str, base: Base, steps: int, queue) -> None:
     try:
         if kind == "ours":
-            with tempfile.TemporaryDirectory() as out:
-                train(TrainConfig(data=STRIPES, out=Path(out), base=base.spec, batch_size=base.batch,
-                                  resolution=base.resolution, max_steps=steps), progress_bar=False, log=lambda m: None)
+            train_on_stripes(base, steps)
         else:
             step = naive_step(load_base(base.spec), base)
             for _ in range(steps):

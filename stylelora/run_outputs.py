@@ -80,7 +80,7 @@ class MetricsLog:
         last line a killed run left, then append."""
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / "metrics.jsonl"
-        kept = [line for line in _json_lines(path) if json.loads(line)["step"] <= start_step]
+        kept = _rows_up_to(path, start_step)
         write_atomically(path, "".join(line + "\n" for line in kept).encode())
         self.jsonl = open(path, "a", encoding="utf-8")
         try:
@@ -105,14 +105,16 @@ class MetricsLog:
             self.board.close()
 
 
-def _json_lines(path: Path) -> list[str]:
+def _rows_up_to(path: Path, last_step: int) -> list[str]:
+    """The well-formed lines of `path` whose step is at most `last_step`, each parsed once."""
     lines = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []:
         try:
-            if isinstance(json.loads(line).get("step"), int):
-                lines.append(line)
+            step = json.loads(line).get("step")
         except (json.JSONDecodeError, AttributeError):
-            pass
+            continue
+        if isinstance(step, int) and step <= last_step:
+            lines.append(line)
     return lines
 
 

@@ -307,21 +307,20 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
             lr_schedule.step()
             optimizer.zero_grad(set_to_none=True)
             loss_value, completed = total, step + 1
-            done = completed
-            rate = (done - start_step) / max(time.time() - tick, 1e-9)
+            rate = (completed - start_step) / max(time.time() - tick, 1e-9)
             samples: list[Path] = []
             # Metrics before the checkpoint: a kill between the two leaves rows that a resume rewrites.
-            if metrics is not None and (done % config.log_every == 0 or done == steps):
-                metrics.write(done, loss_value, lr_schedule.get_last_lr()[0], rate, grad_norm)
-            if main and config.save_every and done % config.save_every == 0 and done < steps:
-                checkpoint(done)
-            if main and config.sample_every and done % config.sample_every == 0:
-                samples = render_samples(pipe, config.sample_prompts, out_dir / "samples", done, config.seed)
+            if metrics is not None and (completed % config.log_every == 0 or completed == steps):
+                metrics.write(completed, loss_value, lr_schedule.get_last_lr()[0], rate, grad_norm)
+            if main and config.save_every and completed % config.save_every == 0 and completed < steps:
+                checkpoint(completed)
+            if main and config.sample_every and completed % config.sample_every == 0:
+                samples = render_samples(pipe, config.sample_prompts, out_dir / "samples", completed, config.seed)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
             if on_progress is not None and main:
-                on_progress(Progress(done, steps, loss_value, lr_schedule.get_last_lr()[0], rate,
-                                     (steps - done) / max(rate, 1e-9), samples))
+                on_progress(Progress(completed, steps, loss_value, lr_schedule.get_last_lr()[0], rate,
+                                     (steps - completed) / max(rate, 1e-9), samples))
     except (KeyboardInterrupt, TrainingInterrupted):
         bar.close()
         # Saved as of the last finished optimizer step, so a resume replays nothing twice.

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from stylelora import files, training
-from stylelora.checkpoint import latest_checkpoint, load_checkpoint
+from stylelora.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from stylelora.errors import TrainingError
 from stylelora.files import read_safetensors, save_safetensors
 from stylelora.training import train
@@ -150,8 +150,6 @@ def test_a_kill_between_write_and_rename_leaves_the_previous_file_intact(tmp_pat
         save_safetensors(target, old, {"version": "old"})
     else:
         target = tmp_path / "run"
-        from stylelora.checkpoint import save_checkpoint
-
         save_checkpoint(target, 6, old, {}, {"state": {}, "param_groups": []}, {}, {"rank": 4})
     run = subprocess.run([sys.executable, "-c", KILL_IN_SAVE, str(target), kind], capture_output=True, text=True)
     assert run.returncode == -signal.SIGKILL, run.stderr
@@ -164,8 +162,6 @@ def test_a_kill_between_write_and_rename_leaves_the_previous_file_intact(tmp_pat
         assert torch.equal(adapter.tensors["x.lora_down.weight"], old["x.lora_down.weight"])
         assert state["step"] == 6
         # The next save clears the dead run's staging folder.
-        from stylelora.checkpoint import save_checkpoint
-
         assert any(p.name.startswith(".step-000009") for p in (target / "checkpoints").iterdir())
         save_checkpoint(target, 12, old, {}, {}, {}, {})
         assert sorted(p.name for p in (target / "checkpoints").iterdir()) == ["step-000006", "step-000012"]
