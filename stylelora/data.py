@@ -33,6 +33,7 @@ class Example:
     caption_source: str  # ".txt", ".caption", "metadata.jsonl", "--caption" or "none"
     size: tuple[int, int]
     sha256: str
+    caption_file: Path  # where a person edits this caption: the sidecar, metadata.jsonl, or the image itself
 
 
 @dataclass
@@ -98,15 +99,16 @@ def _read_text(path: Path, folder: ImageFolder) -> str:
     return " ".join(text.split())
 
 
-def _metadata_captions(root: Path, folder: ImageFolder) -> dict[Path, str]:
-    captions: dict[Path, str] = {}
+def _metadata_captions(root: Path, folder: ImageFolder) -> dict[Path, tuple[str, Path]]:
+    """Each image's caption from the metadata.jsonl files under `root`, with the file it came from."""
+    captions: dict[Path, tuple[str, Path]] = {}
     for jsonl in sorted(root.rglob("metadata.jsonl")):
         for number, line in enumerate(jsonl.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
-                captions[(jsonl.parent / row["file_name"]).resolve()] = " ".join(str(row["text"]).split())
+                captions[(jsonl.parent / row["file_name"]).resolve()] = (" ".join(str(row["text"]).split()), jsonl)
             except (json.JSONDecodeError, KeyError, TypeError):
                 folder.warnings.append(f"{jsonl}:{number}: not a JSON object with file_name and text; line ignored")
     return captions
@@ -133,16 +135,17 @@ def _find_files(root: Path, folder: ImageFolder) -> list[Path]:
     return files
 
 
-def _caption_for(path: Path, metadata: dict[Path, str], default: str, folder: ImageFolder) -> tuple[str, str]:
+def _caption_for(path: Path, metadata: dict[Path, tuple[str, Path]], default: str,
+                 folder: ImageFolder) -> tuple[str, str, Path]:
+    """(caption, where it came from, the file that holds it) for one image."""
     for suffix in CAPTION_SUFFIXES:
         sidecar = path.with_suffix(suffix)
         if sidecar.is_file():
-            return _read_text(sidecar, folder), suffix
+            return _read_text(sidecar, folder), suffix, sidecar
     if path.resolve() in metadata:
-        return metadata[path.resolve()], "metadata.jsonl"
-    if default:
-        return default, "--caption"
-    return "", "none"
+        caption, jsonl = metadata[path.resolve()]
+        return caption, "metadata.jsonl", jsonl
+    return (default, "--caption", path) if default else ("", "none", path)
 
 
 def scan_folder(root: Path, default_caption: str = "", trigger: str = "") -> ImageFolder:
@@ -171,10 +174,10 @@ def scan_folder(root: Path, default_caption: str = "", trigger: str = "") -> Ima
             folder.skipped.append((path, f"{image.width}x{image.height} is too long and thin for a square crop "
                                          f"(more than {MAX_ASPECT}:1); crop it to the part that shows the style"))
             continue
-        caption, source = _caption_for(path, metadata, default_caption, folder)
+        caption, source, caption_file = _caption_for(path, metadata, default_caption, folder)
         if trigger:
             caption = f"{trigger}, {caption}" if caption else trigger
-        folder.examples.append(Example(path, caption, source, image.size, hashlib.sha256(data).hexdigest()))
+        folder.examples.append(Example(path, caption, source, image.size, hashlib.sha256(data).hexdigest(), caption_file))
     if not folder.examples:
         reasons = f" ({len(folder.skipped)} files skipped: {folder.skipped[0][0].name}: {folder.skipped[0][1]})" if folder.skipped else ""
         raise DatasetError(f"{root}: no usable image (png, jpg, jpeg, webp, bmp) found{reasons}")

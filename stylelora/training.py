@@ -75,12 +75,15 @@ def cpu_has_bf16() -> bool:
 BF16_MIN_PARAMETERS = 50_000_000
 
 
-def precision_for(config: TrainConfig, device: torch.device, unet_parameters: int) -> str:
+def precision_for(config: TrainConfig, device: torch.device, unet_parameters: int | None = None) -> str:
+    """The mixed precision to train in. `unet_parameters` matters only for "auto" on a CPU; None there
+    means "not known yet", which answers float32 ("no") so the model can be loaded and counted first."""
     if config.precision != "auto":
         return config.precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_bf16() and unet_parameters >= BF16_MIN_PARAMETERS else "no"
+    big = unet_parameters is not None and unet_parameters >= BF16_MIN_PARAMETERS
+    return "bf16" if cpu_has_bf16() and big else "no"
 
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "no": torch.float32}
@@ -136,9 +139,7 @@ def warn_long_captions(folder: ImageFolder, tokenizer, say: Callable[[str], None
     for example in folder.examples:
         # Counting a prefix is enough to know it is too long, and stays fast on a megabyte of text.
         if len(tokenizer(example.caption[: 40 * limit]).input_ids) > limit:
-            source = example.path.with_suffix(example.caption_source) if example.caption_source.startswith(".") \
-                else example.path
-            say(f"  warning: {source}: the caption is longer than {limit} tokens, the text encoder's limit; "
+            say(f"  warning: {example.caption_file}: the caption is longer than {limit} tokens, the text encoder's limit; "
                 "the rest is cut")
 
 
@@ -156,8 +157,7 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
     folder = scan_folder(config.data, config.caption, config.trigger)
     describe_folder(folder, say)
     # "auto" on a CPU depends on the model's size: load in float32, then decide (and cast if need be).
-    cpu_auto = config.precision == "auto" and accelerator.device.type != "cuda"
-    first_dtype = torch.float32 if cpu_auto else DTYPES[precision_for(config, accelerator.device, 0)]
+    first_dtype = DTYPES[precision_for(config, accelerator.device)]
     pipe = load_base(config.base, dtype=first_dtype, device=accelerator.device)
     precision = precision_for(config, accelerator.device, sum(p.numel() for p in pipe.unet.parameters()))
     weight_dtype = DTYPES[precision]
@@ -321,25 +321,21 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
             if on_progress is not None and main:
                 on_progress(Progress(completed, steps, loss_value, lr_schedule.get_last_lr()[0], rate,
                                      (steps - completed) / max(rate, 1e-9), samples))
+        accelerator.wait_for_everyone()
+        if main:
+            save_safetensors(config.adapter_path, adapter_tensors(), metadata(steps))
     except (KeyboardInterrupt, TrainingInterrupted):
         bar.close()
         # Saved as of the last finished optimizer step, so a resume replays nothing twice.
         saved = checkpoint(completed) if completed > start_step else latest_checkpoint(out_dir)
         raise TrainingInterrupted(f"training stopped at step {completed} of {steps}; checkpoint {saved}; "
                                   "run the same command with --resume to continue") from None
-    except OSError as error:  # a full disk or a vanished folder: say so, and point at what survived
+    except OSError as error:  # a full disk or a vanished folder, in a checkpoint or the adapter: say what survived
         raise _write_failed(error, out_dir) from None
     finally:
         bar.close()
         if metrics is not None:
             metrics.close()
-
-    accelerator.wait_for_everyone()
-    if main:
-        try:
-            save_safetensors(config.adapter_path, adapter_tensors(), metadata(steps))
-        except OSError as error:
-            raise _write_failed(error, out_dir) from None
     return TrainResult(config.adapter_path, steps, loss_value, time.time() - started, is_main=main)
 
 

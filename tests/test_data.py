@@ -35,6 +35,10 @@ def test_caption_precedence_txt_caption_jsonl_default(tmp_path):
         "d": ("zxq, fallback", "--caption"),
     }
     assert folder.captions_found == 3
+    # Where a person would edit each caption: named in warnings about it.
+    sub = tmp_path / "sub"
+    assert {e.path.stem: e.caption_file for e in folder.examples} == {
+        "a": sub / "a.txt", "b": sub / "b.caption", "c": tmp_path / "metadata.jsonl", "d": sub / "d.png"}
 
 
 def test_unreadable_files_are_skipped_by_name(tmp_path):

@@ -78,5 +78,6 @@ def test_cpu_auto_precision_is_bf16_only_for_big_models_on_bf16_cpus(monkeypatch
                                            (False, 860_000_000, "no")]:
         monkeypatch.setattr(training, "cpu_has_bf16", lambda: has_bf16)
         assert training.precision_for(config, cpu, parameters) == expected
+        assert training.precision_for(config, cpu) == "no"  # size not known yet: load in float32 first
     config.precision = "no"
     assert training.precision_for(config, cpu, 860_000_000) == "no"
