@@ -46,7 +46,7 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
                    help="also adapt the CLIP text encoder (q/k/v/out_proj)")
     g.add_argument("--text-encoder-targets", type=_csv, help="text-encoder module suffixes (q_proj,k_proj,v_proj,out_proj)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--learning-rate", "--lr", type=float, help="UNet LoRA learning rate (1e-4; 1e-3 on the built-in mini base)")
+    g.add_argument("--learning-rate", "--lr", type=float, help="UNet LoRA learning rate (1e-4; 2e-3 on the built-in mini base)")
     g.add_argument("--text-encoder-lr", type=float, help="text-encoder LoRA learning rate (5e-5)")
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="constant, cosine or linear (constant)")
     g.add_argument("--warmup-steps", type=int, help="linear warmup steps (0)")

@@ -40,7 +40,9 @@ def build_unet(size: MiniSize) -> UNet2DConditionModel:
         down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
         cross_attention_dim=size.text_width,
-        attention_head_dim=8,
+        # diffusers reads this as the number of heads. Two heads (32-64 wide) rather than SD's eight:
+        # eight 8-wide heads made attention a third of a pretraining step (measured 1.42 vs 0.95 s).
+        attention_head_dim=2,
         norm_num_groups=32,
     )
 

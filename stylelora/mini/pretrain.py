@@ -20,11 +20,12 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 from diffusers.optimization import get_cosine_schedule_with_warmup
 
-from ..loss import ddpm_loss
+from ..loss import ddpm_loss, min_snr_weights
 from .architecture import DEFAULT, build_pipeline
 from .world import corpus
 
 WEIGHTS = Path(__file__).parent / "weights"
+SNR_GAMMA = 5.0
 
 
 def _images_to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -83,7 +84,10 @@ def train_denoiser(pipe: StableDiffusionPipeline, latents: torch.Tensor, caption
         noise = torch.randn(x0.shape, generator=generator)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
         prediction = unet(scheduler.add_noise(x0, noise, t), t, text_encoder(ids)[0]).sample
-        loss = ddpm_loss(prediction, noise)
+        # Min-SNR weighting: the texture and palette are decided at the noisier steps, where the
+        # caption matters; the easy low-noise steps otherwise dominate the gradient.
+        weights = min_snr_weights(t, scheduler.alphas_cumprod, SNR_GAMMA, "epsilon")
+        loss = ddpm_loss(prediction, noise, weights)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -101,7 +105,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("mini-pretrain"))
     parser.add_argument("--images", type=int, default=20000)
     parser.add_argument("--vae-steps", type=int, default=2500)
-    parser.add_argument("--unet-steps", type=int, default=2400)
+    parser.add_argument("--unet-steps", type=int, default=3400)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
@@ -111,7 +115,8 @@ def main() -> None:
 
     vae_dir = args.work / "vae"
     if (vae_dir / "config.json").exists():
-        pipe.vae = AutoencoderKL.from_pretrained(vae_dir)
+        # Weights only: the saved config would otherwise carry this machine's work folder path.
+        pipe.vae.load_state_dict(AutoencoderKL.from_pretrained(vae_dir).state_dict())
     else:
         train_vae(pipe.vae, pixels, args.vae_steps, batch=32, seed=args.seed)
         pipe.vae.save_pretrained(vae_dir)
