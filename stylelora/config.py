@@ -73,7 +73,8 @@ class TrainConfig:
     @property
     def effective_learning_rate(self) -> float:
         """The usual LoRA rate for Stable Diffusion, 1e-4; the miniature base's small attention layers
-        learn a style in minutes at 2e-3 (a sweep on the sample styles: 3e-3, rank 8 or the text encoder did no better)."""
+        learn a style in minutes at 2e-3 (on the sample styles, 3e-3, rank 8 or the text encoder did no
+        better)."""
         if self.learning_rate is not None:
             return self.learning_rate
         return 2e-3 if self.base == "mini" else 1e-4
