@@ -39,7 +39,10 @@ def _cli_args(image_folder: Path, tiny_base: Path, out: Path) -> list[str]:
 
 def _start(args: list[str]) -> subprocess.Popen:
     env = os.environ | {"HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # A shell starts background jobs with SIGINT ignored, and Python keeps that: give the child the
+    # default disposition, so the Ctrl-C test works however pytest itself was started.
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _run_to_the_end(args: list[str]) -> None:
