@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,7 +123,10 @@ class Styler:
         self.unfuse()
         made_for = f"made for {architecture_of_weights(weights, metadata)}, but base {self.base!r} is {self.architecture}"
         try:
-            self.pipe.load_lora_weights(to_kohya(weights), adapter_name=name)
+            with warnings.catch_warnings():
+                # peft warns on every adapter after the first; several adapters at once is what we are for
+                warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+                self.pipe.load_lora_weights(to_kohya(weights), adapter_name=name)
         except (ValueError, KeyError, RuntimeError, TypeError) as error:
             raise AdapterFileError(f"{path}: does not fit: {made_for} ({str(error).splitlines()[0][:160]})") from None
         matched = sum(name in getattr(m, "lora_A", {}) for model in (self.pipe.unet, self.pipe.text_encoder)
