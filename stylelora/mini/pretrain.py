@@ -107,9 +107,10 @@ def main() -> None:
     parser.add_argument("--vae-steps", type=int, default=2500)
     parser.add_argument("--unet-steps", type=int, default=3400)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name-rate", type=float, default=0.5, help="share of captions that name texture / palette")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
-    images, captions, _ = corpus(args.images, seed=args.seed)
+    images, captions, _ = corpus(args.images, seed=args.seed, name_rate=args.name_rate)
     pixels = _images_to_tensor(images)
     pipe = build_pipeline(args.work / "init", DEFAULT, seed=args.seed)
 
