@@ -22,7 +22,7 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 
 from ..loss import ddpm_loss, min_snr_weights
 from .architecture import DEFAULT, build_pipeline
-from .world import corpus
+from .world import NAME_RATE, corpus
 
 WEIGHTS = Path(__file__).parent / "weights"
 SNR_GAMMA = 5.0
@@ -107,7 +107,8 @@ def main() -> None:
     parser.add_argument("--vae-steps", type=int, default=2500)
     parser.add_argument("--unet-steps", type=int, default=3400)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--name-rate", type=float, default=0.5, help="share of captions that name texture / palette")
+    parser.add_argument("--name-rate", type=float, default=NAME_RATE,
+                        help="share of captions that name texture / palette")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     images, captions, _ = corpus(args.images, seed=args.seed, name_rate=args.name_rate)

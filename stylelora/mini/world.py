@@ -24,6 +24,7 @@ COLOURS = {
 BACKGROUNDS = ((240, 240, 240), (24, 24, 24), (150, 150, 150))
 PASTEL_MIX = 0.55  # share of white mixed into a colour for the pastel palette
 SHADE = 0.5  # the texture's second tone is the colour darkened by this factor
+NAME_RATE = 0.5  # share of captions that name the texture (and, drawn apart, the palette)
 WORDS = ["a", "in", "colours", "colour", *SHAPES, *TEXTURES, *PALETTES, *COLOURS]
 
 
@@ -109,7 +110,7 @@ def render(scene: Scene) -> np.ndarray:
     return image.round().astype(np.uint8)
 
 
-def corpus(count: int, seed: int, name_rate: float = 0.5) -> tuple[np.ndarray, list[str], list[Scene]]:
+def corpus(count: int, seed: int, name_rate: float = NAME_RATE) -> tuple[np.ndarray, list[str], list[Scene]]:
     """`count` random scenes, rendered, with captions that name texture/palette at `name_rate`."""
     rng = np.random.default_rng(seed)
     scenes = [random_scene(rng) for _ in range(count)]
