@@ -38,16 +38,16 @@ def test_mini_draws_the_named_colour_and_shape(mini_styler):
 
 
 @pytest.mark.slow
-def test_a_pastel_adapter_raises_the_pastel_share(mini_styler, tmp_path):
+def test_a_stripes_adapter_raises_the_striped_share(mini_styler, tmp_path):
     # Default settings (800 steps). bench/style_report.py measures all three styles on 96 images each
-    # (pastel 51% -> 86%); here 24 images and a loose bound.
-    result = train(TrainConfig(data=ROOT / "datasets" / "pastel", out=tmp_path / "pastel.v1"),
+    # (striped 39% -> 94%, the widest gap); here 24 images and a loose bound.
+    result = train(TrainConfig(data=ROOT / "datasets" / "stripes", out=tmp_path / "stripes.v1"),
                    progress_bar=False, log=lambda m: None)
-    assert result.adapter_path == tmp_path / "pastel.v1" / "pastel.v1.safetensors"  # a dotted folder name is a folder
+    assert result.adapter_path == tmp_path / "stripes.v1" / "stripes.v1.safetensors"  # a dotted folder name is a folder
     mini_styler.set_weights({})
-    before = measure(mini_styler, per_prompt=2, steps=15).share("pastel")
+    before = measure(mini_styler, per_prompt=2, steps=15).share("striped")
     name = mini_styler.load(result.adapter_path)
     mini_styler.set_weights({name: 1.0})
     after = measure(mini_styler, per_prompt=2, steps=15)
-    assert after.share("pastel") >= before + 0.2, (before, after)
-    assert after.share("colour") >= 0.5, after
+    assert after.share("striped") >= before + 0.3, (before, after)
+    assert after.share("colour") >= 0.6, after

@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("mini-pretrain"))
     parser.add_argument("--images", type=int, default=20000)
     parser.add_argument("--vae-steps", type=int, default=2500)
-    parser.add_argument("--unet-steps", type=int, default=3400)
+    parser.add_argument("--unet-steps", type=int, default=3800)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name-rate", type=float, default=NAME_RATE,
                         help="share of captions that name texture / palette")

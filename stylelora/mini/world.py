@@ -24,7 +24,7 @@ COLOURS = {
 BACKGROUNDS = ((240, 240, 240), (24, 24, 24), (150, 150, 150))
 PASTEL_MIX = 0.55  # share of white mixed into a colour for the pastel palette
 SHADE = 0.5  # the texture's second tone is the colour darkened by this factor
-NAME_RATE = 0.5  # share of captions that name the texture (and, drawn apart, the palette)
+NAME_RATE = 0.7  # share of captions that name the texture (and, drawn apart, the palette)
 WORDS = ["a", "in", "colours", "colour", *SHAPES, *TEXTURES, *PALETTES, *COLOURS]
 
 
