@@ -20,6 +20,19 @@ from .errors import AdapterFileError
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 
 
+def _read_umask() -> int:
+    # The only portable way to read the umask is to set it and put it back; done once, at import,
+    # because the UI writes from worker threads and a brief umask of 0 there would be a race.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+# tempfile creates private files (0600) and folders (0700); outputs get the modes open() would give.
+UMASK = _read_umask()
+FILE_MODE, FOLDER_MODE = 0o666 & ~UMASK, 0o777 & ~UMASK
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, flush it to disk, then rename over `path`:
     a crash at any moment leaves either the old file or the new one, never half of one."""
@@ -31,6 +44,7 @@ def write_atomically(path: Path, data: bytes) -> None:
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
+        os.chmod(temporary, FILE_MODE)
         os.replace(temporary, path)
     except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
@@ -49,6 +63,7 @@ def folder_written_atomically(final: Path) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.staging-"))
     try:
         yield staging
+        os.chmod(staging, FOLDER_MODE)
         old = None
         if final.exists():
             old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))

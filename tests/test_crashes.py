@@ -265,3 +265,22 @@ def test_a_damaged_latent_cache_file_is_encoded_again(train_config):
     got = read_safetensors(again.adapter_path).tensors
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     assert len(cached[0].read_bytes()) > 50  # rewritten whole
+
+
+@pytest.mark.parametrize("umask, file_mode, folder_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
+def test_atomic_writes_give_the_modes_the_umask_asks_for(tmp_path, umask, file_mode, folder_mode):
+    # tempfile makes 0600 files and 0700 folders; outputs must not stay private to their writer.
+    script = textwrap.dedent(f"""
+        import os, sys
+        from pathlib import Path
+        os.umask({umask:#o})
+        from stylelora.files import folder_written_atomically, write_atomically
+        root = Path(sys.argv[1])
+        write_atomically(root / "image.png", b"x")
+        with folder_written_atomically(root / "run") as staging:
+            write_atomically(staging / "adapter.safetensors", b"y")
+    """)
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True)
+    assert (tmp_path / "image.png").stat().st_mode & 0o777 == file_mode
+    assert (tmp_path / "run").stat().st_mode & 0o777 == folder_mode
+    assert (tmp_path / "run" / "adapter.safetensors").stat().st_mode & 0o777 == file_mode
