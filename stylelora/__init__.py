@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from . import precision as _precision
+
 __version__ = "0.1.0"
 __all__ = ["TrainConfig", "TrainResult", "StyleloraError", "train", "__version__"]
+
+# Where a CPU's AMX kernels were measured to die, cap oneDNN below them before any kernel runs.
+# This reads a cached verdict only (a small JSON file); the probe itself runs when bf16 is considered.
+_precision.apply_isa_cap(_precision.cached_bf16_support())
 
 if TYPE_CHECKING:
     from .config import TrainConfig

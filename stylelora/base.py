@@ -75,6 +75,25 @@ def _load(spec: str, kind: str, dtype: torch.dtype, options: dict) -> StableDiff
     return pipe
 
 
+def unet_parameter_count(spec: str) -> int | None:
+    """The UNet's parameter count from its config alone (built on the meta device, no weights read), so the
+    precision can be chosen before loading; None where the config cannot be read first (a single file)."""
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    kind = resolve_base(spec)
+    if kind == "file":
+        return None
+    source = str(MINI_WEIGHTS) if kind == "mini" else spec
+    try:
+        config = UNet2DConditionModel.load_config(source, subfolder="unet")
+        with init_empty_weights():
+            unet = UNet2DConditionModel.from_config(config)
+    except (OSError, ValueError, TypeError):  # loading proper says what is wrong, in its own words
+        return None
+    return sum(p.numel() for p in unet.parameters())
+
+
 def weights_fingerprint(module: torch.nn.Module) -> str:
     """A cheap, stable id of a model's weights: every tensor's name, shape and first values.
     Hashing every byte of a 3 GB UNet would cost seconds on each run for no real gain."""

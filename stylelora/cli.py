@@ -6,6 +6,8 @@ import argparse
 import os
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .config import PRECISIONS, LR_SCHEDULES, from_dict, load_toml
@@ -75,18 +77,50 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+class StopRequest:
+    """Ctrl-C or `kill` (SIGTERM) during training asks the loop to stop after the step in flight, which it
+    saves as a checkpoint; a second signal stops at once. A KeyboardInterrupt raised at an arbitrary
+    point could land inside TensorBoard's writer queue and leave its thread unwoken, so that closing it
+    waited up to its two-minute flush timer: the first signal only sets this flag."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstylelora: stopping after this step (press Ctrl-C again to stop at once)", file=sys.stderr)
+
+    @contextmanager
+    def on_signals(self) -> Iterator[None]:
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for number, handler in previous.items():
+            if handler is not signal.SIG_IGN:  # nohup and background jobs ignore SIGINT: keep that
+                signal.signal(number, self._handle)
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+
 def run_train(args: argparse.Namespace) -> int:
     from .training import TrainingInterrupted, train
 
     values = load_toml(args.config) if args.config else {}
     flags = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "config", "quiet")}
     config = from_dict(values | flags)
-    # `kill` (SIGTERM) stops like Ctrl-C: the step in flight finishes into a checkpoint.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    stop = StopRequest()
     try:
-        result = train(config, progress_bar=not args.quiet, log=lambda m: print(m, file=sys.stderr))
-    except TrainingInterrupted as stop:
-        print(f"stylelora: {stop}", file=sys.stderr)
+        with stop.on_signals():
+            result = train(config, should_stop=stop, progress_bar=not args.quiet,
+                           log=lambda m: print(m, file=sys.stderr))
+    except TrainingInterrupted as stopped:
+        print(f"stylelora: {stopped}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if not result.is_main:
         return 0

@@ -50,17 +50,37 @@ def adapter_metadata(config: TrainConfig, folder: ImageFolder, resolution: int, 
         "stylelora.dataset_hash": folder.content_hash,
         "stylelora.trigger_words": [config.trigger] if config.trigger else [],
         "stylelora.config": json.dumps(config.to_json_dict()),
-        "ss_network_module": "networks.lora",
-        "ss_network_dim": config.rank,
-        "ss_network_alpha": config.effective_alpha,
-        "ss_base_model_version": {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}.get(architecture, architecture),
-        "ss_v2": architecture == "sd2",
-        "ss_output_name": config.adapter_name,
-        "ss_resolution": f"{resolution},{resolution}",
-        "ss_num_train_images": len(folder.examples),
-        "ss_max_train_steps": steps,
-        "ss_learning_rate": config.effective_learning_rate,
-        "ss_training_comment": f"trained with stylelora {__version__}",
+        **kohya_metadata({
+            "ss_network_module": "networks.lora",
+            "ss_network_dim": config.rank,
+            "ss_network_alpha": float(config.effective_alpha),
+            "ss_network_dropout": config.dropout,
+            "ss_base_model_version": {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}.get(architecture, architecture),
+            "ss_v2": architecture == "sd2",
+            "ss_v_parameterization": prediction_type == "v_prediction",
+            "ss_output_name": config.adapter_name,
+            "ss_resolution": (resolution, resolution),
+            "ss_num_train_images": len(folder.examples),
+            "ss_max_train_steps": steps,
+            "ss_learning_rate": config.effective_learning_rate,
+            "ss_unet_lr": config.effective_learning_rate,
+            "ss_text_encoder_lr": config.text_encoder_lr if config.train_text_encoder else None,
+            "ss_lr_scheduler": config.lr_schedule,
+            "ss_lr_warmup_steps": config.warmup_steps,
+            "ss_batch_size_per_device": config.batch_size,
+            "ss_gradient_accumulation_steps": config.grad_accumulation,
+            "ss_max_grad_norm": config.max_grad_norm,
+            "ss_seed": config.seed,
+            "ss_cache_latents": config.cache_latents,
+            "ss_flip_aug": config.flip,
+            "ss_random_crop": config.random_crop,
+            "ss_shuffle_caption": config.shuffle_tags,
+            "ss_keep_tokens": config.keep_tags,
+            "ss_caption_dropout_rate": config.caption_dropout,
+            "ss_noise_offset": config.noise_offset,
+            "ss_min_snr_gamma": config.min_snr_gamma,
+            "ss_training_comment": f"trained with stylelora {__version__}",
+        }),
         "modelspec.sai_model_spec": "1.0.1",
         "modelspec.architecture": f"{spec_arch}/lora",
         "modelspec.implementation": "diffusers",
@@ -70,6 +90,13 @@ def adapter_metadata(config: TrainConfig, folder: ImageFolder, resolution: int, 
         "modelspec.prediction_type": "v" if prediction_type == "v_prediction" else "epsilon",
         "modelspec.trigger_phrase": config.trigger,
     })
+
+
+def kohya_metadata(values: dict[str, object]) -> dict[str, str]:
+    """ss_* values written as kohya's train_network.py writes them, `str()` of each: True is "True", 4.0 is
+    "4.0", a resolution "(512, 512)", a missing value "None". AUTOMATIC1111 compares ss_v2 with the exact
+    string "True" to file an adapter under SD2; JSON's "true" made it file ours as SD1."""
+    return {key: str(value) for key, value in values.items()}
 
 
 class MetricsLog:

@@ -22,6 +22,7 @@ from .formats import read_lora, to_kohya
 from .inspect_adapter import architecture_of_weights
 from .base import architecture_of, load_base
 from .errors import AdapterFileError, ConfigError
+from .precision import check_bf16_runs
 
 BLENDS = ("merge", "switch", "composite")
 SCHEDULERS = {
@@ -106,6 +107,8 @@ class Styler:
     def __init__(self, base: str = "mini", device: str | None = None, dtype: torch.dtype | None = None):
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = dtype or (torch.float16 if device == "cuda" else torch.float32)
+        if dtype == torch.bfloat16 and torch.device(device).type == "cpu":
+            check_bf16_runs()  # a CPU that lists bf16 but dies on it gets a message, not SIGILL
         self.base = base
         self.pipe = load_base(base, dtype=dtype, device=device)
         self.paths: dict[str, Path] = {}

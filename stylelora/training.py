@@ -18,10 +18,11 @@ from typing import Callable
 
 import torch
 from accelerate import Accelerator
+from diffusers import StableDiffusionPipeline
 from diffusers.optimization import get_scheduler
 
 from .adapter import attach_lora, load_into, lora_weights
-from .base import architecture_of, load_base, resolve_base, weights_fingerprint
+from .base import architecture_of, load_base, resolve_base, unet_parameter_count, weights_fingerprint
 from .cache import LatentCache, TextCache, encode_latents
 from .checkpoint import check_compatible, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, validate
@@ -30,6 +31,7 @@ from .errors import TrainingError
 from .files import save_safetensors
 from .formats import to_kohya
 from .loss import ddpm_loss, min_snr_weights, noise_target, offset_noise
+from .precision import PRECISION_NAMES, choose_precision
 from .run_outputs import MetricsLog, adapter_metadata, progress_bar as make_progress_bar, render_samples
 
 DEFAULT_STEPS = 800
@@ -59,34 +61,23 @@ class TrainingInterrupted(TrainingError):
     """Training stopped on request (Ctrl-C or the UI's Stop); a checkpoint was saved."""
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX)."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
-# On a CPU, bfloat16 pays only where the CPU multiplies it natively and the model is big enough for
-# the arithmetic to outweigh the casts: bench/run.py measured an SD1.5-shaped LoRA step 1.5-2x faster
-# in bf16 (autocast alone, or with the frozen weights held in bf16 too), and the 5.8M-parameter
-# miniature base about 1.2x slower.
-BF16_MIN_PARAMETERS = 50_000_000
-
-
-def precision_for(config: TrainConfig, device: torch.device, unet_parameters: int | None = None) -> str:
-    """The mixed precision to train in. `unet_parameters` matters only for "auto" on a CPU; None there
-    means "not known yet", which answers float32 ("no") so the model can be loaded and counted first."""
-    if config.precision != "auto":
-        return config.precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    big = unet_parameters is not None and unet_parameters >= BF16_MIN_PARAMETERS
-    return "bf16" if cpu_has_bf16() and big else "no"
-
-
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "no": torch.float32}
+
+
+def prepare_model(config: TrainConfig, device: torch.device,
+                  say: Callable[[str], None]) -> tuple[StableDiffusionPipeline, str]:
+    """Stage: choose the precision (probing the CPU if need be) and load the base straight into it.
+    Where the UNet's size cannot be read before loading (a single-file checkpoint), load in float32,
+    count, and cast: the one case that holds a float32 copy for a moment."""
+    parameters = unet_parameter_count(config.base)
+    choice = choose_precision(config.precision, device.type, parameters)
+    pipe = load_base(config.base, dtype=DTYPES[choice.name], device=device)
+    if parameters is None and config.precision == "auto":
+        choice = choose_precision("auto", device.type, sum(p.numel() for p in pipe.unet.parameters()))
+        if choice.name != "no":
+            pipe.to(dtype=DTYPES[choice.name])
+    say(choice.describe())
+    return pipe, choice.name
 
 
 def clip_gradients(accelerator: Accelerator, parameters: list[torch.nn.Parameter], max_norm: float) -> float:
@@ -143,6 +134,19 @@ def warn_long_captions(folder: ImageFolder, tokenizer, say: Callable[[str], None
                 "the rest is cut")
 
 
+A1111_SD2_TEXT_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def warn_partial_sd2_text_encoder(config: TrainConfig, architecture: str, say: Callable[[str], None]) -> None:
+    """AUTOMATIC1111 folds an SD2 (OpenCLIP) text-encoder LoRA into a layer only when all four attention
+    projections are adapted, and silently skips the layer otherwise; ComfyUI and diffusers apply any subset."""
+    missing = [name for name in A1111_SD2_TEXT_ATTENTION if name not in config.text_encoder_targets]
+    if architecture == "sd2" and config.train_text_encoder and missing:
+        say(f"  warning: --text-encoder-targets lacks {','.join(missing)}: AUTOMATIC1111 ignores an SD2 text-encoder "
+            f"LoRA unless {','.join(A1111_SD2_TEXT_ATTENTION)} are all adapted (ComfyUI and diffusers apply it); "
+            "add them to load everywhere")
+
+
 def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = None,
           should_stop: Callable[[], bool] | None = None, log: Callable[[str], None] = print,
           progress_bar: bool = True) -> TrainResult:
@@ -156,19 +160,16 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
 
     folder = scan_folder(config.data, config.caption, config.trigger)
     describe_folder(folder, say)
-    # "auto" on a CPU depends on the model's size: load in float32, then decide (and cast if need be).
-    first_dtype = DTYPES[precision_for(config, accelerator.device)]
-    pipe = load_base(config.base, dtype=first_dtype, device=accelerator.device)
-    precision = precision_for(config, accelerator.device, sum(p.numel() for p in pipe.unet.parameters()))
+    pipe, precision = prepare_model(config, accelerator.device, say)
     weight_dtype = DTYPES[precision]
-    if weight_dtype != first_dtype:
-        pipe.to(dtype=weight_dtype)
     warn_long_captions(folder, pipe.tokenizer, say)
     unet, vae, text_encoder, scheduler = pipe.unet, pipe.vae, pipe.text_encoder, pipe.scheduler
     for model in (unet, vae, text_encoder):
         model.requires_grad_(False)
     native = unet.config.sample_size * pipe.vae_scale_factor
+    latent_scale = vae.config.scaling_factor
     resolution = config.resolution or native
+    warn_partial_sd2_text_encoder(config, architecture_of(unet), say)
     for example in folder.examples:
         if min(example.size) < resolution:
             say(f"  warning: {example.path} is {example.size[0]}x{example.size[1]}, smaller than {resolution}; upscaling it")
@@ -206,9 +207,14 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
         cache_dir = out_dir / "cache" / "latents" if main else None
         latent_cache = LatentCache(vae, weights_fingerprint(vae), resolution, cache_dir)
         for example in folder.examples:
+            if should_stop is not None and should_stop():  # encoding many images takes minutes: stop here too
+                raise TrainingInterrupted("stopped on request while caching latents, before the first step; "
+                                          "the latents cached so far are kept for the next run")
             for flip in ((False, True) if config.flip else (False,)):
                 latent_cache.latents(example, flip)
         say(f"Latent cache: {latent_cache.hits} read from disk, {latent_cache.misses} encoded.")
+        if not config.sample_every:  # every latent is in memory now; only previews would need the VAE again
+            latent_cache.vae = pipe.vae = vae = None
     elif config.random_crop:
         say("Random crops make every step's image different, so latents are encoded each step (no cache).")
     text_cache = TextCache() if not (config.train_text_encoder or config.shuffle_tags) else None
@@ -240,7 +246,7 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
             pixels = torch.stack([preprocess(load_rgb(e.path), resolution, config.random_crop, f, caption_rng)
                                   for e, f in zip(examples, flips)])
             latents = encode_latents(vae, pixels)
-        latents = (latents * vae.config.scaling_factor).to(accelerator.device, weight_dtype)
+        latents = (latents * latent_scale).to(accelerator.device, weight_dtype)
         captions = [training_caption(e.caption, config.trigger, config.caption_dropout, config.shuffle_tags,
                                      config.keep_tags, caption_rng) for e in examples]
         if text_cache is not None:
@@ -282,7 +288,7 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
     loss_value, completed, tick = float("nan"), start_step, time.time()
     say(f"Training {len(lora_params)} LoRA tensors (rank {config.rank}, alpha {config.effective_alpha:g}) "
         f"for {steps} steps at {resolution}px, batch {config.batch_size} x {accelerator.num_processes} "
-        f"process(es), precision {precision}.")
+        f"process(es), in {PRECISION_NAMES[precision]}.")
     try:
         metrics = MetricsLog(out_dir, start_step) if main else None
         for step in range(start_step, steps):

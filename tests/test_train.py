@@ -42,9 +42,9 @@ def test_resume_equals_an_uninterrupted_run(train_config, tmp_path):
     train(straight, **QUIET)
     # Stop after 4 of 6 steps (keeping the checkpoint at step 4), then resume.
     stopped = train_config(out=tmp_path / "resumed", max_steps=6, save_every=2, flip=True, caption_dropout=0.3)
-    calls = iter(range(100))
+    done: list[int] = []  # should_stop is polled while caching too: count finished steps, not polls
     with pytest.raises(training.TrainingInterrupted, match="--resume"):
-        train(stopped, should_stop=lambda: next(calls) >= 4, **QUIET)
+        train(stopped, on_progress=lambda p: done.append(p.step), should_stop=lambda: len(done) >= 4, **QUIET)
     assert latest_checkpoint(stopped.out).name == "step-000004"
     stopped.resume = True
     train(stopped, **QUIET)

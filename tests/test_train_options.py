@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -53,6 +54,7 @@ def test_epochs_set_the_number_of_steps():
     assert total_steps(TrainConfig(data="x", max_steps=7), 10, 1) == 7
 
 
+@pytest.mark.bf16
 def test_bf16_gradient_checkpointing_and_text_encoder_options_run(train_config):
     result = train(train_config(max_steps=2, precision="bf16", gradient_checkpointing=True, train_text_encoder=True,
                                 shuffle_tags=True, min_snr_gamma=5.0, noise_offset=0.05, grad_accumulation=2),
@@ -68,16 +70,3 @@ def test_small_images_are_upscaled_with_a_warning(train_config, tmp_path):
     train(train_config(data=folder, max_steps=1), progress_bar=False, log=logs.append)
     assert any("tiny.png is 8x8, smaller than 32; upscaling it" in line for line in logs)
     assert any("WARNING: no caption found" in line for line in logs)
-
-
-def test_cpu_auto_precision_is_bf16_only_for_big_models_on_bf16_cpus(monkeypatch, train_config):
-    from stylelora import training
-
-    cpu, config = torch.device("cpu"), train_config()
-    for has_bf16, parameters, expected in [(True, 860_000_000, "bf16"), (True, 4_000_000, "no"),
-                                           (False, 860_000_000, "no")]:
-        monkeypatch.setattr(training, "cpu_has_bf16", lambda: has_bf16)
-        assert training.precision_for(config, cpu, parameters) == expected
-        assert training.precision_for(config, cpu) == "no"  # size not known yet: load in float32 first
-    config.precision = "no"
-    assert training.precision_for(config, cpu, 860_000_000) == "no"
