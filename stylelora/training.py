@@ -7,6 +7,8 @@ here is bookkeeping: data order, checkpoints, samples, metrics.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import hashlib
 import math
 import random
@@ -82,11 +84,25 @@ def prepare_model(config: TrainConfig, device: torch.device,
 
 def clip_gradients(accelerator: Accelerator, parameters: list[torch.nn.Parameter], max_norm: float) -> float:
     """Clip the global gradient norm to `max_norm` and return the norm before clipping.
-    Takes a list: the diffusers example once passed a spent generator, so nothing was clipped."""
+    Takes a list: the diffusers example once passed a spent generator, so nothing was clipped.
+    torch's own foreach clip, after accelerate unscales fp16 gradients: accelerate's clip_grad_norm_
+    walks every parameter in Python first, a millisecond a step that weighs on small models."""
+    if accelerator.scaler is not None:
+        accelerator.unscale_gradients()
+    grads = [p for p in parameters if p.grad is not None]
     if max_norm <= 0:
-        norms = [p.grad.detach().float().norm() for p in parameters if p.grad is not None]
-        return float(torch.stack(norms).norm()) if norms else 0.0
-    return float(accelerator.clip_grad_norm_(parameters, max_norm))
+        return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in grads])))) if grads else 0.0
+    return float(torch.nn.utils.clip_grad_norm_(grads, max_norm, foreach=True))
+
+
+def release_freed_memory() -> None:
+    """Hand memory that was freed back to the system. glibc keeps freed heap pages for reuse, so after
+    encoding a folder the process stays that much bigger while it trains; malloc_trim returns them."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to do
+        pass
 
 
 def sample_order(count: int, seed: int, start: int, length: int) -> list[int]:
@@ -187,7 +203,8 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
             p.data = p.data.float()  # LoRA weights train in float32 even over a low-precision base
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, foreach=True)
+    # The fused kernel (CPU and CUDA) updates every LoRA tensor in one call: about a millisecond a step less.
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, fused=True)
     steps = total_steps(config, len(folder.examples), accelerator.num_processes)
     lr_schedule = get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps,
                                 num_training_steps=steps)
@@ -223,6 +240,14 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
         ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids.to(accelerator.device)
         return text_encoder(ids)[0]
+
+    if text_cache is not None:
+        with torch.no_grad():
+            for caption in sorted({e.caption for e in folder.examples} | ({""} if config.caption_dropout else set())):
+                text_cache.get(caption, encode_text)
+        if not config.sample_every:  # every caption a step can draw is encoded: the frozen encoder is done
+            pipe.text_encoder = text_encoder = None
+    release_freed_memory()  # what the VAE and text encoder held, and their activations
 
     trained = [unet, text_encoder] if config.train_text_encoder else [unet]
     prepared = accelerator.prepare(*trained, optimizer, lr_schedule)

@@ -130,3 +130,55 @@ def test_cli_trains_with_toml_config_and_flags_winning(tmp_path, tiny_base, imag
     assert f"Adapter written to {out}" in run.stdout and "2 steps" in run.stdout
     assert "Found 6 images" in run.stderr and "6 with captions" in run.stderr
     assert {t.shape[0] for k, t in read_safetensors(out).tensors.items() if k.endswith('lora_down.weight')} == {2}
+
+
+# kohya's train_network.py builds these values, then writes `{k: str(v) for k, v in metadata.items()}`;
+# here are the strings it would write for the same run (resolution is its (width, height) tuple).
+KOHYA_STRINGS = {
+    "ss_network_dim": "4", "ss_network_alpha": "4.0", "ss_network_dropout": "0.0", "ss_v2": "False",
+    "ss_v_parameterization": "False", "ss_resolution": "(32, 32)", "ss_num_train_images": "6",
+    "ss_max_train_steps": "3", "ss_learning_rate": "0.01", "ss_unet_lr": "0.01", "ss_text_encoder_lr": "None",
+    "ss_lr_scheduler": "constant", "ss_lr_warmup_steps": "0", "ss_batch_size_per_device": "2",
+    "ss_gradient_accumulation_steps": "1", "ss_max_grad_norm": "1.0", "ss_seed": "0", "ss_cache_latents": "True",
+    "ss_flip_aug": "True", "ss_random_crop": "False", "ss_shuffle_caption": "False", "ss_keep_tokens": "0",
+    "ss_caption_dropout_rate": "0.0", "ss_noise_offset": "0.0", "ss_min_snr_gamma": "0.0",
+    "ss_network_module": "networks.lora",
+}
+
+
+def test_ss_metadata_strings_are_written_as_kohya_writes_them(train_config):
+    meta = read_safetensors(train(train_config(max_steps=3, flip=True), **QUIET).adapter_path).metadata
+    assert {key: meta[key] for key in KOHYA_STRINGS} == KOHYA_STRINGS
+
+
+@pytest.mark.parametrize("architecture, prediction, version, is_sd2", [
+    ("sd1", "epsilon", "SD1", "False"), ("sd2", "epsilon", "SD2", "True"), ("sd2", "v_prediction", "SD2", "True"),
+])
+def test_automatic1111_files_sd2_adapters_under_sd2(train_config, architecture, prediction, version, is_sd2):
+    from stylelora.data import scan_folder
+    from stylelora.run_outputs import adapter_metadata
+
+    config = train_config()
+    meta = adapter_metadata(config, scan_folder(config.data), 512, 10, "x", architecture, prediction)
+    # AUTOMATIC1111's extensions-builtin/Lora/network.py, NetworkOnDisk.detect_version, on our metadata:
+    detected = ("SDXL" if str(meta.get("ss_base_model_version", "")).startswith("sdxl_")
+                else "SD2" if str(meta.get("ss_v2", "")) == "True" else "SD1")
+    assert detected == version and meta["ss_v2"] == is_sd2
+    assert meta["ss_v_parameterization"] == str(prediction == "v_prediction")
+
+
+@pytest.mark.parametrize("architecture, targets, warned", [
+    ("sd2", ("q_proj", "v_proj"), "k_proj,out_proj"), ("sd2", ("q_proj", "k_proj", "v_proj", "out_proj"), None),
+    ("sd1", ("q_proj", "v_proj"), None),
+])
+def test_an_sd2_run_adapting_part_of_the_text_attention_warns_about_automatic1111(train_config, architecture,
+                                                                                 targets, warned):
+    lines: list[str] = []
+    config = train_config(train_text_encoder=True, text_encoder_targets=targets)
+    training.warn_partial_sd2_text_encoder(config, architecture, lines.append)
+    if warned is None:
+        assert lines == []
+    else:
+        assert lines == [f"  warning: --text-encoder-targets lacks {warned}: AUTOMATIC1111 ignores an SD2 "
+                         "text-encoder LoRA unless q_proj,k_proj,v_proj,out_proj are all adapted (ComfyUI and "
+                         "diffusers apply it); add them to load everywhere"]
