@@ -39,7 +39,7 @@ def test_a_probe_killed_by_sigill_is_retried_below_amx_and_slower_bf16_is_not_fa
     assert support.runs and support.isa_cap == BELOW_AMX and not support.faster
     assert support.speedup == pytest.approx(0.06 / 0.09)
     assert support.reason == (f"bfloat16 runs on this CPU with oneDNN capped at {BELOW_AMX} "
-                              "(its AMX kernels was killed by SIGILL), 0.67x the speed of float32")
+                              "(uncapped, the probe was killed by SIGILL), 0.67x the speed of float32")
 
 
 def test_a_cpu_where_bf16_dies_even_below_amx_has_no_bf16():
@@ -147,9 +147,15 @@ def test_a_real_probe_here_is_cached_and_read_back_without_a_child(monkeypatch, 
     assert precision.bf16_support() == first
 
 
-def test_our_own_cap_is_set_once_and_does_not_change_the_machine_key(monkeypatch):
-    monkeypatch.delenv(ISA_VARIABLE, raising=False)
-    monkeypatch.delenv(precision.OUR_CAP_VARIABLE, raising=False)
+@pytest.fixture
+def isa_environment(monkeypatch):
+    """The ISA variables as they were, put back afterwards: apply_isa_cap writes os.environ itself."""
+    for name in (ISA_VARIABLE, precision.OUR_CAP_VARIABLE):
+        monkeypatch.setenv(name, "")  # recorded, so the teardown restores the real state
+        monkeypatch.delenv(name)
+
+
+def test_our_own_cap_is_set_once_and_does_not_change_the_machine_key(isa_environment, monkeypatch):
     key = precision.machine_key()
     precision.apply_isa_cap(WORKS_CAPPED_SLOW)
     assert os.environ[ISA_VARIABLE] == BELOW_AMX
@@ -157,6 +163,21 @@ def test_our_own_cap_is_set_once_and_does_not_change_the_machine_key(monkeypatch
     monkeypatch.setenv(ISA_VARIABLE, "AVX2")  # the user's own setting wins and keys the cache
     precision.apply_isa_cap(WORKS_CAPPED_SLOW)
     assert os.environ[ISA_VARIABLE] == "AVX2" and precision.machine_key().endswith(f"{ISA_VARIABLE}=AVX2")
+
+
+def test_train_on_a_cpu_whose_amx_dies_caps_onednn_and_says_what_it_chose(isa_environment, monkeypatch, capsys,
+                                                                           tmp_path, image_folder, tiny_base):
+    """The VM of the report, end to end: the uncapped child dies with SIGILL, the capped one runs."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(precision, "PROBE_SCRIPT", "import os, signal\nif not os.environ.get('ONEDNN_MAX_CPU_ISA'): "
+                        "os.kill(os.getpid(), signal.SIGILL)\n" + precision.PROBE_SCRIPT)
+    monkeypatch.setattr(precision, "BF16_MIN_PARAMETERS", 0)  # the tiny base stands in for an SD1.5-sized one
+    code = main(["train", str(image_folder), "--base", str(tiny_base), "--out", str(tmp_path / "x"), "--max-steps", "1",
+                 "--quiet"])
+    line = next(l for l in capsys.readouterr().err.splitlines() if l.startswith("Precision: "))
+    assert code == 0 and os.environ[ISA_VARIABLE] == BELOW_AMX
+    assert line.startswith("Precision: ") and (f"auto: bfloat16 runs on this CPU with oneDNN capped at {BELOW_AMX} "
+                                               "(uncapped, the probe was killed by SIGILL), ") in line
 
 
 def test_a_first_signal_asks_to_stop_after_the_step_and_a_second_stops_at_once():
