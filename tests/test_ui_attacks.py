@@ -72,7 +72,8 @@ def test_parallel_sessions_generate_while_training_runs_and_a_second_start_is_re
         rival.wait_for_selector("#data-message :text('6 images')", timeout=60_000)
         fill(rival, "train-base", tiny_base)
         rival.click("#start")
-        _wait(lambda: "already running" in _status(rival), 60, "the second start to be refused")
+        _wait(lambda: "already running" in rival.locator("#start-message").inner_text(), 60,
+              "the second start to be refused")
 
         # Three sessions press Generate at the same moment: queued, and all complete.
         for index, page in enumerate(painters):

@@ -107,6 +107,9 @@ def train_tab(session: Session) -> None:
     with gr.Row():
         start = gr.Button("Start training", variant="primary", elem_id="start")
         stop = gr.Button("Stop", elem_id="stop")
+    # What a Start or Stop click answered, apart from the job's status: the poll rewrites that every
+    # second, and a refusal shown there vanished before a person (or a test) could read it.
+    start_message = gr.Markdown(elem_id="start-message")
     status = gr.Markdown(elem_id="train-status")
     progress = gr.HTML(elem_id="train-progress")
     loss_plot = gr.LinePlot(x="step", y="loss", title="Loss", elem_id="loss-plot", height=220)
@@ -166,8 +169,8 @@ def train_tab(session: Session) -> None:
     start.click(on_start, [dataset, name, trigger, base, text_encoder, rank, steps, learning_rate, resolution,
                            batch_size, alpha, seed, save_every, sample_every, sample_prompt, flip, caption_dropout,
                            resume, precision],
-                [status])
-    stop.click(lambda: session.job.stop() or "Stopping after this step; the checkpoint is kept.", None, [status])
+                [start_message])
+    stop.click(lambda: session.job.stop() or "Stopping after this step; the checkpoint is kept.", None, [start_message])
 
     def poll():
         state = session.job.snapshot()
