@@ -46,8 +46,9 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     g.add_argument("--target-modules", type=_csv, help="UNet module-name suffixes (to_q,to_k,to_v,to_out.0)")
     g.add_argument("--train-text-encoder", action=argparse.BooleanOptionalAction, default=None,
                    help="also adapt the CLIP text encoder (q/k/v/out_proj)")
-    g.add_argument("--text-encoder-targets", type=_csv, help="text-encoder module suffixes (q_proj,k_proj,v_proj,out_proj); on SD2, AUTOMATIC1111 applies "
-                        "the text-encoder part only when all four are adapted")
+    g.add_argument("--text-encoder-targets", type=_csv,
+                   help="text-encoder module suffixes (q_proj,k_proj,v_proj,out_proj); on SD2, AUTOMATIC1111 "
+                        "applies the text-encoder part only when all four are adapted")
     g = p.add_argument_group("optimisation")
     g.add_argument("--learning-rate", "--lr", type=float, help="UNet LoRA learning rate (1e-4; 2e-3 on the built-in mini base)")
     g.add_argument("--text-encoder-lr", type=float, help="text-encoder LoRA learning rate (5e-5)")
@@ -63,8 +64,9 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     g.add_argument("--noise-offset", type=float, help="noise offset, 0 = off; 0.05 is usual (0)")
     g.add_argument("--seed", type=int, help="random seed (0)")
     g = p.add_argument_group("speed")
-    g.add_argument("--precision", choices=PRECISIONS, help="auto (GPU: bf16, or fp16; CPU: bf16 for UNets of 50M parameters or more where a cached probe measured "
-                        "it to run and to be faster, else fp32), no (fp32), fp16 or bf16")
+    g.add_argument("--precision", choices=PRECISIONS,
+                   help="auto (GPU: bf16, or fp16; CPU: bf16 for UNets of 50M parameters or more where a cached "
+                        "probe measured it to run and to be faster, else fp32), no (fp32), fp16 or bf16")
     g.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="trade compute for memory")
     g.add_argument("--cache-latents", action=argparse.BooleanOptionalAction, default=None,

@@ -18,6 +18,7 @@ import platform
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -124,14 +125,19 @@ def users_environment() -> dict[str, str]:
     return env
 
 
-def probe(env: dict[str, str] | None = None, runner=run_probe) -> Bf16Support:
-    """Probe as the environment is; if that dies and no ISA cap was set by the user, probe below AMX."""
+def probe(env: dict[str, str] | None = None,
+          runner: Callable[[dict[str, str]], ProbeRun] | None = None) -> tuple[Bf16Support, bool]:
+    """Probe as the environment is; if that dies and no ISA cap was set by the user, probe below AMX.
+    Returns the verdict and whether it may be cached: a child that ran or was killed by a signal says
+    something about the CPU; one that failed otherwise (a timeout on a busy machine) may not next time."""
     env = users_environment() if env is None else dict(env)
+    runner = runner or run_probe
     plain = runner(env)
     capped = None
     if plain.outcome == "crashed" and ISA_VARIABLE not in env:
         capped = runner(env | {ISA_VARIABLE: BELOW_AMX})
-    return decide(plain, capped)
+    settled = all(run.outcome != "failed" for run in (plain, capped) if run is not None)
+    return decide(plain, capped), settled
 
 
 def cache_file() -> Path:
@@ -177,6 +183,15 @@ def cached_bf16_support() -> Bf16Support | None:
         return None
 
 
+def _cache(key: str, support: Bf16Support) -> None:
+    from .files import write_atomically  # here, not at the top: importing this module stays free of torch
+
+    try:
+        write_atomically(cache_file(), json.dumps(_read_cache() | {key: asdict(support)}, indent=1).encode())
+    except OSError:
+        pass  # a read-only home: probe again next time rather than fail
+
+
 def apply_isa_cap(support: Bf16Support | None) -> None:
     """Cap oneDNN below AMX where AMX dies. oneDNN reads the variable when it first picks a kernel, so
     this must run before the process's first convolution or bfloat16 matmul; a user's own setting wins."""
@@ -189,14 +204,9 @@ def bf16_support() -> Bf16Support:
     key = machine_key()  # before the cap is applied: the key holds the user's own setting
     support = cached_bf16_support()
     if support is None:
-        support = probe()
-        entries = _read_cache() | {key: asdict(support)}
-        from .files import write_atomically  # here, not at the top: importing this module stays free of torch
-
-        try:
-            write_atomically(cache_file(), json.dumps(entries, indent=1).encode())
-        except OSError:
-            pass  # a read-only home: probe again next time rather than fail
+        support, settled = probe()
+        if settled:
+            _cache(key, support)
     apply_isa_cap(support)
     return support
 
@@ -230,6 +240,9 @@ def choose_precision(requested: str, device_type: str, unet_parameters: int | No
 
         return (PrecisionChoice("bf16", "auto: this GPU supports bfloat16") if torch.cuda.is_bf16_supported()
                 else PrecisionChoice("fp16", "auto: this GPU has no bfloat16"))
+    if device_type != "cpu":  # Apple's mps and the rest: what was asked, float32 for auto
+        return PrecisionChoice("no" if requested == "auto" else requested, "auto: float32 on this device"
+                               if requested == "auto" else "as asked")
     if requested == "bf16":
         support = bf16_support()
         if not support.runs:

@@ -90,9 +90,10 @@ def clip_gradients(accelerator: Accelerator, parameters: list[torch.nn.Parameter
     if accelerator.scaler is not None:
         accelerator.unscale_gradients()
     grads = [p for p in parameters if p.grad is not None]
-    if max_norm <= 0:
-        return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in grads])))) if grads else 0.0
-    return float(torch.nn.utils.clip_grad_norm_(grads, max_norm, foreach=True))
+    if not grads:
+        return 0.0
+    # An infinite max_norm only measures: the clip coefficient is clamped to 1.
+    return float(torch.nn.utils.clip_grad_norm_(grads, max_norm if max_norm > 0 else math.inf, foreach=True))
 
 
 def release_freed_memory() -> None:

@@ -34,8 +34,8 @@ def _runner(*outcomes: ProbeRun):
 
 def test_a_probe_killed_by_sigill_is_retried_below_amx_and_slower_bf16_is_not_faster():
     run, seen = _runner(SIGILL, SLOW)
-    support = probe({"PATH": "/bin"}, runner=run)
-    assert [env.get(ISA_VARIABLE) for env in seen] == [None, BELOW_AMX]
+    support, settled = probe({"PATH": "/bin"}, runner=run)
+    assert settled and [env.get(ISA_VARIABLE) for env in seen] == [None, BELOW_AMX]
     assert support.runs and support.isa_cap == BELOW_AMX and not support.faster
     assert support.speedup == pytest.approx(0.06 / 0.09)
     assert support.reason == (f"bfloat16 runs on this CPU with oneDNN capped at {BELOW_AMX} "
@@ -44,19 +44,27 @@ def test_a_probe_killed_by_sigill_is_retried_below_amx_and_slower_bf16_is_not_fa
 
 def test_a_cpu_where_bf16_dies_even_below_amx_has_no_bf16():
     run, _ = _runner(SIGILL, SIGILL)
-    support = probe({}, runner=run)
-    assert not support.runs and support.isa_cap is None and not support.faster
+    support, settled = probe({}, runner=run)
+    assert settled and not support.runs and support.isa_cap is None and not support.faster
     assert support.reason == ("bfloat16 does not run on this CPU (a probe was killed by SIGILL; "
                               f"capped at {BELOW_AMX}, was killed by SIGILL)")
 
 
 def test_a_working_fast_cpu_needs_no_cap_and_a_users_own_cap_is_not_second_guessed():
     run, seen = _runner(FAST)
-    support = probe({}, runner=run)
+    support, _ = probe({}, runner=run)
     assert support.runs and support.faster and support.isa_cap is None and len(seen) == 1
     run, seen = _runner(SIGILL)
-    support = probe({ISA_VARIABLE: "AVX2"}, runner=run)  # the user chose a cap: one probe, under it
+    support, _ = probe({ISA_VARIABLE: "AVX2"}, runner=run)  # the user chose a cap: one probe, under it
     assert not support.runs and len(seen) == 1
+
+
+def test_a_probe_that_failed_for_another_reason_is_not_cached(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(precision, "run_probe", lambda env: ProbeRun("failed", "took longer than 120 s"))
+    support = precision.bf16_support()
+    assert not support.runs and support.reason == "bfloat16 does not run on this CPU (a probe took longer than 120 s)"
+    assert not (tmp_path / "stylelora" / "cpu-bf16.json").exists()  # the next run probes again
 
 
 def test_a_real_child_killed_by_sigill_is_reported_as_such(monkeypatch):
