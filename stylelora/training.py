@@ -1,8 +1,9 @@
-"""Train a LoRA style adapter: the loop reads top to bottom.
+"""Train a LoRA style adapter: `train()` reads top to bottom, in stages.
 
-Per step: draw latents from the cache, add noise at a uniform timestep, let the UNet
-(with LoRA) predict the noise (or velocity), take the MSE, step AdamW. Everything else
-here is bookkeeping: data order, checkpoints, samples, metrics.
+prepare_data, prepare_model, prepare_adapters, prepare_inputs, then run_loop. Per step (StepLoss): draw
+latents from the cache, add noise at a uniform timestep, let the UNet (with LoRA) predict the noise
+(or velocity), take the MSE, step AdamW. Everything else is bookkeeping: data order, checkpoints
+(Outputs), samples, metrics.
 """
 
 from __future__ import annotations
@@ -64,22 +65,6 @@ class TrainingInterrupted(TrainingError):
 
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "no": torch.float32}
-
-
-def prepare_model(config: TrainConfig, device: torch.device,
-                  say: Callable[[str], None]) -> tuple[StableDiffusionPipeline, str]:
-    """Stage: choose the precision (probing the CPU if need be) and load the base straight into it.
-    Where the UNet's size cannot be read before loading (a single-file checkpoint), load in float32,
-    count, and cast: the one case that holds a float32 copy for a moment."""
-    parameters = unet_parameter_count(config.base)
-    choice = choose_precision(config.precision, device.type, parameters)
-    pipe = load_base(config.base, dtype=DTYPES[choice.name], device=device)
-    if parameters is None and config.precision == "auto":
-        choice = choose_precision("auto", device.type, sum(p.numel() for p in pipe.unet.parameters()))
-        if choice.name != "no":
-            pipe.to(dtype=DTYPES[choice.name])
-    say(choice.describe())
-    return pipe, choice.name
 
 
 def clip_gradients(accelerator: Accelerator, parameters: list[torch.nn.Parameter], max_norm: float) -> float:
@@ -164,37 +149,85 @@ def warn_partial_sd2_text_encoder(config: TrainConfig, architecture: str, say: C
             "add them to load everywhere")
 
 
-def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = None,
-          should_stop: Callable[[], bool] | None = None, log: Callable[[str], None] = print,
-          progress_bar: bool = True) -> TrainResult:
-    """Train one adapter as `config` says; return where it was written. Raises StyleloraError, never exits."""
-    validate(config)
-    resolve_base(config.base)  # a wrong --base fails now, not after the images are read
-    started = time.time()
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    main = accelerator.is_main_process
-    say = log if main else (lambda message: None)
+@dataclass
+class Model:
+    """Stage output: the base, frozen, in its training precision, with what the loop reads off it."""
 
+    pipe: StableDiffusionPipeline
+    precision: str  # "no", "fp16" or "bf16"
+    resolution: int
+    latent_scale: float
+    architecture: str
+    prediction_type: str
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        return DTYPES[self.precision]
+
+
+@dataclass
+class Optimisation:
+    """Stage output: the adapters' parameter groups, the optimizer and its schedule, and where to start."""
+
+    groups: list[dict]
+    optimizer: torch.optim.Optimizer
+    lr_schedule: object
+    steps: int
+    start_step: int = 0
+
+    @property
+    def trainable(self) -> list[torch.nn.Parameter]:
+        return [p for group in self.groups for p in group["params"]]
+
+
+@dataclass
+class Inputs:
+    """Stage output: where a step's latents and text embeddings come from."""
+
+    latent_cache: LatentCache | None
+    text_cache: TextCache | None
+    encode_text: Callable[[list[str]], torch.Tensor]
+
+
+def prepare_data(config: TrainConfig, say: Callable[[str], None]) -> ImageFolder:
+    """Stage: the image folder, scanned and described."""
     folder = scan_folder(config.data, config.caption, config.trigger)
     describe_folder(folder, say)
-    pipe, precision = prepare_model(config, accelerator.device, say)
-    weight_dtype = DTYPES[precision]
+    return folder
+
+
+def prepare_model(config: TrainConfig, device: torch.device, folder: ImageFolder, say: Callable[[str], None]) -> Model:
+    """Stage: choose the precision (probing the CPU if need be), load the base straight into it, freeze it.
+    Where the UNet's size cannot be read before loading (a single-file checkpoint), load in float32,
+    count, and cast: the one case that holds a float32 copy for a moment."""
+    parameters = unet_parameter_count(config.base)
+    choice = choose_precision(config.precision, device.type, parameters)
+    pipe = load_base(config.base, dtype=DTYPES[choice.name], device=device)
+    if parameters is None and config.precision == "auto":
+        choice = choose_precision("auto", device.type, sum(p.numel() for p in pipe.unet.parameters()))
+        if choice.name != "no":
+            pipe.to(dtype=DTYPES[choice.name])
+    say(choice.describe())
     warn_long_captions(folder, pipe.tokenizer, say)
-    unet, vae, text_encoder, scheduler = pipe.unet, pipe.vae, pipe.text_encoder, pipe.scheduler
-    for model in (unet, vae, text_encoder):
-        model.requires_grad_(False)
-    native = unet.config.sample_size * pipe.vae_scale_factor
-    latent_scale = vae.config.scaling_factor
-    resolution = config.resolution or native
-    warn_partial_sd2_text_encoder(config, architecture_of(unet), say)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False)
+    resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    model = Model(pipe, choice.name, resolution, pipe.vae.config.scaling_factor, architecture_of(pipe.unet),
+                  pipe.scheduler.config.prediction_type)
+    warn_partial_sd2_text_encoder(config, model.architecture, say)
     for example in folder.examples:
         if min(example.size) < resolution:
             say(f"  warning: {example.path} is {example.size[0]}x{example.size[1]}, smaller than {resolution}; upscaling it")
+    return model
 
+
+def prepare_adapters(config: TrainConfig, model: Model, examples: int, accelerator: Accelerator,
+                     say: Callable[[str], None]) -> Optimisation:
+    """Stage: attach the LoRA adapters, build the optimizer and schedule, and resume if asked."""
+    unet, text_encoder = model.pipe.unet, model.pipe.text_encoder
     torch.manual_seed(config.seed)  # LoRA's A matrices start random: the same seed, the same start
     attach_lora(unet, config.target_modules, config.rank, config.effective_alpha, config.dropout)
-    lora_params = [p for p in unet.parameters() if p.requires_grad]
-    groups = [{"params": lora_params, "lr": config.effective_learning_rate}]
+    groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": config.effective_learning_rate}]
     if config.train_text_encoder:
         attach_lora(text_encoder, config.text_encoder_targets, config.rank, config.effective_alpha,
                     config.dropout, flag="--text-encoder-targets")
@@ -206,24 +239,28 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
         unet.enable_gradient_checkpointing()
     # The fused kernel (CPU and CUDA) updates every LoRA tensor in one call: about a millisecond a step less.
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, fused=True)
-    steps = total_steps(config, len(folder.examples), accelerator.num_processes)
+    steps = total_steps(config, examples, accelerator.num_processes)
     lr_schedule = get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps,
                                 num_training_steps=steps)
-
-    out_dir = config.out_dir
-    start_step = 0
+    optimisation = Optimisation(groups, optimizer, lr_schedule, steps)
     if config.resume:
-        start_step = _resume(config, out_dir, unet, text_encoder, optimizer, lr_schedule, resolution, say)
-    elif (earlier := latest_checkpoint(out_dir)) is not None:
+        optimisation.start_step = _resume(config, unet, text_encoder, optimizer, lr_schedule, model.resolution, say)
+    elif (earlier := latest_checkpoint(config.out_dir)) is not None:
         raise TrainingError(f"{earlier}: this output folder holds a checkpoint of an earlier run; add --resume to "
                             "continue it, or choose another --out (or delete that checkpoints folder) to start afresh")
+    return optimisation
 
-    # Caches: latents once per image variant; text embeddings while the text encoder is frozen
-    # and captions are fixed (dropout only ever swaps in the empty caption, which caches too).
+
+def prepare_inputs(config: TrainConfig, model: Model, folder: ImageFolder, accelerator: Accelerator,
+                   should_stop: Callable[[], bool] | None, say: Callable[[str], None]) -> Inputs:
+    """Stage: the caches. Latents once per image variant; text embeddings while the text encoder is frozen
+    and captions are fixed (dropout only ever swaps in the empty caption, which caches too). Once all is
+    cached, the VAE and the frozen text encoder are freed unless previews need them."""
+    pipe = model.pipe
     latent_cache = None
     if config.cache_latents and not config.random_crop:
-        cache_dir = out_dir / "cache" / "latents" if main else None
-        latent_cache = LatentCache(vae, weights_fingerprint(vae), resolution, cache_dir)
+        cache_dir = config.out_dir / "cache" / "latents" if accelerator.is_main_process else None
+        latent_cache = LatentCache(pipe.vae, weights_fingerprint(pipe.vae), model.resolution, cache_dir)
         for example in folder.examples:
             if should_stop is not None and should_stop():  # encoding many images takes minutes: stop here too
                 raise TrainingInterrupted("stopped on request while caching latents, before the first step; "
@@ -232,89 +269,154 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
                 latent_cache.latents(example, flip)
         say(f"Latent cache: {latent_cache.hits} read from disk, {latent_cache.misses} encoded.")
         if not config.sample_every:  # every latent is in memory now; only previews would need the VAE again
-            latent_cache.vae = pipe.vae = vae = None
+            latent_cache.vae = pipe.vae = None
     elif config.random_crop:
         say("Random crops make every step's image different, so latents are encoded each step (no cache).")
-    text_cache = TextCache() if not (config.train_text_encoder or config.shuffle_tags) else None
 
     def encode_text(captions: list[str]) -> torch.Tensor:
         ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids.to(accelerator.device)
-        return text_encoder(ids)[0]
+        return pipe.text_encoder(ids)[0]
 
+    text_cache = TextCache() if not (config.train_text_encoder or config.shuffle_tags) else None
     if text_cache is not None:
         with torch.no_grad():
             for caption in sorted({e.caption for e in folder.examples} | ({""} if config.caption_dropout else set())):
                 text_cache.get(caption, encode_text)
         if not config.sample_every:  # every caption a step can draw is encoded: the frozen encoder is done
-            pipe.text_encoder = text_encoder = None
+            pipe.text_encoder = None
     release_freed_memory()  # what the VAE and text encoder held, and their activations
+    return Inputs(latent_cache, text_cache, encode_text)
 
-    trained = [unet, text_encoder] if config.train_text_encoder else [unet]
-    prepared = accelerator.prepare(*trained, optimizer, lr_schedule)
-    unet_run = prepared[0]
-    text_run = prepared[1] if config.train_text_encoder else text_encoder
-    optimizer, lr_schedule = prepared[-2], prepared[-1]
-    trainable = [p for group in groups for p in group["params"]]
-    prediction_type = scheduler.config.prediction_type
-    alphas_cumprod = scheduler.alphas_cumprod
-    base_id = weights_fingerprint(unet)
 
-    def batch_loss(step: int, micro: int) -> torch.Tensor:
+class StepLoss:
+    """The loss of one micro-batch: draw examples, add noise at uniform timesteps, predict, take the MSE.
+    Its randomness depends only on (seed, step, micro, process), so a resumed run draws what it would have."""
+
+    def __init__(self, config: TrainConfig, folder: ImageFolder, model: Model, inputs: Inputs,
+                 unet: torch.nn.Module, accelerator: Accelerator):
+        self.config, self.folder, self.model, self.inputs = config, folder, model, inputs
+        self.unet, self.accelerator = unet, accelerator
+        self.scheduler = model.pipe.scheduler
+
+    def __call__(self, step: int, micro: int) -> torch.Tensor:
+        config, accelerator, model = self.config, self.accelerator, self.model
         generator = step_generator(config.seed, step, micro, accelerator.process_index)
-        caption_rng = random.Random(generator.initial_seed())
-        first = ((step * config.grad_accumulation + micro) * accelerator.num_processes + accelerator.process_index) * config.batch_size
-        examples = [folder.examples[i] for i in sample_order(len(folder.examples), config.seed, first, config.batch_size)]
-        flips = [config.flip and caption_rng.random() < 0.5 for _ in examples]
-        if latent_cache is not None:
-            latents = torch.stack([latent_cache.latents(e, f) for e, f in zip(examples, flips)])
-        else:
-            pixels = torch.stack([preprocess(load_rgb(e.path), resolution, config.random_crop, f, caption_rng)
-                                  for e, f in zip(examples, flips)])
-            latents = encode_latents(vae, pixels)
-        latents = (latents * latent_scale).to(accelerator.device, weight_dtype)
+        rng = random.Random(generator.initial_seed())
+        first = ((step * config.grad_accumulation + micro) * accelerator.num_processes
+                 + accelerator.process_index) * config.batch_size
+        order = sample_order(len(self.folder.examples), config.seed, first, config.batch_size)
+        examples = [self.folder.examples[i] for i in order]
+        latents = self.latents(examples, [config.flip and rng.random() < 0.5 for _ in examples], rng)
         captions = [training_caption(e.caption, config.trigger, config.caption_dropout, config.shuffle_tags,
-                                     config.keep_tags, caption_rng) for e in examples]
-        if text_cache is not None:
-            with torch.no_grad():
-                embeddings = torch.stack([text_cache.get(c, encode_text) for c in captions])
-        else:
-            embeddings = encode_text(captions)
+                                     config.keep_tags, rng) for e in examples]
+        embeddings = self.text(captions)
 
         noise = offset_noise(torch.randn(latents.shape, generator=generator), config.noise_offset, generator)
-        noise = noise.to(accelerator.device, weight_dtype)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(examples),), generator=generator)
+        noise = noise.to(accelerator.device, model.weight_dtype)
+        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(examples),), generator=generator)
         timesteps = timesteps.to(accelerator.device)
-        noisy = scheduler.add_noise(latents, noise, timesteps)
+        noisy = self.scheduler.add_noise(latents, noise, timesteps)
         # bf16 autocast also runs the float32 LoRA matmuls in bf16; fp16 keeps its float32 LoRA path.
-        with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            prediction = unet_run(noisy, timesteps, embeddings.to(weight_dtype)).sample
-        target = noise_target(prediction_type, latents, noise, timesteps, alphas_cumprod)
-        weights = (min_snr_weights(timesteps, alphas_cumprod, config.min_snr_gamma, prediction_type)
+        with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=model.precision == "bf16"):
+            prediction = self.unet(noisy, timesteps, embeddings.to(model.weight_dtype)).sample
+        alphas_cumprod = self.scheduler.alphas_cumprod
+        target = noise_target(model.prediction_type, latents, noise, timesteps, alphas_cumprod)
+        weights = (min_snr_weights(timesteps, alphas_cumprod, config.min_snr_gamma, model.prediction_type)
                    if config.min_snr_gamma > 0 else None)
         return ddpm_loss(prediction, target, weights)
 
-    def adapter_tensors() -> dict[str, torch.Tensor]:
-        weights = lora_weights(accelerator.unwrap_model(unet_run), "unet", config.effective_alpha)
-        if config.train_text_encoder:
-            weights |= lora_weights(accelerator.unwrap_model(text_run), "text_encoder", config.effective_alpha)
+    def latents(self, examples: list, flips: list[bool], rng: random.Random) -> torch.Tensor:
+        cache = self.inputs.latent_cache
+        if cache is not None:
+            latents = torch.stack([cache.latents(e, f) for e, f in zip(examples, flips)])
+        else:
+            pixels = torch.stack([preprocess(load_rgb(e.path), self.model.resolution, self.config.random_crop, f, rng)
+                                  for e, f in zip(examples, flips)])
+            latents = encode_latents(self.model.pipe.vae, pixels)
+        return (latents * self.model.latent_scale).to(self.accelerator.device, self.model.weight_dtype)
+
+    def text(self, captions: list[str]) -> torch.Tensor:
+        if self.inputs.text_cache is None:
+            return self.inputs.encode_text(captions)
+        with torch.no_grad():
+            return torch.stack([self.inputs.text_cache.get(c, self.inputs.encode_text) for c in captions])
+
+
+class Outputs:
+    """What a run writes: the adapter tensors in the kohya layout, their metadata, checkpoints."""
+
+    def __init__(self, config: TrainConfig, folder: ImageFolder, model: Model, optimisation: Optimisation,
+                 trained: list[torch.nn.Module], accelerator: Accelerator):
+        self.config, self.folder, self.model, self.optimisation = config, folder, model, optimisation
+        self.trained, self.accelerator = trained, accelerator
+        self.main = accelerator.is_main_process
+        self.base_id = weights_fingerprint(model.pipe.unet)
+
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        unwrap, alpha = self.accelerator.unwrap_model, self.config.effective_alpha
+        weights = lora_weights(unwrap(self.trained[0]), "unet", alpha)
+        if self.config.train_text_encoder:
+            weights |= lora_weights(unwrap(self.trained[1]), "text_encoder", alpha)
         return to_kohya(weights)
 
-    def metadata(step: int) -> dict[str, str]:
-        return adapter_metadata(config, folder, resolution, step, base_id, architecture_of(unet), prediction_type)
+    def metadata(self, step: int) -> dict[str, str]:
+        return adapter_metadata(self.config, self.folder, self.model.resolution, step, self.base_id,
+                                self.model.architecture, self.model.prediction_type)
 
-    def checkpoint(step: int) -> Path | None:
-        if not main:
+    def checkpoint(self, step: int) -> Path | None:
+        if not self.main:
             return None
-        return save_checkpoint(out_dir, step, adapter_tensors(), metadata(step), optimizer.state_dict(),
-                               lr_schedule.state_dict(), config.to_json_dict() | {"resolution": resolution})
+        optimisation = self.optimisation
+        return save_checkpoint(self.config.out_dir, step, self.adapter_tensors(), self.metadata(step),
+                               optimisation.optimizer.state_dict(), optimisation.lr_schedule.state_dict(),
+                               self.config.to_json_dict() | {"resolution": self.model.resolution})
 
+    def final(self) -> None:
+        if self.main:
+            save_safetensors(self.config.adapter_path, self.adapter_tensors(), self.metadata(self.optimisation.steps))
+
+
+def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = None,
+          should_stop: Callable[[], bool] | None = None, log: Callable[[str], None] = print,
+          progress_bar: bool = True) -> TrainResult:
+    """Train one adapter as `config` says; return where it was written. Raises StyleloraError, never exits.
+    Stages: data, model, adapters (and resume), inputs (caches), then the loop, which saves the result."""
+    validate(config)
+    resolve_base(config.base)  # a wrong --base fails now, not after the images are read
+    started = time.time()
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    say = log if accelerator.is_main_process else (lambda message: None)
+    folder = prepare_data(config, say)
+    model = prepare_model(config, accelerator.device, folder, say)
+    optimisation = prepare_adapters(config, model, len(folder.examples), accelerator, say)
+    inputs = prepare_inputs(config, model, folder, accelerator, should_stop, say)
+
+    trained = [model.pipe.unet] + ([model.pipe.text_encoder] if config.train_text_encoder else [])
+    *trained, optimisation.optimizer, optimisation.lr_schedule = accelerator.prepare(
+        *trained, optimisation.optimizer, optimisation.lr_schedule)
+    step_loss = StepLoss(config, folder, model, inputs, trained[0], accelerator)
+    outputs = Outputs(config, folder, model, optimisation, trained, accelerator)
+    say(f"Training {len(optimisation.groups[0]['params'])} LoRA tensors (rank {config.rank}, alpha "
+        f"{config.effective_alpha:g}) for {optimisation.steps} steps at {model.resolution}px, batch "
+        f"{config.batch_size} x {accelerator.num_processes} process(es), in {PRECISION_NAMES[model.precision]}.")
+    loss = run_loop(config, model, optimisation, step_loss, outputs, accelerator, on_progress, should_stop,
+                    progress_bar)
+    return TrainResult(config.adapter_path, optimisation.steps, loss, time.time() - started,
+                       is_main=accelerator.is_main_process)
+
+
+def run_loop(config: TrainConfig, model: Model, optimisation: Optimisation, step_loss: StepLoss, outputs: Outputs,
+             accelerator: Accelerator, on_progress: Callable[[Progress], None] | None,
+             should_stop: Callable[[], bool] | None, progress_bar: bool) -> float:
+    """Stage: the optimizer steps, with metrics, checkpoints and previews between them; then the final
+    save. Returns the last step's loss. A stop on request saves a checkpoint and raises TrainingInterrupted."""
+    main, out_dir = accelerator.is_main_process, config.out_dir
+    optimizer, lr_schedule, steps, start_step = (optimisation.optimizer, optimisation.lr_schedule,
+                                                 optimisation.steps, optimisation.start_step)
     metrics: MetricsLog | None = None
     bar = make_progress_bar(steps, start_step, progress_bar and main)
     loss_value, completed, tick = float("nan"), start_step, time.time()
-    say(f"Training {len(lora_params)} LoRA tensors (rank {config.rank}, alpha {config.effective_alpha:g}) "
-        f"for {steps} steps at {resolution}px, batch {config.batch_size} x {accelerator.num_processes} "
-        f"process(es), in {PRECISION_NAMES[precision]}.")
     try:
         metrics = MetricsLog(out_dir, start_step) if main else None
         for step in range(start_step, steps):
@@ -325,14 +427,14 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
             total = 0.0
             for micro in range(config.grad_accumulation):
                 last = micro == config.grad_accumulation - 1
-                with nullcontext() if last else accelerator.no_sync(unet_run):
-                    loss = batch_loss(step, micro)
+                with nullcontext() if last else accelerator.no_sync(step_loss.unet):
+                    loss = step_loss(step, micro)
                     if not torch.isfinite(loss):
                         raise TrainingError(f"the loss became {loss.item()} at step {step + 1}; lower "
                                             "--learning-rate or use --precision no")
                     accelerator.backward(loss / config.grad_accumulation)
                     total += loss.item() / config.grad_accumulation
-            grad_norm = clip_gradients(accelerator, trainable, config.max_grad_norm)
+            grad_norm = clip_gradients(accelerator, optimisation.trainable, config.max_grad_norm)
             if not math.isfinite(grad_norm):
                 raise TrainingError(f"the gradients became {grad_norm} at step {step + 1}; lower --learning-rate")
             optimizer.step()
@@ -345,21 +447,20 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
             if metrics is not None and (completed % config.log_every == 0 or completed == steps):
                 metrics.write(completed, loss_value, lr_schedule.get_last_lr()[0], rate, grad_norm)
             if main and config.save_every and completed % config.save_every == 0 and completed < steps:
-                checkpoint(completed)
+                outputs.checkpoint(completed)
             if main and config.sample_every and completed % config.sample_every == 0:
-                samples = render_samples(pipe, config.sample_prompts, out_dir / "samples", completed, config.seed)
+                samples = render_samples(model.pipe, config.sample_prompts, out_dir / "samples", completed, config.seed)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
             if on_progress is not None and main:
                 on_progress(Progress(completed, steps, loss_value, lr_schedule.get_last_lr()[0], rate,
                                      (steps - completed) / max(rate, 1e-9), samples))
         accelerator.wait_for_everyone()
-        if main:
-            save_safetensors(config.adapter_path, adapter_tensors(), metadata(steps))
+        outputs.final()
     except (KeyboardInterrupt, TrainingInterrupted):
         bar.close()
         # Saved as of the last finished optimizer step, so a resume replays nothing twice.
-        saved = checkpoint(completed) if completed > start_step else latest_checkpoint(out_dir)
+        saved = outputs.checkpoint(completed) if completed > start_step else latest_checkpoint(out_dir)
         raise TrainingInterrupted(f"training stopped at step {completed} of {steps}; checkpoint {saved}; "
                                   "run the same command with --resume to continue") from None
     except OSError as error:  # a full disk or a vanished folder, in a checkpoint or the adapter: say what survived
@@ -368,7 +469,7 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
         bar.close()
         if metrics is not None:
             metrics.close()
-    return TrainResult(config.adapter_path, steps, loss_value, time.time() - started, is_main=main)
+    return loss_value
 
 
 def _write_failed(error: OSError, out_dir: Path) -> TrainingError:
@@ -378,11 +479,11 @@ def _write_failed(error: OSError, out_dir: Path) -> TrainingError:
     return TrainingError(f"{error.filename or out_dir}: cannot write ({error.strerror or error}); {kept}")
 
 
-def _resume(config: TrainConfig, out_dir: Path, unet, text_encoder, optimizer, lr_schedule, resolution: int,
+def _resume(config: TrainConfig, unet, text_encoder, optimizer, lr_schedule, resolution: int,
             say: Callable[[str], None]) -> int:
-    path = latest_checkpoint(out_dir)
+    path = latest_checkpoint(config.out_dir)
     if path is None:
-        say(f"No checkpoint in {out_dir / 'checkpoints'}; starting from step 0.")
+        say(f"No checkpoint in {config.out_dir / 'checkpoints'}; starting from step 0.")
         return 0
     adapter, state = load_checkpoint(path)
     check_compatible(state["config"], config.to_json_dict() | {"resolution": resolution}, path)
