@@ -17,11 +17,12 @@ from .formats import LoraModule, LoraWeights, from_kohya
 
 
 def attach_lora(model: torch.nn.Module, targets: tuple[str, ...], rank: int, alpha: float, dropout: float,
-                flag: str = "--target-modules", adapter_name: str = "default") -> list[str]:
+                flag: str = "--target-modules", adapter_name: str = "default", rslora: bool = False) -> list[str]:
     """Add a trainable LoRA to every module whose path ends in one of `targets`; return their paths.
-    B starts at zero (peft's default init), so the model's output is unchanged until training moves it."""
+    B starts at zero (peft's default init), so the model's output is unchanged until training moves it.
+    `rslora`: peft's rank-stabilised scale, alpha/sqrt(rank)."""
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),
-                        init_lora_weights=True)
+                        init_lora_weights=True, use_rslora=rslora)
     try:
         model.add_adapter(config, adapter_name=adapter_name)
     except ValueError as error:

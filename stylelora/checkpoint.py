@@ -18,7 +18,10 @@ from .files import SafetensorsFile, folder_written_atomically, read_safetensors,
 from .errors import TrainingError
 
 # Settings that change what the adapter is; resuming with any of them changed is refused.
-IDENTITY_FIELDS = ("base", "rank", "alpha", "target_modules", "train_text_encoder", "text_encoder_targets", "resolution")
+IDENTITY_FIELDS = ("base", "rank", "alpha", "target_modules", "train_text_encoder", "text_encoder_targets", "resolution",
+                   "rslora", "loraplus_ratio")
+# Fields added after checkpoints were first written: a checkpoint without them was made with these values.
+LATER_FIELDS = {"rslora": False, "loraplus_ratio": 0.0}
 KEEP = 3
 
 
@@ -73,6 +76,7 @@ def load_checkpoint(path: Path) -> tuple[SafetensorsFile, dict[str, Any]]:
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
     """Refuse a resume whose settings would make a different adapter; name every difference."""
+    saved = LATER_FIELDS | saved
     changed = [f"{name}: {saved.get(name)!r} -> {current.get(name)!r}" for name in IDENTITY_FIELDS
                if saved.get(name) != current.get(name)]
     if changed:

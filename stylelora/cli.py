@@ -49,8 +49,13 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     g.add_argument("--text-encoder-targets", type=_csv,
                    help="text-encoder module suffixes (q_proj,k_proj,v_proj,out_proj); on SD2, AUTOMATIC1111 "
                         "applies the text-encoder part only when all four are adapted")
+    g.add_argument("--rslora", action=argparse.BooleanOptionalAction, default=None,
+                   help="rank-stabilised LoRA: scale alpha/sqrt(rank) instead of alpha/rank (the file stores "
+                        "alpha*sqrt(rank), so every loader applies the same delta)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--learning-rate", "--lr", type=float, help="UNet LoRA learning rate (1e-4; 2e-3 on the built-in mini base)")
+    g.add_argument("--loraplus-ratio", type=float,
+                   help="LoRA+: the B (up) matrices learn R times faster than A; 16 is the paper's usual value (0 = off)")
     g.add_argument("--text-encoder-lr", type=float, help="text-encoder LoRA learning rate (5e-5)")
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="constant, cosine or linear (constant)")
     g.add_argument("--warmup-steps", type=int, help="linear warmup steps (0)")

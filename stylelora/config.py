@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,8 @@ class TrainConfig:
     target_modules: tuple[str, ...] = UNET_TARGETS
     train_text_encoder: bool = False
     text_encoder_targets: tuple[str, ...] = TEXT_ENCODER_TARGETS
+    rslora: bool = False  # rank-stabilised scale alpha/sqrt(rank) instead of alpha/rank
+    loraplus_ratio: float = 0.0  # LoRA+: B (up) matrices learn this many times faster than A; 0 = off
     # optimisation
     learning_rate: float | None = None  # None: 1e-4 for real Stable Diffusion, 2e-3 for the tiny 'mini'
     text_encoder_lr: float = 5e-5
@@ -69,6 +72,12 @@ class TrainConfig:
     @property
     def effective_alpha(self) -> float:
         return float(self.rank if self.alpha is None else self.alpha)
+
+    @property
+    def file_alpha(self) -> float:
+        """The alpha the adapter file stores. Loaders scale by alpha/rank, so an rsLoRA adapter (scale
+        alpha/sqrt(rank)) is written with alpha*sqrt(rank): the same delta in every tool."""
+        return self.effective_alpha * math.sqrt(self.rank) if self.rslora else self.effective_alpha
 
     @property
     def effective_learning_rate(self) -> float:
@@ -133,6 +142,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         (c.weight_decay >= 0, "weight_decay", "weight decay must be 0 or more"),
         (c.min_snr_gamma >= 0, "min_snr_gamma", "gamma must be 0 (off) or more; 5 is usual"),
         (c.noise_offset >= 0, "noise_offset", "the noise offset must be 0 or more; 0.05 is usual"),
+        (c.loraplus_ratio >= 0, "loraplus_ratio", "the LoRA+ ratio must be 0 (off) or more; 16 is the paper's usual value"),
         (c.precision in PRECISIONS, "precision", f"choose one of {', '.join(PRECISIONS)}"),
         (c.save_every >= 0, "save_every", "save every N steps, N >= 0 (0 = only at the end)"),
         (c.sample_every >= 0, "sample_every", "sample every N steps, N >= 0 (0 = never)"),

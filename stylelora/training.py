@@ -226,12 +226,12 @@ def prepare_adapters(config: TrainConfig, model: Model, examples: int, accelerat
     """Stage: attach the LoRA adapters, build the optimizer and schedule, and resume if asked."""
     unet, text_encoder = model.pipe.unet, model.pipe.text_encoder
     torch.manual_seed(config.seed)  # LoRA's A matrices start random: the same seed, the same start
-    attach_lora(unet, config.target_modules, config.rank, config.effective_alpha, config.dropout)
-    groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": config.effective_learning_rate}]
+    attach_lora(unet, config.target_modules, config.rank, config.effective_alpha, config.dropout, rslora=config.rslora)
+    groups = parameter_groups(unet, config.effective_learning_rate, config.loraplus_ratio)
     if config.train_text_encoder:
         attach_lora(text_encoder, config.text_encoder_targets, config.rank, config.effective_alpha,
-                    config.dropout, flag="--text-encoder-targets")
-        groups.append({"params": [p for p in text_encoder.parameters() if p.requires_grad], "lr": config.text_encoder_lr})
+                    config.dropout, flag="--text-encoder-targets", rslora=config.rslora)
+        groups += parameter_groups(text_encoder, config.text_encoder_lr, config.loraplus_ratio)
     for group in groups:
         for p in group["params"]:
             p.data = p.data.float()  # LoRA weights train in float32 even over a low-precision base
@@ -249,6 +249,17 @@ def prepare_adapters(config: TrainConfig, model: Model, examples: int, accelerat
         raise TrainingError(f"{earlier}: this output folder holds a checkpoint of an earlier run; add --resume to "
                             "continue it, or choose another --out (or delete that checkpoints folder) to start afresh")
     return optimisation
+
+
+def parameter_groups(model: torch.nn.Module, lr: float, loraplus_ratio: float) -> list[dict]:
+    """The model's trainable LoRA tensors as optimizer groups. With LoRA+ (Hayou et al. 2024) the B (up)
+    matrices get `loraplus_ratio` times the learning rate of A. peft's create_loraplus_optimizer does the
+    same split but builds the optimizer for one model at one rate; the UNet and text encoder have two."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not loraplus_ratio:
+        return [{"params": [p for _, p in named], "lr": lr}]
+    return [{"params": [p for name, p in named if ".lora_B." not in name], "lr": lr},
+            {"params": [p for name, p in named if ".lora_B." in name], "lr": lr * loraplus_ratio}]
 
 
 def prepare_inputs(config: TrainConfig, model: Model, folder: ImageFolder, accelerator: Accelerator,
@@ -354,7 +365,7 @@ class Outputs:
         self.base_id = weights_fingerprint(model.pipe.unet)
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
-        unwrap, alpha = self.accelerator.unwrap_model, self.config.effective_alpha
+        unwrap, alpha = self.accelerator.unwrap_model, self.config.file_alpha
         weights = lora_weights(unwrap(self.trained[0]), "unet", alpha)
         if self.config.train_text_encoder:
             weights |= lora_weights(unwrap(self.trained[1]), "text_encoder", alpha)
@@ -397,8 +408,10 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
         *trained, optimisation.optimizer, optimisation.lr_schedule)
     step_loss = StepLoss(config, folder, model, inputs, trained[0], accelerator)
     outputs = Outputs(config, folder, model, optimisation, trained, accelerator)
-    say(f"Training {len(optimisation.groups[0]['params'])} LoRA tensors (rank {config.rank}, alpha "
-        f"{config.effective_alpha:g}) for {optimisation.steps} steps at {model.resolution}px, batch "
+    unet_tensors = sum(1 for p in model.pipe.unet.parameters() if p.requires_grad)
+    say(f"Training {unet_tensors} LoRA tensors (rank {config.rank}, alpha "
+        f"{config.effective_alpha:g}{', rsLoRA' if config.rslora else ''}"
+        f"{f', LoRA+ ratio {config.loraplus_ratio:g}' if config.loraplus_ratio else ''}) for {optimisation.steps} steps at {model.resolution}px, batch "
         f"{config.batch_size} x {accelerator.num_processes} process(es), in {PRECISION_NAMES[model.precision]}.")
     loss = run_loop(config, model, optimisation, step_loss, outputs, accelerator, on_progress, should_stop,
                     progress_bar)

@@ -87,3 +87,25 @@ def test_trained_file_loads_in_stock_diffusers_with_the_same_output(train_config
     ids = base.tokenizer(["a red circle"], padding="max_length", max_length=24, return_tensors="pt").input_ids
     with torch.no_grad():
         assert not torch.allclose(theirs.text_encoder(ids)[0], base.text_encoder(ids)[0], atol=1e-6)
+
+
+def test_an_rslora_file_gives_stock_diffusers_the_same_output_as_the_trained_model(train_config):
+    import math
+
+    config = train_config(max_steps=3, rank=4, alpha=2.0, rslora=True)
+    result = train(config, progress_bar=False, log=lambda m: None)
+    adapter = read_safetensors(result.adapter_path)
+    file_alpha = 2.0 * math.sqrt(4)  # loaders scale by alpha/rank; rsLoRA trained at alpha/sqrt(rank)
+    assert {t.item() for k, t in adapter.tensors.items() if k.endswith(".alpha")} == {file_alpha}
+    assert adapter.metadata["ss_network_alpha"] == "4.0" and adapter.metadata["stylelora.rslora"] == "true"
+    # Ours: peft's rsLoRA (scale alpha/sqrt(rank) = 1.0) with the trained weights copied in.
+    ours = StableDiffusionPipeline.from_pretrained(config.base)
+    attach_lora(ours.unet, UNET_TARGETS, rank=4, alpha=2.0, dropout=0.0, rslora=True)
+    load_into(ours.unet, adapter.tensors, "unet", result.adapter_path)
+    scales = {m.scaling["default"] for m in ours.unet.modules() if hasattr(m, "scaling") and "default" in m.scaling}
+    assert scales == {2.0 / math.sqrt(4)}
+    theirs = StableDiffusionPipeline.from_pretrained(config.base)
+    theirs.load_lora_weights(str(result.adapter_path))
+    base = _unet_output(StableDiffusionPipeline.from_pretrained(config.base).unet)
+    assert not torch.allclose(_unet_output(ours.unet), base, atol=1e-5)
+    assert torch.allclose(_unet_output(ours.unet), _unet_output(theirs.unet), atol=1e-5)

@@ -70,3 +70,54 @@ def test_small_images_are_upscaled_with_a_warning(train_config, tmp_path):
     train(train_config(data=folder, max_steps=1), progress_bar=False, log=logs.append)
     assert any("tiny.png is 8x8, smaller than 32; upscaling it" in line for line in logs)
     assert any("WARNING: no caption found" in line for line in logs)
+
+
+def test_loraplus_gives_the_up_matrices_ratio_times_the_learning_rate(train_config, monkeypatch):
+    from stylelora import training
+
+    seen = {}
+    real = training.run_loop
+
+    def spy(config, model, optimisation, *args):
+        seen["groups"] = [(len(g["params"]), g["lr"]) for g in optimisation.optimizer.param_groups]
+        seen["names"] = [
+            [name for name, p in model.pipe.unet.named_parameters() if any(p is q for q in g["params"])]
+            for g in optimisation.groups[:2]]
+        return real(config, model, optimisation, *args)
+
+    monkeypatch.setattr(training, "run_loop", spy)
+    train(train_config(max_steps=1, loraplus_ratio=16.0, learning_rate=1e-3, train_text_encoder=True,
+                       text_encoder_lr=5e-5), progress_bar=False, log=lambda m: None)
+    unet_a, unet_b, te_a, te_b = seen["groups"]
+    assert unet_a[1] == 1e-3 and unet_b[1] == 16.0 * 1e-3 and te_a[1] == 5e-5 and te_b[1] == 16.0 * 5e-5
+    assert unet_a[0] == unet_b[0] and te_a[0] == te_b[0]  # one A and one B per adapted layer
+    a_names, b_names = seen["names"]
+    assert all(".lora_A." in n for n in a_names) and all(".lora_B." in n for n in b_names)
+
+
+def test_resume_is_exact_with_rslora_and_loraplus_and_refuses_a_changed_ratio(train_config, tmp_path):
+    from stylelora.errors import TrainingError
+    from stylelora.files import read_safetensors
+    from stylelora.training import TrainingInterrupted
+
+    options = dict(max_steps=6, save_every=2, rslora=True, loraplus_ratio=4.0)
+    straight = train(train_config(out=tmp_path / "straight", **options), progress_bar=False, log=lambda m: None)
+    stopped = train_config(out=tmp_path / "resumed", **options)
+    done: list[int] = []
+    with pytest.raises(TrainingInterrupted):
+        train(stopped, on_progress=lambda p: done.append(p.step), should_stop=lambda: len(done) >= 4,
+              progress_bar=False, log=lambda m: None)
+    with pytest.raises(TrainingError, match=r"loraplus_ratio: 4.0 -> 8.0"):
+        train(train_config(out=tmp_path / "resumed", resume=True, **(options | {"loraplus_ratio": 8.0})),
+              progress_bar=False, log=lambda m: None)
+    resumed = train(train_config(out=tmp_path / "resumed", resume=True, **options), progress_bar=False,
+                    log=lambda m: None)
+    a, b = read_safetensors(straight.adapter_path).tensors, read_safetensors(resumed.adapter_path).tensors
+    assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+def test_a_negative_loraplus_ratio_names_the_flag(train_config):
+    from stylelora.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--loraplus-ratio = -1.0: the LoRA\+ ratio must be 0 \(off\) or more"):
+        train(train_config(loraplus_ratio=-1.0), progress_bar=False, log=lambda m: None)

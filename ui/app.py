@@ -96,6 +96,8 @@ def train_tab(session: Session) -> None:
             alpha = gr.Number(0, label="Alpha (0 = rank)")
             seed = gr.Number(0, label="Seed", precision=0)
             save_every = gr.Number(50, label="Checkpoint every N steps", precision=0)
+            rslora = gr.Checkbox(False, label="rsLoRA (scale alpha/sqrt(rank))", elem_id="rslora")
+            loraplus_ratio = gr.Number(0, label="LoRA+ ratio (0 = off; 16 is usual)", elem_id="loraplus-ratio")
         with gr.Row():
             sample_every = gr.Number(0, label="Preview every N steps (0 = off)", precision=0, elem_id="sample-every")
             sample_prompt = gr.Textbox("", label="Preview prompt", elem_id="sample-prompt")
@@ -150,7 +152,7 @@ def train_tab(session: Session) -> None:
     save.click(on_save, [dataset, captions], [data_message])
 
     def on_start(folder_path, adapter_name, trigger_word, base_model, te, rank_, steps_, lr, res, batch, alpha_, seed_,
-                 save_n, sample_n, prompt, flip_, dropout, resume_, precision_):
+                 save_n, sample_n, prompt, flip_, dropout, resume_, precision_, rslora_, loraplus_):
         if not folder_path:
             return "**Error:** upload images or choose a folder first"
         try:
@@ -160,7 +162,7 @@ def train_tab(session: Session) -> None:
                 learning_rate=float(lr) or None, resolution=int(res) or None, batch_size=int(batch), alpha=float(alpha_) or None,
                 seed=int(seed_), save_every=int(save_n), sample_every=int(sample_n) if prompt else 0,
                 sample_prompts=(prompt,) if prompt else (), flip=flip_, caption_dropout=float(dropout), resume=resume_,
-                precision=precision_))
+                precision=precision_, rslora=rslora_, loraplus_ratio=float(loraplus_)))
             session.job.start(config)
         except StyleloraError as error:
             return _error(error)
@@ -168,7 +170,7 @@ def train_tab(session: Session) -> None:
 
     start.click(on_start, [dataset, name, trigger, base, text_encoder, rank, steps, learning_rate, resolution,
                            batch_size, alpha, seed, save_every, sample_every, sample_prompt, flip, caption_dropout,
-                           resume, precision],
+                           resume, precision, rslora, loraplus_ratio],
                 [start_message])
     stop.click(lambda: session.job.stop() or "Stopping after this step; the checkpoint is kept.", None, [start_message])
 
