@@ -10,6 +10,7 @@ import hashlib
 import json
 import random
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -215,3 +216,24 @@ def training_caption(caption: str, trigger: str, dropout: float, shuffle: bool, 
     head, tail = tags[:keep], tags[keep:]
     rng.shuffle(tail)
     return ", ".join(([trigger] if trigger and body is not caption else []) + head + tail)
+
+
+def describe_folder(folder: ImageFolder, log: Callable[[str], None]) -> None:
+    log(f"Found {len(folder.examples)} images in {folder.root}, {folder.captions_found} with captions.")
+    for path, reason in folder.skipped:
+        log(f"  skipped {path}: {reason}")
+    for warning in folder.warnings:
+        log(f"  warning: {warning}")
+    if folder.captions_found == 0:
+        log("WARNING: no caption found (.txt / .caption sidecars or metadata.jsonl). Every image trains on "
+            f"{folder.examples[0].caption!r}; add captions or pass --caption / --trigger.")
+
+
+def warn_long_captions(folder: ImageFolder, tokenizer, say: Callable[[str], None]) -> None:
+    """CLIP reads a fixed number of tokens and cuts the rest: say so, by file, rather than cut silently."""
+    limit = tokenizer.model_max_length
+    for example in folder.examples:
+        # Counting a prefix is enough to know it is too long, and stays fast on a megabyte of text.
+        if len(tokenizer(example.caption[: 40 * limit]).input_ids) > limit:
+            say(f"  warning: {example.caption_file}: the caption is longer than {limit} tokens, the text encoder's limit; "
+                "the rest is cut")

@@ -1,4 +1,5 @@
-"""What a training run writes besides the adapter: its metadata, metrics, previews and progress bar."""
+"""What a training run writes: the adapter and its checkpoints (Outputs), metadata, metrics, previews
+and the progress bar."""
 
 from __future__ import annotations
 
@@ -6,13 +7,23 @@ import json
 import time
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import torch
+from accelerate import Accelerator
 
 from . import __version__
+from .adapter import lora_weights
+from .base import weights_fingerprint
+from .checkpoint import save_checkpoint
 from .config import TrainConfig
 from .data import ImageFolder
-from .files import metadata_json, write_atomically
+from .files import metadata_json, save_safetensors, write_atomically
+from .formats import to_kohya
 from .images import save_png
+
+if TYPE_CHECKING:
+    from .training import Model, Optimisation
 
 
 @torch.no_grad()
@@ -99,6 +110,40 @@ def kohya_metadata(values: dict[str, object]) -> dict[str, str]:
     "4.0", a resolution "(512, 512)", a missing value "None". AUTOMATIC1111 compares ss_v2 with the exact
     string "True" to file an adapter under SD2; JSON's "true" made it file ours as SD1."""
     return {key: str(value) for key, value in values.items()}
+
+
+class Outputs:
+    """What a run writes: the adapter tensors in the kohya layout, their metadata, checkpoints."""
+
+    def __init__(self, config: TrainConfig, folder: ImageFolder, model: Model, optimisation: Optimisation,
+                 trained: list[torch.nn.Module], accelerator: Accelerator):
+        self.config, self.folder, self.model, self.optimisation = config, folder, model, optimisation
+        self.trained, self.accelerator = trained, accelerator
+        self.main = accelerator.is_main_process
+        self.base_id = weights_fingerprint(model.pipe.unet)
+
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        unwrap, alpha = self.accelerator.unwrap_model, self.config.file_alpha
+        weights = lora_weights(unwrap(self.trained[0]), "unet", alpha)
+        if self.config.train_text_encoder:
+            weights |= lora_weights(unwrap(self.trained[1]), "text_encoder", alpha)
+        return to_kohya(weights)
+
+    def metadata(self, step: int) -> dict[str, str]:
+        return adapter_metadata(self.config, self.folder, self.model.resolution, step, self.base_id,
+                                self.model.architecture, self.model.prediction_type)
+
+    def checkpoint(self, step: int) -> Path | None:
+        if not self.main:
+            return None
+        optimisation = self.optimisation
+        return save_checkpoint(self.config.out_dir, step, self.adapter_tensors(), self.metadata(step),
+                               optimisation.optimizer.state_dict(), optimisation.lr_schedule.state_dict(),
+                               self.config.to_json_dict() | {"resolution": self.model.resolution})
+
+    def final(self) -> None:
+        if self.main:
+            save_safetensors(self.config.adapter_path, self.adapter_tensors(), self.metadata(self.optimisation.steps))
 
 
 class MetricsLog:

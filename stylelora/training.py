@@ -1,18 +1,16 @@
 """Train a LoRA style adapter: `train()` reads top to bottom, in stages.
 
-prepare_data, prepare_model, prepare_adapters, prepare_inputs, then run_loop. Per step (StepLoss): draw
-latents from the cache, add noise at a uniform timestep, let the UNet (with LoRA) predict the noise
-(or velocity), take the MSE, step AdamW. Everything else is bookkeeping: data order, checkpoints
-(Outputs), samples, metrics.
+prepare_data, prepare_model, prepare_adapters, prepare_inputs, then run_loop. Per step: the loss of
+each micro-batch (step_loss.StepLoss: latents from the cache, noise at a uniform timestep, the UNet's
+prediction, the MSE), then clip and step AdamW. Everything else is bookkeeping: checkpoints and the
+adapter (run_outputs.Outputs), samples, metrics.
 """
 
 from __future__ import annotations
 
 import ctypes
 import gc
-import hashlib
 import math
-import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -24,18 +22,16 @@ from accelerate import Accelerator
 from diffusers import StableDiffusionPipeline
 from diffusers.optimization import get_scheduler
 
-from .adapter import attach_lora, load_into, lora_weights
+from .adapter import attach_lora, load_into
 from .base import architecture_of, load_base, resolve_base, unet_parameter_count, weights_fingerprint
-from .cache import LatentCache, TextCache, encode_latents
-from .checkpoint import check_compatible, latest_checkpoint, load_checkpoint, save_checkpoint
+from .cache import LatentCache, TextCache
+from .checkpoint import check_compatible, latest_checkpoint, load_checkpoint
 from .config import TrainConfig, validate
-from .data import ImageFolder, load_rgb, preprocess, scan_folder, training_caption
+from .data import ImageFolder, describe_folder, scan_folder, warn_long_captions
 from .errors import TrainingError
-from .files import save_safetensors
-from .formats import to_kohya
-from .loss import ddpm_loss, min_snr_weights, noise_target, offset_noise
 from .precision import PRECISION_NAMES, choose_precision
-from .run_outputs import MetricsLog, adapter_metadata, progress_bar as make_progress_bar, render_samples
+from .run_outputs import MetricsLog, Outputs, progress_bar as make_progress_bar, render_samples
+from .step_loss import StepLoss
 
 DEFAULT_STEPS = 800
 
@@ -91,21 +87,6 @@ def release_freed_memory() -> None:
         pass
 
 
-def sample_order(count: int, seed: int, start: int, length: int) -> list[int]:
-    """Indices `start` .. `start+length` of the endless sequence of per-epoch shuffles of `count` examples."""
-    order = []
-    for k in range(start, start + length):
-        epoch, position = divmod(k, count)
-        permutation = torch.randperm(count, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        order.append(int(permutation[position]))
-    return order
-
-
-def step_generator(seed: int, step: int, micro: int, process: int) -> torch.Generator:
-    key = hashlib.sha256(f"{seed}/{step}/{micro}/{process}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(key[:8], "little"))
-
-
 def total_steps(config: TrainConfig, examples: int, world_size: int) -> int:
     if config.max_steps is not None:
         return config.max_steps
@@ -113,27 +94,6 @@ def total_steps(config: TrainConfig, examples: int, world_size: int) -> int:
         per_step = config.batch_size * config.grad_accumulation * world_size
         return max(1, math.ceil(config.epochs * examples / per_step))
     return DEFAULT_STEPS
-
-
-def describe_folder(folder: ImageFolder, log: Callable[[str], None]) -> None:
-    log(f"Found {len(folder.examples)} images in {folder.root}, {folder.captions_found} with captions.")
-    for path, reason in folder.skipped:
-        log(f"  skipped {path}: {reason}")
-    for warning in folder.warnings:
-        log(f"  warning: {warning}")
-    if folder.captions_found == 0:
-        log("WARNING: no caption found (.txt / .caption sidecars or metadata.jsonl). Every image trains on "
-            f"{folder.examples[0].caption!r}; add captions or pass --caption / --trigger.")
-
-
-def warn_long_captions(folder: ImageFolder, tokenizer, say: Callable[[str], None]) -> None:
-    """CLIP reads a fixed number of tokens and cuts the rest: say so, by file, rather than cut silently."""
-    limit = tokenizer.model_max_length
-    for example in folder.examples:
-        # Counting a prefix is enough to know it is too long, and stays fast on a megabyte of text.
-        if len(tokenizer(example.caption[: 40 * limit]).input_ids) > limit:
-            say(f"  warning: {example.caption_file}: the caption is longer than {limit} tokens, the text encoder's limit; "
-                "the rest is cut")
 
 
 A1111_SD2_TEXT_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -300,94 +260,6 @@ def prepare_inputs(config: TrainConfig, model: Model, folder: ImageFolder, accel
     return Inputs(latent_cache, text_cache, encode_text)
 
 
-class StepLoss:
-    """The loss of one micro-batch: draw examples, add noise at uniform timesteps, predict, take the MSE.
-    Its randomness depends only on (seed, step, micro, process), so a resumed run draws what it would have."""
-
-    def __init__(self, config: TrainConfig, folder: ImageFolder, model: Model, inputs: Inputs,
-                 unet: torch.nn.Module, accelerator: Accelerator):
-        self.config, self.folder, self.model, self.inputs = config, folder, model, inputs
-        self.unet, self.accelerator = unet, accelerator
-        self.scheduler = model.pipe.scheduler
-
-    def __call__(self, step: int, micro: int) -> torch.Tensor:
-        config, accelerator, model = self.config, self.accelerator, self.model
-        generator = step_generator(config.seed, step, micro, accelerator.process_index)
-        rng = random.Random(generator.initial_seed())
-        first = ((step * config.grad_accumulation + micro) * accelerator.num_processes
-                 + accelerator.process_index) * config.batch_size
-        order = sample_order(len(self.folder.examples), config.seed, first, config.batch_size)
-        examples = [self.folder.examples[i] for i in order]
-        latents = self.latents(examples, [config.flip and rng.random() < 0.5 for _ in examples], rng)
-        captions = [training_caption(e.caption, config.trigger, config.caption_dropout, config.shuffle_tags,
-                                     config.keep_tags, rng) for e in examples]
-        embeddings = self.text(captions)
-
-        noise = offset_noise(torch.randn(latents.shape, generator=generator), config.noise_offset, generator)
-        noise = noise.to(accelerator.device, model.weight_dtype)
-        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(examples),), generator=generator)
-        timesteps = timesteps.to(accelerator.device)
-        noisy = self.scheduler.add_noise(latents, noise, timesteps)
-        # bf16 autocast also runs the float32 LoRA matmuls in bf16; fp16 keeps its float32 LoRA path.
-        with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=model.precision == "bf16"):
-            prediction = self.unet(noisy, timesteps, embeddings.to(model.weight_dtype)).sample
-        alphas_cumprod = self.scheduler.alphas_cumprod
-        target = noise_target(model.prediction_type, latents, noise, timesteps, alphas_cumprod)
-        weights = (min_snr_weights(timesteps, alphas_cumprod, config.min_snr_gamma, model.prediction_type)
-                   if config.min_snr_gamma > 0 else None)
-        return ddpm_loss(prediction, target, weights)
-
-    def latents(self, examples: list, flips: list[bool], rng: random.Random) -> torch.Tensor:
-        cache = self.inputs.latent_cache
-        if cache is not None:
-            latents = torch.stack([cache.latents(e, f) for e, f in zip(examples, flips)])
-        else:
-            pixels = torch.stack([preprocess(load_rgb(e.path), self.model.resolution, self.config.random_crop, f, rng)
-                                  for e, f in zip(examples, flips)])
-            latents = encode_latents(self.model.pipe.vae, pixels)
-        return (latents * self.model.latent_scale).to(self.accelerator.device, self.model.weight_dtype)
-
-    def text(self, captions: list[str]) -> torch.Tensor:
-        if self.inputs.text_cache is None:
-            return self.inputs.encode_text(captions)
-        with torch.no_grad():
-            return torch.stack([self.inputs.text_cache.get(c, self.inputs.encode_text) for c in captions])
-
-
-class Outputs:
-    """What a run writes: the adapter tensors in the kohya layout, their metadata, checkpoints."""
-
-    def __init__(self, config: TrainConfig, folder: ImageFolder, model: Model, optimisation: Optimisation,
-                 trained: list[torch.nn.Module], accelerator: Accelerator):
-        self.config, self.folder, self.model, self.optimisation = config, folder, model, optimisation
-        self.trained, self.accelerator = trained, accelerator
-        self.main = accelerator.is_main_process
-        self.base_id = weights_fingerprint(model.pipe.unet)
-
-    def adapter_tensors(self) -> dict[str, torch.Tensor]:
-        unwrap, alpha = self.accelerator.unwrap_model, self.config.file_alpha
-        weights = lora_weights(unwrap(self.trained[0]), "unet", alpha)
-        if self.config.train_text_encoder:
-            weights |= lora_weights(unwrap(self.trained[1]), "text_encoder", alpha)
-        return to_kohya(weights)
-
-    def metadata(self, step: int) -> dict[str, str]:
-        return adapter_metadata(self.config, self.folder, self.model.resolution, step, self.base_id,
-                                self.model.architecture, self.model.prediction_type)
-
-    def checkpoint(self, step: int) -> Path | None:
-        if not self.main:
-            return None
-        optimisation = self.optimisation
-        return save_checkpoint(self.config.out_dir, step, self.adapter_tensors(), self.metadata(step),
-                               optimisation.optimizer.state_dict(), optimisation.lr_schedule.state_dict(),
-                               self.config.to_json_dict() | {"resolution": self.model.resolution})
-
-    def final(self) -> None:
-        if self.main:
-            save_safetensors(self.config.adapter_path, self.adapter_tensors(), self.metadata(self.optimisation.steps))
-
-
 def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = None,
           should_stop: Callable[[], bool] | None = None, log: Callable[[str], None] = print,
           progress_bar: bool = True) -> TrainResult:
@@ -427,6 +299,7 @@ def run_loop(config: TrainConfig, model: Model, optimisation: Optimisation, step
     main, out_dir = accelerator.is_main_process, config.out_dir
     optimizer, lr_schedule, steps, start_step = (optimisation.optimizer, optimisation.lr_schedule,
                                                  optimisation.steps, optimisation.start_step)
+    trainable = optimisation.trainable
     metrics: MetricsLog | None = None
     bar = make_progress_bar(steps, start_step, progress_bar and main)
     loss_value, completed, tick = float("nan"), start_step, time.time()
@@ -447,7 +320,7 @@ def run_loop(config: TrainConfig, model: Model, optimisation: Optimisation, step
                                             "--learning-rate or use --precision no")
                     accelerator.backward(loss / config.grad_accumulation)
                     total += loss.item() / config.grad_accumulation
-            grad_norm = clip_gradients(accelerator, optimisation.trainable, config.max_grad_norm)
+            grad_norm = clip_gradients(accelerator, trainable, config.max_grad_norm)
             if not math.isfinite(grad_norm):
                 raise TrainingError(f"the gradients became {grad_norm} at step {step + 1}; lower --learning-rate")
             optimizer.step()

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from stylelora import training
+from stylelora import step_loss, training
 from stylelora.files import read_safetensors
 from stylelora.checkpoint import latest_checkpoint
 from stylelora.errors import TrainingError
@@ -79,9 +79,9 @@ def test_clipping_really_clips(train_config, monkeypatch):
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(train_config, monkeypatch):
-    real = training.ddpm_loss
+    real = step_loss.ddpm_loss
     count = iter(range(100))
-    monkeypatch.setattr(training, "ddpm_loss", lambda *a: real(*a) * (float("nan") if next(count) >= 2 else 1))
+    monkeypatch.setattr(step_loss, "ddpm_loss", lambda *a: real(*a) * (float("nan") if next(count) >= 2 else 1))
     config = train_config(max_steps=5, save_every=1)
     with pytest.raises(TrainingError, match="the loss became nan at step 3"):
         train(config, **QUIET)
@@ -91,8 +91,8 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(train_config, mo
 
 def test_v_prediction_base_trains_against_velocity(train_config, tiny_vpred_base, monkeypatch):
     seen = []
-    real = training.noise_target
-    monkeypatch.setattr(training, "noise_target", lambda kind, *a: seen.append(kind) or real(kind, *a))
+    real = step_loss.noise_target
+    monkeypatch.setattr(step_loss, "noise_target", lambda kind, *a: seen.append(kind) or real(kind, *a))
     result = train(train_config(base=str(tiny_vpred_base), max_steps=2), **QUIET)
     assert seen == ["v_prediction", "v_prediction"]
     assert read_safetensors(result.adapter_path).metadata["modelspec.prediction_type"] == "v"

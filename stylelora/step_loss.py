@@ -1,0 +1,89 @@
+"""One micro-batch's loss, the heart of a training step: which examples it draws, the noise and
+timesteps it adds, the UNet's prediction and the denoising objective. Its randomness depends only on
+(seed, step, micro-batch, process), which is what makes resume exact."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import TYPE_CHECKING
+
+import torch
+from accelerate import Accelerator
+
+from .cache import encode_latents
+from .config import TrainConfig
+from .data import ImageFolder, load_rgb, preprocess, training_caption
+from .loss import ddpm_loss, min_snr_weights, noise_target, offset_noise
+
+if TYPE_CHECKING:
+    from .training import Inputs, Model
+
+
+def sample_order(count: int, seed: int, start: int, length: int) -> list[int]:
+    """Indices `start` .. `start+length` of the endless sequence of per-epoch shuffles of `count` examples."""
+    order = []
+    for k in range(start, start + length):
+        epoch, position = divmod(k, count)
+        permutation = torch.randperm(count, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        order.append(int(permutation[position]))
+    return order
+
+
+def step_generator(seed: int, step: int, micro: int, process: int) -> torch.Generator:
+    key = hashlib.sha256(f"{seed}/{step}/{micro}/{process}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(key[:8], "little"))
+
+
+class StepLoss:
+    """The loss of one micro-batch: draw examples, add noise at uniform timesteps, predict, take the MSE.
+    Its randomness depends only on (seed, step, micro, process), so a resumed run draws what it would have."""
+
+    def __init__(self, config: TrainConfig, folder: ImageFolder, model: Model, inputs: Inputs,
+                 unet: torch.nn.Module, accelerator: Accelerator):
+        self.config, self.folder, self.model, self.inputs = config, folder, model, inputs
+        self.unet, self.accelerator = unet, accelerator
+        self.scheduler = model.pipe.scheduler
+
+    def __call__(self, step: int, micro: int) -> torch.Tensor:
+        config, accelerator, model = self.config, self.accelerator, self.model
+        generator = step_generator(config.seed, step, micro, accelerator.process_index)
+        rng = random.Random(generator.initial_seed())
+        first = ((step * config.grad_accumulation + micro) * accelerator.num_processes
+                 + accelerator.process_index) * config.batch_size
+        order = sample_order(len(self.folder.examples), config.seed, first, config.batch_size)
+        examples = [self.folder.examples[i] for i in order]
+        latents = self.latents(examples, [config.flip and rng.random() < 0.5 for _ in examples], rng)
+        captions = [training_caption(e.caption, config.trigger, config.caption_dropout, config.shuffle_tags,
+                                     config.keep_tags, rng) for e in examples]
+        embeddings = self.text(captions)
+
+        noise = offset_noise(torch.randn(latents.shape, generator=generator), config.noise_offset, generator)
+        noise = noise.to(accelerator.device, model.weight_dtype)
+        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(examples),), generator=generator)
+        timesteps = timesteps.to(accelerator.device)
+        noisy = self.scheduler.add_noise(latents, noise, timesteps)
+        # bf16 autocast also runs the float32 LoRA matmuls in bf16; fp16 keeps its float32 LoRA path.
+        with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=model.precision == "bf16"):
+            prediction = self.unet(noisy, timesteps, embeddings.to(model.weight_dtype)).sample
+        alphas_cumprod = self.scheduler.alphas_cumprod
+        target = noise_target(model.prediction_type, latents, noise, timesteps, alphas_cumprod)
+        weights = (min_snr_weights(timesteps, alphas_cumprod, config.min_snr_gamma, model.prediction_type)
+                   if config.min_snr_gamma > 0 else None)
+        return ddpm_loss(prediction, target, weights)
+
+    def latents(self, examples: list, flips: list[bool], rng: random.Random) -> torch.Tensor:
+        cache = self.inputs.latent_cache
+        if cache is not None:
+            latents = torch.stack([cache.latents(e, f) for e, f in zip(examples, flips)])
+        else:
+            pixels = torch.stack([preprocess(load_rgb(e.path), self.model.resolution, self.config.random_crop, f, rng)
+                                  for e, f in zip(examples, flips)])
+            latents = encode_latents(self.model.pipe.vae, pixels)
+        return (latents * self.model.latent_scale).to(self.accelerator.device, self.model.weight_dtype)
+
+    def text(self, captions: list[str]) -> torch.Tensor:
+        if self.inputs.text_cache is None:
+            return self.inputs.encode_text(captions)
+        with torch.no_grad():
+            return torch.stack([self.inputs.text_cache.get(c, self.inputs.encode_text) for c in captions])
