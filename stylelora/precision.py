@@ -16,11 +16,9 @@ import json
 import os
 import platform
 import signal
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 
@@ -97,6 +95,8 @@ def decide(plain: ProbeRun, capped: ProbeRun | None) -> Bf16Support:
 
 def run_probe(env: dict[str, str]) -> ProbeRun:
     """Run PROBE_SCRIPT in a child with `env`; never raises."""
+    import subprocess  # here and in machine_key, not at the top: `import stylelora` runs this module
+
     try:
         child = subprocess.run([sys.executable, "-c", PROBE_SCRIPT], env=env, capture_output=True, text=True,
                                timeout=PROBE_TIMEOUT)
@@ -158,6 +158,8 @@ def machine_key() -> str:
     except OSError:
         pass
     model = model or platform.processor() or platform.machine()
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         torch_version = version("torch")
     except PackageNotFoundError:
@@ -174,9 +176,13 @@ def _read_cache() -> dict:
         return {}
 
 
-def cached_bf16_support() -> Bf16Support | None:
-    """The cached verdict for this machine, or None if it was never probed (no child process here)."""
-    entry = _read_cache().get(machine_key())
+def cached_bf16_support(key: str | None = None) -> Bf16Support | None:
+    """The cached verdict for this machine, or None if it was never probed (no child process here).
+    Runs at every `import stylelora`: with no cache file, it returns before reading the CPU's details."""
+    cache = _read_cache()
+    if not cache:
+        return None
+    entry = cache.get(key or machine_key())
     try:
         return Bf16Support(**entry) if isinstance(entry, dict) else None
     except TypeError:  # written by another version
@@ -202,7 +208,7 @@ def apply_isa_cap(support: Bf16Support | None) -> None:
 def bf16_support() -> Bf16Support:
     """This CPU's verdict: from the cache, or probed now (once per machine) and cached. Applies the cap."""
     key = machine_key()  # before the cap is applied: the key holds the user's own setting
-    support = cached_bf16_support()
+    support = cached_bf16_support(key)
     if support is None:
         support, settled = probe()
         if settled:
@@ -240,9 +246,10 @@ def choose_precision(requested: str, device_type: str, unet_parameters: int | No
 
         return (PrecisionChoice("bf16", "auto: this GPU supports bfloat16") if torch.cuda.is_bf16_supported()
                 else PrecisionChoice("fp16", "auto: this GPU has no bfloat16"))
-    if device_type != "cpu":  # Apple's mps and the rest: what was asked, float32 for auto
-        return PrecisionChoice("no" if requested == "auto" else requested, "auto: float32 on this device"
-                               if requested == "auto" else "as asked")
+    if device_type != "cpu" and requested == "auto":  # Apple's mps and the rest
+        return PrecisionChoice("no", "auto: float32 on this device")
+    if device_type != "cpu":
+        return PrecisionChoice(requested, "as asked")
     if requested == "bf16":
         support = bf16_support()
         if not support.runs:
@@ -251,9 +258,9 @@ def choose_precision(requested: str, device_type: str, unet_parameters: int | No
         return PrecisionChoice("bf16", f"as asked; {support.reason}{slower}")
     if requested != "auto":
         return PrecisionChoice(requested, "as asked")
-    if unet_parameters is None or unet_parameters < BF16_MIN_PARAMETERS:
-        if unet_parameters is None:
-            return PrecisionChoice("no", "auto: the UNet's size is not known yet")
+    if unet_parameters is None:
+        return PrecisionChoice("no", "auto: the UNet's size is not known yet")
+    if unet_parameters < BF16_MIN_PARAMETERS:
         return PrecisionChoice("no", f"auto: the UNet has {unet_parameters:,} parameters, too few for bfloat16 "
                                      f"to pay on a CPU (it can from {BF16_MIN_PARAMETERS:,})")
     support = bf16_support()
