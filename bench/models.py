@@ -70,7 +70,7 @@ def random_adapters(unet: torch.nn.Module, count: int, folder: Path, rank: int =
         torch.manual_seed(index)
         name = f"bench{index}"
         attach_lora(unet, UNET_TARGETS, rank, rank, 0.0, adapter_name=name)
-        weights = lora_weights(unet, "unet", rank, adapter_name=name)
+        weights = lora_weights(unet, "unet", adapter_name=name)
         for module in weights.values():
             module.up = torch.randn_like(module.up) * 0.01
         unet.delete_adapters(name)

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 
 from .files import SafetensorsFile, folder_written_atomically, read_safetensors, save_safetensors, write_atomically
@@ -19,9 +20,10 @@ from .errors import TrainingError
 
 # Settings that change what the adapter is; resuming with any of them changed is refused.
 IDENTITY_FIELDS = ("base", "rank", "alpha", "target_modules", "train_text_encoder", "text_encoder_targets", "resolution",
-                   "rslora", "loraplus_ratio")
+                   "rslora", "loraplus_ratio", "method", "targets", "conv_rank", "conv_alpha")
 # Fields added after checkpoints were first written: a checkpoint without them was made with these values.
-LATER_FIELDS = {"rslora": False, "loraplus_ratio": 0.0}
+LATER_FIELDS = {"rslora": False, "loraplus_ratio": 0.0, "method": "lora", "targets": None, "conv_rank": None,
+                "conv_alpha": None}
 KEEP = 3
 
 
@@ -37,7 +39,8 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 
 def save_checkpoint(out_dir: Path, step: int, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
-                    optimizer_state: dict, scheduler_state: dict, config_json: dict[str, Any]) -> Path:
+                    optimizer_state: dict, scheduler_state: dict, config_json: dict[str, Any],
+                    trainable: dict[str, torch.Tensor]) -> Path:
     """Write the checkpoint into a temporary folder, then rename it into place, then prune old ones."""
     root = checkpoint_root(out_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -46,6 +49,7 @@ def save_checkpoint(out_dir: Path, step: int, tensors: dict[str, torch.Tensor], 
         shutil.rmtree(stale, ignore_errors=True)
     with folder_written_atomically(final) as staging:
         save_safetensors(staging / "adapter.safetensors", tensors, metadata)
+        save_safetensors(staging / "trainable.safetensors", trainable, {})
         buffer = _torch_bytes({"step": step, "optimizer": optimizer_state, "scheduler": scheduler_state,
                                "config": json.dumps(config_json)})
         write_atomically(staging / "state.pt", buffer)
@@ -62,16 +66,24 @@ def _torch_bytes(value: Any) -> bytes:
     return buffer.getvalue()
 
 
-def load_checkpoint(path: Path) -> tuple[SafetensorsFile, dict[str, Any]]:
-    """Read a checkpoint. torch.load runs with weights_only=True, so a tampered file cannot run code."""
+def load_checkpoint(path: Path) -> tuple[SafetensorsFile, dict[str, Any], dict[str, torch.Tensor] | None]:
+    """Read a checkpoint: the adapter file, the optimizer state, and the trainable tensors by parameter name
+    (None in checkpoints written before they were kept). torch.load runs with weights_only=True, so a
+    tampered file cannot run code."""
     adapter = read_safetensors(path / "adapter.safetensors")
+    trainable_file = path / "trainable.safetensors"
+    try:
+        trainable = safetensors.torch.load_file(trainable_file) if trainable_file.is_file() else None
+    except Exception as error:  # safetensors raises its own error types for every kind of damage
+        raise TrainingError(f"{trainable_file}: unreadable checkpoint ({str(error).splitlines()[0]}); "
+                            "delete that folder to resume from the one before") from None
     try:
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
     except Exception as error:
         raise TrainingError(f"{path / 'state.pt'}: unreadable checkpoint ({str(error).splitlines()[0]}); "
                             "delete that folder to resume from the one before") from None
     state["config"] = json.loads(state["config"])
-    return adapter, state
+    return adapter, state, trainable
 
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:

@@ -40,10 +40,17 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     g.add_argument("--random-crop", action=argparse.BooleanOptionalAction, default=None, help="random instead of center crops")
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips")
     g = p.add_argument_group("adapter")
+    g.add_argument("--method", help="lora, dora, loha or lokr (lora); DoRA is written with the magnitude per input "
+                                    "column, as AUTOMATIC1111 and ComfyUI apply it")
     g.add_argument("--rank", type=int, help="LoRA rank (4)")
     g.add_argument("--alpha", type=float, help="LoRA alpha (default: the rank, so the scale is 1)")
     g.add_argument("--dropout", type=float, help="LoRA dropout (0)")
     g.add_argument("--target-modules", type=_csv, help="UNet module-name suffixes (to_q,to_k,to_v,to_out.0)")
+    g.add_argument("--targets", help="UNet module preset instead of --target-modules: attn (the default), attn-mlp "
+                                     "(+ feed-forward), all-linear (+ proj_in/out, time embedding), all (+ ResNet "
+                                     "convolutions: LoCon)")
+    g.add_argument("--conv-rank", type=int, help="rank of the 3x3 convolutions with --targets all (--rank)")
+    g.add_argument("--conv-alpha", type=float, help="alpha of the 3x3 convolutions with --targets all (the conv rank)")
     g.add_argument("--train-text-encoder", action=argparse.BooleanOptionalAction, default=None,
                    help="also adapt the CLIP text encoder (q/k/v/out_proj)")
     g.add_argument("--text-encoder-targets", type=_csv,
@@ -206,7 +213,7 @@ def add_adapter_tool_parsers(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=("cat", "svd"), default="cat", help="cat (exact, ranks add up) or svd (rank R)")
     p.add_argument("--rank", type=int, help="target rank for --method svd")
     p.add_argument("--into-base", action="store_true", help="write a full base model folder with the blend fused in")
-    p.add_argument("--base", default="mini", help="base model for --into-base (mini)")
+    p.add_argument("--base", default="mini", help="base model for --into-base, and for --method svd of DoRA, LoHa or LoKr files (mini)")
 
     p = commands.add_parser("convert", help="convert an adapter between kohya, diffusers and peft layouts")
     p.add_argument("file", type=Path)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .methods import METHODS, PLANNED_METHODS, TARGET_PRESETS, AdapterSpec
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -42,6 +43,10 @@ class TrainConfig:
     target_modules: tuple[str, ...] = UNET_TARGETS
     train_text_encoder: bool = False
     text_encoder_targets: tuple[str, ...] = TEXT_ENCODER_TARGETS
+    method: str = "lora"  # lora, dora, loha or lokr
+    targets: str | None = None  # a module preset (attn, attn-mlp, all-linear, all) instead of target_modules
+    conv_rank: int | None = None  # rank of the 3x3 convolutions that --targets all adapts (None: --rank)
+    conv_alpha: float | None = None  # their alpha (None: the conv rank)
     rslora: bool = False  # rank-stabilised scale alpha/sqrt(rank) instead of alpha/rank
     loraplus_ratio: float = 0.0  # LoRA+: B (up) matrices learn this many times faster than A; 0 = off
     # optimisation
@@ -72,6 +77,15 @@ class TrainConfig:
     @property
     def effective_alpha(self) -> float:
         return float(self.rank if self.alpha is None else self.alpha)
+
+    @property
+    def unet_targets(self) -> tuple[str, ...]:
+        return TARGET_PRESETS[self.targets] if self.targets else self.target_modules
+
+    def adapter_spec(self) -> AdapterSpec:
+        conv_rank = (self.conv_rank or self.rank) if self.targets == "all" else None
+        conv_alpha = (self.conv_alpha or float(conv_rank)) if conv_rank else None
+        return AdapterSpec(self.method, self.rank, self.effective_alpha, self.dropout, self.rslora, conv_rank, conv_alpha)
 
     @property
     def file_alpha(self) -> float:
@@ -144,6 +158,21 @@ def validate(config: TrainConfig) -> TrainConfig:
         (c.noise_offset >= 0, "noise_offset", "the noise offset must be 0 or more; 0.05 is usual"),
         (c.loraplus_ratio >= 0, "loraplus_ratio", "the LoRA+ ratio must be 0 (off) or more; 16 is the paper's usual value"),
         (c.precision in PRECISIONS, "precision", f"choose one of {', '.join(PRECISIONS)}"),
+        (c.method not in PLANNED_METHODS, "method", f"{c.method} is planned but not built yet; choose one of {', '.join(METHODS)}"),
+        (c.method in METHODS + PLANNED_METHODS, "method", f"choose one of {', '.join(METHODS)}"),
+        (c.targets is None or c.targets in TARGET_PRESETS, "targets", f"choose one of {', '.join(TARGET_PRESETS)}"),
+        (c.targets is None or c.target_modules == UNET_TARGETS, "targets",
+         "give --targets (a preset) or --target-modules (your own list), not both"),
+        (c.conv_rank is None or c.conv_rank >= 1, "conv_rank", "the conv rank must be a whole number of at least 1"),
+        (c.conv_alpha is None or c.conv_alpha > 0, "conv_alpha", "the conv alpha must be above 0"),
+        (c.targets == "all" or (c.conv_rank is None and c.conv_alpha is None), "conv_rank" if c.conv_rank else "conv_alpha",
+         "only --targets all adapts the 3x3 convolutions; add --targets all, or leave out --conv-rank/--conv-alpha"),
+        (c.method in ("lora", "dora") or not c.rslora, "rslora",
+         f"rsLoRA scales LoRA and DoRA; --method {c.method} has its own scale (alpha/rank); leave out --rslora"),
+        (c.method in ("lora", "dora") or not c.loraplus_ratio, "loraplus_ratio",
+         f"LoRA+ speeds up the B matrices of LoRA and DoRA; --method {c.method} has none; leave out --loraplus-ratio"),
+        (c.method in ("lora", "dora") or not c.dropout, "dropout",
+         f"--dropout is LoRA's input dropout, used by lora and dora; leave it out with --method {c.method}"),
         (c.save_every >= 0, "save_every", "save every N steps, N >= 0 (0 = only at the end)"),
         (c.sample_every >= 0, "sample_every", "sample every N steps, N >= 0 (0 = never)"),
         (c.sample_every == 0 or bool(c.sample_prompts), "sample_every",

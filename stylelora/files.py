@@ -100,8 +100,8 @@ def read_safetensors(path: Path) -> SafetensorsFile:
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except Exception as error:  # safetensors raises its own error types for every kind of damage
         raise AdapterFileError(f"{path}: not a valid .safetensors file ({str(error).splitlines()[0]})") from None
-    if not any(key.endswith(("lora_down.weight", "lora_A.weight")) for key in tensors):
-        raise AdapterFileError(f"{path}: holds no LoRA weights (no lora_down/lora_A keys)")
+    if not any(key.endswith(("lora_down.weight", "lora_A.weight", "hada_w1_a", "lokr_w1", "lokr_w1_a")) for key in tensors):
+        raise AdapterFileError(f"{path}: holds no adapter weights (no lora_down/lora_A, hada_ or lokr_ keys)")
     return SafetensorsFile(tensors, metadata)
 
 

@@ -1,14 +1,13 @@
 """LoRA key layouts: kohya / AUTOMATIC1111 / ComfyUI, diffusers, and peft, through one exact in-memory form.
 
 Every layout is read into `LoraWeights`: per module, the down (A) and up (B) matrices and
-the alpha, so scale = alpha / rank is kept exactly, whatever the layout stores it as.
+the alpha, so scale = alpha / rank is kept exactly, whatever the layout stores it as. The kohya
+layout also carries DoRA, LoHa and LoKr modules (methods/layouts.py); the others hold LoRA only.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import safetensors.torch
@@ -16,6 +15,8 @@ import torch
 
 from .files import read_safetensors, write_atomically
 from .errors import AdapterFileError
+from .methods import KINDS
+from .methods.layouts import MODULE_SUFFIXES, LoraModule, ModuleAdapter, read_module
 
 FORMATS = ("kohya", "diffusers", "peft")
 PARTS = ("unet", "text_encoder")
@@ -30,27 +31,8 @@ _COMPOUND = ["down_blocks", "up_blocks", "mid_block", "transformer_blocks", "to_
              "add_embedding", "text_projection"]
 
 
-@dataclass
-class LoraModule:
-    down: torch.Tensor  # rank x in_features (peft's lora_A)
-    up: torch.Tensor  # out_features x rank (peft's lora_B)
-    alpha: float
-
-    @property
-    def rank(self) -> int:
-        return int(self.down.shape[0])
-
-    @property
-    def scale(self) -> float:
-        return self.alpha / self.rank
-
-    def delta(self) -> torch.Tensor:
-        """The weight change this module adds at weight 1: (alpha / rank) * up @ down."""
-        return self.scale * (self.up.double().flatten(1) @ self.down.double().flatten(1))
-
-
 # Keys are (part, module path) with diffusers module paths; the text encoder's keep `text_model.`.
-LoraWeights = dict[tuple[str, str], LoraModule]
+LoraWeights = dict[tuple[str, str], ModuleAdapter]
 
 
 def _unflatten(flat: str) -> str:
@@ -65,32 +47,25 @@ def _text_path(module: str) -> str:
 
 
 def from_kohya(tensors: dict[str, torch.Tensor], source: Path) -> LoraWeights:
+    """Every adapted module of a kohya/LyCORIS file: LoRA, DoRA, LoHa or LoKr (methods/layouts.py)."""
     weights: LoraWeights = {}
-    names = {key.split(".", 1)[0] for key in tensors if key.endswith("lora_down.weight")}
+    names = {key.split(".", 1)[0] for key in tensors if key.endswith(MODULE_SUFFIXES)}
     for name in sorted(names):
         part = next((p for p, prefix in KOHYA_PREFIX.items() if name.startswith(prefix)), None)
         if part is None:
             raise AdapterFileError(f"{source}: key {name} is neither lora_unet_ nor lora_te_; "
                                    "only Stable Diffusion 1.x/2.x LoRA files are supported")
-        up = tensors.get(f"{name}.lora_up.weight")
-        if up is None:
-            raise AdapterFileError(f"{source}: {name} has lora_down but no lora_up weight")
-        down = tensors[f"{name}.lora_down.weight"]
-        alpha = tensors.get(f"{name}.alpha")
-        if alpha is not None and alpha.numel() != 1:
-            raise AdapterFileError(f"{source}: {name}.alpha holds {alpha.numel()} numbers; alpha is one number")
-        module = _unflatten(name[len(KOHYA_PREFIX[part]):])
-        weights[(part, module)] = LoraModule(down, up, float(alpha.item()) if alpha is not None else float(down.shape[0]))
+        module = read_module(name, tensors)
+        if isinstance(module, str):
+            raise AdapterFileError(f"{source}: {module}")
+        weights[(part, _unflatten(name[len(KOHYA_PREFIX[part]):]))] = module
     return weights
 
 
 def to_kohya(weights: LoraWeights) -> dict[str, torch.Tensor]:
     out = {}
-    for (part, module), lora in weights.items():
-        name = KOHYA_PREFIX[part] + module.replace(".", "_")
-        out[f"{name}.lora_down.weight"] = lora.down.contiguous()
-        out[f"{name}.lora_up.weight"] = lora.up.contiguous()
-        out[f"{name}.alpha"] = torch.tensor(float(lora.alpha))
+    for (part, module), adapter in weights.items():
+        out |= adapter.tensors(KOHYA_PREFIX[part] + module.replace(".", "_"))
     return out
 
 
@@ -218,30 +193,20 @@ def read_lora(path: Path) -> tuple[LoraWeights, dict[str, str], str]:
     else:
         raise AdapterFileError(f"{path}: no LoRA weights in a known layout (kohya lora_unet_/lora_te_, "
                                "diffusers unet./text_encoder., or peft base_model.model.)")
-    for (part, module), lora in weights.items():
-        problem = _problem_with(lora)
+    for (part, module), adapter in weights.items():
+        problem = adapter.problem()
         if problem:
             raise AdapterFileError(f"{path}: {part} module {module} {problem}; the file is damaged or not a LoRA")
     return weights, metadata, kind
 
 
-def _problem_with(lora: LoraModule) -> str | None:
-    """Why these tensors cannot be a LoRA pair (what the model's own shapes allow is checked on loading)."""
-    if not (lora.down.is_floating_point() and lora.up.is_floating_point()):
-        return f"holds {lora.down.dtype}/{lora.up.dtype} (integer) weights where floats belong"
-    if lora.down.ndim not in (2, 4) or lora.up.ndim != lora.down.ndim:
-        return f"has weights of shapes {list(lora.down.shape)} and {list(lora.up.shape)}, not a LoRA pair"
-    if lora.rank == 0 or lora.up.shape[1] != lora.rank:
-        return f"has mismatched ranks: down {list(lora.down.shape)}, up {list(lora.up.shape)}"
-    if not math.isfinite(lora.alpha):
-        return f"has alpha {lora.alpha}"
-    if not (torch.isfinite(lora.down).all() and torch.isfinite(lora.up).all()):
-        return "holds NaN or infinite weights"
-    return None
-
-
 def write_lora(weights: LoraWeights, kind: str, out: Path, metadata: dict[str, str] | None = None) -> Path:
     metadata = dict(metadata or {})
+    other = sorted({adapter.kind for adapter in weights.values() if type(adapter) is not LoraModule})
+    if other and kind != "kohya":
+        raise AdapterFileError(f"--to {kind}: the {kind} layout holds plain LoRA only, and this adapter has "
+                               f"{'/'.join(KINDS[k] for k in other)} modules (peft's DoRA normalises per output row, "
+                               "the loaders per input column); keep it in the kohya layout")
     if kind == "kohya":
         write_atomically(out, safetensors.torch.save(to_kohya(weights), metadata=metadata))
     elif kind == "diffusers":

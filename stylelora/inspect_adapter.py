@@ -7,6 +7,8 @@ from collections import Counter
 from pathlib import Path
 
 from .formats import read_lora
+from .methods import KINDS
+from .methods.layouts import method_name
 
 # Cross-attention key/value input width -> architecture.
 _CONTEXT_WIDTH = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
@@ -16,7 +18,7 @@ def architecture_of_weights(weights, metadata: dict[str, str]) -> str:
     """SD1.x / SD2.x / SDXL from the width of the cross-attention key/value inputs."""
     if metadata.get("stylelora.architecture") == "mini":
         return "stylelora mini"
-    widths = {lora.down.shape[1] for (part, module), lora in weights.items()
+    widths = {adapter.in_features for (part, module), adapter in weights.items()
               if part == "unet" and "attn2" in module and module.endswith(("to_k", "to_v"))}
     if not widths:
         return "unknown"
@@ -26,18 +28,21 @@ def architecture_of_weights(weights, metadata: dict[str, str]) -> str:
 
 def describe(path: Path) -> dict:
     weights, metadata, kind = read_lora(path)
-    groups = Counter((part, lora.rank, lora.alpha) for (part, _), lora in weights.items())
+    groups = Counter((part, adapter.kind, adapter.rank, adapter.alpha) for (part, _), adapter in weights.items())
     targets = sorted({module.rsplit(".", 1)[-1] if not module.endswith(".0") else module.rsplit(".", 2)[-2] + ".0"
                       for _, module in weights})
     architecture = architecture_of_weights(weights, metadata)
     return {
         "file": str(path),
         "format": kind,
+        "method": method_name(weights),
         "modules": len(weights),
+        "parameters": sum(adapter.parameter_count for adapter in weights.values()),
         "targets": targets,
         "text_encoder": any(part == "text_encoder" for part, _ in weights),
-        "groups": [{"part": part, "rank": rank, "alpha": alpha, "scale": alpha / rank, "modules": count}
-                   for (part, rank, alpha), count in sorted(groups.items())],
+        "groups": [{"part": part, "method": KINDS[kind], "rank": rank, "alpha": alpha,
+                    "scale": alpha / rank if rank else 1.0, "modules": count}
+                   for (part, kind, rank, alpha), count in sorted(groups.items())],
         "architecture": architecture,
         "metadata": {k: v for k, v in metadata.items() if k != "stylelora.config"},
     }
@@ -45,11 +50,13 @@ def describe(path: Path) -> dict:
 
 def as_text(info: dict) -> str:
     lines = [f"{info['file']}", f"  format:        {info['format']}",
+             f"  method:        {info['method']}",
              f"  fits:          {info['architecture']}",
              f"  modules:       {info['modules']} ({', '.join(info['targets'])})",
+             f"  parameters:    {info['parameters']:,}",
              f"  text encoder:  {'adapted' if info['text_encoder'] else 'not adapted'}"]
     for group in info["groups"]:
-        lines.append(f"  {group['part']:<13}  rank {group['rank']}, alpha {group['alpha']:g}, "
+        lines.append(f"  {group['part']:<13}  {group['method']} rank {group['rank']}, alpha {group['alpha']:g}, "
                      f"scale {group['scale']:g} ({group['modules']} modules)")
     if info["metadata"]:
         lines.append("  metadata:")

@@ -8,15 +8,26 @@ weighted sum exactly; `svd` compresses that exact sum to rank R and reports the 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
+from .errors import ConfigError
 from .formats import LoraModule, LoraWeights
+from .methods import KINDS
 from .styler import StyleWeight
+
+# The base weight of a module, (part, module path) -> tensor: what DoRA's change depends on, and the
+# shape a LoHa or LoKr change has on a convolution.
+BaseWeights = Callable[[tuple[str, str]], torch.Tensor]
 
 
 def merge_cat(items: list[tuple[LoraWeights, StyleWeight]]) -> LoraWeights:
     """Concatenate ranks: up = [w_1 s_1 B_1 | w_2 s_2 B_2 ...], down = [A_1; A_2 ...], alpha = total rank."""
+    other = sorted({a.kind for weights, _ in items for a in weights.values() if type(a) is not LoraModule})
+    if other:
+        raise ConfigError(f"--method cat is exact for plain LoRA only, and these adapters hold "
+                          f"{'/'.join(KINDS[k] for k in other)} modules; use --method svd --rank R")
     merged: LoraWeights = {}
     for key in sorted({key for weights, _ in items for key in weights}):
         downs, ups = [], []
@@ -30,23 +41,26 @@ def merge_cat(items: list[tuple[LoraWeights, StyleWeight]]) -> LoraWeights:
     return merged
 
 
-def blended_deltas(items: list[tuple[LoraWeights, StyleWeight]]) -> dict[tuple[str, str], torch.Tensor]:
+def blended_deltas(items: list[tuple[LoraWeights, StyleWeight]], base: BaseWeights | None = None
+                   ) -> dict[tuple[str, str], torch.Tensor]:
     """The exact weighted sum of each module's delta, in float64, flattened to 2-D."""
     deltas: dict[tuple[str, str], torch.Tensor] = {}
     for weights, weight in items:
-        for key, lora in weights.items():
-            delta = weight.for_module(*key) * lora.delta()
+        for key, adapter in weights.items():
+            delta = weight.for_module(*key) * adapter.delta(None if type(adapter) is LoraModule else base(key))
             deltas[key] = deltas[key] + delta if key in deltas else delta
     return deltas
 
 
-def merge_svd(items: list[tuple[LoraWeights, StyleWeight]], rank: int) -> tuple[LoraWeights, float]:
+def merge_svd(items: list[tuple[LoraWeights, StyleWeight]], rank: int,
+              base: BaseWeights | None = None) -> tuple[LoraWeights, float]:
     """Best rank-`rank` approximation (per module, by truncated SVD) of the exact blend, and the relative
-    Frobenius error over all modules: ||exact - approx|| / ||exact||."""
-    shapes = {key: (lora.down.shape, lora.up.shape) for weights, _ in items for key, lora in weights.items()}
+    Frobenius error over all modules: ||exact - approx|| / ||exact||. DoRA, LoHa and LoKr modules are
+    read through `base`, the base model's weights."""
+    shapes = {key: _lora_shapes(adapter, key, base) for weights, _ in items for key, adapter in weights.items()}
     merged: LoraWeights = {}
     error_sq = total_sq = 0.0
-    for key, delta in blended_deltas(items).items():
+    for key, delta in blended_deltas(items, base).items():
         u, s, vh = torch.linalg.svd(delta, full_matrices=False)
         k = max(1, min(rank, int(s.shape[0])))
         root = s[:k].sqrt()
@@ -57,3 +71,13 @@ def merge_svd(items: list[tuple[LoraWeights, StyleWeight]], rank: int) -> tuple[
         merged[key] = LoraModule(down.float().reshape(k, *down_shape[1:]), up.float().reshape(up_shape[0], k, *up_shape[2:]),
                                  float(k))
     return merged, math.sqrt(error_sq / total_sq) if total_sq > 0 else 0.0
+
+
+def _lora_shapes(adapter, key: tuple[str, str], base: BaseWeights | None) -> tuple[torch.Size, torch.Size]:
+    """The shapes a LoRA pair for this module takes (down, up), read off the base weight for other methods."""
+    if type(adapter) is LoraModule:
+        return adapter.down.shape, adapter.up.shape
+    if base is None:
+        raise ConfigError(f"{KINDS[adapter.kind]} merges read the base model's weights; pass `base` (merge_job.base_weights)")
+    weight_shape = base(key).shape
+    return torch.Size((0, *weight_shape[1:])), torch.Size((weight_shape[0], 0, *[1] * (len(weight_shape) - 2)))

@@ -6,11 +6,17 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
+from typing import Callable
+
+import torch
+
+from .base import load_base
+from .errors import AdapterFileError, ConfigError
+from .methods.layouts import LoraModule
 from .files import folder_written_atomically
 from .formats import read_lora, write_lora
 from .merge import merge_cat, merge_svd
-from .styler import Styler, parse_lora_spec
+from .styler import Styler, find_layer, parse_lora_spec
 
 
 @dataclass
@@ -48,12 +54,29 @@ def merge(config: MergeConfig) -> MergeResult:
     if config.method == "cat":
         merged = merge_cat(items)
     else:
-        merged, error = merge_svd(items, config.rank)
+        merged, error = merge_svd(items, config.rank, base_weights(config.base, items))
     sources = [{"file": str(p), "unet": w.unet, "te": w.text_encoder} for p, w in specs]
     metadata = {"stylelora.merged_from": json.dumps(sources), "stylelora.merge_method": config.method,
                 "modelspec.merged_from": ", ".join(str(p) for p, _ in specs)}
     write_lora(merged, "kohya", config.out, metadata)
     return MergeResult(config.out, error)
+
+
+def base_weights(base: str, items) -> Callable[[tuple[str, str]], torch.Tensor] | None:
+    """Lookups into the base's weights, loaded only when a DoRA, LoHa or LoKr module needs them."""
+    if all(type(a) is LoraModule for weights, _ in items for a in weights.values()):
+        return None
+    pipe = load_base(base)
+    models = {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
+
+    def weight(key: tuple[str, str]) -> torch.Tensor:
+        layer = find_layer(models[key[0]], key[1])
+        if layer is None:
+            raise AdapterFileError(f"module {key[1]} is not in base {base!r}; give the base the adapters were "
+                                   "trained on with --base")
+        return layer.weight.detach().float()
+
+    return weight
 
 
 def fuse_into_base(base: str, specs, out: Path) -> Path:

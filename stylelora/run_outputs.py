@@ -13,7 +13,6 @@ import torch
 from accelerate import Accelerator
 
 from . import __version__
-from .adapter import lora_weights
 from .base import weights_fingerprint
 from .checkpoint import save_checkpoint
 from .config import TrainConfig
@@ -21,9 +20,18 @@ from .data import ImageFolder
 from .files import metadata_json, save_safetensors, write_atomically
 from .formats import to_kohya
 from .images import save_png
+from .methods import NETWORK_MODULES
+from .methods.attach import export
 
 if TYPE_CHECKING:
     from .training import Model, Optimisation
+
+
+def trainable_tensors(model: torch.nn.Module, part: str) -> dict[str, torch.Tensor]:
+    """Every trainable tensor of `model` under its own parameter name: what a checkpoint resumes from,
+    exact for every method (the adapter file holds the loaders' form, e.g. DoRA's scale folded in)."""
+    return {f"{part}/{name}": p.detach().float().cpu().contiguous()
+            for name, p in model.named_parameters() if p.requires_grad}
 
 
 @torch.no_grad()
@@ -44,11 +52,15 @@ def adapter_metadata(config: TrainConfig, folder: ImageFolder, resolution: int, 
     """Our own keys plus the ss_* and modelspec.* keys that AUTOMATIC1111 and civitai-style tools read."""
     spec_arch = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-768-v" if prediction_type == "v_prediction"
                  else "stable-diffusion-v2-512", "sdxl": "stable-diffusion-xl-v1-base"}.get(architecture, f"stylelora-{architecture}")
-    targets = list(config.target_modules) + (list(config.text_encoder_targets) if config.train_text_encoder else [])
+    targets = list(config.unet_targets) + (list(config.text_encoder_targets) if config.train_text_encoder else [])
     return metadata_json({
         "stylelora.version": __version__,
         "stylelora.rank": config.rank,
         "stylelora.alpha": config.effective_alpha,
+        "stylelora.method": config.method,
+        "stylelora.targets": config.targets or "custom",
+        "stylelora.conv_rank": config.adapter_spec().conv_rank,
+        "stylelora.conv_alpha": config.adapter_spec().conv_alpha,
         "stylelora.rslora": config.rslora,
         "stylelora.loraplus_ratio": config.loraplus_ratio,
         "stylelora.target_modules": targets,
@@ -64,9 +76,10 @@ def adapter_metadata(config: TrainConfig, folder: ImageFolder, resolution: int, 
         "stylelora.trigger_words": [config.trigger] if config.trigger else [],
         "stylelora.config": json.dumps(config.to_json_dict()),
         **kohya_metadata({
-            "ss_network_module": "networks.lora",
+            "ss_network_module": NETWORK_MODULES[config.method],
             "ss_network_dim": config.rank,
-            "ss_network_alpha": float(config.file_alpha),  # what loaders divide by the rank
+            # what loaders divide by the rank (DoRA: the scale is folded into up, see methods/layouts.py)
+            "ss_network_alpha": float(config.rank if config.method == "dora" else config.file_alpha),
             "ss_network_dropout": config.dropout,
             "ss_base_model_version": {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}.get(architecture, architecture),
             "ss_v2": architecture == "sd2",
@@ -94,6 +107,7 @@ def adapter_metadata(config: TrainConfig, folder: ImageFolder, resolution: int, 
             "ss_min_snr_gamma": config.min_snr_gamma,
             "ss_training_comment": f"trained with stylelora {__version__}",
         }),
+        **({"ss_network_args": args} if (args := network_args(config)) else {}),
         "modelspec.sai_model_spec": "1.0.1",
         "modelspec.architecture": f"{spec_arch}/lora",
         "modelspec.implementation": "diffusers",
@@ -103,6 +117,17 @@ def adapter_metadata(config: TrainConfig, folder: ImageFolder, resolution: int, 
         "modelspec.prediction_type": "v" if prediction_type == "v_prediction" else "epsilon",
         "modelspec.trigger_phrase": config.trigger,
     })
+
+
+def network_args(config: TrainConfig) -> str | None:
+    """ss_network_args as kohya and LyCORIS write it: a JSON object of strings, or None for plain LoRA."""
+    spec = config.adapter_spec()
+    args = {} if config.method == "lora" else {"algo": "lora" if config.method == "dora" else config.method}
+    if config.method == "dora":
+        args["dora_wd"] = "True"
+    if spec.conv_rank:
+        args |= {"conv_dim": str(spec.conv_rank), "conv_alpha": f"{spec.conv_alpha:g}"}
+    return json.dumps(args) if args else None
 
 
 def kohya_metadata(values: dict[str, object]) -> dict[str, str]:
@@ -122,12 +147,12 @@ class Outputs:
         self.main = accelerator.is_main_process
         self.base_id = weights_fingerprint(model.pipe.unet)
 
+    def parts(self) -> dict[str, torch.nn.Module]:
+        unwrapped = [self.accelerator.unwrap_model(model) for model in self.trained]
+        return dict(zip(("unet", "text_encoder"), unwrapped))
+
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
-        unwrap, alpha = self.accelerator.unwrap_model, self.config.file_alpha
-        weights = lora_weights(unwrap(self.trained[0]), "unet", alpha)
-        if self.config.train_text_encoder:
-            weights |= lora_weights(unwrap(self.trained[1]), "text_encoder", alpha)
-        return to_kohya(weights)
+        return to_kohya({key: module for part, model in self.parts().items() for key, module in export(model, part).items()})
 
     def metadata(self, step: int) -> dict[str, str]:
         return adapter_metadata(self.config, self.folder, self.model.resolution, step, self.base_id,
@@ -139,7 +164,8 @@ class Outputs:
         optimisation = self.optimisation
         return save_checkpoint(self.config.out_dir, step, self.adapter_tensors(), self.metadata(step),
                                optimisation.optimizer.state_dict(), optimisation.lr_schedule.state_dict(),
-                               self.config.to_json_dict() | {"resolution": self.model.resolution})
+                               self.config.to_json_dict() | {"resolution": self.model.resolution},
+                               {k: t for part, model in self.parts().items() for k, t in trainable_tensors(model, part).items()})
 
     def final(self) -> None:
         if self.main:

@@ -18,7 +18,8 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteS
 from peft.tuners.lora import LoraLayer
 from PIL import Image
 
-from .formats import read_lora, to_kohya
+from .formats import LoraWeights, read_lora, to_kohya
+from .methods.layouts import LoraModule
 from .inspect_adapter import architecture_of_weights
 from .base import architecture_of, load_base
 from .errors import AdapterFileError, ConfigError
@@ -87,6 +88,16 @@ def parse_lora_spec(spec: str) -> tuple[Path, StyleWeight]:
     return Path(match.group(1)), StyleWeight.parse(match.group(2)) if match.group(2) else StyleWeight(1.0, 1.0)
 
 
+def find_layer(model: torch.nn.Module, module: str) -> torch.nn.Module | None:
+    """The layer a file's module path names (text-encoder paths keep `text_model.`, which transformers 5 dropped)."""
+    for candidate in (module, module.removeprefix("text_model.")):
+        try:
+            return model.get_submodule(candidate)
+        except AttributeError:
+            continue
+    return None
+
+
 def adapter_name_for(path: Path, taken: set[str]) -> str:
     name = re.sub(r"[^A-Za-z0-9_]", "_", path.stem) or "style"
     candidate, n = name, 1
@@ -129,7 +140,7 @@ class Styler:
             with warnings.catch_warnings():
                 # peft warns on every adapter after the first; several adapters at once is what we are for
                 warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-                self.pipe.load_lora_weights(to_kohya(weights), adapter_name=name)
+                self.pipe.load_lora_weights(to_kohya(self._as_plain_lora(weights, path, made_for)), adapter_name=name)
         except (ValueError, KeyError, RuntimeError, TypeError) as error:
             raise AdapterFileError(f"{path}: does not fit: {made_for} ({str(error).splitlines()[0][:160]})") from None
         matched = sum(name in getattr(m, "lora_A", {}) for model in (self.pipe.unet, self.pipe.text_encoder)
@@ -143,6 +154,23 @@ class Styler:
         self.weights[name] = StyleWeight(0.0, 0.0)
         self._apply()
         return name
+
+    def _as_plain_lora(self, weights: LoraWeights, path: Path, made_for: str) -> LoraWeights:
+        """diffusers loads LoRA only, so DoRA, LoHa and LoKr modules go in as their exact LoRA equivalents
+        (methods/layouts.py), computed against this base's own weights (a DoRA change depends on them).
+        Once loaded they blend, fuse, switch and reweight like any LoRA."""
+        models = {"unet": self.pipe.unet, "text_encoder": self.pipe.text_encoder}
+        plain: LoraWeights = {}
+        for (part, module), adapter in weights.items():
+            if type(adapter) is LoraModule:
+                plain[(part, module)] = adapter
+                continue
+            layer = find_layer(models[part], module)
+            if layer is None:
+                raise AdapterFileError(f"{path}: module {module} is not in this base; {made_for}")
+            base_weight = getattr(layer, "base_layer", layer).weight
+            plain[(part, module)] = adapter.as_lora(base_weight.detach().float())
+        return plain
 
     def unload(self, name: str) -> None:
         self.unfuse()

@@ -22,13 +22,15 @@ from accelerate import Accelerator
 from diffusers import StableDiffusionPipeline
 from diffusers.optimization import get_scheduler
 
-from .adapter import attach_lora, load_into
+from .adapter import load_into
 from .base import architecture_of, load_base, resolve_base, unet_parameter_count, weights_fingerprint
 from .cache import LatentCache, TextCache
 from .checkpoint import check_compatible, latest_checkpoint, load_checkpoint
 from .config import TrainConfig, validate
 from .data import ImageFolder, describe_folder, scan_folder, warn_long_captions
 from .errors import TrainingError
+from .methods import KINDS
+from .methods.attach import attach
 from .precision import PRECISION_NAMES, choose_precision
 from .run_outputs import MetricsLog, Outputs, progress_bar as make_progress_bar, render_samples
 from .step_loss import StepLoss
@@ -185,12 +187,12 @@ def prepare_adapters(config: TrainConfig, model: Model, examples: int, accelerat
                      say: Callable[[str], None]) -> Optimisation:
     """Stage: attach the LoRA adapters, build the optimizer and schedule, and resume if asked."""
     unet, text_encoder = model.pipe.unet, model.pipe.text_encoder
-    torch.manual_seed(config.seed)  # LoRA's A matrices start random: the same seed, the same start
-    attach_lora(unet, config.target_modules, config.rank, config.effective_alpha, config.dropout, rslora=config.rslora)
+    torch.manual_seed(config.seed)  # adapters start partly random: the same seed, the same start
+    spec = config.adapter_spec()
+    attach(unet, spec, config.unet_targets, flag="--targets" if config.targets else "--target-modules")
     groups = parameter_groups(unet, config.effective_learning_rate, config.loraplus_ratio)
     if config.train_text_encoder:
-        attach_lora(text_encoder, config.text_encoder_targets, config.rank, config.effective_alpha,
-                    config.dropout, flag="--text-encoder-targets", rslora=config.rslora)
+        attach(text_encoder, spec, config.text_encoder_targets, flag="--text-encoder-targets")
         groups += parameter_groups(text_encoder, config.text_encoder_lr, config.loraplus_ratio)
     for group in groups:
         for p in group["params"]:
@@ -281,8 +283,9 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
     step_loss = StepLoss(config, folder, model, inputs, trained[0], accelerator)
     outputs = Outputs(config, folder, model, optimisation, trained, accelerator)
     unet_tensors = sum(1 for p in model.pipe.unet.parameters() if p.requires_grad)
-    say(f"Training {unet_tensors} LoRA tensors (rank {config.rank}, alpha "
+    say(f"Training {unet_tensors} {KINDS[config.method]} tensors (rank {config.rank}, alpha "
         f"{config.effective_alpha:g}{', rsLoRA' if config.rslora else ''}"
+        f"{f', 3x3 convolutions at rank {spec.conv_rank}, alpha {spec.conv_alpha:g}' if (spec := config.adapter_spec()).conv_rank else ''}"
         f"{f', LoRA+ ratio {config.loraplus_ratio:g}' if config.loraplus_ratio else ''}) for {optimisation.steps} steps at {model.resolution}px, batch "
         f"{config.batch_size} x {accelerator.num_processes} process(es), in {PRECISION_NAMES[model.precision]}.")
     loss = run_loop(config, model, optimisation, step_loss, outputs, accelerator, on_progress, should_stop,
@@ -358,6 +361,18 @@ def run_loop(config: TrainConfig, model: Model, optimisation: Optimisation, step
     return loss_value
 
 
+def load_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor], part: str, source: Path) -> None:
+    wanted = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    saved = {key.split("/", 1)[1]: t for key, t in tensors.items() if key.startswith(part + "/")}
+    if saved.keys() != wanted.keys():
+        missing = sorted(wanted.keys() - saved.keys()) or sorted(saved.keys() - wanted.keys())
+        raise TrainingError(f"{source}: its {part} tensors do not fit this run's adapter (first: {missing[0]}); "
+                            "resume with the settings it was trained with, or a new --out")
+    with torch.no_grad():
+        for name, parameter in wanted.items():
+            parameter.copy_(saved[name])
+
+
 def _write_failed(error: OSError, out_dir: Path) -> TrainingError:
     last = latest_checkpoint(out_dir)
     kept = (f"the last good checkpoint, {last}, is intact: free some space and run again with --resume" if last
@@ -371,11 +386,14 @@ def _resume(config: TrainConfig, unet, text_encoder, optimizer, lr_schedule, res
     if path is None:
         say(f"No checkpoint in {config.out_dir / 'checkpoints'}; starting from step 0.")
         return 0
-    adapter, state = load_checkpoint(path)
+    adapter, state, trainable = load_checkpoint(path)
     check_compatible(state["config"], config.to_json_dict() | {"resolution": resolution}, path)
-    load_into(unet, adapter.tensors, "unet", path)
-    if config.train_text_encoder:
-        load_into(text_encoder, adapter.tensors, "text_encoder", path)
+    models = {"unet": unet} | ({"text_encoder": text_encoder} if config.train_text_encoder else {})
+    for part, model in models.items():
+        if trainable is not None:
+            load_trainable(model, trainable, part, path)
+        else:  # a checkpoint from before trainable.safetensors: LoRA only, from the adapter file
+            load_into(model, adapter.tensors, part, path)
     optimizer.load_state_dict(state["optimizer"])
     lr_schedule.load_state_dict(state["scheduler"])
     say(f"Resuming from {path} (step {state['step']}).")

@@ -48,18 +48,18 @@ def test_unmatched_targets_name_the_flag(tiny_base):
 def test_kohya_keys_round_trip_with_alpha(tiny_base):
     pipe = StableDiffusionPipeline.from_pretrained(tiny_base)
     attach_lora(pipe.text_encoder, TEXT_ENCODER_TARGETS, rank=2, alpha=3.0, dropout=0.0)
-    tensors = to_kohya(lora_weights(pipe.text_encoder, "text_encoder", 3.0))
+    tensors = to_kohya(lora_weights(pipe.text_encoder, "text_encoder"))
     name = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
     assert {f"{name}.lora_down.weight", f"{name}.lora_up.weight", f"{name}.alpha"} <= set(tensors)
     assert tensors[f"{name}.alpha"].item() == 3.0
     back = from_kohya(tensors, source="x")
-    assert back.keys() == lora_weights(pipe.text_encoder, "text_encoder", 3.0).keys()
+    assert back.keys() == lora_weights(pipe.text_encoder, "text_encoder").keys()
     assert {lora.alpha for lora in back.values()} == {3.0}
     # ...and the weights go back into a model exactly.
     fresh = StableDiffusionPipeline.from_pretrained(tiny_base)
     attach_lora(fresh.text_encoder, TEXT_ENCODER_TARGETS, rank=2, alpha=3.0, dropout=0.0)
     load_into(fresh.text_encoder, tensors, "text_encoder", source="x")
-    loaded = lora_weights(fresh.text_encoder, "text_encoder", 3.0)
+    loaded = lora_weights(fresh.text_encoder, "text_encoder")
     assert all(torch.equal(loaded[k].down, back[k].down) and torch.equal(loaded[k].up, back[k].up) for k in back)
 
 

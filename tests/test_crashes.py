@@ -144,7 +144,7 @@ KILL_IN_SAVE = textwrap.dedent("""
     if kind == "adapter":
         files.save_safetensors(target, tensors, {"version": "new"})
     else:
-        save_checkpoint(__import__("pathlib").Path(target), 9, tensors, {}, {}, {}, {})
+        save_checkpoint(__import__("pathlib").Path(target), 9, tensors, {}, {}, {}, {}, tensors)
 """)
 
 
@@ -156,7 +156,7 @@ def test_a_kill_between_write_and_rename_leaves_the_previous_file_intact(tmp_pat
         save_safetensors(target, old, {"version": "old"})
     else:
         target = tmp_path / "run"
-        save_checkpoint(target, 6, old, {}, {"state": {}, "param_groups": []}, {}, {"rank": 4})
+        save_checkpoint(target, 6, old, {}, {"state": {}, "param_groups": []}, {}, {"rank": 4}, old)
     run = subprocess.run([sys.executable, "-c", KILL_IN_SAVE, str(target), kind], capture_output=True, text=True)
     assert run.returncode == -signal.SIGKILL, run.stderr
     if kind == "adapter":
@@ -164,12 +164,12 @@ def test_a_kill_between_write_and_rename_leaves_the_previous_file_intact(tmp_pat
         assert torch.equal(read_safetensors(target).tensors["x.lora_down.weight"], old["x.lora_down.weight"])
     else:
         assert latest_checkpoint(target).name == "step-000006"
-        adapter, state = load_checkpoint(latest_checkpoint(target))
+        adapter, state, _ = load_checkpoint(latest_checkpoint(target))
         assert torch.equal(adapter.tensors["x.lora_down.weight"], old["x.lora_down.weight"])
         assert state["step"] == 6
         # The next save clears the dead run's staging folder.
         assert any(p.name.startswith(".step-000009") for p in (target / "checkpoints").iterdir())
-        save_checkpoint(target, 12, old, {}, {}, {}, {})
+        save_checkpoint(target, 12, old, {}, {}, {}, {}, old)
         assert sorted(p.name for p in (target / "checkpoints").iterdir()) == ["step-000006", "step-000012"]
 
 
@@ -213,7 +213,7 @@ def test_cli_reports_a_full_disk_in_one_line(train_config, monkeypatch, capsys, 
 
 @pytest.mark.parametrize("bad", [float("inf"), float("nan")])
 def test_inf_or_nan_gradients_stop_training_and_keep_the_last_checkpoint(train_config, monkeypatch, bad):
-    real_attach = training.attach_lora
+    real_attach = training.attach
     calls = iter(range(1000))
 
     def attach_and_poison(model, *args, **kwargs):
@@ -222,13 +222,13 @@ def test_inf_or_nan_gradients_stop_training_and_keep_the_last_checkpoint(train_c
         # From the third backward pass on, one LoRA gradient turns non-finite.
         first.register_hook(lambda grad: grad * bad if next(calls) >= 2 else grad)
 
-    monkeypatch.setattr(training, "attach_lora", attach_and_poison)
+    monkeypatch.setattr(training, "attach", attach_and_poison)
     config = train_config(max_steps=5, save_every=1)
     with pytest.raises(TrainingError, match=r"the gradients became (inf|nan) at step 3"):
         train(config, **QUIET)
     last = latest_checkpoint(config.out)
     assert last.name == "step-000002"
-    adapter, _ = load_checkpoint(last)
+    adapter, _, _ = load_checkpoint(last)
     assert all(torch.isfinite(t).all() for t in adapter.tensors.values())
     assert not config.adapter_path.exists()
 

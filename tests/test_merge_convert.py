@@ -85,7 +85,8 @@ def test_cli_merge_convert_inspect(two_adapters, tmp_path):
     run = cli("inspect", str(two_adapters[0]), "--json")
     info = json.loads(run.stdout)
     assert info["format"] == "kohya" and info["architecture"] == "stylelora mini" and not info["text_encoder"]
-    assert info["groups"] == [{"part": "unet", "rank": 2, "alpha": 4.0, "scale": 2.0, "modules": 32}]
+    assert info["method"] == "LoRA"
+    assert info["groups"] == [{"part": "unet", "method": "LoRA", "rank": 2, "alpha": 4.0, "scale": 2.0, "modules": 32}]
     assert info["targets"] == ["to_k", "to_out.0", "to_q", "to_v"]
     run = cli("convert", str(two_adapters[0]), "--to", "diffusers", "-o", str(tmp_path / "c.safetensors"))
     assert run.returncode == 0 and "(kohya) to diffusers" in run.stdout

@@ -1,0 +1,116 @@
+"""Attach an adapter method to a model with peft, and read its trained layers back as file modules."""
+
+from __future__ import annotations
+
+import torch
+from peft import LoHaConfig, LoKrConfig, LoraConfig
+from peft.tuners.tuners_utils import BaseTunerLayer
+
+from ..errors import ConfigError
+from . import AdapterSpec
+from .dora import make_column_dora
+from .layouts import DoraModule, LohaModule, LokrModule, LoraModule, ModuleAdapter
+
+
+def _is_spatial_conv(module: torch.nn.Module) -> bool:
+    return isinstance(module, torch.nn.Conv2d) and module.kernel_size != (1, 1)
+
+
+def _peft_config(spec: AdapterSpec, targets: tuple[str, ...], model: torch.nn.Module):
+    """The peft config of `spec`, with 3x3 convolutions at the conv rank and alpha (full module paths, so
+    peft's pattern matching cannot catch a neighbour)."""
+    wanted = [name for name, module in model.named_modules() if _is_spatial_conv(module)
+              and any(name == t or name.endswith("." + t) for t in targets)]
+    ranks = {name: spec.conv_rank for name in wanted} if spec.conv_rank else {}
+    alphas = {name: spec.conv_alpha for name in wanted} if spec.conv_alpha else {}
+    common = dict(r=spec.rank, target_modules=list(targets), rank_pattern=ranks, alpha_pattern=alphas)
+    if spec.method in ("lora", "dora"):
+        return LoraConfig(lora_alpha=spec.alpha, lora_dropout=spec.dropout, init_lora_weights=True,
+                          use_rslora=spec.rslora, **common)
+    kind = LoHaConfig if spec.method == "loha" else LoKrConfig
+    return kind(alpha=spec.alpha, init_weights=True, use_effective_conv2d=False, **common)
+
+
+def attach(model: torch.nn.Module, spec: AdapterSpec, targets: tuple[str, ...], flag: str = "--target-modules",
+           adapter_name: str = "default") -> list[str]:
+    """Add a trainable adapter of `spec.method` to every module whose path ends in one of `targets`; return
+    their paths. Every method starts as a zero change (peft's default inits, a DoRA magnitude equal to the
+    base's column norms), so the model's output is unchanged until training moves it."""
+    try:
+        model.add_adapter(_peft_config(spec, targets, model), adapter_name=adapter_name)
+    except ValueError as error:
+        if "not found" in str(error) or "Target modules" in str(error):
+            raise ConfigError(f"{flag} = {','.join(targets)}: no module of the {type(model).__name__} matches; "
+                              "give module-name suffixes such as to_q,to_k,to_v,to_out.0") from None
+        raise
+    if spec.method == "dora":
+        make_column_dora(model, adapter_name)
+    return sorted(name for name, _ in adapted_layers(model, adapter_name))
+
+
+def adapted_layers(model: torch.nn.Module, adapter_name: str = "default"):
+    for name, module in model.named_modules():
+        if isinstance(module, BaseTunerLayer) and adapter_name in _parameter_dict(module):
+            yield name, module
+
+
+def _parameter_dict(layer) -> dict:
+    for attribute in ("lora_A", "hada_w1_a", "lokr_w1", "lokr_w1_a"):
+        found = getattr(layer, attribute, None)
+        if found:
+            return found
+    return {}
+
+
+def file_path(part: str, module: str) -> str:
+    """A module's path as files name it. transformers 5 dropped CLIPTextModel's `text_model.`
+    level, but every file in the wild (and AUTOMATIC1111, ComfyUI) still spells it out."""
+    if part == "text_encoder" and not module.startswith("text_model."):
+        return "text_model." + module
+    return module
+
+
+def _cpu(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().float().cpu()
+
+
+def export_layer(layer, adapter_name: str) -> ModuleAdapter:
+    """One trained layer as the module its file holds (layouts.py), with the scale the loaders apply."""
+    if adapter_name in getattr(layer, "hada_w1_a", {}):
+        get = lambda key: _cpu(getattr(layer, key)[adapter_name])  # noqa: E731
+        return LohaModule(get("hada_w1_a"), get("hada_w1_b"), get("hada_w2_a"), get("hada_w2_b"),
+                          float(layer.alpha[adapter_name]))
+    if adapter_name in getattr(layer, "lora_A", {}):
+        down, up = _cpu(layer.lora_A[adapter_name].weight), _cpu(layer.lora_B[adapter_name].weight)
+        rank, scaling = down.shape[0], float(layer.scaling[adapter_name])
+        if adapter_name in layer.lora_magnitude_vector:
+            # Written with alpha = rank and the scale folded into up: A1111 scales DoRA after the norm,
+            # ComfyUI before, and the two agree only at scale 1 (layouts.py).
+            magnitude = _cpu(layer.lora_magnitude_vector[adapter_name].weight)
+            shape = (1, magnitude.numel(), *[1] * (down.ndim - 2))
+            return DoraModule(down, up * scaling, float(rank), magnitude.reshape(shape))
+        return LoraModule(down, up, scaling * rank)  # alpha that loaders divide by the rank (rsLoRA included)
+    return _export_lokr(layer, adapter_name)
+
+
+def _export_lokr(layer, adapter_name: str) -> LokrModule:
+    factors = []
+    for label in ("w1", "w2"):
+        whole = getattr(layer, f"lokr_{label}")
+        if adapter_name in whole:
+            factors.append(_cpu(whole[adapter_name]))
+        else:
+            factors.append((_cpu(getattr(layer, f"lokr_{label}_a")[adapter_name]),
+                            _cpu(getattr(layer, f"lokr_{label}_b")[adapter_name])))
+    alpha, rank = float(layer.alpha[adapter_name]), int(layer.r[adapter_name])
+    module = LokrModule(factors[0], factors[1], alpha)
+    if module.rank == 0:  # both factors whole: the loaders apply no scale, so fold peft's alpha/r in
+        module.w2 = module.w2 * (alpha / rank)
+        module.alpha = float(rank)
+    return module
+
+
+def export(model: torch.nn.Module, part: str, adapter_name: str = "default") -> dict[tuple[str, str], ModuleAdapter]:
+    """Every adapted layer of `model`, keyed (part, module path as files name it)."""
+    return {(part, file_path(part, name)): export_layer(layer, adapter_name)
+            for name, layer in adapted_layers(model, adapter_name)}

@@ -1,0 +1,211 @@
+"""The adapter family: each method trains, writes the layout the loaders read, loads back, blends and resumes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from stylelora.config import TrainConfig, validate
+from stylelora.errors import ConfigError
+from stylelora.files import read_safetensors, save_safetensors
+from stylelora.formats import read_lora, to_kohya, write_lora
+from stylelora.inspect_adapter import describe
+from stylelora.merge import merge_svd
+from stylelora.merge_job import MergeConfig, base_weights, merge
+from stylelora.methods import METHODS, TARGET_PRESETS, AdapterSpec
+from stylelora.methods.attach import adapted_layers, attach, export
+from stylelora.styler import StyleWeight, Styler
+from stylelora.training import train
+
+QUIET = dict(progress_bar=False, log=lambda m: None)
+
+
+def _unet_output(unet):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, unet.config.sample_size, unet.config.sample_size, generator=g)
+    text = torch.randn(1, 24, unet.config.cross_attention_dim, generator=g)
+    with torch.no_grad():
+        return unet(x, torch.tensor([500]), text).sample.double()
+
+
+def _close(a, b, tolerance=1e-5):
+    return float((a - b).abs().max() / b.abs().max()) < tolerance
+
+
+def _trained_in_memory(base, method, targets="all", seed=0):
+    """A pipeline with `method` attached (convolutions included) and every adapter tensor moved off its
+    zero start, as training would: the in-memory adapter the file must reproduce."""
+    pipe = StableDiffusionPipeline.from_pretrained(base)
+    torch.manual_seed(seed)
+    attach(pipe.unet, AdapterSpec(method, 4, 2.0, conv_rank=2, conv_alpha=1.0), TARGET_PRESETS[targets])
+    with torch.no_grad():
+        for p in pipe.unet.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    return pipe
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_file_loads_through_styler_with_the_in_memory_output(tiny_base, tmp_path, method):
+    pipe = _trained_in_memory(tiny_base, method)
+    path = save_safetensors(tmp_path / f"{method}.safetensors", to_kohya(export(pipe.unet, "unet")), {})
+    styler = Styler(str(tiny_base))
+    styler.set_weights({styler.load(path): 1.0})
+    expected = _unet_output(pipe.unet)
+    assert not _close(_unet_output(StableDiffusionPipeline.from_pretrained(tiny_base).unet), expected, 1e-3)
+    assert _close(_unet_output(styler.pipe.unet), expected)
+    styler.fuse()
+    assert _close(_unet_output(styler.pipe.unet), expected)
+
+
+def test_dora_file_applied_by_the_loaders_formula_gives_the_in_memory_output(tiny_base, tmp_path):
+    """ComfyUI's weight_decompose (comfy/weight_adapter/base.py), written out: W + s * (m * (W + alpha/r * up @ down)
+    / ||.||_column - W), the norm taken per input column. AUTOMATIC1111 applies alpha/r after the norm instead,
+    which agrees only at alpha = rank: the file stores exactly that."""
+    pipe = _trained_in_memory(tiny_base, "dora")
+    tensors = to_kohya(export(pipe.unet, "unet"))
+    scales = {k: t for k, t in tensors.items() if k.endswith(".dora_scale")}
+    assert scales and all(t.shape[0] == 1 and t.shape[1] > 1 for t in scales.values())
+    assert all(tensors[k.replace("dora_scale", "alpha")].item() == tensors[k.replace("dora_scale", "lora_down.weight")].shape[0]
+               for k in scales)
+    loaded = StableDiffusionPipeline.from_pretrained(tiny_base)
+    for name, module in loaded.unet.named_modules():
+        key = "lora_unet_" + name.replace(".", "_")
+        if f"{key}.dora_scale" not in tensors:
+            continue
+        weight = module.weight.data.double()
+        down, up = tensors[f"{key}.lora_down.weight"].double(), tensors[f"{key}.lora_up.weight"].double()
+        alpha = tensors[f"{key}.alpha"].item() / down.shape[0]
+        calc = weight + (alpha * (up.flatten(1) @ down.flatten(1))).reshape(weight.shape)
+        norm = calc.transpose(0, 1).reshape(calc.shape[1], -1).norm(dim=1, keepdim=True)
+        norm = norm.reshape(calc.shape[1], *[1] * (calc.dim() - 1)).transpose(0, 1)
+        strength = 1.0
+        module.weight.data = (weight + strength * (calc * (tensors[f"{key}.dora_scale"].double() / norm) - weight)).float()
+    assert len(scales) == len(list(adapted_layers(pipe.unet))) == 80  # attention, feed-forward, linear, convolutions
+    assert _close(_unet_output(loaded.unet), _unet_output(pipe.unet))
+
+
+def test_loha_and_lokr_deltas_by_the_lycoris_formulas_equal_the_in_memory_ones(tiny_base):
+    for method in ("loha", "lokr"):
+        pipe = _trained_in_memory(tiny_base, method)
+        tensors = to_kohya(export(pipe.unet, "unet"))
+        for name, layer in adapted_layers(pipe.unet):
+            key = "lora_unet_" + name.replace(".", "_")
+            get = lambda suffix: tensors.get(f"{key}.{suffix}")  # noqa: E731
+            if method == "loha":  # LyCORIS / ComfyUI loha.py: (w1a @ w1b) * (w2a @ w2b) * alpha / rank
+                delta = (get("hada_w1_a") @ get("hada_w1_b")) * (get("hada_w2_a") @ get("hada_w2_b"))
+                delta = delta * get("alpha").item() / get("hada_w1_b").shape[0]
+            else:  # ComfyUI lokr.py: kron(w1, w2) * alpha / dim, dim from the last factor stored as a pair, else 1
+                w1 = get("lokr_w1") if get("lokr_w1") is not None else get("lokr_w1_a") @ get("lokr_w1_b")
+                w2 = get("lokr_w2") if get("lokr_w2") is not None else get("lokr_w2_a") @ get("lokr_w2_b")
+                dim = (get("lokr_w2_b") if get("lokr_w2_b") is not None else get("lokr_w1_b"))
+                scale = get("alpha").item() / dim.shape[0] if dim is not None else 1.0
+                if w2.ndim == 4:
+                    w1 = w1[:, :, None, None]
+                delta = torch.kron(w1, w2) * scale
+            expected = layer.get_delta_weight("default")
+            assert torch.allclose(delta.reshape(expected.shape), expected, atol=1e-6), (method, name)
+
+
+def test_a_loha_a_dora_and_a_lora_blend_in_one_stack_fused_equals_unfused(tiny_base, tmp_path):
+    paths = []
+    for seed, method in enumerate(("loha", "dora", "lora")):
+        pipe = _trained_in_memory(tiny_base, method, targets="attn-mlp", seed=seed)
+        paths.append(save_safetensors(tmp_path / f"{method}.safetensors", to_kohya(export(pipe.unet, "unet")), {}))
+    styler = Styler(str(tiny_base))
+    names = [styler.load(path) for path in paths]
+    styler.set_weights(dict(zip(names, (0.5, 0.7, -0.3))))
+    unfused = _unet_output(styler.pipe.unet)
+    styler.fuse()
+    assert styler.fused and _close(_unet_output(styler.pipe.unet), unfused)
+    styler.set_weights({names[0]: 1.0})
+    alone = _unet_output(styler.pipe.unet)
+    assert not _close(alone, unfused, 1e-3)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_trains_and_resumes_exactly(train_config, method):
+    extra = dict(targets="all", conv_rank=2) if method in ("lora", "loha") else dict(targets="attn-mlp")
+    straight = train_config(method=method, max_steps=4, out=train_config().out.parent / "straight", **extra)
+    train(straight, **QUIET)
+    halves = train_config(method=method, max_steps=4, save_every=2, out=train_config().out.parent / "halves", **extra)
+    train(halves, **QUIET)  # one checkpoint, at step 2 (the last step writes only the adapter)
+    assert [p.name for p in (halves.out_dir / "checkpoints").iterdir()] == ["step-000002"]
+    halves.adapter_path.unlink()
+    resumed = train_config(method=method, max_steps=4, save_every=2, resume=True, out=halves.out, **extra)
+    train(resumed, **QUIET)
+    a, b = read_safetensors(straight.adapter_path), read_safetensors(resumed.adapter_path)
+    assert a.tensors.keys() == b.tensors.keys()
+    assert all(torch.allclose(a.tensors[k], b.tensors[k], atol=1e-6) for k in a.tensors)
+    assert a.metadata["stylelora.method"] == method
+    weights, _, _ = read_lora(straight.adapter_path)
+    assert {m.kind for m in weights.values()} == {method}
+    if "conv_rank" in extra:
+        assert any("resnets" in module and module.endswith("conv1") for _, module in weights)
+        convs = [m for (_, module), m in weights.items() if module.endswith("conv1")]
+        assert all(m.rank == 2 for m in convs)
+
+
+def test_the_metadata_names_the_method_for_kohya_tools(train_config):
+    config = train_config(method="dora", targets="all", conv_rank=2, conv_alpha=1.0, max_steps=1)
+    train(config, **QUIET)
+    metadata = read_safetensors(config.adapter_path).metadata
+    assert metadata["ss_network_module"] == "lycoris.kohya"
+    assert json.loads(metadata["ss_network_args"]) == {"algo": "lora", "dora_wd": "True", "conv_dim": "2", "conv_alpha": "1"}
+    assert metadata["ss_network_alpha"] == "4.0" and metadata["stylelora.method"] == "dora"
+    info = describe(config.adapter_path)
+    assert info["method"] == "DoRA" and {g["method"] for g in info["groups"]} == {"DoRA"}
+    plain = train_config(max_steps=1, out=config.out.parent / "plain")
+    train(plain, **QUIET)
+    assert "ss_network_args" not in read_safetensors(plain.adapter_path).metadata
+
+
+def test_convert_refuses_non_lora_layouts_and_merge_svd_works_on_deltas(tiny_base, tmp_path):
+    loha = _trained_in_memory(tiny_base, "loha", targets="attn")
+    path = save_safetensors(tmp_path / "loha.safetensors", to_kohya(export(loha.unet, "unet")), {})
+    weights, _, _ = read_lora(path)
+    with pytest.raises(Exception, match="LoHa modules.*keep it in the kohya layout"):
+        write_lora(weights, "diffusers", tmp_path / "x.safetensors")
+    with pytest.raises(ConfigError, match="--method svd --rank R"):
+        merge(MergeConfig((str(path),), tmp_path / "cat.safetensors", base=str(tiny_base)))
+    result = merge(MergeConfig((f"{path}:0.5",), tmp_path / "svd.safetensors", method="svd", rank=16, base=str(tiny_base)))
+    merged, _, _ = read_lora(result.path)
+    assert result.relative_error < 1e-6  # rank 16 holds a rank-4 x rank-4 Hadamard product exactly
+    for key, module in weights.items():
+        assert torch.allclose(merged[key].delta(), 0.5 * module.delta(), atol=1e-6)
+    items = [(weights, StyleWeight(1, 1))]
+    with pytest.raises(ConfigError, match="LoHa merges read the base model's weights"):
+        merge_svd(items, 2)
+    _, error = merge_svd(items, 2, base_weights(str(tiny_base), items))
+    assert 0 < error < 1
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(method="adalora"), "--method = 'adalora': adalora is planned but not built yet"),
+    (dict(method="ia3"), "--method = 'ia3': choose one of lora, dora, loha, lokr"),
+    (dict(targets="everything"), "--targets = 'everything': choose one of attn, attn-mlp, all-linear, all"),
+    (dict(targets="attn-mlp", target_modules=("to_q",)), "not both"),
+    (dict(conv_rank=4), "--conv-rank = 4: only --targets all adapts the 3x3 convolutions"),
+    (dict(targets="attn", conv_alpha=2.0), "--conv-alpha = 2.0: only --targets all"),
+    (dict(method="loha", rslora=True), "--rslora = True: rsLoRA scales LoRA and DoRA"),
+    (dict(method="lokr", loraplus_ratio=16.0), "--loraplus-ratio = 16.0: LoRA+"),
+    (dict(method="loha", dropout=0.1), "--dropout = 0.1"),
+])
+def test_method_flags_that_do_not_fit_are_named(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
+        validate(TrainConfig(data="x", **overrides))
+
+
+def test_cli_trains_a_lokr_and_inspect_names_it(tiny_base, image_folder, tmp_path):
+    out = tmp_path / "k.safetensors"
+    run = subprocess.run([sys.executable, "-m", "stylelora", "train", str(image_folder), "--base", str(tiny_base),
+                          "--out", str(out), "--max-steps", "1", "--batch-size", "2", "--method", "lokr",
+                          "--targets", "attn-mlp", "--quiet"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "Training" in run.stderr and "LoKr tensors" in run.stderr
+    run = subprocess.run([sys.executable, "-m", "stylelora", "inspect", str(out)], capture_output=True, text=True)
+    assert run.returncode == 0 and "method:        LoKr" in run.stdout
+    assert "ff.net.0.proj" in run.stdout or "proj" in run.stdout
