@@ -66,7 +66,14 @@ def test_upload_caption_train_library_generate(page, server, image_folder, tiny_
     page.wait_for_selector("#data-message :text('Saved 4 captions')", timeout=30_000)
     assert (dataset / files[0].with_suffix(".txt").name).read_text().strip() == "a zzstripe circle"
 
-    # Train a tiny adapter and watch the progress and the loss curve move.
+    # Train a tiny LoHa and watch the progress and the loss curve move. Choosing LoHa hides the
+    # LoRA-only fields; choosing the "all" modules shows the conv rank and alpha.
+    page.locator("#method input").click()
+    page.get_by_role("option", name="loha", exact=True).click()
+    page.wait_for_selector("#rslora", state="hidden", timeout=30_000)
+    assert page.locator("#conv-rank").count() == 0 or not page.locator("#conv-rank").is_visible()
+    page.locator("#targets input").click()
+    page.get_by_role("option", name="all-linear", exact=True).click()
     fill(page, "train-base", tiny_base)
     fill(page, "steps", 12)
     page.click("#start")
@@ -82,7 +89,10 @@ def test_upload_caption_train_library_generate(page, server, image_folder, tiny_
     assert status.startswith("Done"), status
     assert len(seen_steps) >= 2, seen_steps  # the bar moved while training ran
     assert page.locator("#loss-plot canvas, #loss-plot svg").count() > 0
-    assert (adapters / "mystyle" / "mystyle.safetensors").is_file()
+    from stylelora.formats import read_lora
+
+    trained, _, _ = read_lora(adapters / "mystyle" / "mystyle.safetensors")
+    assert {m.kind for m in trained.values()} == {"loha"} and any(k[1].endswith("proj_in") for k in trained)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "train.png"), full_page=True)
 

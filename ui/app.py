@@ -16,6 +16,7 @@ import gradio as gr
 import pandas as pd
 
 from stylelora.config import PRECISIONS, TrainConfig, validate
+from stylelora.methods import METHODS, TARGET_PRESETS
 from stylelora.errors import StyleloraError
 from stylelora.generate import GenerateConfig, generate
 from stylelora.grid import GridConfig, make_grid
@@ -86,6 +87,13 @@ def train_tab(session: Session) -> None:
         base = gr.Textbox("mini", label="Base model", elem_id="train-base")
         text_encoder = gr.Checkbox(False, label="Train the text encoder", elem_id="train-te")
     with gr.Row():
+        method = gr.Dropdown(list(METHODS), value="lora", elem_id="method",
+                             label="Method (DoRA, LoHa and LoKr load in AUTOMATIC1111 and ComfyUI)")
+        targets = gr.Dropdown(list(TARGET_PRESETS), value="attn", elem_id="targets",
+                              label="Modules (attn; attn-mlp adds feed-forward; all-linear; all adds convolutions)")
+        conv_rank = gr.Number(0, label="Conv rank (0 = rank)", precision=0, elem_id="conv-rank", visible=False)
+        conv_alpha = gr.Number(0, label="Conv alpha (0 = conv rank)", elem_id="conv-alpha", visible=False)
+    with gr.Row():
         rank = gr.Number(4, label="Rank", precision=0, elem_id="rank")
         steps = gr.Number(800, label="Steps", precision=0, elem_id="steps")
         learning_rate = gr.Number(0, label="Learning rate (0 = the base's usual)", elem_id="lr")
@@ -151,8 +159,14 @@ def train_tab(session: Session) -> None:
     load_folder.click(on_folder, [folder], [dataset, thumbs, captions, data_message])
     save.click(on_save, [dataset, captions], [data_message])
 
+    # A method's own fields show only when it is chosen: rsLoRA and LoRA+ scale LoRA's and DoRA's A/B pair,
+    # the conv rank and alpha apply to the convolutions that only "all" adapts.
+    method.change(lambda m: [gr.update(visible=m in ("lora", "dora"))] * 2, [method], [rslora, loraplus_ratio])
+    targets.change(lambda t: [gr.update(visible=t == "all")] * 2, [targets], [conv_rank, conv_alpha])
+
     def on_start(folder_path, adapter_name, trigger_word, base_model, te, rank_, steps_, lr, res, batch, alpha_, seed_,
-                 save_n, sample_n, prompt, flip_, dropout, resume_, precision_, rslora_, loraplus_):
+                 save_n, sample_n, prompt, flip_, dropout, resume_, precision_, rslora_, loraplus_, method_, targets_,
+                 conv_rank_, conv_alpha_):
         if not folder_path:
             return "**Error:** upload images or choose a folder first"
         try:
@@ -162,7 +176,11 @@ def train_tab(session: Session) -> None:
                 learning_rate=float(lr) or None, resolution=int(res) or None, batch_size=int(batch), alpha=float(alpha_) or None,
                 seed=int(seed_), save_every=int(save_n), sample_every=int(sample_n) if prompt else 0,
                 sample_prompts=(prompt,) if prompt else (), flip=flip_, caption_dropout=float(dropout), resume=resume_,
-                precision=precision_, rslora=rslora_, loraplus_ratio=float(loraplus_)))
+                precision=precision_, method=method_, targets=targets_,
+                conv_rank=int(conv_rank_) or None if targets_ == "all" else None,
+                conv_alpha=float(conv_alpha_) or None if targets_ == "all" else None,
+                rslora=rslora_ and method_ in ("lora", "dora"),
+                loraplus_ratio=float(loraplus_) if method_ in ("lora", "dora") else 0.0))
             session.job.start(config)
         except StyleloraError as error:
             return _error(error)
@@ -170,7 +188,7 @@ def train_tab(session: Session) -> None:
 
     start.click(on_start, [dataset, name, trigger, base, text_encoder, rank, steps, learning_rate, resolution,
                            batch_size, alpha, seed, save_every, sample_every, sample_prompt, flip, caption_dropout,
-                           resume, precision, rslora, loraplus_ratio],
+                           resume, precision, rslora, loraplus_ratio, method, targets, conv_rank, conv_alpha],
                 [start_message])
     stop.click(lambda: session.job.stop() or "Stopping after this step; the checkpoint is kept.", None, [start_message])
 
