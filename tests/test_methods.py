@@ -209,3 +209,13 @@ def test_cli_trains_a_lokr_and_inspect_names_it(tiny_base, image_folder, tmp_pat
     run = subprocess.run([sys.executable, "-m", "stylelora", "inspect", str(out)], capture_output=True, text=True)
     assert run.returncode == 0 and "method:        LoKr" in run.stdout
     assert "ff.net.0.proj" in run.stdout or "proj" in run.stdout
+
+
+def test_a_toml_config_chooses_the_method_and_modules(tmp_path):
+    from stylelora.config import from_dict, load_toml
+
+    (tmp_path / "style.toml").write_text('method = "loha"\ntargets = "all"\nconv-rank = 2\nconv-alpha = 1.5\n')
+    config = validate(from_dict(load_toml(tmp_path / "style.toml") | {"data": "x"}))
+    spec = config.adapter_spec()
+    assert (spec.method, spec.conv_rank, spec.conv_alpha) == ("loha", 2, 1.5)
+    assert config.unet_targets == TARGET_PRESETS["all"] and "conv1" in config.unet_targets
