@@ -1,0 +1,131 @@
+"""The methods scoreboard: every adapter method trained on the same style folders, steps and seeds, judged alike.
+
+    python bench/methods.py            # 8 images per prompt (96 per setting)
+    python bench/methods.py --quick    # 3 images per prompt
+
+Each method trains on the stripes, dots and pastel folders of the miniature base with the default
+settings (800 steps, rank 4, the mini's learning rate); LoRA also at ranks 2, 8 and 16 on stripes.
+Writes bench/results/methods.md (quoted in README.md), methods.json and methods.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from stylelora.config import TrainConfig  # noqa: E402
+from stylelora.files import write_atomically  # noqa: E402
+from stylelora.formats import read_lora  # noqa: E402
+from stylelora.methods import METHODS  # noqa: E402
+from stylelora.mini.evaluate import measure  # noqa: E402
+from stylelora.styler import Styler  # noqa: E402
+from stylelora.training import train  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+STYLES = {"stripes": "striped", "dots": "dotted", "pastel": "pastel"}
+EXTRA_LORA_RANKS = (2, 8, 16)
+
+
+def train_one(work: Path, style: str, method: str, rank: int = 4) -> dict:
+    out = work / f"{method}-r{rank}" / style
+    result = train(TrainConfig(data=ROOT / "datasets" / style, out=out, method=method, rank=rank, seed=0),
+                   progress_bar=False, log=lambda m: None)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    weights, _, _ = read_lora(result.adapter_path)
+    return {"path": str(result.adapter_path), "steps_per_second": rows[-1]["steps_per_second"],
+            "parameters": sum(m.parameter_count for m in weights.values()),
+            "file_bytes": result.adapter_path.stat().st_size}
+
+
+def judge(styler: Styler, weights: dict, per_prompt: int) -> dict:
+    styler.set_weights(weights)
+    rates = measure(styler, per_prompt=per_prompt)
+    return {key: rates.share(key) for key in ("colour", "shape", *STYLES.values())}
+
+
+def score(label: str, runs: dict[str, dict], styler: Styler, per_prompt: int) -> dict:
+    names = {style: styler.load(Path(run["path"]), f"{label}_{style}".replace("-", "_")) for style, run in runs.items()}
+    row = {"label": label, "styles": {}}
+    for style, name in names.items():
+        row["styles"][style] = judge(styler, {name: 1.0}, per_prompt)
+    if {"stripes", "pastel"} <= set(names):
+        row["blend"] = judge(styler, {names["stripes"]: 0.5, names["pastel"]: 0.5}, per_prompt)
+    first = next(iter(runs.values()))
+    row |= {"parameters": first["parameters"], "file_bytes": first["file_bytes"],
+            "steps_per_second": sum(r["steps_per_second"] for r in runs.values()) / len(runs)}
+    for name in names.values():
+        styler.unload(name)
+    return row
+
+
+def table(rows: list[dict], base: dict) -> str:
+    lora_speed = next(r["steps_per_second"] for r in rows if r["label"] == "lora")
+    lines = ["| method | style at weight 1 (stripes / dots / pastel) | colour kept | shape kept | "
+             "stripes 0.5 + pastel 0.5: striped / pastel | parameters | file | step time vs LoRA |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |",
+             f"| base, no adapter | {base['striped']:.0%} / {base['dotted']:.0%} / {base['pastel']:.0%} | "
+             f"{base['colour']:.0%} | {base['shape']:.0%} | | | | |"]
+    for row in rows:
+        styles = row["styles"]
+        own = " / ".join(f"{styles[s][STYLES[s]]:.0%}" if s in styles else "-" for s in STYLES)
+        colour = sum(v["colour"] for v in styles.values()) / len(styles)
+        shape = sum(v["shape"] for v in styles.values()) / len(styles)
+        blend = f"{row['blend']['striped']:.0%} / {row['blend']['pastel']:.0%}" if "blend" in row else "-"
+        lines.append(f"| {row['label']} | {own} | {colour:.0%} | {shape:.0%} | {blend} | {row['parameters']:,} | "
+                     f"{row['file_bytes'] / 1024:.0f} KiB | {lora_speed / row['steps_per_second']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    from plots import _pyplot, _save  # bench/plots.py
+
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(9, 3.5))
+    labels = [r["label"] for r in rows]
+    for offset, style in enumerate(STYLES):
+        values = [r["styles"].get(style, {}).get(STYLES[style], 0) for r in rows]
+        axis.bar([i + (offset - 1) * 0.27 for i in range(len(rows))], values, width=0.27, label=f"{style}: {STYLES[style]}")
+    axis.set_xticks(range(len(rows)), [f"{lab}\n{r['parameters'] / 1000:.0f}k params" for lab, r in zip(labels, rows)],
+                    fontsize=7)
+    axis.set_ylim(0, 1)
+    axis.set_title("share of images judged in the trained style, at weight 1 (higher is better)")
+    axis.legend(fontsize=7)
+    _save(plt, figure, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    per_prompt = 3 if args.quick else 8
+    work = RESULTS / "method-adapters"
+    styler = Styler("mini")
+    base = judge(styler, {}, per_prompt)
+    rows = []
+    for method in METHODS:
+        runs = {style: train_one(work, style, method) for style in STYLES}
+        rows.append(score(method, runs, styler, per_prompt))
+        print(f"{method}: {rows[-1]}", flush=True)
+    for rank in EXTRA_LORA_RANKS:
+        rows.append(score(f"lora rank {rank}", {"stripes": train_one(work, "stripes", "lora", rank)}, styler, per_prompt))
+        print(f"lora rank {rank}: {rows[-1]}", flush=True)
+    header = (f"Measured by `python bench/methods.py{' --quick' if args.quick else ''}`: each method trained with "
+              "the defaults (800 steps, rank 4, alpha 4, learning rate 2e-3, seed 0, attention modules) on each "
+              f"sample folder; {per_prompt} images for each of the 12 colour x shape prompts per setting, 20 DPM++ "
+              "steps, guidance 4, judged by `stylelora.mini.judge`. The extra LoRA ranks train on stripes only. "
+              "Step time is the run's average, relative to rank-4 LoRA on the same machine.\n\n")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_atomically(RESULTS / "methods.md", (header + table(rows, base)).encode())
+    write_atomically(RESULTS / "methods.json", json.dumps({"base": base, "rows": rows}, indent=2).encode())
+    plot(rows, RESULTS / "methods.png")
+    print(header + table(rows, base))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
+    main()
