@@ -94,3 +94,23 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: Path)
     if changed:
         raise TrainingError(f"{path}: cannot resume with changed settings ({'; '.join(changed)}); "
                             "use the original values, or a new --out to start afresh")
+
+
+def trainable_tensors(parts: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """Every trainable tensor of each part, as 'part/parameter name': what a checkpoint resumes from, exact
+    for every method (the adapter file holds the loaders' form of it, e.g. DoRA's scale folded into up)."""
+    return {f"{part}/{name}": p.detach().float().cpu().contiguous()
+            for part, model in parts.items() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor], part: str, source: Path) -> None:
+    """Copy a checkpoint's trainable tensors of `part` back into `model`; refuse a checkpoint that does not fit."""
+    wanted = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    saved = {key.split("/", 1)[1]: t for key, t in tensors.items() if key.startswith(part + "/")}
+    if saved.keys() != wanted.keys():
+        missing = sorted(wanted.keys() - saved.keys()) or sorted(saved.keys() - wanted.keys())
+        raise TrainingError(f"{source}: its {part} tensors do not fit this run's adapter (first: {missing[0]}); "
+                            "resume with the settings it was trained with, or a new --out")
+    with torch.no_grad():
+        for name, parameter in wanted.items():
+            parameter.copy_(saved[name])

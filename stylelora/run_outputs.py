@@ -14,7 +14,7 @@ from accelerate import Accelerator
 
 from . import __version__
 from .base import weights_fingerprint
-from .checkpoint import save_checkpoint
+from .checkpoint import save_checkpoint, trainable_tensors
 from .config import TrainConfig
 from .data import ImageFolder
 from .files import metadata_json, save_safetensors, write_atomically
@@ -25,13 +25,6 @@ from .methods.attach import export
 
 if TYPE_CHECKING:
     from .training import Model, Optimisation
-
-
-def trainable_tensors(model: torch.nn.Module, part: str) -> dict[str, torch.Tensor]:
-    """Every trainable tensor of `model` under its own parameter name: what a checkpoint resumes from,
-    exact for every method (the adapter file holds the loaders' form, e.g. DoRA's scale folded in)."""
-    return {f"{part}/{name}": p.detach().float().cpu().contiguous()
-            for name, p in model.named_parameters() if p.requires_grad}
 
 
 @torch.no_grad()
@@ -165,7 +158,7 @@ class Outputs:
         return save_checkpoint(self.config.out_dir, step, self.adapter_tensors(), self.metadata(step),
                                optimisation.optimizer.state_dict(), optimisation.lr_schedule.state_dict(),
                                self.config.to_json_dict() | {"resolution": self.model.resolution},
-                               {k: t for part, model in self.parts().items() for k, t in trainable_tensors(model, part).items()})
+                               trainable_tensors(self.parts()))
 
     def final(self) -> None:
         if self.main:

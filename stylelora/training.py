@@ -25,7 +25,7 @@ from diffusers.optimization import get_scheduler
 from .adapter import load_into
 from .base import architecture_of, load_base, resolve_base, unet_parameter_count, weights_fingerprint
 from .cache import LatentCache, TextCache
-from .checkpoint import check_compatible, latest_checkpoint, load_checkpoint
+from .checkpoint import check_compatible, latest_checkpoint, load_checkpoint, load_trainable
 from .config import TrainConfig, validate
 from .data import ImageFolder, describe_folder, scan_folder, warn_long_captions
 from .errors import TrainingError
@@ -262,6 +262,16 @@ def prepare_inputs(config: TrainConfig, model: Model, folder: ImageFolder, accel
     return Inputs(latent_cache, text_cache, encode_text)
 
 
+def adapter_summary(config: TrainConfig) -> str:
+    """'rank 4, alpha 4, rsLoRA, 3x3 convolutions at rank 2, alpha 1, LoRA+ ratio 16': what the run attaches."""
+    spec = config.adapter_spec()
+    parts = [f"rank {config.rank}, alpha {config.effective_alpha:g}"]
+    parts += ["rsLoRA"] if config.rslora else []
+    parts += [f"3x3 convolutions at rank {spec.conv_rank}, alpha {spec.conv_alpha:g}"] if spec.conv_rank else []
+    parts += [f"LoRA+ ratio {config.loraplus_ratio:g}"] if config.loraplus_ratio else []
+    return ", ".join(parts)
+
+
 def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = None,
           should_stop: Callable[[], bool] | None = None, log: Callable[[str], None] = print,
           progress_bar: bool = True) -> TrainResult:
@@ -283,11 +293,9 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
     step_loss = StepLoss(config, folder, model, inputs, trained[0], accelerator)
     outputs = Outputs(config, folder, model, optimisation, trained, accelerator)
     unet_tensors = sum(1 for p in model.pipe.unet.parameters() if p.requires_grad)
-    say(f"Training {unet_tensors} {KINDS[config.method]} tensors (rank {config.rank}, alpha "
-        f"{config.effective_alpha:g}{', rsLoRA' if config.rslora else ''}"
-        f"{f', 3x3 convolutions at rank {spec.conv_rank}, alpha {spec.conv_alpha:g}' if (spec := config.adapter_spec()).conv_rank else ''}"
-        f"{f', LoRA+ ratio {config.loraplus_ratio:g}' if config.loraplus_ratio else ''}) for {optimisation.steps} steps at {model.resolution}px, batch "
-        f"{config.batch_size} x {accelerator.num_processes} process(es), in {PRECISION_NAMES[model.precision]}.")
+    say(f"Training {unet_tensors} {KINDS[config.method]} tensors ({adapter_summary(config)}) for {optimisation.steps} "
+        f"steps at {model.resolution}px, batch {config.batch_size} x {accelerator.num_processes} process(es), in "
+        f"{PRECISION_NAMES[model.precision]}.")
     loss = run_loop(config, model, optimisation, step_loss, outputs, accelerator, on_progress, should_stop,
                     progress_bar)
     return TrainResult(config.adapter_path, optimisation.steps, loss, time.time() - started,
@@ -359,18 +367,6 @@ def run_loop(config: TrainConfig, model: Model, optimisation: Optimisation, step
         if metrics is not None:
             metrics.close()
     return loss_value
-
-
-def load_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor], part: str, source: Path) -> None:
-    wanted = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    saved = {key.split("/", 1)[1]: t for key, t in tensors.items() if key.startswith(part + "/")}
-    if saved.keys() != wanted.keys():
-        missing = sorted(wanted.keys() - saved.keys()) or sorted(saved.keys() - wanted.keys())
-        raise TrainingError(f"{source}: its {part} tensors do not fit this run's adapter (first: {missing[0]}); "
-                            "resume with the settings it was trained with, or a new --out")
-    with torch.no_grad():
-        for name, parameter in wanted.items():
-            parameter.copy_(saved[name])
 
 
 def _write_failed(error: OSError, out_dir: Path) -> TrainingError:

@@ -219,3 +219,13 @@ def test_a_toml_config_chooses_the_method_and_modules(tmp_path):
     spec = config.adapter_spec()
     assert (spec.method, spec.conv_rank, spec.conv_alpha) == ("loha", 2, 1.5)
     assert config.unet_targets == TARGET_PRESETS["all"] and "conv1" in config.unet_targets
+
+
+@pytest.mark.bf16
+@pytest.mark.parametrize("method", ("dora", "loha", "lokr"))
+def test_each_method_trains_over_a_bf16_base(train_config, method):
+    config = train_config(method=method, targets="all-linear", max_steps=2, precision="bf16")
+    result = train(config, **QUIET)
+    weights, _, _ = read_lora(result.adapter_path)
+    assert {m.kind for m in weights.values()} == {method} and result.loss == result.loss
+    assert all(t.dtype == torch.float32 for t in read_safetensors(result.adapter_path).tensors.values())
