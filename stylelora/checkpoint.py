@@ -20,10 +20,10 @@ from .errors import TrainingError
 
 # Settings that change what the adapter is; resuming with any of them changed is refused.
 IDENTITY_FIELDS = ("base", "rank", "alpha", "target_modules", "train_text_encoder", "text_encoder_targets", "resolution",
-                   "rslora", "loraplus_ratio", "method", "targets", "conv_rank", "conv_alpha")
+                   "rslora", "loraplus_ratio", "method", "targets", "conv_rank", "conv_alpha", "target_rank")
 # Fields added after checkpoints were first written: a checkpoint without them was made with these values.
 LATER_FIELDS = {"rslora": False, "loraplus_ratio": 0.0, "method": "lora", "targets": None, "conv_rank": None,
-                "conv_alpha": None}
+                "conv_alpha": None, "target_rank": None}
 KEEP = 3
 
 
@@ -40,7 +40,7 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 def save_checkpoint(out_dir: Path, step: int, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
                     optimizer_state: dict, scheduler_state: dict, config_json: dict[str, Any],
-                    trainable: dict[str, torch.Tensor]) -> Path:
+                    trainable: dict[str, torch.Tensor], method_state: dict | None = None) -> Path:
     """Write the checkpoint into a temporary folder, then rename it into place, then prune old ones."""
     root = checkpoint_root(out_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -51,7 +51,7 @@ def save_checkpoint(out_dir: Path, step: int, tensors: dict[str, torch.Tensor], 
         save_safetensors(staging / "adapter.safetensors", tensors, metadata)
         save_safetensors(staging / "trainable.safetensors", trainable, {})
         buffer = _torch_bytes({"step": step, "optimizer": optimizer_state, "scheduler": scheduler_state,
-                               "config": json.dumps(config_json)})
+                               "config": json.dumps(config_json), "method": method_state or {}})
         write_atomically(staging / "state.pt", buffer)
     for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)

@@ -40,8 +40,8 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     g.add_argument("--random-crop", action=argparse.BooleanOptionalAction, default=None, help="random instead of center crops")
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips")
     g = p.add_argument_group("adapter")
-    g.add_argument("--method", help="lora, dora, loha or lokr (lora); DoRA is written with the magnitude per input "
-                                    "column, as AUTOMATIC1111 and ComfyUI apply it")
+    g.add_argument("--method", help="lora, dora, loha, lokr, adalora or dylora (lora); DoRA is written with the "
+                                    "magnitude per input column, as AUTOMATIC1111 and ComfyUI apply it")
     g.add_argument("--rank", type=int, help="LoRA rank (4)")
     g.add_argument("--alpha", type=float, help="LoRA alpha (default: the rank, so the scale is 1)")
     g.add_argument("--dropout", type=float, help="LoRA dropout (0)")
@@ -51,6 +51,8 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
                                      "convolutions: LoCon)")
     g.add_argument("--conv-rank", type=int, help="rank of the 3x3 convolutions with --targets all (--rank)")
     g.add_argument("--conv-alpha", type=float, help="alpha of the 3x3 convolutions with --targets all (the conv rank)")
+    g.add_argument("--target-rank", type=int, help="AdaLoRA: the average rank it prunes down to, from --rank (half of --rank)")
+    g.add_argument("--export-rank", type=int, help="DyLoRA: the rank the adapter file holds, 1 to --rank (--rank)")
     g.add_argument("--train-text-encoder", action=argparse.BooleanOptionalAction, default=None,
                    help="also adapt the CLIP text encoder (q/k/v/out_proj)")
     g.add_argument("--text-encoder-targets", type=_csv,
@@ -220,6 +222,16 @@ def add_adapter_tool_parsers(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--to", choices=("kohya", "diffusers", "peft"), required=True)
     p.add_argument("-o", "--out", type=Path, required=True, help="output file (a folder for peft)")
 
+    p = commands.add_parser("resize", help="reduce an adapter's rank per module (SVD, or a DyLoRA's own truncation)",
+                            description="Reduce an adapter's rank: to --rank R, or per module with --dynamic "
+                                        "(fro=S keeps the share S of each module's norm; ratio=R keeps singular values "
+                                        "of at least the largest / R), as kohya's resize_lora.py does.")
+    p.add_argument("file", type=Path)
+    p.add_argument("-o", "--out", type=Path, required=True, help="output .safetensors file")
+    p.add_argument("--rank", type=int, help="the rank; with --dynamic, the largest a module may keep")
+    p.add_argument("--dynamic", help="fro=0.9 or ratio=4: each module's own rank")
+    p.add_argument("--base", default="mini", help="base model, read for DoRA, LoHa and LoKr files (mini)")
+
     p = commands.add_parser("inspect", help="show what an adapter file holds")
     p.add_argument("file", type=Path)
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -241,6 +253,16 @@ def run_convert(args: argparse.Namespace) -> int:
     weights, metadata, kind = read_lora(args.file)
     write_lora(weights, args.to, args.out, metadata)
     print(f"Converted {args.file} ({kind}) to {args.to}: {args.out}")
+    return 0
+
+
+def run_resize(args: argparse.Namespace) -> int:
+    from .resize import ResizeConfig, resize
+
+    result = resize(ResizeConfig(args.file, args.out, args.rank, args.dynamic, args.base))
+    ranks = ", ".join(f"{count} at rank {rank}" for rank, count in result.ranks.items())
+    print(f"{result.method}: relative error {result.relative_error:.6f}; modules: {ranks}")
+    print(f"Resized {args.file} into {result.path}")
     return 0
 
 
@@ -279,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_ui(argparse.Namespace(), argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        runners = {"train": run_train, "generate": run_generate, "grid": run_grid, "merge": run_merge, "convert": run_convert,
+        runners = {"train": run_train, "generate": run_generate, "grid": run_grid, "merge": run_merge, "convert": run_convert, "resize": run_resize,
                    "inspect": run_inspect}
         return runners[args.command](args)
     except StyleloraError as error:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .methods import METHODS, PLANNED_METHODS, TARGET_PRESETS, AdapterSpec
+from .methods import LORA_PAIR_METHODS, METHODS, TARGET_PRESETS, AdapterSpec
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -47,6 +47,8 @@ class TrainConfig:
     targets: str | None = None  # a module preset (attn, attn-mlp, all-linear, all) instead of target_modules
     conv_rank: int | None = None  # rank of the 3x3 convolutions that --targets all adapts (None: --rank)
     conv_alpha: float | None = None  # their alpha (None: the conv rank)
+    target_rank: int | None = None  # AdaLoRA: the average rank it prunes down to (None: half of --rank)
+    export_rank: int | None = None  # DyLoRA: the rank the adapter file holds (None: --rank)
     rslora: bool = False  # rank-stabilised scale alpha/sqrt(rank) instead of alpha/rank
     loraplus_ratio: float = 0.0  # LoRA+: B (up) matrices learn this many times faster than A; 0 = off
     # optimisation
@@ -83,14 +85,18 @@ class TrainConfig:
         return TARGET_PRESETS[self.targets] if self.targets else self.target_modules
 
     def adapter_spec(self) -> AdapterSpec:
-        conv_rank = (self.conv_rank or self.rank) if self.targets == "all" else None
+        conv_rank = (self.conv_rank or self.rank) if self.targets == "all" and self.method != "adalora" else None
         conv_alpha = (self.conv_alpha or float(conv_rank)) if conv_rank else None
-        return AdapterSpec(self.method, self.rank, self.effective_alpha, self.dropout, self.rslora, conv_rank, conv_alpha)
+        return AdapterSpec(self.method, self.rank, self.effective_alpha, self.dropout, self.rslora, conv_rank, conv_alpha,
+                           self.target_rank)
 
     @property
     def file_alpha(self) -> float:
         """The alpha the adapter file stores. Loaders scale by alpha/rank, so an rsLoRA adapter (scale
-        alpha/sqrt(rank)) is written with alpha*sqrt(rank): the same delta in every tool."""
+        alpha/sqrt(rank)) is written with alpha*sqrt(rank): the same delta in every tool; a DyLoRA exported
+        at rank k with alpha*sqrt(k/rank), its trained scale at k (methods/dylora.py)."""
+        if self.method == "dylora":
+            return self.effective_alpha * math.sqrt((self.export_rank or self.rank) / self.rank)
         return self.effective_alpha * math.sqrt(self.rank) if self.rslora else self.effective_alpha
 
     @property
@@ -158,8 +164,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         (c.noise_offset >= 0, "noise_offset", "the noise offset must be 0 or more; 0.05 is usual"),
         (c.loraplus_ratio >= 0, "loraplus_ratio", "the LoRA+ ratio must be 0 (off) or more; 16 is the paper's usual value"),
         (c.precision in PRECISIONS, "precision", f"choose one of {', '.join(PRECISIONS)}"),
-        (c.method not in PLANNED_METHODS, "method", f"{c.method} is planned but not built yet; choose one of {', '.join(METHODS)}"),
-        (c.method in METHODS + PLANNED_METHODS, "method", f"choose one of {', '.join(METHODS)}"),
+        (c.method in METHODS, "method", f"choose one of {', '.join(METHODS)}"),
         (c.targets is None or c.targets in TARGET_PRESETS, "targets", f"choose one of {', '.join(TARGET_PRESETS)}"),
         (c.targets is None or c.target_modules == UNET_TARGETS, "targets",
          "give --targets (a preset) or --target-modules (your own list), not both"),
@@ -167,12 +172,21 @@ def validate(config: TrainConfig) -> TrainConfig:
         (c.conv_alpha is None or c.conv_alpha > 0, "conv_alpha", "the conv alpha must be above 0"),
         (c.targets == "all" or (c.conv_rank is None and c.conv_alpha is None), "conv_rank" if c.conv_rank else "conv_alpha",
          "only --targets all adapts the 3x3 convolutions; add --targets all, or leave out --conv-rank/--conv-alpha"),
+        (c.method != "adalora" or (c.conv_rank is None and c.conv_alpha is None), "conv_rank" if c.conv_rank else "conv_alpha",
+         "AdaLoRA allocates every module's rank itself, convolutions included; leave out --conv-rank/--conv-alpha"),
         (c.method in ("lora", "dora") or not c.rslora, "rslora",
          f"rsLoRA scales LoRA and DoRA; --method {c.method} has its own scale (alpha/rank); leave out --rslora"),
-        (c.method in ("lora", "dora") or not c.loraplus_ratio, "loraplus_ratio",
-         f"LoRA+ speeds up the B matrices of LoRA and DoRA; --method {c.method} has none; leave out --loraplus-ratio"),
-        (c.method in ("lora", "dora") or not c.dropout, "dropout",
-         f"--dropout is LoRA's input dropout, used by lora and dora; leave it out with --method {c.method}"),
+        (c.method in LORA_PAIR_METHODS or not c.loraplus_ratio, "loraplus_ratio",
+         f"LoRA+ speeds up the B matrices of LoRA, DoRA and DyLoRA; --method {c.method} has none; leave out --loraplus-ratio"),
+        (c.method in LORA_PAIR_METHODS or not c.dropout, "dropout",
+         f"--dropout is LoRA's input dropout, used by lora, dora and dylora; leave it out with --method {c.method}"),
+        (c.target_rank is None or c.method == "adalora", "target_rank", "only --method adalora prunes to a target rank"),
+        (c.target_rank is None or 1 <= c.target_rank <= c.rank, "target_rank",
+         f"AdaLoRA prunes from --rank {c.rank} down to a target between 1 and {c.rank}"),
+        (c.export_rank is None or c.method == "dylora", "export_rank", "only --method dylora trains every rank at once; "
+         "for other methods use `stylelora resize FILE --rank R` after training"),
+        (c.export_rank is None or 1 <= c.export_rank <= c.rank, "export_rank",
+         f"DyLoRA trains ranks 1 to --rank {c.rank}: export one of those"),
         (c.save_every >= 0, "save_every", "save every N steps, N >= 0 (0 = only at the end)"),
         (c.sample_every >= 0, "sample_every", "sample every N steps, N >= 0 (0 = never)"),
         (c.sample_every == 0 or bool(c.sample_prompts), "sample_every",

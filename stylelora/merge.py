@@ -52,17 +52,40 @@ def blended_deltas(items: list[tuple[LoraWeights, StyleWeight]], base: BaseWeigh
     return deltas
 
 
-def merge_svd(items: list[tuple[LoraWeights, StyleWeight]], rank: int,
+# How many singular values a module keeps, given all of them (largest first).
+RankRule = Callable[[torch.Tensor], int]
+
+
+def fixed_rank(rank: int) -> RankRule:
+    return lambda singular_values: rank
+
+
+def frobenius_share(share: float, max_rank: int | None = None) -> RankRule:
+    """The smallest rank that keeps `share` of the module's Frobenius norm (kohya resize_lora's sv_fro)."""
+    def rule(s: torch.Tensor) -> int:
+        kept = torch.sqrt(torch.cumsum(s ** 2, 0) / (s ** 2).sum())
+        return min(int((kept < share - 1e-12).sum()) + 1, max_rank or s.numel())
+    return rule
+
+
+def singular_ratio(ratio: float, max_rank: int | None = None) -> RankRule:
+    """The singular values at least the largest one / `ratio` (kohya resize_lora's sv_ratio)."""
+    return lambda s: min(max(1, int((s >= s[0] / ratio).sum())), max_rank or s.numel())
+
+
+def merge_svd(items: list[tuple[LoraWeights, StyleWeight]], rank: int | RankRule,
               base: BaseWeights | None = None) -> tuple[LoraWeights, float]:
     """Best rank-`rank` approximation (per module, by truncated SVD) of the exact blend, and the relative
-    Frobenius error over all modules: ||exact - approx|| / ||exact||. DoRA, LoHa and LoKr modules are
-    read through `base`, the base model's weights."""
+    Frobenius error over all modules: ||exact - approx|| / ||exact||. `rank` may be a rule that picks each
+    module's rank from its singular values. DoRA, LoHa and LoKr modules are read through `base`, the base
+    model's weights."""
+    rule = fixed_rank(rank) if isinstance(rank, int) else rank
     shapes = {key: _lora_shapes(adapter, key, base) for weights, _ in items for key, adapter in weights.items()}
     merged: LoraWeights = {}
     error_sq = total_sq = 0.0
     for key, delta in blended_deltas(items, base).items():
         u, s, vh = torch.linalg.svd(delta, full_matrices=False)
-        k = max(1, min(rank, int(s.shape[0])))
+        k = max(1, min(rule(s), int(s.shape[0])))
         root = s[:k].sqrt()
         up, down = u[:, :k] * root, root[:, None] * vh[:k]
         error_sq += float((s[k:] ** 2).sum())

@@ -54,6 +54,8 @@ def adapter_metadata(config: TrainConfig, folder: ImageFolder, resolution: int, 
         "stylelora.targets": config.targets or "custom",
         "stylelora.conv_rank": config.adapter_spec().conv_rank,
         "stylelora.conv_alpha": config.adapter_spec().conv_alpha,
+        "stylelora.target_rank": config.adapter_spec().target_rank if config.method == "adalora" else None,
+        "stylelora.export_rank": (config.export_rank or config.rank) if config.method == "dylora" else None,
         "stylelora.rslora": config.rslora,
         "stylelora.loraplus_ratio": config.loraplus_ratio,
         "stylelora.target_modules": targets,
@@ -70,7 +72,7 @@ def adapter_metadata(config: TrainConfig, folder: ImageFolder, resolution: int, 
         "stylelora.config": json.dumps(config.to_json_dict()),
         **kohya_metadata({
             "ss_network_module": NETWORK_MODULES[config.method],
-            "ss_network_dim": config.rank,
+            "ss_network_dim": file_rank(config),
             # what loaders divide by the rank (DoRA: the scale is folded into up, see methods/layouts.py)
             "ss_network_alpha": float(config.rank if config.method == "dora" else config.file_alpha),
             "ss_network_dropout": config.dropout,
@@ -112,12 +114,20 @@ def adapter_metadata(config: TrainConfig, folder: ImageFolder, resolution: int, 
     })
 
 
+def file_rank(config: TrainConfig) -> int:
+    """The rank the file holds: DyLoRA's export rank; AdaLoRA's initial one (each module keeps its own final
+    rank at most this; `stylelora inspect` lists them)."""
+    return (config.export_rank or config.rank) if config.method == "dylora" else config.rank
+
+
 def network_args(config: TrainConfig) -> str | None:
     """ss_network_args as kohya and LyCORIS write it: a JSON object of strings, or None for plain LoRA."""
     spec = config.adapter_spec()
-    args = {} if config.method == "lora" else {"algo": "lora" if config.method == "dora" else config.method}
+    args = {"algo": "lora" if config.method == "dora" else config.method} if config.method in ("dora", "loha", "lokr") else {}
     if config.method == "dora":
         args["dora_wd"] = "True"
+    if config.method == "dylora":
+        args["unit"] = "1"  # kohya's networks.dylora: one component per step
     if spec.conv_rank:
         args |= {"conv_dim": str(spec.conv_rank), "conv_alpha": f"{spec.conv_alpha:g}"}
     return json.dumps(args) if args else None
@@ -145,7 +155,9 @@ class Outputs:
         return dict(zip(("unet", "text_encoder"), unwrapped))
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
-        return to_kohya({key: module for part, model in self.parts().items() for key, module in export(model, part).items()})
+        rank = self.config.export_rank
+        return to_kohya({key: module for part, model in self.parts().items()
+                         for key, module in export(model, part, export_rank=rank).items()})
 
     def metadata(self, step: int) -> dict[str, str]:
         return adapter_metadata(self.config, self.folder, self.model.resolution, step, self.base_id,
@@ -158,7 +170,7 @@ class Outputs:
         return save_checkpoint(self.config.out_dir, step, self.adapter_tensors(), self.metadata(step),
                                optimisation.optimizer.state_dict(), optimisation.lr_schedule.state_dict(),
                                self.config.to_json_dict() | {"resolution": self.model.resolution},
-                               trainable_tensors(self.parts()))
+                               trainable_tensors(self.parts()), optimisation.hooks.state_dict())
 
     def final(self) -> None:
         if self.main:

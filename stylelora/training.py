@@ -31,6 +31,7 @@ from .data import ImageFolder, describe_folder, scan_folder, warn_long_captions
 from .errors import TrainingError
 from .methods import KINDS
 from .methods.attach import attach
+from .methods.steps import StepHooks, hooks_for
 from .precision import PRECISION_NAMES, choose_precision
 from .run_outputs import MetricsLog, Outputs, progress_bar as make_progress_bar, render_samples
 from .step_loss import StepLoss
@@ -135,6 +136,7 @@ class Optimisation:
     optimizer: torch.optim.Optimizer
     lr_schedule: object
     steps: int
+    hooks: StepHooks = field(default_factory=StepHooks)  # the method's per-step work
     start_step: int = 0
 
     @property
@@ -189,11 +191,13 @@ def prepare_adapters(config: TrainConfig, model: Model, examples: int, accelerat
     unet, text_encoder = model.pipe.unet, model.pipe.text_encoder
     torch.manual_seed(config.seed)  # adapters start partly random: the same seed, the same start
     spec = config.adapter_spec()
-    attach(unet, spec, config.unet_targets, flag="--targets" if config.targets else "--target-modules")
+    steps = total_steps(config, examples, accelerator.num_processes)
+    attach(unet, spec, config.unet_targets, flag="--targets" if config.targets else "--target-modules", total_steps=steps)
     groups = parameter_groups(unet, config.effective_learning_rate, config.loraplus_ratio)
     if config.train_text_encoder:
-        attach(text_encoder, spec, config.text_encoder_targets, flag="--text-encoder-targets")
+        attach(text_encoder, spec, config.text_encoder_targets, flag="--text-encoder-targets", total_steps=steps)
         groups += parameter_groups(text_encoder, config.text_encoder_lr, config.loraplus_ratio)
+    adapted = [unet] + ([text_encoder] if config.train_text_encoder else [])
     for group in groups:
         for p in group["params"]:
             p.data = p.data.float()  # LoRA weights train in float32 even over a low-precision base
@@ -201,12 +205,12 @@ def prepare_adapters(config: TrainConfig, model: Model, examples: int, accelerat
         unet.enable_gradient_checkpointing()
     # The fused kernel (CPU and CUDA) updates every LoRA tensor in one call: about a millisecond a step less.
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, fused=True)
-    steps = total_steps(config, examples, accelerator.num_processes)
     lr_schedule = get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps,
                                 num_training_steps=steps)
-    optimisation = Optimisation(groups, optimizer, lr_schedule, steps)
+    optimisation = Optimisation(groups, optimizer, lr_schedule, steps, hooks_for(config.method, adapted, config.seed, config.rank))
     if config.resume:
-        optimisation.start_step = _resume(config, unet, text_encoder, optimizer, lr_schedule, model.resolution, say)
+        optimisation.start_step = _resume(config, dict(zip(("unet", "text_encoder"), adapted)), optimisation,
+                                          model.resolution, say)
     elif (earlier := latest_checkpoint(config.out_dir)) is not None:
         raise TrainingError(f"{earlier}: this output folder holds a checkpoint of an earlier run; add --resume to "
                             "continue it, or choose another --out (or delete that checkpoints folder) to start afresh")
@@ -321,6 +325,7 @@ def run_loop(config: TrainConfig, model: Model, optimisation: Optimisation, step
                 raise TrainingInterrupted("stopped on request")
             # The step's randomness (including LoRA dropout) depends only on (seed, step): exact resume.
             torch.manual_seed(config.seed * 1_000_003 + step)
+            optimisation.hooks.before_step(step)
             total = 0.0
             for micro in range(config.grad_accumulation):
                 last = micro == config.grad_accumulation - 1
@@ -329,12 +334,14 @@ def run_loop(config: TrainConfig, model: Model, optimisation: Optimisation, step
                     if not torch.isfinite(loss):
                         raise TrainingError(f"the loss became {loss.item()} at step {step + 1}; lower "
                                             "--learning-rate or use --precision no")
-                    accelerator.backward(loss / config.grad_accumulation)
+                    # The method's own penalty (AdaLoRA's orthogonality) trains but is not the reported loss.
+                    accelerator.backward((loss + optimisation.hooks.extra_loss()) / config.grad_accumulation)
                     total += loss.item() / config.grad_accumulation
             grad_norm = clip_gradients(accelerator, trainable, config.max_grad_norm)
             if not math.isfinite(grad_norm):
                 raise TrainingError(f"the gradients became {grad_norm} at step {step + 1}; lower --learning-rate")
             optimizer.step()
+            optimisation.hooks.after_optimizer_step(step)  # AdaLoRA reads the gradients: before zero_grad
             lr_schedule.step()
             optimizer.zero_grad(set_to_none=True)
             loss_value, completed = total, step + 1
@@ -376,7 +383,7 @@ def _write_failed(error: OSError, out_dir: Path) -> TrainingError:
     return TrainingError(f"{error.filename or out_dir}: cannot write ({error.strerror or error}); {kept}")
 
 
-def _resume(config: TrainConfig, unet, text_encoder, optimizer, lr_schedule, resolution: int,
+def _resume(config: TrainConfig, models: dict[str, torch.nn.Module], optimisation: Optimisation, resolution: int,
             say: Callable[[str], None]) -> int:
     path = latest_checkpoint(config.out_dir)
     if path is None:
@@ -384,13 +391,13 @@ def _resume(config: TrainConfig, unet, text_encoder, optimizer, lr_schedule, res
         return 0
     adapter, state, trainable = load_checkpoint(path)
     check_compatible(state["config"], config.to_json_dict() | {"resolution": resolution}, path)
-    models = {"unet": unet} | ({"text_encoder": text_encoder} if config.train_text_encoder else {})
     for part, model in models.items():
         if trainable is not None:
             load_trainable(model, trainable, part, path)
         else:  # a checkpoint from before trainable.safetensors: LoRA only, from the adapter file
             load_into(model, adapter.tensors, part, path)
-    optimizer.load_state_dict(state["optimizer"])
-    lr_schedule.load_state_dict(state["scheduler"])
+    optimisation.optimizer.load_state_dict(state["optimizer"])
+    optimisation.lr_schedule.load_state_dict(state["scheduler"])
+    optimisation.hooks.load_state_dict(state.get("method", {}))
     say(f"Resuming from {path} (step {state['step']}).")
     return int(state["step"])

@@ -8,6 +8,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
+from stylelora.checkpoint import load_checkpoint
 from stylelora.config import TrainConfig, validate
 from stylelora.errors import ConfigError
 from stylelora.files import read_safetensors, save_safetensors
@@ -128,7 +129,7 @@ def test_a_loha_a_dora_and_a_lora_blend_in_one_stack_fused_equals_unfused(tiny_b
 
 @pytest.mark.parametrize("method", METHODS)
 def test_each_method_trains_and_resumes_exactly(train_config, method):
-    extra = dict(targets="all", conv_rank=2) if method in ("lora", "loha") else dict(targets="attn-mlp")
+    extra = dict(targets="all", conv_rank=2) if method in ("lora", "loha", "dylora") else dict(targets="attn-mlp")
     straight = train_config(method=method, max_steps=4, out=train_config().out.parent / "straight", **extra)
     train(straight, **QUIET)
     halves = train_config(method=method, max_steps=4, save_every=2, out=train_config().out.parent / "halves", **extra)
@@ -142,7 +143,7 @@ def test_each_method_trains_and_resumes_exactly(train_config, method):
     assert all(torch.allclose(a.tensors[k], b.tensors[k], atol=1e-6) for k in a.tensors)
     assert a.metadata["stylelora.method"] == method
     weights, _, _ = read_lora(straight.adapter_path)
-    assert {m.kind for m in weights.values()} == {method}
+    assert {m.kind for m in weights.values()} == {"lora" if method in ("adalora", "dylora") else method}
     if "conv_rank" in extra:
         assert any("resnets" in module and module.endswith("conv1") for _, module in weights)
         convs = [m for (_, module), m in weights.items() if module.endswith("conv1")]
@@ -184,8 +185,12 @@ def test_convert_refuses_non_lora_layouts_and_merge_svd_works_on_deltas(tiny_bas
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(method="adalora"), "--method = 'adalora': adalora is planned but not built yet"),
-    (dict(method="ia3"), "--method = 'ia3': choose one of lora, dora, loha, lokr"),
+    (dict(method="ia3"), "--method = 'ia3': choose one of lora, dora, loha, lokr, adalora, dylora"),
+    (dict(target_rank=2), "--target-rank = 2: only --method adalora"),
+    (dict(method="adalora", target_rank=8), "--target-rank = 8: AdaLoRA prunes from --rank 4 down to a target between 1 and 4"),
+    (dict(method="adalora", targets="all", conv_rank=2), "--conv-rank = 2: AdaLoRA allocates every module's rank itself"),
+    (dict(export_rank=2), "--export-rank = 2: only --method dylora"),
+    (dict(method="dylora", export_rank=5), "--export-rank = 5: DyLoRA trains ranks 1 to --rank 4"),
     (dict(targets="everything"), "--targets = 'everything': choose one of attn, attn-mlp, all-linear, all"),
     (dict(targets="attn-mlp", target_modules=("to_q",)), "not both"),
     (dict(conv_rank=4), "--conv-rank = 4: only --targets all adapts the 3x3 convolutions"),
@@ -229,3 +234,67 @@ def test_each_method_trains_over_a_bf16_base(train_config, method):
     weights, _, _ = read_lora(result.adapter_path)
     assert {m.kind for m in weights.values()} == {method} and result.loss == result.loss
     assert all(t.dtype == torch.float32 for t in read_safetensors(result.adapter_path).tensors.values())
+
+
+def test_adalora_prunes_resumes_exactly_through_its_rank_schedule_and_exports_each_modules_rank(train_config):
+    """24 steps: the budget is pruned at step 10, fixed at step 20 (total - tfinal); resuming from step 22
+    needs the importance scores and the final rank pattern."""
+    options = dict(method="adalora", rank=4, target_rank=1, targets="attn-mlp", max_steps=24, learning_rate=5e-2)
+    straight = train_config(out=train_config().out.parent / "straight", **options)
+    train(straight, **QUIET)
+    halves = train_config(out=train_config().out.parent / "halves", save_every=11, **options)
+    train(halves, **QUIET)
+    halves.adapter_path.unlink()
+    import shutil
+    shutil.rmtree(halves.out_dir / "checkpoints" / "step-000011")  # resume from step 22, after the final mask
+    train(train_config(out=halves.out, save_every=11, resume=True, **options), **QUIET)
+    a, b = read_safetensors(straight.adapter_path), read_safetensors(halves.adapter_path)
+    assert a.tensors.keys() == b.tensors.keys()
+    assert all(torch.allclose(a.tensors[k], b.tensors[k], atol=1e-6) for k in a.tensors)
+    weights, _, _ = read_lora(straight.adapter_path)
+    ranks = [m.rank for m in weights.values()]
+    trainable = load_checkpoint(halves.out_dir / "checkpoints" / "step-000022")[2]
+    adapted = sum(1 for key in trainable if "lora_E" in key)
+    # The budget is target rank x modules, spent unevenly: some keep 4, some are pruned away entirely.
+    assert sum(ranks) <= adapted * 1 and len(set(ranks)) > 1 and len(ranks) <= adapted, (ranks, adapted)
+
+
+def test_each_dylora_truncation_equals_the_file_exported_at_that_rank(tiny_base, tmp_path):
+    from stylelora.methods.dylora import set_dylora_rank
+    from stylelora.resize import ResizeConfig, resize
+
+    pipe = _trained_in_memory(tiny_base, "dylora")
+    pipe.unet.eval()
+    full = save_safetensors(tmp_path / "full.safetensors", to_kohya(export(pipe.unet, "unet")),
+                            {"stylelora.method": "dylora"})
+    outputs = []
+    for k in (1, 2, 3, 4):
+        set_dylora_rank(pipe.unet, k)
+        expected = _unet_output(pipe.unet)
+        outputs.append(expected)
+        exported = save_safetensors(tmp_path / f"r{k}.safetensors", to_kohya(export(pipe.unet, "unet", export_rank=k)), {})
+        resized = resize(ResizeConfig(full, tmp_path / f"resized{k}.safetensors", rank=k))
+        assert resized.method == "dylora truncation"
+        for path in (exported, resized.path):
+            styler = Styler(str(tiny_base))
+            styler.set_weights({styler.load(path): 1.0})
+            assert _close(_unet_output(styler.pipe.unet), expected), (k, path)
+    assert not _close(outputs[0], outputs[3], 1e-3)
+
+
+def test_resize_by_svd_to_a_rank_or_a_share_of_the_norm(two_adapters, tmp_path):
+    from stylelora.resize import ResizeConfig, resize
+
+    exact = resize(ResizeConfig(two_adapters[0], tmp_path / "same.safetensors", dynamic="fro=1.0"))
+    assert exact.relative_error < 1e-6 and exact.ranks == {2: 32}
+    one = resize(ResizeConfig(two_adapters[0], tmp_path / "one.safetensors", rank=1))
+    assert one.ranks == {1: 32} and 0 < one.relative_error < 1
+    share = resize(ResizeConfig(two_adapters[0], tmp_path / "share.safetensors", dynamic="fro=0.8"))
+    assert set(share.ranks) <= {1, 2} and share.relative_error <= (1 - 0.8 ** 2) ** 0.5 + 1e-6
+    for bad, message in ((dict(dynamic="fro=2"), "--dynamic = 'fro=2'"), (dict(), "give --rank R"),
+                         (dict(rank=0), "--rank = 0")):
+        with pytest.raises(ConfigError, match=message):
+            resize(ResizeConfig(two_adapters[0], tmp_path / "x.safetensors", **bad))
+    run = subprocess.run([sys.executable, "-m", "stylelora", "resize", str(two_adapters[0]), "-o",
+                          str(tmp_path / "cli.safetensors"), "--dynamic", "ratio=1000"], capture_output=True, text=True)
+    assert run.returncode == 0 and "svd: relative error" in run.stdout and "32 at rank" in run.stdout, run.stderr

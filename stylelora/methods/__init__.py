@@ -4,6 +4,8 @@ file layout its trained weights take (layouts.py).
 - lora: peft's LoraConfig (rsLoRA through `use_rslora`).
 - dora: peft's LoRA with a column-wise DoRA variant (dora.py says why not peft's own `use_dora`).
 - loha, lokr: peft's LoHaConfig and LoKrConfig, whose parameters carry LyCORIS's names and formulas.
+- adalora: peft's AdaLoRA (steps.py runs its rank budget); written as plain LoRA, each module at its final rank.
+- dylora: peft's LoRA with a DyLoRA variant (dylora.py); written as plain LoRA at the export rank.
 The file layout of each is in layouts.py. Module choice: `TARGET_PRESETS`, with 3x3 convolutions
 ("LoCon") at their own rank and alpha.
 """
@@ -14,8 +16,9 @@ from dataclasses import dataclass
 
 # Light on purpose (no torch, no peft): the config imports these, and `stylelora --help` and config
 # errors must stay fast. attach.py holds the code that touches models.
-METHODS = ("lora", "dora", "loha", "lokr")
-PLANNED_METHODS = ("adalora", "dylora")
+METHODS = ("lora", "dora", "loha", "lokr", "adalora", "dylora")
+# Methods that train a LoRA pair (A, B): LoRA+ and LoRA's input dropout apply to them.
+LORA_PAIR_METHODS = ("lora", "dora", "dylora")
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 FEED_FORWARD = ("ff.net.0.proj", "ff.net.2")
 OTHER_LINEAR = ("proj_in", "proj_out", "time_emb_proj", "time_embedding.linear_1", "time_embedding.linear_2")
@@ -27,7 +30,8 @@ TARGET_PRESETS = {
     "all": ATTENTION + FEED_FORWARD + OTHER_LINEAR + CONVOLUTIONS,
 }
 # kohya's ss_network_module for each method: LyCORIS types are loaded by its kohya-compatible network.
-NETWORK_MODULES = {"lora": "networks.lora", "dora": "lycoris.kohya", "loha": "lycoris.kohya", "lokr": "lycoris.kohya"}
+NETWORK_MODULES = {"lora": "networks.lora", "dora": "lycoris.kohya", "loha": "lycoris.kohya", "lokr": "lycoris.kohya",
+                   "adalora": "networks.lora", "dylora": "networks.dylora"}
 
 
 @dataclass(frozen=True)
@@ -41,10 +45,11 @@ class AdapterSpec:
     rslora: bool = False
     conv_rank: int | None = None
     conv_alpha: float | None = None
+    target_rank: int | None = None  # AdaLoRA: the average rank it prunes down to
 
     @property
     def scale(self) -> float:
         return self.alpha / (self.rank ** 0.5 if self.rslora else self.rank)
 
 
-KINDS = {"lora": "LoRA", "dora": "DoRA", "loha": "LoHa", "lokr": "LoKr"}
+KINDS = {"lora": "LoRA", "dora": "DoRA", "loha": "LoHa", "lokr": "LoKr", "adalora": "AdaLoRA", "dylora": "DyLoRA"}

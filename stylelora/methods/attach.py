@@ -9,14 +9,16 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from ..errors import ConfigError
 from . import AdapterSpec
 from .dora import make_column_dora
+from .dylora import dylora_scale, make_dylora
 from .layouts import DoraModule, LohaModule, LokrModule, LoraModule, ModuleAdapter
+from .steps import ADALORA_TUNERS, AdaLoraModel, adalora_config
 
 
 def _is_spatial_conv(module: torch.nn.Module) -> bool:
     return isinstance(module, torch.nn.Conv2d) and module.kernel_size != (1, 1)
 
 
-def _peft_config(spec: AdapterSpec, targets: tuple[str, ...], model: torch.nn.Module):
+def _peft_config(spec: AdapterSpec, targets: tuple[str, ...], model: torch.nn.Module, total_steps: int):
     """The peft config of `spec`, with 3x3 convolutions at the conv rank and alpha (full module paths, so
     peft's pattern matching cannot catch a neighbour)."""
     wanted = [name for name, module in model.named_modules() if _is_spatial_conv(module)
@@ -24,7 +26,9 @@ def _peft_config(spec: AdapterSpec, targets: tuple[str, ...], model: torch.nn.Mo
     ranks = {name: spec.conv_rank for name in wanted} if spec.conv_rank else {}
     alphas = {name: spec.conv_alpha for name in wanted} if spec.conv_alpha else {}
     common = dict(r=spec.rank, target_modules=list(targets), rank_pattern=ranks, alpha_pattern=alphas)
-    if spec.method in ("lora", "dora"):
+    if spec.method == "adalora":
+        return adalora_config(spec.rank, spec.target_rank or max(1, spec.rank // 2), spec.alpha, targets, total_steps)
+    if spec.method in ("lora", "dora", "dylora"):
         return LoraConfig(lora_alpha=spec.alpha, lora_dropout=spec.dropout, init_lora_weights=True,
                           use_rslora=spec.rslora, **common)
     kind = LoHaConfig if spec.method == "loha" else LoKrConfig
@@ -32,12 +36,17 @@ def _peft_config(spec: AdapterSpec, targets: tuple[str, ...], model: torch.nn.Mo
 
 
 def attach(model: torch.nn.Module, spec: AdapterSpec, targets: tuple[str, ...], flag: str = "--target-modules",
-           adapter_name: str = "default") -> list[str]:
+           adapter_name: str = "default", total_steps: int = 1) -> list[str]:
     """Add a trainable adapter of `spec.method` to every module whose path ends in one of `targets`; return
     their paths. Every method starts as a zero change (peft's default inits, a DoRA magnitude equal to the
-    base's column norms), so the model's output is unchanged until training moves it."""
+    base's column norms), so the model's output is unchanged until training moves it. `total_steps` sets
+    AdaLoRA's pruning schedule."""
+    config = _peft_config(spec, targets, model, total_steps)
     try:
-        model.add_adapter(_peft_config(spec, targets, model), adapter_name=adapter_name)
+        if spec.method == "adalora":  # the tuner holds the rank budget: keep it (steps.py)
+            ADALORA_TUNERS[model] = AdaLoraModel(model, config, adapter_name)
+        else:
+            model.add_adapter(config, adapter_name=adapter_name)
     except ValueError as error:
         if "not found" in str(error) or "Target modules" in str(error):
             raise ConfigError(f"{flag} = {','.join(targets)}: no module of the {type(model).__name__} matches; "
@@ -45,6 +54,8 @@ def attach(model: torch.nn.Module, spec: AdapterSpec, targets: tuple[str, ...], 
         raise
     if spec.method == "dora":
         make_column_dora(model, adapter_name)
+    if spec.method == "dylora":
+        make_dylora(model, adapter_name)
     return sorted(name for name, _ in adapted_layers(model, adapter_name))
 
 
@@ -74,8 +85,13 @@ def _cpu(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().float().cpu()
 
 
-def export_layer(layer, adapter_name: str) -> ModuleAdapter:
-    """One trained layer as the module its file holds (layouts.py), with the scale the loaders apply."""
+def export_layer(layer, adapter_name: str, export_rank: int | None = None) -> ModuleAdapter | None:
+    """One trained layer as the module its file holds (layouts.py), with the scale the loaders apply; None
+    for an AdaLoRA layer whose every singular value was pruned (it changes nothing)."""
+    if adapter_name in getattr(layer, "lora_E", {}):
+        return _export_adalora(layer, adapter_name)
+    if hasattr(layer, "dylora_rank"):
+        return _export_dylora(layer, adapter_name, export_rank)
     if adapter_name in getattr(layer, "hada_w1_a", {}):
         get = lambda key: _cpu(getattr(layer, key)[adapter_name])  # noqa: E731
         return LohaModule(get("hada_w1_a"), get("hada_w1_b"), get("hada_w2_a"), get("hada_w2_b"),
@@ -91,6 +107,31 @@ def export_layer(layer, adapter_name: str) -> ModuleAdapter:
             return DoraModule(down, up * scaling, float(rank), magnitude.reshape(shape))
         return LoraModule(down, up, scaling * rank)  # alpha that loaders divide by the rank (rsLoRA included)
     return _export_lokr(layer, adapter_name)
+
+
+def _export_adalora(layer, adapter_name: str) -> LoraModule | None:
+    """AdaLoRA's B diag(E) A, with the pruned singular values (E = 0) left out: plain LoRA at this module's
+    final rank, alpha chosen so alpha / rank is AdaLoRA's scale, alpha / (its initial rank)."""
+    down, values, up = (_cpu(getattr(layer, key)[adapter_name]) for key in ("lora_A", "lora_E", "lora_B"))
+    kept = values.flatten() != 0
+    rank = int(kept.sum())
+    if rank == 0:
+        return None
+    scale = float(layer.scaling[adapter_name]) / (float(layer.ranknum[adapter_name]) + 1e-5)
+    down = (down * values)[kept]
+    if down.ndim == 2 and isinstance(layer.get_base_layer(), torch.nn.Conv2d):
+        base = layer.get_base_layer().weight
+        down, up = down.reshape(rank, *base.shape[1:]), up[:, kept].reshape(base.shape[0], rank, 1, 1)
+        return LoraModule(down, up, scale * rank)
+    return LoraModule(down, up[:, kept], scale * rank)
+
+
+def _export_dylora(layer, adapter_name: str, export_rank: int | None) -> LoraModule:
+    """The first k components at DyLoRA's scale for rank k, as a plain LoRA (alpha = k * that scale)."""
+    down, up = _cpu(layer.lora_A[adapter_name].weight), _cpu(layer.lora_B[adapter_name].weight)
+    rank = down.shape[0]
+    k = min(export_rank or rank, rank)
+    return LoraModule(down[:k], up[:, :k], k * dylora_scale(float(layer.scaling[adapter_name]), rank, k))
 
 
 def _export_lokr(layer, adapter_name: str) -> LokrModule:
@@ -110,7 +151,9 @@ def _export_lokr(layer, adapter_name: str) -> LokrModule:
     return module
 
 
-def export(model: torch.nn.Module, part: str, adapter_name: str = "default") -> dict[tuple[str, str], ModuleAdapter]:
-    """Every adapted layer of `model`, keyed (part, module path as files name it)."""
-    return {(part, file_path(part, name)): export_layer(layer, adapter_name)
-            for name, layer in adapted_layers(model, adapter_name)}
+def export(model: torch.nn.Module, part: str, adapter_name: str = "default",
+           export_rank: int | None = None) -> dict[tuple[str, str], ModuleAdapter]:
+    """Every adapted layer of `model`, keyed (part, module path as files name it). `export_rank`: DyLoRA's rank."""
+    modules = {(part, file_path(part, name)): export_layer(layer, adapter_name, export_rank)
+               for name, layer in adapted_layers(model, adapter_name)}
+    return {key: module for key, module in modules.items() if module is not None}
