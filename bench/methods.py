@@ -4,7 +4,9 @@
     python bench/methods.py --quick    # 3 images per prompt
 
 Each method trains on the stripes, dots and pastel folders of the miniature base with the default
-settings (800 steps, rank 4, the mini's learning rate); LoRA also at ranks 2, 8 and 16 on stripes.
+settings (800 steps, rank 4, the mini's learning rate); LoRA also at ranks 2, 8 and 16 on stripes,
+LoHa at rank 2 (about rank-4 LoRA's parameter count), and one rank-8 DyLoRA run on stripes judged
+at ranks 1, 2, 4 and 8 (`stylelora resize` truncates it).
 Writes bench/results/methods.md (quoted in README.md), methods.json and methods.png.
 """
 
@@ -23,12 +25,22 @@ from stylelora.files import write_atomically  # noqa: E402
 from stylelora.formats import read_lora  # noqa: E402
 from stylelora.methods import METHODS  # noqa: E402
 from stylelora.mini.evaluate import measure  # noqa: E402
+from stylelora.resize import ResizeConfig, resize  # noqa: E402
 from stylelora.styler import Styler  # noqa: E402
 from stylelora.training import train  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 STYLES = {"stripes": "striped", "dots": "dotted", "pastel": "pastel"}
 EXTRA_LORA_RANKS = (2, 8, 16)
+
+
+def truncated(run: dict, rank: int) -> dict:
+    """A rank-`rank` copy of a DyLoRA run's adapter, by its own truncation."""
+    path = Path(run["path"])
+    result = resize(ResizeConfig(path, path.with_name(f"{path.stem}-r{rank}.safetensors"), rank=rank))
+    weights, _, _ = read_lora(result.path)
+    return run | {"path": str(result.path), "parameters": sum(m.parameter_count for m in weights.values()),
+                  "file_bytes": result.path.stat().st_size}
 
 
 def train_one(work: Path, style: str, method: str, rank: int = 4) -> dict:
@@ -111,13 +123,20 @@ def main() -> None:
         runs = {style: train_one(work, style, method) for style in STYLES}
         rows.append(score(method, runs, styler, per_prompt))
         print(f"{method}: {rows[-1]}", flush=True)
-    for rank in EXTRA_LORA_RANKS:
-        rows.append(score(f"lora rank {rank}", {"stripes": train_one(work, "stripes", "lora", rank)}, styler, per_prompt))
-        print(f"lora rank {rank}: {rows[-1]}", flush=True)
+    extra = [(f"lora rank {rank}", lambda rank=rank: train_one(work, "stripes", "lora", rank)) for rank in EXTRA_LORA_RANKS]
+    extra.append(("loha rank 2", lambda: train_one(work, "stripes", "loha", 2)))
+    for label, run in extra:
+        rows.append(score(label, {"stripes": run()}, styler, per_prompt))
+        print(f"{label}: {rows[-1]}", flush=True)
+    dylora = train_one(work, "stripes", "dylora", 8)
+    for rank in (1, 2, 4, 8):
+        rows.append(score(f"dylora rank {rank} of one rank-8 run", {"stripes": truncated(dylora, rank)}, styler, per_prompt))
+        print(f"dylora rank {rank}: {rows[-1]}", flush=True)
     header = (f"Measured by `python bench/methods.py{' --quick' if args.quick else ''}`: each method trained with "
               "the defaults (800 steps, rank 4, alpha 4, learning rate 2e-3, seed 0, attention modules) on each "
               f"sample folder; {per_prompt} images for each of the 12 colour x shape prompts per setting, 20 DPM++ "
-              "steps, guidance 4, judged by `stylelora.mini.judge`. The extra LoRA ranks train on stripes only. "
+              "steps, guidance 4, judged by `stylelora.mini.judge`. AdaLoRA prunes from rank 4 to an average of 2. "
+              "The rows below the six methods train on stripes only. "
               "Step time is the run's average, relative to rank-4 LoRA on the same machine.\n\n")
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_atomically(RESULTS / "methods.md", (header + table(rows, base)).encode())
