@@ -69,8 +69,12 @@ def test_upload_caption_train_library_generate(page, server, image_folder, tiny_
     # Train a tiny LoHa and watch the progress and the loss curve move. Choosing LoHa hides the
     # LoRA-only fields; choosing the "all" modules shows the conv rank and alpha.
     page.locator("#method input").click()
+    page.get_by_role("option", name="dylora", exact=True).click()
+    page.wait_for_selector("#export-rank", state="visible", timeout=30_000)
+    page.locator("#method input").click()
     page.get_by_role("option", name="loha", exact=True).click()
     page.wait_for_selector("#rslora", state="hidden", timeout=30_000)
+    page.wait_for_selector("#export-rank", state="hidden", timeout=30_000)
     assert page.locator("#conv-rank").count() == 0 or not page.locator("#conv-rank").is_visible()
     page.locator("#targets input").click()
     page.get_by_role("option", name="all-linear", exact=True).click()

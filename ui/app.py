@@ -16,7 +16,7 @@ import gradio as gr
 import pandas as pd
 
 from stylelora.config import PRECISIONS, TrainConfig, validate
-from stylelora.methods import METHODS, TARGET_PRESETS
+from stylelora.methods import LORA_PAIR_METHODS, METHODS, TARGET_PRESETS
 from stylelora.errors import StyleloraError
 from stylelora.generate import GenerateConfig, generate
 from stylelora.grid import GridConfig, make_grid
@@ -88,11 +88,15 @@ def train_tab(session: Session) -> None:
         text_encoder = gr.Checkbox(False, label="Train the text encoder", elem_id="train-te")
     with gr.Row():
         method = gr.Dropdown(list(METHODS), value="lora", elem_id="method",
-                             label="Method (DoRA, LoHa and LoKr load in AUTOMATIC1111 and ComfyUI)")
+                             label="Method (every one writes a file AUTOMATIC1111 and ComfyUI load)")
         targets = gr.Dropdown(list(TARGET_PRESETS), value="attn", elem_id="targets",
                               label="Modules (attn; attn-mlp adds feed-forward; all-linear; all adds convolutions)")
         conv_rank = gr.Number(0, label="Conv rank (0 = rank)", precision=0, elem_id="conv-rank", visible=False)
         conv_alpha = gr.Number(0, label="Conv alpha (0 = conv rank)", elem_id="conv-alpha", visible=False)
+        target_rank = gr.Number(0, label="AdaLoRA target rank (0 = half the rank)", precision=0, elem_id="target-rank",
+                                visible=False)
+        export_rank = gr.Number(0, label="DyLoRA rank to write (0 = the rank)", precision=0, elem_id="export-rank",
+                                visible=False)
     with gr.Row():
         rank = gr.Number(4, label="Rank", precision=0, elem_id="rank")
         steps = gr.Number(800, label="Steps", precision=0, elem_id="steps")
@@ -159,14 +163,16 @@ def train_tab(session: Session) -> None:
     load_folder.click(on_folder, [folder], [dataset, thumbs, captions, data_message])
     save.click(on_save, [dataset, captions], [data_message])
 
-    # A method's own fields show only when it is chosen: rsLoRA and LoRA+ scale LoRA's and DoRA's A/B pair,
-    # the conv rank and alpha apply to the convolutions that only "all" adapts.
-    method.change(lambda m: [gr.update(visible=m in ("lora", "dora"))] * 2, [method], [rslora, loraplus_ratio])
+    # A method's own fields show only when it is chosen: rsLoRA scales LoRA and DoRA, LoRA+ the B matrices
+    # of LoRA, DoRA and DyLoRA; the conv rank and alpha apply to the convolutions that only "all" adapts.
+    method.change(lambda m: [gr.update(visible=m in ("lora", "dora")), gr.update(visible=m in LORA_PAIR_METHODS),
+                             gr.update(visible=m == "adalora"), gr.update(visible=m == "dylora")],
+                  [method], [rslora, loraplus_ratio, target_rank, export_rank])
     targets.change(lambda t: [gr.update(visible=t == "all")] * 2, [targets], [conv_rank, conv_alpha])
 
     def on_start(folder_path, adapter_name, trigger_word, base_model, te, rank_, steps_, lr, res, batch, alpha_, seed_,
                  save_n, sample_n, prompt, flip_, dropout, resume_, precision_, rslora_, loraplus_, method_, targets_,
-                 conv_rank_, conv_alpha_):
+                 conv_rank_, conv_alpha_, target_rank_, export_rank_):
         if not folder_path:
             return "**Error:** upload images or choose a folder first"
         try:
@@ -177,10 +183,12 @@ def train_tab(session: Session) -> None:
                 seed=int(seed_), save_every=int(save_n), sample_every=int(sample_n) if prompt else 0,
                 sample_prompts=(prompt,) if prompt else (), flip=flip_, caption_dropout=float(dropout), resume=resume_,
                 precision=precision_, method=method_, targets=targets_,
-                conv_rank=int(conv_rank_) or None if targets_ == "all" else None,
-                conv_alpha=float(conv_alpha_) or None if targets_ == "all" else None,
+                conv_rank=int(conv_rank_) or None if targets_ == "all" and method_ != "adalora" else None,
+                conv_alpha=float(conv_alpha_) or None if targets_ == "all" and method_ != "adalora" else None,
+                target_rank=int(target_rank_) or None if method_ == "adalora" else None,
+                export_rank=int(export_rank_) or None if method_ == "dylora" else None,
                 rslora=rslora_ and method_ in ("lora", "dora"),
-                loraplus_ratio=float(loraplus_) if method_ in ("lora", "dora") else 0.0))
+                loraplus_ratio=float(loraplus_) if method_ in LORA_PAIR_METHODS else 0.0))
             session.job.start(config)
         except StyleloraError as error:
             return _error(error)
@@ -188,7 +196,8 @@ def train_tab(session: Session) -> None:
 
     start.click(on_start, [dataset, name, trigger, base, text_encoder, rank, steps, learning_rate, resolution,
                            batch_size, alpha, seed, save_every, sample_every, sample_prompt, flip, caption_dropout,
-                           resume, precision, rslora, loraplus_ratio, method, targets, conv_rank, conv_alpha],
+                           resume, precision, rslora, loraplus_ratio, method, targets, conv_rank, conv_alpha,
+                           target_rank, export_rank],
                 [start_message])
     stop.click(lambda: session.job.stop() or "Stopping after this step; the checkpoint is kept.", None, [start_message])
 
