@@ -20,10 +20,10 @@ from .errors import TrainingError
 
 # Settings that change what the adapter is; resuming with any of them changed is refused.
 IDENTITY_FIELDS = ("base", "rank", "alpha", "target_modules", "train_text_encoder", "text_encoder_targets", "resolution",
-                   "rslora", "loraplus_ratio", "method", "targets", "conv_rank", "conv_alpha", "target_rank")
+                   "rslora", "loraplus_ratio", "method", "targets", "conv_rank", "conv_alpha", "target_rank", "train_bias")
 # Fields added after checkpoints were first written: a checkpoint without them was made with these values.
 LATER_FIELDS = {"rslora": False, "loraplus_ratio": 0.0, "method": "lora", "targets": None, "conv_rank": None,
-                "conv_alpha": None, "target_rank": None}
+                "conv_alpha": None, "target_rank": None, "train_bias": False}
 KEEP = 3
 
 

@@ -53,6 +53,9 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     g.add_argument("--conv-alpha", type=float, help="alpha of the 3x3 convolutions with --targets all (the conv rank)")
     g.add_argument("--target-rank", type=int, help="AdaLoRA: the average rank it prunes down to, from --rank (half of --rank)")
     g.add_argument("--export-rank", type=int, help="DyLoRA: the rank the adapter file holds, 1 to --rank (--rank)")
+    g.add_argument("--train-bias", action=argparse.BooleanOptionalAction, default=None,
+                   help="lora, dora: the adapted layers' biases train too; the file carries them as diff_b, which "
+                        "ComfyUI applies (AUTOMATIC1111 and diffusers apply the weights only)")
     g.add_argument("--train-text-encoder", action=argparse.BooleanOptionalAction, default=None,
                    help="also adapt the CLIP text encoder (q/k/v/out_proj)")
     g.add_argument("--text-encoder-targets", type=_csv,

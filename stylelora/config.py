@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .methods import LORA_PAIR_METHODS, METHODS, TARGET_PRESETS, AdapterSpec
+from .methods import BIAS_METHODS, LORA_PAIR_METHODS, METHODS, TARGET_PRESETS, AdapterSpec
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -49,6 +49,7 @@ class TrainConfig:
     conv_alpha: float | None = None  # their alpha (None: the conv rank)
     target_rank: int | None = None  # AdaLoRA: the average rank it prunes down to (None: half of --rank)
     export_rank: int | None = None  # DyLoRA: the rank the adapter file holds (None: --rank)
+    train_bias: bool = False  # LoRA, DoRA: the adapted layers' biases train too
     rslora: bool = False  # rank-stabilised scale alpha/sqrt(rank) instead of alpha/rank
     loraplus_ratio: float = 0.0  # LoRA+: B (up) matrices learn this many times faster than A; 0 = off
     # optimisation
@@ -88,7 +89,7 @@ class TrainConfig:
         conv_rank = (self.conv_rank or self.rank) if self.targets == "all" and self.method != "adalora" else None
         conv_alpha = (self.conv_alpha or float(conv_rank)) if conv_rank else None
         return AdapterSpec(self.method, self.rank, self.effective_alpha, self.dropout, self.rslora, conv_rank, conv_alpha,
-                           self.target_rank)
+                           self.target_rank, self.train_bias)
 
     @property
     def file_alpha(self) -> float:
@@ -180,6 +181,8 @@ def validate(config: TrainConfig) -> TrainConfig:
          f"LoRA+ speeds up the B matrices of LoRA, DoRA and DyLoRA; --method {c.method} has none; leave out --loraplus-ratio"),
         (c.method in LORA_PAIR_METHODS or not c.dropout, "dropout",
          f"--dropout is LoRA's input dropout, used by lora, dora and dylora; leave it out with --method {c.method}"),
+        (c.method in BIAS_METHODS or not c.train_bias, "train_bias",
+         f"--method {c.method} cannot carry trained biases; --train-bias works with --method lora or dora"),
         (c.target_rank is None or c.method == "adalora", "target_rank", "only --method adalora prunes to a target rank"),
         (c.target_rank is None or 1 <= c.target_rank <= c.rank, "target_rank",
          f"AdaLoRA prunes from --rank {c.rank} down to a target between 1 and {c.rank}"),

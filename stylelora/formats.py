@@ -203,6 +203,9 @@ def read_lora(path: Path) -> tuple[LoraWeights, dict[str, str], str]:
 def write_lora(weights: LoraWeights, kind: str, out: Path, metadata: dict[str, str] | None = None) -> Path:
     metadata = dict(metadata or {})
     other = sorted({adapter.kind for adapter in weights.values() if type(adapter) is not LoraModule})
+    if kind != "kohya" and any(getattr(adapter, "bias", None) is not None for adapter in weights.values()):
+        raise AdapterFileError(f"--to {kind}: this adapter carries trained biases (diff_b), which only the kohya "
+                               "layout holds; keep it in the kohya layout")
     if other and kind != "kohya":
         raise AdapterFileError(f"--to {kind}: the {kind} layout holds plain LoRA only, and this adapter has "
                                f"{'/'.join(KINDS[k] for k in other)} modules (peft's DoRA normalises per output row, "

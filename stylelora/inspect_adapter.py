@@ -38,6 +38,7 @@ def describe(path: Path) -> dict:
         "method": method_name(weights),
         "modules": len(weights),
         "parameters": sum(adapter.parameter_count for adapter in weights.values()),
+        "trained_biases": sum(getattr(adapter, "bias", None) is not None for adapter in weights.values()),
         "targets": targets,
         "text_encoder": any(part == "text_encoder" for part, _ in weights),
         "groups": [{"part": part, "method": KINDS[kind], "rank": rank, "alpha": alpha,
@@ -53,7 +54,8 @@ def as_text(info: dict) -> str:
              f"  method:        {info['method']}",
              f"  fits:          {info['architecture']}",
              f"  modules:       {info['modules']} ({', '.join(info['targets'])})",
-             f"  parameters:    {info['parameters']:,}",
+             f"  parameters:    {info['parameters']:,}"
+             + (f" (and {info['trained_biases']} trained biases)" if info["trained_biases"] else ""),
              f"  text encoder:  {'adapted' if info['text_encoder'] else 'not adapted'}"]
     for group in info["groups"]:
         lines.append(f"  {group['part']:<13}  {group['method']} rank {group['rank']}, alpha {group['alpha']:g}, "

@@ -37,8 +37,15 @@ def merge_cat(items: list[tuple[LoraWeights, StyleWeight]]) -> LoraWeights:
                 downs.append(lora.down.float())
                 ups.append(lora.up.float() * (weight.for_module(*key) * lora.scale))
         down, up = torch.cat(downs, dim=0), torch.cat(ups, dim=1)
-        merged[key] = LoraModule(down, up, float(down.shape[0]))
+        merged[key] = LoraModule(down, up, float(down.shape[0]), blended_bias(items, key))
     return merged
+
+
+def blended_bias(items: list[tuple[LoraWeights, StyleWeight]], key: tuple[str, str]) -> torch.Tensor | None:
+    """The weighted sum of the trained bias changes (`diff_b`) of one module, or None if none trained one."""
+    biases = [weight.for_module(*key) * weights[key].bias.double() for weights, weight in items
+              if key in weights and getattr(weights[key], "bias", None) is not None]
+    return sum(biases).float() if biases else None
 
 
 def blended_deltas(items: list[tuple[LoraWeights, StyleWeight]], base: BaseWeights | None = None
@@ -92,7 +99,7 @@ def merge_svd(items: list[tuple[LoraWeights, StyleWeight]], rank: int | RankRule
         total_sq += float((s ** 2).sum())
         down_shape, up_shape = shapes[key]
         merged[key] = LoraModule(down.float().reshape(k, *down_shape[1:]), up.float().reshape(up_shape[0], k, *up_shape[2:]),
-                                 float(k))
+                                 float(k), blended_bias(items, key))
     return merged, math.sqrt(error_sq / total_sq) if total_sq > 0 else 0.0
 
 

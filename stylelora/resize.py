@@ -80,7 +80,8 @@ def _truncate_dylora(weights: LoraWeights, rank: int) -> LoraWeights:
     out: LoraWeights = {}
     for key, module in weights.items():
         k = min(rank, module.rank)
-        out[key] = LoraModule(module.down[:k].clone(), module.up[:, :k].clone(), module.alpha * math.sqrt(k / module.rank))
+        out[key] = LoraModule(module.down[:k].clone(), module.up[:, :k].clone(), module.alpha * math.sqrt(k / module.rank),
+                              module.bias)
     return out
 
 

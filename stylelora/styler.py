@@ -124,7 +124,8 @@ class Styler:
         self.pipe = load_base(base, dtype=dtype, device=device)
         self.paths: dict[str, Path] = {}
         self.weights: dict[str, StyleWeight] = {}
-        self._originals: dict[torch.nn.Module, torch.Tensor] = {}  # base weights of fused layers
+        # base weight and bias of fused layers
+        self._originals: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def load(self, path: Path, name: str | None = None) -> str:
         """Load an adapter file under `name` (default: from its file name), at weight 0, and return the name."""
@@ -140,7 +141,9 @@ class Styler:
             with warnings.catch_warnings():
                 # peft warns on every adapter after the first; several adapters at once is what we are for
                 warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-                self.pipe.load_lora_weights(to_kohya(self._as_plain_lora(weights, path, made_for)), adapter_name=name)
+                plain = self._as_plain_lora(weights, path, made_for)
+                tensors = {k: t for k, t in to_kohya(plain).items() if not k.endswith(".diff_b")}  # see _load_biases
+                self.pipe.load_lora_weights(tensors, adapter_name=name)
         except (ValueError, KeyError, RuntimeError, TypeError) as error:
             raise AdapterFileError(f"{path}: does not fit: {made_for} ({str(error).splitlines()[0][:160]})") from None
         matched = sum(name in getattr(m, "lora_A", {}) for model in (self.pipe.unet, self.pipe.text_encoder)
@@ -150,6 +153,7 @@ class Styler:
             self.pipe.delete_adapters([name])
             self._apply()
             raise AdapterFileError(f"{path}: only {matched} of its {len(weights)} modules exist in this base; {made_for}")
+        self._load_biases(plain, name)
         self.paths[name] = path
         self.weights[name] = StyleWeight(0.0, 0.0)
         self._apply()
@@ -171,6 +175,26 @@ class Styler:
             base_weight = getattr(layer, "base_layer", layer).weight
             plain[(part, module)] = adapter.as_lora(base_weight.detach().float())
         return plain
+
+    @torch.no_grad()
+    def _load_biases(self, plain: LoraWeights, name: str) -> None:
+        """Trained biases (`diff_b`), which diffusers' loader does not read: put each in the adapter's lora_B,
+        where peft adds it inside the scaled LoRA path, so weights, blends and fusing apply it like the rest."""
+        models = {"unet": self.pipe.unet, "text_encoder": self.pipe.text_encoder}
+        for (part, module), adapter in plain.items():
+            if adapter.bias is None:
+                continue
+            layer = find_layer(models[part], module)
+            old = layer.lora_B[name]
+            new = torch.nn.Linear(old.in_features, old.out_features, bias=True, dtype=old.weight.dtype,
+                                  device=old.weight.device) if isinstance(old, torch.nn.Linear) else None
+            if new is None:
+                new = torch.nn.Conv2d(old.in_channels, old.out_channels, 1, bias=True, dtype=old.weight.dtype,
+                                      device=old.weight.device)
+            new.weight.copy_(old.weight)
+            new.bias.copy_(adapter.bias / adapter.scale)  # peft multiplies by weight x alpha / rank
+            new.requires_grad_(False)
+            layer.lora_B[name] = new
 
     def unload(self, name: str) -> None:
         self.unfuse()
@@ -215,24 +239,29 @@ class Styler:
 
     @torch.no_grad()
     def fuse(self) -> None:
-        """Add the active blend into the base weights and switch the adapter paths off."""
+        """Add the active blend into the base weights (and biases) and switch the adapter paths off."""
         if self._originals:
             return
         for layer in list(self._lora_layers()):
             active = [n for n in layer.active_adapters if n in layer.lora_A]
             if not active:
                 continue
-            weight = layer.base_layer.weight
-            self._originals[layer] = weight.data.clone()
+            weight, bias = layer.base_layer.weight, layer.base_layer.bias
+            self._originals[layer] = (weight.data.clone(), bias.data.clone() if bias is not None else None)
             delta = sum(layer.get_delta_weight(n).float() for n in active)
             weight.data = (weight.data.float() + delta).to(weight.dtype)
+            biases = [layer.lora_B[n].bias * layer.scaling[n] for n in active if layer.lora_B[n].bias is not None]
+            if biases and bias is not None:
+                bias.data = (bias.data.float() + sum(b.float() for b in biases)).to(bias.dtype)
             layer.enable_adapters(False)
 
     @torch.no_grad()
     def unfuse(self) -> None:
         """Put the base weights back exactly (copied, not subtracted) and switch the adapters back on."""
-        for layer, original in self._originals.items():
-            layer.base_layer.weight.data = original
+        for layer, (weight, bias) in self._originals.items():
+            layer.base_layer.weight.data = weight
+            if bias is not None:
+                layer.base_layer.bias.data = bias
             layer.enable_adapters(True)
         self._originals.clear()
 

@@ -36,12 +36,13 @@ def _close(a, b, tolerance=1e-5):
     return float((a - b).abs().max() / b.abs().max()) < tolerance
 
 
-def _trained_in_memory(base, method, targets="all", seed=0):
+def _trained_in_memory(base, method, targets="all", seed=0, train_bias=False):
     """A pipeline with `method` attached (convolutions included) and every adapter tensor moved off its
     zero start, as training would: the in-memory adapter the file must reproduce."""
     pipe = StableDiffusionPipeline.from_pretrained(base)
     torch.manual_seed(seed)
-    attach(pipe.unet, AdapterSpec(method, 4, 2.0, conv_rank=2, conv_alpha=1.0), TARGET_PRESETS[targets])
+    attach(pipe.unet, AdapterSpec(method, 4, 2.0, conv_rank=2, conv_alpha=1.0, train_bias=train_bias),
+           TARGET_PRESETS[targets])
     with torch.no_grad():
         for p in pipe.unet.parameters():
             if p.requires_grad:
@@ -298,3 +299,61 @@ def test_resize_by_svd_to_a_rank_or_a_share_of_the_norm(two_adapters, tmp_path):
     run = subprocess.run([sys.executable, "-m", "stylelora", "resize", str(two_adapters[0]), "-o",
                           str(tmp_path / "cli.safetensors"), "--dynamic", "ratio=1000"], capture_output=True, text=True)
     assert run.returncode == 0 and "svd: relative error" in run.stdout and "32 at rank" in run.stdout, run.stderr
+
+
+@pytest.mark.parametrize("method", ("lora", "dora"))
+def test_trained_biases_travel_as_diff_b_and_load_back_fused_and_unfused(tiny_base, tmp_path, method):
+    pipe = _trained_in_memory(tiny_base, method, targets="all-linear", train_bias=True)
+    tensors = to_kohya(export(pipe.unet, "unet"))
+    with_bias = {name: module for name, module in pipe.unet.named_modules()
+                 if "lora_unet_" + name.replace(".", "_") + ".lora_down.weight" in tensors}
+    biased = {k for k in tensors if k.endswith(".diff_b")}
+    # Exactly the adapted layers that have a bias of their own carry one (to_q/k/v have none).
+    assert biased == {"lora_unet_" + n.replace(".", "_") + ".diff_b" for n, m in with_bias.items()
+                      if m.get_base_layer().bias is not None} and biased
+    assert not any(k.startswith("lora_unet_") and "to_q" in k for k in biased)
+    path = save_safetensors(tmp_path / "b.safetensors", tensors, {})
+    expected = _unet_output(pipe.unet)
+    styler = Styler(str(tiny_base))
+    name = styler.load(path)
+    styler.set_weights({name: 1.0})
+    assert _close(_unet_output(styler.pipe.unet), expected)
+    styler.fuse()
+    assert _close(_unet_output(styler.pipe.unet), expected)
+    styler.set_weights({name: 0.5})
+    half = _unet_output(styler.pipe.unet)
+    styler.set_weights({name: 0.0})
+    base = _unet_output(styler.pipe.unet)
+    styler.set_weights({name: 1.0})
+    assert not _close(half, base, 1e-3) and not _close(half, expected, 1e-3)
+    if method == "lora":  # ComfyUI's patches, written out: weight += s * up @ down * alpha / r; bias += s * diff_b
+        loaded = StableDiffusionPipeline.from_pretrained(tiny_base)
+        for layer_name, module in loaded.unet.named_modules():
+            key = "lora_unet_" + layer_name.replace(".", "_")
+            if f"{key}.lora_down.weight" not in tensors:
+                continue
+            down, up = tensors[f"{key}.lora_down.weight"], tensors[f"{key}.lora_up.weight"]
+            scale = tensors[f"{key}.alpha"].item() / down.shape[0]
+            module.weight.data += (scale * (up.flatten(1) @ down.flatten(1))).reshape(module.weight.shape)
+            if f"{key}.diff_b" in tensors:
+                module.bias.data += tensors[f"{key}.diff_b"]
+        assert _close(_unet_output(loaded.unet), expected)
+
+
+def test_train_bias_trains_resumes_and_is_refused_where_it_cannot_be_carried(train_config):
+    options = dict(train_bias=True, targets="attn-mlp", max_steps=4)
+    straight = train_config(out=train_config().out.parent / "straight", **options)
+    train(straight, **QUIET)
+    halves = train_config(out=train_config().out.parent / "halves", save_every=2, **options)
+    train(halves, **QUIET)
+    halves.adapter_path.unlink()
+    train(train_config(out=halves.out, save_every=2, resume=True, **options), **QUIET)
+    a, b = read_safetensors(straight.adapter_path), read_safetensors(halves.adapter_path)
+    assert any(k.endswith(".diff_b") and t.abs().max() > 0 for k, t in a.tensors.items())
+    assert a.tensors.keys() == b.tensors.keys()
+    assert all(torch.allclose(a.tensors[k], b.tensors[k], atol=1e-6) for k in a.tensors)
+    assert describe(straight.adapter_path)["trained_biases"] > 0
+    with pytest.raises(ConfigError, match="--train-bias = True: --method loha cannot carry trained biases"):
+        validate(TrainConfig(data="x", method="loha", train_bias=True))
+    with pytest.raises(Exception, match="trained biases .diff_b., which only the kohya layout holds"):
+        write_lora(read_lora(straight.adapter_path)[0], "diffusers", straight.out_dir / "x.safetensors")

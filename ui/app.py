@@ -16,7 +16,7 @@ import gradio as gr
 import pandas as pd
 
 from stylelora.config import PRECISIONS, TrainConfig, validate
-from stylelora.methods import LORA_PAIR_METHODS, METHODS, TARGET_PRESETS
+from stylelora.methods import BIAS_METHODS, LORA_PAIR_METHODS, METHODS, TARGET_PRESETS
 from stylelora.errors import StyleloraError
 from stylelora.generate import GenerateConfig, generate
 from stylelora.grid import GridConfig, make_grid
@@ -97,6 +97,7 @@ def train_tab(session: Session) -> None:
                                 visible=False)
         export_rank = gr.Number(0, label="DyLoRA rank to write (0 = the rank)", precision=0, elem_id="export-rank",
                                 visible=False)
+        train_bias = gr.Checkbox(False, label="Train the biases too (ComfyUI applies them)", elem_id="train-bias")
     with gr.Row():
         rank = gr.Number(4, label="Rank", precision=0, elem_id="rank")
         steps = gr.Number(800, label="Steps", precision=0, elem_id="steps")
@@ -166,13 +167,14 @@ def train_tab(session: Session) -> None:
     # A method's own fields show only when it is chosen: rsLoRA scales LoRA and DoRA, LoRA+ the B matrices
     # of LoRA, DoRA and DyLoRA; the conv rank and alpha apply to the convolutions that only "all" adapts.
     method.change(lambda m: [gr.update(visible=m in ("lora", "dora")), gr.update(visible=m in LORA_PAIR_METHODS),
-                             gr.update(visible=m == "adalora"), gr.update(visible=m == "dylora")],
-                  [method], [rslora, loraplus_ratio, target_rank, export_rank])
+                             gr.update(visible=m == "adalora"), gr.update(visible=m == "dylora"),
+                             gr.update(visible=m in BIAS_METHODS)],
+                  [method], [rslora, loraplus_ratio, target_rank, export_rank, train_bias])
     targets.change(lambda t: [gr.update(visible=t == "all")] * 2, [targets], [conv_rank, conv_alpha])
 
     def on_start(folder_path, adapter_name, trigger_word, base_model, te, rank_, steps_, lr, res, batch, alpha_, seed_,
                  save_n, sample_n, prompt, flip_, dropout, resume_, precision_, rslora_, loraplus_, method_, targets_,
-                 conv_rank_, conv_alpha_, target_rank_, export_rank_):
+                 conv_rank_, conv_alpha_, target_rank_, export_rank_, train_bias_):
         if not folder_path:
             return "**Error:** upload images or choose a folder first"
         try:
@@ -187,6 +189,7 @@ def train_tab(session: Session) -> None:
                 conv_alpha=float(conv_alpha_) or None if targets_ == "all" and method_ != "adalora" else None,
                 target_rank=int(target_rank_) or None if method_ == "adalora" else None,
                 export_rank=int(export_rank_) or None if method_ == "dylora" else None,
+                train_bias=train_bias_ and method_ in BIAS_METHODS,
                 rslora=rslora_ and method_ in ("lora", "dora"),
                 loraplus_ratio=float(loraplus_) if method_ in LORA_PAIR_METHODS else 0.0))
             session.job.start(config)
@@ -197,7 +200,7 @@ def train_tab(session: Session) -> None:
     start.click(on_start, [dataset, name, trigger, base, text_encoder, rank, steps, learning_rate, resolution,
                            batch_size, alpha, seed, save_every, sample_every, sample_prompt, flip, caption_dropout,
                            resume, precision, rslora, loraplus_ratio, method, targets, conv_rank, conv_alpha,
-                           target_rank, export_rank],
+                           target_rank, export_rank, train_bias],
                 [start_message])
     stop.click(lambda: session.job.stop() or "Stopping after this step; the checkpoint is kept.", None, [start_message])
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 METHODS = ("lora", "dora", "loha", "lokr", "adalora", "dylora")
 # Methods that train a LoRA pair (A, B): LoRA+ and LoRA's input dropout apply to them.
 LORA_PAIR_METHODS = ("lora", "dora", "dylora")
+# Methods that can train the adapted layers' biases (through peft's lora_bias; the file's `diff_b`).
+BIAS_METHODS = ("lora", "dora")
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 FEED_FORWARD = ("ff.net.0.proj", "ff.net.2")
 OTHER_LINEAR = ("proj_in", "proj_out", "time_emb_proj", "time_embedding.linear_1", "time_embedding.linear_2")
@@ -46,6 +48,7 @@ class AdapterSpec:
     conv_rank: int | None = None
     conv_alpha: float | None = None
     target_rank: int | None = None  # AdaLoRA: the average rank it prunes down to
+    train_bias: bool = False  # LoRA, DoRA: the adapted layers' biases train too (where the layer has one)
 
     @property
     def scale(self) -> float:

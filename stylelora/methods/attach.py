@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from peft import LoHaConfig, LoKrConfig, LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -30,7 +32,7 @@ def _peft_config(spec: AdapterSpec, targets: tuple[str, ...], model: torch.nn.Mo
         return adalora_config(spec.rank, spec.target_rank or max(1, spec.rank // 2), spec.alpha, targets, total_steps)
     if spec.method in ("lora", "dora", "dylora"):
         return LoraConfig(lora_alpha=spec.alpha, lora_dropout=spec.dropout, init_lora_weights=True,
-                          use_rslora=spec.rslora, **common)
+                          use_rslora=spec.rslora, lora_bias=spec.train_bias, **common)
     kind = LoHaConfig if spec.method == "loha" else LoKrConfig
     return kind(alpha=spec.alpha, init_weights=True, use_effective_conv2d=False, **common)
 
@@ -46,7 +48,10 @@ def attach(model: torch.nn.Module, spec: AdapterSpec, targets: tuple[str, ...], 
         if spec.method == "adalora":  # the tuner holds the rank budget: keep it (steps.py)
             ADALORA_TUNERS[model] = AdaLoraModel(model, config, adapter_name)
         else:
-            model.add_adapter(config, adapter_name=adapter_name)
+            with warnings.catch_warnings():
+                # lora_bias on a layer without a bias: handled below (that bias stays frozen at zero)
+                warnings.filterwarnings("ignore", message="`lora_bias=True` was passed")
+                model.add_adapter(config, adapter_name=adapter_name)
     except ValueError as error:
         if "not found" in str(error) or "Target modules" in str(error):
             raise ConfigError(f"{flag} = {','.join(targets)}: no module of the {type(model).__name__} matches; "
@@ -56,7 +61,25 @@ def attach(model: torch.nn.Module, spec: AdapterSpec, targets: tuple[str, ...], 
         make_column_dora(model, adapter_name)
     if spec.method == "dylora":
         make_dylora(model, adapter_name)
+    if spec.train_bias:
+        _freeze_bias_where_the_layer_has_none(model, adapter_name)
     return sorted(name for name, _ in adapted_layers(model, adapter_name))
+
+
+def _freeze_bias_where_the_layer_has_none(model: torch.nn.Module, adapter_name: str) -> None:
+    """peft's lora_bias gives every adapted layer a trainable bias; only layers that have a bias of their own
+    keep it trainable (to_q/k/v have none, and no loader could put a bias change there)."""
+    for _, layer in adapted_layers(model, adapter_name):
+        if layer.get_base_layer().bias is None:
+            layer.lora_B[adapter_name].bias.requires_grad_(False)
+
+
+def _trained_bias(layer, adapter_name: str, scaling: float) -> torch.Tensor | None:
+    """The layer's bias change at weight 1: peft adds lora_B's bias inside the scaled LoRA path."""
+    bias = layer.lora_B[adapter_name].bias
+    if bias is None or layer.get_base_layer().bias is None:
+        return None
+    return _cpu(bias) * scaling
 
 
 def adapted_layers(model: torch.nn.Module, adapter_name: str = "default"):
@@ -104,8 +127,10 @@ def export_layer(layer, adapter_name: str, export_rank: int | None = None) -> Mo
             # ComfyUI before, and the two agree only at scale 1 (layouts.py).
             magnitude = _cpu(layer.lora_magnitude_vector[adapter_name].weight)
             shape = (1, magnitude.numel(), *[1] * (down.ndim - 2))
-            return DoraModule(down, up * scaling, float(rank), magnitude.reshape(shape))
-        return LoraModule(down, up, scaling * rank)  # alpha that loaders divide by the rank (rsLoRA included)
+            return DoraModule(down, up * scaling, float(rank), _trained_bias(layer, adapter_name, scaling),
+                              magnitude.reshape(shape))
+        # alpha: what loaders divide by the rank (rsLoRA included)
+        return LoraModule(down, up, scaling * rank, _trained_bias(layer, adapter_name, scaling))
     return _export_lokr(layer, adapter_name)
 
 

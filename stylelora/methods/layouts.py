@@ -43,6 +43,7 @@ class LoraModule:
     down: torch.Tensor  # rank x in_features (peft's lora_A); conv: rank x in x k x k
     up: torch.Tensor  # out_features x rank (peft's lora_B); conv: out x rank x 1 x 1
     alpha: float
+    bias: torch.Tensor | None = None  # the change to the layer's bias at weight 1 (`diff_b`), if it trained
     kind = "lora"
 
     @property
@@ -59,7 +60,7 @@ class LoraModule:
 
     @property
     def parameter_count(self) -> int:
-        return self.down.numel() + self.up.numel()
+        return self.down.numel() + self.up.numel() + (self.bias.numel() if self.bias is not None else 0)
 
     def delta(self, base: torch.Tensor | None = None) -> torch.Tensor:
         """The weight change this module adds at weight 1, flattened to 2-D: (alpha / rank) * up @ down."""
@@ -69,8 +70,11 @@ class LoraModule:
         return self
 
     def tensors(self, name: str) -> dict[str, torch.Tensor]:
+        """The file keys. A trained bias is `diff_b`, the key ComfyUI adds to the layer's bias (AUTOMATIC1111
+        reads it only in full-weight modules, and diffusers not at all: they apply the weights alone)."""
+        bias = {f"{name}.diff_b": self.bias.contiguous()} if self.bias is not None else {}
         return {f"{name}.lora_down.weight": self.down.contiguous(), f"{name}.lora_up.weight": self.up.contiguous(),
-                f"{name}.alpha": torch.tensor(float(self.alpha))}
+                f"{name}.alpha": torch.tensor(float(self.alpha))} | bias
 
     def problem(self) -> str | None:
         """Why these tensors cannot be a LoRA pair (what the model's own shapes allow is checked on loading)."""
@@ -82,10 +86,12 @@ class LoraModule:
             return f"has mismatched ranks: down {list(self.down.shape)}, up {list(self.up.shape)}"
         if not math.isfinite(self.alpha):
             return f"has alpha {self.alpha}"
-        return _finite_floats(self.down, self.up)
+        if self.bias is not None and (self.bias.ndim != 1 or self.bias.numel() != self.up.shape[0]):
+            return f"has a diff_b of shape {list(self.bias.shape)} for {self.up.shape[0]} outputs"
+        return _finite_floats(self.down, self.up, *([self.bias] if self.bias is not None else []))
 
 
-def dense_as_lora(delta: torch.Tensor, weight_shape: torch.Size) -> LoraModule:
+def dense_as_lora(delta: torch.Tensor, weight_shape: torch.Size, bias: torch.Tensor | None = None) -> LoraModule:
     """An exact LoRA for any 2-D weight change: identity on the narrower side, rank min(out, in)."""
     out, width = delta.shape
     if out <= width:
@@ -94,8 +100,8 @@ def dense_as_lora(delta: torch.Tensor, weight_shape: torch.Size) -> LoraModule:
         up, down = delta, torch.eye(width, dtype=torch.float64)
     rank = up.shape[1]
     if len(weight_shape) == 4:
-        return LoraModule(down.float().reshape(rank, *weight_shape[1:]), up.float().reshape(out, rank, 1, 1), float(rank))
-    return LoraModule(down.float(), up.float(), float(rank))
+        return LoraModule(down.float().reshape(rank, *weight_shape[1:]), up.float().reshape(out, rank, 1, 1), float(rank), bias)
+    return LoraModule(down.float(), up.float(), float(rank), bias)
 
 
 def _magnitude_shape(weight_shape: torch.Size) -> tuple[int, ...]:
@@ -122,7 +128,7 @@ class DoraModule(LoraModule):
         return (merged * (self.magnitude.double() / column_norm(merged)) - weight).flatten(1)
 
     def as_lora(self, base: torch.Tensor | None = None) -> LoraModule:
-        return dense_as_lora(self.delta(base), base.shape)
+        return dense_as_lora(self.delta(base), base.shape, self.bias)
 
     @property
     def parameter_count(self) -> int:
@@ -271,8 +277,8 @@ def read_module(name: str, tensors: dict[str, torch.Tensor], alpha_default: floa
         if up is None:
             return f"{name} has lora_down but no lora_up weight"
         alpha = float(down.shape[0]) if alpha is None else alpha
-        magnitude = get(f"{name}.dora_scale")
-        return LoraModule(down, up, alpha) if magnitude is None else DoraModule(down, up, alpha, magnitude)
+        magnitude, bias = get(f"{name}.dora_scale"), get(f"{name}.diff_b")
+        return LoraModule(down, up, alpha, bias) if magnitude is None else DoraModule(down, up, alpha, bias, magnitude)
     if get(f"{name}.hada_w1_a") is not None:
         parts = [get(f"{name}.hada_{p}") for p in ("w1_a", "w1_b", "w2_a", "w2_b")]
         if any(p is None for p in parts):
