@@ -142,7 +142,8 @@ class Styler:
                 # peft warns on every adapter after the first; several adapters at once is what we are for
                 warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
                 plain = self._as_plain_lora(weights, path, made_for)
-                tensors = {k: t for k, t in to_kohya(plain).items() if not k.endswith(".diff_b")}  # see _load_biases
+                # No alphas (scale 1 throughout, see _as_plain_lora); biases go in by _load_biases.
+                tensors = {k: t for k, t in to_kohya(plain).items() if not k.endswith((".alpha", ".diff_b"))}
                 self.pipe.load_lora_weights(tensors, adapter_name=name)
         except (ValueError, KeyError, RuntimeError, TypeError) as error:
             raise AdapterFileError(f"{path}: does not fit: {made_for} ({str(error).splitlines()[0][:160]})") from None
@@ -160,20 +161,22 @@ class Styler:
         return name
 
     def _as_plain_lora(self, weights: LoraWeights, path: Path, made_for: str) -> LoraWeights:
-        """diffusers loads LoRA only, so DoRA, LoHa and LoKr modules go in as their exact LoRA equivalents
-        (methods/layouts.py), computed against this base's own weights (a DoRA change depends on them).
-        Once loaded they blend, fuse, switch and reweight like any LoRA."""
+        """What diffusers is handed: plain LoRA at scale 1 (each module's alpha/rank folded into up), so no
+        `.alpha` key is needed. diffusers loads LoRA only, so DoRA, LoHa and LoKr modules go in as their exact
+        LoRA equivalents (methods/layouts.py), computed against this base's own weights (a DoRA change depends
+        on them); once loaded they blend, fuse, switch and reweight like any LoRA. The scale is folded because
+        diffusers 0.42 keys a kohya file's per-module alphas on SD1 attention layers by their old
+        `processor.to_q_lora` names, which match no layer: where alphas differ between modules (AdaLoRA,
+        `resize --dynamic`, merges), those layers got the most common alpha instead of their own."""
         models = {"unet": self.pipe.unet, "text_encoder": self.pipe.text_encoder}
         plain: LoraWeights = {}
         for (part, module), adapter in weights.items():
-            if type(adapter) is LoraModule:
-                plain[(part, module)] = adapter
-                continue
-            layer = find_layer(models[part], module)
-            if layer is None:
-                raise AdapterFileError(f"{path}: module {module} is not in this base; {made_for}")
-            base_weight = getattr(layer, "base_layer", layer).weight
-            plain[(part, module)] = adapter.as_lora(base_weight.detach().float())
+            if type(adapter) is not LoraModule:
+                layer = find_layer(models[part], module)
+                if layer is None:
+                    raise AdapterFileError(f"{path}: module {module} is not in this base; {made_for}")
+                adapter = adapter.as_lora(getattr(layer, "base_layer", layer).weight.detach().float())
+            plain[(part, module)] = LoraModule(adapter.down, adapter.up * adapter.scale, float(adapter.rank), adapter.bias)
         return plain
 
     @torch.no_grad()
@@ -192,7 +195,7 @@ class Styler:
                 new = torch.nn.Conv2d(old.in_channels, old.out_channels, 1, bias=True, dtype=old.weight.dtype,
                                       device=old.weight.device)
             new.weight.copy_(old.weight)
-            new.bias.copy_(adapter.bias / adapter.scale)  # peft multiplies by weight x alpha / rank
+            new.bias.copy_(adapter.bias)  # peft multiplies it by the weight (x alpha / rank, which is 1 here)
             new.requires_grad_(False)
             layer.lora_B[name] = new
 

@@ -47,6 +47,11 @@ def _trained_in_memory(base, method, targets="all", seed=0, train_bias=False):
         for p in pipe.unet.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.05)
+        if method == "adalora":  # as pruning leaves them: some singular values zero, one module all zero
+            values = [p for name, p in pipe.unet.named_parameters() if "lora_E" in name]
+            values[0].zero_()  # a module pruned away entirely
+            for rank, e in zip((1, 2, 3), values[1:4]):
+                e[rank:] = 0.0  # modules left at ranks 1, 2 and 3
     return pipe
 
 
@@ -258,6 +263,8 @@ def test_adalora_prunes_resumes_exactly_through_its_rank_schedule_and_exports_ea
     adapted = sum(1 for key in trainable if "lora_E" in key)
     # The budget is target rank x modules, spent unevenly: some keep 4, some are pruned away entirely.
     assert sum(ranks) <= adapted * 1 and len(set(ranks)) > 1 and len(ranks) <= adapted, (ranks, adapted)
+    styler = Styler(train_config().base)
+    styler.set_weights({styler.load(straight.adapter_path): 1.0})  # every module at its own rank loads
 
 
 def test_each_dylora_truncation_equals_the_file_exported_at_that_rank(tiny_base, tmp_path):
@@ -357,3 +364,22 @@ def test_train_bias_trains_resumes_and_is_refused_where_it_cannot_be_carried(tra
         validate(TrainConfig(data="x", method="loha", train_bias=True))
     with pytest.raises(Exception, match="trained biases .diff_b., which only the kohya layout holds"):
         write_lora(read_lora(straight.adapter_path)[0], "diffusers", straight.out_dir / "x.safetensors")
+
+
+def test_a_file_whose_modules_differ_in_alpha_paints_each_at_its_own_scale(two_adapters, tiny_base, tmp_path):
+    """resize --dynamic gives modules different ranks and alphas. The Styler must apply each module's own
+    alpha/rank (diffusers 0.42, handed the kohya alphas, used the most common alpha on attention layers)."""
+    from stylelora.resize import ResizeConfig, resize
+
+    result = resize(ResizeConfig(two_adapters[0], tmp_path / "dynamic.safetensors", dynamic="fro=0.9"))
+    assert len(result.ranks) > 1, result.ranks
+    weights, _, _ = read_lora(result.path)
+    assert len({m.alpha for m in weights.values()}) > 1
+    expected = StableDiffusionPipeline.from_pretrained(tiny_base)
+    with torch.no_grad():
+        for (_, module), lora in weights.items():
+            layer = expected.unet.get_submodule(module)
+            layer.weight += lora.delta().reshape(layer.weight.shape).float()
+    styler = Styler(str(tiny_base))
+    styler.set_weights({styler.load(result.path): 1.0})
+    assert _close(_unet_output(styler.pipe.unet), _unet_output(expected.unet))
