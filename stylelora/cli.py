@@ -304,8 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_ui(argparse.Namespace(), argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        runners = {"train": run_train, "generate": run_generate, "grid": run_grid, "merge": run_merge, "convert": run_convert, "resize": run_resize,
-                   "inspect": run_inspect}
+        runners = {"train": run_train, "generate": run_generate, "grid": run_grid, "merge": run_merge,
+                   "convert": run_convert, "resize": run_resize, "inspect": run_inspect}
         return runners[args.command](args)
     except StyleloraError as error:
         print(f"stylelora: error: {error}", file=sys.stderr)

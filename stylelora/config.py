@@ -43,7 +43,7 @@ class TrainConfig:
     target_modules: tuple[str, ...] = UNET_TARGETS
     train_text_encoder: bool = False
     text_encoder_targets: tuple[str, ...] = TEXT_ENCODER_TARGETS
-    method: str = "lora"  # lora, dora, loha or lokr
+    method: str = "lora"  # lora, dora, loha, lokr, adalora or dylora
     targets: str | None = None  # a module preset (attn, attn-mlp, all-linear, all) instead of target_modules
     conv_rank: int | None = None  # rank of the 3x3 convolutions that --targets all adapts (None: --rank)
     conv_alpha: float | None = None  # their alpha (None: the conv rank)

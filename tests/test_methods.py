@@ -383,3 +383,18 @@ def test_a_file_whose_modules_differ_in_alpha_paints_each_at_its_own_scale(two_a
     styler = Styler(str(tiny_base))
     styler.set_weights({styler.load(result.path): 1.0})
     assert _close(_unet_output(styler.pipe.unet), _unet_output(expected.unet))
+
+
+def test_each_method_shows_only_its_own_fields():
+    from stylelora.methods import own_fields
+
+    assert own_fields("lora", "attn") == {"rslora", "loraplus_ratio", "train_bias"}
+    assert own_fields("lora", "all") == {"rslora", "loraplus_ratio", "train_bias", "conv_rank", "conv_alpha"}
+    assert own_fields("adalora", "all") == {"target_rank"}
+    assert own_fields("dylora", None) == {"loraplus_ratio", "export_rank"}
+    assert own_fields("loha", "all") == {"conv_rank", "conv_alpha"}
+    # Every field a method shows passes validation when set for that method.
+    for method in METHODS:
+        for name in own_fields(method, "all"):
+            value = True if name in ("rslora", "train_bias") else 2
+            validate(TrainConfig(data="x", method=method, targets="all", **{name: value}))

@@ -16,7 +16,7 @@ import gradio as gr
 import pandas as pd
 
 from stylelora.config import PRECISIONS, TrainConfig, validate
-from stylelora.methods import BIAS_METHODS, LORA_PAIR_METHODS, METHODS, TARGET_PRESETS
+from stylelora.methods import METHOD_FIELDS, METHODS, TARGET_PRESETS, own_fields
 from stylelora.errors import StyleloraError
 from stylelora.generate import GenerateConfig, generate
 from stylelora.grid import GridConfig, make_grid
@@ -164,17 +164,18 @@ def train_tab(session: Session) -> None:
     load_folder.click(on_folder, [folder], [dataset, thumbs, captions, data_message])
     save.click(on_save, [dataset, captions], [data_message])
 
-    # A method's own fields show only when it is chosen: rsLoRA scales LoRA and DoRA, LoRA+ the B matrices
-    # of LoRA, DoRA and DyLoRA; the conv rank and alpha apply to the convolutions that only "all" adapts.
-    method.change(lambda m: [gr.update(visible=m in ("lora", "dora")), gr.update(visible=m in LORA_PAIR_METHODS),
-                             gr.update(visible=m == "adalora"), gr.update(visible=m == "dylora"),
-                             gr.update(visible=m in BIAS_METHODS)],
-                  [method], [rslora, loraplus_ratio, target_rank, export_rank, train_bias])
-    targets.change(lambda t: [gr.update(visible=t == "all")] * 2, [targets], [conv_rank, conv_alpha])
+    # A method's own fields show only when they apply to it (stylelora.methods.own_fields says which).
+    method_fields = [rslora, loraplus_ratio, train_bias, target_rank, export_rank, conv_rank, conv_alpha]
+
+    def show_own_fields(method_, targets_):
+        shown = own_fields(method_, targets_)
+        return [gr.update(visible=name in shown) for name in METHOD_FIELDS]
+
+    method.change(show_own_fields, [method, targets], method_fields)
+    targets.change(show_own_fields, [method, targets], method_fields)
 
     def on_start(folder_path, adapter_name, trigger_word, base_model, te, rank_, steps_, lr, res, batch, alpha_, seed_,
-                 save_n, sample_n, prompt, flip_, dropout, resume_, precision_, rslora_, loraplus_, method_, targets_,
-                 conv_rank_, conv_alpha_, target_rank_, export_rank_, train_bias_):
+                 save_n, sample_n, prompt, flip_, dropout, resume_, precision_, method_, targets_, *method_values):
         if not folder_path:
             return "**Error:** upload images or choose a folder first"
         try:
@@ -185,13 +186,10 @@ def train_tab(session: Session) -> None:
                 seed=int(seed_), save_every=int(save_n), sample_every=int(sample_n) if prompt else 0,
                 sample_prompts=(prompt,) if prompt else (), flip=flip_, caption_dropout=float(dropout), resume=resume_,
                 precision=precision_, method=method_, targets=targets_,
-                conv_rank=int(conv_rank_) or None if targets_ == "all" and method_ != "adalora" else None,
-                conv_alpha=float(conv_alpha_) or None if targets_ == "all" and method_ != "adalora" else None,
-                target_rank=int(target_rank_) or None if method_ == "adalora" else None,
-                export_rank=int(export_rank_) or None if method_ == "dylora" else None,
-                train_bias=train_bias_ and method_ in BIAS_METHODS,
-                rslora=rslora_ and method_ in ("lora", "dora"),
-                loraplus_ratio=float(loraplus_) if method_ in LORA_PAIR_METHODS else 0.0))
+                # Hidden fields keep what was typed before; only the shown ones are sent, and 0 / off means
+                # the default.
+                **{name: value for name, value in zip(METHOD_FIELDS, method_values)
+                   if value and name in own_fields(method_, targets_)}))
             session.job.start(config)
         except StyleloraError as error:
             return _error(error)
@@ -199,8 +197,7 @@ def train_tab(session: Session) -> None:
 
     start.click(on_start, [dataset, name, trigger, base, text_encoder, rank, steps, learning_rate, resolution,
                            batch_size, alpha, seed, save_every, sample_every, sample_prompt, flip, caption_dropout,
-                           resume, precision, rslora, loraplus_ratio, method, targets, conv_rank, conv_alpha,
-                           target_rank, export_rank, train_bias],
+                           resume, precision, method, targets, *method_fields],
                 [start_message])
     stop.click(lambda: session.job.stop() or "Stopping after this step; the checkpoint is kept.", None, [start_message])
 

@@ -55,4 +55,18 @@ class AdapterSpec:
         return self.alpha / (self.rank ** 0.5 if self.rslora else self.rank)
 
 
+METHOD_FIELDS = ("rslora", "loraplus_ratio", "train_bias", "target_rank", "export_rank", "conv_rank", "conv_alpha")
+
+
+def own_fields(method: str, targets: str | None) -> frozenset[str]:
+    """Which of METHOD_FIELDS apply to `method` with the `targets` preset; the UI shows only these."""
+    fields = {"rslora"} if method in ("lora", "dora") else set()
+    fields |= {"loraplus_ratio"} if method in LORA_PAIR_METHODS else set()
+    fields |= {"train_bias"} if method in BIAS_METHODS else set()
+    fields |= {"target_rank"} if method == "adalora" else set()
+    fields |= {"export_rank"} if method == "dylora" else set()
+    fields |= {"conv_rank", "conv_alpha"} if targets == "all" and method != "adalora" else set()
+    return frozenset(fields)
+
+
 KINDS = {"lora": "LoRA", "dora": "DoRA", "loha": "LoHa", "lokr": "LoKr", "adalora": "AdaLoRA", "dylora": "DyLoRA"}
