@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .errors import AdapterFileError, ConfigError
 from .inspect_adapter import describe
+from .methods import KINDS
 
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]")
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
@@ -27,6 +28,7 @@ class AdapterEntry:
     name: str
     path: Path
     architecture: str
+    method: str  # as trained (AdaLoRA and DyLoRA files hold plain LoRA)
     rank: int
     trigger: str
     images: str
@@ -48,6 +50,7 @@ def list_adapters(folder: Path) -> list[AdapterEntry]:
         samples = sorted(path.parent.glob("samples/*.png"))
         entries.append(AdapterEntry(
             name=path.stem, path=path, architecture=info["architecture"],
+            method=KINDS.get(meta.get("stylelora.method", ""), info["method"]),
             rank=max((g["rank"] for g in info["groups"]), default=0),
             trigger=", ".join(_json_list(meta.get("stylelora.trigger_words", "[]"))),
             images=meta.get("stylelora.image_count", meta.get("ss_num_train_images", "?")),

@@ -66,7 +66,7 @@ def test_library_import_rename_delete(two_adapters, tmp_path):
     imported = import_adapter(two_adapters[0], library)
     assert [e.name for e in list_adapters(library)] == ["alpha"]
     entry = list_adapters(library)[0]
-    assert entry.architecture == "stylelora mini" and entry.rank == 2 and entry.images == "6"
+    assert entry.architecture == "stylelora mini" and entry.rank == 2 and entry.images == "6" and entry.method == "LoRA"
     (tmp_path / "evil.ckpt").write_bytes(b"\x80\x04K\x01.")
     with pytest.raises(AdapterFileError, match="only .safetensors"):
         import_adapter(tmp_path / "evil.ckpt", library)

@@ -309,7 +309,7 @@ def generate_tab(session: Session) -> None:
 
 
 def library_tab(session: Session) -> None:
-    table = gr.Dataframe(headers=["name", "base", "rank", "trigger", "images", "created"], interactive=False,
+    table = gr.Dataframe(headers=["name", "base", "method", "rank", "trigger", "images", "created"], interactive=False,
                          elem_id="library")
     previews = gr.Gallery(label="Previews", columns=8, height=140, elem_id="previews")
     refresh = gr.Button("Refresh", elem_id="library-refresh")
@@ -326,8 +326,8 @@ def library_tab(session: Session) -> None:
 
     def listing(note: str = ""):
         entries = list_adapters(session.adapters)
-        rows = [[e.name, e.architecture, e.rank, e.trigger, e.images, e.created] for e in entries]
-        return (pd.DataFrame(rows, columns=["name", "base", "rank", "trigger", "images", "created"]),
+        rows = [[e.name, e.architecture, e.method, e.rank, e.trigger, e.images, e.created] for e in entries]
+        return (pd.DataFrame(rows, columns=["name", "base", "method", "rank", "trigger", "images", "created"]),
                 [(str(e.preview), e.name) for e in entries if e.preview],
                 gr.update(choices=[e.name for e in entries]), note)
 
