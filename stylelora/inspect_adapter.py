@@ -26,6 +26,12 @@ def architecture_of_weights(weights, metadata: dict[str, str]) -> str:
     return _CONTEXT_WIDTH.get(width, f"unknown (context width {width})")
 
 
+def _method(weights, metadata: dict[str, str]) -> str:
+    """What the file holds, and how it was trained when that differs (AdaLoRA and DyLoRA write plain LoRA)."""
+    held, trained = method_name(weights), KINDS.get(metadata.get("stylelora.method", ""))
+    return f"{held} (trained as {trained})" if trained and trained != held else held
+
+
 def describe(path: Path) -> dict:
     weights, metadata, kind = read_lora(path)
     groups = Counter((part, adapter.kind, adapter.rank, adapter.alpha) for (part, _), adapter in weights.items())
@@ -35,7 +41,7 @@ def describe(path: Path) -> dict:
     return {
         "file": str(path),
         "format": kind,
-        "method": method_name(weights),
+        "method": _method(weights, metadata),
         "modules": len(weights),
         "parameters": sum(adapter.parameter_count for adapter in weights.values()),
         "trained_biases": sum(getattr(adapter, "bias", None) is not None for adapter in weights.values()),

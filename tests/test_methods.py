@@ -148,6 +148,8 @@ def test_each_method_trains_and_resumes_exactly(train_config, method):
     assert a.tensors.keys() == b.tensors.keys()
     assert all(torch.allclose(a.tensors[k], b.tensors[k], atol=1e-6) for k in a.tensors)
     assert a.metadata["stylelora.method"] == method
+    if method in ("adalora", "dylora"):
+        assert describe(straight.adapter_path)["method"] == f"LoRA (trained as {'AdaLoRA' if method == 'adalora' else 'DyLoRA'})"
     weights, _, _ = read_lora(straight.adapter_path)
     assert {m.kind for m in weights.values()} == {"lora" if method in ("adalora", "dylora") else method}
     if "conv_rank" in extra:
