@@ -7,7 +7,8 @@ Each method trains on the stripes, dots and pastel folders of the miniature base
 settings (800 steps, rank 4, the mini's learning rate); LoRA also at ranks 2, 8 and 16 on stripes,
 LoHa at rank 2 (about rank-4 LoRA's parameter count), and one rank-8 DyLoRA run on stripes judged
 at ranks 1, 2, 4 and 8 (`stylelora resize` truncates it).
-Writes bench/results/methods.md (quoted in README.md), methods.json and methods.png.
+Writes bench/results/methods.md, methods.json and methods.png, and the table into README.md between
+its scoreboard markers. `--from-results` re-renders all of that from methods.json without training.
 """
 
 from __future__ import annotations
@@ -110,11 +111,11 @@ def plot(rows: list[dict], path: Path) -> None:
     _save(plt, figure, path)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    per_prompt = 3 if args.quick else 8
+README = ROOT / "README.md"
+README_START, README_END = "<!-- methods-scoreboard:start -->", "<!-- methods-scoreboard:end -->"
+
+
+def measure_all(per_prompt: int) -> dict:
     work = RESULTS / "method-adapters"
     styler = Styler("mini")
     base = judge(styler, {}, per_prompt)
@@ -132,17 +133,45 @@ def main() -> None:
     for rank in (1, 2, 4, 8):
         rows.append(score(f"dylora rank {rank} of one rank-8 run", {"stripes": truncated(dylora, rank)}, styler, per_prompt))
         print(f"dylora rank {rank}: {rows[-1]}", flush=True)
-    header = (f"Measured by `python bench/methods.py{' --quick' if args.quick else ''}`: each method trained with "
+    return {"base": base, "rows": rows, "per_prompt": per_prompt}
+
+
+def report(results: dict) -> str:
+    per_prompt = results["per_prompt"]  # images per prompt: 3 with --quick, else 8
+    header = (f"Measured by `python bench/methods.py{' --quick' if per_prompt == 3 else ''}`: each method trained with "
               "the defaults (800 steps, rank 4, alpha 4, learning rate 2e-3, seed 0, attention modules) on each "
               f"sample folder; {per_prompt} images for each of the 12 colour x shape prompts per setting, 20 DPM++ "
               "steps, guidance 4, judged by `stylelora.mini.judge`. AdaLoRA prunes from rank 4 to an average of 2. "
               "The rows below the six methods train on stripes only. "
               "Step time is the run's average, relative to rank-4 LoRA on the same machine.\n\n")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_atomically(RESULTS / "methods.md", (header + table(rows, base)).encode())
-    write_atomically(RESULTS / "methods.json", json.dumps({"base": base, "rows": rows}, indent=2).encode())
-    plot(rows, RESULTS / "methods.png")
-    print(header + table(rows, base))
+    return header + table(results["rows"], results["base"])
+
+
+def write_into_readme(text: str) -> None:
+    """Put the report between the scoreboard markers of README.md, so its numbers are never typed by hand."""
+    readme = README.read_text()
+    before, rest = readme.split(README_START, 1)
+    _, after = rest.split(README_END, 1)
+    write_atomically(README, (before + README_START + "\n" + text + README_END + after).encode())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="3 images per prompt instead of 8")
+    parser.add_argument("--from-results", action="store_true",
+                        help="re-render the report, plot and README section from bench/results/methods.json")
+    args = parser.parse_args()
+    if args.from_results:
+        results = json.loads((RESULTS / "methods.json").read_text())
+    else:
+        results = measure_all(3 if args.quick else 8)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        write_atomically(RESULTS / "methods.json", json.dumps(results, indent=2).encode())
+    text = report(results)
+    write_atomically(RESULTS / "methods.md", text.encode())
+    plot(results["rows"], RESULTS / "methods.png")
+    write_into_readme(text)
+    print(text)
 
 
 if __name__ == "__main__":
