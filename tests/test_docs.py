@@ -22,3 +22,10 @@ def test_ci_runs_the_readme_test_command():
     marker = readme.index("<!-- test-command -->")
     assert readme[marker + 1] == "```" and "pytest" in readme[marker + 2]
     assert "test-command" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_scoreboard_is_what_bench_methods_wrote():
+    """The methods table in README.md is bench/methods.py's output, between its markers, never typed by hand."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("<!-- methods-scoreboard:start -->\n", 1)[1].split("<!-- methods-scoreboard:end -->", 1)[0]
+    assert section == (ROOT / "bench" / "results" / "methods.md").read_text()
