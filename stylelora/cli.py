@@ -264,7 +264,11 @@ def run_resize(args: argparse.Namespace) -> int:
 
     result = resize(ResizeConfig(args.file, args.out, args.rank, args.dynamic, args.base))
     ranks = ", ".join(f"{count} at rank {rank}" for rank, count in result.ranks.items())
-    print(f"{result.method}: relative error {result.relative_error:.6f}; modules: {ranks}")
+    if result.method == "svd":
+        print(f"svd: relative error {result.relative_error:.6f}; modules: {ranks}")
+    else:  # a DyLoRA truncation is a trained adapter of its own, not an approximation of the full rank
+        print(f"dylora truncation: its change differs from the full-rank adapter's by {result.relative_error:.6f} "
+              f"(relative Frobenius norm); modules: {ranks}")
     print(f"Resized {args.file} into {result.path}")
     return 0
 

@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from .formats import read_lora
-from .methods import KINDS
+from .methods import KINDS, TARGET_PRESETS
 from .methods.layouts import method_name
 
 # Cross-attention key/value input width -> architecture.
@@ -26,6 +26,19 @@ def architecture_of_weights(weights, metadata: dict[str, str]) -> str:
     return _CONTEXT_WIDTH.get(width, f"unknown (context width {width})")
 
 
+# Module-name suffixes as --targets and --target-modules name them, longest first.
+_KNOWN_SUFFIXES = sorted(set(TARGET_PRESETS["all"]) | {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"},
+                         key=len, reverse=True)
+
+
+def _target_of(module: str) -> str:
+    """'ff.net.0.proj' for '...transformer_blocks.0.ff.net.0.proj': the suffix a user would name it by."""
+    for suffix in _KNOWN_SUFFIXES:
+        if module == suffix or module.endswith("." + suffix):
+            return suffix
+    return module.rsplit(".", 1)[-1]
+
+
 def _method(weights, metadata: dict[str, str]) -> str:
     """What the file holds, and how it was trained when that differs (AdaLoRA and DyLoRA write plain LoRA)."""
     held, trained = method_name(weights), KINDS.get(metadata.get("stylelora.method", ""))
@@ -35,8 +48,7 @@ def _method(weights, metadata: dict[str, str]) -> str:
 def describe(path: Path) -> dict:
     weights, metadata, kind = read_lora(path)
     groups = Counter((part, adapter.kind, adapter.rank, adapter.alpha) for (part, _), adapter in weights.items())
-    targets = sorted({module.rsplit(".", 1)[-1] if not module.endswith(".0") else module.rsplit(".", 2)[-2] + ".0"
-                      for _, module in weights})
+    targets = sorted({_target_of(module) for _, module in weights})
     architecture = architecture_of_weights(weights, metadata)
     return {
         "file": str(path),
