@@ -225,8 +225,7 @@ class LokrModule:
 
     @property
     def in_features(self) -> int:
-        w1, w2 = self._whole(self.w1), self._whole(self.w2)
-        return int(w1.shape[1] * (w2.shape[1] if w2.ndim == 4 else w2.shape[1]))
+        return int(self._whole(self.w1).shape[1] * self._whole(self.w2).shape[1])
 
     @property
     def parameter_count(self) -> int:
