@@ -95,7 +95,10 @@ class TrainConfig:
     def file_alpha(self) -> float:
         """The alpha the adapter file stores. Loaders scale by alpha/rank, so an rsLoRA adapter (scale
         alpha/sqrt(rank)) is written with alpha*sqrt(rank): the same delta in every tool; a DyLoRA exported
-        at rank k with alpha*sqrt(k/rank), its trained scale at k (methods/dylora.py)."""
+        at rank k with alpha*sqrt(k/rank), its trained scale at k (methods/dylora.py); a DoRA with alpha = rank,
+        its scale folded into up (methods/layouts.py says why)."""
+        if self.method == "dora":
+            return float(self.rank)
         if self.method == "dylora":
             return self.effective_alpha * math.sqrt((self.export_rank or self.rank) / self.rank)
         return self.effective_alpha * math.sqrt(self.rank) if self.rslora else self.effective_alpha

@@ -46,15 +46,16 @@ def adapter_metadata(config: TrainConfig, folder: ImageFolder, resolution: int, 
     spec_arch = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-768-v" if prediction_type == "v_prediction"
                  else "stable-diffusion-v2-512", "sdxl": "stable-diffusion-xl-v1-base"}.get(architecture, f"stylelora-{architecture}")
     targets = list(config.unet_targets) + (list(config.text_encoder_targets) if config.train_text_encoder else [])
+    spec = config.adapter_spec()
     return metadata_json({
         "stylelora.version": __version__,
         "stylelora.rank": config.rank,
         "stylelora.alpha": config.effective_alpha,
         "stylelora.method": config.method,
         "stylelora.targets": config.targets or "custom",
-        "stylelora.conv_rank": config.adapter_spec().conv_rank,
-        "stylelora.conv_alpha": config.adapter_spec().conv_alpha,
-        "stylelora.target_rank": config.adapter_spec().target_rank if config.method == "adalora" else None,
+        "stylelora.conv_rank": spec.conv_rank,
+        "stylelora.conv_alpha": spec.conv_alpha,
+        "stylelora.target_rank": spec.target_rank if config.method == "adalora" else None,
         "stylelora.export_rank": (config.export_rank or config.rank) if config.method == "dylora" else None,
         "stylelora.rslora": config.rslora,
         "stylelora.train_bias": config.train_bias,
@@ -74,8 +75,7 @@ def adapter_metadata(config: TrainConfig, folder: ImageFolder, resolution: int, 
         **kohya_metadata({
             "ss_network_module": NETWORK_MODULES[config.method],
             "ss_network_dim": file_rank(config),
-            # what loaders divide by the rank (DoRA: the scale is folded into up, see methods/layouts.py)
-            "ss_network_alpha": float(config.rank if config.method == "dora" else config.file_alpha),
+            "ss_network_alpha": float(config.file_alpha),  # what loaders divide by the rank
             "ss_network_dropout": config.dropout,
             "ss_base_model_version": {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}.get(architecture, architecture),
             "ss_v2": architecture == "sd2",
