@@ -10,13 +10,18 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import safetensors.torch
 import torch
 
 from .files import SafetensorsFile, folder_written_atomically, read_safetensors, save_safetensors, write_atomically
+from .adapter import load_into
 from .errors import TrainingError
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+    from .training import Optimisation
 
 # Settings that change what the adapter is; resuming with any of them changed is refused.
 IDENTITY_FIELDS = ("base", "rank", "alpha", "target_modules", "train_text_encoder", "text_encoder_targets", "resolution",
@@ -114,3 +119,24 @@ def load_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor], par
     with torch.no_grad():
         for name, parameter in wanted.items():
             parameter.copy_(saved[name])
+
+
+def resume(config: TrainConfig, models: dict[str, torch.nn.Module], optimisation: Optimisation, resolution: int,
+           say: Callable[[str], None]) -> int:
+    """Load the latest checkpoint's adapters, optimizer, schedule and method state; return its step (0 if none)."""
+    path = latest_checkpoint(config.out_dir)
+    if path is None:
+        say(f"No checkpoint in {config.out_dir / 'checkpoints'}; starting from step 0.")
+        return 0
+    adapter, state, trainable = load_checkpoint(path)
+    check_compatible(state["config"], config.to_json_dict() | {"resolution": resolution}, path)
+    for part, model in models.items():
+        if trainable is not None:
+            load_trainable(model, trainable, part, path)
+        else:  # a checkpoint from before trainable.safetensors: LoRA only, from the adapter file
+            load_into(model, adapter.tensors, part, path)
+    optimisation.optimizer.load_state_dict(state["optimizer"])
+    optimisation.lr_schedule.load_state_dict(state["scheduler"])
+    optimisation.hooks.load_state_dict(state.get("method", {}))
+    say(f"Resuming from {path} (step {state['step']}).")
+    return int(state["step"])

@@ -22,10 +22,9 @@ from accelerate import Accelerator
 from diffusers import StableDiffusionPipeline
 from diffusers.optimization import get_scheduler
 
-from .adapter import load_into
 from .base import architecture_of, load_base, resolve_base, unet_parameter_count, weights_fingerprint
 from .cache import LatentCache, TextCache
-from .checkpoint import check_compatible, latest_checkpoint, load_checkpoint, load_trainable
+from .checkpoint import latest_checkpoint, resume
 from .config import TrainConfig, validate
 from .data import ImageFolder, describe_folder, scan_folder, warn_long_captions
 from .errors import TrainingError
@@ -209,7 +208,7 @@ def prepare_adapters(config: TrainConfig, model: Model, examples: int, accelerat
                                 num_training_steps=steps)
     optimisation = Optimisation(groups, optimizer, lr_schedule, steps, hooks_for(config.method, adapted, config.seed, config.rank))
     if config.resume:
-        optimisation.start_step = _resume(config, dict(zip(("unet", "text_encoder"), adapted)), optimisation,
+        optimisation.start_step = resume(config, dict(zip(("unet", "text_encoder"), adapted)), optimisation,
                                           model.resolution, say)
     elif (earlier := latest_checkpoint(config.out_dir)) is not None:
         raise TrainingError(f"{earlier}: this output folder holds a checkpoint of an earlier run; add --resume to "
@@ -381,23 +380,3 @@ def _write_failed(error: OSError, out_dir: Path) -> TrainingError:
     kept = (f"the last good checkpoint, {last}, is intact: free some space and run again with --resume" if last
             else "no checkpoint was written yet; use --save-every to keep resumable checkpoints")
     return TrainingError(f"{error.filename or out_dir}: cannot write ({error.strerror or error}); {kept}")
-
-
-def _resume(config: TrainConfig, models: dict[str, torch.nn.Module], optimisation: Optimisation, resolution: int,
-            say: Callable[[str], None]) -> int:
-    path = latest_checkpoint(config.out_dir)
-    if path is None:
-        say(f"No checkpoint in {config.out_dir / 'checkpoints'}; starting from step 0.")
-        return 0
-    adapter, state, trainable = load_checkpoint(path)
-    check_compatible(state["config"], config.to_json_dict() | {"resolution": resolution}, path)
-    for part, model in models.items():
-        if trainable is not None:
-            load_trainable(model, trainable, part, path)
-        else:  # a checkpoint from before trainable.safetensors: LoRA only, from the adapter file
-            load_into(model, adapter.tensors, part, path)
-    optimisation.optimizer.load_state_dict(state["optimizer"])
-    optimisation.lr_schedule.load_state_dict(state["scheduler"])
-    optimisation.hooks.load_state_dict(state.get("method", {}))
-    say(f"Resuming from {path} (step {state['step']}).")
-    return int(state["step"])
