@@ -70,6 +70,57 @@ def build_app(workspace: Path, adapters: Path) -> gr.Blocks:
     return app
 
 
+def method_row():
+    """The Method and Modules dropdowns, and the fields only some methods have (hidden until they apply):
+    train_bias, target_rank, export_rank, conv_rank, conv_alpha, in METHOD_FIELDS' order."""
+    with gr.Row():
+        method = gr.Dropdown(list(METHODS), value="lora", elem_id="method",
+                             label="Method (every one writes a file AUTOMATIC1111 and ComfyUI load)")
+        targets = gr.Dropdown(list(TARGET_PRESETS), value="attn", elem_id="targets",
+                              label="Modules (attn; attn-mlp adds feed-forward; all-linear; all adds convolutions)")
+        train_bias = gr.Checkbox(False, label="Train the biases too (ComfyUI applies them)", elem_id="train-bias")
+        target_rank = gr.Number(0, label="AdaLoRA target rank (0 = half the rank)", precision=0, elem_id="target-rank",
+                                visible=False)
+        export_rank = gr.Number(0, label="DyLoRA rank to write (0 = the rank)", precision=0, elem_id="export-rank",
+                                visible=False)
+        conv_rank = gr.Number(0, label="Conv rank (0 = rank)", precision=0, elem_id="conv-rank", visible=False)
+        conv_alpha = gr.Number(0, label="Conv alpha (0 = conv rank)", elem_id="conv-alpha", visible=False)
+    return method, targets, [train_bias, target_rank, export_rank, conv_rank, conv_alpha]
+
+
+def show_only_own_fields(method, targets, fields) -> None:
+    """A method's own fields show only when they apply to it (stylelora.methods.own_fields says which)."""
+
+    def show(method_, targets_):
+        shown = own_fields(method_, targets_)
+        return [gr.update(visible=name in shown) for name in METHOD_FIELDS]
+
+    method.change(show, [method, targets], fields)
+    targets.change(show, [method, targets], fields)
+
+
+def folder_view(folder_path: Path, extra: list[str]):
+    """The Train tab's view of an image folder: its path, thumbnails, caption table and a report."""
+    try:
+        rows, skipped = caption_rows(folder_path)
+    except StyleloraError as error:
+        return str(folder_path), [], pd.DataFrame(columns=["file", "caption"]), _error(error)
+    lines = [f"{len(rows)} images in `{folder_path}`."] + [f"- skipped {s}" for s in skipped] + [f"- {e}" for e in extra]
+    images = [str(folder_path / row[0]) for row in rows]
+    return str(folder_path), images, pd.DataFrame(rows, columns=["file", "caption"]), "\n".join(lines)
+
+
+def save_caption_table(folder_path, table) -> str:
+    """Write the edited caption table as .txt sidecars; the answer shown under it."""
+    if not folder_path:
+        return "**Error:** upload images or choose a folder first"
+    try:
+        rows = table.values.tolist() if isinstance(table, pd.DataFrame) else table
+        return f"Saved {save_captions(Path(folder_path), rows)} captions as .txt files."
+    except StyleloraError as error:
+        return _error(error)
+
+
 def train_tab(session: Session) -> None:
     with gr.Row():
         uploads = gr.File(label="Drop images (and .txt captions) here", file_count="multiple", elem_id="uploads")
@@ -86,18 +137,7 @@ def train_tab(session: Session) -> None:
         trigger = gr.Textbox(label="Trigger word", elem_id="trigger")
         base = gr.Textbox("mini", label="Base model", elem_id="train-base")
         text_encoder = gr.Checkbox(False, label="Train the text encoder", elem_id="train-te")
-    with gr.Row():
-        method = gr.Dropdown(list(METHODS), value="lora", elem_id="method",
-                             label="Method (every one writes a file AUTOMATIC1111 and ComfyUI load)")
-        targets = gr.Dropdown(list(TARGET_PRESETS), value="attn", elem_id="targets",
-                              label="Modules (attn; attn-mlp adds feed-forward; all-linear; all adds convolutions)")
-        conv_rank = gr.Number(0, label="Conv rank (0 = rank)", precision=0, elem_id="conv-rank", visible=False)
-        conv_alpha = gr.Number(0, label="Conv alpha (0 = conv rank)", elem_id="conv-alpha", visible=False)
-        target_rank = gr.Number(0, label="AdaLoRA target rank (0 = half the rank)", precision=0, elem_id="target-rank",
-                                visible=False)
-        export_rank = gr.Number(0, label="DyLoRA rank to write (0 = the rank)", precision=0, elem_id="export-rank",
-                                visible=False)
-        train_bias = gr.Checkbox(False, label="Train the biases too (ComfyUI applies them)", elem_id="train-bias")
+    method, targets, method_only = method_row()
     with gr.Row():
         rank = gr.Number(4, label="Rank", precision=0, elem_id="rank")
         steps = gr.Number(800, label="Steps", precision=0, elem_id="steps")
@@ -131,48 +171,24 @@ def train_tab(session: Session) -> None:
     samples = gr.Gallery(label="Previews", columns=6, height=160, elem_id="samples")
     timer = gr.Timer(1.0)
 
-    def show(folder_path: Path, extra: list[str]):
-        try:
-            rows, skipped = caption_rows(folder_path)
-        except StyleloraError as error:
-            return str(folder_path), [], pd.DataFrame(columns=["file", "caption"]), _error(error)
-        lines = [f"{len(rows)} images in `{folder_path}`."] + [f"- skipped {s}" for s in skipped] + [f"- {e}" for e in extra]
-        images = [str(folder_path / row[0]) for row in rows]
-        return str(folder_path), images, pd.DataFrame(rows, columns=["file", "caption"]), "\n".join(lines)
-
     def on_upload(files, adapter_name):
         if not files:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         target = dataset_folder(session.workspace, adapter_name or "mystyle")
         pairs = [(Path(f), Path(getattr(f, "orig_name", None) or f).name) for f in files]
         _, refused = save_uploads(pairs, target)
-        return show(target, [f"refused {r}" for r in refused])
+        return folder_view(target, [f"refused {r}" for r in refused])
 
     def on_folder(path):
-        return show(Path(path).expanduser(), [])
-
-    def on_save(folder_path, table):
-        if not folder_path:
-            return "**Error:** upload images or choose a folder first"
-        try:
-            rows = table.values.tolist() if isinstance(table, pd.DataFrame) else table
-            return f"Saved {save_captions(Path(folder_path), rows)} captions as .txt files."
-        except StyleloraError as error:
-            return _error(error)
+        return folder_view(Path(path).expanduser(), [])
 
     uploads.upload(on_upload, [uploads, name], [dataset, thumbs, captions, data_message])
     load_folder.click(on_folder, [folder], [dataset, thumbs, captions, data_message])
-    save.click(on_save, [dataset, captions], [data_message])
+    save.click(save_caption_table, [dataset, captions], [data_message])
 
-    # A method's own fields show only when they apply to it (stylelora.methods.own_fields says which).
-    method_fields = [rslora, loraplus_ratio, train_bias, target_rank, export_rank, conv_rank, conv_alpha]
-
-    def show_own_fields(method_, targets_):
-        shown = own_fields(method_, targets_)
-        return [gr.update(visible=name in shown) for name in METHOD_FIELDS]
-
-    method.change(show_own_fields, [method, targets], method_fields)
-    targets.change(show_own_fields, [method, targets], method_fields)
+    # In METHOD_FIELDS' order: rslora and LoRA+ sit under Advanced, the rest in the method row.
+    method_fields = [rslora, loraplus_ratio, *method_only]
+    show_only_own_fields(method, targets, method_fields)
 
     def on_start(folder_path, adapter_name, trigger_word, base_model, te, rank_, steps_, lr, res, batch, alpha_, seed_,
                  save_n, sample_n, prompt, flip_, dropout, resume_, precision_, method_, targets_, *method_values):
