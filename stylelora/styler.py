@@ -188,16 +188,9 @@ class Styler:
             if adapter.bias is None:
                 continue
             layer = find_layer(models[part], module)
-            old = layer.lora_B[name]
-            new = torch.nn.Linear(old.in_features, old.out_features, bias=True, dtype=old.weight.dtype,
-                                  device=old.weight.device) if isinstance(old, torch.nn.Linear) else None
-            if new is None:
-                new = torch.nn.Conv2d(old.in_channels, old.out_channels, 1, bias=True, dtype=old.weight.dtype,
-                                      device=old.weight.device)
-            new.weight.copy_(old.weight)
-            new.bias.copy_(adapter.bias)  # peft multiplies it by the weight (x alpha / rank, which is 1 here)
-            new.requires_grad_(False)
-            layer.lora_B[name] = new
+            up = layer.lora_B[name]  # a Linear or 1x1 Conv2d; both add a bias once they have one
+            # peft multiplies the LoRA path, bias included, by weight x alpha / rank (1 here)
+            up.bias = torch.nn.Parameter(adapter.bias.to(up.weight), requires_grad=False)
 
     def unload(self, name: str) -> None:
         self.unfuse()
