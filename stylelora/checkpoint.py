@@ -25,10 +25,12 @@ if TYPE_CHECKING:
 
 # Settings that change what the adapter is; resuming with any of them changed is refused.
 IDENTITY_FIELDS = ("base", "rank", "alpha", "target_modules", "train_text_encoder", "text_encoder_targets", "resolution",
-                   "rslora", "loraplus_ratio", "method", "targets", "conv_rank", "conv_alpha", "target_rank", "train_bias")
+                   "rslora", "loraplus_ratio", "method", "targets", "conv_rank", "conv_alpha", "target_rank", "train_bias",
+                   "validation_split", "ema_decay")
 # Fields added after checkpoints were first written: a checkpoint without them was made with these values.
 LATER_FIELDS = {"rslora": False, "loraplus_ratio": 0.0, "method": "lora", "targets": None, "conv_rank": None,
-                "conv_alpha": None, "target_rank": None, "train_bias": False}
+                "conv_alpha": None, "target_rank": None, "train_bias": False, "validation_split": 0.0,
+                "ema_decay": 0.0}
 KEEP = 3
 
 
@@ -45,8 +47,10 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 def save_checkpoint(out_dir: Path, step: int, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
                     optimizer_state: dict, scheduler_state: dict, config_json: dict[str, Any],
-                    trainable: dict[str, torch.Tensor], method_state: dict | None = None) -> Path:
-    """Write the checkpoint into a temporary folder, then rename it into place, then prune old ones."""
+                    trainable: dict[str, torch.Tensor], states: dict[str, dict] | None = None,
+                    best: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the checkpoint into a temporary folder, then rename it into place, then prune old ones. `states`
+    are the method's, the EMA's and the validation watch's; `best` the best step's adapter tensors so far."""
     root = checkpoint_root(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
@@ -55,8 +59,10 @@ def save_checkpoint(out_dir: Path, step: int, tensors: dict[str, torch.Tensor], 
     with folder_written_atomically(final) as staging:
         save_safetensors(staging / "adapter.safetensors", tensors, metadata)
         save_safetensors(staging / "trainable.safetensors", trainable, {})
+        if best is not None:
+            save_safetensors(staging / "best.safetensors", best, {})
         buffer = _torch_bytes({"step": step, "optimizer": optimizer_state, "scheduler": scheduler_state,
-                               "config": json.dumps(config_json), "method": method_state or {}})
+                               "config": json.dumps(config_json), **(states or {})})
         write_atomically(staging / "state.pt", buffer)
     for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
@@ -138,5 +144,8 @@ def resume(config: TrainConfig, models: dict[str, torch.nn.Module], optimisation
     optimisation.optimizer.load_state_dict(state["optimizer"])
     optimisation.lr_schedule.load_state_dict(state["scheduler"])
     optimisation.hooks.load_state_dict(state.get("method", {}))
+    optimisation.average.load_state_dict(state.get("ema", {}))
+    best = path / "best.safetensors"
+    optimisation.resumed_watch = (state.get("watch", {}), read_safetensors(best).tensors if best.is_file() else None)
     say(f"Resuming from {path} (step {state['step']}).")
     return int(state["step"])

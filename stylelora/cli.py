@@ -96,6 +96,21 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     g.add_argument("--sample-prompt", dest="sample_prompts", action="append", help="prompt for previews (repeatable)")
     g.add_argument("--log-every", type=int, help="write metrics every N steps (1)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("knowing when to stop")
+    g.add_argument("--validation-split", type=float, help="fraction of the images held out to measure a validation "
+                   "loss, at least 1 image, chosen by --seed (0 = off)")
+    g.add_argument("--validation-data", type=Path, help="a separate folder of held-out images instead of a split")
+    g.add_argument("--validate-every", type=int, help="validate every N steps (a twentieth of the run)")
+    g.add_argument("--early-stop", type=int, metavar="PATIENCE",
+                   help="stop after PATIENCE validations without improvement (0 = never)")
+    g.add_argument("--min-delta", type=float, help="the least drop of the validation loss that counts as improvement (0)")
+    g.add_argument("--keep", choices=("best", "last"),
+                   help="which step's adapter becomes the file (best with validation, else last)")
+    g.add_argument("--ema-decay", type=float, help="exponential moving average of the adapter weights, "
+                   "validated and saved instead of them, e.g. 0.99 (0 = off)")
+    g.add_argument("--preserve-prompts", type=Path, metavar="FILE", help="prompts (one a line) on which the "
+                   "target is the base's own prediction, adapter off: keeps the style out of them")
+    g.add_argument("--preserve-weight", type=float, help="weight of that preservation loss (1)")
 
 
 class StopRequest:
@@ -148,6 +163,9 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"Adapter written to {result.adapter_path}")
     print(f"{result.steps} steps in {result.seconds:.0f}s, final loss {result.loss:.4f}, "
           f"rank {config.rank}, alpha {config.effective_alpha:g}, base {config.base}")
+    if result.validation_loss is not None:
+        print(f"Kept step {result.kept_step} ({config.keep_step}), validation loss {result.validation_loss:.5f}; "
+              f"{result.stop_reason}")
     return 0
 
 

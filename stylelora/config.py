@@ -76,6 +76,24 @@ class TrainConfig:
     sample_every: int = 0
     sample_prompts: tuple[str, ...] = ()
     log_every: int = 1
+    # knowing when to stop (validation.py)
+    validation_split: float = 0.0  # fraction of the images held out to measure a validation loss
+    validation_data: Path | None = None  # a separate folder of held-out images instead
+    validate_every: int | None = None  # in steps (None: a twentieth of the run)
+    early_stop: int = 0  # stop after this many validations without improvement; 0 = never
+    min_delta: float = 0.0  # what counts as an improvement of the validation loss
+    keep: str | None = None  # best or last step's adapter as the file (None: best with validation, else last)
+    ema_decay: float = 0.0  # exponential moving average of the adapter weights; 0 = off
+    preserve_prompts: Path | None = None  # file of prompts on which the base's own prediction is the target
+    preserve_weight: float = 1.0  # weight of that preservation loss
+
+    @property
+    def validating(self) -> bool:
+        return bool(self.validation_split) or self.validation_data is not None
+
+    @property
+    def keep_step(self) -> str:
+        return self.keep or ("best" if self.validating else "last")
 
     @property
     def effective_alpha(self) -> float:
@@ -198,6 +216,21 @@ def validate(config: TrainConfig) -> TrainConfig:
         (c.sample_every == 0 or bool(c.sample_prompts), "sample_every",
          "give at least one --sample-prompt to sample during training"),
         (c.log_every >= 1, "log_every", "log every N steps, N >= 1"),
+        (0 <= c.validation_split < 1, "validation_split", "hold out a fraction in [0, 1), e.g. 0.2"),
+        (not (c.validation_split and c.validation_data is not None), "validation_data",
+         "give --validation-split (held out of the folder) or --validation-data (another folder), not both"),
+        (c.validate_every is None or c.validate_every >= 1, "validate_every", "validate every N steps, N >= 1"),
+        (c.validate_every is None or c.validating, "validate_every",
+         "there is nothing to validate on: add --validation-split 0.2 or --validation-data DIR"),
+        (c.early_stop >= 0, "early_stop", "the patience is a number of validations, 0 (never stop early) or more"),
+        (not c.early_stop or c.validating, "early_stop",
+         "early stopping watches the validation loss: add --validation-split 0.2 or --validation-data DIR"),
+        (c.min_delta >= 0, "min_delta", "the least improvement that counts must be 0 or more, e.g. 0.0005"),
+        (c.keep in (None, "best", "last"), "keep", "choose best or last"),
+        (c.keep != "best" or c.validating, "keep",
+         "the best step is the one with the lowest validation loss: add --validation-split 0.2 or --validation-data DIR"),
+        (0 <= c.ema_decay < 1, "ema_decay", "the EMA decay is in [0, 1), e.g. 0.99; 0 = off"),
+        (c.preserve_weight >= 0, "preserve_weight", "the preservation weight must be 0 or more; 1 is usual"),
         (bool(c.target_modules), "target_modules", "name at least one module, e.g. to_q,to_k,to_v,to_out.0"),
         (c.max_steps is None or c.epochs is None, "epochs", "give --max-steps or --epochs, not both"),
     ]
@@ -208,7 +241,7 @@ def validate(config: TrainConfig) -> TrainConfig:
 
 
 _TUPLE_FIELDS = {f.name for f in dataclasses.fields(TrainConfig) if "tuple" in str(f.type)}
-_PATH_FIELDS = {"data", "out"}
+_PATH_FIELDS = {"data", "out", "validation_data", "preserve_prompts"}
 
 
 def from_dict(values: dict[str, Any]) -> TrainConfig:

@@ -237,3 +237,17 @@ def warn_long_captions(folder: ImageFolder, tokenizer, say: Callable[[str], None
         if len(tokenizer(example.caption[: 40 * limit]).input_ids) > limit:
             say(f"  warning: {example.caption_file}: the caption is longer than {limit} tokens, the text encoder's limit; "
                 "the rest is cut")
+
+
+def read_prompts(path: Path, flag: str) -> list[str]:
+    """The non-empty lines of a prompt file (one prompt a line; lines starting with # are comments)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DatasetError(f"{flag} {path}: no such file; give a text file with one prompt a line") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{flag} {path}: cannot be read as UTF-8 text ({error})") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise DatasetError(f"{flag} {path}: holds no prompt; write one prompt a line")
+    return prompts

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -25,6 +26,7 @@ from .methods.attach import export
 
 if TYPE_CHECKING:
     from .training import Model, Optimisation
+    from .validation import Watch
 
 
 @torch.no_grad()
@@ -141,8 +143,25 @@ def kohya_metadata(values: dict[str, object]) -> dict[str, str]:
     return {key: str(value) for key, value in values.items()}
 
 
+@dataclass
+class Kept:
+    """Which step's adapter became the file, its validation loss (None without validation), and why the
+    run stopped."""
+
+    step: int
+    trained_steps: int
+    validation_loss: float | None
+    reason: str
+
+    def metadata(self, keep: str) -> dict[str, str]:
+        return {"stylelora.keep": keep, "stylelora.kept_step": str(self.step),
+                "stylelora.trained_steps": str(self.trained_steps), "stylelora.stop_reason": self.reason,
+                **({"stylelora.validation_loss": repr(self.validation_loss)} if self.validation_loss is not None else {})}
+
+
 class Outputs:
-    """What a run writes: the adapter tensors in the kohya layout, their metadata, checkpoints."""
+    """What a run writes: the adapter tensors in the kohya layout (the EMA weights when there are some),
+    their metadata, checkpoints."""
 
     def __init__(self, config: TrainConfig, folder: ImageFolder, model: Model, optimisation: Optimisation,
                  trained: list[torch.nn.Module], accelerator: Accelerator):
@@ -156,26 +175,40 @@ class Outputs:
         return dict(zip(("unet", "text_encoder"), unwrapped))
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """A copy: on the CPU exported tensors can share storage with the parameters, which training (or
+        restoring them after the EMA was swapped in) changes."""
         rank = self.config.export_rank
-        return to_kohya({key: module for part, model in self.parts().items()
-                         for key, module in export(model, part, export_rank=rank).items()})
+        with self.optimisation.average.applied():
+            return {key: tensor.clone() for key, tensor in to_kohya(
+                {key: module for part, model in self.parts().items()
+                 for key, module in export(model, part, export_rank=rank).items()}).items()}
 
     def metadata(self, step: int) -> dict[str, str]:
         return adapter_metadata(self.config, self.folder, self.model.resolution, step, self.base_id,
                                 self.model.architecture, self.model.prediction_type)
 
-    def checkpoint(self, step: int) -> Path | None:
+    def checkpoint(self, step: int, watch: Watch) -> Path | None:
         if not self.main:
             return None
         optimisation = self.optimisation
+        states = {"method": optimisation.hooks.state_dict(), "ema": optimisation.average.state_dict(),
+                  "watch": watch.state_dict()}
         return save_checkpoint(self.config.out_dir, step, self.adapter_tensors(), self.metadata(step),
                                optimisation.optimizer.state_dict(), optimisation.lr_schedule.state_dict(),
                                self.config.to_json_dict() | {"resolution": self.model.resolution},
-                               trainable_tensors(self.parts()), optimisation.hooks.state_dict())
+                               trainable_tensors(self.parts()), states, watch.best_tensors)
 
-    def final(self) -> None:
+    def final(self, watch: Watch, trained_steps: int) -> Kept:
+        """Write the adapter: the best step's with --keep best (once a validation ran), else the last one's."""
+        if watch.keep_best and watch.best_tensors is not None:
+            tensors = watch.best_tensors
+            kept = Kept(watch.stopping.best_step, trained_steps, watch.stopping.best_loss, watch.stop_reason(trained_steps))
+        else:
+            tensors = self.adapter_tensors()
+            kept = Kept(trained_steps, trained_steps, watch.last_loss, watch.stop_reason(trained_steps))
         if self.main:
-            save_safetensors(self.config.adapter_path, self.adapter_tensors(), self.metadata(self.optimisation.steps))
+            save_safetensors(self.config.adapter_path, tensors, self.metadata(kept.step) | kept.metadata(self.config.keep_step))
+        return kept
 
 
 class MetricsLog:
@@ -204,6 +237,12 @@ class MetricsLog:
             for key, value in row.items():
                 if key != "step":
                     self.board.add_scalar(f"train/{key}", value, step)
+
+    def write_validation(self, step: int, loss: float) -> None:
+        self.jsonl.write(json.dumps({"step": step, "validation_loss": loss}) + "\n")
+        self.jsonl.flush()
+        if self.board is not None:
+            self.board.add_scalar("validation/loss", loss, step)
 
     def close(self) -> None:
         self.jsonl.close()

@@ -1,12 +1,14 @@
 """One micro-batch's loss, the heart of a training step: which examples it draws, the noise and
-timesteps it adds, the UNet's prediction and the denoising objective. Its randomness depends only on
-(seed, step, micro-batch, process), which is what makes resume exact."""
+timesteps it adds, the UNet's prediction and the denoising objective, plus the base-output preservation
+term when asked. Its randomness depends only on (seed, step, micro-batch, process), which is what makes
+resume exact. The validation loss is the same objective on fixed inputs (validation.ValidationSet)."""
 
 from __future__ import annotations
 
 import hashlib
 import random
-from typing import TYPE_CHECKING
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 import torch
 from accelerate import Accelerator
@@ -15,9 +17,13 @@ from .cache import encode_latents
 from .config import TrainConfig
 from .data import ImageFolder, load_rgb, preprocess, training_caption
 from .loss import ddpm_loss, min_snr_weights, noise_target, offset_noise
+from .methods.attach import adapters_disabled
+from .validation import ValidationSet
 
 if TYPE_CHECKING:
     from .training import Inputs, Model
+
+VALIDATION_BATCH = 8
 
 
 def sample_order(count: int, seed: int, start: int, length: int) -> list[int]:
@@ -35,17 +41,49 @@ def step_generator(seed: int, step: int, micro: int, process: int) -> torch.Gene
     return torch.Generator().manual_seed(int.from_bytes(key[:8], "little"))
 
 
+def predict(unet: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor,
+            model: Model) -> torch.Tensor:
+    """The UNet's prediction. bf16 autocast also runs the float32 LoRA matmuls in bf16; fp16 keeps its
+    float32 LoRA path."""
+    with torch.autocast(noisy.device.type, dtype=torch.bfloat16, enabled=model.precision == "bf16"):
+        return unet(noisy, timesteps, embeddings.to(model.weight_dtype)).sample
+
+
+@contextmanager
+def evaluation_mode(models: list[torch.nn.Module]) -> Iterator[None]:
+    """Every module in eval mode (LoRA dropout off), then each back in the mode it was in."""
+    modes = [(module, module.training) for model in models for module in model.modules()]
+    for model in models:
+        model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+class Terms(NamedTuple):
+    """A micro-batch's loss terms: the style (denoising) loss that is reported, the preservation loss
+    (None when off), and their weighted sum, which is what trains."""
+
+    style: torch.Tensor
+    preservation: torch.Tensor | None
+    objective: torch.Tensor
+
+
 class StepLoss:
     """The loss of one micro-batch: draw examples, add noise at uniform timesteps, predict, take the MSE.
-    Its randomness depends only on (seed, step, micro, process), so a resumed run draws what it would have."""
+    Its randomness depends only on (seed, step, micro, process), so a resumed run draws what it would have.
+    `adapted` are the (unwrapped) models that carry adapters: switched off for the preservation target,
+    and put in eval mode to validate."""
 
     def __init__(self, config: TrainConfig, folder: ImageFolder, model: Model, inputs: Inputs,
-                 unet: torch.nn.Module, accelerator: Accelerator):
+                 unet: torch.nn.Module, accelerator: Accelerator, adapted: list[torch.nn.Module]):
         self.config, self.folder, self.model, self.inputs = config, folder, model, inputs
-        self.unet, self.accelerator = unet, accelerator
+        self.unet, self.accelerator, self.adapted = unet, accelerator, adapted
         self.scheduler = model.pipe.scheduler
 
-    def __call__(self, step: int, micro: int) -> torch.Tensor:
+    def __call__(self, step: int, micro: int) -> Terms:
         config, accelerator, model = self.config, self.accelerator, self.model
         generator = step_generator(config.seed, step, micro, accelerator.process_index)
         rng = random.Random(generator.initial_seed())
@@ -63,14 +101,44 @@ class StepLoss:
         timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(examples),), generator=generator)
         timesteps = timesteps.to(accelerator.device)
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
-        # bf16 autocast also runs the float32 LoRA matmuls in bf16; fp16 keeps its float32 LoRA path.
-        with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=model.precision == "bf16"):
-            prediction = self.unet(noisy, timesteps, embeddings.to(model.weight_dtype)).sample
+        prediction = predict(self.unet, noisy, timesteps, embeddings, model)
         alphas_cumprod = self.scheduler.alphas_cumprod
         target = noise_target(model.prediction_type, latents, noise, timesteps, alphas_cumprod)
         weights = (min_snr_weights(timesteps, alphas_cumprod, config.min_snr_gamma, model.prediction_type)
                    if config.min_snr_gamma > 0 else None)
-        return ddpm_loss(prediction, target, weights)
+        style = ddpm_loss(prediction, target, weights)
+        if not self.inputs.preserve_prompts:
+            return Terms(style, None, style)
+        preservation = self.preservation_loss(noisy, timesteps, [rng.choice(self.inputs.preserve_prompts) for _ in examples])
+        return Terms(style, preservation, style + config.preserve_weight * preservation)
+
+    def preservation_loss(self, noisy: torch.Tensor, timesteps: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """Base-output preservation (ai-toolkit's differential output preservation, OneTrainer's prior
+        prediction): on prompts outside the style, the target is the frozen base's own prediction for the
+        same noisy latents, computed with every adapter switched off."""
+        return ddpm_loss(predict(self.unet, noisy, timesteps, self.text(prompts), self.model),
+                         self.base_prediction(noisy, timesteps, prompts))
+
+    @torch.no_grad()
+    def base_prediction(self, noisy: torch.Tensor, timesteps: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        with adapters_disabled(self.adapted):
+            return predict(self.unet, noisy, timesteps, self.text(prompts), self.model)
+
+    @torch.no_grad()
+    def validation_loss(self, validation: ValidationSet) -> float:
+        """The plain denoising MSE over the fixed validation pairs, in fixed batches, dropout off."""
+        device, model, total = self.accelerator.device, self.model, 0.0
+        with evaluation_mode(self.adapted):
+            for start in range(0, len(validation), VALIDATION_BATCH):
+                rows = slice(start, start + VALIDATION_BATCH)
+                latents = validation.latents[rows].to(device, model.weight_dtype)
+                noise = validation.noise[rows].to(device, model.weight_dtype)
+                timesteps = validation.timesteps[rows].to(device)
+                noisy = self.scheduler.add_noise(latents, noise, timesteps)
+                prediction = predict(self.unet, noisy, timesteps, self.text(validation.captions[rows]), model)
+                target = noise_target(model.prediction_type, latents, noise, timesteps, self.scheduler.alphas_cumprod)
+                total += ddpm_loss(prediction, target).item() * len(timesteps)
+        return total / len(validation)
 
     def latents(self, examples: list, flips: list[bool], rng: random.Random) -> torch.Tensor:
         cache = self.inputs.latent_cache

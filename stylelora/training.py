@@ -2,7 +2,8 @@
 
 prepare_data, prepare_model, prepare_adapters, prepare_inputs, then run_loop. Per step: the loss of
 each micro-batch (step_loss.StepLoss: latents from the cache, noise at a uniform timestep, the UNet's
-prediction, the MSE), then clip and step AdamW. Everything else is bookkeeping: checkpoints and the
+prediction, the MSE), then clip and step AdamW, and update the EMA. Between steps, validation.Watch
+validates when due and decides when to stop. Everything else is bookkeeping: checkpoints and the
 adapter (run_outputs.Outputs), samples, metrics.
 """
 
@@ -26,14 +27,15 @@ from .base import architecture_of, load_base, resolve_base, unet_parameter_count
 from .cache import LatentCache, TextCache
 from .checkpoint import latest_checkpoint, resume
 from .config import TrainConfig, validate
-from .data import ImageFolder, describe_folder, scan_folder, warn_long_captions
-from .errors import TrainingError
+from .data import Example, ImageFolder, describe_folder, read_prompts, scan_folder, warn_long_captions
+from .errors import DatasetError, TrainingError
 from .methods import KINDS
 from .methods.attach import attach
 from .methods.steps import StepHooks, hooks_for
 from .precision import PRECISION_NAMES, choose_precision
-from .run_outputs import MetricsLog, Outputs, progress_bar as make_progress_bar, render_samples
+from .run_outputs import Kept, MetricsLog, Outputs, progress_bar as make_progress_bar, render_samples
 from .step_loss import StepLoss
+from .validation import AdapterAverage, EarlyStopping, ValidationSet, Watch, split_examples, validate_every
 
 DEFAULT_STEPS = 800
 
@@ -47,15 +49,19 @@ class Progress:
     steps_per_second: float
     seconds_left: float
     samples: list[Path] = field(default_factory=list)
+    validation_loss: float | None = None  # set at the steps that validated
 
 
 @dataclass
 class TrainResult:
     adapter_path: Path
-    steps: int
+    steps: int  # the steps trained (fewer than planned after an early stop)
     loss: float
     seconds: float
     is_main: bool = True  # False in the other processes of a multi-process run, which write nothing
+    kept_step: int = 0  # the step whose adapter is the file (--keep best: the best validation)
+    validation_loss: float | None = None  # the kept step's
+    stop_reason: str = ""
 
 
 class TrainingInterrupted(TrainingError):
@@ -136,7 +142,9 @@ class Optimisation:
     lr_schedule: object
     steps: int
     hooks: StepHooks = field(default_factory=StepHooks)  # the method's per-step work
+    average: AdapterAverage | None = None  # the EMA of the trainable tensors (decay 0: off)
     start_step: int = 0
+    resumed_watch: tuple[dict, dict | None] = ({}, None)  # a checkpoint's Watch state and best tensors
 
     @property
     def trainable(self) -> list[torch.nn.Parameter]:
@@ -150,13 +158,27 @@ class Inputs:
     latent_cache: LatentCache | None
     text_cache: TextCache | None
     encode_text: Callable[[list[str]], torch.Tensor]
+    validation: ValidationSet | None = None
+    preserve_prompts: list[str] = field(default_factory=list)
 
 
-def prepare_data(config: TrainConfig, say: Callable[[str], None]) -> ImageFolder:
-    """Stage: the image folder, scanned and described."""
+def prepare_data(config: TrainConfig, say: Callable[[str], None]) -> tuple[ImageFolder, list[Example]]:
+    """Stage: the image folder, scanned and described, and the images held out for validation (taken out of
+    the folder with --validation-split, or from --validation-data)."""
     folder = scan_folder(config.data, config.caption, config.trigger)
     describe_folder(folder, say)
-    return folder
+    held_out: list[Example] = []
+    if config.validation_split:
+        folder.examples, held_out = split_examples(folder.examples, config.validation_split, config.seed)
+        say(f"Validation: {len(held_out)} of the {len(folder.examples) + len(held_out)} images held out "
+            f"({', '.join(e.path.name for e in held_out)}); training on the other {len(folder.examples)}.")
+    elif config.validation_data is not None:
+        try:
+            held_out = scan_folder(config.validation_data, config.caption, config.trigger).examples
+        except DatasetError as error:
+            raise DatasetError(f"--validation-data: {error}") from None
+        say(f"Validation: {len(held_out)} images from {config.validation_data}.")
+    return folder, held_out
 
 
 def prepare_model(config: TrainConfig, device: torch.device, folder: ImageFolder, say: Callable[[str], None]) -> Model:
@@ -206,7 +228,9 @@ def prepare_adapters(config: TrainConfig, model: Model, examples: int, accelerat
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, fused=True)
     lr_schedule = get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps,
                                 num_training_steps=steps)
-    optimisation = Optimisation(groups, optimizer, lr_schedule, steps, hooks_for(config.method, adapted, config.seed, config.rank))
+    trainable = [p for group in groups for p in group["params"]]
+    optimisation = Optimisation(groups, optimizer, lr_schedule, steps, hooks_for(config.method, adapted, config.seed, config.rank),
+                                AdapterAverage(trainable, config.ema_decay))
     if config.resume:
         optimisation.start_step = resume(config, dict(zip(("unet", "text_encoder"), adapted)), optimisation,
                                           model.resolution, say)
@@ -227,27 +251,18 @@ def parameter_groups(model: torch.nn.Module, lr: float, loraplus_ratio: float) -
             {"params": [p for name, p in named if ".lora_B." in name], "lr": lr * loraplus_ratio}]
 
 
-def prepare_inputs(config: TrainConfig, model: Model, folder: ImageFolder, accelerator: Accelerator,
-                   should_stop: Callable[[], bool] | None, say: Callable[[str], None]) -> Inputs:
-    """Stage: the caches. Latents once per image variant; text embeddings while the text encoder is frozen
-    and captions are fixed (dropout only ever swaps in the empty caption, which caches too). Once all is
-    cached, the VAE and the frozen text encoder are freed unless previews need them."""
+def prepare_inputs(config: TrainConfig, model: Model, folder: ImageFolder, held_out: list[Example],
+                   accelerator: Accelerator, should_stop: Callable[[], bool] | None, say: Callable[[str], None]) -> Inputs:
+    """Stage: the caches, the validation set and the preservation prompts. Latents once per image variant;
+    text embeddings while the text encoder is frozen and captions are fixed (dropout only ever swaps in the
+    empty caption, which caches too). Once all is cached, the VAE and the frozen text encoder are freed
+    unless previews need them."""
     pipe = model.pipe
-    latent_cache = None
-    if config.cache_latents and not config.random_crop:
-        cache_dir = config.out_dir / "cache" / "latents" if accelerator.is_main_process else None
-        latent_cache = LatentCache(pipe.vae, weights_fingerprint(pipe.vae), model.resolution, cache_dir)
-        for example in folder.examples:
-            if should_stop is not None and should_stop():  # encoding many images takes minutes: stop here too
-                raise TrainingInterrupted("stopped on request while caching latents, before the first step; "
-                                          "the latents cached so far are kept for the next run")
-            for flip in ((False, True) if config.flip else (False,)):
-                latent_cache.latents(example, flip)
-        say(f"Latent cache: {latent_cache.hits} read from disk, {latent_cache.misses} encoded.")
-        if not config.sample_every:  # every latent is in memory now; only previews would need the VAE again
-            latent_cache.vae = pipe.vae = None
-    elif config.random_crop:
-        say("Random crops make every step's image different, so latents are encoded each step (no cache).")
+    latent_cache = cache_latents(config, model, folder, accelerator, should_stop, say)
+    validation = validation_set(config, model, held_out, latent_cache) if held_out else None
+    if latent_cache is not None and not config.sample_every:  # only previews would need the VAE again
+        latent_cache.vae = pipe.vae = None
+    preserve_prompts = read_prompts(config.preserve_prompts, "--preserve-prompts") if config.preserve_prompts else []
 
     def encode_text(captions: list[str]) -> torch.Tensor:
         ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
@@ -256,13 +271,44 @@ def prepare_inputs(config: TrainConfig, model: Model, folder: ImageFolder, accel
 
     text_cache = TextCache() if not (config.train_text_encoder or config.shuffle_tags) else None
     if text_cache is not None:
+        captions = ({e.caption for e in folder.examples + held_out} | set(preserve_prompts)
+                    | ({""} if config.caption_dropout else set()))
         with torch.no_grad():
-            for caption in sorted({e.caption for e in folder.examples} | ({""} if config.caption_dropout else set())):
+            for caption in sorted(captions):
                 text_cache.get(caption, encode_text)
         if not config.sample_every:  # every caption a step can draw is encoded: the frozen encoder is done
             pipe.text_encoder = None
     release_freed_memory()  # what the VAE and text encoder held, and their activations
-    return Inputs(latent_cache, text_cache, encode_text)
+    return Inputs(latent_cache, text_cache, encode_text, validation, preserve_prompts)
+
+
+def cache_latents(config: TrainConfig, model: Model, folder: ImageFolder, accelerator: Accelerator,
+                  should_stop: Callable[[], bool] | None, say: Callable[[str], None]) -> LatentCache | None:
+    """Every training image's latents (both flips with --flip), from disk or encoded; None with --random-crop
+    or --no-cache-latents, where each step encodes its own."""
+    if not config.cache_latents or config.random_crop:
+        if config.random_crop:
+            say("Random crops make every step's image different, so latents are encoded each step (no cache).")
+        return None
+    cache_dir = config.out_dir / "cache" / "latents" if accelerator.is_main_process else None
+    latent_cache = LatentCache(model.pipe.vae, weights_fingerprint(model.pipe.vae), model.resolution, cache_dir)
+    for example in folder.examples:
+        if should_stop is not None and should_stop():  # encoding many images takes minutes: stop here too
+            raise TrainingInterrupted("stopped on request while caching latents, before the first step; "
+                                      "the latents cached so far are kept for the next run")
+        for flip in ((False, True) if config.flip else (False,)):
+            latent_cache.latents(example, flip)
+    say(f"Latent cache: {latent_cache.hits} read from disk, {latent_cache.misses} encoded.")
+    return latent_cache
+
+
+def validation_set(config: TrainConfig, model: Model, held_out: list[Example],
+                   latent_cache: LatentCache | None) -> ValidationSet:
+    """The held-out images' centre-crop latents (through the latent cache when there is one) with fixed noise."""
+    encoder = latent_cache or LatentCache(model.pipe.vae, weights_fingerprint(model.pipe.vae), model.resolution)
+    latents = [encoder.latents(example, False) * model.latent_scale for example in held_out]
+    return ValidationSet.build(latents, [e.caption for e in held_out], [e.sha256 for e in held_out], config.seed,
+                               model.pipe.scheduler.config.num_train_timesteps)
 
 
 def adapter_summary(config: TrainConfig) -> str:
@@ -285,35 +331,76 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
     started = time.time()
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     say = log if accelerator.is_main_process else (lambda message: None)
-    folder = prepare_data(config, say)
+    folder, held_out = prepare_data(config, say)
     model = prepare_model(config, accelerator.device, folder, say)
     optimisation = prepare_adapters(config, model, len(folder.examples), accelerator, say)
-    inputs = prepare_inputs(config, model, folder, accelerator, should_stop, say)
+    inputs = prepare_inputs(config, model, folder, held_out, accelerator, should_stop, say)
 
-    trained = [model.pipe.unet] + ([model.pipe.text_encoder] if config.train_text_encoder else [])
+    adapted = [model.pipe.unet] + ([model.pipe.text_encoder] if config.train_text_encoder else [])
     *trained, optimisation.optimizer, optimisation.lr_schedule = accelerator.prepare(
-        *trained, optimisation.optimizer, optimisation.lr_schedule)
-    step_loss = StepLoss(config, folder, model, inputs, trained[0], accelerator)
+        *adapted, optimisation.optimizer, optimisation.lr_schedule)
+    step_loss = StepLoss(config, folder, model, inputs, trained[0], accelerator, adapted)
     outputs = Outputs(config, folder, model, optimisation, trained, accelerator)
+    watch = prepare_watch(config, optimisation, step_loss, outputs)
     unet_tensors = sum(1 for p in model.pipe.unet.parameters() if p.requires_grad)
     say(f"Training {unet_tensors} {KINDS[config.method]} tensors ({adapter_summary(config)}) for {optimisation.steps} "
         f"steps at {model.resolution}px, batch {config.batch_size} x {accelerator.num_processes} process(es), in "
         f"{PRECISION_NAMES[model.precision]}.")
-    loss = run_loop(config, model, optimisation, step_loss, outputs, accelerator, on_progress, should_stop,
-                    progress_bar)
-    return TrainResult(config.adapter_path, optimisation.steps, loss, time.time() - started,
-                       is_main=accelerator.is_main_process)
+    loss, kept = run_loop(config, model, optimisation, step_loss, outputs, watch, accelerator, on_progress,
+                          should_stop, progress_bar)
+    if kept.step != kept.trained_steps:
+        say(f"Kept step {kept.step} (validation loss {kept.validation_loss:.5f}), the best, of {kept.trained_steps}.")
+    return TrainResult(config.adapter_path, kept.trained_steps, loss, time.time() - started, accelerator.is_main_process,
+                       kept.step, kept.validation_loss, kept.reason)
+
+
+def prepare_watch(config: TrainConfig, optimisation: Optimisation, step_loss: StepLoss, outputs: Outputs) -> Watch:
+    """Stage: validation, early stopping and the best step, as a resumed run left them."""
+    validation = step_loss.inputs.validation
+    watch = Watch(validate_every(config.validate_every, optimisation.steps), optimisation.steps,
+                  config.keep_step == "best", EarlyStopping(config.early_stop, config.min_delta),
+                  (lambda: step_loss.validation_loss(validation)) if validation is not None else None,
+                  outputs.adapter_tensors, optimisation.average)
+    watch.load_state_dict(*optimisation.resumed_watch)
+    return watch
+
+
+def optimizer_step(config: TrainConfig, optimisation: Optimisation, step_loss: StepLoss, accelerator: Accelerator,
+                   step: int) -> tuple[float, float]:
+    """One optimizer step over `grad_accumulation` micro-batches; return its loss and gradient norm."""
+    # The step's randomness (including LoRA dropout) depends only on (seed, step): exact resume.
+    torch.manual_seed(config.seed * 1_000_003 + step)
+    optimisation.hooks.before_step(step)
+    total = 0.0
+    for micro in range(config.grad_accumulation):
+        last = micro == config.grad_accumulation - 1
+        with nullcontext() if last else accelerator.no_sync(step_loss.unet):
+            terms = step_loss(step, micro)
+            if not torch.isfinite(terms.objective):
+                raise TrainingError(f"the loss became {terms.objective.item()} at step {step + 1}; lower "
+                                    "--learning-rate or use --precision no")
+            # The method's own penalty (AdaLoRA's orthogonality) trains but is not the reported loss.
+            accelerator.backward((terms.objective + optimisation.hooks.extra_loss()) / config.grad_accumulation)
+            total += terms.style.item() / config.grad_accumulation
+    grad_norm = clip_gradients(accelerator, optimisation.trainable, config.max_grad_norm)
+    if not math.isfinite(grad_norm):
+        raise TrainingError(f"the gradients became {grad_norm} at step {step + 1}; lower --learning-rate")
+    optimisation.optimizer.step()
+    optimisation.hooks.after_optimizer_step(step)  # AdaLoRA reads the gradients: before zero_grad
+    optimisation.lr_schedule.step()
+    optimisation.optimizer.zero_grad(set_to_none=True)
+    optimisation.average.update()
+    return total, grad_norm
 
 
 def run_loop(config: TrainConfig, model: Model, optimisation: Optimisation, step_loss: StepLoss, outputs: Outputs,
-             accelerator: Accelerator, on_progress: Callable[[Progress], None] | None,
-             should_stop: Callable[[], bool] | None, progress_bar: bool) -> float:
-    """Stage: the optimizer steps, with metrics, checkpoints and previews between them; then the final
-    save. Returns the last step's loss. A stop on request saves a checkpoint and raises TrainingInterrupted."""
-    main, out_dir = accelerator.is_main_process, config.out_dir
-    optimizer, lr_schedule, steps, start_step = (optimisation.optimizer, optimisation.lr_schedule,
-                                                 optimisation.steps, optimisation.start_step)
-    trainable = optimisation.trainable
+             watch: Watch, accelerator: Accelerator, on_progress: Callable[[Progress], None] | None,
+             should_stop: Callable[[], bool] | None, progress_bar: bool) -> tuple[float, Kept]:
+    """Stage: the optimizer steps, with validation, metrics, checkpoints and previews between them; then the
+    final save (the best or the last step's adapter). Returns the last step's loss and what was kept. A stop
+    on request saves a checkpoint and raises TrainingInterrupted."""
+    main, out_dir, lr_schedule = accelerator.is_main_process, config.out_dir, optimisation.lr_schedule
+    steps, start_step = optimisation.steps, optimisation.start_step
     metrics: MetricsLog | None = None
     bar = make_progress_bar(steps, start_step, progress_bar and main)
     loss_value, completed, tick = float("nan"), start_step, time.time()
@@ -322,48 +409,33 @@ def run_loop(config: TrainConfig, model: Model, optimisation: Optimisation, step
         for step in range(start_step, steps):
             if should_stop is not None and should_stop():
                 raise TrainingInterrupted("stopped on request")
-            # The step's randomness (including LoRA dropout) depends only on (seed, step): exact resume.
-            torch.manual_seed(config.seed * 1_000_003 + step)
-            optimisation.hooks.before_step(step)
-            total = 0.0
-            for micro in range(config.grad_accumulation):
-                last = micro == config.grad_accumulation - 1
-                with nullcontext() if last else accelerator.no_sync(step_loss.unet):
-                    loss = step_loss(step, micro)
-                    if not torch.isfinite(loss):
-                        raise TrainingError(f"the loss became {loss.item()} at step {step + 1}; lower "
-                                            "--learning-rate or use --precision no")
-                    # The method's own penalty (AdaLoRA's orthogonality) trains but is not the reported loss.
-                    accelerator.backward((loss + optimisation.hooks.extra_loss()) / config.grad_accumulation)
-                    total += loss.item() / config.grad_accumulation
-            grad_norm = clip_gradients(accelerator, trainable, config.max_grad_norm)
-            if not math.isfinite(grad_norm):
-                raise TrainingError(f"the gradients became {grad_norm} at step {step + 1}; lower --learning-rate")
-            optimizer.step()
-            optimisation.hooks.after_optimizer_step(step)  # AdaLoRA reads the gradients: before zero_grad
-            lr_schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_value, completed = total, step + 1
+            loss_value, grad_norm = optimizer_step(config, optimisation, step_loss, accelerator, step)
+            completed = step + 1
             rate = (completed - start_step) / max(time.time() - tick, 1e-9)
+            validation_loss = watch.after_step(completed)
             samples: list[Path] = []
             # Metrics before the checkpoint: a kill between the two leaves rows that a resume rewrites.
             if metrics is not None and (completed % config.log_every == 0 or completed == steps):
                 metrics.write(completed, loss_value, lr_schedule.get_last_lr()[0], rate, grad_norm)
+            if metrics is not None and validation_loss is not None:
+                metrics.write_validation(completed, validation_loss)
             if main and config.save_every and completed % config.save_every == 0 and completed < steps:
-                outputs.checkpoint(completed)
+                outputs.checkpoint(completed, watch)
             if main and config.sample_every and completed % config.sample_every == 0:
                 samples = render_samples(model.pipe, config.sample_prompts, out_dir / "samples", completed, config.seed)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4f}")
+            bar.set_postfix(loss=f"{loss_value:.4f}", **({"val": f"{watch.last_loss:.4f}"} if watch.last_loss is not None else {}))
             if on_progress is not None and main:
                 on_progress(Progress(completed, steps, loss_value, lr_schedule.get_last_lr()[0], rate,
-                                     (steps - completed) / max(rate, 1e-9), samples))
+                                     (steps - completed) / max(rate, 1e-9), samples, validation_loss))
+            if watch.should_stop:
+                break
         accelerator.wait_for_everyone()
-        outputs.final()
+        kept = outputs.final(watch, completed)
     except (KeyboardInterrupt, TrainingInterrupted):
         bar.close()
         # Saved as of the last finished optimizer step, so a resume replays nothing twice.
-        saved = outputs.checkpoint(completed) if completed > start_step else latest_checkpoint(out_dir)
+        saved = outputs.checkpoint(completed, watch) if completed > start_step else latest_checkpoint(out_dir)
         raise TrainingInterrupted(f"training stopped at step {completed} of {steps}; checkpoint {saved}; "
                                   "run the same command with --resume to continue") from None
     except OSError as error:  # a full disk or a vanished folder, in a checkpoint or the adapter: say what survived
@@ -372,7 +444,7 @@ def run_loop(config: TrainConfig, model: Model, optimisation: Optimisation, step
         bar.close()
         if metrics is not None:
             metrics.close()
-    return loss_value
+    return loss_value, kept
 
 
 def _write_failed(error: OSError, out_dir: Path) -> TrainingError:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from peft import LoHaConfig, LoKrConfig, LoraConfig
@@ -86,6 +88,24 @@ def adapted_layers(model: torch.nn.Module, adapter_name: str = "default"):
     for name, module in model.named_modules():
         if isinstance(module, BaseTunerLayer) and adapter_name in _parameter_dict(module):
             yield name, module
+
+
+@contextmanager
+def adapters_disabled(models: list[torch.nn.Module]) -> Iterator[None]:
+    """Every adapter of `models` switched off (peft's enable_adapters(False)), so they compute the base's
+    own output. peft's disable_adapter() exists on PeftModel only, and its enable_adapters(True) makes every
+    adapter tensor trainable again, the zero biases we keep frozen included: so each tensor's flag is put back."""
+    layers = [module for model in models for module in model.modules() if isinstance(module, BaseTunerLayer)]
+    trainable = [(p, p.requires_grad) for layer in layers for p in layer.parameters()]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+        for parameter, flag in trainable:
+            parameter.requires_grad_(flag)
 
 
 def _parameter_dict(layer) -> dict:
