@@ -24,6 +24,8 @@ class JobState:
     steps_per_second: float = 0.0
     seconds_left: float = 0.0
     losses: list[tuple[int, float]] = field(default_factory=list)
+    validation_losses: list[tuple[int, float]] = field(default_factory=list)
+    validating: bool = False  # the run measures a validation loss
     samples: list[Path] = field(default_factory=list)
     adapter_path: Path | None = None
     log: list[str] = field(default_factory=list)
@@ -47,7 +49,7 @@ class TrainingJob:
             if self.running:
                 raise StyleloraError("a training is already running; stop it or wait for it to finish")
             self._stop.clear()
-            self._state = JobState(status="running", message=f"starting {config.adapter_name}")
+            self._state = JobState(status="running", message=f"starting {config.adapter_name}", validating=config.validating)
             self._thread = threading.Thread(target=self._run, args=(config,), daemon=True, name="stylelora-train")
             self._thread.start()
 
@@ -65,7 +67,8 @@ class TrainingJob:
         with self._lock:
             s = self._state
             return JobState(s.status, s.message, s.step, s.total_steps, s.steps_per_second, s.seconds_left,
-                            list(s.losses), list(s.samples), s.adapter_path, list(s.log))
+                            list(s.losses), list(s.validation_losses), s.validating, list(s.samples), s.adapter_path,
+                            list(s.log))
 
     def _on_progress(self, progress: Progress) -> None:
         with self._lock:
@@ -73,6 +76,8 @@ class TrainingJob:
             s.step, s.total_steps = progress.step, progress.total_steps
             s.steps_per_second, s.seconds_left = progress.steps_per_second, progress.seconds_left
             s.losses.append((progress.step, progress.loss))
+            if progress.validation_loss is not None:
+                s.validation_losses.append((progress.step, progress.validation_loss))
             s.samples += progress.samples
 
     def _log(self, line: str) -> None:
@@ -93,7 +98,9 @@ class TrainingJob:
         else:
             with self._lock:
                 self._state.adapter_path = result.adapter_path
-            self._finish("done", f"adapter written to {result.adapter_path} in {time.time() - started:.0f}s")
+            kept = (f"; kept step {result.kept_step} of {result.steps}, validation loss {result.validation_loss:.5f}"
+                    if result.validation_loss is not None else "")
+            self._finish("done", f"adapter written to {result.adapter_path} in {time.time() - started:.0f}s{kept}")
 
     def _finish(self, status: str, message: str) -> None:
         with self._lock:

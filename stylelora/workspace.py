@@ -55,3 +55,13 @@ def save_captions(folder: Path, rows: list[list[str]]) -> int:
         write_atomically(image.with_suffix(".txt"), (str(caption).strip() + "\n").encode("utf-8"))
         written += 1
     return written
+
+
+def save_prompts(workspace: Path, name: str, text: str) -> Path | None:
+    """Prompts typed into the page (one a line) as the file --preserve-prompts reads; None when blank."""
+    if not text or not text.strip():
+        return None
+    path = Path(workspace) / "prompts" / f"{safe_file_name(name)}-preserve.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, (text.strip() + "\n").encode())
+    return path

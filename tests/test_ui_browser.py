@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from stylelora.files import read_safetensors
 from ui_helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, fill
 
 playwright = pytest.importorskip("playwright.sync_api")
@@ -80,6 +82,12 @@ def test_upload_caption_train_library_generate(page, server, image_folder, tiny_
     page.get_by_role("option", name="all-linear", exact=True).click()
     fill(page, "train-base", tiny_base)
     fill(page, "steps", 12)
+    # Hold one of the four images out, validate every 3 steps, average the weights, preserve a prompt.
+    page.get_by_text("Knowing when to stop").click()
+    fill(page, "validation-split", 0.25)
+    fill(page, "validate-every", 3)
+    fill(page, "ema-decay", 0.5)
+    fill(page, "preserve-prompts", "a blue square")
     page.click("#start")
     seen_steps = set()
     deadline = time.time() + 180
@@ -90,11 +98,17 @@ def test_upload_caption_train_library_generate(page, server, image_folder, tiny_
         if status.startswith(("Done", "Error", "Stopped")):
             break
         time.sleep(0.3)
-    assert status.startswith("Done"), status
+    assert status.startswith("Done") and "validation loss" in status, status
     assert len(seen_steps) >= 2, seen_steps  # the bar moved while training ran
     assert page.locator("#loss-plot canvas, #loss-plot svg").count() > 0
+    page.locator("#loss-plot", has_text="validation").wait_for(timeout=30_000)  # the second curve's legend
     from stylelora.formats import read_lora
 
+    meta = read_safetensors(adapters / "mystyle" / "mystyle.safetensors").metadata
+    settings = json.loads(meta["stylelora.config"])
+    assert (settings["validation_split"], settings["validate_every"], settings["ema_decay"]) == (0.25, 3, 0.5)
+    assert Path(settings["preserve_prompts"]).read_text() == "a blue square\n"
+    assert float(meta["stylelora.validation_loss"]) > 0 and meta["stylelora.keep"] == "best"
     trained, _, _ = read_lora(adapters / "mystyle" / "mystyle.safetensors")
     assert {m.kind for m in trained.values()} == {"loha"} and any(k[1].endswith("proj_in") for k in trained)
     ARTIFACTS.mkdir(exist_ok=True)

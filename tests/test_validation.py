@@ -263,3 +263,21 @@ def test_cli_validation_flags_and_a_split_with_no_training_image(tmp_path, tiny_
     done = run("--validation-data", str(image_folder), "--validate-every", "2", "--ema-decay", "0.5", "--out", "v")
     assert done.returncode == 0, done.stderr
     assert "Kept step" in done.stdout and "Validation: 6 images from" in done.stderr
+
+
+def test_toml_config_carries_the_stopping_settings(tmp_path, tiny_base, image_folder):
+    from stylelora.config import from_dict, load_toml
+
+    prompts = tmp_path / "keep.txt"
+    prompts.write_text("a blue square\n")
+    toml = tmp_path / "style.toml"
+    toml.write_text(f'validation-split = 0.34\nvalidate-every = 2\nearly-stop = 3\nmin-delta = 0.001\nkeep = "last"\n'
+                    f'ema-decay = 0.9\npreserve-prompts = "{prompts}"\npreserve-weight = 0.5\n'
+                    f'validation-data = "{image_folder}"\n')
+    values = load_toml(toml)
+    with pytest.raises(ConfigError, match="^--validation-data = .*not both"):
+        validate(from_dict({"data": image_folder} | values))
+    del values["validation-data"]
+    config = validate(from_dict({"data": image_folder} | values))
+    assert (config.validation_split, config.validate_every, config.early_stop, config.min_delta, config.keep,
+            config.ema_decay, config.preserve_prompts, config.preserve_weight) == (0.34, 2, 3, 0.001, "last", 0.9, prompts, 0.5)

@@ -16,7 +16,7 @@ import gradio as gr
 import pandas as pd
 
 from stylelora.config import PRECISIONS, TrainConfig, validate
-from stylelora.methods import METHOD_FIELDS, METHODS, TARGET_PRESETS, own_fields
+from stylelora.methods import METHOD_FIELDS, own_fields
 from stylelora.errors import StyleloraError
 from stylelora.generate import GenerateConfig, generate
 from stylelora.grid import GridConfig, make_grid
@@ -26,6 +26,7 @@ from stylelora.merge_job import MergeConfig, merge
 from stylelora.precision import bf16_support
 from stylelora.styler import Styler
 from stylelora.workspace import caption_rows, dataset_folder, save_captions, save_uploads
+from ui.train_fields import loss_curves, method_row, show_only_own_fields, stopping_row, stopping_settings
 
 MAX_UPLOAD = "50mb"
 
@@ -68,35 +69,6 @@ def build_app(workspace: Path, adapters: Path) -> gr.Blocks:
         with gr.Tab("Library", id="library"):
             library_tab(session)
     return app
-
-
-def method_row():
-    """The Method and Modules dropdowns, and the fields only some methods have (hidden until they apply):
-    train_bias, target_rank, export_rank, conv_rank, conv_alpha, in METHOD_FIELDS' order."""
-    with gr.Row():
-        method = gr.Dropdown(list(METHODS), value="lora", elem_id="method",
-                             label="Method (every one writes a file AUTOMATIC1111 and ComfyUI load)")
-        targets = gr.Dropdown(list(TARGET_PRESETS), value="attn", elem_id="targets",
-                              label="Modules (attn; attn-mlp adds feed-forward; all-linear; all adds convolutions)")
-        train_bias = gr.Checkbox(False, label="Train the biases too (ComfyUI applies them)", elem_id="train-bias")
-        target_rank = gr.Number(0, label="AdaLoRA target rank (0 = half the rank)", precision=0, elem_id="target-rank",
-                                visible=False)
-        export_rank = gr.Number(0, label="DyLoRA rank to write (0 = the rank)", precision=0, elem_id="export-rank",
-                                visible=False)
-        conv_rank = gr.Number(0, label="Conv rank (0 = rank)", precision=0, elem_id="conv-rank", visible=False)
-        conv_alpha = gr.Number(0, label="Conv alpha (0 = conv rank)", elem_id="conv-alpha", visible=False)
-    return method, targets, [train_bias, target_rank, export_rank, conv_rank, conv_alpha]
-
-
-def show_only_own_fields(method, targets, fields) -> None:
-    """A method's own fields show only when they apply to it (stylelora.methods.own_fields says which)."""
-
-    def show(method_, targets_):
-        shown = own_fields(method_, targets_)
-        return [gr.update(visible=name in shown) for name in METHOD_FIELDS]
-
-    method.change(show, [method, targets], fields)
-    targets.change(show, [method, targets], fields)
 
 
 def folder_view(folder_path: Path, extra: list[str]):
@@ -159,6 +131,7 @@ def train_tab(session: Session) -> None:
             resume = gr.Checkbox(False, label="Continue from this adapter's last checkpoint (--resume)", elem_id="resume")
             precision = gr.Dropdown(list(PRECISIONS), value="auto", elem_id="precision",
                                     label="Precision (auto: bf16 only where this CPU was measured to run it faster)")
+    stopping = stopping_row()
     with gr.Row():
         start = gr.Button("Start training", variant="primary", elem_id="start")
         stop = gr.Button("Stop", elem_id="stop")
@@ -167,7 +140,7 @@ def train_tab(session: Session) -> None:
     start_message = gr.Markdown(elem_id="start-message")
     status = gr.Markdown(elem_id="train-status")
     progress = gr.HTML(elem_id="train-progress")
-    loss_plot = gr.LinePlot(x="step", y="loss", title="Loss", elem_id="loss-plot", height=220)
+    loss_plot = gr.LinePlot(x="step", y="loss", color="curve", title="Loss", elem_id="loss-plot", height=220)
     samples = gr.Gallery(label="Previews", columns=6, height=160, elem_id="samples")
     timer = gr.Timer(1.0)
 
@@ -191,7 +164,8 @@ def train_tab(session: Session) -> None:
     show_only_own_fields(method, targets, method_fields)
 
     def on_start(folder_path, adapter_name, trigger_word, base_model, te, rank_, steps_, lr, res, batch, alpha_, seed_,
-                 save_n, sample_n, prompt, flip_, dropout, resume_, precision_, method_, targets_, *method_values):
+                 save_n, sample_n, prompt, flip_, dropout, resume_, precision_, method_, targets_, *values):
+        method_values, stopping_values = values[:len(method_fields)], values[len(method_fields):]
         if not folder_path:
             return "**Error:** upload images or choose a folder first"
         try:
@@ -205,7 +179,8 @@ def train_tab(session: Session) -> None:
                 # Hidden fields keep what was typed before; only the shown ones are sent, and 0 / off means
                 # the default.
                 **{name: value for name, value in zip(METHOD_FIELDS, method_values)
-                   if value and name in own_fields(method_, targets_)}))
+                   if value and name in own_fields(method_, targets_)},
+                **stopping_settings(session.workspace, adapter_name, stopping_values)))
             session.job.start(config)
         except StyleloraError as error:
             return _error(error)
@@ -213,7 +188,7 @@ def train_tab(session: Session) -> None:
 
     start.click(on_start, [dataset, name, trigger, base, text_encoder, rank, steps, learning_rate, resolution,
                            batch_size, alpha, seed, save_every, sample_every, sample_prompt, flip, caption_dropout,
-                           resume, precision, method, targets, *method_fields],
+                           resume, precision, method, targets, *method_fields, *stopping],
                 [start_message])
     stop.click(lambda: session.job.stop() or "Stopping after this step; the checkpoint is kept.", None, [start_message])
 
@@ -225,10 +200,11 @@ def train_tab(session: Session) -> None:
                 "failed": "**Error:**"}[state.status]
         message = f"{text} {state.message}" if state.status != "running" else \
             f"Training: step {state.step}/{state.total_steps}, {state.steps_per_second:.2f} steps/s, " \
-            f"{state.seconds_left:.0f} s left"
+            f"{state.seconds_left:.0f} s left" + \
+            (f", validation loss {state.validation_losses[-1][1]:.5f}" if state.validation_losses else "")
         bar = (f'<progress id="train-bar" value="{state.step}" max="{max(state.total_steps, 1)}" '
                f'style="width:100%"></progress><span id="train-step">{state.step}</span>')
-        curve = pd.DataFrame(state.losses, columns=["step", "loss"])
+        curve = loss_curves(state.losses, state.validation_losses, state.validating) if state.losses else gr.skip()
         return message, bar, curve, [str(p) for p in state.samples]
 
     timer.tick(poll, None, [status, progress, loss_plot, samples])

@@ -1,0 +1,93 @@
+"""The Train tab's field groups: the method row, the "knowing when to stop" row, and the loss plot's data.
+Layout and the translation of field values into TrainConfig fields only; the rules live in stylelora."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from stylelora.methods import METHOD_FIELDS, METHODS, TARGET_PRESETS, own_fields
+from stylelora.workspace import save_prompts
+
+
+def method_row():
+    """The Method and Modules dropdowns, and the fields only some methods have (hidden until they apply):
+    train_bias, target_rank, export_rank, conv_rank, conv_alpha, in METHOD_FIELDS' order."""
+    with gr.Row():
+        method = gr.Dropdown(list(METHODS), value="lora", elem_id="method",
+                             label="Method (every one writes a file AUTOMATIC1111 and ComfyUI load)")
+        targets = gr.Dropdown(list(TARGET_PRESETS), value="attn", elem_id="targets",
+                              label="Modules (attn; attn-mlp adds feed-forward; all-linear; all adds convolutions)")
+        train_bias = gr.Checkbox(False, label="Train the biases too (ComfyUI applies them)", elem_id="train-bias")
+        target_rank = gr.Number(0, label="AdaLoRA target rank (0 = half the rank)", precision=0, elem_id="target-rank",
+                                visible=False)
+        export_rank = gr.Number(0, label="DyLoRA rank to write (0 = the rank)", precision=0, elem_id="export-rank",
+                                visible=False)
+        conv_rank = gr.Number(0, label="Conv rank (0 = rank)", precision=0, elem_id="conv-rank", visible=False)
+        conv_alpha = gr.Number(0, label="Conv alpha (0 = conv rank)", elem_id="conv-alpha", visible=False)
+    return method, targets, [train_bias, target_rank, export_rank, conv_rank, conv_alpha]
+
+
+def show_only_own_fields(method, targets, fields) -> None:
+    """A method's own fields show only when they apply to it (stylelora.methods.own_fields says which)."""
+
+    def show(method_, targets_):
+        shown = own_fields(method_, targets_)
+        return [gr.update(visible=name in shown) for name in METHOD_FIELDS]
+
+    method.change(show, [method, targets], fields)
+    targets.change(show, [method, targets], fields)
+
+
+# The fields of "Knowing when to stop", in the order stopping_row() lays them out; 0 or blank means the default.
+STOPPING_FIELDS = ("validation_split", "validation_data", "validate_every", "early_stop", "min_delta", "keep",
+                   "ema_decay", "preserve_prompts", "preserve_weight")
+
+
+def stopping_row() -> list:
+    """Validation, early stopping, EMA and preservation fields, as STOPPING_FIELDS names them."""
+    with gr.Accordion("Knowing when to stop: validation, early stopping, EMA, preservation", open=False):
+        with gr.Row():
+            fields = [gr.Number(0, label="Hold out for validation (fraction, 0 = off)", elem_id="validation-split"),
+                      gr.Textbox("", label="...or a validation folder on this machine", elem_id="validation-data"),
+                      gr.Number(0, label="Validate every N steps (0 = a twentieth of the run)", precision=0,
+                                elem_id="validate-every"),
+                      gr.Number(0, label="Early stop after N validations without improvement (0 = never)", precision=0,
+                                elem_id="early-stop"),
+                      gr.Number(0, label="Least improvement that counts", elem_id="min-delta"),
+                      gr.Dropdown([("best with validation, else last", ""), ("best", "best"), ("last", "last")], value="",
+                                  label="Adapter kept", elem_id="keep")]
+        with gr.Row():
+            fields += [gr.Number(0, label="EMA decay (0 = off; 0.99 is usual)", elem_id="ema-decay"),
+                       gr.Textbox("", lines=3, label="Preserve the base on these prompts (one a line)",
+                                  elem_id="preserve-prompts"),
+                       gr.Number(1, label="Preservation weight", elem_id="preserve-weight")]
+    return fields
+
+
+def stopping_settings(workspace: Path, adapter_name: str, values: list) -> dict:
+    """The TrainConfig fields the stopping row's values ask for; 0 and blank leave a field at its default."""
+    settings = {name: value for name, value in zip(STOPPING_FIELDS, values) if value not in (0, None, "")}
+    if "preserve_prompts" in settings:
+        settings["preserve_prompts"] = save_prompts(workspace, adapter_name or "style", settings["preserve_prompts"])
+    if "validation_data" in settings:
+        settings["validation_data"] = Path(settings["validation_data"]).expanduser()
+    for name in ("validate_every", "early_stop"):
+        if name in settings:
+            settings[name] = int(settings[name])
+    return settings
+
+
+def loss_curves(losses: list[tuple[int, float]], validation: list[tuple[int, float]], validating: bool) -> pd.DataFrame:
+    """The plot's data: one row per point, with the curve it belongs to. Gradio's LinePlot fixes its curves
+    (and their legend) from the first frame it draws, and draws nothing ever after an empty first frame:
+    so call this once there is a training loss, and a run that validates gets a blank validation row
+    until its first validation. The column types are set, never inferred: object columns are sent as
+    categories, and the plot then had one tick per distinct loss value."""
+    rows = [(step, loss, "training") for step, loss in losses] + [(step, loss, "validation") for step, loss in validation]
+    if validating and not validation:
+        rows.append((losses[0][0], float("nan"), "validation"))
+    return pd.DataFrame(rows, columns=["step", "loss", "curve"]).astype({"step": "int64", "loss": "float64",
+                                                                         "curve": "string"})
