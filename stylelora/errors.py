@@ -23,3 +23,7 @@ class BaseModelError(StyleloraError):
 
 class TrainingError(StyleloraError):
     """Training cannot go on (a NaN loss, an incompatible resume, a failed save)."""
+
+
+class TrainingInterrupted(TrainingError):
+    """Training stopped on request (Ctrl-C or the UI's Stop); a checkpoint was saved."""

@@ -21,7 +21,8 @@ from .methods.attach import adapters_disabled
 from .validation import ValidationSet
 
 if TYPE_CHECKING:
-    from .training import Inputs, Model
+    from .inputs import Inputs
+    from .training import Model
 
 VALIDATION_BATCH = 8
 

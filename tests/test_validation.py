@@ -20,6 +20,7 @@ from stylelora.base import load_base
 from stylelora.step_loss import StepLoss
 from stylelora.validation import AdapterAverage, EarlyStopping, ValidationSet, Watch, fixed_timesteps, split_examples
 from stylelora.data import scan_folder
+from stylelora.inputs import prepare_inputs
 from stylelora.training import train
 
 QUIET = dict(progress_bar=False, log=lambda m: None)
@@ -31,7 +32,7 @@ def _stages(config):
     folder, held_out = training.prepare_data(config, lambda m: None)
     model = training.prepare_model(config, accelerator.device, folder, lambda m: None)
     optimisation = training.prepare_adapters(config, model, len(folder.examples), accelerator, lambda m: None)
-    inputs = training.prepare_inputs(config, model, folder, held_out, accelerator, None, lambda m: None)
+    inputs = prepare_inputs(config, model, folder, held_out, accelerator, None, lambda m: None)
     adapted = [model.pipe.unet] + ([model.pipe.text_encoder] if config.train_text_encoder else [])
     return StepLoss(config, folder, model, inputs, model.pipe.unet, accelerator, adapted), optimisation, held_out
 
@@ -159,8 +160,11 @@ def _stop_after(steps: int):
     return dict(on_progress=lambda p: done.append(p.step), should_stop=lambda: len(done) >= steps)
 
 
-@pytest.mark.parametrize("extra", [dict(ema_decay=0.0), dict(ema_decay=0.8)], ids=["plain", "ema"])
+@pytest.mark.parametrize("extra", [dict(ema_decay=0.0), dict(ema_decay=0.8, preserve=True)], ids=["plain", "ema-preserve"])
 def test_resume_reaches_the_same_best_step_and_file(train_config, tmp_path, extra):
+    if extra.pop("preserve", False):
+        extra["preserve_prompts"] = tmp_path / "keep.txt"
+        extra["preserve_prompts"].write_text("a blue square\na green triangle\n")
     settings = dict(validation_split=0.2, max_steps=10, validate_every=2, early_stop=2, save_every=2,
                     learning_rate=5e-2, dropout=0.2, **extra)
     straight = train(train_config(out=tmp_path / "straight", **settings), **QUIET)
@@ -281,3 +285,26 @@ def test_toml_config_carries_the_stopping_settings(tmp_path, tiny_base, image_fo
     config = validate(from_dict({"data": image_folder} | values))
     assert (config.validation_split, config.validate_every, config.early_stop, config.min_delta, config.keep,
             config.ema_decay, config.preserve_prompts, config.preserve_weight) == (0.34, 2, 3, 0.001, "last", 0.9, prompts, 0.5)
+
+
+def test_validation_and_preservation_with_the_text_encoder_trained(train_config, tmp_path):
+    prompts = tmp_path / "keep.txt"
+    prompts.write_text("a blue square\n")
+    config = validate(train_config(validation_split=0.34, preserve_prompts=prompts, train_text_encoder=True))
+    step_loss, optimisation, _ = _stages(config)
+    assert step_loss.inputs.text_cache is None  # the encoder trains: every caption is encoded afresh
+    first = step_loss.validation_loss(step_loss.inputs.validation)
+    assert step_loss.validation_loss(step_loss.inputs.validation) == first
+    with torch.no_grad():
+        for name, p in step_loss.adapted[1].named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)  # only the text encoder's adapter changes anything
+    assert step_loss.validation_loss(step_loss.inputs.validation) != first
+    size = step_loss.unet.config.sample_size
+    noisy, timesteps = torch.randn(1, 4, size, size), torch.tensor([500])
+    base = step_loss.base_prediction(noisy, timesteps, ["a blue square"])
+    adapted = step_loss.unet(noisy, timesteps, step_loss.text(["a blue square"])).sample
+    assert (base - adapted).abs().max() > 1e-4  # the base target switches the encoder's adapter off too
+    result = train(validate(train_config(out=tmp_path / "te", validation_split=0.34, preserve_prompts=prompts,
+                                         train_text_encoder=True)), **QUIET)
+    assert result.validation_loss is not None and any(k.startswith("lora_te_") for k in _tensors(result.adapter_path))
