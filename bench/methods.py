@@ -30,6 +30,8 @@ from stylelora.resize import ResizeConfig, resize  # noqa: E402
 from stylelora.styler import Styler  # noqa: E402
 from stylelora.training import train  # noqa: E402
 
+from readme_section import write_section  # noqa: E402  (bench/ is on the path when run as a script)
+
 RESULTS = ROOT / "bench" / "results"
 STYLES = {"stripes": "striped", "dots": "dotted", "pastel": "pastel"}
 EXTRA_LORA_RANKS = (2, 8, 16)
@@ -117,8 +119,6 @@ def plot(rows: list[dict], base: dict, path: Path) -> None:
     _save(plt, figure, path)
 
 
-README = ROOT / "README.md"
-README_START, README_END = "<!-- methods-scoreboard:start -->", "<!-- methods-scoreboard:end -->"
 
 
 SPEED_STEPS = 100
@@ -177,14 +177,6 @@ def report(results: dict) -> str:
     return header + table(results["rows"], results["base"], results["speeds"])
 
 
-def write_into_readme(text: str) -> None:
-    """Put the report between the scoreboard markers of README.md, so its numbers are never typed by hand."""
-    readme = README.read_text()
-    before, rest = readme.split(README_START, 1)
-    _, after = rest.split(README_END, 1)
-    write_atomically(README, (before + README_START + "\n" + text + README_END + after).encode())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 images per prompt instead of 8")
@@ -204,7 +196,7 @@ def main() -> None:
     text = report(results)
     write_atomically(RESULTS / "methods.md", text.encode())
     plot(results["rows"], results["base"], RESULTS / "methods.png")
-    write_into_readme(text)
+    write_section("methods-scoreboard", text)
     print(text)
 
 

@@ -12,7 +12,8 @@ Part 2, blending: stripes and pastel trained with trigger words, with and withou
 trigger-less captions (ai-toolkit's recipe). It measures how far each style leaks into prompts without
 its trigger, and what stripes 0.5 + pastel 0.5 paints.
 
-Writes bench/results/stopping.md (quoted in README.md) and bench/results/overfit_curve.png.
+Writes bench/results/stopping.md, the same text into README.md between its stopping-report markers, and
+bench/results/overfit_curve.png. --quick writes bench/results/stopping-quick.md only.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from stylelora.mini.judge import judge  # noqa: E402
 from stylelora.mini.world import COLOURS, SHAPES  # noqa: E402
 from stylelora.styler import Styler  # noqa: E402
 from stylelora.training import TrainResult, train  # noqa: E402
+
+from readme_section import write_section  # noqa: E402  (bench/ is on the path when run as a script)
 
 RESULTS = ROOT / "bench" / "results"
 STRIPES, PASTEL = ROOT / "datasets" / "stripes", ROOT / "datasets" / "pastel"
@@ -81,14 +84,15 @@ def rates(styler: Styler, prompts: list[str], per_prompt: int, seed: int = 0) ->
 
 
 def validation_curve(result: TrainResult) -> list[tuple[int, float, float]]:
-    """(step, mean training loss over the interval, validation loss) from the run's metrics.jsonl."""
+    """(step, mean training loss over the interval, validation loss) from the run's metrics.jsonl; the
+    first row is the base's own validation loss at step 0 (no training loss: nan)."""
     rows = [json.loads(line) for line in (result.adapter_path.parent / "metrics.jsonl").read_text().splitlines()]
     curve, window = [], []
     for row in rows:
         if "loss" in row:
             window.append(row["loss"])
         if "validation_loss" in row:
-            curve.append((row["step"], sum(window) / max(len(window), 1), row["validation_loss"]))
+            curve.append((row["step"], sum(window) / len(window) if window else float("nan"), row["validation_loss"]))
             window = []
     return curve
 
@@ -120,7 +124,7 @@ def overfitting(work: Path, steps: int, per_prompt: int) -> list[str]:
     small, held = split_stripes(work)
     keep_out = work / "outside-prompts.txt"
     keep_out.write_text("\n".join(OUTSIDE) + "\n")
-    common = dict(data=small, validation_data=held, max_steps=steps, validate_every=max(steps // 30, 1), seed=0)
+    common = dict(data=small, validation_data=held, max_steps=steps, validate_every=max(steps // 60, 1), seed=0)
     runs = {
         "last step": run("long", out=work / "long", keep="last", **common),
         "early-stopped (best)": run("early", out=work / "early", early_stop=5, **common),
@@ -128,8 +132,8 @@ def overfitting(work: Path, steps: int, per_prompt: int) -> list[str]:
         "preservation, last step": run("preserve", out=work / "preserve", keep="last", preserve_prompts=keep_out, **common),
     }
     curve = validation_curve(runs["last step"])
-    best_step = min(curve, key=lambda c: c[2])[0]
-    plot_curve(curve, best_step, RESULTS / "overfit_curve.png")
+    best_step = min(curve[1:], key=lambda c: c[2])[0]
+    plot_curve(curve, best_step, RESULTS / ("overfit_curve-quick.png" if per_prompt < 6 else "overfit_curve.png"))
     styler = Styler("mini")
     lines = [f"Six striped circles, {steps} steps (batch 4, about {steps * 4 // 6} epochs), validated every "
              f"{common['validate_every']} steps on the other 30 striped images. Inside: the 4 circle prompts; outside: "
@@ -145,10 +149,11 @@ def overfitting(work: Path, steps: int, per_prompt: int) -> list[str]:
         lines.append(_row(label, result.kept_step, f"{result.validation_loss:.5f}", rates(styler, INSIDE, per_prompt),
                           rates(styler, OUTSIDE, per_prompt)))
         styler.unload(name)
-    minimum = min(c[2] for c in curve)
-    lines += ["", f"Validation curve of the long run: {curve[0][2]:.5f} at step {curve[0][0]}, lowest {minimum:.5f} at "
-              f"step {best_step}, {curve[-1][2]:.5f} at step {curve[-1][0]} (training loss over the last interval "
-              f"{curve[-1][1]:.5f}). The early-stopped run stopped at step {runs['early-stopped (best)'].steps}."]
+    minimum = min(c[2] for c in curve[1:])
+    lines += ["", f"Validation loss of the long run: {curve[0][2]:.5f} for the base alone (step 0), lowest {minimum:.5f} "
+              f"at step {best_step}, {curve[-1][2]:.5f} at step {curve[-1][0]}; its training loss fell from "
+              f"{curve[1][1]:.5f} (mean over the first interval) to {curve[-1][1]:.5f} (the last). The early-stopped "
+              f"run stopped at step {runs['early-stopped (best)'].steps}. The curve is `bench/results/overfit_curve.png`."]
     return lines
 
 
@@ -208,6 +213,8 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     report = header + "\n".join(lines) + "\n"
     write_atomically(RESULTS / ("stopping-quick.md" if args.quick else "stopping.md"), report.encode())
+    if not args.quick:
+        write_section("stopping-report", report)
     print(report)
 
 

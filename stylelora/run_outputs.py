@@ -152,11 +152,13 @@ class Kept:
     trained_steps: int
     validation_loss: float | None
     reason: str
+    base_validation_loss: float | None = None  # the base's own, for reference
 
     def metadata(self, keep: str) -> dict[str, str]:
+        losses = {"stylelora.validation_loss": self.validation_loss, "stylelora.base_validation_loss": self.base_validation_loss}
         return {"stylelora.keep": keep, "stylelora.kept_step": str(self.step),
                 "stylelora.trained_steps": str(self.trained_steps), "stylelora.stop_reason": self.reason,
-                **({"stylelora.validation_loss": repr(self.validation_loss)} if self.validation_loss is not None else {})}
+                **{key: repr(value) for key, value in losses.items() if value is not None}}
 
 
 class Outputs:
@@ -202,10 +204,11 @@ class Outputs:
         """Write the adapter: the best step's with --keep best (once a validation ran), else the last one's."""
         if watch.keep_best and watch.best_tensors is not None:
             tensors = watch.best_tensors
-            kept = Kept(watch.stopping.best_step, trained_steps, watch.stopping.best_loss, watch.stop_reason(trained_steps))
+            kept = Kept(watch.stopping.best_step, trained_steps, watch.stopping.best_loss, watch.stop_reason(trained_steps),
+                        watch.base_loss)
         else:
             tensors = self.adapter_tensors()
-            kept = Kept(trained_steps, trained_steps, watch.last_loss, watch.stop_reason(trained_steps))
+            kept = Kept(trained_steps, trained_steps, watch.last_loss, watch.stop_reason(trained_steps), watch.base_loss)
         if self.main:
             save_safetensors(self.config.adapter_path, tensors, self.metadata(kept.step) | kept.metadata(self.config.keep_step))
         return kept

@@ -60,6 +60,7 @@ class TrainResult:
     kept_step: int = 0  # the step whose adapter is the file (--keep best: the best validation)
     validation_loss: float | None = None  # the kept step's
     stop_reason: str = ""
+    base_validation_loss: float | None = None  # the base's own (no adapter), for reference
 
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "no": torch.float32}
@@ -264,7 +265,7 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
     if kept.step != kept.trained_steps:
         say(f"Kept step {kept.step} (validation loss {kept.validation_loss:.5f}), the best, of {kept.trained_steps}.")
     return TrainResult(config.adapter_path, kept.trained_steps, loss, time.time() - started, accelerator.is_main_process,
-                       kept.step, kept.validation_loss, kept.reason)
+                       kept.step, kept.validation_loss, kept.reason, kept.base_validation_loss)
 
 
 def prepare_watch(config: TrainConfig, optimisation: Optimisation, step_loss: StepLoss, outputs: Outputs) -> Watch:
@@ -319,6 +320,8 @@ def run_loop(config: TrainConfig, model: Model, optimisation: Optimisation, step
     loss_value, completed, tick = float("nan"), start_step, time.time()
     try:
         metrics = MetricsLog(out_dir, start_step) if main else None
+        if start_step == 0 and (base_loss := watch.baseline()) is not None and metrics is not None:
+            metrics.write_validation(0, base_loss)
         for step in range(start_step, steps):
             if should_stop is not None and should_stop():
                 raise TrainingInterrupted("stopped on request")

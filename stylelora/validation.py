@@ -155,10 +155,21 @@ class Watch:
     average: AdapterAverage
     best_tensors: dict[str, torch.Tensor] | None = None
     last_loss: float | None = None
+    base_loss: float | None = None  # the base's own, before the first step
     history: list[tuple[int, float]] = field(default_factory=list)
 
     def due(self, step: int) -> bool:
         return self.evaluate is not None and (step % self.every == 0 or step == self.total_steps)
+
+    def baseline(self) -> float | None:
+        """The base's own validation loss (every adapter starts as a zero change), measured before the first
+        step as a reference: logged and recorded in the file, but no candidate for the best step, which
+        holds a trained adapter. None without validation."""
+        if self.evaluate is None:
+            return None
+        with torch.no_grad():
+            self.base_loss = self.evaluate()
+        return self.base_loss
 
     def after_step(self, step: int) -> float | None:
         """The validation loss if one was due at `step`, else None."""
@@ -182,12 +193,14 @@ class Watch:
         return f"reached the last step, {step}"
 
     def state_dict(self) -> dict:
-        return {"stopping": self.stopping.state_dict(), "last_loss": self.last_loss, "history": self.history}
+        return {"stopping": self.stopping.state_dict(), "last_loss": self.last_loss, "history": self.history,
+                "base_loss": self.base_loss}
 
     def load_state_dict(self, state: dict, best_tensors: dict[str, torch.Tensor] | None) -> None:
         if not state:
             return
         self.stopping.load_state_dict(state["stopping"])
         self.last_loss, self.history = state["last_loss"], [tuple(row) for row in state["history"]]
+        self.base_loss = state.get("base_loss")
         self.best_tensors = best_tensors
 

@@ -29,3 +29,9 @@ def test_readme_scoreboard_is_what_bench_methods_wrote():
     readme = (ROOT / "README.md").read_text()
     section = readme.split("<!-- methods-scoreboard:start -->\n", 1)[1].split("<!-- methods-scoreboard:end -->", 1)[0]
     assert section == (ROOT / "bench" / "results" / "methods.md").read_text()
+
+
+def test_readme_stopping_report_is_what_bench_stopping_wrote():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("<!-- stopping-report:start -->\n", 1)[1].split("<!-- stopping-report:end -->", 1)[0]
+    assert section == (ROOT / "bench" / "results" / "stopping.md").read_text()

@@ -122,6 +122,7 @@ def _scripted(monkeypatch, losses_by_step):
         return losses_by_step.get(scripted.step, 1.0)
 
     real = Watch.after_step
+    scripted.step = 0  # the base's own loss, measured before the first step
 
     def after_step(self, step):
         scripted.step = step
@@ -135,7 +136,7 @@ def _scripted(monkeypatch, losses_by_step):
 def test_training_stops_at_the_right_validation_and_keeps_the_best_step(train_config, monkeypatch, tmp_path):
     calls = _scripted(monkeypatch, {2: 0.5, 4: 0.3, 6: 0.31, 8: 0.35, 10: 0.29, 12: 0.2})
     result = train(train_config(validation_split=0.2, max_steps=12, validate_every=2, early_stop=2), **QUIET)
-    assert (result.steps, result.kept_step, result.validation_loss, len(calls)) == (8, 4, 0.3, 4)
+    assert (result.steps, result.kept_step, result.validation_loss, len(calls)) == (8, 4, 0.3, 5)
     meta = _metadata(result.adapter_path)
     assert meta["stylelora.kept_step"] == "4" and meta["stylelora.trained_steps"] == "8"
     assert float(meta["stylelora.validation_loss"]) == 0.3 and meta["stylelora.keep"] == "best"
@@ -145,7 +146,9 @@ def test_training_stops_at_the_right_validation_and_keeps_the_best_step(train_co
     four = train(train_config(out=tmp_path / "four", validation_split=0.2, max_steps=4, keep="last"), **QUIET)
     assert _max_difference(_tensors(result.adapter_path), _tensors(four.adapter_path)) <= 1e-6
     rows = [json.loads(line) for line in (result.adapter_path.parent / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["step"], r["validation_loss"]) for r in rows if "validation_loss" in r] == [(2, 0.5), (4, 0.3), (6, 0.31), (8, 0.35)]
+    assert [(r["step"], r["validation_loss"]) for r in rows if "validation_loss" in r] == [
+        (0, 1.0), (2, 0.5), (4, 0.3), (6, 0.31), (8, 0.35)]
+    assert float(meta["stylelora.base_validation_loss"]) == 1.0
 
 
 def test_keep_last_writes_the_last_step(train_config, monkeypatch, tmp_path):
