@@ -89,6 +89,8 @@ def test_upload_caption_train_library_generate(page, server, image_folder, tiny_
     fill(page, "ema-decay", 0.5)
     fill(page, "preserve-prompts", "a blue square")
     page.click("#start")
+    page.wait_for_selector("#start-message :text-matches('Training started|Error')", timeout=60_000)
+    assert page.locator("#start-message").inner_text().startswith("Training started"), page.locator("#start-message").inner_text()
     seen_steps = set()
     deadline = time.time() + 180
     while time.time() < deadline:

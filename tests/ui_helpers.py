@@ -49,7 +49,17 @@ def stop_ui(process: subprocess.Popen) -> None:
 
 
 def fill(page, elem_id: str, value) -> None:
-    """Type into the Gradio textbox or number field with this elem_id, then leave it (which submits it)."""
+    """Type into the Gradio textbox or number field with this elem_id, then leave it (which submits it).
+    A field that was just revealed (an accordion opened for the first time) can still be given its initial
+    value after the typing: so type again until the value holds."""
     box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
-    box.fill(str(value))
-    box.press("Tab")
+    for _ in range(5):
+        box.fill(str(value))
+        box.press("Tab")
+        try:
+            page.wait_for_function("([box, want]) => box.value === want", arg=[box.element_handle(), str(value)],
+                                   timeout=2_000)
+            return
+        except Exception:  # playwright's TimeoutError: overwritten, type again
+            continue
+    raise AssertionError(f"#{elem_id} would not keep the value {value!r}")
