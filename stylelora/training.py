@@ -262,8 +262,6 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
         f"{PRECISION_NAMES[model.precision]}.")
     loss, kept = run_loop(config, model, optimisation, step_loss, outputs, watch, accelerator, on_progress,
                           should_stop, progress_bar)
-    if kept.step != kept.trained_steps:
-        say(f"Kept step {kept.step} (validation loss {kept.validation_loss:.5f}), the best, of {kept.trained_steps}.")
     return TrainResult(config.adapter_path, kept.trained_steps, loss, time.time() - started, accelerator.is_main_process,
                        kept.step, kept.validation_loss, kept.reason, kept.base_validation_loss)
 
