@@ -26,15 +26,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from stylelora.config import TrainConfig  # noqa: E402
 from stylelora.files import write_atomically  # noqa: E402
-from stylelora.mini.evaluate import Rates  # noqa: E402
-from stylelora.mini.judge import judge  # noqa: E402
+from stylelora.mini.evaluate import Rates, measure  # noqa: E402
 from stylelora.mini.world import COLOURS, SHAPES  # noqa: E402
 from stylelora.styler import Styler  # noqa: E402
 from stylelora.training import TrainResult, train  # noqa: E402
@@ -68,19 +66,9 @@ def run(label: str, **settings) -> TrainResult:
     return result
 
 
-def rates(styler: Styler, prompts: list[str], per_prompt: int, seed: int = 0) -> Rates:
+def rates(styler: Styler, prompts: list[str], per_prompt: int) -> Rates:
     """Judge `per_prompt` images of each prompt (the prompt's last two words name its colour and shape)."""
-    measured = Rates()
-    for index, prompt in enumerate(prompts):
-        colour, shape = prompt.split()[-2:]
-        for image in styler.generate(prompt, count=per_prompt, steps=20, cfg=4.0, seed=seed + 1000 * index):
-            verdict = judge(np.asarray(image.convert("RGB")))
-            measured.images += 1
-            measured.colour_right += verdict.colour == colour
-            measured.shape_right += verdict.shape == shape
-            measured.textures[verdict.texture or "none"] += 1
-            measured.palettes[verdict.palette or "none"] += 1
-    return measured
+    return measure(styler, per_prompt=per_prompt, among=[(prompt, *prompt.split()[-2:]) for prompt in prompts])
 
 
 def validation_curve(result: TrainResult) -> list[tuple[int, float, float]]:

@@ -37,10 +37,11 @@ def prompts() -> list[tuple[str, str, str]]:
 
 
 def measure(styler, per_prompt: int = 4, steps: int = 20, cfg: float = 4.0, seed: int = 0,
-            scheduler: str = "dpm++") -> Rates:
-    """Judge `per_prompt` images for each of the 12 colour x shape prompts, with the styler's current weights."""
+            scheduler: str = "dpm++", among: list[tuple[str, str, str]] | None = None) -> Rates:
+    """Judge `per_prompt` images for each (prompt, colour, shape) of `among` (default: the 12 colour x shape
+    prompts), with the styler's current weights."""
     rates = Rates()
-    for index, (prompt, colour, shape) in enumerate(prompts()):
+    for index, (prompt, colour, shape) in enumerate(prompts() if among is None else among):
         images = styler.generate(prompt, count=per_prompt, steps=steps, cfg=cfg, seed=seed + 1000 * index,
                                  scheduler=scheduler)
         for image in images:
