@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import gc
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -72,8 +73,7 @@ def cache_latents(config: TrainConfig, model: Model, folder: ImageFolder, accele
         if config.random_crop:
             say("Random crops make every step's image different, so latents are encoded each step (no cache).")
         return None
-    cache_dir = config.out_dir / "cache" / "latents" if accelerator.is_main_process else None
-    latent_cache = LatentCache(model.pipe.vae, weights_fingerprint(model.pipe.vae), model.resolution, cache_dir)
+    latent_cache = latent_encoder(model, config.out_dir / "cache" / "latents" if accelerator.is_main_process else None)
     for example in folder.examples:
         if should_stop is not None and should_stop():  # encoding many images takes minutes: stop here too
             raise TrainingInterrupted("stopped on request while caching latents, before the first step; "
@@ -87,10 +87,15 @@ def cache_latents(config: TrainConfig, model: Model, folder: ImageFolder, accele
 def validation_set(config: TrainConfig, model: Model, held_out: list[Example],
                    latent_cache: LatentCache | None) -> ValidationSet:
     """The held-out images' centre-crop latents (through the latent cache when there is one) with fixed noise."""
-    encoder = latent_cache or LatentCache(model.pipe.vae, weights_fingerprint(model.pipe.vae), model.resolution)
+    encoder = latent_cache or latent_encoder(model)
     latents = [encoder.latents(example, False) * model.latent_scale for example in held_out]
     return ValidationSet.build(latents, [e.caption for e in held_out], [e.sha256 for e in held_out], config.seed,
                                model.pipe.scheduler.config.num_train_timesteps)
+
+
+def latent_encoder(model: Model, folder: Path | None = None) -> LatentCache:
+    """The base's VAE at the training resolution, as a latent cache (on disk in `folder`, if given)."""
+    return LatentCache(model.pipe.vae, weights_fingerprint(model.pipe.vae), model.resolution, folder)
 
 
 def release_freed_memory() -> None:

@@ -202,13 +202,13 @@ class Outputs:
 
     def final(self, watch: Watch, trained_steps: int) -> Kept:
         """Write the adapter: the best step's with --keep best (once a validation ran), else the last one's."""
+        reason = watch.stop_reason(trained_steps)
         if watch.keep_best and watch.best_tensors is not None:
             tensors = watch.best_tensors
-            kept = Kept(watch.stopping.best_step, trained_steps, watch.stopping.best_loss, watch.stop_reason(trained_steps),
-                        watch.base_loss)
+            kept = Kept(watch.stopping.best_step, trained_steps, watch.stopping.best_loss, reason, watch.base_loss)
         else:
             tensors = self.adapter_tensors()
-            kept = Kept(trained_steps, trained_steps, watch.last_loss, watch.stop_reason(trained_steps), watch.base_loss)
+            kept = Kept(trained_steps, trained_steps, watch.last_loss, reason, watch.base_loss)
         if self.main:
             save_safetensors(self.config.adapter_path, tensors, self.metadata(kept.step) | kept.metadata(self.config.keep_step))
         return kept

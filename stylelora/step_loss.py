@@ -64,11 +64,10 @@ def evaluation_mode(models: list[torch.nn.Module]) -> Iterator[None]:
 
 
 class Terms(NamedTuple):
-    """A micro-batch's loss terms: the style (denoising) loss that is reported, the preservation loss
-    (None when off), and their weighted sum, which is what trains."""
+    """A micro-batch's loss terms: the style (denoising) loss that is reported, and what trains (the style
+    loss plus the weighted preservation loss, when on)."""
 
     style: torch.Tensor
-    preservation: torch.Tensor | None
     objective: torch.Tensor
 
 
@@ -109,9 +108,9 @@ class StepLoss:
                    if config.min_snr_gamma > 0 else None)
         style = ddpm_loss(prediction, target, weights)
         if not self.inputs.preserve_prompts:
-            return Terms(style, None, style)
+            return Terms(style, style)
         preservation = self.preservation_loss(noisy, timesteps, [rng.choice(self.inputs.preserve_prompts) for _ in examples])
-        return Terms(style, preservation, style + config.preserve_weight * preservation)
+        return Terms(style, style + config.preserve_weight * preservation)
 
     def preservation_loss(self, noisy: torch.Tensor, timesteps: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """Base-output preservation (ai-toolkit's differential output preservation, OneTrainer's prior

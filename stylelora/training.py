@@ -127,7 +127,7 @@ class Optimisation:
     lr_schedule: object
     steps: int
     hooks: StepHooks = field(default_factory=StepHooks)  # the method's per-step work
-    average: AdapterAverage | None = None  # the EMA of the trainable tensors (decay 0: off)
+    average: AdapterAverage = field(default_factory=lambda: AdapterAverage([], 0.0))  # the EMA (decay 0: off)
     start_step: int = 0
     resumed_watch: tuple[dict, dict | None] = ({}, None)  # a checkpoint's Watch state and best tensors
 
@@ -202,9 +202,8 @@ def prepare_adapters(config: TrainConfig, model: Model, examples: int, accelerat
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, fused=True)
     lr_schedule = get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps,
                                 num_training_steps=steps)
-    trainable = [p for group in groups for p in group["params"]]
-    optimisation = Optimisation(groups, optimizer, lr_schedule, steps, hooks_for(config.method, adapted, config.seed, config.rank),
-                                AdapterAverage(trainable, config.ema_decay))
+    optimisation = Optimisation(groups, optimizer, lr_schedule, steps, hooks_for(config.method, adapted, config.seed, config.rank))
+    optimisation.average = AdapterAverage(optimisation.trainable, config.ema_decay)
     if config.resume:
         optimisation.start_step = resume(config, dict(zip(("unet", "text_encoder"), adapted)), optimisation,
                                           model.resolution, say)

@@ -14,7 +14,7 @@ import hashlib
 import math
 import random
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
@@ -156,7 +156,6 @@ class Watch:
     best_tensors: dict[str, torch.Tensor] | None = None
     last_loss: float | None = None
     base_loss: float | None = None  # the base's own, before the first step
-    history: list[tuple[int, float]] = field(default_factory=list)
 
     def due(self, step: int) -> bool:
         return self.evaluate is not None and (step % self.every == 0 or step == self.total_steps)
@@ -179,7 +178,6 @@ class Watch:
             self.last_loss = self.evaluate()
         if self.stopping.update(step, self.last_loss) and self.keep_best:
             self.best_tensors = self.export()
-        self.history.append((step, self.last_loss))
         return self.last_loss
 
     @property
@@ -193,14 +191,13 @@ class Watch:
         return f"reached the last step, {step}"
 
     def state_dict(self) -> dict:
-        return {"stopping": self.stopping.state_dict(), "last_loss": self.last_loss, "history": self.history,
-                "base_loss": self.base_loss}
+        return {"stopping": self.stopping.state_dict(), "last_loss": self.last_loss, "base_loss": self.base_loss}
 
     def load_state_dict(self, state: dict, best_tensors: dict[str, torch.Tensor] | None) -> None:
         if not state:
             return
         self.stopping.load_state_dict(state["stopping"])
-        self.last_loss, self.history = state["last_loss"], [tuple(row) for row in state["history"]]
+        self.last_loss = state["last_loss"]
         self.base_loss = state.get("base_loss")
         self.best_tensors = best_tensors
 
