@@ -23,6 +23,7 @@ from .formats import to_kohya
 from .images import save_png
 from .methods import NETWORK_MODULES
 from .methods.attach import export
+from .step_loss import evaluation_mode
 
 if TYPE_CHECKING:
     from .training import Model, Optimisation
@@ -31,14 +32,15 @@ if TYPE_CHECKING:
 
 @torch.no_grad()
 def render_samples(pipe, prompts: tuple[str, ...], folder: Path, step: int, seed: int) -> list[Path]:
-    """Fixed-seed previews, so samples from different steps compare like for like."""
-    pipe.unet.eval()
+    """Fixed-seed previews, so samples from different steps compare like for like: LoRA dropout is off in
+    the UNet and the text encoder while they render, and every module goes back to the mode it was in."""
     paths = []
-    for index, prompt in enumerate(prompts):
-        generator = torch.Generator().manual_seed(seed)
-        image = pipe(prompt, num_inference_steps=20, generator=generator).images[0]
-        paths.append(save_png(image, folder / f"step-{step:06d}-{index}.png", {"prompt": prompt, "step": step, "seed": seed}))
-    pipe.unet.train()
+    with evaluation_mode([model for model in (pipe.unet, pipe.text_encoder) if model is not None]):
+        for index, prompt in enumerate(prompts):
+            generator = torch.Generator().manual_seed(seed)
+            image = pipe(prompt, num_inference_steps=20, generator=generator).images[0]
+            paths.append(save_png(image, folder / f"step-{step:06d}-{index}.png",
+                                  {"prompt": prompt, "step": step, "seed": seed}))
     return paths
 
 
