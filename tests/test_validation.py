@@ -311,3 +311,14 @@ def test_validation_and_preservation_with_the_text_encoder_trained(train_config,
     result = train(validate(train_config(out=tmp_path / "te", validation_split=0.34, preserve_prompts=prompts,
                                          train_text_encoder=True)), **QUIET)
     assert result.validation_loss is not None and any(k.startswith("lora_te_") for k in _tensors(result.adapter_path))
+
+
+def test_the_ui_stopping_row_sends_what_was_typed(tmp_path):
+    from ui.train_fields import STOPPING_FIELDS, stopping_settings
+
+    typed = dict(validation_split=0.25, validation_data="", validate_every=3.0, early_stop=0, min_delta=0, keep="",
+                 ema_decay=0.5, preserve_prompts="a blue square\n", preserve_weight=0)
+    settings = stopping_settings(tmp_path, "my style", [typed[name] for name in STOPPING_FIELDS])
+    assert settings == {"validation_split": 0.25, "validate_every": 3, "ema_decay": 0.5, "preserve_weight": 0,
+                        "preserve_prompts": tmp_path / "prompts" / "my style-preserve.txt"}
+    assert settings["preserve_prompts"].read_text() == "a blue square\n"

@@ -68,8 +68,10 @@ def stopping_row() -> list:
 
 
 def stopping_settings(workspace: Path, adapter_name: str, values: list) -> dict:
-    """The TrainConfig fields the stopping row's values ask for; 0 and blank leave a field at its default."""
-    settings = {name: value for name, value in zip(STOPPING_FIELDS, values) if value not in (0, None, "")}
+    """The TrainConfig fields the stopping row's values ask for. Blank leaves a field at its default, and so
+    does 0, which is each field's default or "off", except the preservation weight's (default 1)."""
+    settings = {name: value for name, value in zip(STOPPING_FIELDS, values)
+                if value not in (None, "") and (value != 0 or name == "preserve_weight")}
     if "preserve_prompts" in settings:
         settings["preserve_prompts"] = save_prompts(workspace, adapter_name or "style", settings["preserve_prompts"])
     if "validation_data" in settings:
