@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .cli_tune import add_suggest_parser, add_tune_parser, run_suggest, run_tune
 from .config import PRECISIONS, LR_SCHEDULES, from_dict, load_toml
 from .errors import StyleloraError
 
@@ -314,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_parser(commands)
     add_grid_parser(commands)
     add_adapter_tool_parsers(commands)
+    add_tune_parser(commands)
+    add_suggest_parser(commands)
     commands.add_parser("ui", help="open the web UI (see `stylelora ui --help`)", add_help=False)
     return parser
 
@@ -328,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         runners = {"train": run_train, "generate": run_generate, "grid": run_grid, "merge": run_merge,
-                   "convert": run_convert, "resize": run_resize, "inspect": run_inspect}
+                   "convert": run_convert, "resize": run_resize, "inspect": run_inspect, "tune": run_tune,
+                   "suggest": run_suggest}
         return runners[args.command](args)
     except StyleloraError as error:
         print(f"stylelora: error: {error}", file=sys.stderr)

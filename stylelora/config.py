@@ -262,13 +262,18 @@ def from_dict(values: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**converted)
 
 
-def load_toml(path: Path) -> dict[str, Any]:
-    """Read a --config file. Its keys are the flag names, e.g. `max-steps = 500`."""
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file as a dict; a missing or malformed file is a one-line ConfigError naming it."""
     try:
         with open(path, "rb") as handle:
-            table = tomllib.load(handle)
+            return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML ({error})") from None
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read a --config file. Its keys are the flag names, e.g. `max-steps = 500`."""
+    table = read_toml(path)
     return dict(table.get("train", table))

@@ -52,3 +52,18 @@ def measure(styler, per_prompt: int = 4, steps: int = 20, cfg: float = 4.0, seed
             rates.textures[verdict.texture or "none"] += 1
             rates.palettes[verdict.palette or "none"] += 1
     return rates
+
+
+STYLES = ("striped", "dotted", "pastel")
+
+
+def folder_style(images: list[np.ndarray]) -> str:
+    """The style a folder teaches, as the judge sees it: the most common of striped, dotted and pastel among
+    its images (ties go to the first)."""
+    counts = Counter()
+    for image in images:
+        verdict = judge(image)
+        counts.update(s for s in (verdict.texture, verdict.palette) if s in STYLES)
+    if not counts:
+        raise ValueError("the judge sees no striped, dotted or pastel image in the folder")
+    return max(STYLES, key=lambda s: counts[s])

@@ -1,0 +1,1 @@
+"""Choosing hyper-parameters: `suggest` (measured rules, no training) and `search` (an optuna study)."""

@@ -1,0 +1,196 @@
+"""What a study leaves: the results table (best first), `best.toml` for `stylelora train --config`, plots."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from ..files import write_atomically
+from .search import TrialReport, TuneResult
+from .space import TuneConfig
+
+SETTING_NAMES = {"rank": "rank", "alpha": "alpha", "learning_rate": "lr", "max_steps": "steps", "method": "method",
+                 "targets": "targets", "train_text_encoder": "text encoder"}
+
+
+def trial_settings(frozen, config: TuneConfig) -> dict[str, Any]:
+    """The trial's training settings (searched and fixed parts of the space), as TrainConfig fields."""
+    p = frozen.params
+    rank = p.get("rank", config.ranks[0])
+    low, _ = config.learning_rates()
+    return {"rank": rank, "alpha": rank * p.get("alpha_ratio", config.alpha_ratios[0]),
+            "learning_rate": p.get("learning_rate", low), "max_steps": p.get("steps", config.max_steps),
+            "method": p.get("method", config.methods[0]), "targets": p.get("targets", config.target_presets[0]),
+            "train_text_encoder": p.get("text_encoder", config.text_encoder[0])}
+
+
+def describe_settings(settings: dict[str, Any]) -> str:
+    """'rank 8, alpha 8, lr 0.0021, steps 640, method lora, targets attn, text encoder off'."""
+    return ", ".join(f"{SETTING_NAMES[k]} {_cell(v)}" for k, v in settings.items())
+
+
+def progress_line(report: TrialReport, finished: int, budget: int | None) -> str:
+    """'trial 3 (3/10) complete: rank 8, ...; validation loss 0.01452 at step 120 (41s)'."""
+    a = report.attrs
+    scores = [f"style {a['style']:.0%}, colour {a['colour']:.0%}"] if "style" in a else []
+    if a.get("validation_loss") is not None:
+        scores.append(f"validation loss {a['validation_loss']:.5f} at step {a.get('kept_step')}")
+    if "pruned_at" in a:
+        scores.append(f"pruned at step {a['pruned_at']}")
+    if "error" in a:
+        scores.append(a["error"])
+    count = f"{finished}/{budget}" if budget else str(finished)
+    return (f"trial {report.number} ({count}) {report.state.lower()}: {describe_settings(report.settings)}; "
+            f"{'; '.join(scores)} ({a.get('seconds', 0):.0f}s)")
+
+
+def report_of(frozen, config: TuneConfig | None = None) -> TrialReport:
+    settings = trial_settings(frozen, config) if config is not None else dict(frozen.params)
+    return TrialReport(frozen.number, frozen.state.name, frozen.value if frozen.values else None, settings,
+                       dict(frozen.user_attrs))
+
+
+def ranked(study, config: TuneConfig) -> list[TrialReport]:
+    """Every finished trial, best first: complete ones by their value (feasible ones first under the judge's
+    colour constraint), then pruned, then failed."""
+    reports = [report_of(t, config) for t in study.get_trials(deepcopy=False)
+               if t.state.name in ("COMPLETE", "PRUNED", "FAIL") and "surplus" not in t.user_attrs
+               and not (t.state.name == "FAIL" and "error" not in t.user_attrs)]
+    sign = 1 if config.objective == "loss" else -1
+
+    def key(r: TrialReport):
+        order = {"COMPLETE": 0, "PRUNED": 1, "FAIL": 2}[r.state]
+        infeasible = r.attrs.get("colour_shortfall", 0.0) > 0
+        return order, infeasible, sign * r.value if r.value is not None else 0.0, r.number
+
+    return sorted(reports, key=key)
+
+
+def best_toml(config: TuneConfig, best: TrialReport) -> str:
+    """A `stylelora train --config` file that trains the best trial's adapter again: the same settings, the
+    same held-out images, the same stopping rule."""
+    values = {k.replace("_", "-"): v for k, v in config.train.items()}
+    values |= {"data": str(config.data), "seed": config.seed}
+    values |= {k.replace("_", "-"): v for k, v in best.settings.items()}
+    if "validation-data" not in values and not values.get("validation-split"):
+        values["validation-split"] = 0.2
+    validate_every = max(config.max_steps // 20, 1)
+    if config.objective == "loss":
+        values |= {"validate-every": validate_every, "early-stop": config.early_stop, "keep": "best"}
+    else:
+        values |= {"validate-every": validate_every, "keep": "last"}
+    a = best.attrs
+    lines = [f"# The best trial ({best.number}) of study {config.name!r}, objective {config.objective}: "
+             + (f"validation loss {a.get('validation_loss'):.5f}, kept step {a.get('kept_step')}"
+                if config.objective == "loss" else f"style {a['style']:.0%}, colour {a['colour']:.0%}") + ".",
+             "# `stylelora train --config best.toml` trains the same adapter again. To train on every image",
+             "# instead, delete the validation lines and set max-steps to the kept step.", "[train]"]
+    lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def results_markdown(config: TuneConfig, reports: list[TrialReport], correlation: float | None) -> str:
+    judged = config.objective == "judge"
+    head = ["trial", "state", *SETTING_NAMES.values()] + (["style", "colour"] if judged else []) + \
+           ["validation loss", "kept step", "seconds"]
+    rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in reports:
+        a = r.attrs
+        cells = [str(r.number), r.state.lower() + (f" at {a['pruned_at']}" if "pruned_at" in a else "")]
+        cells += [_cell(r.settings[k]) for k in SETTING_NAMES]
+        if judged:
+            cells += [f"{a['style']:.0%}" if "style" in a else "", f"{a['colour']:.0%}" if "colour" in a else ""]
+        loss = a.get("validation_loss")
+        cells += [f"{loss:.5f}" if loss is not None else "", str(a.get("kept_step", "")), str(a.get("seconds", ""))]
+        rows.append("| " + " | ".join(cells) + " |")
+    note = "" if correlation is None else \
+        f"\nSpearman rank correlation of validation loss and style rate over the complete trials: {correlation:+.2f}\n"
+    return f"# Study {config.name!r}: objective {config.objective}, best first\n\n" + "\n".join(rows) + "\n" + note
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def spearman(xs: list[float], ys: list[float]) -> float | None:
+    """Spearman's rank correlation (average ranks for ties); None with fewer than 3 pairs or no spread."""
+    if len(xs) < 3:
+        return None
+
+    def ranks(values: list[float]) -> list[float]:
+        order = sorted(range(len(values)), key=values.__getitem__)
+        out = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2
+            i = j + 1
+        return out
+
+    rx, ry = ranks(xs), ranks(ys)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    vx, vy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return cov / (vx * vy) ** 0.5 if vx and vy else None
+
+
+def write_plots(study, out_dir: Path) -> list[Path]:
+    """optuna's optimisation history and parameter importances, as PNG (matplotlib). Importances need two
+    complete trials that differ; a plot that cannot be drawn yet is left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as plots
+
+    written = []
+    for name, draw in (("history.png", plots.plot_optimization_history), ("importances.png", plots.plot_param_importances)):
+        try:
+            axis = draw(study)
+        except (ValueError, RuntimeError, ZeroDivisionError):
+            continue
+        buffer = io.BytesIO()
+        axis.figure.set_size_inches(7, 4)
+        axis.figure.tight_layout()
+        axis.figure.savefig(buffer, format="png", dpi=100)
+        plt.close(axis.figure)
+        write_atomically(out_dir / name, buffer.getvalue())
+        written.append(out_dir / name)
+    return written
+
+
+def write_results(study, config: TuneConfig, judge=None) -> TuneResult:
+    out = config.out_dir
+    reports = ranked(study, config)
+    complete = [r for r in reports if r.state == "COMPLETE"]
+    pairs = [(r.attrs["validation_loss"], r.attrs["style"]) for r in complete
+             if r.attrs.get("validation_loss") is not None and "style" in r.attrs]
+    correlation = spearman(*map(list, zip(*pairs))) if pairs else None
+    write_atomically(out / "results.md", results_markdown(config, reports, correlation).encode())
+    write_atomically(out / "results.json", json.dumps(
+        [{"number": r.number, "state": r.state, "value": r.value, "settings": r.settings, "attrs": r.attrs}
+         for r in reports], indent=1).encode())
+    best = complete[0] if complete else None
+    toml = None
+    if best is not None:
+        toml = out / "best.toml"
+        write_atomically(toml, best_toml(config, best).encode())
+    files = [out / "results.md", out / "results.json"] + write_plots(study, out)
+    return TuneResult(out, reports, best, toml, files, correlation)

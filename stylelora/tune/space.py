@@ -1,0 +1,234 @@
+"""What `stylelora tune` searches, and how: `TuneConfig`, checked in one place (`validate_tune`), and the
+search space that turns an optuna trial into the settings of one training run."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import TrainConfig, from_dict, read_toml, validate
+from ..errors import ConfigError
+from ..methods import METHODS, TARGET_PRESETS
+
+OBJECTIVES = ("loss", "judge")
+PRUNERS = ("median", "none")
+JUDGE_STYLES = ("striped", "dotted", "pastel")
+DEFAULT_TRIALS = 20
+# Settings the search owns; a fixed training setting (--train-config, or the flags) may not name them.
+SEARCHED = ("rank", "alpha", "learning_rate", "max_steps", "method", "targets", "train_text_encoder")
+
+
+@dataclass
+class TuneConfig:
+    """One study. Field names are the `stylelora tune` flags with '-' for '_'."""
+
+    data: Path
+    out: Path | None = None  # the study, the trials' adapters and the results (None: tune/<folder name>)
+    storage: str | None = None  # any database URL optuna accepts (None: SQLite in the output folder)
+    study_name: str | None = None  # None: the folder's name
+    trials: int | None = None  # finished trials in all, over every process (None with no timeout: 20)
+    timeout: float | None = None  # seconds after which no new trial starts in this process
+    objective: str = "loss"  # loss: the held-out validation loss; judge: the mini judge's style rate
+    judge_style: str | None = None  # striped, dotted or pastel (None: what the judge sees most in the folder)
+    judge_images: int = 2  # images per colour x shape prompt the judge looks at (12 prompts)
+    # the search space: one value fixes a setting, several search it
+    ranks: tuple[int, ...] = (2, 4, 8, 16)
+    alpha_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # alpha = rank x ratio
+    lr_range: tuple[float, float] | None = None  # log-uniform (None: the base's default / 10 to x 5)
+    min_steps: int = 100
+    max_steps: int = 1600  # caps each trial's steps
+    methods: tuple[str, ...] = ("lora",)
+    target_presets: tuple[str, ...] = ("attn", "attn-mlp")
+    text_encoder: tuple[bool, ...] = (False,)
+    # inside each trial
+    early_stop: int = 5  # patience, in validations (loss objective; 0 = off)
+    pruner: str = "median"  # median: optuna's MedianPruner on the validation losses (loss objective)
+    seed: int = 0  # the sampler's seed and every trial's training seed
+    train: dict[str, Any] = field(default_factory=dict)  # fixed training settings (flag names as keys)
+
+    @property
+    def out_dir(self) -> Path:
+        return self.out if self.out is not None else Path("tune") / (Path(self.data).resolve().name or "study")
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{(self.out_dir / 'study.db').resolve()}"
+
+    @property
+    def name(self) -> str:
+        return self.study_name or Path(self.data).resolve().name or "study"
+
+    @property
+    def trial_budget(self) -> int | None:
+        if self.trials is None and self.timeout is None:
+            return DEFAULT_TRIALS
+        return self.trials
+
+    def base_train_config(self) -> TrainConfig:
+        """The fixed part of every trial's TrainConfig: the user's settings, validation on, quiet outputs."""
+        values = {"data": self.data, "seed": self.seed} | {k.replace("-", "_"): v for k, v in self.train.items()}
+        if values.get("validation_data") is None and not values.get("validation_split"):
+            values["validation_split"] = 0.2
+        return from_dict(values)
+
+    def learning_rates(self) -> tuple[float, float]:
+        if self.lr_range is not None:
+            return self.lr_range
+        default = self.base_train_config().effective_learning_rate
+        return default / 10, default * 5
+
+    def space(self) -> dict[str, Any]:
+        """What a study was made with: a rerun on the same study must search the same space."""
+        return {"objective": self.objective, "ranks": list(self.ranks), "alpha_ratios": list(self.alpha_ratios),
+                "lr_range": list(self.learning_rates()), "steps": [self.min_steps, self.max_steps],
+                "methods": list(self.methods), "target_presets": list(self.target_presets),
+                "text_encoder": list(self.text_encoder), "early_stop": self.early_stop, "seed": self.seed,
+                "judge_style": self.judge_style, "judge_images": self.judge_images,
+                "train": {k: str(v) for k, v in sorted(self.train.items())}}
+
+
+def _fail(flag: str, value: Any, fix: str) -> ConfigError:
+    return ConfigError(f"--{flag} = {value!r}: {fix}")
+
+
+def validate_tune(config: TuneConfig) -> TuneConfig:
+    """Check every field; raise ConfigError naming the first bad flag. Returns the config unchanged."""
+    c = config
+    lr = c.lr_range
+    checks: list[tuple[bool, str, Any, str]] = [
+        (c.trials is None or c.trials >= 1, "trials", c.trials, "run at least 1 trial"),
+        (c.timeout is None or c.timeout > 0, "timeout", c.timeout, "give a time above 0, e.g. 30m, 2h or 900 (seconds)"),
+        (c.objective in OBJECTIVES, "objective", c.objective, f"choose one of {', '.join(OBJECTIVES)}"),
+        (c.objective != "judge" or c.train.get("base", "mini") == "mini", "objective", c.objective,
+         "the judge reads the miniature world's shapes and colours: use it with --base mini, or --objective loss"),
+        (c.judge_style is None or c.judge_style in JUDGE_STYLES, "judge-style", c.judge_style,
+         f"choose one of {', '.join(JUDGE_STYLES)}"),
+        (c.judge_style is None or c.objective == "judge", "judge-style", c.judge_style,
+         "the style is what --objective judge measures; add --objective judge"),
+        (c.judge_images >= 1, "judge-images", c.judge_images, "judge at least 1 image per prompt"),
+        (bool(c.ranks) and all(r >= 1 for r in c.ranks), "ranks", ",".join(map(str, c.ranks)),
+         "give whole numbers of at least 1, e.g. 2,4,8,16"),
+        (bool(c.alpha_ratios) and all(r > 0 for r in c.alpha_ratios), "alpha-ratios",
+         ",".join(map(str, c.alpha_ratios)), "give ratios above 0, e.g. 0.5,1,2 (alpha = rank x ratio)"),
+        (lr is None or (0 < lr[0] <= lr[1] and all(map(math.isfinite, lr))), "lr-range",
+         lr and f"{lr[0]:g}:{lr[1]:g}", "give LOW:HIGH with 0 < LOW <= HIGH, e.g. 1e-4:1e-2"),
+        (c.min_steps >= 1, "min-steps", c.min_steps, "train each trial for at least 1 step"),
+        (c.max_steps >= c.min_steps, "max-steps", c.max_steps, f"the cap must be at least --min-steps ({c.min_steps})"),
+        (bool(c.methods) and all(m in METHODS for m in c.methods), "methods", ",".join(c.methods),
+         f"choose among {', '.join(METHODS)}"),
+        (bool(c.target_presets) and all(t in TARGET_PRESETS for t in c.target_presets), "target-presets",
+         ",".join(c.target_presets), f"choose among {', '.join(TARGET_PRESETS)}"),
+        (bool(c.text_encoder), "text-encoder", "", "give off, on or off,on"),
+        (c.early_stop >= 0, "early-stop", c.early_stop, "the patience is a number of validations, 0 (off) or more"),
+        (c.pruner in PRUNERS, "pruner", c.pruner, f"choose one of {', '.join(PRUNERS)}"),
+    ]
+    for ok, flag, value, fix in checks:
+        if not ok:
+            raise _fail(flag, value, fix)
+    taken = sorted(k for k in c.train if k.replace("-", "_") in SEARCHED)
+    if taken:
+        raise ConfigError(f"{', '.join(taken)}: the search sets {'these' if len(taken) > 1 else 'this'}; give a "
+                          "single value to the search instead (e.g. --ranks 4, --methods lora, --lr-range 1e-3:1e-3)")
+    validate(c.base_train_config())
+    return config
+
+
+def sample(trial, config: TuneConfig) -> dict[str, Any]:
+    """The trial's settings, as TrainConfig fields. A setting with one choice is fixed, not searched."""
+    def choose(name: str, choices: tuple):
+        return trial.suggest_categorical(name, list(choices)) if len(choices) > 1 else choices[0]
+
+    low, high = config.learning_rates()
+    rank = choose("rank", config.ranks)
+    ratio = choose("alpha_ratio", config.alpha_ratios)
+    settings = {
+        "rank": rank,
+        "alpha": rank * ratio,
+        "learning_rate": trial.suggest_float("learning_rate", low, high, log=True) if high > low else low,
+        "max_steps": trial.suggest_int("steps", config.min_steps, config.max_steps, log=True)
+        if config.max_steps > config.min_steps else config.max_steps,
+        "method": choose("method", config.methods),
+        "targets": choose("targets", config.target_presets),
+        "train_text_encoder": choose("text_encoder", config.text_encoder),
+    }
+    return settings
+
+
+# ---- turning flag text into values (the CLI and the TOML config share these) ----
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
+
+
+def parse_duration(text: str | float | int, flag: str = "--timeout") -> float:
+    """'30m', '2h', '1h30m', '900' (seconds) -> seconds."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    parts = _DURATION.findall(text.strip().lower())
+    if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s+", "", text.strip().lower()):
+        raise ConfigError(f"{flag} = {text!r}: give a time such as 30m, 2h, 1h30m or 900 (seconds)")
+    return sum(float(n) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[u] for n, u in parts)
+
+
+def parse_list(text: str | list | tuple, flag: str, kind: type = str) -> tuple:
+    items = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        if kind is bool:
+            words = {"on": True, "off": False, "true": True, "false": False, True: True, False: False}
+            return tuple(words[item.strip().lower() if isinstance(item, str) else item] for item in items)
+        return tuple(kind(item.strip()) if isinstance(item, str) else kind(item) for item in items if str(item).strip())
+    except (KeyError, ValueError):
+        example = {int: "2,4,8", float: "0.5,1,2", bool: "off,on"}.get(kind, "a,b")
+        raise ConfigError(f"{flag} = {text!r}: give a comma-separated list, e.g. {example}") from None
+
+
+def parse_range(text: str | list | tuple, flag: str) -> tuple[float, float]:
+    try:
+        low, high = (text.split(":") if isinstance(text, str) else text)
+        return float(low), float(high)
+    except ValueError:
+        raise ConfigError(f"{flag} = {text!r}: give LOW:HIGH, e.g. 1e-4:1e-2") from None
+
+
+_CONVERT = {"ranks": lambda v: parse_list(v, "--ranks", int),
+            "alpha_ratios": lambda v: parse_list(v, "--alpha-ratios", float),
+            "methods": lambda v: parse_list(v, "--methods"),
+            "target_presets": lambda v: parse_list(v, "--target-presets"),
+            "text_encoder": lambda v: parse_list(v, "--text-encoder", bool),
+            "lr_range": lambda v: parse_range(v, "--lr-range"),
+            "timeout": parse_duration,
+            "data": Path, "out": Path}
+
+
+def tune_config_from_dict(values: dict[str, Any]) -> TuneConfig:
+    """A TuneConfig from plain values (a TOML [tune] table, UI fields, flags); unknown keys are errors. Keys
+    that are `stylelora train` settings (base, validation-split, batch-size...) become the fixed part."""
+    known = {f.name for f in dataclasses.fields(TuneConfig)} - {"train"}
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    converted: dict[str, Any] = {"train": dict(values.get("train", {}))}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if key == "train" or value is None:
+            continue
+        if name in known:
+            converted[name] = _CONVERT.get(name, lambda v: v)(value)
+        elif name in train_keys:
+            converted["train"][name] = value
+        else:
+            raise ConfigError(f"unknown setting {key!r}: see `stylelora tune --help` for the list")
+    if "data" not in converted:
+        raise ConfigError("no image folder given: pass it as the first argument, e.g. `stylelora tune ./images`")
+    return TuneConfig(**converted)
+
+
+def load_tune_toml(path: Path) -> dict[str, Any]:
+    """A --config file for tune: a [tune] table (or top-level keys), with an optional [train] table of fixed
+    training settings."""
+    table = read_toml(path)
+    values = dict(table.get("tune", {k: v for k, v in table.items() if k != "train"}))
+    if "train" in table:
+        values["train"] = dict(table["train"])
+    return values
