@@ -30,6 +30,8 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="output folder, or a .safetensors file path (default adapters/<name>)")
     p.add_argument("--name", help="adapter name (default: the output file or image folder name)")
     p.add_argument("--base", help="'mini' (built in, default), a hub id, a diffusers folder or a .safetensors checkpoint")
+    p.add_argument("--auto", action="store_true", default=None,
+                   help="rank, alpha, learning rate and steps from `stylelora suggest` where you leave them at their defaults")
     g = p.add_argument_group("captions")
     g.add_argument("--caption", help="caption for images that have none")
     g.add_argument("--trigger", help="trigger phrase put before every caption")

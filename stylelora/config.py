@@ -86,6 +86,8 @@ class TrainConfig:
     ema_decay: float = 0.0  # exponential moving average of the adapter weights; 0 = off
     preserve_prompts: Path | None = None  # file of prompts on which the base's own prediction is the target
     preserve_weight: float = 1.0  # weight of that preservation loss
+    # `stylelora suggest` fills rank, alpha, learning rate and steps where they are left at their defaults
+    auto: bool = False
 
     @property
     def validating(self) -> bool:

@@ -33,6 +33,7 @@ from .precision import PRECISION_NAMES, choose_precision
 from .inputs import prepare_inputs
 from .run_outputs import Kept, MetricsLog, Outputs, progress_bar as make_progress_bar, render_samples
 from .step_loss import StepLoss
+from .tune.suggest import fill_unset
 from .validation import AdapterAverage, EarlyStopping, Watch, split_examples, validate_every
 
 DEFAULT_STEPS = 800
@@ -244,6 +245,8 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
     started = time.time()
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     say = log if accelerator.is_main_process else (lambda message: None)
+    if config.auto:
+        config = validate(fill_unset(config, say))
     folder, held_out = prepare_data(config, say)
     model = prepare_model(config, accelerator.device, folder, say)
     optimisation = prepare_adapters(config, model, len(folder.examples), accelerator, say)

@@ -1,0 +1,216 @@
+"""`stylelora tune` and `stylelora suggest`, measured on the miniature base.
+
+    python bench/tune.py --part evidence   # tune each style folder at 6, 12, 36 images; fit suggest's rules
+    python bench/tune.py --part search     # a 20-minute study on stripes (judge objective, default space)
+    python bench/tune.py --part compare    # defaults vs the best trial vs suggest, judged on held-out seeds
+    python bench/tune.py                   # all three, in that order
+    python bench/tune.py --quick           # tiny budgets, to check the script runs
+
+Each part runs with one CPU thread, so a budget of T minutes is T minutes of CPU; the evidence and search
+parts can run side by side. Writes stylelora/tune/rules.json (the fit `suggest` applies),
+bench/results/tune-*.json, bench/results/tune.md and the same text into README.md between its
+tune-report markers (not with --quick).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import os  # noqa: E402
+
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+import torch  # noqa: E402
+
+from stylelora.config import TrainConfig  # noqa: E402
+from stylelora.files import write_atomically  # noqa: E402
+from stylelora.mini.evaluate import measure  # noqa: E402
+from stylelora.styler import Styler  # noqa: E402
+from stylelora.training import train  # noqa: E402
+from stylelora.tune.results import describe_settings  # noqa: E402
+from stylelora.tune.search import tune  # noqa: E402
+from stylelora.tune.space import TuneConfig  # noqa: E402
+from stylelora.tune.suggest import RULES, suggest  # noqa: E402
+
+from readme_section import write_section  # noqa: E402  (bench/ is on the path when run as a script)
+
+RESULTS = ROOT / "bench" / "results"
+WORK = ROOT / "bench" / "results" / "tune-work"
+STYLES = {"stripes": "striped", "dots": "dotted", "pastel": "pastel"}
+COUNTS = (6, 12, 36)
+HELD_OUT_SEED = 500  # the comparison's images use seeds the studies never judged (they use 0 + 1000 x prompt)
+
+
+def subset(style: str, count: int) -> Path:
+    """The first `count` images of a style folder (its first 12 cover every colour x shape pair once)."""
+    folder = WORK / "folders" / f"{style}-{count}"
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        for image in sorted((ROOT / "datasets" / style).glob("*.png"))[:count]:
+            shutil.copy(image, folder / image.name)
+            shutil.copy(image.with_suffix(".txt"), folder / image.with_suffix(".txt").name)
+    return folder
+
+
+def evidence(trials: int, max_steps: int, styles: dict[str, str], counts: tuple[int, ...], rules_out: Path) -> None:
+    """A judge-objective study per style and image count over rank, learning rate and steps; the top trials'
+    settings become suggest's rules. Alpha stays at the rank: under Adam it acts as a factor on the rate."""
+    studies = []
+    for style, judged in styles.items():
+        for count in counts:
+            start = time.time()
+            config = TuneConfig(data=subset(style, count), out=WORK / f"evidence-{style}-{count}", trials=trials,
+                                objective="judge", judge_style=judged, alpha_ratios=(1.0,), max_steps=max_steps,
+                                min_steps=min(100, max_steps),
+                                target_presets=("attn",))
+            result = tune(config, log=lambda m: print(f"  {m}", flush=True))
+            top = [r for r in result.trials if r.state == "COMPLETE" and r.attrs.get("colour_shortfall", 0) <= 0][:3]
+            studies.append({"style": style, "images": count, "minutes": round((time.time() - start) / 60, 1),
+                            "top": [{"settings": r.settings, "style": r.attrs["style"], "colour": r.attrs["colour"]}
+                                    for r in top],
+                            "all": [{"settings": r.settings, **{k: r.attrs.get(k) for k in ("style", "colour",
+                                     "validation_loss")}} for r in result.trials if r.state == "COMPLETE"]})
+            print(f"{style} at {count} images: best {describe_settings(top[0].settings) if top else 'none'}", flush=True)
+    write_atomically(RESULTS / "tune-evidence.json", json.dumps(studies, indent=1).encode())
+    write_atomically(rules_out, json.dumps(fit_rules(studies), indent=1).encode())
+
+
+def fit_rules(studies: list[dict]) -> dict:
+    """steps = a * images^b by least squares on log(steps) of every study's top trials; the median learning
+    rate and the most common rank of those trials."""
+    points = [(s["images"], t["settings"]) for s in studies for t in s["top"]]
+    xs, ys = [math.log(n) for n, _ in points], [math.log(p["max_steps"]) for _, p in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    spread = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / spread if spread else 0.0
+    a = math.exp(my - b * mx)
+    steps = [p["max_steps"] for _, p in points]
+    return {"studies": len(studies), "steps": {"a": a, "b": b, "low": min(steps), "high": max(steps)},
+            "learning_rate": float(statistics.median(p["learning_rate"] for _, p in points)),
+            "rank": Counter(p["rank"] for _, p in points).most_common(1)[0][0], "alpha_ratio": 1.0,
+            "evidence": [{"style": s["style"], "images": s["images"], "best": s["top"][0]["settings"] if s["top"] else None}
+                         for s in studies]}
+
+
+def search(timeout: float, max_steps: int) -> None:
+    config = TuneConfig(data=ROOT / "datasets" / "stripes", out=WORK / "search-stripes", timeout=timeout,
+                        objective="judge", max_steps=max_steps, min_steps=min(100, max_steps), methods=("lora", "dora", "loha", "lokr", "dylora", "adalora"),
+                        target_presets=("attn", "attn-mlp", "all-linear", "all"), text_encoder=(False, True),
+                        judge_style="striped")
+    start = time.time()
+    result = tune(config, log=lambda m: print(f"  {m}", flush=True))
+    summary = {"minutes": round((time.time() - start) / 60, 1), "correlation": result.correlation,
+               "trials": [{"number": r.number, "state": r.state, "settings": r.settings,
+                           **{k: r.attrs.get(k) for k in ("style", "colour", "validation_loss", "kept_step", "seconds",
+                                                          "adapter")}} for r in result.trials],
+               "best": result.best.number if result.best else None}
+    write_atomically(RESULTS / "tune-search.json", json.dumps(summary, indent=1).encode())
+    shutil.copy(WORK / "search-stripes" / "history.png", RESULTS / "tune-history.png")
+    if (WORK / "search-stripes" / "importances.png").exists():
+        shutil.copy(WORK / "search-stripes" / "importances.png", RESULTS / "tune-importances.png")
+
+
+def judged(path: Path | None, per_prompt: int) -> dict:
+    styler = Styler("mini")
+    if path is not None:
+        styler.set_weights({styler.load(path): 1.0})
+    rates = measure(styler, per_prompt=per_prompt, steps=20, cfg=4.0, seed=HELD_OUT_SEED)
+    return {"striped": rates.share("striped"), "colour": rates.share("colour"), "shape": rates.share("shape"),
+            "images": rates.images}
+
+
+def compare(per_prompt: int, rules: Path) -> None:
+    stripes = ROOT / "datasets" / "stripes"
+    found = json.loads((RESULTS / "tune-search.json").read_text())
+    best = next(t for t in found["trials"] if t["number"] == found["best"])
+    suggested = suggest(stripes, rules=json.loads(rules.read_text()))
+    rows = {}
+    for label, settings in (("defaults", {}), ("suggest", suggested.values())):
+        start = time.time()
+        result = train(TrainConfig(data=stripes, out=WORK / f"compare-{label}", **settings), progress_bar=False,
+                       log=lambda m: None)
+        rows[label] = {"adapter": str(result.adapter_path), "seconds": round(time.time() - start), "settings": settings}
+    rows["best trial"] = {"adapter": best["adapter"], "seconds": best["seconds"], "settings": best["settings"]}
+    report = {"base": judged(None, per_prompt)}
+    for label, row in rows.items():
+        report[label] = row | judged(Path(row["adapter"]), per_prompt)
+        print(f"{label}: {report[label]}", flush=True)
+    write_atomically(RESULTS / "tune-compare.json", json.dumps(report, indent=1).encode())
+
+
+def markdown() -> str:
+    found = json.loads((RESULTS / "tune-search.json").read_text())
+    compared = json.loads((RESULTS / "tune-compare.json").read_text())
+    rules = json.loads(RULES.read_text())
+    studies = json.loads((RESULTS / "tune-evidence.json").read_text())
+    complete = [t for t in found["trials"] if t["state"] == "COMPLETE"]
+    lines = [f"Measured by `python bench/tune.py` on the miniature base, one CPU thread per part.", "",
+             f"**The search.** `stylelora tune datasets/stripes --objective judge --timeout 20m` over rank, alpha, "
+             f"learning rate, steps, all six methods, the four module presets and the text encoder: "
+             f"{len(complete)} trials finished in {found['minutes']} min. Each trial is judged on 24 images (fixed "
+             "seeds); the comparison below re-judges on 96 images with seeds no trial saw.", "",
+             "| adapter | settings | striped | colour right | shape right | train time |", "| --- | --- | --- | --- | --- | --- |"]
+    for label in ("base", "defaults", "suggest", "best trial"):
+        row = compared[label]
+        settings = "" if label == "base" else ("rank 4, alpha 4, lr 0.002, steps 800, lora, attn" if label == "defaults"
+                                               else describe_settings(row["settings"]) if label == "best trial" else
+                                               ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in row["settings"].items()))
+        lines.append(f"| {label} | {settings} | {row['striped']:.0%} | {row['colour']:.0%} | {row['shape']:.0%} | "
+                     f"{row.get('seconds', '') and str(row['seconds']) + ' s'} |")
+    corr = found["correlation"]
+    lines += ["", f"Rank correlation (Spearman) of the held-out validation loss and the judged style rate over the "
+              f"{len(complete)} trials: {corr:+.2f}" if corr is not None else "", "",
+              f"**Suggest's rules** come from {rules['studies']} judge-objective studies (`--part evidence`: each style "
+              f"folder at {', '.join(map(str, COUNTS))} images, rank x learning rate x steps, {len(studies[0]['all'])} "
+              "trials each). Fit over the top three trials of every study: "
+              f"steps = {rules['steps']['a']:.0f} x images^{rules['steps']['b']:.2f} (within {rules['steps']['low']}-"
+              f"{rules['steps']['high']}), learning rate {rules['learning_rate']:.2g} (median), rank {rules['rank']} "
+              "(most common).", "", "| folder | images | best trial | its style rate | colour right |",
+              "| --- | --- | --- | --- | --- |"]
+    for s in studies:
+        top = s["top"][0] if s["top"] else None
+        lines.append(f"| {s['style']} | {s['images']} | {describe_settings(top['settings']) if top else 'none feasible'} | "
+                     f"{top['style']:.0%} | {top['colour']:.0%} |" if top else f"| {s['style']} | {s['images']} | none | | |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=("evidence", "search", "compare", "report", "all"), default="all")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    quick = args.quick
+    if quick:  # everything into a scratch folder: the committed results and rules stay as measured
+        global RESULTS, WORK
+        WORK = WORK / "quick"
+        RESULTS = WORK / "results"
+        RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.part in ("evidence", "all"):
+        evidence(trials=2 if quick else 6, max_steps=60 if quick else 1600,
+                 styles={"stripes": "striped"} if quick else STYLES, counts=(6,) if quick else COUNTS,
+                 rules_out=RESULTS / "rules.json" if quick else RULES)
+    if args.part in ("search", "all"):
+        search(timeout=60 if quick else 20 * 60, max_steps=60 if quick else 1600)
+    if args.part in ("compare", "all"):
+        compare(per_prompt=1 if quick else 8, rules=RESULTS / "rules.json" if quick else RULES)
+    if args.part in ("report", "all") and not quick:
+        text = markdown()
+        write_atomically(RESULTS / "tune.md", text.encode())
+        write_section("tune-report", text)
+    print(f"done: {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
