@@ -260,6 +260,9 @@ def add_adapter_tool_parsers(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("inspect", help="show what an adapter file holds")
     p.add_argument("file", type=Path)
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--ranks", action="store_true", help="each module's effective rank (singular values holding 90/95/"
+                                                        "99%% of its change's energy), and whether a smaller --rank would have done")
+    p.add_argument("--base", default="mini", help="with --ranks: the base, read for DoRA, LoHa and LoKr files (mini)")
 
 
 def run_merge(args: argparse.Namespace) -> int:
@@ -296,8 +299,12 @@ def run_resize(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from .inspect_adapter import as_json, as_text, describe
+    from .inspect_adapter import as_json, as_text, describe, effective_ranks, ranks_as_text
 
+    if args.ranks:
+        info = effective_ranks(args.file, args.base)
+        print(as_json(info) if args.json else ranks_as_text(info))
+        return 0
     info = describe(args.file)
     print(as_json(info) if args.json else as_text(info))
     return 0

@@ -118,6 +118,8 @@ def run_suggest(args: argparse.Namespace) -> int:
         return 0
     print(f"{args.data}: {suggestion.summary}")
     for setting in suggestion.settings:
-        print(f"  --{setting.flag} {setting.value}: {setting.reason}")
+        print(f"  --{setting.flag} {setting.value:g}: {setting.reason}")
+    for note in suggestion.advice:
+        print(f"  note: {note}")
     print(f"Train with them: stylelora train {args.data} --auto  (or pass the flags above)")
     return 0

@@ -86,3 +86,48 @@ def as_text(info: dict) -> str:
 
 def as_json(info: dict) -> str:
     return json.dumps(info, indent=2)
+
+
+ENERGY_SHARES = (0.90, 0.95, 0.99)
+
+
+def effective_ranks(path: Path, base: str = "mini") -> dict:
+    """Each module's effective rank: how many singular values of its change hold 90%, 95% and 99% of its
+    energy (the sum of squared singular values, i.e. the squared Frobenius norm). DoRA, LoHa and LoKr
+    changes are read through the base's weights, as merge and resize read them."""
+    import torch
+
+    from .merge import blended_deltas
+    from .merge_job import base_weights
+    from .styler import StyleWeight
+
+    weights, _, _ = read_lora(path)
+    items = [(weights, StyleWeight(1.0, 1.0))]
+    modules = []
+    for (part, module), delta in sorted(blended_deltas(items, base_weights(base, items)).items()):
+        s = torch.linalg.svdvals(delta.double())
+        energy = torch.cumsum(s ** 2, 0) / (s ** 2).sum() if s.numel() and float(s.sum()) > 0 else None
+        held = weights[(part, module)].rank
+        ranks = {f"{share:.0%}": (int((energy < share - 1e-12).sum()) + 1 if energy is not None else 0)
+                 for share in ENERGY_SHARES}
+        modules.append({"part": part, "module": module, "rank": held, **ranks})
+    return {"file": str(path), "modules": modules, "verdict": rank_verdict(modules)}
+
+
+def rank_verdict(modules: list[dict]) -> str:
+    """Whether a smaller --rank would have done: 95% of every module's change fits in the largest rank@95%."""
+    held = max(m["rank"] for m in modules)
+    needed = max(m["95%"] for m in modules)
+    if needed < held:
+        return (f"every module's change keeps 95% of its energy within rank {needed} (of {held}): --rank {needed} "
+                f"would likely have done; `stylelora resize FILE --rank {needed}` makes it now")
+    return f"some modules use all {held} ranks for 95% of their energy: the rank was not too high"
+
+
+def ranks_as_text(info: dict) -> str:
+    lines = [info["file"], f"  {'module':<72} rank   90%   95%   99%"]
+    for m in info["modules"]:
+        name = f"{m['part']}: {m['module']}"
+        lines.append(f"  {name[-72:]:<72} {m['rank']:>4} {m['90%']:>5} {m['95%']:>5} {m['99%']:>5}")
+    lines.append(f"  {info['verdict']}")
+    return "\n".join(lines)

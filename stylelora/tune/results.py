@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +164,9 @@ def write_plots(study, out_dir: Path) -> list[Path]:
     written = []
     for name, draw in (("history.png", plots.plot_optimization_history), ("importances.png", plots.plot_param_importances)):
         try:
-            axis = draw(study)
+            with warnings.catch_warnings():  # optuna's notes on a small study (equal importances, no legend)
+                warnings.simplefilter("ignore", UserWarning)
+                axis = draw(study)
         except (ValueError, RuntimeError, ZeroDivisionError):
             continue
         buffer = io.BytesIO()

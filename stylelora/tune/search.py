@@ -54,6 +54,10 @@ class SurplusTrial(Exception):
     """Another process took the last trial of the budget between our count and our start."""
 
 
+class TrialFailed(Exception):
+    """The trial's own settings failed its training (a NaN loss): recorded, and the study goes on."""
+
+
 def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -90,7 +94,7 @@ def open_study(config: TuneConfig):
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=3) if config.pruner == "median" and config.objective == "loss"
               else optuna.pruners.NopPruner())
     study = optuna.create_study(storage=storage, study_name=config.name, load_if_exists=True, pruner=pruner,
-                                sampler=optuna.samplers.TPESampler(seed=config.seed),
+                                sampler=trial_seeded_tpe(config.seed),
                                 direction="minimize" if config.objective == "loss" else "maximize")
     space = study.user_attrs.get("space")
     if space is None:
@@ -100,6 +104,21 @@ def open_study(config: TuneConfig):
         raise ConfigError(f"{config.out_dir}: the study {config.name!r} there was made with other settings ({changed}); "
                           "run again with the same settings to continue it, or choose another --out or --study-name")
     return study
+
+
+def trial_seeded_tpe(seed: int):
+    """optuna's TPE sampler, its randomness reseeded from (seed, trial number) before each trial. With one
+    seed for the whole sampler, two processes that open a study together draw the same settings for their
+    first trials; this way no two trials share a draw, and a study run alone is reproducible."""
+    import optuna
+
+    class TrialSeededTPE(optuna.samplers.TPESampler):
+        def before_trial(self, study, trial) -> None:
+            for state in (self._rng, self._random_sampler._rng):  # optuna keeps no public per-trial seed
+                state.rng.seed((seed * 1_000_003 + trial.number) % 2 ** 32)
+            super().before_trial(study, trial)
+
+    return TrialSeededTPE(seed=seed, n_startup_trials=5)
 
 
 def recover_killed_trials(study) -> None:
@@ -149,15 +168,20 @@ class TrialRunner:
         settings = sample(trial, self.config)
         # A retry continues the killed trial's run, in its folder.
         number = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial", trial.number)
+        trial.set_user_attr("run", number)
+        started = time.time()
         try:
             result = self._train(trial, self.trial_config(number, settings))
+        except TrainingInterrupted:
+            raise
         except TrainingError as error:  # this trial's settings diverged (a NaN loss): a failed trial, not a failed study
             trial.set_user_attr("error", str(error))
-            raise
+            raise TrialFailed(str(error)) from None
+        finally:
+            trial.set_user_attr("seconds", round(time.time() - started, 1))
         attrs = {"adapter": str(result.adapter_path), "kept_step": result.kept_step,
                  "trained_steps": result.steps, "validation_loss": result.validation_loss,
-                 "base_validation_loss": result.base_validation_loss, "seconds": round(result.seconds, 1),
-                 "stop_reason": result.stop_reason, "run": number}
+                 "base_validation_loss": result.base_validation_loss, "stop_reason": result.stop_reason}
         if self.judge is None:
             value = result.validation_loss
         else:
@@ -247,5 +271,5 @@ def _run_study(config: TuneConfig, on_trial: Callable[[TrialReport], None] | Non
             break
         if time.time() >= deadline or (should_stop is not None and should_stop()):
             break
-        study.optimize(runner, n_trials=1, catch=(SurplusTrial, TrainingError), callbacks=[finished])
+        study.optimize(runner, n_trials=1, catch=(SurplusTrial, TrialFailed), callbacks=[finished])
     return write_results(study, config, runner.judge)

@@ -1,0 +1,326 @@
+"""`stylelora tune` (optuna search), `stylelora suggest`, `train --auto` and `inspect --ranks`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from stylelora.cli import main as cli
+from stylelora.config import TrainConfig, from_dict, load_toml
+from stylelora.errors import ConfigError, TrainingInterrupted
+from stylelora.files import read_safetensors
+from stylelora.formats import read_lora, write_lora
+from stylelora.mini.evaluate import folder_style
+from stylelora.tune.results import spearman
+from stylelora.tune.search import tune
+from stylelora.tune.space import TuneConfig, parse_duration, tune_config_from_dict
+from stylelora.tune.suggest import fill_unset, steps_for, suggest
+from stylelora.training import train
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+QUIET = dict(log=lambda m: None)
+
+
+def _tiny_study(tiny_base, image_folder, out, **overrides) -> TuneConfig:
+    values = dict(data=image_folder, out=out, trials=3, min_steps=2, max_steps=4, train={"base": str(tiny_base),
+                  "batch_size": 2})
+    return TuneConfig(**(values | overrides))
+
+
+def _study(out: Path):
+    return optuna.load_study(study_name=None, storage=f"sqlite:///{out / 'study.db'}")
+
+
+def _tensors(path) -> dict[str, torch.Tensor]:
+    return read_safetensors(path).tensors
+
+
+def test_a_three_trial_tune_writes_a_best_toml_that_trains_the_same_adapter(tiny_base, image_folder, tmp_path, capsys):
+    result = tune(_tiny_study(tiny_base, image_folder, tmp_path / "study"), **QUIET)
+    assert [t.state for t in result.trials] == ["COMPLETE"] * 3
+    losses = [t.value for t in result.trials]
+    assert losses == sorted(losses) and result.best is result.trials[0]  # best first, lowest validation loss
+    assert (tmp_path / "study" / "results.md").read_text().count("| complete |") == 3
+    assert {p.name for p in result.files} >= {"results.md", "results.json", "history.png"}
+    settings = load_toml(result.best_toml)
+    assert settings["max-steps"] == result.best.settings["max_steps"] and settings["keep"] == "best"
+    # `stylelora train --config best.toml` accepts it unchanged and trains the best trial's adapter again.
+    assert cli(["train", "--config", str(result.best_toml), "--out", str(tmp_path / "again"), "--quiet"]) == 0
+    again, trial = _tensors(tmp_path / "again" / "again.safetensors"), _tensors(result.best.attrs["adapter"])
+    assert again.keys() == trial.keys()
+    assert max((again[k] - trial[k]).abs().max().item() for k in again) <= 1e-6
+
+
+def test_the_progress_line_and_results_name_every_trial(tiny_base, image_folder, tmp_path):
+    lines = []
+    tune(_tiny_study(tiny_base, image_folder, tmp_path / "study", trials=2), log=lines.append)
+    trial_lines = [line for line in lines if line.startswith("trial ")]
+    assert len(trial_lines) == 2 and trial_lines[0].startswith("trial 0 (1/2) complete: rank ")
+    assert "validation loss" in trial_lines[1] and trial_lines[1].startswith("trial 1 (2/2) complete")
+
+
+def test_a_rerun_continues_the_study_and_a_changed_space_is_refused(tiny_base, image_folder, tmp_path):
+    out = tmp_path / "study"
+    tune(_tiny_study(tiny_base, image_folder, out, trials=2), **QUIET)
+    tune(_tiny_study(tiny_base, image_folder, out, trials=3), **QUIET)  # one more trial, the first two kept
+    trials = _study(out).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    with pytest.raises(ConfigError, match=r"made with other settings \(ranks\)"):
+        tune(_tiny_study(tiny_base, image_folder, out, ranks=(4,)), **QUIET)
+
+
+def _wait_for(condition, timeout: float = 300, what: str = "") -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def _tune_command(tiny_base, image_folder, out, trials: int, steps: int) -> list[str]:
+    return [sys.executable, "-m", "stylelora", "tune", str(image_folder), "--out", str(out), "--base", str(tiny_base),
+            "--trials", str(trials), "--min-steps", str(steps), "--max-steps", str(steps), "--batch-size", "2"]
+
+
+def _running_with_checkpoint(out: Path, number: int) -> bool:
+    if not (out / "study.db").exists():
+        return False
+    try:
+        trials = _study(out).get_trials()
+    except Exception:  # the study is being created
+        return False
+    checkpoints = out / "trials" / f"trial-{number:04d}" / "checkpoints"
+    return (len(trials) > number and trials[number].state.name == "RUNNING" and checkpoints.exists()
+            and any(checkpoints.glob("step-*")))
+
+
+@pytest.mark.slow
+def test_a_killed_tune_continues_with_no_trial_lost_or_repeated(tiny_base, image_folder, tmp_path):
+    out = tmp_path / "study"
+    process = subprocess.Popen(_tune_command(tiny_base, image_folder, out, 3, 40) + ["--pruner", "none"], env=ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: _running_with_checkpoint(out, 1), what="trial 1 to save a checkpoint")
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    killed = _study(out).get_trials()[1]
+    result = tune(_tiny_study(tiny_base, image_folder, out, min_steps=40, max_steps=40, pruner="none"), **QUIET)
+    trials = _study(out).get_trials()
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 3 and len(result.trials) == 3
+    assert trials[1].state.name == "FAIL"  # the killed one, retried as a later trial with the same settings
+    retried = [t for t in complete if t.system_attrs.get("failed_trial") == 1]
+    assert len(retried) == 1 and retried[0].params == killed.params
+    assert sorted(t.user_attrs["run"] for t in complete) == [0, 1, 3]  # every run folder trained once
+    # The retry resumed the killed run's checkpoint: every step is in its metrics once.
+    steps = [json.loads(line)["step"] for line in (out / "trials" / "trial-0001" / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == list(range(1, 41))
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_study_run_disjoint_trials(tiny_base, image_folder, tmp_path):
+    out = tmp_path / "shared"
+    command = _tune_command(tiny_base, image_folder, out, 4, 40)
+    first = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: (out / "study.db").exists(), what="the study")  # one creates it, the other joins
+    second = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for process in (first, second):
+        _, errors = process.communicate(timeout=600)
+        assert process.returncode == 0, errors
+    trials = _study(out).get_trials()
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]  # the median pruner may stop the last
+    assert len(finished) == 4 and len(trials) == 4
+    assert len({t.user_attrs.get("run", t.number) for t in finished}) == 4
+    assert len({json.dumps(t.params, sort_keys=True) for t in finished}) == 4  # no settings drawn twice
+    owners = {t.user_attrs["owner"] for t in finished}
+    assert len(owners) == 2, f"one process ran every trial: {owners}"
+
+
+def test_a_trial_worse_than_the_median_is_pruned_and_stops_training(tiny_base, image_folder, tmp_path, monkeypatch):
+    """The wiring: validation losses reach trial.report, and should_prune stops the run at the next step."""
+    from stylelora import training
+
+    scripted = {0: [1.0, 0.9], 1: [1.0, 0.9], 2: [1.0, 0.9], 3: [5.0, 5.0]}
+    stopped_at = {}
+
+    def fake_train(config, on_progress, should_stop, **_):
+        number = int(config.name.split("-")[1])
+        for step, loss in zip((10, 20), scripted[number]):
+            on_progress(training.Progress(step, 20, loss, 1e-3, 1.0, 0.0, validation_loss=loss))
+            if should_stop():
+                stopped_at[number] = step
+                raise TrainingInterrupted("stopped")
+        return training.TrainResult(config.adapter_path, 20, 0.1, 1.0, True, 20, scripted[number][-1], "", None)
+
+    monkeypatch.setattr(training, "train", fake_train)
+    result = tune(_tiny_study(tiny_base, image_folder, tmp_path / "study", trials=4, min_steps=20, max_steps=20),
+                  **QUIET)
+    states = {t.number: t.state for t in result.trials}
+    assert states == {0: "COMPLETE", 1: "COMPLETE", 2: "COMPLETE", 3: "PRUNED"} and stopped_at == {3: 10}
+    assert result.trials[-1].attrs["pruned_at"] == 10
+
+
+@pytest.mark.slow
+def test_a_stop_request_queues_the_trial_in_flight_again(tiny_base, image_folder, tmp_path):
+    out = tmp_path / "study"
+
+    def stop_once_a_checkpoint_is_saved() -> bool:  # the first trial is stopped mid-run
+        return any((out / "trials").glob("*/checkpoints/step-*"))
+
+    with pytest.raises(TrainingInterrupted):
+        tune(_tiny_study(tiny_base, image_folder, out, min_steps=8, max_steps=8, trials=2),
+             should_stop=stop_once_a_checkpoint_is_saved, **QUIET)
+    trials = _study(out).get_trials()
+    assert trials[-1].state.name == "WAITING" and trials[-1].system_attrs["failed_trial"] == trials[-2].number
+    result = tune(_tiny_study(tiny_base, image_folder, out, min_steps=8, max_steps=8, trials=2), **QUIET)
+    assert sum(t.state == "COMPLETE" for t in result.trials) == 2
+    assert result.trials[0].attrs["run"] == 0 or result.trials[1].attrs["run"] == 0  # the stopped run, resumed
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--trials", "0"], "--trials = 0: run at least 1 trial"),
+    (["--timeout", "soon"], "--timeout = 'soon': give a time such as 30m"),
+    (["--lr-range", "1e-2:1e-4"], "--lr-range = '0.01:0.0001': give LOW:HIGH with 0 < LOW <= HIGH"),
+    (["--lr-range", "fast"], "--lr-range = 'fast': give LOW:HIGH"),
+    (["--ranks", "0,4"], "--ranks = '0,4': give whole numbers of at least 1"),
+    (["--ranks", "four"], "--ranks = 'four': give a comma-separated list"),
+    (["--methods", "lora,magic"], "--methods = 'lora,magic': choose among lora"),
+    (["--min-steps", "50", "--max-steps", "10"], "--max-steps = 10: the cap must be at least --min-steps (50)"),
+    (["--objective", "judge", "--base", "some/model"], "--objective = 'judge': the judge reads the miniature world"),
+    (["--judge-style", "striped"], "--judge-style = 'striped': the style is what --objective judge measures"),
+    (["--text-encoder", "maybe"], "--text-encoder = 'maybe': give a comma-separated list, e.g. off,on"),
+    (["--validation-split", "1.5"], "--validation-split = 1.5: hold out a fraction"),
+    (["--storage", "nosuchdb://x"], "--storage = 'nosuchdb://x': optuna cannot open it"),
+])
+def test_bad_tune_flags_are_one_line_errors_naming_the_flag(flags, message, image_folder, tmp_path, capsys):
+    code = cli(["tune", str(image_folder), "--out", str(tmp_path / "s")] + flags)
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and error.startswith(f"stylelora: error: {message}") and "\n" not in error
+
+
+def test_a_searched_setting_among_the_fixed_ones_is_refused(image_folder, tmp_path, capsys):
+    (tmp_path / "train.toml").write_text("rank = 8\nbatch-size = 2\n")
+    code = cli(["tune", str(image_folder), "--train-config", str(tmp_path / "train.toml")])
+    assert code == 2 and "rank: the search sets this; give a single value to the search" in capsys.readouterr().err
+
+
+def test_the_tune_toml_config_has_a_tune_and_a_train_table(tmp_path, image_folder):
+    path = tmp_path / "tune.toml"
+    path.write_text(f'[tune]\ndata = "{image_folder}"\ntrials = 7\ntimeout = "1h30m"\nranks = [4, 8]\n'
+                    'lr-range = "1e-4:1e-2"\ntext-encoder = "off,on"\n[train]\nbatch-size = 2\n')
+    from stylelora.tune.space import load_tune_toml
+
+    config = tune_config_from_dict(load_tune_toml(path))
+    assert (config.trials, config.timeout, config.ranks, config.lr_range) == (7, 5400.0, (4, 8), (1e-4, 1e-2))
+    assert config.text_encoder == (False, True) and config.train == {"batch-size": 2}
+    assert parse_duration("30m") == 1800 and parse_duration("900") == 900
+
+
+def test_spearman_rank_correlation():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(0.9486832980505138)
+    assert spearman([1, 2], [1, 2]) is None
+
+
+def test_folder_style_reads_what_each_sample_folder_teaches():
+    import numpy as np
+    from PIL import Image
+
+    for folder, style in (("stripes", "striped"), ("dots", "dotted"), ("pastel", "pastel")):
+        images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((ROOT / "datasets" / folder).glob("*.png"))[:12]]
+        assert folder_style(images) == style
+
+
+@pytest.mark.slow
+def test_the_judge_objective_scores_style_with_colour_as_a_constraint(tmp_path):
+    folder = tmp_path / "stripes"
+    folder.mkdir()
+    for image in sorted((ROOT / "datasets" / "stripes").glob("*"))[:16]:
+        shutil.copy(image, folder / image.name)
+    lines = []
+    result = tune(TuneConfig(data=folder, out=tmp_path / "study", trials=1, objective="judge", min_steps=10,
+                             max_steps=10, judge_images=1), log=lines.append)
+    trial = result.best
+    assert 0 <= trial.value <= 1 and trial.value == trial.attrs["style"]
+    assert any(line.startswith("Judge: the folder's style is striped") for line in lines)
+    assert _study(tmp_path / "study").get_trials()[0].system_attrs["constraints:colour"] == \
+        pytest.approx(trial.attrs["colour_shortfall"])
+
+
+# ---- suggest and --auto ----
+
+RULES = {"studies": 9, "steps": {"a": 100.0, "b": 0.5, "low": 100, "high": 1600}, "learning_rate": 0.003,
+         "rank": 8, "alpha_ratio": 1.0, "evidence": []}
+
+
+def test_suggest_follows_the_measured_rules_and_is_deterministic(image_folder):
+    first, second = suggest(image_folder, rules=RULES), suggest(image_folder, rules=RULES)
+    assert first == second
+    assert first.values() == {"rank": 8, "alpha": 8.0, "learning_rate": 0.003, "max_steps": steps_for(6, RULES)}
+    assert steps_for(6, RULES) == 240 and steps_for(400, RULES) == 1600 and steps_for(1, RULES) == 100
+    assert first.summary.startswith("6 images, 64-64 px, aspect 1.00-1.00")
+    assert suggest(image_folder, base="some/sd15", rules=RULES).values()["learning_rate"] == 1e-4
+
+
+def test_suggest_cli_prints_each_setting_with_its_reason_and_a_toml_train_accepts(image_folder, tmp_path, capsys):
+    assert cli(["suggest", str(image_folder)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith(f"{image_folder}: 6 images")
+    assert [line.split()[0] for line in printed[1:5]] == ["--rank", "--alpha", "--learning-rate", "--max-steps"]
+    assert all(": " in line for line in printed[1:5])
+    assert cli(["suggest", str(image_folder), "--toml"]) == 0
+    (tmp_path / "s.toml").write_text(capsys.readouterr().out)
+    config = from_dict(load_toml(tmp_path / "s.toml") | {"data": str(image_folder)})
+    assert config.max_steps == suggest(image_folder).values()["max_steps"]
+
+
+def test_auto_fills_only_the_settings_left_at_their_defaults(image_folder, tmp_path):
+    said = []
+    filled = fill_unset(TrainConfig(data=image_folder, rank=8, auto=True), said.append)
+    wanted = suggest(image_folder).values()
+    assert filled.rank == 8 and filled.alpha == wanted["alpha"] and filled.max_steps == wanted["max_steps"]
+    assert filled.learning_rate == wanted["learning_rate"] and not filled.auto
+    assert said[0].startswith("Auto: --alpha") and "--rank" not in said[0]
+    epochs = fill_unset(TrainConfig(data=image_folder, epochs=3, auto=True), said.append)
+    assert epochs.max_steps is None  # --epochs already says how long
+
+
+def test_train_auto_from_the_cli_and_toml(train_config, tmp_path, capsys):
+    config = train_config()
+    code = cli(["train", str(config.data), "--base", config.base, "--auto", "--max-steps", "2", "--out",
+                str(tmp_path / "a"), "--quiet"])
+    assert code == 0 and "Auto: --rank" in capsys.readouterr().err
+    (tmp_path / "auto.toml").write_text("auto = true\n")
+    assert from_dict(load_toml(tmp_path / "auto.toml") | {"data": "x"}).auto is True
+
+
+# ---- inspect --ranks ----
+
+def test_inspect_ranks_finds_the_rank_a_change_really_uses(train_config, tmp_path, capsys):
+    result = train(train_config(rank=4), progress_bar=False, **QUIET)
+    weights, metadata, _ = read_lora(result.adapter_path)
+    for module in weights.values():  # keep one component: every change becomes rank 1
+        module.up[:, 1:] = 0
+    write_lora(weights, "kohya", tmp_path / "rank1.safetensors", metadata)
+    assert cli(["inspect", str(tmp_path / "rank1.safetensors"), "--ranks", "--json", "--base",
+                train_config().base]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert {(m["rank"], m["90%"], m["95%"], m["99%"]) for m in info["modules"]} == {(4, 1, 1, 1)}
+    assert "--rank 1 would likely have done" in info["verdict"]
+    assert cli(["inspect", str(result.adapter_path), "--ranks", "--base", train_config().base]) == 0
+    text = capsys.readouterr().out
+    assert "rank   90%   95%   99%" in text and text.strip().splitlines()[-1].strip().startswith(("every", "some"))
