@@ -103,22 +103,28 @@ def fit_rules(studies: list[dict]) -> dict:
                          for s in studies]}
 
 
-def search(timeout: float, max_steps: int) -> None:
-    config = TuneConfig(data=ROOT / "datasets" / "stripes", out=WORK / "search-stripes", timeout=timeout,
-                        objective="judge", max_steps=max_steps, min_steps=min(100, max_steps), methods=("lora", "dora", "loha", "lokr", "dylora", "adalora"),
-                        target_presets=("attn", "attn-mlp", "all-linear", "all"), text_encoder=(False, True),
-                        judge_style="striped")
+SPACES = {  # the CLI's default space, and every searchable setting
+    "default": {},
+    "full": {"methods": ("lora", "dora", "loha", "lokr", "dylora", "adalora"),
+             "target_presets": ("attn", "attn-mlp", "all-linear", "all"), "text_encoder": (False, True)},
+}
+
+
+def search(space: str, timeout: float, max_steps: int) -> None:
+    out = WORK / f"search-{space}"
+    config = TuneConfig(data=ROOT / "datasets" / "stripes", out=out, timeout=timeout, objective="judge",
+                        max_steps=max_steps, min_steps=min(100, max_steps), judge_style="striped", **SPACES[space])
     start = time.time()
     result = tune(config, log=lambda m: print(f"  {m}", flush=True))
-    summary = {"minutes": round((time.time() - start) / 60, 1), "correlation": result.correlation,
+    summary = {"space": space, "minutes": round((time.time() - start) / 60, 1), "correlation": result.correlation,
                "trials": [{"number": r.number, "state": r.state, "settings": r.settings,
                            **{k: r.attrs.get(k) for k in ("style", "colour", "validation_loss", "kept_step", "seconds",
                                                           "adapter")}} for r in result.trials],
                "best": result.best.number if result.best else None}
-    write_atomically(RESULTS / "tune-search.json", json.dumps(summary, indent=1).encode())
-    shutil.copy(WORK / "search-stripes" / "history.png", RESULTS / "tune-history.png")
-    if (WORK / "search-stripes" / "importances.png").exists():
-        shutil.copy(WORK / "search-stripes" / "importances.png", RESULTS / "tune-importances.png")
+    write_atomically(RESULTS / f"tune-search-{space}.json", json.dumps(summary, indent=1).encode())
+    for plot in ("history", "importances"):
+        if (out / f"{plot}.png").exists():
+            shutil.copy(out / f"{plot}.png", RESULTS / f"tune-{space}-{plot}.png")
 
 
 def judged(path: Path | None, per_prompt: int) -> dict:
@@ -189,6 +195,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=("evidence", "search", "compare", "report", "all"), default="all")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--space", choices=("default", "full", "both"), default="both",
+                        help="the search part's space: the CLI's default one, every setting, or both")
     args = parser.parse_args()
     torch.set_num_threads(1)
     quick = args.quick
@@ -202,7 +210,8 @@ def main() -> None:
                  styles={"stripes": "striped"} if quick else STYLES, counts=(6,) if quick else COUNTS,
                  rules_out=RESULTS / "rules.json" if quick else RULES)
     if args.part in ("search", "all"):
-        search(timeout=60 if quick else 20 * 60, max_steps=60 if quick else 1600)
+        for space in (("default", "full") if args.space == "both" else (args.space,)):
+            search(space, timeout=60 if quick else 20 * 60, max_steps=60 if quick else 1600)
     if args.part in ("compare", "all"):
         compare(per_prompt=1 if quick else 8, rules=RESULTS / "rules.json" if quick else RULES)
     if args.part in ("report", "all") and not quick:

@@ -9,6 +9,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from .config import TrainConfig
 from .errors import StyleloraError
@@ -31,12 +32,15 @@ class JobState:
     log: list[str] = field(default_factory=list)
 
 
-class TrainingJob:
-    """Runs at most one training at a time in a daemon thread."""
+class BackgroundJob:
+    """At most one run at a time in a daemon thread, with a stop flag it reads between steps. The state is a
+    dataclass with `status` and `message`; the page polls a copy of it."""
 
-    def __init__(self) -> None:
+    busy = "a job is already running; stop it or wait for it to finish"
+
+    def __init__(self, state) -> None:
         self._lock = threading.Lock()
-        self._state = JobState()
+        self._state = state
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -44,13 +48,13 @@ class TrainingJob:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self, config: TrainConfig) -> None:
+    def _launch(self, state, target, *args) -> None:
         with self._lock:
             if self.running:
-                raise StyleloraError("a training is already running; stop it or wait for it to finish")
+                raise StyleloraError(self.busy)
             self._stop.clear()
-            self._state = JobState(status="running", message=f"starting {config.adapter_name}", validating=config.validating)
-            self._thread = threading.Thread(target=self._run, args=(config,), daemon=True, name="stylelora-train")
+            self._state = state
+            self._thread = threading.Thread(target=target, args=args, daemon=True, name=f"stylelora-{type(self).__name__}")
             self._thread.start()
 
     def stop(self) -> None:
@@ -62,6 +66,37 @@ class TrainingJob:
     def wait(self, timeout: float | None = None) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def _finish(self, status: str, message: str) -> None:
+        with self._lock:
+            self._state.status, self._state.message = status, message
+
+    def _guarded(self, work: Callable[[], str], stopped: Callable[[TrainingInterrupted], str]) -> None:
+        """Run `work` and finish with its message; a stop, a StyleloraError or any other error is said in one
+        line, and the page stays alive."""
+        try:
+            message = work()
+        except TrainingInterrupted as stop:
+            self._finish("stopped", stopped(stop))
+        except StyleloraError as error:
+            self._finish("failed", str(error))
+        except Exception as error:
+            self._finish("failed", f"unexpected error: {type(error).__name__}: {error}")
+        else:
+            self._finish("done", message)
+
+
+class TrainingJob(BackgroundJob):
+    """Runs at most one training at a time in a daemon thread."""
+
+    busy = "a training is already running; stop it or wait for it to finish"
+
+    def __init__(self) -> None:
+        super().__init__(JobState())
+
+    def start(self, config: TrainConfig) -> None:
+        self._launch(JobState(status="running", message=f"starting {config.adapter_name}", validating=config.validating),
+                     self._run, config)
 
     def snapshot(self) -> JobState:
         with self._lock:
@@ -86,22 +121,14 @@ class TrainingJob:
 
     def _run(self, config: TrainConfig) -> None:
         started = time.time()
-        try:
+
+        def work() -> str:
             result = train(config, on_progress=self._on_progress, should_stop=self._stop.is_set, log=self._log,
                            progress_bar=False)
-        except TrainingInterrupted as stop:
-            self._finish("stopped", str(stop))
-        except StyleloraError as error:
-            self._finish("failed", str(error))
-        except Exception as error:  # keep the page alive and say what broke, in one line
-            self._finish("failed", f"unexpected error: {type(error).__name__}: {error}")
-        else:
             with self._lock:
                 self._state.adapter_path = result.adapter_path
             kept = (f"; kept step {result.kept_step} of {result.steps}, validation loss {result.validation_loss:.5f}"
                     if result.validation_loss is not None else "")
-            self._finish("done", f"adapter written to {result.adapter_path} in {time.time() - started:.0f}s{kept}")
+            return f"adapter written to {result.adapter_path} in {time.time() - started:.0f}s{kept}"
 
-    def _finish(self, status: str, message: str) -> None:
-        with self._lock:
-            self._state.status, self._state.message = status, message
+        self._guarded(work, str)

@@ -150,3 +150,56 @@ def test_upload_caption_train_library_generate(page, server, image_folder, tiny_
 
     settings = Image.open(outputs[0]).text["loras"]
     assert "alpha.safetensors:0.4" not in settings and '"unet": 0.4' in settings and '"unet": 1.2' in settings
+
+
+def _wait_text(page, selector: str, starts: tuple[str, ...], timeout: float = 300) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        text = page.locator(selector).inner_text()
+        if text.startswith(starts):
+            return text
+        time.sleep(0.3)
+    return page.locator(selector).inner_text()
+
+
+def test_suggest_fills_the_train_fields_and_the_tune_tab_trains_the_best_trial(page, server, image_folder, tiny_base):
+    _, workspace, adapters = server
+    from stylelora.tune.suggest import suggest
+
+    page.get_by_role("tab", name="Train").click()
+    fill(page, "folder", image_folder)
+    page.click("#use-folder")
+    page.wait_for_selector("#data-message :text('6 images')", timeout=60_000)
+    fill(page, "train-base", tiny_base)
+    page.click("#suggest")
+    page.wait_for_selector("#start-message :text('Suggested')", timeout=60_000)
+    wanted = suggest(image_folder, str(tiny_base)).values()
+    page.wait_for_function("want => document.querySelector('#steps input').value === want", arg=str(wanted["max_steps"]),
+                           timeout=30_000)
+    assert page.locator("#rank input").input_value() == str(wanted["rank"])
+
+    page.get_by_role("tab", name="Tune").click()
+    fill(page, "tune-folder", image_folder)
+    fill(page, "tune-base", tiny_base)
+    fill(page, "tune-trials", 2)
+    fill(page, "tune-min-steps", 2)
+    fill(page, "tune-max-steps", 3)
+    page.click("#tune-start")
+    page.wait_for_selector("#tune-start-message :text-matches('Study started|Error')", timeout=60_000)
+    assert page.locator("#tune-start-message").inner_text().startswith("Study started")
+    status = _wait_text(page, "#tune-status", ("Done", "**Error", "Error", "Stopped"))
+    assert status.startswith("Done: 2 trials in"), status
+    table = page.locator("#tune-trials-table")
+    # A header and two trials; the table follows the status within a poll.
+    table.locator("[role=grid][aria-rowcount='3']").wait_for(timeout=30_000)
+    assert table.inner_text().count("complete") == 2, table.inner_text()
+    page.click("#tune-train-best")
+    page.wait_for_selector("#tune-best-message :text-matches('Training|Error')", timeout=60_000)
+    assert page.locator("#tune-best-message").inner_text().startswith("Training"), page.locator("#tune-best-message").inner_text()
+    tuned = adapters / f"{image_folder.name}-tuned" / f"{image_folder.name}-tuned.safetensors"
+    deadline = time.time() + 180
+    while not tuned.exists() and time.time() < deadline:
+        time.sleep(0.3)
+    assert tuned.exists()
+    assert (workspace / "tune" / image_folder.name / "best.toml").exists()
+    page.screenshot(path=str(ARTIFACTS / "tune.png"), full_page=True)

@@ -26,7 +26,10 @@ from stylelora.merge_job import MergeConfig, merge
 from stylelora.precision import bf16_support
 from stylelora.styler import Styler
 from stylelora.workspace import caption_rows, dataset_folder, save_captions, save_uploads
-from ui.train_fields import loss_curves, method_row, show_only_own_fields, stopping_row, stopping_settings
+from stylelora.tune.jobs import TuneJob
+from ui.train_fields import (loss_curves, method_row, show_only_own_fields, stopping_row, stopping_settings,
+                             suggested_fields)
+from ui.tune_tab import tune_tab
 
 MAX_UPLOAD = "50mb"
 
@@ -37,6 +40,7 @@ class Session:
     def __init__(self, workspace: Path, adapters: Path):
         self.workspace, self.adapters = workspace.resolve(), adapters.resolve()
         self.job = TrainingJob()
+        self.tune_job = TuneJob()
         self.stylers: dict[str, Styler] = {}
         # Every browser session shares these Stylers, whose weights are set per request:
         # one painting at a time, the rest wait their turn.
@@ -68,6 +72,8 @@ def build_app(workspace: Path, adapters: Path) -> gr.Blocks:
             generate_tab(session)
         with gr.Tab("Library", id="library"):
             library_tab(session)
+        with gr.Tab("Tune", id="tune"):
+            tune_tab(session.workspace, session.adapters, session.tune_job, session.job)
     return app
 
 
@@ -135,6 +141,7 @@ def train_tab(session: Session) -> None:
     with gr.Row():
         start = gr.Button("Start training", variant="primary", elem_id="start")
         stop = gr.Button("Stop", elem_id="stop")
+        suggest_settings = gr.Button("Suggest rank, alpha, rate and steps for these images", elem_id="suggest")
     # What a Start or Stop click answered, apart from the job's status: the poll rewrites that every
     # second, and a refusal shown there vanished before a person (or a test) could read it.
     start_message = gr.Markdown(elem_id="start-message")
@@ -191,6 +198,8 @@ def train_tab(session: Session) -> None:
                            resume, precision, method, targets, *method_fields, *stopping],
                 [start_message])
     stop.click(lambda: session.job.stop() or "Stopping after this step; the checkpoint is kept.", None, [start_message])
+
+    suggest_settings.click(suggested_fields, [dataset, base], [rank, steps, learning_rate, alpha, start_message])
 
     def poll():
         state = session.job.snapshot()

@@ -93,3 +93,19 @@ def loss_curves(losses: list[tuple[int, float]], validation: list[tuple[int, flo
         rows.append((losses[0][0], float("nan"), "validation"))
     return pd.DataFrame(rows, columns=["step", "loss", "curve"]).astype({"step": "int64", "loss": "float64",
                                                                          "curve": "string"})
+
+
+def suggested_fields(folder_path: str, base_model: str):
+    """`stylelora suggest` for the Train tab: rank, steps, learning rate and alpha, and the reasons."""
+    from stylelora.errors import StyleloraError
+    from stylelora.tune.suggest import suggest
+
+    if not folder_path:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip(), "**Error:** upload images or choose a folder first"
+    try:
+        suggestion = suggest(Path(folder_path), base_model or "mini")
+    except StyleloraError as error:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**Error:** {error}"
+    v = suggestion.values()
+    reasons = "".join(f"\n- `--{s.flag} {s.value:g}`: {s.reason}" for s in suggestion.settings)
+    return v["rank"], v["max_steps"], v["learning_rate"], v["alpha"], f"Suggested ({suggestion.summary}):{reasons}"

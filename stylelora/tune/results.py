@@ -102,20 +102,26 @@ def _toml_value(value: Any) -> str:
     return json.dumps(str(value))
 
 
+def table_header(objective: str) -> list[str]:
+    return ["trial", "state", *SETTING_NAMES.values()] + (["style", "colour"] if objective == "judge" else []) + \
+        ["validation loss", "kept step", "seconds"]
+
+
+def table_row(report: TrialReport, objective: str) -> list[str]:
+    """One trial as the results table (and the UI's Tune tab) shows it."""
+    a = report.attrs
+    cells = [str(report.number), report.state.lower() + (f" at {a['pruned_at']}" if "pruned_at" in a else "")]
+    cells += [_cell(report.settings[k]) for k in SETTING_NAMES]
+    if objective == "judge":
+        cells += [f"{a['style']:.0%}" if "style" in a else "", f"{a['colour']:.0%}" if "colour" in a else ""]
+    loss = a.get("validation_loss")
+    return cells + [f"{loss:.5f}" if loss is not None else "", str(a.get("kept_step", "")), str(a.get("seconds", ""))]
+
+
 def results_markdown(config: TuneConfig, reports: list[TrialReport], correlation: float | None) -> str:
-    judged = config.objective == "judge"
-    head = ["trial", "state", *SETTING_NAMES.values()] + (["style", "colour"] if judged else []) + \
-           ["validation loss", "kept step", "seconds"]
+    head = table_header(config.objective)
     rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for r in reports:
-        a = r.attrs
-        cells = [str(r.number), r.state.lower() + (f" at {a['pruned_at']}" if "pruned_at" in a else "")]
-        cells += [_cell(r.settings[k]) for k in SETTING_NAMES]
-        if judged:
-            cells += [f"{a['style']:.0%}" if "style" in a else "", f"{a['colour']:.0%}" if "colour" in a else ""]
-        loss = a.get("validation_loss")
-        cells += [f"{loss:.5f}" if loss is not None else "", str(a.get("kept_step", "")), str(a.get("seconds", ""))]
-        rows.append("| " + " | ".join(cells) + " |")
+    rows += ["| " + " | ".join(table_row(r, config.objective)) + " |" for r in reports]
     note = "" if correlation is None else \
         f"\nSpearman rank correlation of validation loss and style rate over the complete trials: {correlation:+.2f}\n"
     return f"# Study {config.name!r}: objective {config.objective}, best first\n\n" + "\n".join(rows) + "\n" + note

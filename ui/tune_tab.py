@@ -1,0 +1,99 @@
+"""The Tune tab: start a `stylelora tune` study in the background, list its trials as they finish, and train
+with the best one's settings. Layout only: the study is `stylelora.tune`, the training `stylelora.jobs`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from stylelora.config import from_dict, load_toml
+from stylelora.errors import StyleloraError
+from stylelora.methods import METHODS, TARGET_PRESETS
+from stylelora.tune.jobs import TuneJob
+from stylelora.tune.results import table_header, table_row
+from stylelora.tune.space import tune_config_from_dict, validate_tune
+
+TEXT_ENCODER_CHOICES = {"off": "off", "on": "on", "search both": "off,on"}
+
+
+def study_settings(workspace: Path, folder: str, base: str, objective: str, trials, minutes, min_steps, max_steps,
+                   ranks: str, methods: list[str], targets: list[str], text_encoder: str) -> dict:
+    """The tab's fields as `stylelora tune` settings (flag names); 0 minutes means no time limit."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", Path(folder).name or "study")
+    return {"data": folder, "out": str(workspace / "tune" / name), "base": base or "mini", "objective": objective,
+            "trials": int(trials) or None, "timeout": float(minutes) * 60 if minutes else None,
+            "min-steps": int(min_steps), "max-steps": int(max_steps), "ranks": ranks, "methods": ",".join(methods),
+            "target-presets": ",".join(targets), "text-encoder": TEXT_ENCODER_CHOICES[text_encoder]}
+
+
+def tune_tab(workspace: Path, adapters: Path, tune_job: TuneJob, training_job) -> None:
+    gr.Markdown("Search rank, alpha, learning rate and steps (and, if you like, the method, modules and text "
+                "encoder) with optuna. Each trial trains an adapter on most of the folder and is scored on the "
+                "images it held out (or, on the mini base, by the judge). The study is kept: Start again continues it.")
+    with gr.Row():
+        folder = gr.Textbox(label="Image folder on this machine", elem_id="tune-folder")
+        base = gr.Textbox("mini", label="Base model", elem_id="tune-base")
+        objective = gr.Dropdown(["loss", "judge"], value="loss", elem_id="tune-objective",
+                                label="Objective (loss: held-out validation loss; judge: the mini's style rate)")
+    with gr.Row():
+        trials = gr.Number(10, label="Trials", precision=0, elem_id="tune-trials")
+        minutes = gr.Number(0, label="Time limit in minutes (0 = none)", elem_id="tune-minutes")
+        min_steps = gr.Number(100, label="Fewest steps a trial trains", precision=0, elem_id="tune-min-steps")
+        max_steps = gr.Number(1600, label="Most steps a trial trains", precision=0, elem_id="tune-max-steps")
+    with gr.Row():
+        ranks = gr.Textbox("2,4,8,16", label="Ranks to try", elem_id="tune-ranks")
+        methods = gr.Dropdown(list(METHODS), value=["lora"], multiselect=True, label="Methods to try", elem_id="tune-methods")
+        targets = gr.Dropdown(list(TARGET_PRESETS), value=["attn", "attn-mlp"], multiselect=True,
+                              label="Module presets to try", elem_id="tune-targets")
+        text_encoder = gr.Dropdown(list(TEXT_ENCODER_CHOICES), value="off", label="Text encoder", elem_id="tune-te")
+    with gr.Row():
+        start = gr.Button("Start the study", variant="primary", elem_id="tune-start")
+        stop = gr.Button("Stop", elem_id="tune-stop")
+    start_message = gr.Markdown(elem_id="tune-start-message")
+    status = gr.Markdown(elem_id="tune-status")
+    table = gr.Dataframe(headers=table_header("loss"), interactive=False, elem_id="tune-trials-table")
+    with gr.Row():
+        train_best = gr.Button("Train with the best settings", elem_id="tune-train-best")
+        best_message = gr.Markdown(elem_id="tune-best-message")
+    timer = gr.Timer(1.0)
+    fields = [folder, base, objective, trials, minutes, min_steps, max_steps, ranks, methods, targets, text_encoder]
+
+    def on_start(*values):
+        if not values[0]:
+            return "**Error:** name a folder of images first"
+        try:
+            config = validate_tune(tune_config_from_dict(study_settings(workspace, *values)))
+            tune_job.start(config)
+        except StyleloraError as error:
+            return f"**Error:** {error}"
+        return f"Study started in {config.out_dir}."
+
+    def poll():
+        state = tune_job.snapshot()
+        if state.status == "idle":
+            return gr.skip(), gr.skip()
+        word = {"running": "Running", "stopping": "Stopping", "done": "Done", "stopped": "Stopped",
+                "failed": "**Error:**"}[state.status]
+        objective_ = "judge" if any("style" in r.attrs for r in state.trials) else "loss"
+        rows = pd.DataFrame([table_row(r, objective_) for r in state.trials], columns=table_header(objective_))
+        count = f" ({len(state.trials)} trials finished)" if state.status in ("running", "stopping") else ""
+        return f"{word}: {state.message}{count}", rows
+
+    def on_train_best(folder_):
+        best = tune_job.snapshot().best_toml
+        if best is None or not Path(best).exists():
+            return "**Error:** no study has finished here yet"
+        name = re.sub(r"[^A-Za-z0-9_-]", "_", Path(folder_).name or "style") + "-tuned"
+        try:
+            training_job.start(from_dict(load_toml(best) | {"out": adapters / name}))
+        except StyleloraError as error:
+            return f"**Error:** {error}"
+        return f"Training {name} with the best trial's settings ({best}); follow it in the Train tab."
+
+    start.click(on_start, fields, [start_message])
+    stop.click(lambda: tune_job.stop() or "Stopping after this step; the trial is queued again.", None, [start_message])
+    train_best.click(on_train_best, [folder], [best_message])
+    timer.tick(poll, None, [status, table])
