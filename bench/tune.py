@@ -63,25 +63,27 @@ def subset(style: str, count: int) -> Path:
     return folder
 
 
-def evidence(trials: int, max_steps: int, styles: dict[str, str], counts: tuple[int, ...], rules_out: Path) -> None:
+def evidence(trials: int, max_steps: int, styles: dict[str, str], counts: tuple[int, ...], rules_out: Path,
+             reverse: bool = False) -> None:
     """A judge-objective study per style and image count over rank, learning rate and steps; the top trials'
     settings become suggest's rules. Alpha stays at the rank: under Adam it acts as a factor on the rate."""
     studies = []
-    for style, judged in styles.items():
-        for count in counts:
-            start = time.time()
-            config = TuneConfig(data=subset(style, count), out=WORK / f"evidence-{style}-{count}", trials=trials,
-                                objective="judge", judge_style=judged, alpha_ratios=(1.0,), max_steps=max_steps,
-                                min_steps=min(100, max_steps),
-                                target_presets=("attn",))
-            result = tune(config, log=lambda m: print(f"  {m}", flush=True))
-            top = [r for r in result.trials if r.state == "COMPLETE" and r.attrs.get("colour_shortfall", 0) <= 0][:3]
-            studies.append({"style": style, "images": count, "minutes": round((time.time() - start) / 60, 1),
-                            "top": [{"settings": r.settings, "style": r.attrs["style"], "colour": r.attrs["colour"]}
-                                    for r in top],
-                            "all": [{"settings": r.settings, **{k: r.attrs.get(k) for k in ("style", "colour",
-                                     "validation_loss")}} for r in result.trials if r.state == "COMPLETE"]})
-            print(f"{style} at {count} images: best {describe_settings(top[0].settings) if top else 'none'}", flush=True)
+    order = [(style, judged, count) for style, judged in styles.items() for count in counts]
+    for style, judged, count in (reversed(order) if reverse else order):
+        start = time.time()
+        config = TuneConfig(data=subset(style, count), out=WORK / f"evidence-{style}-{count}", trials=trials,
+                            objective="judge", judge_style=judged, alpha_ratios=(1.0,), max_steps=max_steps,
+                            min_steps=min(100, max_steps),
+                            target_presets=("attn",))
+        result = tune(config, log=lambda m: print(f"  {m}", flush=True))
+        top = [r for r in result.trials if r.state == "COMPLETE" and r.attrs.get("colour_shortfall", 0) <= 0][:3]
+        studies.append({"style": style, "images": count, "minutes": round((time.time() - start) / 60, 1),
+                        "top": [{"settings": r.settings, "style": r.attrs["style"], "colour": r.attrs["colour"]}
+                                for r in top],
+                        "all": [{"settings": r.settings, **{k: r.attrs.get(k) for k in ("style", "colour",
+                                 "validation_loss")}} for r in result.trials if r.state == "COMPLETE"]})
+        print(f"{style} at {count} images: best {describe_settings(top[0].settings) if top else 'none'}", flush=True)
+    studies.sort(key=lambda s: (list(styles).index(s["style"]), s["images"]))
     write_atomically(RESULTS / "tune-evidence.json", json.dumps(studies, indent=1).encode())
     write_atomically(rules_out, json.dumps(fit_rules(studies), indent=1).encode())
 
@@ -137,9 +139,9 @@ def judged(path: Path | None, per_prompt: int) -> dict:
 
 
 def compare(per_prompt: int, rules: Path) -> None:
+    """The defaults, suggest's settings and each search's best trial, judged on 96 images with seeds no trial
+    saw. The defaults and suggest train on all 36 images; a trial trained on the 29 it did not hold out."""
     stripes = ROOT / "datasets" / "stripes"
-    found = json.loads((RESULTS / "tune-search.json").read_text())
-    best = next(t for t in found["trials"] if t["number"] == found["best"])
     suggested = suggest(stripes, rules=json.loads(rules.read_text()))
     rows = {}
     for label, settings in (("defaults", {}), ("suggest", suggested.values())):
@@ -147,7 +149,11 @@ def compare(per_prompt: int, rules: Path) -> None:
         result = train(TrainConfig(data=stripes, out=WORK / f"compare-{label}", **settings), progress_bar=False,
                        log=lambda m: None)
         rows[label] = {"adapter": str(result.adapter_path), "seconds": round(time.time() - start), "settings": settings}
-    rows["best trial"] = {"adapter": best["adapter"], "seconds": best["seconds"], "settings": best["settings"]}
+    for space in SPACES:
+        found = json.loads((RESULTS / f"tune-search-{space}.json").read_text())
+        best = next(t for t in found["trials"] if t["number"] == found["best"])
+        rows[f"best trial, {space} space"] = {"adapter": best["adapter"], "seconds": best["seconds"],
+                                              "settings": best["settings"], "trial": best["number"]}
     report = {"base": judged(None, per_prompt)}
     for label, row in rows.items():
         report[label] = row | judged(Path(row["adapter"]), per_prompt)
@@ -155,39 +161,53 @@ def compare(per_prompt: int, rules: Path) -> None:
     write_atomically(RESULTS / "tune-compare.json", json.dumps(report, indent=1).encode())
 
 
+def _settings_text(label: str, row: dict) -> str:
+    if label == "base":
+        return ""
+    if label == "defaults":
+        return "rank 4, alpha 4, lr 0.002, steps 800, method lora, targets attn, text encoder off"
+    if label == "suggest":
+        return ", ".join(f"{k.replace('learning_rate', 'lr').replace('max_steps', 'steps')} {v:g}"
+                         for k, v in row["settings"].items())
+    return f"trial {row['trial']}: {describe_settings(row['settings'])}"
+
+
 def markdown() -> str:
-    found = json.loads((RESULTS / "tune-search.json").read_text())
     compared = json.loads((RESULTS / "tune-compare.json").read_text())
     rules = json.loads(RULES.read_text())
     studies = json.loads((RESULTS / "tune-evidence.json").read_text())
-    complete = [t for t in found["trials"] if t["state"] == "COMPLETE"]
-    lines = [f"Measured by `python bench/tune.py` on the miniature base, one CPU thread per part.", "",
-             f"**The search.** `stylelora tune datasets/stripes --objective judge --timeout 20m` over rank, alpha, "
-             f"learning rate, steps, all six methods, the four module presets and the text encoder: "
-             f"{len(complete)} trials finished in {found['minutes']} min. Each trial is judged on 24 images (fixed "
-             "seeds); the comparison below re-judges on 96 images with seeds no trial saw.", "",
-             "| adapter | settings | striped | colour right | shape right | train time |", "| --- | --- | --- | --- | --- | --- |"]
-    for label in ("base", "defaults", "suggest", "best trial"):
-        row = compared[label]
-        settings = "" if label == "base" else ("rank 4, alpha 4, lr 0.002, steps 800, lora, attn" if label == "defaults"
-                                               else describe_settings(row["settings"]) if label == "best trial" else
-                                               ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in row["settings"].items()))
-        lines.append(f"| {label} | {settings} | {row['striped']:.0%} | {row['colour']:.0%} | {row['shape']:.0%} | "
-                     f"{row.get('seconds', '') and str(row['seconds']) + ' s'} |")
-    corr = found["correlation"]
-    lines += ["", f"Rank correlation (Spearman) of the held-out validation loss and the judged style rate over the "
-              f"{len(complete)} trials: {corr:+.2f}" if corr is not None else "", "",
-              f"**Suggest's rules** come from {rules['studies']} judge-objective studies (`--part evidence`: each style "
-              f"folder at {', '.join(map(str, COUNTS))} images, rank x learning rate x steps, {len(studies[0]['all'])} "
-              "trials each). Fit over the top three trials of every study: "
-              f"steps = {rules['steps']['a']:.0f} x images^{rules['steps']['b']:.2f} (within {rules['steps']['low']}-"
-              f"{rules['steps']['high']}), learning rate {rules['learning_rate']:.2g} (median), rank {rules['rank']} "
-              "(most common).", "", "| folder | images | best trial | its style rate | colour right |",
-              "| --- | --- | --- | --- | --- |"]
+    searches = {space: json.loads((RESULTS / f"tune-search-{space}.json").read_text()) for space in SPACES}
+    lines = ["Measured by `python bench/tune.py` on the miniature base, one CPU thread per part, the parts two at a "
+             "time on this 2-core machine.", ""]
+    for space, found in searches.items():
+        done = [t for t in found["trials"] if t["state"] == "COMPLETE"]
+        what = ("the default space (rank, alpha, learning rate, steps, attn or attn-mlp; LoRA, text encoder off)"
+                if space == "default" else "every searchable setting (also the six methods, four module presets "
+                "and the text encoder)")
+        corr = found["correlation"]
+        lines.append(f"- **{space} space**: `stylelora tune datasets/stripes --objective judge --timeout 20m` over "
+                     f"{what}: {len(done)} trials in {found['minutes']} min; rank correlation (Spearman) of the "
+                     f"held-out validation loss and the judged style rate over its trials: "
+                     + (f"{corr:+.2f}." if corr is not None else "too few trials."))
+    lines += ["", "Each trial is judged on 24 images (fixed seeds); below, every adapter is judged again on 96 images "
+              "whose seeds no trial saw.", "",
+              "| adapter | settings | striped | colour right | shape right | train time |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for label, row in compared.items():
+        seconds = f"{row['seconds']:.0f} s" if row.get("seconds") else ""
+        lines.append(f"| {label} | {_settings_text(label, row)} | {row['striped']:.0%} | {row['colour']:.0%} | "
+                     f"{row['shape']:.0%} | {seconds} |")
+    lines += ["", f"**Suggest's rules** come from {rules['studies']} judge-objective studies (`--part evidence`: each "
+              f"style folder at {', '.join(map(str, COUNTS))} images, searching rank, learning rate and steps, "
+              f"{len(studies[0]['all'])} trials each). Fitted over the top three trials of every study: steps = "
+              f"{rules['steps']['a']:.0f} x images^{rules['steps']['b']:.2f} (kept within {rules['steps']['low']}-"
+              f"{rules['steps']['high']}), learning rate {rules['learning_rate']:.2g} (their median), rank "
+              f"{rules['rank']} (their most common).", "",
+              "| folder | images | best trial | its style rate | colour right |", "| --- | --- | --- | --- | --- |"]
     for s in studies:
         top = s["top"][0] if s["top"] else None
-        lines.append(f"| {s['style']} | {s['images']} | {describe_settings(top['settings']) if top else 'none feasible'} | "
-                     f"{top['style']:.0%} | {top['colour']:.0%} |" if top else f"| {s['style']} | {s['images']} | none | | |")
+        lines.append(f"| {s['style']} | {s['images']} | {describe_settings(top['settings'])} | {top['style']:.0%} | "
+                     f"{top['colour']:.0%} |" if top else f"| {s['style']} | {s['images']} | none feasible | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -195,6 +215,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=("evidence", "search", "compare", "report", "all"), default="all")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--reverse", action="store_true",
+                        help="evidence: take the studies in reverse order; a second process so started shares the "
+                             "work with the first (they meet in a study and share its trials, optuna's distributed mode)")
     parser.add_argument("--space", choices=("default", "full", "both"), default="both",
                         help="the search part's space: the CLI's default one, every setting, or both")
     args = parser.parse_args()
@@ -207,7 +230,7 @@ def main() -> None:
         RESULTS.mkdir(parents=True, exist_ok=True)
     if args.part in ("evidence", "all"):
         evidence(trials=2 if quick else 6, max_steps=60 if quick else 1600,
-                 styles={"stripes": "striped"} if quick else STYLES, counts=(6,) if quick else COUNTS,
+                 styles={"stripes": "striped"} if quick else STYLES, counts=(6,) if quick else COUNTS, reverse=args.reverse,
                  rules_out=RESULTS / "rules.json" if quick else RULES)
     if args.part in ("search", "all"):
         for space in (("default", "full") if args.space == "both" else (args.space,)):

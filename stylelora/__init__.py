@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from . import precision as _precision
 
 __version__ = "0.1.0"
-__all__ = ["TrainConfig", "TrainResult", "StyleloraError", "train", "__version__"]
+__all__ = ["TrainConfig", "TrainResult", "StyleloraError", "train", "TuneConfig", "tune", "suggest", "__version__"]
 
 # Where a CPU's AMX kernels were measured to die, cap oneDNN below them before any kernel runs.
 # This reads a cached verdict only (a small JSON file); the probe itself runs when bf16 is considered.
@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from .config import TrainConfig
     from .errors import StyleloraError
     from .training import TrainResult, train
+    from .tune.search import tune
+    from .tune.space import TuneConfig
+    from .tune.suggest import suggest
 
 
 def __getattr__(name: str):
@@ -33,4 +36,9 @@ def __getattr__(name: str):
         import importlib
 
         return getattr(importlib.import_module("stylelora.training"), name)
+    if name in ("tune", "TuneConfig", "suggest"):
+        import importlib
+
+        module = {"tune": "search", "TuneConfig": "space", "suggest": "suggest"}[name]
+        return getattr(importlib.import_module(f"stylelora.tune.{module}"), name)
     raise AttributeError(f"module 'stylelora' has no attribute {name!r}")

@@ -1,6 +1,8 @@
 """README.md stays true: every flag of `stylelora train` is in its option table, and CI runs its test command."""
 
 import argparse
+
+import pytest
 from pathlib import Path
 
 from stylelora.cli import build_parser
@@ -8,13 +10,14 @@ from stylelora.cli import build_parser
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_every_train_flag_is_documented():
+@pytest.mark.parametrize("command", ["train", "tune", "suggest"])
+def test_every_flag_is_documented(command):
     readme = (ROOT / "README.md").read_text()
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    flags = [o for a in commands.choices["train"]._actions for o in a.option_strings
+    flags = [o for a in commands.choices[command]._actions for o in a.option_strings
              if o.startswith("--") and not o.startswith("--no-") and o != "--help"]
     missing = [f for f in flags if f"`{f}`" not in readme]
-    assert flags and not missing, f"add these to README.md's option table: {missing}"
+    assert flags and not missing, f"add these to README.md's option table of {command}: {missing}"
 
 
 def test_ci_runs_the_readme_test_command():
@@ -35,3 +38,9 @@ def test_readme_stopping_report_is_what_bench_stopping_wrote():
     readme = (ROOT / "README.md").read_text()
     section = readme.split("<!-- stopping-report:start -->\n", 1)[1].split("<!-- stopping-report:end -->", 1)[0]
     assert section == (ROOT / "bench" / "results" / "stopping.md").read_text()
+
+
+def test_readme_tune_report_is_what_bench_tune_wrote():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("<!-- tune-report:start -->\n", 1)[1].split("<!-- tune-report:end -->", 1)[0]
+    assert section == (ROOT / "bench" / "results" / "tune.md").read_text()

@@ -96,11 +96,11 @@ def open_study(config: TuneConfig):
     study = optuna.create_study(storage=storage, study_name=config.name, load_if_exists=True, pruner=pruner,
                                 sampler=trial_seeded_tpe(config.seed),
                                 direction="minimize" if config.objective == "loss" else "maximize")
-    space = study.user_attrs.get("space")
+    space, wanted = study.user_attrs.get("space"), config.space()
     if space is None:
-        study.set_user_attr("space", config.space())
-    elif space != config.space():
-        changed = ", ".join(k for k in config.space() if config.space()[k] != space.get(k))
+        study.set_user_attr("space", wanted)
+    # Only what the study recorded is compared: one made by an older stylelora recorded fewer settings.
+    elif changed := ", ".join(k for k in space if k in wanted and wanted[k] != space[k]):
         raise ConfigError(f"{config.out_dir}: the study {config.name!r} there was made with other settings ({changed}); "
                           "run again with the same settings to continue it, or choose another --out or --study-name")
     return study
@@ -200,7 +200,7 @@ class TrialRunner:
         steps = settings["max_steps"]
         validate_every = max(self.config.max_steps // 20, 1)  # the same steps in every trial, so the pruner compares
         return TrainConfig(**(vars(self.fixed) | settings | {
-            "out": out, "name": f"trial-{number:04d}", "resume": latest_checkpoint(out) is not None,
+            "out": out, "name": f"trial-{number:04d}", "resume": latest_checkpoint(out) is not None, "auto": False,
             "save_every": max(steps // 10, 1), "validate_every": validate_every,
             "early_stop": 0 if judged else self.config.early_stop, "keep": "last" if judged else "best"}))
 

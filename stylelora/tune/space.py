@@ -83,7 +83,7 @@ class TuneConfig:
 
     def space(self) -> dict[str, Any]:
         """What a study was made with: a rerun on the same study must search the same space."""
-        return {"objective": self.objective, "ranks": list(self.ranks), "alpha_ratios": list(self.alpha_ratios),
+        return {"data": str(Path(self.data).resolve()), "objective": self.objective, "ranks": list(self.ranks), "alpha_ratios": list(self.alpha_ratios),
                 "lr_range": list(self.learning_rates()), "steps": [self.min_steps, self.max_steps],
                 "methods": list(self.methods), "target_presets": list(self.target_presets),
                 "text_encoder": list(self.text_encoder), "early_stop": self.early_stop, "seed": self.seed,
