@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ..config import TrainConfig
 from ..files import write_atomically
 from .search import TrialReport, TuneResult
 from .space import TuneConfig
@@ -69,19 +70,15 @@ def ranked(study, config: TuneConfig) -> list[TrialReport]:
     return sorted(reports, key=key)
 
 
+RUN_ONLY = ("out", "name", "resume", "save_every", "auto")  # where the trial wrote, not how it trained
+
+
 def best_toml(config: TuneConfig, best: TrialReport) -> str:
-    """A `stylelora train --config` file that trains the best trial's adapter again: the same settings, the
-    same held-out images, the same stopping rule."""
-    values = {k.replace("_", "-"): v for k, v in config.train.items()}
-    values |= {"data": str(config.data), "seed": config.seed}
-    values |= {k.replace("_", "-"): v for k, v in best.settings.items()}
-    if "validation-data" not in values and not values.get("validation-split"):
-        values["validation-split"] = 0.2
-    validate_every = max(config.max_steps // 20, 1)
-    if config.objective == "loss":
-        values |= {"validate-every": validate_every, "early-stop": config.early_stop, "keep": "best"}
-    else:
-        values |= {"validate-every": validate_every, "keep": "last"}
+    """A `stylelora train --config` file that trains the best trial's adapter again: the trial's own training
+    settings (the same held-out images, the same stopping rule), less where it wrote."""
+    defaults = TrainConfig(data=Path(".")).to_json_dict()
+    values = {k.replace("_", "-"): v for k, v in best.attrs["train_config"].items()
+              if k not in RUN_ONLY and v is not None and (v != defaults[k] or k == "data" or k in best.settings)}
     a = best.attrs
     lines = [f"# The best trial ({best.number}) of study {config.name!r}, objective {config.objective}: "
              + (f"validation loss {a.get('validation_loss'):.5f}, kept step {a.get('kept_step')}"

@@ -169,9 +169,11 @@ class TrialRunner:
         # A retry continues the killed trial's run, in its folder.
         number = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial", trial.number)
         trial.set_user_attr("run", number)
+        run_config = self.trial_config(number, settings)
+        trial.set_user_attr("train_config", run_config.to_json_dict())  # what best.toml writes back
         started = time.time()
         try:
-            result = self._train(trial, self.trial_config(number, settings))
+            result = self._train(trial, run_config)
         except TrainingInterrupted:
             raise
         except TrainingError as error:  # this trial's settings diverged (a NaN loss): a failed trial, not a failed study
