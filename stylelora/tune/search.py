@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from ..checkpoint import latest_checkpoint
 from ..config import TrainConfig
+from ..data import scan_folder
 from ..errors import ConfigError, TrainingError, TrainingInterrupted
 from .space import TuneConfig, sample, validate_tune
 
@@ -242,6 +243,8 @@ def tune(config: TuneConfig, on_trial: Callable[[TrialReport], None] | None = No
     import optuna
 
     validate_tune(config)
+    fixed = config.base_train_config()
+    scan_folder(fixed.data, fixed.caption, fixed.trigger)  # a missing or empty folder fails before any study is made
     with warnings.catch_warnings():
         # The heartbeat, the retry callback and the matplotlib plots are marked experimental in optuna 5.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -257,8 +260,8 @@ def _run_study(config: TuneConfig, on_trial: Callable[[TrialReport], None] | Non
     deadline = time.time() + config.timeout if config.timeout else math.inf
     budget = config.trial_budget
     log(f"Study {config.name!r} in {config.storage_url}: objective {config.objective}, "
-        f"{'%d trials' % budget if budget else 'no trial limit'}"
-        f"{', stopping after %.0f s' % config.timeout if config.timeout else ''}.")
+        f"{'no trial limit' if budget is None else f'{budget} trial' + ('' if budget == 1 else 's')}"
+        f"{', no new trial after %.0f s' % config.timeout if config.timeout else ''}.")
 
     def finished(study_, frozen) -> None:
         report = report_of(frozen, config)
