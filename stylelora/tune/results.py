@@ -195,7 +195,7 @@ def write_results(study, config: TuneConfig, judge=None) -> TuneResult:
          for r in reports], indent=1).encode())
     best = complete[0] if complete else None
     toml = None
-    if best is not None:
+    if best is not None and "train_config" in best.attrs:  # (a trial of an older stylelora kept no config)
         toml = out / "best.toml"
         write_atomically(toml, best_toml(config, best).encode())
     files = [out / "results.md", out / "results.json"] + write_plots(study, out)
