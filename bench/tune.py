@@ -167,7 +167,7 @@ def _settings_text(label: str, row: dict) -> str:
     if label == "defaults":
         return "rank 4, alpha 4, lr 0.002, steps 800, method lora, targets attn, text encoder off"
     if label == "suggest":
-        return ", ".join(f"{k.replace('learning_rate', 'lr').replace('max_steps', 'steps')} {v:g}"
+        return ", ".join(f"{k.replace('learning_rate', 'lr').replace('max_steps', 'steps')} {v:.3g}"
                          for k, v in row["settings"].items())
     return f"trial {row['trial']}: {describe_settings(row['settings'])}"
 
@@ -197,6 +197,12 @@ def markdown() -> str:
         seconds = f"{row['seconds']:.0f} s" if row.get("seconds") else ""
         lines.append(f"| {label} | {_settings_text(label, row)} | {row['striped']:.0%} | {row['colour']:.0%} | "
                      f"{row['shape']:.0%} | {seconds} |")
+    scored = []
+    for space, found in searches.items():
+        best = next(t for t in found["trials"] if t["number"] == found["best"])
+        scored.append(f"{best['style']:.0%} striped and colour {best['colour']:.0%} ({space} space)")
+    lines += ["", f"In their studies the best trials had scored {' and '.join(scored)} on the 24 images each trial is "
+              "judged on."]
     lines += ["", f"**Suggest's rules** come from {rules['studies']} judge-objective studies (`--part evidence`: each "
               f"style folder at {', '.join(map(str, COUNTS))} images, searching rank, learning rate and steps, "
               f"{len(studies[0]['all'])} trials each). Fitted over the top three trials of every study: steps = "
