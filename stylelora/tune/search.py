@@ -264,9 +264,10 @@ def _run_study(config: TuneConfig, on_trial: Callable[[TrialReport], None] | Non
         f"{', no new trial after %.0f s' % config.timeout if config.timeout else ''}.")
 
     def finished(study_, frozen) -> None:
+        if "surplus" in frozen.user_attrs:  # never ran: another process took the budget's last trial
+            return
         report = report_of(frozen, config)
-        if "surplus" not in frozen.user_attrs:
-            log(progress_line(report, _finished_count(study_), budget))
+        log(progress_line(report, _finished_count(study_), budget))
         if on_trial is not None:
             on_trial(report)
 
