@@ -11,21 +11,10 @@ from typing import Any
 from ..config import TrainConfig
 from ..files import write_atomically
 from .search import TrialReport, TuneResult
-from .space import TuneConfig
+from .space import TuneConfig, settings_of
 
 SETTING_NAMES = {"rank": "rank", "alpha": "alpha", "learning_rate": "lr", "max_steps": "steps", "method": "method",
                  "targets": "targets", "train_text_encoder": "text encoder"}
-
-
-def trial_settings(frozen, config: TuneConfig) -> dict[str, Any]:
-    """The trial's training settings (searched and fixed parts of the space), as TrainConfig fields."""
-    p = frozen.params
-    rank = p.get("rank", config.ranks[0])
-    low, _ = config.learning_rates()
-    return {"rank": rank, "alpha": rank * p.get("alpha_ratio", config.alpha_ratios[0]),
-            "learning_rate": p.get("learning_rate", low), "max_steps": p.get("steps", config.max_steps),
-            "method": p.get("method", config.methods[0]), "targets": p.get("targets", config.target_presets[0]),
-            "train_text_encoder": p.get("text_encoder", config.text_encoder[0])}
 
 
 def describe_settings(settings: dict[str, Any]) -> str:
@@ -48,10 +37,9 @@ def progress_line(report: TrialReport, finished: int, budget: int | None) -> str
             f"{'; '.join(scores)} ({a.get('seconds', 0):.0f}s)")
 
 
-def report_of(frozen, config: TuneConfig | None = None) -> TrialReport:
-    settings = trial_settings(frozen, config) if config is not None else dict(frozen.params)
-    return TrialReport(frozen.number, frozen.state.name, frozen.value if frozen.values else None, settings,
-                       dict(frozen.user_attrs))
+def report_of(frozen, config: TuneConfig) -> TrialReport:
+    return TrialReport(frozen.number, frozen.state.name, frozen.value if frozen.values else None,
+                       settings_of(frozen.params, config), dict(frozen.user_attrs))
 
 
 def ranked(study, config: TuneConfig) -> list[TrialReport]:

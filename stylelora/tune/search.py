@@ -151,9 +151,9 @@ def _counted(study) -> list:
 class TrialRunner:
     """The objective: train one adapter with the trial's settings, then score it."""
 
-    def __init__(self, config: TuneConfig, log: Callable[[str], None], should_stop: Callable[[], bool] | None):
-        self.config, self.log, self.should_stop = config, log, should_stop
-        self.fixed = config.base_train_config()
+    def __init__(self, config: TuneConfig, fixed: TrainConfig, log: Callable[[str], None],
+                 should_stop: Callable[[], bool] | None):
+        self.config, self.fixed, self.log, self.should_stop = config, fixed, log, should_stop
         self.judge = None
         if config.objective == "judge":
             from .judging import StyleJudge
@@ -248,15 +248,15 @@ def tune(config: TuneConfig, on_trial: Callable[[TrialReport], None] | None = No
     with warnings.catch_warnings():
         # The heartbeat, the retry callback and the matplotlib plots are marked experimental in optuna 5.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return _run_study(config, on_trial, should_stop, log)
+        return _run_study(config, fixed, on_trial, should_stop, log)
 
 
-def _run_study(config: TuneConfig, on_trial: Callable[[TrialReport], None] | None,
+def _run_study(config: TuneConfig, fixed: TrainConfig, on_trial: Callable[[TrialReport], None] | None,
                should_stop: Callable[[], bool] | None, log: Callable[[str], None]) -> TuneResult:
     from .results import progress_line, report_of, write_results
 
     study = open_study(config)
-    runner = TrialRunner(config, log, should_stop)
+    runner = TrialRunner(config, fixed, log, should_stop)
     deadline = time.time() + config.timeout if config.timeout else math.inf
     budget = config.trial_budget
     log(f"Study {config.name!r} in {config.storage_url}: objective {config.objective}, "

@@ -83,8 +83,8 @@ class TuneConfig:
 
     def space(self) -> dict[str, Any]:
         """What a study was made with: a rerun on the same study must search the same space."""
-        return {"data": str(Path(self.data).resolve()), "objective": self.objective, "ranks": list(self.ranks), "alpha_ratios": list(self.alpha_ratios),
-                "lr_range": list(self.learning_rates()), "steps": [self.min_steps, self.max_steps],
+        return {"data": str(Path(self.data).resolve()), "objective": self.objective, "ranks": list(self.ranks),
+                "alpha_ratios": list(self.alpha_ratios), "lr_range": list(self.learning_rates()), "steps": [self.min_steps, self.max_steps],
                 "methods": list(self.methods), "target_presets": list(self.target_presets),
                 "text_encoder": list(self.text_encoder), "early_stop": self.early_stop, "seed": self.seed,
                 "judge_style": self.judge_style, "judge_images": self.judge_images,
@@ -137,25 +137,38 @@ def validate_tune(config: TuneConfig) -> TuneConfig:
     return config
 
 
-def sample(trial, config: TuneConfig) -> dict[str, Any]:
-    """The trial's settings, as TrainConfig fields. A setting with one choice is fixed, not searched."""
-    def choose(name: str, choices: tuple):
-        return trial.suggest_categorical(name, list(choices)) if len(choices) > 1 else choices[0]
+# The categorical settings by their optuna parameter name, and the field their choices come from.
+_CHOICES = {"rank": "ranks", "alpha_ratio": "alpha_ratios", "method": "methods", "targets": "target_presets",
+            "text_encoder": "text_encoder"}
 
+
+def sample(trial, config: TuneConfig) -> dict[str, Any]:
+    """Draw the trial's searched settings; return all its settings (`settings_of`). A setting with one choice
+    is fixed, not searched. The draw order is part of a seeded study's reproducibility: keep it."""
+    def choose(name: str) -> None:
+        if len(choices := getattr(config, _CHOICES[name])) > 1:
+            trial.suggest_categorical(name, list(choices))
+
+    choose("rank")
+    choose("alpha_ratio")
     low, high = config.learning_rates()
-    rank = choose("rank", config.ranks)
-    ratio = choose("alpha_ratio", config.alpha_ratios)
-    settings = {
-        "rank": rank,
-        "alpha": rank * ratio,
-        "learning_rate": trial.suggest_float("learning_rate", low, high, log=True) if high > low else low,
-        "max_steps": trial.suggest_int("steps", config.min_steps, config.max_steps, log=True)
-        if config.max_steps > config.min_steps else config.max_steps,
-        "method": choose("method", config.methods),
-        "targets": choose("targets", config.target_presets),
-        "train_text_encoder": choose("text_encoder", config.text_encoder),
-    }
-    return settings
+    if high > low:
+        trial.suggest_float("learning_rate", low, high, log=True)
+    if config.max_steps > config.min_steps:
+        trial.suggest_int("steps", config.min_steps, config.max_steps, log=True)
+    for name in ("method", "targets", "text_encoder"):
+        choose(name)
+    return settings_of(trial.params, config)
+
+
+def settings_of(params: dict[str, Any], config: TuneConfig) -> dict[str, Any]:
+    """A trial's training settings, as TrainConfig fields, from its optuna parameters and the fixed part of the
+    space: the one place that says what each parameter means."""
+    fixed = {name: getattr(config, field_name)[0] for name, field_name in _CHOICES.items()}
+    p = fixed | {"learning_rate": config.learning_rates()[0], "steps": config.max_steps} | params
+    return {"rank": p["rank"], "alpha": p["rank"] * p["alpha_ratio"], "learning_rate": p["learning_rate"],
+            "max_steps": p["steps"], "method": p["method"], "targets": p["targets"],
+            "train_text_encoder": p["text_encoder"]}
 
 
 # ---- turning flag text into values (the CLI and the TOML config share these) ----
