@@ -9,9 +9,10 @@ from pathlib import Path
 import diffusers
 import torch
 import transformers
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline
 
 from .errors import BaseModelError
+from .families import SD1, SDXL, Family, family_of_unet
 from .files import PICKLE_SUFFIXES
 
 diffusers.utils.logging.disable_progress_bar()
@@ -50,29 +51,63 @@ def resolve_base(spec: str) -> str:
 _LOADING = threading.Lock()
 
 
-def load_base(spec: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> StableDiffusionPipeline:
-    """Load the whole pipeline in `dtype` on `device`, with the safety checker off (we train styles, not filters)."""
+def load_base(spec: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> DiffusionPipeline:
+    """Load the whole pipeline of the base's family (StableDiffusionPipeline or StableDiffusionXLPipeline) in
+    `dtype` on `device`, with the safety checker off (we train styles, not filters)."""
     kind = resolve_base(spec)
-    options = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    family = base_family(spec)
+    options = dict(dtype=dtype) | ({} if family is SDXL else dict(safety_checker=None, requires_safety_checker=False))
     # Loading builds modules on the meta device inside a process-wide context, so two threads loading
     # at once (the UI: a training job and a generation) break each other. One load at a time.
     with _LOADING:
-        pipe = _load(spec, kind, dtype, options)
+        pipe = _load(spec, kind, family, options)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
 
-def _load(spec: str, kind: str, dtype: torch.dtype, options: dict) -> StableDiffusionPipeline:
+def _load(spec: str, kind: str, family: Family, options: dict) -> DiffusionPipeline:
     try:
         if kind == "file":
-            pipe = StableDiffusionPipeline.from_single_file(spec, dtype=dtype)
+            pipe = family.pipeline_class.from_single_file(spec, dtype=options["dtype"])
         else:
             source = str(MINI_WEIGHTS) if kind == "mini" else spec
-            pipe = StableDiffusionPipeline.from_pretrained(source, **options)
+            pipe = family.pipeline_class.from_pretrained(source, **options)
     except (OSError, ValueError, EnvironmentError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise BaseModelError(f"{spec}: cannot load the base model ({first_line})") from None
     return pipe
+
+
+def base_family(spec: str) -> Family:
+    """The base's model family, read before any weight: from the UNet's config (a folder or hub id), or from a
+    single file's tensor names and shapes, through diffusers' own checkpoint detection. SD1.x where neither can
+    be read first: loading proper then says what is wrong."""
+    kind = resolve_base(spec)
+    if kind == "file":
+        return _single_file_family(Path(spec).expanduser())
+    try:
+        return family_of_unet(_unet_config(spec, kind))
+    except (OSError, ValueError, TypeError):
+        return SD1
+
+
+def _unet_config(spec: str, kind: str) -> dict:
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel.load_config(str(MINI_WEIGHTS) if kind == "mini" else spec, subfolder="unet")
+
+
+def _single_file_family(path: Path) -> Family:
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+    from safetensors import safe_open
+
+    try:  # shapes only: meta tensors, nothing read
+        with safe_open(str(path), "pt") as opened:
+            shapes = {key: torch.empty(opened.get_slice(key).get_shape(), device="meta") for key in opened.keys()}
+    except Exception:  # safetensors has its own error types; loading proper reports the damage
+        return SD1
+    model_type = infer_diffusers_model_type(shapes)
+    return SDXL if model_type.startswith(("xl_", "playground")) else SD1
 
 
 def unet_parameter_count(spec: str) -> int | None:
@@ -84,9 +119,8 @@ def unet_parameter_count(spec: str) -> int | None:
     kind = resolve_base(spec)
     if kind == "file":
         return None
-    source = str(MINI_WEIGHTS) if kind == "mini" else spec
     try:
-        config = UNet2DConditionModel.load_config(source, subfolder="unet")
+        config = _unet_config(spec, kind)
         with init_empty_weights():
             unet = UNet2DConditionModel.from_config(config)
     except (OSError, ValueError, TypeError):  # loading proper says what is wrong, in its own words
@@ -102,9 +136,3 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
         head = tensor.detach().flatten()[:64].float().cpu().numpy().tobytes()
         digest.update(name.encode() + str(tuple(tensor.shape)).encode() + head)
     return digest.hexdigest()[:16]
-
-
-def architecture_of(unet: torch.nn.Module) -> str:
-    """'sd1', 'sd2' or 'sdxl' from the UNet's cross-attention width; 'mini' for ours."""
-    width = getattr(unet.config, "cross_attention_dim", None)
-    return {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(width, "mini" if width and width < 768 else "unknown")

@@ -10,24 +10,34 @@ from __future__ import annotations
 import hashlib
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import safetensors.torch
 import torch
 
+from .families import Conditioning
 from .files import write_atomically
-from .data import Example, load_rgb, preprocess
+from .data import Example, Size, load_rgb, preprocess
 
 
 class LatentCache:
-    """Unscaled latents per (image, resolution, flip), in memory and, if `folder` is set, on disk."""
+    """Unscaled latents per (image, bucket, flip), in memory and, if `folder` is set, on disk. `targets` gives
+    each image's bucket (width, height) by content hash; an image it does not name trains as a square of
+    `resolution` (the validation images)."""
 
-    def __init__(self, vae: torch.nn.Module, vae_id: str, resolution: int, folder: Path | None = None):
+    def __init__(self, vae: torch.nn.Module, vae_id: str, resolution: int, folder: Path | None = None,
+                 targets: dict[str, Size] | None = None):
         self.vae, self.vae_id, self.resolution, self.folder = vae, vae_id, resolution, folder
+        self.targets = targets or {}
         self.memory: dict[str, torch.Tensor] = {}
         self.hits = self.misses = 0
 
+    def target(self, example: Example) -> Size:
+        return self.targets.get(example.sha256, (self.resolution, self.resolution))
+
     def key(self, example: Example, flip: bool) -> str:
-        recipe = f"{example.sha256}|{self.resolution}|center|flip={flip}|{self.vae_id}|mean"
+        width, height = self.target(example)
+        recipe = f"{example.sha256}|{width}x{height}|center|flip={flip}|{self.vae_id}|mean"
         return hashlib.sha256(recipe.encode()).hexdigest()[:32]
 
     def latents(self, example: Example, flip: bool, write: bool = True) -> torch.Tensor:
@@ -43,7 +53,7 @@ class LatentCache:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # scan_folder has already reported what is odd about the image
                 image = load_rgb(example.path)
-            pixels = preprocess(image, self.resolution, random_crop=False, flip=flip)
+            pixels = preprocess(image, self.target(example), random_crop=False, flip=flip)
             value = encode_latents(self.vae, pixels[None])[0]
             if path is not None and write:
                 write_atomically(path, safetensors.torch.save({"latents": value.contiguous()}))
@@ -67,14 +77,15 @@ def encode_latents(vae: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
 
 
 class TextCache:
-    """Text-encoder outputs per caption; only valid while the text encoder is frozen."""
+    """The text side's conditioning per caption (the context, and SDXL's pooled embedding with it); only valid
+    while the text encoders are frozen."""
 
     def __init__(self) -> None:
-        self.memory: dict[str, torch.Tensor] = {}
+        self.memory: dict[str, Conditioning] = {}
 
-    def get(self, caption: str, encode) -> torch.Tensor:
+    def get(self, caption: str, encode: Callable[[list[str]], Conditioning]) -> Conditioning:
         if caption not in self.memory:
-            self.memory[caption] = encode([caption])[0]
+            self.memory[caption] = encode([caption]).row(0)
         return self.memory[caption]
 
 

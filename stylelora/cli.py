@@ -42,6 +42,13 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     g.add_argument("--resolution", type=int, help="training size in pixels, a multiple of 8 (default: the base's native size)")
     g.add_argument("--random-crop", action=argparse.BooleanOptionalAction, default=None, help="random instead of center crops")
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips")
+    g.add_argument("--buckets", action=argparse.BooleanOptionalAction, default=None,
+                   help="aspect-ratio buckets, so no image is cropped to a square (on); --no-buckets: centre squares")
+    g.add_argument("--bucket-step", type=int, help="bucket sides are multiples of this (64; 8 on the built-in mini base)")
+    g.add_argument("--min-bucket", type=int, help="shortest bucket side in pixels (half the resolution)")
+    g.add_argument("--max-bucket", type=int, help="longest bucket side in pixels (twice the resolution)")
+    g.add_argument("--no-upscale", action="store_true", default=None,
+                   help="never enlarge an image to fill a bucket: each trains at its own size, rounded down to the step")
     g = p.add_argument_group("adapter")
     g.add_argument("--method", help="lora, dora, loha, lokr, adalora or dylora (lora); DoRA is written with the "
                                     "magnitude per input column, as AUTOMATIC1111 and ComfyUI apply it")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .buckets import BucketSettings
 from .methods import BIAS_METHODS, LORA_PAIR_METHODS, METHODS, TARGET_PRESETS, AdapterSpec
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -36,6 +37,11 @@ class TrainConfig:
     resolution: int | None = None  # None: the base model's native size
     random_crop: bool = False
     flip: bool = False
+    buckets: bool = True  # aspect-ratio buckets (buckets.py); off: every image is a centre square
+    bucket_step: int | None = None  # bucket sides are multiples of this (None: 64; 8 for the miniature base)
+    min_bucket: int | None = None  # the shortest bucket side (None: half the resolution)
+    max_bucket: int | None = None  # the longest bucket side (None: twice the resolution)
+    no_upscale: bool = False  # never enlarge an image to fill a bucket: each keeps its own size, on the step
     # adapter
     rank: int = 4
     alpha: float | None = None  # None: equal to rank, so the scale is 1
@@ -104,6 +110,11 @@ class TrainConfig:
     @property
     def unet_targets(self) -> tuple[str, ...]:
         return TARGET_PRESETS[self.targets] if self.targets else self.target_modules
+
+    def bucket_settings(self, default_step: int) -> BucketSettings:
+        """What bucketing does, with the step of the base's family where --bucket-step is left out."""
+        return BucketSettings(self.buckets, self.bucket_step or default_step, self.min_bucket, self.max_bucket,
+                              self.no_upscale)
 
     def adapter_spec(self) -> AdapterSpec:
         conv_rank = (self.conv_rank or self.rank) if self.targets == "all" and self.method != "adalora" else None
@@ -174,6 +185,17 @@ def validate(config: TrainConfig) -> TrainConfig:
         (c.keep_tags >= 0, "keep_tags", "the number of leading tags to keep must be 0 or more"),
         (c.resolution is None or (c.resolution >= 8 and c.resolution % 8 == 0), "resolution",
          "the resolution must be a positive multiple of 8, e.g. 512"),
+        (c.bucket_step is None or (c.bucket_step >= 8 and c.bucket_step % 8 == 0), "bucket_step",
+         "bucket sides step by a positive multiple of 8: 64 is usual (8 for the miniature base)"),
+        (c.min_bucket is None or (c.min_bucket >= 8 and c.min_bucket % 8 == 0), "min_bucket",
+         "the shortest bucket side must be a positive multiple of 8, e.g. 256"),
+        (c.max_bucket is None or (c.max_bucket >= 8 and c.max_bucket % 8 == 0), "max_bucket",
+         "the longest bucket side must be a positive multiple of 8, e.g. 1024"),
+        (c.min_bucket is None or c.max_bucket is None or c.min_bucket <= c.max_bucket, "min_bucket",
+         f"the shortest bucket side must not exceed --max-bucket {c.max_bucket}"),
+        (c.buckets or not (c.no_upscale or c.bucket_step or c.min_bucket or c.max_bucket),
+         "no_upscale" if c.no_upscale else "bucket_step" if c.bucket_step else "min_bucket" if c.min_bucket else "max_bucket",
+         "bucket settings need bucketing: leave out --no-buckets"),
         (c.learning_rate is None or c.learning_rate > 0, "learning_rate", "the learning rate must be above 0, e.g. 1e-4"),
         (c.text_encoder_lr > 0, "text_encoder_lr", "the learning rate must be above 0, e.g. 5e-5"),
         (c.lr_schedule in LR_SCHEDULES, "lr_schedule", f"choose one of {', '.join(LR_SCHEDULES)}"),

@@ -19,6 +19,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .errors import DatasetError
+from .families import Placement
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 # Image formats people drop in a folder that we do not read, so we can say why.
@@ -185,22 +186,43 @@ def scan_folder(root: Path, default_caption: str = "", trigger: str = "") -> Ima
     return folder
 
 
-def preprocess(image: Image.Image, resolution: int, random_crop: bool, flip: bool,
-               rng: random.Random | None = None) -> torch.Tensor:
-    """Resize the short side to `resolution`, crop a square, maybe flip; return CxHxW in [-1, 1]."""
-    scale = resolution / min(image.size)
-    size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
-    image = image.resize(size, Image.Resampling.BICUBIC)
+Size = tuple[int, int]  # (width, height), as PIL gives it
+
+
+def placement(size: Size, target: Size, random_crop: bool = False, flip: bool = False,
+              rng: random.Random | None = None) -> tuple[Size, Size, Placement]:
+    """How an image of `size` fills `target`: the size it is resized to (covering the target), the crop's
+    top-left (left, top) in it, and the Placement SDXL's micro-conditioning reads (flipped images count the crop
+    from the right, as kohya's sdxl_train does)."""
+    (width, height), (target_w, target_h) = size, target
+    scale = max(target_w / width, target_h / height)
+    resized = (max(target_w, round(width * scale)), max(target_h, round(height * scale)))
     if random_crop:
         rng = rng or random.Random()
-        left, top = rng.randint(0, image.width - resolution), rng.randint(0, image.height - resolution)
+        left, top = rng.randint(0, resized[0] - target_w), rng.randint(0, resized[1] - target_h)
     else:
-        left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
-    image = image.crop((left, top, left + resolution, top + resolution))
+        left, top = (resized[0] - target_w) // 2, (resized[1] - target_h) // 2
+    corner_left = resized[0] - left - target_w if flip else left
+    return resized, (left, top), Placement((height, width), (top, corner_left), (target_h, target_w))
+
+
+def preprocess(image: Image.Image, target: int | Size, random_crop: bool, flip: bool,
+               rng: random.Random | None = None) -> torch.Tensor:
+    """Resize to cover `target` (a bucket's (width, height), or a square side), crop it, maybe flip; return
+    CxHxW in [-1, 1]."""
+    return preprocess_placed(image, target, random_crop, flip, rng)[0]
+
+
+def preprocess_placed(image: Image.Image, target: int | Size, random_crop: bool, flip: bool,
+                      rng: random.Random | None = None) -> tuple[torch.Tensor, Placement]:
+    """preprocess, and where the image sits in its bucket (SDXL's micro-conditioning)."""
+    target = (target, target) if isinstance(target, int) else target
+    resized, (left, top), where = placement(image.size, target, random_crop, flip, rng)
+    image = image.resize(resized, Image.Resampling.BICUBIC).crop((left, top, left + target[0], top + target[1]))
     if flip:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     array = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())
-    return array.permute(2, 0, 1) / 127.5 - 1
+    return array.permute(2, 0, 1) / 127.5 - 1, where
 
 
 def training_caption(caption: str, trigger: str, dropout: float, shuffle: bool, keep: int,

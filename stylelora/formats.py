@@ -19,8 +19,16 @@ from .methods import KINDS
 from .methods.layouts import MODULE_SUFFIXES, LoraModule, ModuleAdapter, read_module
 
 FORMATS = ("kohya", "diffusers", "peft")
-PARTS = ("unet", "text_encoder")
-KOHYA_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+PARTS = ("unet", "text_encoder", "text_encoder_2")
+# Read: kohya's SD1/SD2 prefix and its SDXL pair (lora_te1_ the CLIP-L encoder, lora_te2_ the OpenCLIP-G one).
+KOHYA_PREFIX = {"lora_unet_": "unet", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2", "lora_te_": "text_encoder"}
+
+
+def kohya_prefixes(weights: "LoraWeights") -> dict[str, str]:
+    """Each part's prefix when writing: SDXL files (two text encoders) name them lora_te1_/lora_te2_, as kohya's
+    sdxl_train_network writes and AUTOMATIC1111 and ComfyUI (comfy/lora.py) map them; SD1/SD2 files lora_te_."""
+    sdxl = any(part == "text_encoder_2" for part, _ in weights)
+    return {"unet": "lora_unet_", "text_encoder": "lora_te1_" if sdxl else "lora_te_", "text_encoder_2": "lora_te2_"}
 DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
 
 # Module-name pieces that contain '_' in diffusers/transformers; kohya flattens every '.' to '_'.
@@ -51,21 +59,21 @@ def from_kohya(tensors: dict[str, torch.Tensor], source: Path) -> LoraWeights:
     weights: LoraWeights = {}
     names = {key.split(".", 1)[0] for key in tensors if key.endswith(MODULE_SUFFIXES)}
     for name in sorted(names):
-        part = next((p for p, prefix in KOHYA_PREFIX.items() if name.startswith(prefix)), None)
-        if part is None:
-            raise AdapterFileError(f"{source}: key {name} is neither lora_unet_ nor lora_te_; "
-                                   "only Stable Diffusion 1.x/2.x LoRA files are supported")
+        prefix = next((prefix for prefix in KOHYA_PREFIX if name.startswith(prefix)), None)
+        if prefix is None:
+            raise AdapterFileError(f"{source}: key {name} is none of lora_unet_, lora_te_, lora_te1_, lora_te2_; "
+                                   "only Stable Diffusion 1.x/2.x/XL LoRA files are supported")
         module = read_module(name, tensors)
         if isinstance(module, str):
             raise AdapterFileError(f"{source}: {module}")
-        weights[(part, _unflatten(name[len(KOHYA_PREFIX[part]):]))] = module
+        weights[(KOHYA_PREFIX[prefix], _unflatten(name[len(prefix):]))] = module
     return weights
 
 
 def to_kohya(weights: LoraWeights) -> dict[str, torch.Tensor]:
-    out = {}
+    out, prefixes = {}, kohya_prefixes(weights)
     for (part, module), adapter in weights.items():
-        out |= adapter.tensors(KOHYA_PREFIX[part] + module.replace(".", "_"))
+        out |= adapter.tensors(prefixes[part] + module.replace(".", "_"))
     return out
 
 
@@ -97,7 +105,7 @@ def _from_peft_keys(tensors: dict[str, torch.Tensor], part_of, config_of, source
         config = config_of(part)
         rank = int(down.shape[0])
         alpha = config.get("alpha_pattern", {}).get(module, config.get("lora_alpha", rank)) if config else rank
-        if part == "text_encoder":
+        if part != "unet":
             module = _text_path(module)
         weights[(part, module)] = LoraModule(down, up, float(alpha))
     return weights
@@ -126,9 +134,9 @@ def to_diffusers(weights: LoraWeights) -> tuple[dict[str, torch.Tensor], dict[st
 
 def from_peft_folder(folder: Path) -> LoraWeights:
     """A peft folder: adapter_model.safetensors + adapter_config.json for the UNet, and optionally the
-    same pair in text_encoder/."""
+    same pair in text_encoder/ (and SDXL's text_encoder_2/)."""
     weights: LoraWeights = {}
-    for part, sub in (("unet", folder), ("text_encoder", folder / "text_encoder")):
+    for part, sub in _peft_subfolders(folder):
         file = sub / "adapter_model.safetensors"
         if not file.is_file():
             continue
@@ -143,14 +151,18 @@ def from_peft_folder(folder: Path) -> LoraWeights:
     return weights
 
 
+def _peft_subfolders(folder: Path) -> list[tuple[str, Path]]:
+    return [("unet", folder)] + [(part, folder / part) for part in PARTS[1:]]
+
+
 def to_peft_folder(weights: LoraWeights, folder: Path, metadata: dict[str, str]) -> None:
-    for part, sub in (("unet", folder), ("text_encoder", folder / "text_encoder")):
+    for part, sub in _peft_subfolders(folder):
         modules = {m: w for (p, m), w in weights.items() if p == part}
         if not modules:
             continue
         tensors = {}
         for module, lora in modules.items():
-            name = module[len("text_model."):] if part == "text_encoder" else module
+            name = _strip(part, module)
             tensors[f"base_model.model.{name}.lora_A.weight"] = lora.down.contiguous()
             tensors[f"base_model.model.{name}.lora_B.weight"] = lora.up.contiguous()
         config = _peft_config({(part, _strip(part, m)): w for m, w in modules.items()}, part)
@@ -160,14 +172,14 @@ def to_peft_folder(weights: LoraWeights, folder: Path, metadata: dict[str, str])
 
 
 def _strip(part: str, module: str) -> str:
-    return module[len("text_model."):] if part == "text_encoder" and module.startswith("text_model.") else module
+    return module[len("text_model."):] if part != "unet" and module.startswith("text_model.") else module
 
 
 def detect_format(tensors: dict[str, torch.Tensor]) -> str:
     keys = list(tensors)
-    if any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_")) for k in keys):
+    if any(k.startswith(tuple(KOHYA_PREFIX)) for k in keys):
         return "kohya"
-    if any(k.startswith(("unet.", "text_encoder.")) and ".lora_A." in k for k in keys):
+    if any(k.startswith(tuple(part + "." for part in PARTS)) and ".lora_A." in k for k in keys):
         return "diffusers"
     if any(k.startswith("base_model.model.") for k in keys):
         return "peft"
@@ -192,7 +204,7 @@ def read_lora(path: Path) -> tuple[LoraWeights, dict[str, str], str]:
         weights = _from_peft_keys(tensors, lambda k: ("unet", k[len("base_model.model."):]), lambda p: config, path)
     else:
         raise AdapterFileError(f"{path}: no LoRA weights in a known layout (kohya lora_unet_/lora_te_, "
-                               "diffusers unet./text_encoder., or peft base_model.model.)")
+                               "diffusers unet./text_encoder(_2)., or peft base_model.model.)")
     for (part, module), adapter in weights.items():
         problem = adapter.problem()
         if problem:

@@ -15,7 +15,9 @@ from accelerate import Accelerator
 from .base import weights_fingerprint
 from .cache import LatentCache, TextCache
 from .config import TrainConfig
-from .data import Example, ImageFolder, read_prompts
+from .buckets import BucketPlan, plan_buckets
+from .data import Example, ImageFolder, Size, placement, read_prompts
+from .families import Conditioning
 from .errors import TrainingInterrupted
 from .validation import ValidationSet
 
@@ -29,7 +31,8 @@ class Inputs:
 
     latent_cache: LatentCache | None
     text_cache: TextCache | None
-    encode_text: Callable[[list[str]], torch.Tensor]
+    encode_text: Callable[[list[str]], Conditioning]
+    buckets: BucketPlan
     validation: ValidationSet | None = None
     preserve_prompts: list[str] = field(default_factory=list)
 
@@ -41,16 +44,18 @@ def prepare_inputs(config: TrainConfig, model: Model, folder: ImageFolder, held_
     empty caption, which caches too). Once all is cached, the VAE and the frozen text encoder are freed
     unless previews need them."""
     pipe = model.pipe
-    latent_cache = cache_latents(config, model, folder, accelerator, should_stop, say)
+    buckets = plan_buckets(folder.examples, model.resolution, config.bucket_settings(model.family.bucket_step))
+    buckets.describe(say)
+    if accelerator.is_main_process:
+        buckets.write_report(config.out_dir)
+    latent_cache = cache_latents(config, model, folder, buckets, accelerator, should_stop, say)
     validation = validation_set(config, model, held_out, latent_cache) if held_out else None
     if latent_cache is not None and not config.sample_every:  # only previews would need the VAE again
         latent_cache.vae = pipe.vae = None
     preserve_prompts = read_prompts(config.preserve_prompts, "--preserve-prompts") if config.preserve_prompts else []
 
-    def encode_text(captions: list[str]) -> torch.Tensor:
-        ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids.to(accelerator.device)
-        return pipe.text_encoder(ids)[0]
+    def encode_text(captions: list[str]) -> Conditioning:
+        return model.family.encode(pipe, captions, accelerator.device)
 
     text_cache = TextCache() if not (config.train_text_encoder or config.shuffle_tags) else None
     if text_cache is not None:
@@ -59,13 +64,14 @@ def prepare_inputs(config: TrainConfig, model: Model, folder: ImageFolder, held_
         with torch.no_grad():
             for caption in sorted(captions):
                 text_cache.get(caption, encode_text)
-        if not config.sample_every:  # every caption a step can draw is encoded: the frozen encoder is done
-            pipe.text_encoder = None
+        if not config.sample_every:  # every caption a step can draw is encoded: the frozen encoders are done
+            for encoder in model.family.text_encoders:
+                setattr(pipe, encoder.part, None)
     release_freed_memory()  # what the VAE and text encoder held, and their activations
-    return Inputs(latent_cache, text_cache, encode_text, validation, preserve_prompts)
+    return Inputs(latent_cache, text_cache, encode_text, buckets, validation, preserve_prompts)
 
 
-def cache_latents(config: TrainConfig, model: Model, folder: ImageFolder, accelerator: Accelerator,
+def cache_latents(config: TrainConfig, model: Model, folder: ImageFolder, buckets: BucketPlan, accelerator: Accelerator,
                   should_stop: Callable[[], bool] | None, say: Callable[[str], None]) -> LatentCache | None:
     """Every training image's latents (both flips with --flip), from disk or encoded; None with --random-crop
     or --no-cache-latents, where each step encodes its own."""
@@ -73,7 +79,8 @@ def cache_latents(config: TrainConfig, model: Model, folder: ImageFolder, accele
         if config.random_crop:
             say("Random crops make every step's image different, so latents are encoded each step (no cache).")
         return None
-    latent_cache = latent_encoder(model, config.out_dir / "cache" / "latents" if accelerator.is_main_process else None)
+    latent_cache = latent_encoder(model, config.out_dir / "cache" / "latents" if accelerator.is_main_process else None,
+                                  buckets.by_content)
     for example in folder.examples:
         if should_stop is not None and should_stop():  # encoding many images takes minutes: stop here too
             raise TrainingInterrupted("stopped on request while caching latents, before the first step; "
@@ -86,16 +93,20 @@ def cache_latents(config: TrainConfig, model: Model, folder: ImageFolder, accele
 
 def validation_set(config: TrainConfig, model: Model, held_out: list[Example],
                    latent_cache: LatentCache | None) -> ValidationSet:
-    """The held-out images' centre-crop latents (through the latent cache when there is one) with fixed noise."""
-    encoder = latent_cache or latent_encoder(model)
+    """The held-out images' centre squares at the training resolution (cached beside the training latents when
+    they are), with fixed noise: one shape, so they validate in fixed batches whatever the buckets."""
+    encoder = latent_encoder(model, latent_cache.folder if latent_cache is not None else None)
     latents = [encoder.latents(example, False) * model.latent_scale for example in held_out]
+    square = (model.resolution, model.resolution)
     return ValidationSet.build(latents, [e.caption for e in held_out], [e.sha256 for e in held_out], config.seed,
-                               model.pipe.scheduler.config.num_train_timesteps)
+                               model.pipe.scheduler.config.num_train_timesteps,
+                               [placement(e.size, square)[2] for e in held_out])
 
 
-def latent_encoder(model: Model, folder: Path | None = None) -> LatentCache:
-    """The base's VAE at the training resolution, as a latent cache (on disk in `folder`, if given)."""
-    return LatentCache(model.pipe.vae, weights_fingerprint(model.pipe.vae), model.resolution, folder)
+def latent_encoder(model: Model, folder: Path | None = None, targets: dict[str, Size] | None = None) -> LatentCache:
+    """The base's VAE at each image's bucket (`targets`, by content hash; else the square of the training
+    resolution), as a latent cache (on disk in `folder`, if given)."""
+    return LatentCache(model.pipe.vae, weights_fingerprint(model.pipe.vae), model.resolution, folder, targets)
 
 
 def release_freed_memory() -> None:

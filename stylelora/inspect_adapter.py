@@ -6,24 +6,33 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from .families import FAMILIES, SD1, SD2, SDXL, Family
 from .formats import read_lora
 from .methods import KINDS, TARGET_PRESETS
 from .methods.layouts import method_name
 
-# Cross-attention key/value input width -> architecture.
-_CONTEXT_WIDTH = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
+def family_of_weights(weights, metadata: dict[str, str]) -> Family | None:
+    """The family an adapter was made for: from our metadata, else kohya's ss_base_model_version, else the
+    file itself (a second text encoder, or the width of the cross-attention key/value inputs); None if unknown."""
+    named = metadata.get("stylelora.architecture")
+    if named in FAMILIES:
+        return FAMILIES[named]
+    if str(metadata.get("ss_base_model_version", "")).startswith("sdxl") or any(
+            part == "text_encoder_2" for part, _ in weights):
+        return SDXL
+    widths = {adapter.in_features for (part, module), adapter in weights.items()
+              if part == "unet" and "attn2" in module and module.endswith(("to_k", "to_v"))}
+    return {768: SD1, 1024: SD2, 2048: SDXL}.get(next(iter(widths))) if widths else None
 
 
 def architecture_of_weights(weights, metadata: dict[str, str]) -> str:
-    """SD1.x / SD2.x / SDXL from the width of the cross-attention key/value inputs."""
-    if metadata.get("stylelora.architecture") == "mini":
-        return "stylelora mini"
+    """SD1.x / SD2.x / SDXL / stylelora mini, as family_of_weights reads it."""
+    family = family_of_weights(weights, metadata)
+    if family is not None:
+        return family.label
     widths = {adapter.in_features for (part, module), adapter in weights.items()
               if part == "unet" and "attn2" in module and module.endswith(("to_k", "to_v"))}
-    if not widths:
-        return "unknown"
-    width = next(iter(widths))
-    return _CONTEXT_WIDTH.get(width, f"unknown (context width {width})")
+    return f"unknown (context width {next(iter(widths))})" if widths else "unknown"
 
 
 # Module-name suffixes as --targets and --target-modules name them, longest first.
@@ -58,7 +67,7 @@ def describe(path: Path) -> dict:
         "parameters": sum(adapter.parameter_count for adapter in weights.values()),
         "trained_biases": sum(getattr(adapter, "bias", None) is not None for adapter in weights.values()),
         "targets": targets,
-        "text_encoder": any(part == "text_encoder" for part, _ in weights),
+        "text_encoder": any(part != "unet" for part, _ in weights),
         "groups": [{"part": part, "method": KINDS[kind], "rank": rank, "alpha": alpha,
                     "scale": alpha / rank if rank else 1.0, "modules": count}
                    for (part, kind, rank, alpha), count in sorted(groups.items())],

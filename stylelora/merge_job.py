@@ -14,6 +14,8 @@ from .base import load_base
 from .errors import AdapterFileError, ConfigError
 from .methods.layouts import LoraModule
 from .files import folder_written_atomically
+from .families import UNKNOWN, Family, check_fits, family_of_pipe
+from .inspect_adapter import family_of_weights
 from .formats import read_lora, write_lora
 from .merge import merge_cat, merge_svd
 from .styler import Styler, find_layer, parse_lora_spec
@@ -49,25 +51,41 @@ def merge(config: MergeConfig) -> MergeResult:
     specs = [parse_lora_spec(spec) for spec in config.adapters]
     if config.into_base:
         return MergeResult(fuse_into_base(config.base, specs, config.out))
-    items = [(read_lora(path)[0], weight) for path, weight in specs]
+    read = [read_lora(path) for path, _ in specs]
+    items = [(weights, weight) for (weights, _, _), (_, weight) in zip(read, specs)]
+    family = blend_family([(path, family_of_weights(w, m)) for (path, _), (w, m, _) in zip(specs, read)])
     error = None
     if config.method == "cat":
         merged = merge_cat(items)
     else:
-        merged, error = merge_svd(items, config.rank, base_weights(config.base, items))
+        merged, error = merge_svd(items, config.rank, base_weights(config.base, items, family))
     sources = [{"file": str(p), "unet": w.unet, "te": w.text_encoder} for p, w in specs]
     metadata = {"stylelora.merged_from": json.dumps(sources), "stylelora.merge_method": config.method,
                 "modelspec.merged_from": ", ".join(str(p) for p, _ in specs)}
+    if family is not None:  # the merge fits the base its inputs fit, and says so as they did
+        metadata |= {"stylelora.architecture": family.name, "ss_base_model_version": family.base_model_version}
     write_lora(merged, "kohya", config.out, metadata)
     return MergeResult(config.out, error)
 
 
-def base_weights(base: str, items) -> Callable[[tuple[str, str]], torch.Tensor] | None:
+def blend_family(sources: list[tuple[Path, Family | None]]) -> Family | None:
+    """The one family every adapter of a blend was made for; refuse a blend of SD1.x with SDXL (and the like)."""
+    known = [(path, family) for path, family in sources if family not in (None, UNKNOWN)]
+    for path, family in known[1:]:
+        if family is not known[0][1]:
+            raise AdapterFileError(f"{path} is made for {family.label} but {known[0][0]} for {known[0][1].label}: "
+                                   "adapters of different base families cannot be merged")
+    return known[0][1] if known else None
+
+
+def base_weights(base: str, items, made_for: Family | None = None) -> Callable[[tuple[str, str]], torch.Tensor] | None:
     """Lookups into the base's weights, loaded only when a DoRA, LoHa or LoKr module needs them."""
     if all(type(a) is LoraModule for weights, _ in items for a in weights.values()):
         return None
     pipe = load_base(base)
-    models = {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
+    family = family_of_pipe(pipe)
+    check_fits("the adapter", made_for or family_of_weights(items[0][0], {}), base, family)
+    models = family.models(pipe)
 
     def weight(key: tuple[str, str]) -> torch.Tensor:
         layer = find_layer(models[key[0]], key[1])

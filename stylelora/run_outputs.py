@@ -18,6 +18,7 @@ from .base import weights_fingerprint
 from .checkpoint import save_checkpoint, trainable_tensors
 from .config import TrainConfig
 from .data import ImageFolder
+from .families import FAMILIES, UNKNOWN, family_of_pipe
 from .files import metadata_json, save_safetensors, write_atomically
 from .formats import to_kohya
 from .images import save_png
@@ -35,7 +36,7 @@ def render_samples(pipe, prompts: tuple[str, ...], folder: Path, step: int, seed
     """Fixed-seed previews, so samples from different steps compare like for like: LoRA dropout is off in
     the UNet and the text encoder while they render, and every module goes back to the mode it was in."""
     paths = []
-    with evaluation_mode([model for model in (pipe.unet, pipe.text_encoder) if model is not None]):
+    with evaluation_mode(list(family_of_pipe(pipe).models(pipe).values())):
         for index, prompt in enumerate(prompts):
             generator = torch.Generator().manual_seed(seed)
             image = pipe(prompt, num_inference_steps=20, generator=generator).images[0]
@@ -47,8 +48,7 @@ def render_samples(pipe, prompts: tuple[str, ...], folder: Path, step: int, seed
 def adapter_metadata(config: TrainConfig, folder: ImageFolder, resolution: int, steps: int, base_id: str,
                      architecture: str, prediction_type: str) -> dict[str, str]:
     """Our own keys plus the ss_* and modelspec.* keys that AUTOMATIC1111 and civitai-style tools read."""
-    spec_arch = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-768-v" if prediction_type == "v_prediction"
-                 else "stable-diffusion-v2-512", "sdxl": "stable-diffusion-xl-v1-base"}.get(architecture, f"stylelora-{architecture}")
+    family = FAMILIES.get(architecture, UNKNOWN)
     targets = list(config.unet_targets) + (list(config.text_encoder_targets) if config.train_text_encoder else [])
     spec = config.adapter_spec()
     return metadata_json({
@@ -81,7 +81,7 @@ def adapter_metadata(config: TrainConfig, folder: ImageFolder, resolution: int, 
             "ss_network_dim": file_rank(config),
             "ss_network_alpha": float(config.file_alpha),  # what loaders divide by the rank
             "ss_network_dropout": config.dropout,
-            "ss_base_model_version": {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}.get(architecture, architecture),
+            "ss_base_model_version": family.base_model_version,
             "ss_v2": architecture == "sd2",
             "ss_v_parameterization": prediction_type == "v_prediction",
             "ss_output_name": config.adapter_name,
@@ -109,7 +109,7 @@ def adapter_metadata(config: TrainConfig, folder: ImageFolder, resolution: int, 
         }),
         **({"ss_network_args": args} if (args := network_args(config)) else {}),
         "modelspec.sai_model_spec": "1.0.1",
-        "modelspec.architecture": f"{spec_arch}/lora",
+        "modelspec.architecture": family.modelspec_architecture(prediction_type),
         "modelspec.implementation": "diffusers",
         "modelspec.title": config.adapter_name,
         "modelspec.resolution": f"{resolution}x{resolution}",
@@ -176,7 +176,7 @@ class Outputs:
 
     def parts(self) -> dict[str, torch.nn.Module]:
         unwrapped = [self.accelerator.unwrap_model(model) for model in self.trained]
-        return dict(zip(("unet", "text_encoder"), unwrapped))
+        return dict(zip(self.model.trained_parts(self.config), unwrapped))
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
         """A copy: on the CPU exported tensors can share storage with the parameters, which training (or

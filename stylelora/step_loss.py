@@ -8,14 +8,15 @@ from __future__ import annotations
 import hashlib
 import random
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
 
 import torch
 from accelerate import Accelerator
 
 from .cache import encode_latents
 from .config import TrainConfig
-from .data import ImageFolder, load_rgb, preprocess, training_caption
+from .data import Example, ImageFolder, load_rgb, placement, preprocess_placed, training_caption
+from .families import Conditioning, Placement
 from .loss import ddpm_loss, min_snr_weights, noise_target, offset_noise
 from .methods.attach import adapters_disabled
 from .validation import ValidationSet
@@ -27,27 +28,18 @@ if TYPE_CHECKING:
 VALIDATION_BATCH = 8
 
 
-def sample_order(count: int, seed: int, start: int, length: int) -> list[int]:
-    """Indices `start` .. `start+length` of the endless sequence of per-epoch shuffles of `count` examples."""
-    order = []
-    for k in range(start, start + length):
-        epoch, position = divmod(k, count)
-        permutation = torch.randperm(count, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        order.append(int(permutation[position]))
-    return order
-
-
 def step_generator(seed: int, step: int, micro: int, process: int) -> torch.Generator:
     key = hashlib.sha256(f"{seed}/{step}/{micro}/{process}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(key[:8], "little"))
 
 
-def predict(unet: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor,
-            model: Model) -> torch.Tensor:
-    """The UNet's prediction. bf16 autocast also runs the float32 LoRA matmuls in bf16; fp16 keeps its
-    float32 LoRA path."""
+def predict(unet: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning,
+            placements: Sequence[Placement], model: Model) -> torch.Tensor:
+    """The UNet's prediction, with what the family conditions it on (SDXL: pooled text and time ids).
+    bf16 autocast also runs the float32 LoRA matmuls in bf16; fp16 keeps its float32 LoRA path."""
+    inputs = model.family.unet_inputs(conditioning, placements, model.weight_dtype)
     with torch.autocast(noisy.device.type, dtype=torch.bfloat16, enabled=model.precision == "bf16"):
-        return unet(noisy, timesteps, embeddings.to(model.weight_dtype)).sample
+        return unet(noisy, timesteps, **inputs).sample
 
 
 @contextmanager
@@ -87,11 +79,10 @@ class StepLoss:
         config, accelerator, model = self.config, self.accelerator, self.model
         generator = step_generator(config.seed, step, micro, accelerator.process_index)
         rng = random.Random(generator.initial_seed())
-        first = ((step * config.grad_accumulation + micro) * accelerator.num_processes
-                 + accelerator.process_index) * config.batch_size
-        order = sample_order(len(self.folder.examples), config.seed, first, config.batch_size)
+        batch = (step * config.grad_accumulation + micro) * accelerator.num_processes + accelerator.process_index
+        order = self.inputs.buckets.batch(batch, config.batch_size, config.seed)
         examples = [self.folder.examples[i] for i in order]
-        latents = self.latents(examples, [config.flip and rng.random() < 0.5 for _ in examples], rng)
+        latents, placements = self.latents(examples, [config.flip and rng.random() < 0.5 for _ in examples], rng)
         captions = [training_caption(e.caption, config.trigger, config.caption_dropout, config.shuffle_tags,
                                      config.keep_tags, rng) for e in examples]
         embeddings = self.text(captions)
@@ -101,7 +92,7 @@ class StepLoss:
         timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(examples),), generator=generator)
         timesteps = timesteps.to(accelerator.device)
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
-        prediction = predict(self.unet, noisy, timesteps, embeddings, model)
+        prediction = predict(self.unet, noisy, timesteps, embeddings, placements, model)
         alphas_cumprod = self.scheduler.alphas_cumprod
         target = noise_target(model.prediction_type, latents, noise, timesteps, alphas_cumprod)
         weights = (min_snr_weights(timesteps, alphas_cumprod, config.min_snr_gamma, model.prediction_type)
@@ -109,20 +100,23 @@ class StepLoss:
         style = ddpm_loss(prediction, target, weights)
         if not self.inputs.preserve_prompts:
             return Terms(style, style)
-        preservation = self.preservation_loss(noisy, timesteps, [rng.choice(self.inputs.preserve_prompts) for _ in examples])
+        preservation = self.preservation_loss(noisy, timesteps, [rng.choice(self.inputs.preserve_prompts) for _ in examples],
+                                              placements)
         return Terms(style, style + config.preserve_weight * preservation)
 
-    def preservation_loss(self, noisy: torch.Tensor, timesteps: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    def preservation_loss(self, noisy: torch.Tensor, timesteps: torch.Tensor, prompts: list[str],
+                          placements: Sequence[Placement] = ()) -> torch.Tensor:
         """Base-output preservation (ai-toolkit's differential output preservation, OneTrainer's prior
         prediction): on prompts outside the style, the target is the frozen base's own prediction for the
         same noisy latents, computed with every adapter switched off."""
-        return ddpm_loss(predict(self.unet, noisy, timesteps, self.text(prompts), self.model),
-                         self.base_prediction(noisy, timesteps, prompts))
+        return ddpm_loss(predict(self.unet, noisy, timesteps, self.text(prompts), placements, self.model),
+                         self.base_prediction(noisy, timesteps, prompts, placements))
 
     @torch.no_grad()
-    def base_prediction(self, noisy: torch.Tensor, timesteps: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    def base_prediction(self, noisy: torch.Tensor, timesteps: torch.Tensor, prompts: list[str],
+                        placements: Sequence[Placement] = ()) -> torch.Tensor:
         with adapters_disabled(self.adapted):
-            return predict(self.unet, noisy, timesteps, self.text(prompts), self.model)
+            return predict(self.unet, noisy, timesteps, self.text(prompts), placements, self.model)
 
     @torch.no_grad()
     def validation_loss(self, validation: ValidationSet) -> float:
@@ -135,23 +129,27 @@ class StepLoss:
                 noise = validation.noise[rows].to(device, model.weight_dtype)
                 timesteps = validation.timesteps[rows].to(device)
                 noisy = self.scheduler.add_noise(latents, noise, timesteps)
-                prediction = predict(self.unet, noisy, timesteps, self.text(validation.captions[rows]), model)
+                prediction = predict(self.unet, noisy, timesteps, self.text(validation.captions[rows]),
+                                     validation.placements[rows], model)
                 target = noise_target(model.prediction_type, latents, noise, timesteps, self.scheduler.alphas_cumprod)
                 total += ddpm_loss(prediction, target).item() * len(timesteps)
         return total / len(validation)
 
-    def latents(self, examples: list, flips: list[bool], rng: random.Random) -> torch.Tensor:
-        cache = self.inputs.latent_cache
+    def latents(self, examples: list[Example], flips: list[bool], rng: random.Random) -> tuple[torch.Tensor, list[Placement]]:
+        """The batch's scaled latents (one bucket's shape) and where each image sits in that bucket."""
+        cache, target = self.inputs.latent_cache, self.inputs.buckets.target
         if cache is not None:
             latents = torch.stack([cache.latents(e, f) for e, f in zip(examples, flips)])
+            placements = [placement(e.size, target(e), flip=f)[2] for e, f in zip(examples, flips)]
         else:
-            pixels = torch.stack([preprocess(load_rgb(e.path), self.model.resolution, self.config.random_crop, f, rng)
-                                  for e, f in zip(examples, flips)])
-            latents = encode_latents(self.model.pipe.vae, pixels)
-        return (latents * self.model.latent_scale).to(self.accelerator.device, self.model.weight_dtype)
+            placed = [preprocess_placed(load_rgb(e.path), target(e), self.config.random_crop, f, rng)
+                      for e, f in zip(examples, flips)]
+            latents = encode_latents(self.model.pipe.vae, torch.stack([pixels for pixels, _ in placed]))
+            placements = [where for _, where in placed]
+        return (latents * self.model.latent_scale).to(self.accelerator.device, self.model.weight_dtype), placements
 
-    def text(self, captions: list[str]) -> torch.Tensor:
+    def text(self, captions: list[str]) -> Conditioning:
         if self.inputs.text_cache is None:
             return self.inputs.encode_text(captions)
         with torch.no_grad():
-            return torch.stack([self.inputs.text_cache.get(c, self.inputs.encode_text) for c in captions])
+            return Conditioning.stack([self.inputs.text_cache.get(c, self.inputs.encode_text) for c in captions])

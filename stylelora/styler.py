@@ -20,8 +20,9 @@ from PIL import Image
 
 from .formats import LoraWeights, read_lora, to_kohya
 from .methods.layouts import LoraModule
-from .inspect_adapter import architecture_of_weights
-from .base import architecture_of, load_base
+from .inspect_adapter import family_of_weights
+from .base import load_base
+from .families import check_fits, family_of_pipe
 from .errors import AdapterFileError, ConfigError
 from .precision import check_bf16_runs
 
@@ -122,6 +123,7 @@ class Styler:
             check_bf16_runs()  # a CPU that lists bf16 but dies on it gets a message, not SIGILL
         self.base = base
         self.pipe = load_base(base, dtype=dtype, device=device)
+        self.family = family_of_pipe(self.pipe)
         self.paths: dict[str, Path] = {}
         self.weights: dict[str, StyleWeight] = {}
         # base weight and bias of fused layers
@@ -135,8 +137,11 @@ class Styler:
                 return loaded_name  # already loaded: reuse it, never load a second copy
         weights, metadata, _ = read_lora(path)  # any layout; refuses pickles and damaged files with a clear reason
         name = name or adapter_name_for(path, set(self.paths))
+        made_for_family = family_of_weights(weights, metadata)
+        made_for = f"made for {made_for_family.label if made_for_family else 'an unknown architecture'}, " \
+                   f"but base {self.base!r} is {self.architecture}"
+        check_fits(path, made_for_family, self.base, self.family)
         self.unfuse()
-        made_for = f"made for {architecture_of_weights(weights, metadata)}, but base {self.base!r} is {self.architecture}"
         try:
             with warnings.catch_warnings():
                 # peft warns on every adapter after the first; several adapters at once is what we are for
@@ -147,7 +152,7 @@ class Styler:
                 self.pipe.load_lora_weights(tensors, adapter_name=name)
         except (ValueError, KeyError, RuntimeError, TypeError) as error:
             raise AdapterFileError(f"{path}: does not fit: {made_for} ({str(error).splitlines()[0][:160]})") from None
-        matched = sum(name in getattr(m, "lora_A", {}) for model in (self.pipe.unet, self.pipe.text_encoder)
+        matched = sum(name in getattr(m, "lora_A", {}) for model in self.family.models(self.pipe).values()
                       for m in model.modules() if isinstance(m, LoraLayer))
         if matched < len(weights):
             # A partial match would paint a quietly different style: refuse it and say so.
@@ -168,7 +173,7 @@ class Styler:
         diffusers 0.42 keys a kohya file's per-module alphas on SD1 attention layers by their old
         `processor.to_q_lora` names, which match no layer: where alphas differ between modules (AdaLoRA,
         `resize --dynamic`, merges), those layers got the most common alpha instead of their own."""
-        models = {"unet": self.pipe.unet, "text_encoder": self.pipe.text_encoder}
+        models = self.family.models(self.pipe)
         plain: LoraWeights = {}
         for (part, module), adapter in weights.items():
             if type(adapter) is not LoraModule:
@@ -183,7 +188,7 @@ class Styler:
     def _load_biases(self, plain: LoraWeights, name: str) -> None:
         """Trained biases (`diff_b`), which diffusers' loader does not read: put each in the adapter's lora_B,
         where peft adds it inside the scaled LoRA path, so weights, blends and fusing apply it like the rest."""
-        models = {"unet": self.pipe.unet, "text_encoder": self.pipe.text_encoder}
+        models = self.family.models(self.pipe)
         for (part, module), adapter in plain.items():
             if adapter.bias is None:
                 continue
@@ -221,14 +226,14 @@ class Styler:
             return
         self.pipe.enable_lora()
         parts = self.pipe.get_list_adapters()
-        weights = [{"unet": w.unet_setting()}
-                   | ({"text_encoder": w.text_encoder} if n in parts.get("text_encoder", []) else {})
+        encoders = [encoder.part for encoder in self.family.text_encoders]
+        weights = [{"unet": w.unet_setting()} | {part: w.text_encoder for part in encoders if n in parts.get(part, [])}
                    for n, w in active.items()]
         # Only the active adapters run: loaded but inactive ones cost nothing per step.
         self.pipe.set_adapters(list(active), weights)
 
     def _lora_layers(self):
-        for model in (self.pipe.unet, self.pipe.text_encoder):
+        for model in self.family.models(self.pipe).values():
             for module in model.modules():
                 if isinstance(module, LoraLayer) and not module.disable_adapters:
                     yield module
@@ -325,8 +330,7 @@ class Styler:
 
     @property
     def architecture(self) -> str:
-        return {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "mini": "stylelora mini"}.get(
-            architecture_of(self.pipe.unet), "an unknown architecture")
+        return self.family.label
 
     @property
     def native_size(self) -> int:

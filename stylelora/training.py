@@ -18,14 +18,15 @@ from typing import Callable
 
 import torch
 from accelerate import Accelerator
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline
 from diffusers.optimization import get_scheduler
 
-from .base import architecture_of, load_base, resolve_base, unet_parameter_count
+from .base import load_base, resolve_base, unet_parameter_count
 from .checkpoint import latest_checkpoint, resume
 from .config import TrainConfig, validate
 from .data import Example, ImageFolder, describe_folder, scan_folder, warn_long_captions
 from .errors import DatasetError, TrainingError, TrainingInterrupted
+from .families import Family, family_of_pipe
 from .methods import KINDS
 from .methods.attach import attach
 from .methods.steps import StepHooks, hooks_for
@@ -93,12 +94,13 @@ def total_steps(config: TrainConfig, examples: int, world_size: int) -> int:
 A1111_SD2_TEXT_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
-def warn_partial_sd2_text_encoder(config: TrainConfig, architecture: str, say: Callable[[str], None]) -> None:
-    """AUTOMATIC1111 folds an SD2 (OpenCLIP) text-encoder LoRA into a layer only when all four attention
-    projections are adapted, and silently skips the layer otherwise; ComfyUI and diffusers apply any subset."""
+def warn_partial_openclip_text_encoder(config: TrainConfig, family: Family, say: Callable[[str], None]) -> None:
+    """AUTOMATIC1111 folds an OpenCLIP (SD2, SDXL's second) text-encoder LoRA into a layer only when all four
+    attention projections are adapted, and silently skips the layer otherwise; ComfyUI and diffusers apply any subset."""
     missing = [name for name in A1111_SD2_TEXT_ATTENTION if name not in config.text_encoder_targets]
-    if architecture == "sd2" and config.train_text_encoder and missing:
-        say(f"  warning: --text-encoder-targets lacks {','.join(missing)}: AUTOMATIC1111 ignores an SD2 text-encoder "
+    if family.openclip_in_a1111 and config.train_text_encoder and missing:
+        say(f"  warning: --text-encoder-targets lacks {','.join(missing)}: AUTOMATIC1111 ignores an "
+            f"{family.openclip_in_a1111} text-encoder "
             f"LoRA unless {','.join(A1111_SD2_TEXT_ATTENTION)} are all adapted (ComfyUI and diffusers apply it); "
             "add them to load everywhere")
 
@@ -107,16 +109,26 @@ def warn_partial_sd2_text_encoder(config: TrainConfig, architecture: str, say: C
 class Model:
     """Stage output: the base, frozen, in its training precision, with what the loop reads off it."""
 
-    pipe: StableDiffusionPipeline
+    pipe: DiffusionPipeline
     precision: str  # "no", "fp16" or "bf16"
     resolution: int
     latent_scale: float
-    architecture: str
+    family: Family
     prediction_type: str
 
     @property
     def weight_dtype(self) -> torch.dtype:
         return DTYPES[self.precision]
+
+    @property
+    def architecture(self) -> str:
+        return self.family.name
+
+    def trained_parts(self, config: TrainConfig) -> dict[str, torch.nn.Module]:
+        """The models that carry adapters, by part name: the UNet, and every text encoder of the family with
+        --train-text-encoder (SDXL: both)."""
+        models = self.family.models(self.pipe)
+        return {part: model for part, model in models.items() if part == "unet" or config.train_text_encoder}
 
 
 @dataclass
@@ -168,37 +180,39 @@ def prepare_model(config: TrainConfig, device: torch.device, folder: ImageFolder
         if choice.name != "no":
             pipe.to(dtype=DTYPES[choice.name])
     say(choice.describe())
+    family = family_of_pipe(pipe)
     warn_long_captions(folder, pipe.tokenizer, say)
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+    for module in [pipe.vae, *family.models(pipe).values()]:
         module.requires_grad_(False)
+    if choice.name == "fp16" and family.vae_float32_in_fp16 and getattr(pipe.vae.config, "force_upcast", True):
+        pipe.vae.to(torch.float32)  # SDXL's VAE overflows to NaN in float16; the fp16-fix VAE says so in its config
     resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    model = Model(pipe, choice.name, resolution, pipe.vae.config.scaling_factor, architecture_of(pipe.unet),
+    model = Model(pipe, choice.name, resolution, pipe.vae.config.scaling_factor, family,
                   pipe.scheduler.config.prediction_type)
-    warn_partial_sd2_text_encoder(config, model.architecture, say)
-    for example in folder.examples:
-        if min(example.size) < resolution:
-            say(f"  warning: {example.path} is {example.size[0]}x{example.size[1]}, smaller than {resolution}; upscaling it")
+    warn_partial_openclip_text_encoder(config, family, say)
     return model
 
 
 def prepare_adapters(config: TrainConfig, model: Model, examples: int, accelerator: Accelerator,
                      say: Callable[[str], None]) -> Optimisation:
     """Stage: attach the LoRA adapters, build the optimizer and schedule, and resume if asked."""
-    unet, text_encoder = model.pipe.unet, model.pipe.text_encoder
+    parts = model.trained_parts(config)
     torch.manual_seed(config.seed)  # adapters start partly random: the same seed, the same start
     spec = config.adapter_spec()
     steps = total_steps(config, examples, accelerator.num_processes)
-    attach(unet, spec, config.unet_targets, flag="--targets" if config.targets else "--target-modules", total_steps=steps)
-    groups = parameter_groups(unet, config.effective_learning_rate, config.loraplus_ratio)
-    if config.train_text_encoder:
-        attach(text_encoder, spec, config.text_encoder_targets, flag="--text-encoder-targets", total_steps=steps)
-        groups += parameter_groups(text_encoder, config.text_encoder_lr, config.loraplus_ratio)
-    adapted = [unet] + ([text_encoder] if config.train_text_encoder else [])
+    groups = []
+    for part, module in parts.items():
+        targets, flag = ((config.unet_targets, "--targets" if config.targets else "--target-modules") if part == "unet"
+                         else (config.text_encoder_targets, "--text-encoder-targets"))
+        attach(module, spec, targets, flag=flag, total_steps=steps)
+        rate = config.effective_learning_rate if part == "unet" else config.text_encoder_lr
+        groups += parameter_groups(module, rate, config.loraplus_ratio)
+    adapted = list(parts.values())
     for group in groups:
         for p in group["params"]:
             p.data = p.data.float()  # LoRA weights train in float32 even over a low-precision base
     if config.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
+        parts["unet"].enable_gradient_checkpointing()
     # The fused kernel (CPU and CUDA) updates every LoRA tensor in one call: about a millisecond a step less.
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, fused=True)
     lr_schedule = get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps,
@@ -206,8 +220,7 @@ def prepare_adapters(config: TrainConfig, model: Model, examples: int, accelerat
     optimisation = Optimisation(groups, optimizer, lr_schedule, steps, hooks_for(config.method, adapted, config.seed, config.rank))
     optimisation.average = AdapterAverage(optimisation.trainable, config.ema_decay)
     if config.resume:
-        optimisation.start_step = resume(config, dict(zip(("unet", "text_encoder"), adapted)), optimisation,
-                                          model.resolution, say)
+        optimisation.start_step = resume(config, parts, optimisation, model.resolution, say)
     elif (earlier := latest_checkpoint(config.out_dir)) is not None:
         raise TrainingError(f"{earlier}: this output folder holds a checkpoint of an earlier run; add --resume to "
                             "continue it, or choose another --out (or delete that checkpoints folder) to start afresh")
@@ -252,7 +265,7 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
     optimisation = prepare_adapters(config, model, len(folder.examples), accelerator, say)
     inputs = prepare_inputs(config, model, folder, held_out, accelerator, should_stop, say)
 
-    adapted = [model.pipe.unet] + ([model.pipe.text_encoder] if config.train_text_encoder else [])
+    adapted = list(model.trained_parts(config).values())
     *trained, optimisation.optimizer, optimisation.lr_schedule = accelerator.prepare(
         *adapted, optimisation.optimizer, optimisation.lr_schedule)
     step_loss = StepLoss(config, folder, model, inputs, trained[0], accelerator, adapted)

@@ -14,13 +14,14 @@ import hashlib
 import math
 import random
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
 from diffusers.training_utils import EMAModel
 
 from .errors import ConfigError
+from .families import Placement
 
 VALIDATION_TIMESTEPS = 8
 VALIDATIONS_PER_RUN = 20  # how often --validate-every's default validates
@@ -55,16 +56,18 @@ class ValidationSet:
     noise: torch.Tensor
     timesteps: torch.Tensor
     captions: list[str]
+    placements: list[Placement] = field(default_factory=list)  # each row's image in its square (SDXL's time ids)
 
     @classmethod
     def build(cls, latents: list[torch.Tensor], captions: list[str], keys: list[str], seed: int,
-              num_train_timesteps: int) -> ValidationSet:
+              num_train_timesteps: int, placements: list[Placement] | None = None) -> ValidationSet:
         """`keys` (the images' content hashes) seed each image's noise, so it does not depend on their order."""
         timesteps = fixed_timesteps(num_train_timesteps)
         rows = len(timesteps)
         noise = [torch.randn((rows, *latent.shape), generator=_generator(seed, key)) for latent, key in zip(latents, keys)]
         return cls(torch.cat([latent.expand(rows, *latent.shape) for latent in latents]), torch.cat(noise),
-                   timesteps.repeat(len(latents)), [caption for caption in captions for _ in range(rows)])
+                   timesteps.repeat(len(latents)), [caption for caption in captions for _ in range(rows)],
+                   [where for where in placements or [] for _ in range(rows)])
 
     def __len__(self) -> int:
         return len(self.captions)

@@ -12,6 +12,7 @@ from stylelora.files import read_safetensors
 from stylelora.checkpoint import latest_checkpoint
 from stylelora.errors import TrainingError
 from stylelora.training import train
+from stylelora.families import FAMILIES
 
 QUIET = dict(progress_bar=False, log=lambda m: None)
 
@@ -153,6 +154,7 @@ def test_ss_metadata_strings_are_written_as_kohya_writes_them(train_config):
 
 @pytest.mark.parametrize("architecture, prediction, version, is_sd2", [
     ("sd1", "epsilon", "SD1", "False"), ("sd2", "epsilon", "SD2", "True"), ("sd2", "v_prediction", "SD2", "True"),
+    ("sdxl", "epsilon", "SDXL", "False"),
 ])
 def test_automatic1111_files_sd2_adapters_under_sd2(train_config, architecture, prediction, version, is_sd2):
     from stylelora.data import scan_folder
@@ -169,16 +171,17 @@ def test_automatic1111_files_sd2_adapters_under_sd2(train_config, architecture, 
 
 @pytest.mark.parametrize("architecture, targets, warned", [
     ("sd2", ("q_proj", "v_proj"), "k_proj,out_proj"), ("sd2", ("q_proj", "k_proj", "v_proj", "out_proj"), None),
-    ("sd1", ("q_proj", "v_proj"), None),
+    ("sd1", ("q_proj", "v_proj"), None), ("sdxl", ("q_proj", "v_proj"), "k_proj,out_proj"),
 ])
 def test_an_sd2_run_adapting_part_of_the_text_attention_warns_about_automatic1111(train_config, architecture,
                                                                                  targets, warned):
     lines: list[str] = []
     config = train_config(train_text_encoder=True, text_encoder_targets=targets)
-    training.warn_partial_sd2_text_encoder(config, architecture, lines.append)
+    training.warn_partial_openclip_text_encoder(config, FAMILIES[architecture], lines.append)
+    encoder = "SD2" if architecture == "sd2" else "SDXL second"
     if warned is None:
         assert lines == []
     else:
-        assert lines == [f"  warning: --text-encoder-targets lacks {warned}: AUTOMATIC1111 ignores an SD2 "
+        assert lines == [f"  warning: --text-encoder-targets lacks {warned}: AUTOMATIC1111 ignores an {encoder} "
                          "text-encoder LoRA unless q_proj,k_proj,v_proj,out_proj are all adapted (ComfyUI and "
                          "diffusers apply it); add them to load everywhere"]

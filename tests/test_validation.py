@@ -217,7 +217,7 @@ def test_preservation_target_is_the_base_prediction(train_config, tiny_base, tmp
     target = step_loss.base_prediction(noisy, timesteps, ["a blue square", "a green triangle"])
     assert {name: p.requires_grad for name, p in unet.named_parameters()} == flags
     base = load_base(str(tiny_base), dtype=torch.float32, device=torch.device("cpu"))
-    embeddings = torch.stack([step_loss.inputs.text_cache.memory[p] for p in ("a blue square", "a green triangle")])
+    embeddings = torch.stack([step_loss.inputs.text_cache.memory[p].context for p in ("a blue square", "a green triangle")])
     with torch.no_grad():
         expected = base.unet(noisy, timesteps, embeddings).sample
         adapted = unet(noisy, timesteps, embeddings).sample

@@ -119,7 +119,7 @@ def _parameter_dict(layer) -> dict:
 def file_path(part: str, module: str) -> str:
     """A module's path as files name it. transformers 5 dropped CLIPTextModel's `text_model.`
     level, but every file in the wild (and AUTOMATIC1111, ComfyUI) still spells it out."""
-    if part == "text_encoder" and not module.startswith("text_model."):
+    if part != "unet" and not module.startswith("text_model."):
         return "text_model." + module
     return module
 
