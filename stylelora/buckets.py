@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from .data import Example, Size, placement
+from .errors import ConfigError
 from .files import write_atomically
 
 @dataclass(frozen=True)
@@ -145,12 +146,20 @@ def plan_buckets(examples: list[Example], resolution: int, settings: BucketSetti
     """Assign each image its bucket (one square bucket of the resolution with bucketing off)."""
     if not settings.enabled:
         return BucketPlan(resolution, settings, [(resolution, resolution)] * len(examples), examples)
+    if settings.step > resolution // 2:
+        raise ConfigError(f"--bucket-step = {settings.step}: too coarse for {resolution} px training; use at most "
+                          f"{max(8, resolution // 4 // 8 * 8)}")
     if settings.no_upscale:
         targets = [own_bucket(e.size, resolution, settings.step) for e in examples]
     else:
         sizes = bucket_sizes(resolution, settings.step, *side_limits(resolution, settings))
         targets = [nearest_bucket(e.size, sizes) for e in examples]
     return BucketPlan(resolution, settings, targets, examples)
+
+
+def default_step(family_step: int, resolution: int) -> int:
+    """The family's step (64; the mini's 8), made finer for small test resolutions so there are buckets at all."""
+    return min(family_step, max(8, resolution // 4 // 8 * 8))
 
 
 def side_limits(resolution: int, settings: BucketSettings) -> tuple[int, int]:

@@ -193,6 +193,8 @@ def add_generate_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale (7.5)")
     p.add_argument("--seed", type=int, default=1, help="seed of the first image; image i uses seed + i (1)")
     p.add_argument("--size", type=int, help="image size in pixels (default: the base's native size)")
+    p.add_argument("--width", type=int, help="image width in pixels, a multiple of 8 (--size, or the base's native size)")
+    p.add_argument("--height", type=int, help="image height in pixels, a multiple of 8 (--size, or the base's native size)")
     p.add_argument("--scheduler", default="dpm++", choices=("ddim", "euler", "dpm++"), help="sampler (dpm++)")
     p.add_argument("--out", type=Path, default=Path("outputs"), help="folder for the PNG files (outputs)")
     p.add_argument("--blend", default="merge", choices=("merge", "switch", "composite"),
@@ -205,6 +207,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
     config = GenerateConfig(prompt=args.prompt, loras=tuple(args.lora), base=args.base, negative=args.negative,
                             count=args.count, steps=args.steps, cfg=args.cfg, seed=args.seed, size=args.size,
+                            width=args.width, height=args.height,
                             scheduler=args.scheduler, out=args.out, blend=args.blend)
     for path in generate(config):
         print(path)

@@ -21,7 +21,9 @@ class GenerateConfig:
     steps: int = 30
     cfg: float = 7.5
     seed: int = 1
-    size: int | None = None
+    size: int | None = None  # a square side; width and height override it
+    width: int | None = None
+    height: int | None = None
     scheduler: str = "dpm++"
     out: Path = Path("outputs")
     blend: str = "merge"
@@ -33,6 +35,8 @@ def validate_generate(config: GenerateConfig) -> GenerateConfig:
         (config.steps >= 1, "steps", "use at least 1 denoising step; 20-30 is usual"),
         (config.cfg >= 0, "cfg", "guidance must be 0 or more; 7.5 is usual"),
         (config.size is None or (config.size >= 8 and config.size % 8 == 0), "size", "use a multiple of 8"),
+        (config.width is None or (config.width >= 8 and config.width % 8 == 0), "width", "use a multiple of 8"),
+        (config.height is None or (config.height >= 8 and config.height % 8 == 0), "height", "use a multiple of 8"),
         (bool(config.prompt.strip()), "prompt", "give a prompt, e.g. \"a red circle\""),
     ]
     for ok, name, fix in checks:
@@ -49,14 +53,14 @@ def generate(config: GenerateConfig, styler: Styler | None = None) -> list[Path]
     weights = {styler.load(path): weight for path, weight in specs}
     styler.set_weights(weights)
     images = styler.generate(config.prompt, config.negative, config.count, config.steps, config.cfg,
-                             config.seed, config.size, config.scheduler, config.blend)
+                             config.seed, config.size, config.scheduler, config.blend, config.width, config.height)
     slug = re.sub(r"[^a-z0-9]+", "-", config.prompt.lower()).strip("-")[:40] or "image"
     paths = []
     for index, image in enumerate(images):
         settings = {"prompt": config.prompt, "negative": config.negative, "seed": config.seed + index,
                     "steps": config.steps, "cfg": config.cfg, "scheduler": config.scheduler, "blend": config.blend,
                     "base": config.base,
-                    "size": image.size[0],
+                    "size": image.size[0], "width": image.size[0], "height": image.size[1],
                     "loras": [{"file": str(p), "unet": w.unet, "te": w.text_encoder} for p, w in specs]}
         paths.append(save_png(image, config.out / f"{slug}-{config.seed + index}.png", settings))
     return paths

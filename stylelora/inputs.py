@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from .base import weights_fingerprint
 from .cache import LatentCache, TextCache
 from .config import TrainConfig
-from .buckets import BucketPlan, plan_buckets
+from .buckets import BucketPlan, default_step, plan_buckets
 from .data import Example, ImageFolder, Size, placement, read_prompts
 from .families import Conditioning
 from .errors import TrainingInterrupted
@@ -44,7 +44,7 @@ def prepare_inputs(config: TrainConfig, model: Model, folder: ImageFolder, held_
     empty caption, which caches too). Once all is cached, the VAE and the frozen text encoder are freed
     unless previews need them."""
     pipe = model.pipe
-    buckets = plan_buckets(folder.examples, model.resolution, config.bucket_settings(model.family.bucket_step))
+    buckets = plan_buckets(folder.examples, model.resolution, config.bucket_settings(default_step(model.family.bucket_step, model.resolution)))
     buckets.describe(say)
     if accelerator.is_main_process:
         buckets.write_report(config.out_dir)

@@ -273,16 +273,17 @@ class Styler:
     @torch.no_grad()
     def generate(self, prompt: str, negative: str = "", count: int = 1, steps: int = 30, cfg: float = 7.5,
                  seed: int = 0, size: int | None = None, scheduler: str = "dpm++",
-                 blend: str = "merge") -> list[Image.Image]:
+                 blend: str = "merge", width: int | None = None, height: int | None = None) -> list[Image.Image]:
         """Paint `count` images. blend: 'merge' (the weighted sum, fused: 1x UNet cost), 'switch' (one adapter
-        per denoising step, in turn: 1x) or 'composite' (each adapter's prediction, averaged: N x)."""
+        per denoising step, in turn: 1x) or 'composite' (each adapter's prediction, averaged: N x). `size` is
+        a square side; `width` and `height` override it (each defaults to the base's native size)."""
         if scheduler not in SCHEDULERS:
             raise ConfigError(f"--scheduler {scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
         if blend not in BLENDS:
             raise ConfigError(f"--blend {blend!r}: choose one of {', '.join(BLENDS)}")
         kind, options = SCHEDULERS[scheduler]
         self.pipe.scheduler = kind.from_config(self.pipe.scheduler.config, **options)
-        size = size or self.native_size
+        width, height = width or size or self.native_size, height or size or self.native_size
         active = {n: w for n, w in self.weights.items() if not w.is_off}
         if blend == "merge" or len(active) < 2:
             self.fuse()
@@ -297,7 +298,7 @@ class Styler:
                 self.pipe.unet.forward = unet_forward
             return self.pipe(prompt, negative_prompt=negative or None, num_images_per_prompt=count,
                              num_inference_steps=steps, guidance_scale=cfg, generator=generators,
-                             height=size, width=size).images
+                             height=height, width=width).images
         finally:
             if unet_forward is not None:
                 del self.pipe.unet.forward  # back to the class's own forward

@@ -306,7 +306,7 @@ def test_validation_and_preservation_with_the_text_encoder_trained(train_config,
     size = step_loss.unet.config.sample_size
     noisy, timesteps = torch.randn(1, 4, size, size), torch.tensor([500])
     base = step_loss.base_prediction(noisy, timesteps, ["a blue square"])
-    adapted = step_loss.unet(noisy, timesteps, step_loss.text(["a blue square"])).sample
+    adapted = step_loss.unet(noisy, timesteps, step_loss.text(["a blue square"]).context).sample
     assert (base - adapted).abs().max() > 1e-4  # the base target switches the encoder's adapter off too
     result = train(validate(train_config(out=tmp_path / "te", validation_split=0.34, preserve_prompts=prompts,
                                          train_text_encoder=True)), **QUIET)
