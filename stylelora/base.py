@@ -136,3 +136,19 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
         head = tensor.detach().flatten()[:64].float().cpu().numpy().tobytes()
         digest.update(name.encode() + str(tuple(tensor.shape)).encode() + head)
     return digest.hexdigest()[:16]
+
+
+def native_resolution(spec: str) -> int | None:
+    """The base's native image side, from its UNet and VAE configs alone (no weights read); None for a single
+    file, whose configs come with loading."""
+    from diffusers import AutoencoderKL
+
+    kind = resolve_base(spec)
+    if kind == "file":
+        return None
+    try:
+        source = str(MINI_WEIGHTS) if kind == "mini" else spec
+        vae = AutoencoderKL.load_config(source, subfolder="vae")
+        return int(_unet_config(spec, kind)["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None

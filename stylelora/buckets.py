@@ -177,3 +177,31 @@ def sample_order(count: int, seed: int, start: int, length: int) -> list[int]:
         permutation = torch.randperm(count, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
         order.append(int(permutation[position]))
     return order
+
+
+def plan_for_config(config) -> BucketPlan:
+    """The buckets a training run of `config` (a TrainConfig) would use, read without loading the base: what the
+    UI's Train tab shows before a run starts."""
+    from .base import base_family, native_resolution
+    from .data import scan_folder
+
+    resolution = config.resolution or native_resolution(config.base)
+    if resolution is None:
+        raise ConfigError(f"--base {config.base}: its native size is read when it loads; give --resolution to see "
+                          "the buckets first")
+    step = default_step(base_family(config.base).bucket_step, resolution)
+    return plan_buckets(scan_folder(config.data, config.caption, config.trigger).examples, resolution,
+                        config.bucket_settings(step))
+
+
+def report_as_markdown(plan: BucketPlan) -> str:
+    """The bucket report as a person reads it: a table of buckets, the most cropped images, the warnings."""
+    report = plan.report()
+    lines = [f"**{len(report['buckets'])} bucket(s)** at {report['resolution']} px"
+             + ("" if report["enabled"] else " (bucketing off: centre squares)"), "",
+             "| bucket | images |", "|---|---|"]
+    lines += [f"| {b['width']}x{b['height']} | {b['images']} |" for b in report["buckets"]]
+    cropped = sorted(report["images"], key=lambda i: -i["cropped_fraction"])[:5]
+    lines += ["", "Most cropped: " + ", ".join(f"{Path(i['file']).name} {i['cropped_fraction']:.0%}" for i in cropped)]
+    lines += [f"- warning: {w}" for w in report["warnings"]]
+    return "\n".join(lines)

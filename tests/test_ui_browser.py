@@ -203,3 +203,46 @@ def test_suggest_fills_the_train_fields_and_the_tune_tab_trains_the_best_trial(p
     assert tuned.exists()
     assert (workspace / "tune" / image_folder.name / "best.toml").exists()
     page.screenshot(path=str(ARTIFACTS / "tune.png"), full_page=True)
+
+
+def test_sdxl_folder_shows_its_buckets_trains_and_paints_at_a_chosen_size(page, server, mixed_aspect_folder,
+                                                                         tiny_sdxl_base):
+    _, workspace, adapters = server
+    page.get_by_role("tab", name="Train").click()
+    fill(page, "adapter-name", "xlstyle")
+    fill(page, "folder", mixed_aspect_folder)
+    page.click("#use-folder")
+    page.wait_for_selector("#data-message :text('7 images')", timeout=60_000)
+    fill(page, "train-base", tiny_sdxl_base)
+    fill(page, "steps", 2)
+    fill(page, "rank", 2)
+    page.get_by_text("Aspect-ratio buckets").click()
+    page.click("#show-buckets")
+    page.wait_for_selector("#bucket-report :text('3 bucket(s)')", timeout=60_000)
+    report = page.locator("#bucket-report").inner_text()
+    assert all(row in report for row in ("24x40", "32x32", "40x24")) and "holds a single image" in report, report
+    page.click("#start")
+    page.wait_for_selector("#start-message :text-matches('Training started|Error')", timeout=60_000)
+    assert page.locator("#start-message").inner_text().startswith("Training started"), page.locator("#start-message").inner_text()
+    status = _wait_text(page, "#train-status", ("Done", "**Error", "Error", "Stopped"))
+    assert status.startswith("Done"), status
+    page.screenshot(path=str(ARTIFACTS / "train-buckets.png"), full_page=True)
+    assert json.loads((adapters / "xlstyle" / "buckets.json").read_text())["buckets"][0]["images"] == 3
+    assert read_safetensors(adapters / "xlstyle" / "xlstyle.safetensors").metadata["ss_base_model_version"] == "sdxl_base_v1-0"
+
+    page.get_by_role("tab", name="Generate").click()
+    fill(page, "gen-base", tiny_sdxl_base)
+    page.click("#gen-refresh")
+    page.locator("#gen-adapters label", has_text="xlstyle").click()
+    page.wait_for_selector("#weight-xlstyle", timeout=30_000)
+    fill(page, "gen-steps", 2)
+    fill(page, "count", 1)
+    fill(page, "gen-width", 48)
+    fill(page, "gen-height", 32)
+    page.click("#generate")
+    page.wait_for_selector("#gen-status :text-matches('1 image|Error')", timeout=120_000)
+    assert page.locator("#gen-status").inner_text().startswith("1 image"), page.locator("#gen-status").inner_text()
+    from PIL import Image
+
+    newest = max((workspace / "outputs").glob("*.png"), key=lambda p: p.stat().st_mtime)
+    assert Image.open(newest).size == (48, 32)

@@ -27,8 +27,8 @@ from stylelora.precision import bf16_support
 from stylelora.styler import Styler
 from stylelora.workspace import caption_rows, dataset_folder, save_captions, save_uploads
 from stylelora.tune.jobs import TuneJob
-from ui.train_fields import (loss_curves, method_row, show_only_own_fields, stopping_row, stopping_settings,
-                             suggested_fields)
+from ui.train_fields import (bucket_report, bucket_row, bucket_settings, loss_curves, method_row,
+                             show_only_own_fields, stopping_row, stopping_settings, suggested_fields)
 from ui.tune_tab import tune_tab
 
 MAX_UPLOAD = "50mb"
@@ -138,6 +138,7 @@ def train_tab(session: Session) -> None:
             precision = gr.Dropdown(list(PRECISIONS), value="auto", elem_id="precision",
                                     label="Precision (auto: bf16 only where this CPU was measured to run it faster)")
     stopping = stopping_row()
+    buckets, show_buckets, buckets_shown = bucket_row()
     with gr.Row():
         start = gr.Button("Start training", variant="primary", elem_id="start")
         stop = gr.Button("Stop", elem_id="stop")
@@ -172,7 +173,7 @@ def train_tab(session: Session) -> None:
 
     def on_start(folder_path, adapter_name, trigger_word, base_model, te, rank_, steps_, lr, res, batch, alpha_, seed_,
                  save_n, sample_n, prompt, flip_, dropout, resume_, precision_, method_, targets_, *values):
-        method_values, stopping_values = values[:len(method_fields)], values[len(method_fields):]
+        method_values, stopping_values = values[:len(method_fields)], values[len(method_fields):-len(buckets)]
         if not folder_path:
             return "**Error:** upload images or choose a folder first"
         try:
@@ -187,7 +188,8 @@ def train_tab(session: Session) -> None:
                 # the default.
                 **{name: value for name, value in zip(METHOD_FIELDS, method_values)
                    if value and name in own_fields(method_, targets_)},
-                **stopping_settings(session.workspace, adapter_name, stopping_values)))
+                **stopping_settings(session.workspace, adapter_name, stopping_values),
+                **bucket_settings(values[-len(buckets):])))
             session.job.start(config)
         except StyleloraError as error:
             return _error(error)
@@ -195,8 +197,9 @@ def train_tab(session: Session) -> None:
 
     start.click(on_start, [dataset, name, trigger, base, text_encoder, rank, steps, learning_rate, resolution,
                            batch_size, alpha, seed, save_every, sample_every, sample_prompt, flip, caption_dropout,
-                           resume, precision, method, targets, *method_fields, *stopping],
+                           resume, precision, method, targets, *method_fields, *stopping, *buckets],
                 [start_message])
+    show_buckets.click(bucket_report, [dataset, base, resolution, *buckets], [buckets_shown])
     stop.click(lambda: session.job.stop() or "Stopping after this step; the checkpoint is kept.", None, [start_message])
 
     suggest_settings.click(suggested_fields, [dataset, base], [rank, steps, learning_rate, alpha, start_message])
@@ -234,7 +237,8 @@ def generate_tab(session: Session) -> None:
         steps = gr.Slider(1, 100, 20, step=1, label="Steps", elem_id="gen-steps", interactive=True)
         cfg = gr.Slider(0, 20, 4.0, step=0.5, label="Guidance", interactive=True)
         count = gr.Slider(1, 16, 4, step=1, label="Images", elem_id="count", interactive=True)
-        size = gr.Number(0, label="Size (0 = the base's own)", precision=0, interactive=True)
+        width = gr.Number(0, label="Width (0 = the base's own)", precision=0, elem_id="gen-width", interactive=True)
+        height = gr.Number(0, label="Height (0 = the base's own)", precision=0, elem_id="gen-height", interactive=True)
     go = gr.Button("Generate", variant="primary", elem_id="generate")
     message = gr.Markdown(elem_id="gen-status")
     gallery = gr.Gallery(label="Results", columns=4, height=300, elem_id="gallery", format="png")
@@ -264,12 +268,12 @@ def generate_tab(session: Session) -> None:
             pairs = list(zip(values[0::2], values[1::2]))
             return [f"{paths[n]}:{w}" for n, (on_, w) in zip(names_, pairs) if on_ and n in paths]
 
-        def run(base_, prompt_, negative_, seed_, random_, steps_, cfg_, count_, size_, names_, *values):
+        def run(base_, prompt_, negative_, seed_, random_, steps_, cfg_, count_, width_, height_, names_, *values):
             seed_ = random.randrange(2**31) if random_ else int(seed_)
             try:
                 config = GenerateConfig(prompt_, tuple(specs(names_, values)), base_, negative_, int(count_),
-                                        int(steps_), float(cfg_), seed_, int(size_) or None,
-                                        out=session.workspace / "outputs")
+                                        int(steps_), float(cfg_), seed_, width=int(width_) or None,
+                                        height=int(height_) or None, out=session.workspace / "outputs")
                 with session.painting:
                     paths = generate(config, session.styler(base_))
             except StyleloraError as error:
@@ -302,7 +306,7 @@ def generate_tab(session: Session) -> None:
                 return gr.skip(), _error(error)
             return [str(path)], "Grid saved."
 
-        go.click(run, [base, prompt, negative, seed, random_seed, steps, cfg, count, size, chosen] + controls,
+        go.click(run, [base, prompt, negative, seed, random_seed, steps, cfg, count, width, height, chosen] + controls,
                  [gallery, message])
         save_blend.click(save, [blend_name, chosen] + controls, [message])
         grid.click(grid_run, [base, prompt, seed, steps, cfg, grid_weights, grid_weights_b, chosen] + controls,

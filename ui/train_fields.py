@@ -109,3 +109,44 @@ def suggested_fields(folder_path: str, base_model: str):
     v = suggestion.values()
     reasons = "".join(f"\n- `--{s.flag} {s.value:g}`: {s.reason}" for s in suggestion.settings)
     return v["rank"], v["max_steps"], v["learning_rate"], v["alpha"], f"Suggested ({suggestion.summary}):{reasons}"
+
+
+# The fields of "Aspect-ratio buckets", in the order bucket_row() lays them out; 0 means the default.
+BUCKET_FIELDS = ("buckets", "bucket_step", "min_bucket", "max_bucket", "no_upscale")
+
+
+def bucket_row():
+    """Bucketing's fields (BUCKET_FIELDS), a button that shows the buckets a run would use, and where they show."""
+    with gr.Accordion("Aspect-ratio buckets", open=False):
+        with gr.Row():
+            fields = [gr.Checkbox(True, label="Keep each image's shape (buckets); off: centre squares", elem_id="buckets"),
+                      gr.Number(0, label="Bucket step in px (0 = 64; 8 on mini)", precision=0, elem_id="bucket-step"),
+                      gr.Number(0, label="Shortest side (0 = half the resolution)", precision=0, elem_id="min-bucket"),
+                      gr.Number(0, label="Longest side (0 = twice the resolution)", precision=0, elem_id="max-bucket"),
+                      gr.Checkbox(False, label="Never enlarge an image", elem_id="no-upscale")]
+            show = gr.Button("Show the buckets", elem_id="show-buckets")
+        report = gr.Markdown(elem_id="bucket-report")
+    return fields, show, report
+
+
+def bucket_settings(values: list) -> dict:
+    """The TrainConfig fields the bucket row asks for (0 leaves a side or step at its default)."""
+    settings = dict(zip(BUCKET_FIELDS, values))
+    return {name: (int(value) if name not in ("buckets", "no_upscale") else bool(value))
+            for name, value in settings.items() if value or name == "buckets"}
+
+
+def bucket_report(folder_path: str, base_model: str, resolution: float, *values) -> str:
+    """The Train tab's bucket table for the chosen folder, base and settings (stylelora.buckets does the work)."""
+    from stylelora.buckets import plan_for_config, report_as_markdown
+    from stylelora.config import TrainConfig, validate
+    from stylelora.errors import StyleloraError
+
+    if not folder_path:
+        return "**Error:** upload images or choose a folder first"
+    try:
+        config = validate(TrainConfig(data=Path(folder_path), base=base_model or "mini",
+                                      resolution=int(resolution) or None, **bucket_settings(list(values))))
+        return report_as_markdown(plan_for_config(config))
+    except StyleloraError as error:
+        return f"**Error:** {error}"
