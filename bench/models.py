@@ -1,8 +1,10 @@
-"""The two bases the benchmarks run on, and random adapters for them.
+"""The bases the benchmarks run on, and random adapters for them.
 
 - the built-in miniature base at its native 64 px;
 - Stable Diffusion 1.5's UNet, VAE and text-encoder shapes with random weights, at 256 px
-  (32x32 latents): the largest real-shaped case a CPU trains in minutes.
+  (32x32 latents): the largest real-shaped case a CPU trains in minutes;
+- SDXL's UNet (2.6 billion parameters), VAE and both text encoders (CLIP-L and OpenCLIP-G) at their real
+  sizes with random weights (`bench/run.py --sdxl`).
 """
 
 from __future__ import annotations
@@ -59,6 +61,50 @@ def sd15_pipeline(folder: Path) -> Path:
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
                                    scheduler=build_scheduler(), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
+    pipe.to(torch.float16).save_pretrained(folder)
+    return folder
+
+
+def sdxl(resolution: int, folder: Path | None = None) -> Base:
+    return Base("SDXL-shaped UNet", str(sdxl_pipeline(folder or Path(tempfile.gettempdir()) / "stylelora-bench-sdxl")),
+                resolution, 1)
+
+
+def sdxl_pipeline(folder: Path) -> Path:
+    """SDXL base 1.0's shapes (its published unet, vae, text_encoder and text_encoder_2 configs) with random
+    weights, saved once in the diffusers layout (float16 on disk)."""
+    if (folder / "model_index.json").is_file():
+        return folder
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from stylelora.mini.architecture import build_scheduler
+    from stylelora.mini.tokenizer import write_tokenizer
+    from stylelora.mini.world import WORDS
+
+    torch.manual_seed(0)
+    tokenizers = [write_tokenizer(folder / name, WORDS, max_length=77) for name in ("tokenizer", "tokenizer_2")]
+    vocab = len(tokenizers[0])
+    unet = UNet2DConditionModel(
+        sample_size=128, layers_per_block=2, block_out_channels=(320, 640, 1280),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(5, 10, 20),
+        transformer_layers_per_block=(1, 2, 10), cross_attention_dim=2048, use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        scaling_factor=0.13025, force_upcast=True)
+
+    def encoder(kind, width: int, layers: int, heads: int, act: str):
+        return kind(CLIPTextConfig(vocab_size=vocab, hidden_size=width, intermediate_size=width * 4,
+                                   num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,
+                                   hidden_act=act, projection_dim=1280 if kind is CLIPTextModelWithProjection else 768,
+                                   bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1))
+
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=encoder(CLIPTextModel, 768, 12, 12, "quick_gelu"),
+        text_encoder_2=encoder(CLIPTextModelWithProjection, 1280, 32, 20, "gelu"), tokenizer=tokenizers[0],
+        tokenizer_2=tokenizers[1], unet=unet, scheduler=build_scheduler(), add_watermarker=False)
     pipe.to(torch.float16).save_pretrained(folder)
     return folder
 

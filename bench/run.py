@@ -32,7 +32,7 @@ from stylelora.files import write_atomically  # noqa: E402
 from stylelora.precision import bf16_support, choose_precision  # noqa: E402
 
 from generation_bench import GenerationResult, measure_generation  # noqa: E402
-from models import MINI, Base, sd15  # noqa: E402
+from models import MINI, Base, sd15, sdxl  # noqa: E402
 from plots import plot_generation, plot_scaling, plot_training  # noqa: E402
 from training_bench import (cache_cost, floor_step, lora_step, naive_step, our_step_seconds,  # noqa: E402
                             peak_rss, timed)
@@ -106,7 +106,7 @@ def training_table(rows: list[dict], memory: list[dict]) -> list[str]:
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         limit, naive = r["ours"] / r["floor"], r["naive"] / r["ours"]
-        naive_target = f" ({verdict(naive, 1.4, at_least=True)})" if "SD1.5" in r["label"] else ""
+        naive_target = f" ({verdict(naive, 1.4, at_least=True)})" if ("SD1.5" in r["label"] or "SDXL" in r["label"]) else ""
         lines.append(f"| {r['label']} | {r['size']} | {limit:.2f} ({verdict(limit, 1.10)}) | {naive:.2f}{naive_target} "
                      f"| {r['naive'] / r['ours_default']:.2f} (ours in {r['default_precision'].replace('no', 'fp32')}) "
                      f"| {r['naive_bf16'] / r['ours_default']:.2f} "
@@ -150,8 +150,12 @@ def generation_table(results: list[GenerationResult]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats, no torch.compile (under 10 minutes)")
+    parser.add_argument("--sdxl", type=int, metavar="PX", help="only the SDXL-shaped rows, at PX pixels "
+                        "(bench/results/sdxl.md; about 40 minutes at 512)")
     args = parser.parse_args()
     support = bf16_support()  # before any kernel runs, so a needed oneDNN cap takes hold
+    if args.sdxl:
+        return sdxl_rows(args.sdxl, support)
     torch.manual_seed(0)
     mini, sd = MINI, sd15()
     bases = [mini, sd]
@@ -178,6 +182,22 @@ def main() -> None:
     plot_training(rows, RESULTS / "training.png")
     plot_scaling(scaling, RESULTS / "scaling.png")
     plot_generation(generation, RESULTS / "generation.png")
+    print("\n".join(lines))
+
+
+def sdxl_rows(resolution: int, support) -> None:
+    """The SDXL-shaped training and memory rows, against the same targets as the SD1.5-shaped row."""
+    base = sdxl(resolution)
+    memory = [memory_row(base, 4)]
+    rows = [training_rows(base, 3, 4, cache_sample=3)]
+    lines = ["# SDXL-shaped benchmark", "",
+             f"Measured by `python bench/run.py --sdxl {resolution}` on {platform.processor() or platform.machine()}, "
+             f"{torch.get_num_threads()} threads, torch {torch.__version__}; {support.reason}. SDXL base 1.0's UNet, "
+             "VAE and both text encoders at their real sizes, random weights.", ""] + training_table(rows, memory)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_atomically(RESULTS / "sdxl.md", ("\n".join(lines) + "\n").encode())
+    write_atomically(RESULTS / "sdxl.json", (json.dumps({"training": rows, "memory": memory}, indent=1,
+                                                        default=str) + "\n").encode())
     print("\n".join(lines))
 
 

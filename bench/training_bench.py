@@ -21,6 +21,7 @@ from stylelora.base import load_base
 from stylelora.cache import LatentCache
 from stylelora.config import UNET_TARGETS, TrainConfig
 from stylelora.data import load_rgb, preprocess, scan_folder
+from stylelora.families import Placement, family_of_pipe
 from stylelora.loss import ddpm_loss
 from stylelora.training import train
 
@@ -42,10 +43,19 @@ def timed(step: Callable[[], object], repeats: int, warmup: int = 1) -> float:
 
 
 def _inputs(pipe, batch: int, resolution: int, requires_grad: bool = False):
+    """Random latents, timesteps, and the UNet's conditioning for a caption, as the base's family builds it
+    (SDXL: both encoders' context, the pooled embedding and square-image time ids)."""
     side = resolution // pipe.vae_scale_factor
     latents = torch.randn(batch, 4, side, side, requires_grad=requires_grad)
-    text = torch.randn(batch, pipe.tokenizer.model_max_length, pipe.unet.config.cross_attention_dim)
-    return latents, text, torch.randint(0, 1000, (batch,))
+    return latents, _conditioning(pipe, batch, resolution), torch.randint(0, 1000, (batch,))
+
+
+def _conditioning(pipe, batch: int, resolution: int) -> dict:
+    family = family_of_pipe(pipe)
+    with torch.no_grad():
+        text = family.encode(pipe, ["a red circle"] * batch, "cpu")
+    square = Placement((resolution, resolution), (0, 0), (resolution, resolution))
+    return family.unet_inputs(text, [square] * batch, pipe.unet.dtype)
 
 
 def floor_step(pipe, base: Base) -> Callable[[], None]:
@@ -55,7 +65,7 @@ def floor_step(pipe, base: Base) -> Callable[[], None]:
 
     def step():
         latents.grad = None
-        unet(latents, t, text).sample.float().pow(2).mean().backward()
+        unet(latents, t, **text).sample.float().pow(2).mean().backward()
 
     return step
 
@@ -76,7 +86,7 @@ def lora_step(pipe, base: Base, rank: int = 4, autocast: bool = False, channels_
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            prediction = unet(pipe.scheduler.add_noise(latents, noise, t), t, text).sample
+            prediction = unet(pipe.scheduler.add_noise(latents, noise, t), t, **text).sample
         ddpm_loss(prediction.float(), noise).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -86,23 +96,22 @@ def lora_step(pipe, base: Base, rank: int = 4, autocast: bool = False, channels_
 
 
 def naive_step(pipe, base: Base, rank: int = 4, autocast: bool = False) -> Callable[[], None]:
-    """A loop like the diffusers example script's: VAE encode and text encoder every step, nothing cached."""
+    """A loop like the diffusers example scripts' (train_text_to_image_lora.py, and _sdxl.py with both text
+    encoders, pooled embeddings and time ids): VAE encode and text encoders every step, nothing cached."""
     attach_lora(pipe.unet, UNET_TARGETS, rank, rank, 0.0, adapter_name="naive")
     params = [p for p in pipe.unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     images = [e.path for e in scan_folder(STRIPES).examples][: base.batch]
     pixels = torch.stack([preprocess(load_rgb(p), base.resolution, False, False) for p in images])
-    ids = pipe.tokenizer(["a red circle"] * base.batch, padding="max_length",
-                         max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             with torch.no_grad():
                 latents = pipe.vae.encode(pixels).latent_dist.sample() * pipe.vae.config.scaling_factor
-                text = pipe.text_encoder(ids)[0]
+                text = _conditioning(pipe, base.batch, base.resolution)
             noise = torch.randn_like(latents)
             t = torch.randint(0, 1000, (base.batch,))
-            prediction = pipe.unet(pipe.scheduler.add_noise(latents, noise, t), t, text).sample
+            prediction = pipe.unet(pipe.scheduler.add_noise(latents, noise, t), t, **text).sample
         ddpm_loss(prediction.float(), noise.float()).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
