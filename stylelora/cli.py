@@ -272,7 +272,8 @@ def add_adapter_tool_parsers(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--ranks", action="store_true", help="each module's effective rank (singular values holding 90/95/"
                                                         "99%% of its change's energy), and whether a smaller --rank would have done")
-    p.add_argument("--base", default="mini", help="with --ranks: the base, read for DoRA, LoHa and LoKr files (mini)")
+    p.add_argument("--base", help="the base the file is for: refused, naming both, if it is of another family "
+                                  "(SDXL vs SD1.x); with --ranks, read for DoRA, LoHa and LoKr files (mini)")
 
 
 def run_merge(args: argparse.Namespace) -> int:
@@ -309,10 +310,12 @@ def run_resize(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from .inspect_adapter import as_json, as_text, describe, effective_ranks, ranks_as_text
+    from .inspect_adapter import as_json, as_text, check_fits_base, describe, effective_ranks, ranks_as_text
 
+    if args.base is not None:
+        check_fits_base(args.file, args.base)
     if args.ranks:
-        info = effective_ranks(args.file, args.base)
+        info = effective_ranks(args.file, args.base or "mini")
         print(as_json(info) if args.json else ranks_as_text(info))
         return 0
     info = describe(args.file)

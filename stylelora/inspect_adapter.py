@@ -6,7 +6,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from .families import FAMILIES, SD1, SD2, SDXL, Family
+from .families import FAMILIES, SD1, SD2, SDXL, Family, check_fits
 from .formats import read_lora
 from .methods import KINDS, TARGET_PRESETS
 from .methods.layouts import method_name
@@ -98,6 +98,14 @@ def as_json(info: dict) -> str:
 
 
 ENERGY_SHARES = (0.90, 0.95, 0.99)
+
+
+def check_fits_base(path: Path, base: str) -> None:
+    """Refuse, naming both, when the adapter was made for another family than `base` (read from its config)."""
+    from .base import base_family
+
+    weights, metadata, _ = read_lora(path)
+    check_fits(path, family_of_weights(weights, metadata), base, base_family(base))
 
 
 def effective_ranks(path: Path, base: str = "mini") -> dict:

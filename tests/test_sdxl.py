@@ -130,6 +130,10 @@ def test_sd1_family_adapters_and_sdxl_bases_refuse_each_other(sdxl_adapter, tiny
     mini_adapter = train(train_config(max_steps=1), **QUIET).adapter_path
     with pytest.raises(AdapterFileError, match=r"made for stylelora mini, but base .* is SDXL"):
         Styler(str(tiny_sdxl_base)).load(mini_adapter)
+    shown = subprocess.run([sys.executable, "-m", "stylelora", "inspect", str(mini_adapter), "--base", str(tiny_sdxl_base)],
+                           capture_output=True, text=True)
+    assert shown.returncode != 0 and "made for stylelora mini, but base" in shown.stderr and "is SDXL" in shown.stderr
+    assert "Traceback" not in shown.stderr
     with pytest.raises(AdapterFileError, match=r"cannot be merged"):
         merge(MergeConfig(adapters=(str(sdxl_adapter), str(mini_adapter)), out=mini_adapter.with_name("x.safetensors")))
 
