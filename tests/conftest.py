@@ -123,21 +123,19 @@ def build_tiny_sdxl(folder: Path) -> Path:
     """A randomly initialised SDXL pipeline at test size (32 px): the real classes, with two small CLIP text
     encoders (the second with a projection, as SDXL's), the mini's generated tokenizer for both, and a UNet
     that takes SDXL's text-and-time added conditioning. Nothing is downloaded."""
-    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from dataclasses import replace
 
-    from stylelora.mini.architecture import build_scheduler, build_vae
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModelWithProjection
+
+    from stylelora.mini.architecture import build_scheduler, build_text_encoder, build_vae
     from stylelora.mini.tokenizer import write_tokenizer
     from stylelora.mini.world import WORDS
 
     torch.manual_seed(0)
     tokenizers = [write_tokenizer(folder / name, WORDS, max_length=24) for name in ("tokenizer", "tokenizer_2")]
-    vocab = len(tokenizers[0])
-
-    def encoder(kind, width: int):
-        return kind(CLIPTextConfig(vocab_size=vocab, hidden_size=width, intermediate_size=width * 4, num_hidden_layers=2,
-                                   num_attention_heads=4, max_position_embeddings=24, bos_token_id=vocab - 2,
-                                   eos_token_id=vocab - 1, pad_token_id=vocab - 1, projection_dim=width))
+    first = build_text_encoder(replace(TINY, text_layers=2), len(tokenizers[0]))  # 32 wide, as the second
+    second = CLIPTextModelWithProjection(first.config)
 
     unet = UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 32),
@@ -145,8 +143,7 @@ def build_tiny_sdxl(folder: Path) -> Path:
         attention_head_dim=(2, 2), use_linear_projection=True, addition_embed_type="text_time",
         addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=32 + 32,
         norm_num_groups=32)
-    pipe = StableDiffusionXLPipeline(vae=build_vae(TINY), text_encoder=encoder(CLIPTextModel, 32),
-                                     text_encoder_2=encoder(CLIPTextModelWithProjection, 32), tokenizer=tokenizers[0],
+    pipe = StableDiffusionXLPipeline(vae=build_vae(TINY), text_encoder=first, text_encoder_2=second, tokenizer=tokenizers[0],
                                      tokenizer_2=tokenizers[1], unet=unet, scheduler=build_scheduler(),
                                      force_zeros_for_empty_prompt=True, add_watermarker=False)
     pipe.save_pretrained(folder)

@@ -27,7 +27,7 @@ from stylelora.precision import bf16_support
 from stylelora.styler import Styler
 from stylelora.workspace import caption_rows, dataset_folder, save_captions, save_uploads
 from stylelora.tune.jobs import TuneJob
-from ui.train_fields import (bucket_report, bucket_row, bucket_settings, loss_curves, method_row,
+from ui.train_fields import (bucket_row, bucket_settings, loss_curves, method_row,
                              show_only_own_fields, stopping_row, stopping_settings, suggested_fields)
 from ui.tune_tab import tune_tab
 
@@ -138,7 +138,7 @@ def train_tab(session: Session) -> None:
             precision = gr.Dropdown(list(PRECISIONS), value="auto", elem_id="precision",
                                     label="Precision (auto: bf16 only where this CPU was measured to run it faster)")
     stopping = stopping_row()
-    buckets, show_buckets, buckets_shown = bucket_row()
+    buckets = bucket_row(dataset, base, resolution)
     with gr.Row():
         start = gr.Button("Start training", variant="primary", elem_id="start")
         stop = gr.Button("Stop", elem_id="stop")
@@ -199,7 +199,6 @@ def train_tab(session: Session) -> None:
                            batch_size, alpha, seed, save_every, sample_every, sample_prompt, flip, caption_dropout,
                            resume, precision, method, targets, *method_fields, *stopping, *buckets],
                 [start_message])
-    show_buckets.click(bucket_report, [dataset, base, resolution, *buckets], [buckets_shown])
     stop.click(lambda: session.job.stop() or "Stopping after this step; the checkpoint is kept.", None, [start_message])
 
     suggest_settings.click(suggested_fields, [dataset, base], [rank, steps, learning_rate, alpha, start_message])

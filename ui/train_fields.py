@@ -115,8 +115,9 @@ def suggested_fields(folder_path: str, base_model: str):
 BUCKET_FIELDS = ("buckets", "bucket_step", "min_bucket", "max_bucket", "no_upscale")
 
 
-def bucket_row():
-    """Bucketing's fields (BUCKET_FIELDS), a button that shows the buckets a run would use, and where they show."""
+def bucket_row(dataset, base, resolution) -> list:
+    """Bucketing's fields (BUCKET_FIELDS), and a button that shows the buckets a run of the chosen folder, base
+    and resolution would use, under them."""
     with gr.Accordion("Aspect-ratio buckets", open=False):
         with gr.Row():
             fields = [gr.Checkbox(True, label="Keep each image's shape (buckets); off: centre squares", elem_id="buckets"),
@@ -126,7 +127,8 @@ def bucket_row():
                       gr.Checkbox(False, label="Never enlarge an image", elem_id="no-upscale")]
             show = gr.Button("Show the buckets", elem_id="show-buckets")
         report = gr.Markdown(elem_id="bucket-report")
-    return fields, show, report
+    show.click(bucket_report, [dataset, base, resolution, *fields], [report])
+    return fields
 
 
 def bucket_settings(values: list) -> dict:
