@@ -44,7 +44,8 @@ def prepare_inputs(config: TrainConfig, model: Model, folder: ImageFolder, held_
     empty caption, which caches too). Once all is cached, the VAE and the frozen text encoder are freed
     unless previews need them."""
     pipe = model.pipe
-    buckets = plan_buckets(folder.examples, model.resolution, config.bucket_settings(default_step(model.family.bucket_step, model.resolution)))
+    step = default_step(model.family.bucket_step, model.resolution)
+    buckets = plan_buckets(folder.examples, model.resolution, config.bucket_settings(step))
     buckets.describe(say)
     if accelerator.is_main_process:
         buckets.write_report(config.out_dir)
