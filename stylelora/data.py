@@ -192,8 +192,8 @@ Size = tuple[int, int]  # (width, height), as PIL gives it
 def placement(size: Size, target: Size, random_crop: bool = False, flip: bool = False,
               rng: random.Random | None = None) -> tuple[Size, Size, Placement]:
     """How an image of `size` fills `target`: the size it is resized to (covering the target), the crop's
-    top-left (left, top) in it, and the Placement SDXL's micro-conditioning reads (flipped images count the crop
-    from the right, as kohya's sdxl_train does)."""
+    top-left (left, top) in it, and the Placement SDXL's micro-conditioning reads. A flipped image's corner is
+    where the crop sits in the flipped picture, as in diffusers' train_text_to_image_sdxl.py, which flips first."""
     (width, height), (target_w, target_h) = size, target
     scale = max(target_w / width, target_h / height)
     resized = (max(target_w, round(width * scale)), max(target_h, round(height * scale)))

@@ -20,7 +20,7 @@ from PIL import Image
 
 from .formats import LoraWeights, read_lora, to_kohya
 from .methods.layouts import LoraModule
-from .inspect_adapter import family_of_weights
+from .inspect_adapter import architecture_of_weights, family_of_weights
 from .base import load_base
 from .families import check_fits, family_of_pipe
 from .errors import AdapterFileError, ConfigError
@@ -137,10 +137,8 @@ class Styler:
                 return loaded_name  # already loaded: reuse it, never load a second copy
         weights, metadata, _ = read_lora(path)  # any layout; refuses pickles and damaged files with a clear reason
         name = name or adapter_name_for(path, set(self.paths))
-        made_for_family = family_of_weights(weights, metadata)
-        made_for = f"made for {made_for_family.label if made_for_family else 'an unknown architecture'}, " \
-                   f"but base {self.base!r} is {self.architecture}"
-        check_fits(path, made_for_family, self.base, self.family)
+        check_fits(path, family_of_weights(weights, metadata), self.base, self.family)
+        made_for = f"made for {architecture_of_weights(weights, metadata)}, but base {self.base!r} is {self.architecture}"
         self.unfuse()
         try:
             with warnings.catch_warnings():

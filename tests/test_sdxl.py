@@ -164,3 +164,16 @@ def test_cli_trains_and_inspects_on_an_sdxl_folder(tiny_sdxl_base, mixed_aspect_
                            capture_output=True, text=True)
     assert "fits:          SDXL" in shown.stdout
     assert (out / "buckets.json").is_file()
+
+
+def test_a_single_file_checkpoint_is_read_as_sdxl_by_its_tensor_names(tmp_path):
+    import safetensors.torch
+
+    from stylelora.families import SD1
+
+    names = {"sdxl.safetensors": "conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias",
+             "sd15.safetensors": "model.diffusion_model.output_blocks.11.0.skip_connection.weight"}
+    for file, name in names.items():
+        safetensors.torch.save_file({name: torch.zeros(2)}, str(tmp_path / file))
+    assert base_family(str(tmp_path / "sdxl.safetensors")) is SDXL
+    assert base_family(str(tmp_path / "sd15.safetensors")) is SD1
