@@ -120,3 +120,12 @@ def test_validate_names_the_flag():
         from stylelora.config import validate
 
         validate(TrainConfig(data=".", max_bucket=12))
+
+
+def test_the_toml_config_takes_the_bucket_settings(tmp_path):
+    from stylelora.config import from_dict, load_toml
+
+    (tmp_path / "style.toml").write_text("[train]\nbucket-step = 16\nmin-bucket = 32\nmax-bucket = 96\nno-upscale = true\n")
+    config = from_dict({"data": str(tmp_path)} | load_toml(tmp_path / "style.toml"))
+    assert config.bucket_settings(64) == BucketSettings(True, 16, 32, 96, True)
+    assert from_dict({"data": str(tmp_path), "buckets": False}).bucket_settings(64).enabled is False
