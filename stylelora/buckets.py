@@ -184,14 +184,17 @@ def plan_for_config(config) -> BucketPlan:
     UI's Train tab shows before a run starts."""
     from .base import base_family, native_resolution
     from .data import scan_folder
+    from .validation import split_examples
 
     resolution = config.resolution or native_resolution(config.base)
     if resolution is None:
         raise ConfigError(f"--base {config.base}: its native size is read when it loads; give --resolution to see "
                           "the buckets first")
     step = default_step(base_family(config.base).bucket_step, resolution)
-    return plan_buckets(scan_folder(config.data, config.caption, config.trigger).examples, resolution,
-                        config.bucket_settings(step))
+    examples = scan_folder(config.data, config.caption, config.trigger).examples
+    if config.validation_split:  # the images a run holds out do not train: leave them out, as training does
+        examples, _ = split_examples(examples, config.validation_split, config.seed)
+    return plan_buckets(examples, resolution, config.bucket_settings(step))
 
 
 def report_as_markdown(plan: BucketPlan) -> str:

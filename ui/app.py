@@ -138,7 +138,7 @@ def train_tab(session: Session) -> None:
             precision = gr.Dropdown(list(PRECISIONS), value="auto", elem_id="precision",
                                     label="Precision (auto: bf16 only where this CPU was measured to run it faster)")
     stopping = stopping_row()
-    buckets = bucket_row(dataset, base, resolution)
+    buckets = bucket_row(dataset, base, resolution, stopping[0])  # stopping[0]: the validation split
     with gr.Row():
         start = gr.Button("Start training", variant="primary", elem_id="start")
         stop = gr.Button("Stop", elem_id="stop")

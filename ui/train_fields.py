@@ -115,9 +115,9 @@ def suggested_fields(folder_path: str, base_model: str):
 BUCKET_FIELDS = ("buckets", "bucket_step", "min_bucket", "max_bucket", "no_upscale")
 
 
-def bucket_row(dataset, base, resolution) -> list:
-    """Bucketing's fields (BUCKET_FIELDS), and a button that shows the buckets a run of the chosen folder, base
-    and resolution would use, under them."""
+def bucket_row(dataset, base, resolution, validation_split) -> list:
+    """Bucketing's fields (BUCKET_FIELDS), and a button that shows the buckets a run of the chosen folder, base,
+    resolution and validation split would use, under them."""
     with gr.Accordion("Aspect-ratio buckets", open=False):
         with gr.Row():
             fields = [gr.Checkbox(True, label="Keep each image's shape (buckets); off: centre squares", elem_id="buckets"),
@@ -127,7 +127,7 @@ def bucket_row(dataset, base, resolution) -> list:
                       gr.Checkbox(False, label="Never enlarge an image", elem_id="no-upscale")]
             show = gr.Button("Show the buckets", elem_id="show-buckets")
         report = gr.Markdown(elem_id="bucket-report")
-    show.click(bucket_report, [dataset, base, resolution, *fields], [report])
+    show.click(bucket_report, [dataset, base, resolution, validation_split, *fields], [report])
     return fields
 
 
@@ -138,7 +138,7 @@ def bucket_settings(values: list) -> dict:
             for name, value in settings.items() if value or name == "buckets"}
 
 
-def bucket_report(folder_path: str, base_model: str, resolution: float, *values) -> str:
+def bucket_report(folder_path: str, base_model: str, resolution: float, validation_split: float, *values) -> str:
     """The Train tab's bucket table for the chosen folder, base and settings (stylelora.buckets does the work)."""
     from stylelora.buckets import plan_for_config, report_as_markdown
     from stylelora.config import TrainConfig, validate
@@ -148,7 +148,8 @@ def bucket_report(folder_path: str, base_model: str, resolution: float, *values)
         return "**Error:** upload images or choose a folder first"
     try:
         config = validate(TrainConfig(data=Path(folder_path), base=base_model or "mini",
-                                      resolution=int(resolution) or None, **bucket_settings(list(values))))
+                                      resolution=int(resolution) or None, validation_split=float(validation_split or 0),
+                                      **bucket_settings(list(values))))
         return report_as_markdown(plan_for_config(config))
     except StyleloraError as error:
         return f"**Error:** {error}"
