@@ -85,7 +85,7 @@ def as_text(info: dict) -> str:
              + (f" (and {info['trained_biases']} trained biases)" if info["trained_biases"] else ""),
              f"  text encoder:  {'adapted' if info['text_encoder'] else 'not adapted'}"]
     for group in info["groups"]:
-        lines.append(f"  {group['part']:<13}  {group['method']} rank {group['rank']}, alpha {group['alpha']:g}, "
+        lines.append(f"  {group['part']:<14} {group['method']} rank {group['rank']}, alpha {group['alpha']:g}, "
                      f"scale {group['scale']:g} ({group['modules']} modules)")
     if info["metadata"]:
         lines.append("  metadata:")
