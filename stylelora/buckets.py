@@ -27,6 +27,7 @@ from .data import Example, Size, placement
 from .errors import ConfigError
 from .files import write_atomically
 
+
 @dataclass(frozen=True)
 class BucketSettings:
     enabled: bool = True
@@ -39,7 +40,7 @@ class BucketSettings:
 def bucket_sizes(resolution: int, step: int, min_side: int, max_side: int) -> list[Size]:
     """Every (width, height) bucket: kohya's scheme, plus the square of the resolution."""
     max_area = resolution * resolution
-    square = int(math.sqrt(max_area)) // step * step
+    square = resolution // step * step
     sizes = {(square, square)}
     width = min_side
     while width <= max_side:
@@ -190,11 +191,15 @@ def plan_for_config(config) -> BucketPlan:
     if resolution is None:
         raise ConfigError(f"--base {config.base}: its native size is read when it loads; give --resolution to see "
                           "the buckets first")
-    step = default_step(base_family(config.base).bucket_step, resolution)
     examples = scan_folder(config.data, config.caption, config.trigger).examples
     if config.validation_split:  # the images a run holds out do not train: leave them out, as training does
         examples, _ = split_examples(examples, config.validation_split, config.seed)
-    return plan_buckets(examples, resolution, config.bucket_settings(step))
+    return plan_for_run(config, examples, resolution, base_family(config.base).bucket_step)
+
+
+def plan_for_run(config, examples: list[Example], resolution: int, family_step: int) -> BucketPlan:
+    """The buckets a run of `config` (a TrainConfig) trains `examples` in: --bucket-step, or the family's."""
+    return plan_buckets(examples, resolution, config.bucket_settings(default_step(family_step, resolution)))
 
 
 def report_as_markdown(plan: BucketPlan) -> str:

@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from .base import weights_fingerprint
 from .cache import LatentCache, TextCache
 from .config import TrainConfig
-from .buckets import BucketPlan, default_step, plan_buckets
+from .buckets import BucketPlan, plan_for_run
 from .data import Example, ImageFolder, Size, placement, read_prompts
 from .families import Conditioning
 from .errors import TrainingInterrupted
@@ -44,8 +44,7 @@ def prepare_inputs(config: TrainConfig, model: Model, folder: ImageFolder, held_
     empty caption, which caches too). Once all is cached, the VAE and the frozen text encoder are freed
     unless previews need them."""
     pipe = model.pipe
-    step = default_step(model.family.bucket_step, model.resolution)
-    buckets = plan_buckets(folder.examples, model.resolution, config.bucket_settings(step))
+    buckets = plan_for_run(config, folder.examples, model.resolution, model.family.bucket_step)
     buckets.describe(say)
     if accelerator.is_main_process:
         buckets.write_report(config.out_dir)

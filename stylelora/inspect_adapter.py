@@ -20,9 +20,14 @@ def family_of_weights(weights, metadata: dict[str, str]) -> Family | None:
     if str(metadata.get("ss_base_model_version", "")).startswith("sdxl") or any(
             part == "text_encoder_2" for part, _ in weights):
         return SDXL
-    widths = {adapter.in_features for (part, module), adapter in weights.items()
-              if part == "unet" and "attn2" in module and module.endswith(("to_k", "to_v"))}
+    widths = _context_widths(weights)
     return {768: SD1, 1024: SD2, 2048: SDXL}.get(next(iter(widths))) if widths else None
+
+
+def _context_widths(weights) -> set[int]:
+    """The input widths of the UNet's cross-attention key/value projections: the text context's width."""
+    return {adapter.in_features for (part, module), adapter in weights.items()
+            if part == "unet" and "attn2" in module and module.endswith(("to_k", "to_v"))}
 
 
 def architecture_of_weights(weights, metadata: dict[str, str]) -> str:
@@ -30,8 +35,7 @@ def architecture_of_weights(weights, metadata: dict[str, str]) -> str:
     family = family_of_weights(weights, metadata)
     if family is not None:
         return family.label
-    widths = {adapter.in_features for (part, module), adapter in weights.items()
-              if part == "unet" and "attn2" in module and module.endswith(("to_k", "to_v"))}
+    widths = _context_widths(weights)
     return f"unknown (context width {next(iter(widths))})" if widths else "unknown"
 
 

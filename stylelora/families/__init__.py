@@ -14,6 +14,8 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from ..errors import AdapterFileError
+
 
 class Conditioning(NamedTuple):
     """What the text side hands the UNet, for a batch of captions: the cross-attention context, and SDXL's
@@ -21,9 +23,6 @@ class Conditioning(NamedTuple):
 
     context: torch.Tensor
     pooled: torch.Tensor | None = None
-
-    def to(self, device: torch.device | str, dtype: torch.dtype) -> "Conditioning":
-        return Conditioning(self.context.to(device, dtype), None if self.pooled is None else self.pooled.to(device, dtype))
 
     def row(self, index: int) -> "Conditioning":
         return Conditioning(self.context[index], None if self.pooled is None else self.pooled[index])
@@ -145,10 +144,9 @@ TEXT_PARTS = ("text_encoder", "text_encoder_2")
 def family_of_unet(config) -> Family:
     """The family of a UNet, from its config: SDXL's UNet takes text-and-time added conditioning; SD1.x and SD2.x
     differ in their context width (768, 1024); narrower is the miniature."""
-    get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
-    if get("addition_embed_type") == "text_time":
+    if config.get("addition_embed_type") == "text_time":  # a dict, or diffusers' FrozenDict config
         return SDXL
-    width = get("cross_attention_dim")
+    width = config.get("cross_attention_dim")
     return {768: SD1, 1024: SD2}.get(width, MINI if isinstance(width, int) and width < 768 else UNKNOWN)
 
 
@@ -159,8 +157,6 @@ def family_of_pipe(pipe) -> Family:
 def check_fits(source: object, made_for: Family | None, base: str, family: Family) -> None:
     """Refuse an adapter made for one family on a base of another (SD1.x on SDXL, or the reverse), naming both;
     an adapter or base whose family cannot be read is let through to the module-by-module check."""
-    from ..errors import AdapterFileError
-
     if made_for not in (None, UNKNOWN, family) and family is not UNKNOWN:
         raise AdapterFileError(f"{source}: made for {made_for.label}, but base {base!r} is {family.label}; "
                                f"load it on a {made_for.label} base")
