@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from . import precision as _precision
@@ -12,6 +13,10 @@ __all__ = ["TrainConfig", "TrainResult", "StyleloraError", "train", "TuneConfig"
 # Where a CPU's AMX kernels were measured to die, cap oneDNN below them before any kernel runs.
 # This reads a cached verdict only (a small JSON file); the probe itself runs when bf16 is considered.
 _precision.apply_isa_cap(_precision.cached_bf16_support())
+
+# diffusers imports bitsandbytes wherever it is installed, and on CPUs with AVX512-BF16 bitsandbytes logs at import
+# that the optional `kernels` package (which downloads from the hub) is missing; its own kernels run without it.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 if TYPE_CHECKING:
     from .config import TrainConfig

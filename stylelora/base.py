@@ -14,6 +14,8 @@ from diffusers import DiffusionPipeline
 from .errors import BaseModelError
 from .families import SD1, SDXL, Family, family_of_unet
 from .files import PICKLE_SUFFIXES
+from .loading import stream_unet
+from .quantize import check_quantize, quantization_of, quantize_model
 
 diffusers.utils.logging.disable_progress_bar()
 transformers.utils.logging.disable_progress_bar()
@@ -51,27 +53,42 @@ def resolve_base(spec: str) -> str:
 _LOADING = threading.Lock()
 
 
-def load_base(spec: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> DiffusionPipeline:
+def load_base(spec: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+              quantize: str = "none", quantize_text: bool = True) -> DiffusionPipeline:
     """Load the whole pipeline of the base's family (StableDiffusionPipeline or StableDiffusionXLPipeline) in
-    `dtype` on `device`, with the safety checker off (we train styles, not filters)."""
+    `dtype` on `device`, with the safety checker off (we train styles, not filters). `quantize` (quantize.py)
+    holds the UNet, and the text encoders unless `quantize_text` is False, in NF4, int8 or fp8."""
+    check_quantize(quantize)
     kind = resolve_base(spec)
     family = base_family(spec)
     options = dict(dtype=dtype) | ({} if family is SDXL else dict(safety_checker=None, requires_safety_checker=False))
     # Loading builds modules on the meta device inside a process-wide context, so two threads loading
     # at once (the UI: a training job and a generation) break each other. One load at a time.
     with _LOADING:
-        pipe = _load(spec, kind, family, options)
+        pipe = _load(spec, kind, family, options, quantize)
+        quantize_pipe(pipe, family, quantize, dtype, quantize_text)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
 
-def _load(spec: str, kind: str, family: Family, options: dict) -> DiffusionPipeline:
+def quantize_pipe(pipe: DiffusionPipeline, family: Family, quantize: str, dtype: torch.dtype,
+                  quantize_text: bool = True) -> None:
+    """Quantize a loaded pipeline's UNet (unless it was quantized as it loaded) and, with `quantize_text`, its
+    text encoders; the VAE stays as it is (training frees it once the latents are cached)."""
+    models = [pipe.unet] + [getattr(pipe, encoder.part) for encoder in family.text_encoders if quantize_text]
+    for model in models:
+        if model is not None and quantization_of(model) != quantize:
+            quantize_model(model, quantize, dtype)
+
+
+def _load(spec: str, kind: str, family: Family, options: dict, quantize: str) -> DiffusionPipeline:
     try:
         if kind == "file":
             pipe = family.pipeline_class.from_single_file(spec, dtype=options["dtype"])
         else:
             source = str(MINI_WEIGHTS) if kind == "mini" else spec
-            pipe = family.pipeline_class.from_pretrained(source, **options)
+            unet = stream_unet(Path(source), options["dtype"], quantize) if kind != "hub" else None
+            pipe = family.pipeline_class.from_pretrained(source, **options, **({"unet": unet} if unet else {}))
     except (OSError, ValueError, EnvironmentError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise BaseModelError(f"{spec}: cannot load the base model ({first_line})") from None

@@ -26,12 +26,13 @@ if TYPE_CHECKING:
 # Settings that change what the adapter is; resuming with any of them changed is refused.
 IDENTITY_FIELDS = ("base", "rank", "alpha", "target_modules", "train_text_encoder", "text_encoder_targets", "resolution",
                    "rslora", "loraplus_ratio", "method", "targets", "conv_rank", "conv_alpha", "target_rank", "train_bias",
-                   "validation_split", "ema_decay", "buckets", "bucket_step", "min_bucket", "max_bucket", "no_upscale")
+                   "validation_split", "ema_decay", "buckets", "bucket_step", "min_bucket", "max_bucket", "no_upscale",
+                   "quantize_base")
 # Fields added after checkpoints were first written: a checkpoint without them was made with these values.
 LATER_FIELDS = {"rslora": False, "loraplus_ratio": 0.0, "method": "lora", "targets": None, "conv_rank": None,
                 "conv_alpha": None, "target_rank": None, "train_bias": False, "validation_split": 0.0,
                 "ema_decay": 0.0, "buckets": False, "bucket_step": None, "min_bucket": None, "max_bucket": None,
-                "no_upscale": False}
+                "no_upscale": False, "quantize_base": "none"}
 KEEP = 3
 
 

@@ -13,6 +13,10 @@ from pathlib import Path
 from .cli_tune import add_suggest_parser, add_tune_parser, run_suggest, run_tune
 from .config import PRECISIONS, LR_SCHEDULES, from_dict, load_toml
 from .errors import StyleloraError
+from .quantize import QUANTIZE_MODES
+
+QUANTIZE_HELP = ("hold the frozen base in fewer bytes: nf4 or int8 (bitsandbytes, the [quant] extra) for its Linear "
+                 "layers, or fp8 storage for its Linear and conv layers; the adapter stays float32 (none)")
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -94,6 +98,7 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     g.add_argument("--precision", choices=PRECISIONS,
                    help="auto (GPU: bf16, or fp16; CPU: bf16 for UNets of 50M parameters or more where a cached "
                         "probe measured it to run and to be faster, else fp32), no (fp32), fp16 or bf16")
+    g.add_argument("--quantize-base", choices=QUANTIZE_MODES, help=QUANTIZE_HELP)
     g.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="trade compute for memory")
     g.add_argument("--cache-latents", action=argparse.BooleanOptionalAction, default=None,
@@ -197,6 +202,7 @@ def add_generate_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--height", type=int, help="image height in pixels, a multiple of 8 (--size, or the base's native size)")
     p.add_argument("--scheduler", default="dpm++", choices=("ddim", "euler", "dpm++"), help="sampler (dpm++)")
     p.add_argument("--out", type=Path, default=Path("outputs"), help="folder for the PNG files (outputs)")
+    p.add_argument("--quantize-base", default="none", choices=QUANTIZE_MODES, help=QUANTIZE_HELP)
     p.add_argument("--blend", default="merge", choices=("merge", "switch", "composite"),
                    help="merge: weighted sum, fused (1x cost); switch: one adapter per step in turn (1x); "
                         "composite: every adapter's prediction averaged each step (N x cost)")
@@ -208,7 +214,7 @@ def run_generate(args: argparse.Namespace) -> int:
     config = GenerateConfig(prompt=args.prompt, loras=tuple(args.lora), base=args.base, negative=args.negative,
                             count=args.count, steps=args.steps, cfg=args.cfg, seed=args.seed, size=args.size,
                             width=args.width, height=args.height,
-                            scheduler=args.scheduler, out=args.out, blend=args.blend)
+                            scheduler=args.scheduler, out=args.out, blend=args.blend, quantize_base=args.quantize_base)
     for path in generate(config):
         print(path)
     return 0
@@ -229,6 +235,7 @@ def add_grid_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--cfg", type=float, default=7.5)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--scheduler", default="dpm++", choices=("ddim", "euler", "dpm++"))
+    p.add_argument("--quantize-base", default="none", choices=QUANTIZE_MODES, help=QUANTIZE_HELP)
     p.add_argument("-o", "--out", type=Path, default=Path("outputs/grid.png"))
 
 
@@ -237,7 +244,7 @@ def run_grid(args: argparse.Namespace) -> int:
 
     config = GridConfig(tuple(args.prompts), args.lora, parse_weights(args.weights, "--weights"), args.out,
                         args.lora_b, parse_weights(args.weights_b, "--weights-b") if args.lora_b else (),
-                        args.base, args.negative, args.steps, args.cfg, args.seed, args.scheduler)
+                        args.base, args.negative, args.steps, args.cfg, args.seed, args.scheduler, args.quantize_base)
     print(make_grid(config))
     return 0
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .buckets import BucketSettings
+from .quantize import METHODS_OVER, QUANTIZE_MODES
 from .methods import BIAS_METHODS, LORA_PAIR_METHODS, METHODS, TARGET_PRESETS, AdapterSpec
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -74,6 +75,7 @@ class TrainConfig:
     seed: int = 0
     # speed
     precision: str = "auto"
+    quantize_base: str = "none"  # hold the frozen base in nf4, int8 or fp8 (quantize.py); the adapter stays float32
     gradient_checkpointing: bool = False
     cache_latents: bool = True
     # outputs
@@ -210,6 +212,10 @@ def validate(config: TrainConfig) -> TrainConfig:
         (c.noise_offset >= 0, "noise_offset", "the noise offset must be 0 or more; 0.05 is usual"),
         (c.loraplus_ratio >= 0, "loraplus_ratio", "the LoRA+ ratio must be 0 (off) or more; 16 is the paper's usual value"),
         (c.precision in PRECISIONS, "precision", f"choose one of {', '.join(PRECISIONS)}"),
+        (c.quantize_base in QUANTIZE_MODES, "quantize_base", f"choose one of {', '.join(QUANTIZE_MODES)}"),
+        (METHODS_OVER.get(c.quantize_base) is None or c.method in METHODS_OVER[c.quantize_base], "quantize_base",
+         f"--method {c.method} cannot train over a {c.quantize_base} base; use --method "
+         f"{' or '.join(METHODS_OVER.get(c.quantize_base) or ())}, or --quantize-base none"),
         (c.method in METHODS, "method", f"choose one of {', '.join(METHODS)}"),
         (c.targets is None or c.targets in TARGET_PRESETS, "targets", f"choose one of {', '.join(TARGET_PRESETS)}"),
         (c.targets is None or c.target_modules == UNET_TARGETS, "targets",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .images import save_png
+from .quantize import check_quantize
 from .styler import Styler, parse_lora_spec
 
 
@@ -27,6 +28,7 @@ class GenerateConfig:
     scheduler: str = "dpm++"
     out: Path = Path("outputs")
     blend: str = "merge"
+    quantize_base: str = "none"  # quantize.py: nf4, int8 or fp8; the adapters stay float32 and unfused
 
 
 def validate_generate(config: GenerateConfig) -> GenerateConfig:
@@ -42,6 +44,7 @@ def validate_generate(config: GenerateConfig) -> GenerateConfig:
     for ok, name, fix in checks:
         if not ok:
             raise ConfigError(f"--{name} = {getattr(config, name)!r}: {fix}")
+    check_quantize(config.quantize_base)
     return config
 
 
@@ -49,7 +52,7 @@ def generate(config: GenerateConfig, styler: Styler | None = None) -> list[Path]
     """Render `count` images and write them as PNGs carrying their settings; return the paths."""
     validate_generate(config)
     specs = [parse_lora_spec(spec) for spec in config.loras]
-    styler = styler or Styler(config.base)
+    styler = styler or Styler(config.base, quantize=config.quantize_base)
     weights = {styler.load(path): weight for path, weight in specs}
     styler.set_weights(weights)
     images = styler.generate(config.prompt, config.negative, config.count, config.steps, config.cfg,
@@ -59,7 +62,7 @@ def generate(config: GenerateConfig, styler: Styler | None = None) -> list[Path]
     for index, image in enumerate(images):
         settings = {"prompt": config.prompt, "negative": config.negative, "seed": config.seed + index,
                     "steps": config.steps, "cfg": config.cfg, "scheduler": config.scheduler, "blend": config.blend,
-                    "base": config.base,
+                    "base": config.base, **({"quantize_base": config.quantize_base} if config.quantize_base != "none" else {}),
                     "size": image.size[0], "width": image.size[0], "height": image.size[1],
                     "loras": [{"file": str(p), "unet": w.unet, "te": w.text_encoder} for p, w in specs]}
         paths.append(save_png(image, config.out / f"{slug}-{config.seed + index}.png", settings))

@@ -9,6 +9,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .errors import ConfigError
 from .images import save_png
+from .quantize import check_quantize
 from .styler import StyleWeight, Styler, parse_lora_spec
 
 LABEL = 18  # pixels of label band
@@ -28,6 +29,7 @@ class GridConfig:
     cfg: float = 7.5
     seed: int = 1
     scheduler: str = "dpm++"
+    quantize_base: str = "none"  # quantize.py: nf4, int8 or fp8
 
 
 def parse_weights(text: str, flag: str) -> tuple[float, ...]:
@@ -45,7 +47,8 @@ def make_grid(config: GridConfig, styler: Styler | None = None) -> Path:
         raise ConfigError("give at least one prompt")
     if config.lora_b and not config.weights_b:
         raise ConfigError("--lora-b needs --weights-b, e.g. --weights-b 0,0.5,1")
-    styler = styler or Styler(config.base)
+    check_quantize(config.quantize_base)
+    styler = styler or Styler(config.base, quantize=config.quantize_base)
     a = styler.load(parse_lora_spec(config.lora)[0])
     b = styler.load(parse_lora_spec(config.lora_b)[0]) if config.lora_b else None
     rows = [(f"B={w:g}", config.prompts[0], {b: w}) for w in config.weights_b] if b else \

@@ -3,8 +3,6 @@ prepared once before the first step so that a step costs UNet passes only."""
 
 from __future__ import annotations
 
-import ctypes
-import gc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -13,6 +11,7 @@ import torch
 from accelerate import Accelerator
 
 from .base import weights_fingerprint
+from .loading import release_freed_memory
 from .cache import LatentCache, TextCache
 from .config import TrainConfig
 from .buckets import BucketPlan, plan_for_run
@@ -107,13 +106,3 @@ def latent_encoder(model: Model, folder: Path | None = None, targets: dict[str, 
     """The base's VAE at each image's bucket (`targets`, by content hash; else the square of the training
     resolution), as a latent cache (on disk in `folder`, if given)."""
     return LatentCache(model.pipe.vae, weights_fingerprint(model.pipe.vae), model.resolution, folder, targets)
-
-
-def release_freed_memory() -> None:
-    """Hand memory that was freed back to the system. glibc keeps freed heap pages for reuse, so after
-    encoding a folder the process stays that much bigger while it trains; malloc_trim returns them."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to do
-        pass

@@ -25,6 +25,7 @@ from .base import load_base
 from .families import check_fits, family_of_pipe
 from .errors import AdapterFileError, ConfigError
 from .precision import check_bf16_runs
+from .quantize import float_weight
 
 BLENDS = ("merge", "switch", "composite")
 SCHEDULERS = {
@@ -116,13 +117,15 @@ class Styler:
     weights first restores the base weights from a copy, so unfusing is exact, not a subtraction.
     """
 
-    def __init__(self, base: str = "mini", device: str | None = None, dtype: torch.dtype | None = None):
+    def __init__(self, base: str = "mini", device: str | None = None, dtype: torch.dtype | None = None,
+                 quantize: str = "none"):
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = dtype or (torch.float16 if device == "cuda" else torch.float32)
         if dtype == torch.bfloat16 and torch.device(device).type == "cpu":
             check_bf16_runs()  # a CPU that lists bf16 but dies on it gets a message, not SIGILL
         self.base = base
-        self.pipe = load_base(base, dtype=dtype, device=device)
+        self.quantize = quantize
+        self.pipe = load_base(base, dtype=dtype, device=device, quantize=quantize)
         self.family = family_of_pipe(self.pipe)
         self.paths: dict[str, Path] = {}
         self.weights: dict[str, StyleWeight] = {}
@@ -178,7 +181,7 @@ class Styler:
                 layer = find_layer(models[part], module)
                 if layer is None:
                     raise AdapterFileError(f"{path}: module {module} is not in this base; {made_for}")
-                adapter = adapter.as_lora(getattr(layer, "base_layer", layer).weight.detach().float())
+                adapter = adapter.as_lora(float_weight(getattr(layer, "base_layer", layer)))
             plain[(part, module)] = LoraModule(adapter.down, adapter.up * adapter.scale, float(adapter.rank), adapter.bias)
         return plain
 
@@ -238,8 +241,10 @@ class Styler:
 
     @torch.no_grad()
     def fuse(self) -> None:
-        """Add the active blend into the base weights (and biases) and switch the adapter paths off."""
-        if self._originals:
+        """Add the active blend into the base weights (and biases) and switch the adapter paths off. Over a
+        quantized base nothing is fused: adding a change to NF4, int8 or fp8 weights rounds it away (and
+        requantizing would round the base too), so the adapters stay as separate float32 paths."""
+        if self._originals or self.quantize != "none":
             return
         for layer in list(self._lora_layers()):
             active = [n for n in layer.active_adapters if n in layer.lora_A]

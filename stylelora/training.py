@@ -21,7 +21,7 @@ from accelerate import Accelerator
 from diffusers import DiffusionPipeline
 from diffusers.optimization import get_scheduler
 
-from .base import load_base, resolve_base, unet_parameter_count
+from .base import load_base, quantize_pipe, resolve_base, unet_parameter_count
 from .checkpoint import latest_checkpoint, resume
 from .config import TrainConfig, validate
 from .data import Example, ImageFolder, describe_folder, scan_folder, warn_long_captions
@@ -31,6 +31,7 @@ from .methods import KINDS
 from .methods.attach import attach
 from .methods.steps import StepHooks, hooks_for
 from .precision import PRECISION_NAMES, choose_precision
+from .quantize import check_quantize, quantization_of, quantized_share
 from .inputs import prepare_inputs
 from .run_outputs import Kept, MetricsLog, Outputs, progress_bar as make_progress_bar, render_samples
 from .step_loss import StepLoss
@@ -174,13 +175,21 @@ def prepare_model(config: TrainConfig, device: torch.device, folder: ImageFolder
     count, and cast: the one case that holds a float32 copy for a moment."""
     parameters = unet_parameter_count(config.base)
     choice = choose_precision(config.precision, device.type, parameters)
-    pipe = load_base(config.base, dtype=DTYPES[choice.name], device=device)
-    if parameters is None and config.precision == "auto":
+    check_quantize(config.quantize_base)  # a missing extra fails before minutes of loading
+    count_first = parameters is None and config.precision == "auto"
+    pipe = load_base(config.base, dtype=DTYPES[choice.name], device=device,
+                     quantize="none" if count_first else config.quantize_base, quantize_text=not config.train_text_encoder)
+    if count_first:
         choice = choose_precision("auto", device.type, sum(p.numel() for p in pipe.unet.parameters()))
         if choice.name != "no":
             pipe.to(dtype=DTYPES[choice.name])
+        quantize_pipe(pipe, family_of_pipe(pipe), config.quantize_base, DTYPES[choice.name], not config.train_text_encoder)
     say(choice.describe())
     family = family_of_pipe(pipe)
+    if config.quantize_base != "none":
+        shares = [quantized_share(model, part).describe() for part, model in family.models(pipe).items()
+                  if quantization_of(model) != "none"]
+        say(f"Base held in {config.quantize_base}: {'; '.join(shares)}.")
     warn_long_captions(folder, pipe.tokenizer, say)
     for module in [pipe.vae, *family.models(pipe).values()]:
         module.requires_grad_(False)
