@@ -1,0 +1,171 @@
+"""--quantize-base: the streamed loader, each mode's error bound, training (loss, resume, the file on a float base),
+painting with a stack of adapters over NF4, and the one-line refusals."""
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from stylelora import cli
+from stylelora.base import load_base
+from stylelora.errors import ConfigError
+from stylelora.files import read_safetensors
+from stylelora.loading import stream_unet
+from stylelora.quantize import METHODS_OVER, quantized_share
+from stylelora.styler import Styler
+from stylelora.training import TrainingInterrupted, train
+
+QUIET = dict(progress_bar=False, log=lambda m: None)
+# The UNet's output over each quantized base, as a relative L2 error against the float base (measured on the
+# tiny base: nf4 0.033, int8 0.0034, fp8 0.082; on the miniature base 0.018, 0.0024 and 0.021).
+TOLERANCE = {"nf4": 0.05, "int8": 0.006, "fp8": 0.12}
+
+
+def _unet_output(unet, generator_seed=0):
+    g = torch.Generator().manual_seed(generator_seed)
+    x = torch.randn(2, 4, unet.config.sample_size, unet.config.sample_size, generator=g)
+    text = torch.randn(2, 12, unet.config.cross_attention_dim, generator=g)
+    with torch.no_grad():
+        return unet(x.to(unet.dtype), torch.tensor([20, 700]), text.to(unet.dtype)).sample.float()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_streamed_unet_equals_diffusers_own_loading(tiny_base, dtype):
+    from diffusers import UNet2DConditionModel
+
+    ours = stream_unet(tiny_base, dtype)
+    theirs = UNet2DConditionModel.from_pretrained(tiny_base, subfolder="unet", torch_dtype=dtype)
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert a.keys() == b.keys()
+    assert all(a[k].dtype == dtype and torch.equal(a[k], b[k]) for k in a)
+    assert not ours.training
+
+
+def test_a_folder_the_streamed_loader_cannot_read_is_left_to_diffusers(tiny_base, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(tiny_base, tmp_path / "base")
+    (copy / "unet" / "diffusion_pytorch_model.safetensors").rename(copy / "unet" / "diffusion_pytorch_model.fp16.safetensors")
+    assert stream_unet(copy, torch.float32) is None
+
+
+@pytest.mark.parametrize("mode", ["nf4", "int8", "fp8"])
+def test_each_quantized_unet_stays_within_its_bound_and_holds_fewer_bytes(tiny_base, mode):
+    float_pipe, quantized = load_base(str(tiny_base)), load_base(str(tiny_base), quantize=mode)
+    reference, output = _unet_output(float_pipe.unet), _unet_output(quantized.unet)
+    error = ((output - reference).norm() / reference.norm()).item()
+    assert 0 < error < TOLERANCE[mode]
+    plain, held = quantized_share(float_pipe.unet, "unet"), quantized_share(quantized.unet, "unet")
+    assert held.parameters == plain.parameters and held.quantized > 0 and held.bytes < plain.bytes
+    assert plain.quantized == 0 and plain.bytes == 4 * plain.parameters
+    assert quantized_share(quantized.text_encoder, "text_encoder").quantized > 0
+
+
+def _losses(config):
+    return [json.loads(line)["loss"] for line in (config.out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_over_nf4_learns_resumes_exactly_and_its_file_works_on_the_float_base(train_config, tmp_path,
+                                                                                      tiny_base, unet_probe):
+    straight = train_config(out=tmp_path / "straight", max_steps=6, save_every=2, quantize_base="nf4", flip=True)
+    result = train(straight, **QUIET)
+    stopped = train_config(out=tmp_path / "resumed", max_steps=6, save_every=2, quantize_base="nf4", flip=True)
+    done: list[int] = []
+    with pytest.raises(TrainingInterrupted):
+        train(stopped, on_progress=lambda p: done.append(p.step), should_stop=lambda: len(done) >= 4, **QUIET)
+    stopped.resume = True
+    train(stopped, **QUIET)
+    a, b = read_safetensors(result.adapter_path).tensors, read_safetensors(stopped.adapter_path).tensors
+    assert a.keys() == b.keys() and all(t.dtype == torch.float32 for t in a.values())
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    # The same keys as an adapter trained over the float base, and it loads and acts there.
+    float_run = train(train_config(out=tmp_path / "float", max_steps=1), **QUIET)
+    assert read_safetensors(float_run.adapter_path).tensors.keys() == a.keys()
+    styler = Styler(str(tiny_base))
+    bare = unet_probe(styler)
+    styler.set_weights({styler.load(result.adapter_path): 1.0})
+    assert (unet_probe(styler) - bare).abs().max() > 1e-4
+
+
+def test_the_loss_falls_over_an_nf4_base(train_config):
+    config = train_config(max_steps=40, quantize_base="nf4", learning_rate=2e-2, batch_size=6)
+    train(config, **QUIET)
+    losses = _losses(config)
+    assert sum(losses[-8:]) / 8 < 0.9 * sum(losses[:8]) / 8, losses
+
+
+def test_a_resume_with_another_quantization_is_refused(train_config):
+    from stylelora.errors import TrainingError
+
+    train(train_config(max_steps=2, save_every=1, quantize_base="nf4"), **QUIET)
+    with pytest.raises(TrainingError, match=r"quantize_base: 'nf4' -> 'none'"):
+        train(train_config(max_steps=3, resume=True), **QUIET)
+
+
+def test_painting_over_nf4_with_two_adapters_keeps_them_unfused_and_near_the_float_base(two_adapters, tiny_base,
+                                                                                       unet_probe):
+    float_styler, styler = Styler(str(tiny_base)), Styler(str(tiny_base), quantize="nf4")
+    weights = {}
+    for path, weight in zip(two_adapters, (0.7, 0.5)):
+        float_styler.load(path)
+        weights[styler.load(path)] = weight
+    float_styler.set_weights(weights)
+    styler.set_weights(weights)
+    bare_float = unet_probe(Styler(str(tiny_base)))
+    packed = {name: p.detach().clone() for name, p in styler.pipe.unet.named_parameters() if p.dtype == torch.uint8}
+    styler.fuse()  # over NF4 this must not write into the packed weights: it keeps the adapters as float paths
+    assert not styler.fused
+    assert all(torch.equal(p, packed[name]) for name, p in styler.pipe.unet.named_parameters() if name in packed)
+    float_delta, quantized_delta = unet_probe(float_styler) - bare_float, unet_probe(styler) - unet_probe(
+        Styler(str(tiny_base), quantize="nf4"))
+    # The adapters' own change is computed in float32 beside the quantized base: it matches the float base's.
+    assert ((quantized_delta - float_delta).norm() / float_delta.norm()).item() < 0.25
+    images = styler.generate("a red circle", count=2, steps=3, blend="merge")
+    assert len(images) == 2 and images[0].size == (32, 32)
+
+
+def test_generate_from_the_cli_over_nf4(two_adapters, tiny_base, tmp_path, capsys):
+    code = cli.main(["generate", "a red circle", "--base", str(tiny_base), "--lora", f"{two_adapters[0]}:0.8",
+                     "--lora", f"{two_adapters[1]}:0.4", "--quantize-base", "nf4", "-n", "1", "--steps", "3",
+                     "--out", str(tmp_path)])
+    assert code == 0 and len(list(tmp_path.glob("*.png"))) == 1
+
+
+def test_without_bitsandbytes_the_flag_says_which_extra_to_install(train_config, monkeypatch, capsys, tmp_path):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    config = train_config(quantize_base="nf4")
+    code = cli.main(["train", str(config.data), "--base", config.base, "--out", str(tmp_path / "x"), "--max-steps", "1",
+                     "--quantize-base", "nf4"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and error[-1].startswith("stylelora: error: --quantize-base nf4 needs bitsandbytes")
+    assert '.[quant]' in error[-1]
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ConfigError, match="bitsandbytes"):
+        Styler(config.base, quantize="int8")
+    assert Styler(config.base, quantize="fp8").quantize == "fp8"  # torch's own float8: no extra
+
+
+@pytest.mark.parametrize("mode", ["nf4", "int8", "fp8"])
+def test_a_method_that_cannot_run_over_a_quantized_base_is_a_one_line_error(train_config, mode, capsys, tmp_path):
+    refused = [m for m in ("lora", "dora", "loha", "lokr", "adalora", "dylora") if m not in METHODS_OVER[mode]]
+    assert "dora" in refused
+    config = train_config()
+    for method in refused:
+        code = cli.main(["train", str(config.data), "--base", config.base, "--out", str(tmp_path / method),
+                         "--method", method, "--quantize-base", mode])
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert code == 2 and line.startswith(f"stylelora: error: --quantize-base = '{mode}': --method {method} cannot")
+
+
+@pytest.mark.parametrize("method", ["adalora", "dylora"])
+def test_the_other_methods_peft_carries_train_over_nf4(train_config, method):
+    result = train(train_config(max_steps=3, method=method, quantize_base="nf4"), **QUIET)
+    assert result.steps == 3 and torch.isfinite(torch.tensor(result.loss))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: bitsandbytes' CUDA kernels")
+def test_nf4_training_on_cuda(train_config):
+    result = train(train_config(max_steps=3, quantize_base="nf4"), **QUIET)
+    assert result.steps == 3 and torch.isfinite(torch.tensor(result.loss))
