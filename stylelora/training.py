@@ -33,6 +33,7 @@ from .methods.steps import StepHooks, hooks_for
 from .precision import PRECISION_NAMES, choose_precision
 from .quantize import check_quantize, quantization_of, quantized_share
 from .inputs import prepare_inputs
+from .loading import fix_mmap_threshold
 from .run_outputs import Kept, MetricsLog, Outputs, progress_bar as make_progress_bar, render_samples
 from .step_loss import StepLoss
 from .tune.suggest import fill_unset
@@ -173,6 +174,8 @@ def prepare_model(config: TrainConfig, device: torch.device, folder: ImageFolder
     """Stage: choose the precision (probing the CPU if need be), load the base straight into it, freeze it.
     Where the UNet's size cannot be read before loading (a single-file checkpoint), load in float32,
     count, and cast: the one case that holds a float32 copy for a moment."""
+    if config.quantize_base != "none":
+        fix_mmap_threshold()
     parameters = unet_parameter_count(config.base)
     choice = choose_precision(config.precision, device.type, parameters)
     check_quantize(config.quantize_base)  # a missing extra fails before minutes of loading

@@ -169,3 +169,14 @@ def test_the_other_methods_peft_carries_train_over_nf4(train_config, method):
 def test_nf4_training_on_cuda(train_config):
     result = train(train_config(max_steps=3, quantize_base="nf4"), **QUIET)
     assert result.steps == 3 and torch.isfinite(torch.tensor(result.loss))
+
+
+def test_the_toml_config_sets_the_quantized_base(tmp_path, image_folder):
+    from stylelora.config import from_dict, load_toml, validate
+
+    (tmp_path / "run.toml").write_text('[train]\nquantize-base = "int8"\nmethod = "loha"\n')
+    config = validate(from_dict({"data": image_folder} | load_toml(tmp_path / "run.toml")))
+    assert config.quantize_base == "int8" and config.method == "loha"
+    (tmp_path / "bad.toml").write_text('quantize-base = "nf2"\n')
+    with pytest.raises(ConfigError, match=r"--quantize-base = 'nf2': choose one of none, nf4, int8, fp8"):
+        validate(from_dict({"data": image_folder} | load_toml(tmp_path / "bad.toml")))

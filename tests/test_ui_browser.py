@@ -262,3 +262,37 @@ def test_sdxl_folder_shows_its_buckets_trains_and_paints_at_a_chosen_size(page, 
 
     newest = max((workspace / "outputs").glob("*.png"), key=lambda p: p.stat().st_mtime)
     assert Image.open(newest).size == (48, 32)
+
+
+def test_painting_over_an_nf4_base_from_the_generate_tab(page, server, tiny_base, two_adapters):
+    _, workspace, adapters = server
+    import shutil
+
+    shutil.copy(two_adapters[0], adapters / "quantstyle.safetensors")
+    page.get_by_role("tab", name="Generate").click()
+    fill(page, "gen-base", tiny_base)
+    page.click("#gen-refresh")
+    page.locator("#gen-adapters label", has_text="quantstyle").wait_for(timeout=30_000)
+    for label in page.locator("#gen-adapters label").all():  # an earlier test's adapters stay chosen
+        if label.locator("input").is_checked():
+            label.click()
+    page.locator("#gen-adapters label", has_text="quantstyle").click()
+    page.wait_for_selector("#weight-quantstyle", timeout=30_000)
+    if not page.locator("#gen-quantize-base").is_visible():
+        page.locator("button", has_text="Advanced").last.click()
+    page.locator("#gen-quantize-base input").click()
+    page.get_by_role("option", name="nf4", exact=True).click()
+    fill(page, "gen-steps", 2)
+    fill(page, "count", 1)
+    fill(page, "gen-width", 0)
+    fill(page, "gen-height", 0)
+    before = set((workspace / "outputs").glob("*.png")) if (workspace / "outputs").exists() else set()
+    page.click("#generate")
+    page.wait_for_selector("#gen-status :text-matches('1 image|Error')", timeout=120_000)
+    assert page.locator("#gen-status").inner_text().startswith("1 image"), page.locator("#gen-status").inner_text()
+    from PIL import Image
+
+    new = set((workspace / "outputs").glob("*.png")) - before
+    assert len(new) == 1
+    painted = Image.open(new.pop())
+    assert json.loads(painted.text["stylelora"])["quantize_base"] == "nf4"

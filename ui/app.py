@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import random
 import re
-import threading
 from pathlib import Path
 
 import gradio as gr
@@ -20,44 +19,16 @@ from stylelora.methods import METHOD_FIELDS, own_fields
 from stylelora.errors import StyleloraError
 from stylelora.generate import GenerateConfig, generate
 from stylelora.grid import GridConfig, make_grid
-from stylelora.jobs import TrainingJob
 from stylelora.library import delete_adapter, import_adapter, list_adapters, rename_adapter
 from stylelora.merge_job import MergeConfig, merge
 from stylelora.precision import bf16_support
-from stylelora.styler import Styler
 from stylelora.workspace import caption_rows, dataset_folder, save_captions, save_uploads
-from stylelora.tune.jobs import TuneJob
-from ui.train_fields import (bucket_row, bucket_settings, loss_curves, method_row,
+from ui.train_fields import (bucket_row, bucket_settings, loss_curves, method_row, quantize_dropdown,
                              show_only_own_fields, stopping_row, stopping_settings, suggested_fields)
+from ui.session import Session, error_message
 from ui.tune_tab import tune_tab
 
 MAX_UPLOAD = "50mb"
-
-
-class Session:
-    """What the page shares between requests: one training job and one Styler per base model."""
-
-    def __init__(self, workspace: Path, adapters: Path):
-        self.workspace, self.adapters = workspace.resolve(), adapters.resolve()
-        self.job = TrainingJob()
-        self.tune_job = TuneJob()
-        self.stylers: dict[str, Styler] = {}
-        # Every browser session shares these Stylers, whose weights are set per request:
-        # one painting at a time, the rest wait their turn.
-        self.painting = threading.Lock()
-
-    def styler(self, base: str) -> Styler:
-        # Loaded once per base: changing only the weights never reloads the model.
-        if base not in self.stylers:
-            self.stylers[base] = Styler(base)
-        return self.stylers[base]
-
-    def adapter_paths(self) -> dict[str, Path]:
-        return {entry.name: entry.path for entry in list_adapters(self.adapters)}
-
-
-def _error(error: Exception) -> str:
-    return f"**Error:** {error}"
 
 
 def build_app(workspace: Path, adapters: Path) -> gr.Blocks:
@@ -82,7 +53,7 @@ def folder_view(folder_path: Path, extra: list[str]):
     try:
         rows, skipped = caption_rows(folder_path)
     except StyleloraError as error:
-        return str(folder_path), [], pd.DataFrame(columns=["file", "caption"]), _error(error)
+        return str(folder_path), [], pd.DataFrame(columns=["file", "caption"]), error_message(error)
     lines = [f"{len(rows)} images in `{folder_path}`."] + [f"- skipped {s}" for s in skipped] + [f"- {e}" for e in extra]
     images = [str(folder_path / row[0]) for row in rows]
     return str(folder_path), images, pd.DataFrame(rows, columns=["file", "caption"]), "\n".join(lines)
@@ -96,7 +67,7 @@ def save_caption_table(folder_path, table) -> str:
         rows = table.values.tolist() if isinstance(table, pd.DataFrame) else table
         return f"Saved {save_captions(Path(folder_path), rows)} captions as .txt files."
     except StyleloraError as error:
-        return _error(error)
+        return error_message(error)
 
 
 def train_tab(session: Session) -> None:
@@ -137,6 +108,7 @@ def train_tab(session: Session) -> None:
             resume = gr.Checkbox(False, label="Continue from this adapter's last checkpoint (--resume)", elem_id="resume")
             precision = gr.Dropdown(list(PRECISIONS), value="auto", elem_id="precision",
                                     label="Precision (auto: bf16 only where this CPU was measured to run it faster)")
+            quantize = quantize_dropdown("quantize-base")
     stopping = stopping_row()
     buckets = bucket_row(dataset, base, resolution, stopping[0])  # stopping[0]: the validation split
     with gr.Row():
@@ -172,7 +144,7 @@ def train_tab(session: Session) -> None:
     show_only_own_fields(method, targets, method_fields)
 
     def on_start(folder_path, adapter_name, trigger_word, base_model, te, rank_, steps_, lr, res, batch, alpha_, seed_,
-                 save_n, sample_n, prompt, flip_, dropout, resume_, precision_, method_, targets_, *values):
+                 save_n, sample_n, prompt, flip_, dropout, resume_, precision_, quantize_, method_, targets_, *values):
         method_values, stopping_values = values[:len(method_fields)], values[len(method_fields):-len(buckets)]
         if not folder_path:
             return "**Error:** upload images or choose a folder first"
@@ -183,7 +155,7 @@ def train_tab(session: Session) -> None:
                 learning_rate=float(lr) or None, resolution=int(res) or None, batch_size=int(batch), alpha=float(alpha_) or None,
                 seed=int(seed_), save_every=int(save_n), sample_every=int(sample_n) if prompt else 0,
                 sample_prompts=(prompt,) if prompt else (), flip=flip_, caption_dropout=float(dropout), resume=resume_,
-                precision=precision_, method=method_, targets=targets_,
+                precision=precision_, quantize_base=quantize_, method=method_, targets=targets_,
                 # Hidden fields keep what was typed before; only the shown ones are sent, and 0 / off means
                 # the default.
                 **{name: value for name, value in zip(METHOD_FIELDS, method_values)
@@ -192,12 +164,12 @@ def train_tab(session: Session) -> None:
                 **bucket_settings(values[-len(buckets):])))
             session.job.start(config)
         except StyleloraError as error:
-            return _error(error)
+            return error_message(error)
         return "Training started."
 
     start.click(on_start, [dataset, name, trigger, base, text_encoder, rank, steps, learning_rate, resolution,
                            batch_size, alpha, seed, save_every, sample_every, sample_prompt, flip, caption_dropout,
-                           resume, precision, method, targets, *method_fields, *stopping, *buckets],
+                           resume, precision, quantize, method, targets, *method_fields, *stopping, *buckets],
                 [start_message])
     stop.click(lambda: session.job.stop() or "Stopping after this step; the checkpoint is kept.", None, [start_message])
 
@@ -238,6 +210,8 @@ def generate_tab(session: Session) -> None:
         count = gr.Slider(1, 16, 4, step=1, label="Images", elem_id="count", interactive=True)
         width = gr.Number(0, label="Width (0 = the base's own)", precision=0, elem_id="gen-width", interactive=True)
         height = gr.Number(0, label="Height (0 = the base's own)", precision=0, elem_id="gen-height", interactive=True)
+    with gr.Accordion("Advanced", open=False):
+        quantize = quantize_dropdown("gen-quantize-base")
     go = gr.Button("Generate", variant="primary", elem_id="generate")
     message = gr.Markdown(elem_id="gen-status")
     gallery = gr.Gallery(label="Results", columns=4, height=300, elem_id="gallery", format="png")
@@ -267,16 +241,17 @@ def generate_tab(session: Session) -> None:
             pairs = list(zip(values[0::2], values[1::2]))
             return [f"{paths[n]}:{w}" for n, (on_, w) in zip(names_, pairs) if on_ and n in paths]
 
-        def run(base_, prompt_, negative_, seed_, random_, steps_, cfg_, count_, width_, height_, names_, *values):
+        def run(base_, quantize_, prompt_, negative_, seed_, random_, steps_, cfg_, count_, width_, height_, names_, *values):
             seed_ = random.randrange(2**31) if random_ else int(seed_)
             try:
                 config = GenerateConfig(prompt_, tuple(specs(names_, values)), base_, negative_, int(count_),
                                         int(steps_), float(cfg_), seed_, width=int(width_) or None,
-                                        height=int(height_) or None, out=session.workspace / "outputs")
+                                        height=int(height_) or None, out=session.workspace / "outputs",
+                                        quantize_base=quantize_)
                 with session.painting:
-                    paths = generate(config, session.styler(base_))
+                    paths = generate(config, session.styler(base_, quantize_))
             except StyleloraError as error:
-                return gr.skip(), _error(error)
+                return gr.skip(), error_message(error)
             return [str(p) for p in paths], f"{len(paths)} image{'s' if len(paths) != 1 else ''}, seeds {seed_} to {seed_ + len(paths) - 1}."
 
         def save(blend, names_, *values):
@@ -284,10 +259,10 @@ def generate_tab(session: Session) -> None:
                 out = session.adapters / f"{re.sub(r'[^A-Za-z0-9_-]', '_', blend or 'blend')}.safetensors"
                 merge(MergeConfig(tuple(specs(names_, values)), out))
             except StyleloraError as error:
-                return _error(error)
+                return error_message(error)
             return f"Saved the blend as {out.name}."
 
-        def grid_run(base_, prompt_, seed_, steps_, cfg_, weights, weights_b, names_, *values):
+        def grid_run(base_, quantize_, prompt_, seed_, steps_, cfg_, weights, weights_b, names_, *values):
             chosen_specs = specs(names_, values)
             if not chosen_specs:
                 return gr.skip(), "**Error:** choose at least one adapter"
@@ -298,17 +273,17 @@ def generate_tab(session: Session) -> None:
                 config = GridConfig((prompt_,), chosen_specs[0].rsplit(":", 1)[0], parse_weights(weights, "weights"),
                                     session.workspace / "outputs" / f"grid-{int(seed_)}.png", lora_b,
                                     parse_weights(weights_b, "weights-b") if lora_b else (), base_, "", int(steps_),
-                                    float(cfg_), int(seed_))
+                                    float(cfg_), int(seed_), quantize_base=quantize_)
                 with session.painting:
-                    path = make_grid(config, session.styler(base_))
+                    path = make_grid(config, session.styler(base_, quantize_))
             except StyleloraError as error:
-                return gr.skip(), _error(error)
+                return gr.skip(), error_message(error)
             return [str(path)], "Grid saved."
 
-        go.click(run, [base, prompt, negative, seed, random_seed, steps, cfg, count, width, height, chosen] + controls,
+        go.click(run, [base, quantize, prompt, negative, seed, random_seed, steps, cfg, count, width, height, chosen] + controls,
                  [gallery, message])
         save_blend.click(save, [blend_name, chosen] + controls, [message])
-        grid.click(grid_run, [base, prompt, seed, steps, cfg, grid_weights, grid_weights_b, chosen] + controls,
+        grid.click(grid_run, [base, quantize, prompt, seed, steps, cfg, grid_weights, grid_weights_b, chosen] + controls,
                    [gallery, message])
 
 
@@ -342,14 +317,14 @@ def library_tab(session: Session) -> None:
         try:
             path = import_adapter(Path(file), session.adapters, Path(getattr(file, "orig_name", None) or file).name)
         except StyleloraError as error:
-            return *listing(_error(error)), None
+            return *listing(error_message(error)), None
         return *listing(f"Imported {path.name}."), None
 
     def on_rename(name, new):
         try:
             rename_adapter(session.adapter_paths()[name], new, session.adapters)
         except (StyleloraError, KeyError) as error:
-            return listing(_error(error))
+            return listing(error_message(error))
         return listing(f"Renamed {name} to {new}.")
 
     def on_delete(name, sure):
@@ -358,7 +333,7 @@ def library_tab(session: Session) -> None:
         try:
             delete_adapter(session.adapter_paths()[name], session.adapters)
         except (StyleloraError, KeyError) as error:
-            return listing(_error(error))
+            return listing(error_message(error))
         return listing(f"Deleted {name}.")
 
     outputs = [table, previews, target, message]

@@ -8,6 +8,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from stylelora.quantize import QUANTIZE_MODES
 from stylelora.methods import METHOD_FIELDS, METHODS, TARGET_PRESETS, own_fields
 from stylelora.workspace import save_prompts
 
@@ -153,3 +154,9 @@ def bucket_report(folder_path: str, base_model: str, resolution: float, validati
         return report_as_markdown(plan_for_config(config))
     except StyleloraError as error:
         return f"**Error:** {error}"
+
+
+def quantize_dropdown(elem_id: str) -> gr.Dropdown:
+    """--quantize-base, for the Train and Generate tabs alike."""
+    return gr.Dropdown(list(QUANTIZE_MODES), value="none", elem_id=elem_id,
+                       label="Quantize the frozen base (nf4 or int8: bitsandbytes; fp8: built in; the adapter stays float32)")

@@ -1,0 +1,151 @@
+"""What --quantize-base saves and costs: peak memory, step time and bytes per parameter on the SD1.5-shaped base,
+and the style an adapter learns over an NF4 miniature base.
+
+    python bench/quantize.py            # about 25 minutes on a 2-core CPU (fp8's steps are slow there)
+    python bench/quantize.py --quick    # fewer steps and images
+
+Each SD1.5-shaped row is a fresh process that trains on the stripes folder at 256 px, batch 1, rank 4, at the
+default precision; its peak is the whole process's (VmHWM). Writes bench/results/quantize.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))
+sys.path.insert(0, str(BENCH))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+RESULTS = BENCH / "results"
+# (label, --quantize-base, load through diffusers' own from_pretrained instead of the streamed loader)
+ROWS = (("none, loaded by diffusers (before this change)", "none", True), ("none", "none", False),
+        ("nf4", "nf4", False), ("int8", "int8", False), ("fp8", "fp8", False))
+
+
+def _child(mode: str, diffusers_load: bool, steps: int, queue) -> None:
+    """Train `steps` steps in this fresh process; report its peak memory, median step time and UNet bytes."""
+    try:
+        import stylelora.base as base_module
+        from models import sd15
+        from training_bench import STRIPES, _high_water_mark
+        from stylelora.config import TrainConfig
+        from stylelora.quantize import quantized_share
+        from stylelora.training import train
+
+        if diffusers_load:
+            base_module.stream_unet = lambda *args, **kwargs: None
+        base, stamps, held = sd15(), [], {}
+        real_load = base_module.load_base
+
+        def load_and_measure(*args, **kwargs):
+            pipe = real_load(*args, **kwargs)
+            held["unet"] = quantized_share(pipe.unet, "unet")
+            return pipe
+
+        import stylelora.training as training_module
+
+        training_module.load_base = load_and_measure
+        with tempfile.TemporaryDirectory() as out:
+            train(TrainConfig(data=STRIPES, out=Path(out), base=base.spec, batch_size=1, resolution=256, max_steps=steps,
+                              quantize_base=mode), progress_bar=False, log=lambda m: None,
+                  on_progress=lambda p: stamps.append(time.perf_counter()))
+        share = held["unet"]
+        queue.put({"peak": _high_water_mark(), "step": statistics.median(b - a for a, b in zip(stamps[1:], stamps[2:])),
+                   "unet_bytes": share.bytes, "unet_parameters": share.parameters, "quantized_share": share.share})
+    except BaseException as error:  # the parent waits for an answer
+        queue.put({"error": f"{type(error).__name__}: {error}"})
+        raise
+
+
+def sd15_row(mode: str, diffusers_load: bool, steps: int) -> dict:
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_child, args=(mode, diffusers_load, steps, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def mini_rows(per_prompt: int, steps: int | None) -> dict:
+    """A default stripes run over the float and the NF4 miniature base, judged painted over the same base, and the
+    NF4 base's own rates with no adapter."""
+    from stylelora.config import TrainConfig
+    from stylelora.mini.evaluate import measure
+    from stylelora.styler import Styler
+    from stylelora.training import train
+
+    rows = {}
+    with tempfile.TemporaryDirectory() as work:
+        for mode in ("none", "nf4"):
+            result = train(TrainConfig(data=BENCH.parent / "datasets" / "stripes", out=Path(work) / mode, max_steps=steps,
+                                       quantize_base=mode), progress_bar=False, log=lambda m: None)
+            styler = Styler("mini", quantize=mode)
+            bare = measure(styler, per_prompt=per_prompt)
+            styler.set_weights({styler.load(result.adapter_path): 1.0})
+            styled = measure(styler, per_prompt=per_prompt)
+            rows[mode] = {"base_colour": bare.share("colour"), "base_shape": bare.share("shape"),
+                          "striped": styled.share("striped"), "colour": styled.share("colour"),
+                          "images": styled.images}
+    return rows
+
+
+def report(sd15: list[tuple[str, dict]], mini: dict, quick: bool) -> list[str]:
+    import torch
+
+    from stylelora.precision import bf16_support
+
+    reference = dict(sd15)["none"]
+    device = "CUDA" if torch.cuda.is_available() else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    lines = [f"Measured by `python bench/quantize.py{' --quick' if quick else ''}` on {device}, torch {torch.__version__}; "
+             f"{bf16_support().reason}. SD1.5-shaped base at 256 px, batch 1, rank 4, default precision; ratios "
+             "against the `none` row.", "",
+             "| --quantize-base | peak memory (whole process) | vs none | step time | vs none | UNet weights | bits a parameter | UNet parameters quantized |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for label, row in sd15:
+        if "error" in row:
+            lines.append(f"| {label} | failed: {row['error'][:120]} | | | | | | |")
+            continue
+        lines.append(f"| {label} | {row['peak'] / 2**30:.2f} GiB | {row['peak'] / reference['peak']:.2f} "
+                     f"| {row['step']:.2f} s | {row['step'] / reference['step']:.2f} | {row['unet_bytes'] / 2**30:.2f} GiB "
+                     f"| {8 * row['unet_bytes'] / row['unet_parameters']:.1f} | {row['quantized_share']:.0%} |")
+    lines += ["", "Miniature base, a default stripes run (the same settings over each base), painted over the same base "
+              f"and judged by `stylelora.mini.judge` ({mini['none']['images']} images a setting):", "",
+              "| base | striped (style rate) | colour kept | base alone: colour right | base alone: shape right |",
+              "| --- | --- | --- | --- | --- |"]
+    for mode, row in mini.items():
+        lines.append(f"| {mode} | {row['striped']:.0%} | {row['colour']:.0%} | {row['base_colour']:.0%} | {row['base_shape']:.0%} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    sd15 = []
+    for label, mode, diffusers_load in ROWS:
+        steps = 4 if mode == "fp8" else (6 if args.quick else 10)
+        sd15.append((label if label != "none" else "none", sd15_row(mode, diffusers_load, steps)))
+        print(label, sd15[-1][1], flush=True)
+    mini = mini_rows(per_prompt=3 if args.quick else 8, steps=300 if args.quick else None)
+    lines = report(sd15, mini, args.quick)
+    from stylelora.files import write_atomically
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_atomically(RESULTS / "quantize.md", ("\n".join(lines) + "\n").encode())
+    write_atomically(RESULTS / "quantize.json", (json.dumps({"sd15": sd15, "mini": mini}, indent=1) + "\n").encode())
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
