@@ -94,7 +94,7 @@ def mini_rows(per_prompt: int, steps: int | None) -> dict:
             bare = measure(styler, per_prompt=per_prompt)
             styler.set_weights({styler.load(result.adapter_path): 1.0})
             styled = measure(styler, per_prompt=per_prompt)
-            rows[mode] = {"base_colour": bare.share("colour"), "base_shape": bare.share("shape"),
+            rows[mode] = {"steps": result.steps, "base_colour": bare.share("colour"), "base_shape": bare.share("shape"),
                           "striped": styled.share("striped"), "colour": styled.share("colour"),
                           "images": styled.images}
     return rows
@@ -119,8 +119,8 @@ def report(sd15: list[tuple[str, dict]], mini: dict, quick: bool) -> list[str]:
         lines.append(f"| {label} | {row['peak'] / 2**30:.2f} GiB | {row['peak'] / reference['peak']:.2f} "
                      f"| {row['step']:.2f} s | {row['step'] / reference['step']:.2f} | {row['unet_bytes'] / 2**30:.2f} GiB "
                      f"| {8 * row['unet_bytes'] / row['unet_parameters']:.1f} | {row['quantized_share']:.0%} |")
-    lines += ["", "Miniature base, a default stripes run (the same settings over each base), painted over the same base "
-              f"and judged by `stylelora.mini.judge` ({mini['none']['images']} images a setting):", "",
+    lines += ["", f"Miniature base, a stripes run with default settings ({mini['none']['steps']} steps) over each base, "
+              f"painted over the same base and judged by `stylelora.mini.judge` ({mini['none']['images']} images a setting):", "",
               "| base | striped (style rate) | colour kept | base alone: colour right | base alone: shape right |",
               "| --- | --- | --- | --- | --- |"]
     for mode, row in mini.items():
@@ -139,10 +139,12 @@ def main() -> None:
         print(label, sd15[-1][1], flush=True)
     mini = mini_rows(per_prompt=3 if args.quick else 8, steps=300 if args.quick else None)
     lines = report(sd15, mini, args.quick)
+    from readme_section import write_section
     from stylelora.files import write_atomically
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_atomically(RESULTS / "quantize.md", ("\n".join(lines) + "\n").encode())
+    write_section("quantize-report", "\n".join(lines) + "\n")
     write_atomically(RESULTS / "quantize.json", (json.dumps({"sd15": sd15, "mini": mini}, indent=1) + "\n").encode())
     print("\n".join(lines))
 

@@ -16,7 +16,7 @@ No quantization kernel is written here.
 from __future__ import annotations
 
 import importlib.util
-import warnings
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -36,8 +36,8 @@ METHODS_OVER = {"none": None, "nf4": ("lora", "adalora", "dylora"), "int8": ("lo
 # diffusers' own defaults for layerwise casting, plus the UNet's: normalisation layers keep their dtype.
 FP8_SKIP = ("pos_embed", "patch_embed", "norm", "^proj_in$", "^proj_out$", "lora_", "hada_", "lokr_")
 
-# bitsandbytes' int8 matmul says on every call that it casts float32 inputs to float16: that is its design.
-warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+# bitsandbytes' int8 matmul logs on every call that it casts its inputs to float16: that is its design.
+logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
 
 
 def check_quantize(mode: str, flag: str = "--quantize-base") -> None:

@@ -44,3 +44,9 @@ def test_readme_tune_report_is_what_bench_tune_wrote():
     readme = (ROOT / "README.md").read_text()
     section = readme.split("<!-- tune-report:start -->\n", 1)[1].split("<!-- tune-report:end -->", 1)[0]
     assert section == (ROOT / "bench" / "results" / "tune.md").read_text()
+
+
+def test_readme_quantize_report_is_what_bench_quantize_wrote():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("<!-- quantize-report:start -->\n", 1)[1].split("<!-- quantize-report:end -->", 1)[0]
+    assert section == (ROOT / "bench" / "results" / "quantize.md").read_text()

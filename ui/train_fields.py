@@ -158,5 +158,5 @@ def bucket_report(folder_path: str, base_model: str, resolution: float, validati
 
 def quantize_dropdown(elem_id: str) -> gr.Dropdown:
     """--quantize-base, for the Train and Generate tabs alike."""
-    return gr.Dropdown(list(QUANTIZE_MODES), value="none", elem_id=elem_id,
+    return gr.Dropdown(list(QUANTIZE_MODES), value="none", elem_id=elem_id, interactive=True,
                        label="Quantize the frozen base (nf4 or int8: bitsandbytes; fp8: built in; the adapter stays float32)")
