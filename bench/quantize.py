@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import platform
 import statistics
@@ -68,13 +67,9 @@ def _child(mode: str, diffusers_load: bool, steps: int, queue) -> None:
 
 
 def sd15_row(mode: str, diffusers_load: bool, steps: int) -> dict:
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_child, args=(mode, diffusers_load, steps, queue))
-    process.start()
-    result = queue.get()
-    process.join()
-    return result
+    from training_bench import in_fresh_process
+
+    return in_fresh_process(_child, mode, diffusers_load, steps)
 
 
 def mini_rows(per_prompt: int, steps: int | None) -> dict:

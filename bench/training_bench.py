@@ -156,15 +156,21 @@ def _high_water_mark() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def peak_rss(kind: str, base: Base, steps: int) -> int:
-    """Peak resident memory, in bytes, of a fresh process that trains `steps` steps our way or the naive way."""
+def in_fresh_process(target: Callable, *args):
+    """Run `target(*args, queue)` in a spawned process (its memory counted from nothing) and return what it
+    put on the queue; the target must put an answer even when it fails."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_peak_rss_child, args=(kind, base, steps, queue))
+    process = context.Process(target=target, args=(*args, queue))
     process.start()
     value = queue.get()
     process.join()
     return value
+
+
+def peak_rss(kind: str, base: Base, steps: int) -> int:
+    """Peak resident memory, in bytes, of a fresh process that trains `steps` steps our way or the naive way."""
+    return in_fresh_process(_peak_rss_child, kind, base, steps)
 
 
 def cache_cost(base: Base, sample: int) -> tuple[float, int]:
