@@ -175,22 +175,24 @@ def train_tab(session: Session) -> None:
 
     suggest_settings.click(suggested_fields, [dataset, base], [rank, steps, learning_rate, alpha, start_message])
 
-    def poll():
-        state = session.job.snapshot()
-        if state.status == "idle":
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        text = {"running": "Training", "stopping": "Stopping", "done": "Done", "stopped": "Stopped",
-                "failed": "**Error:**"}[state.status]
-        message = f"{text} {state.message}" if state.status != "running" else \
-            f"Training: step {state.step}/{state.total_steps}, {state.steps_per_second:.2f} steps/s, " \
-            f"{state.seconds_left:.0f} s left" + \
-            (f", validation loss {state.validation_losses[-1][1]:.5f}" if state.validation_losses else "")
-        bar = (f'<progress id="train-bar" value="{state.step}" max="{max(state.total_steps, 1)}" '
-               f'style="width:100%"></progress><span id="train-step">{state.step}</span>')
-        curve = loss_curves(state.losses, state.validation_losses, state.validating) if state.losses else gr.skip()
-        return message, bar, curve, [str(p) for p in state.samples]
+    timer.tick(lambda: train_status(session), None, [status, progress, loss_plot, samples])
 
-    timer.tick(poll, None, [status, progress, loss_plot, samples])
+
+def train_status(session: Session):
+    """The Train tab's status line, progress bar, loss plot and previews, as the running job stands."""
+    state = session.job.snapshot()
+    if state.status == "idle":
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    text = {"running": "Training", "stopping": "Stopping", "done": "Done", "stopped": "Stopped",
+            "failed": "**Error:**"}[state.status]
+    message = f"{text} {state.message}" if state.status != "running" else \
+        f"Training: step {state.step}/{state.total_steps}, {state.steps_per_second:.2f} steps/s, " \
+        f"{state.seconds_left:.0f} s left" + \
+        (f", validation loss {state.validation_losses[-1][1]:.5f}" if state.validation_losses else "")
+    bar = (f'<progress id="train-bar" value="{state.step}" max="{max(state.total_steps, 1)}" '
+           f'style="width:100%"></progress><span id="train-step">{state.step}</span>')
+    curve = loss_curves(state.losses, state.validation_losses, state.validating) if state.losses else gr.skip()
+    return message, bar, curve, [str(p) for p in state.samples]
 
 
 def generate_tab(session: Session) -> None:
