@@ -173,7 +173,7 @@ def prepare_data(config: TrainConfig, say: Callable[[str], None]) -> tuple[Image
 def prepare_model(config: TrainConfig, device: torch.device, folder: ImageFolder, say: Callable[[str], None]) -> Model:
     """Stage: choose the precision (probing the CPU if need be), load the base straight into it, freeze it.
     Where the UNet's size cannot be read before loading (a single-file checkpoint), load in float32,
-    count, and cast: the one case that holds a float32 copy for a moment."""
+    count, cast, and only then quantize (--quantize-base): the one case that holds a float32 copy for a moment."""
     if config.quantize_base != "none":
         fix_mmap_threshold()
     parameters = unet_parameter_count(config.base)
