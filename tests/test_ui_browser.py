@@ -286,13 +286,22 @@ def test_painting_over_an_nf4_base_from_the_generate_tab(page, server, tiny_base
     fill(page, "count", 1)
     fill(page, "gen-width", 0)
     fill(page, "gen-height", 0)
-    before = set((workspace / "outputs").glob("*.png")) if (workspace / "outputs").exists() else set()
+    def written():  # PNG files by name and time: the same prompt and seed rewrite an earlier test's file
+        return {(p, p.stat().st_mtime_ns) for p in (workspace / "outputs").glob("*.png")} if (workspace / "outputs").exists() else set()
+
+    before = written()
+    # An earlier test's "1 image" may still be shown: wait for this run's file, then for the page to settle.
     page.click("#generate")
-    page.wait_for_selector("#gen-status :text-matches('1 image|Error')", timeout=120_000)
+    deadline = time.monotonic() + 180
+    while not (new := {p for p, _ in written() - before}) and time.monotonic() < deadline:
+        if "Error" in page.locator("#gen-status").inner_text():
+            break
+        page.wait_for_timeout(250)
+    page.wait_for_function("() => !document.querySelector('#gen-status').innerText.includes('processing')",
+                           timeout=60_000)
     assert page.locator("#gen-status").inner_text().startswith("1 image"), page.locator("#gen-status").inner_text()
     from PIL import Image
 
-    new = set((workspace / "outputs").glob("*.png")) - before
     assert len(new) == 1
     painted = Image.open(new.pop())
     assert json.loads(painted.text["stylelora"])["quantize_base"] == "nf4"
