@@ -7,7 +7,6 @@ from pathlib import Path
 
 from stylelora.jobs import TrainingJob
 from stylelora.library import list_adapters
-from stylelora.quantize import check_quantize
 from stylelora.styler import Styler
 from stylelora.tune.jobs import TuneJob
 
@@ -26,7 +25,6 @@ class Session:
 
     def styler(self, base: str, quantize: str = "none") -> Styler:
         # Loaded once per base and quantization: changing only the weights never reloads the model.
-        check_quantize(quantize)  # a missing extra is a page message, before any loading
         if (base, quantize) not in self.stylers:
             self.stylers[base, quantize] = Styler(base, quantize=quantize)
         return self.stylers[base, quantize]
