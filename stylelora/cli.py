@@ -10,13 +10,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .cli_serve import add_serve_parser, run_serve
 from .cli_tune import add_suggest_parser, add_tune_parser, run_suggest, run_tune
 from .config import PRECISIONS, LR_SCHEDULES, from_dict, load_toml
 from .errors import StyleloraError
-from .quantize import QUANTIZE_MODES
+from .quantize import QUANTIZE_HELP, QUANTIZE_MODES
 
-QUANTIZE_HELP = ("hold the frozen base in fewer bytes: nf4 or int8 (bitsandbytes, the [quant] extra) for its Linear "
-                 "layers, or fp8 storage for its Linear and conv layers; the adapter stays float32 (none)")
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -346,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_adapter_tool_parsers(commands)
     add_tune_parser(commands)
     add_suggest_parser(commands)
+    add_serve_parser(commands)
     commands.add_parser("ui", help="open the web UI (see `stylelora ui --help`)", add_help=False)
     return parser
 
@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runners = {"train": run_train, "generate": run_generate, "grid": run_grid, "merge": run_merge,
                    "convert": run_convert, "resize": run_resize, "inspect": run_inspect, "tune": run_tune,
-                   "suggest": run_suggest}
+                   "suggest": run_suggest, "serve": run_serve}
         return runners[args.command](args)
     except StyleloraError as error:
         print(f"stylelora: error: {error}", file=sys.stderr)

@@ -27,3 +27,15 @@ class TrainingError(StyleloraError):
 
 class TrainingInterrupted(TrainingError):
     """Training stopped on request (Ctrl-C or the UI's Stop); a checkpoint was saved."""
+
+
+class AdapterNotFoundError(StyleloraError):
+    """No adapter of that name is in the adapters folder."""
+
+
+class ConflictError(ConfigError):
+    """The name is taken (an adapter file of that name already exists)."""
+
+
+class ServerBusyError(StyleloraError):
+    """The server's queue is full; try again shortly."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from .errors import ConfigError
 from .images import save_png
 from .quantize import check_quantize
-from .styler import Styler, parse_lora_spec
+from .styler import Styler, StyleWeight, parse_lora_spec
 
 
 @dataclass
@@ -60,10 +60,16 @@ def generate(config: GenerateConfig, styler: Styler | None = None) -> list[Path]
     slug = re.sub(r"[^a-z0-9]+", "-", config.prompt.lower()).strip("-")[:40] or "image"
     paths = []
     for index, image in enumerate(images):
-        settings = {"prompt": config.prompt, "negative": config.negative, "seed": config.seed + index,
-                    "steps": config.steps, "cfg": config.cfg, "scheduler": config.scheduler, "blend": config.blend,
-                    "base": config.base, **({"quantize_base": config.quantize_base} if config.quantize_base != "none" else {}),
-                    "size": image.size[0], "width": image.size[0], "height": image.size[1],
-                    "loras": [{"file": str(p), "unet": w.unet, "te": w.text_encoder} for p, w in specs]}
+        settings = image_settings(config, config.seed + index, image.size, specs)
         paths.append(save_png(image, config.out / f"{slug}-{config.seed + index}.png", settings))
     return paths
+
+
+def image_settings(config: GenerateConfig, seed: int, size: tuple[int, int],
+                   specs: list[tuple[Path, StyleWeight]]) -> dict:
+    """What a PNG carries in its text chunks: every setting that reproduces it (the server writes the same)."""
+    return {"prompt": config.prompt, "negative": config.negative, "seed": seed,
+            "steps": config.steps, "cfg": config.cfg, "scheduler": config.scheduler, "blend": config.blend,
+            "base": config.base, **({"quantize_base": config.quantize_base} if config.quantize_base != "none" else {}),
+            "size": size[0], "width": size[0], "height": size[1],
+            "loras": [{"file": str(p), "unet": w.unet, "te": w.text_encoder} for p, w in specs]}

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import AdapterFileError, ConfigError
+from .errors import AdapterFileError, ConfigError, ConflictError
 from .inspect_adapter import describe
 from .methods import KINDS
 
@@ -80,7 +80,7 @@ def import_adapter(source: Path, folder: Path, original_name: str | None = None)
     describe(source)  # raises a one-line AdapterFileError for anything broken
     target = Path(folder) / name
     if target.exists():
-        raise ConfigError(f"{name}: an adapter with that name is already in the library; rename one first")
+        raise ConflictError(f"{name}: an adapter with that name is already in the library; rename one first")
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)
     return target

@@ -26,6 +26,9 @@ if TYPE_CHECKING:  # torch is imported where it is used: config.py reads this mo
     import torch
 
 QUANTIZE_MODES = ("none", "nf4", "int8", "fp8")
+# the --quantize-base help, the same on train, generate, grid and serve
+QUANTIZE_HELP = ("hold the frozen base in fewer bytes: nf4 or int8 (bitsandbytes, the [quant] extra) for its Linear "
+                 "layers, or fp8 storage for its Linear and conv layers; the adapter stays float32 (none)")
 BITSANDBYTES_MODES = ("nf4", "int8")
 EXTRA = 'pip install -e ".[quant]"  (or: pip install bitsandbytes)'
 # The methods each mode was measured to train (tests/test_quantize.py). peft's bitsandbytes layers carry LoRA,

@@ -100,6 +100,25 @@ def find_layer(model: torch.nn.Module, module: str) -> torch.nn.Module | None:
     return None
 
 
+def plain_lora(weights: LoraWeights, models: dict[str, torch.nn.Module], path: Path, made_for: str) -> LoraWeights:
+    """The adapter as plain LoRA at scale 1 (each module's alpha/rank folded into up), so no `.alpha` is needed.
+    diffusers loads LoRA only, so DoRA, LoHa and LoKr modules become their exact LoRA equivalents
+    (methods/layouts.py), computed against this base's own weights (a DoRA change depends on them); once loaded
+    they blend, fuse, switch and reweight like any LoRA. The scale is folded because diffusers 0.42 keys a kohya
+    file's per-module alphas on SD1 attention layers by their old `processor.to_q_lora` names, which match no
+    layer: where alphas differ between modules (AdaLoRA, `resize --dynamic`, merges), those layers got the most
+    common alpha instead of their own. The server (serve/) holds its adapters in this form too."""
+    plain: LoraWeights = {}
+    for (part, module), adapter in weights.items():
+        if type(adapter) is not LoraModule:
+            layer = find_layer(models[part], module)
+            if layer is None:
+                raise AdapterFileError(f"{path}: module {module} is not in this base; {made_for}")
+            adapter = adapter.as_lora(float_weight(getattr(layer, "base_layer", layer)))
+        plain[(part, module)] = LoraModule(adapter.down, adapter.up * adapter.scale, float(adapter.rank), adapter.bias)
+    return plain
+
+
 def adapter_name_for(path: Path, taken: set[str]) -> str:
     name = re.sub(r"[^A-Za-z0-9_]", "_", path.stem) or "style"
     candidate, n = name, 1
@@ -147,8 +166,8 @@ class Styler:
             with warnings.catch_warnings():
                 # peft warns on every adapter after the first; several adapters at once is what we are for
                 warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-                plain = self._as_plain_lora(weights, path, made_for)
-                # No alphas (scale 1 throughout, see _as_plain_lora); biases go in by _load_biases.
+                plain = plain_lora(weights, self.family.models(self.pipe), path, made_for)
+                # No alphas (scale 1 throughout, see plain_lora); biases go in by _load_biases.
                 tensors = {k: t for k, t in to_kohya(plain).items() if not k.endswith((".alpha", ".diff_b"))}
                 self.pipe.load_lora_weights(tensors, adapter_name=name)
         except (ValueError, KeyError, RuntimeError, TypeError) as error:
@@ -165,25 +184,6 @@ class Styler:
         self.weights[name] = StyleWeight(0.0, 0.0)
         self._apply()
         return name
-
-    def _as_plain_lora(self, weights: LoraWeights, path: Path, made_for: str) -> LoraWeights:
-        """What diffusers is handed: plain LoRA at scale 1 (each module's alpha/rank folded into up), so no
-        `.alpha` key is needed. diffusers loads LoRA only, so DoRA, LoHa and LoKr modules go in as their exact
-        LoRA equivalents (methods/layouts.py), computed against this base's own weights (a DoRA change depends
-        on them); once loaded they blend, fuse, switch and reweight like any LoRA. The scale is folded because
-        diffusers 0.42 keys a kohya file's per-module alphas on SD1 attention layers by their old
-        `processor.to_q_lora` names, which match no layer: where alphas differ between modules (AdaLoRA,
-        `resize --dynamic`, merges), those layers got the most common alpha instead of their own."""
-        models = self.family.models(self.pipe)
-        plain: LoraWeights = {}
-        for (part, module), adapter in weights.items():
-            if type(adapter) is not LoraModule:
-                layer = find_layer(models[part], module)
-                if layer is None:
-                    raise AdapterFileError(f"{path}: module {module} is not in this base; {made_for}")
-                adapter = adapter.as_lora(float_weight(getattr(layer, "base_layer", layer)))
-            plain[(part, module)] = LoraModule(adapter.down, adapter.up * adapter.scale, float(adapter.rank), adapter.bias)
-        return plain
 
     @torch.no_grad()
     def _load_biases(self, plain: LoraWeights, name: str) -> None:

@@ -1,0 +1,225 @@
+"""The serving engine: one loaded base, the adapter pool, and `paint`, which renders a batch of requests in one
+pipeline call, each request with its own adapter stack, prompt, negative and seed."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ..base import load_base
+from ..errors import AdapterFileError
+from ..families import check_fits, family_of_pipe
+from ..formats import read_lora
+from ..generate import GenerateConfig
+from ..inspect_adapter import architecture_of_weights, family_of_weights
+from ..precision import check_bf16_runs
+from ..styler import SCHEDULERS, plain_lora
+from .multilora import ModuleLora, MultiLora, Stack
+from .pool import AdapterPool, AdapterTensors
+
+
+@dataclass
+class PaintJob:
+    """One request: its settings (the same config `stylelora generate` takes) and its adapter stack by name."""
+
+    config: GenerateConfig
+    stack: Stack
+
+    def batch_key(self) -> tuple:
+        """Jobs with equal keys can share one pipeline call: the same steps, guidance, sampler and size."""
+        c = self.config
+        return c.steps, c.cfg, c.scheduler, c.width, c.height, c.blend if len(self.stack) > 1 else "merge"
+
+
+@dataclass
+class SwitchTimes:
+    """How long making each batch's adapters active took (fusing a stack, or binding the rows' stacks)."""
+
+    seconds: list[float]
+    count: int = 0
+
+
+class Engine:
+    """Paint with one base and any of the adapters in `folder`, many per batch."""
+
+    def __init__(self, base: str = "mini", folder: Path = Path("adapters"), device: str | None = None,
+                 dtype: torch.dtype | None = None, quantize: str = "none", max_resident: int | None = None,
+                 max_bytes: int | None = None):
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = dtype or (torch.float16 if device == "cuda" else torch.float32)
+        if dtype == torch.bfloat16 and torch.device(device).type == "cpu":
+            check_bf16_runs()
+        self.base, self.quantize, self.dtype = base, quantize, dtype
+        self.pipe = load_base(base, dtype=dtype, device=device, quantize=quantize)
+        self.family = family_of_pipe(self.pipe)
+        self.lora = MultiLora(self.family.models(self.pipe))
+        self.pool = AdapterPool(folder, self.read_adapter, max_resident, max_bytes)
+        self.switches = SwitchTimes([])
+        self._painting = threading.Lock()  # one batch at a time: they share the base's weights
+
+    @property
+    def native_size(self) -> int:
+        return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+
+    @property
+    def prompt_limit(self) -> int:
+        return getattr(self.pipe, self.family.text_encoders[0].tokenizer).model_max_length
+
+    def tokens_over(self, prompt: str) -> int:
+        """How many tokens of `prompt` the text encoder cuts off (0 if it fits)."""
+        tokenizer = getattr(self.pipe, self.family.text_encoders[0].tokenizer)
+        return max(0, len(tokenizer(prompt).input_ids) - tokenizer.model_max_length)
+
+    def read_adapter(self, path: Path) -> AdapterTensors:
+        """An adapter file as plain LoRA tensors in the base's dtype, checked to fit the base module by module
+        (refused with a one-line AdapterFileError otherwise, as Styler.load refuses it)."""
+        weights, metadata, _ = read_lora(path)
+        check_fits(path, family_of_weights(weights, metadata), self.base, self.family)
+        made_for = f"made for {architecture_of_weights(weights, metadata)}, but base {self.base!r} is {self.family.label}"
+        tensors: AdapterTensors = {}
+        for key, adapter in plain_lora(weights, self.lora.models, path, made_for).items():
+            layer = self.lora.layer(key)
+            if layer is None or not _fits(layer, adapter.down, adapter.up):
+                raise AdapterFileError(f"{path}: module {key[1]} does not fit this base; {made_for}")
+            bias = None if adapter.bias is None else adapter.bias.to(self.dtype)
+            tensors[key] = ModuleLora(adapter.down.to(self.dtype).contiguous(), adapter.up.to(self.dtype).contiguous(), bias)
+        return tensors
+
+    @torch.no_grad()
+    def paint(self, jobs: list[PaintJob], output_type: str = "pil") -> list[list[Image.Image]]:
+        """Render every job in one pipeline call (their batch keys must be equal); the images of each job."""
+        first = jobs[0].config
+        with self._painting:
+            names = list(dict.fromkeys(name for job in jobs for name, _ in job.stack))
+            adapters = {name: self.pool.get(name, keep=names).modules for name in names}
+            samples = [job.stack for job in jobs for _ in range(job.config.count)]
+            fused = self.quantize == "none" and len(set(samples)) == 1 and (first.blend == "merge" or len(samples[0]) < 2)
+            if fused:
+                self._make_active(samples[0], samples, first, adapters)
+            else:
+                self.lora.unfuse()  # the text encoders too, before they encode with each job's own stack
+            embeds = [self._encode(job, adapters, fused) for job in jobs]
+            if not fused:
+                self._make_active(None, samples, first, adapters)
+            kind, options = SCHEDULERS[first.scheduler]
+            self.pipe.scheduler = kind.from_config(self.pipe.scheduler.config, **options)
+            # One generator per image: image i of a job is reproduced alone by its seed + i.
+            generators = [torch.Generator().manual_seed(job.config.seed + i) for job in jobs for i in range(job.config.count)]
+            width, height = first.width or first.size or self.native_size, first.height or first.size or self.native_size
+            with self._rows(None if fused else samples, first.blend, adapters):
+                images = self.pipe(**_joined(embeds), num_inference_steps=first.steps, guidance_scale=first.cfg,
+                                   generator=generators, height=height, width=width, output_type=output_type).images
+        bounds = list(itertools.accumulate(job.config.count for job in jobs))
+        return [list(images[end - job.config.count:end]) for job, end in zip(jobs, bounds)]
+
+    def _make_active(self, stack: Stack | None, samples: list[Stack], first: GenerateConfig,
+                     adapters: dict[str, AdapterTensors]) -> None:
+        """Fuse `stack` into the base, or (None) unfuse and bind each UNet row its sample's stack: timed as a
+        switch. The first UNet call then finds its rows bound already."""
+        start = time.perf_counter()
+        if stack is not None:
+            if stack == self.lora.fused_stack:
+                return  # already this stack: nothing to switch
+            self.lora.fuse(stack, adapters)
+        else:
+            self.lora.unfuse()
+            rows = _passes(samples, first.blend, 0)[0][0]
+            self.lora.bind(rows * (2 if self._guided(first) else 1), adapters, parts={"unet"})
+        self.switches.count += 1
+        self.switches.seconds.append(time.perf_counter() - start)
+        del self.switches.seconds[:-1000]
+
+    def _guided(self, config: GenerateConfig) -> bool:
+        """Whether the pipeline runs classifier-free guidance (a negative row per sample), as it decides."""
+        return config.cfg > 1 and self.pipe.unet.config.time_cond_proj_dim is None
+
+    def _encode(self, job: PaintJob, adapters: dict[str, AdapterTensors], fused: bool) -> dict:
+        """The job's prompt embeddings, through text encoders carrying its own stack (fused, or bound)."""
+        c = job.config
+        if not fused:
+            self.lora.bind([job.stack], adapters, parts=set(self.lora.models) - {"unet"})
+        try:
+            out = self.pipe.encode_prompt(prompt=c.prompt, device=self.pipe.device, num_images_per_prompt=c.count,
+                                          do_classifier_free_guidance=self._guided(c), negative_prompt=c.negative or None)
+        finally:
+            self.lora.unbind()
+        names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+        return dict(zip(names, out))
+
+    @contextmanager
+    def _rows(self, samples: list[Stack] | None, blend: str, adapters: dict[str, AdapterTensors]):
+        """While the pipeline runs, bind each UNet row its sample's stack ('merge'), or one adapter of it per
+        step in turn ('switch'), or each adapter in its own pass, averaged ('composite'), as Styler does."""
+        if samples is None:
+            yield
+            return
+        unet, original = self.pipe.unet, type(self.pipe.unet).forward
+        calls = itertools.count()
+
+        def forward(*args, **kwargs):
+            sample = args[0] if args else kwargs["sample"]
+            repeat = sample.shape[0] // len(samples)  # 2 under classifier-free guidance: negatives, then prompts
+            passes, counts = _passes(samples, blend, next(calls))
+            outputs = []
+            for rows in passes:
+                self.lora.bind(rows * repeat, adapters, parts={"unet"})
+                outputs.append(original(unet, *args, **kwargs))
+            if len(outputs) == 1:
+                return outputs[0]
+            return _average(outputs, counts * repeat)
+
+        unet.forward = forward
+        try:
+            yield
+        finally:
+            del unet.forward  # back to the class's own forward
+            self.lora.unbind()
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def _passes(samples: list[Stack], blend: str, call: int) -> tuple[list[list[Stack]], list[int]]:
+    """The rows' stacks for each UNet pass of one call, and how many passes count for each row."""
+    if blend == "switch":
+        return [[(s[call % len(s)],) if len(s) > 1 else s for s in samples]], [1] * len(samples)
+    if blend == "composite":
+        width = max(max(len(s) for s in samples), 1)
+        passes = [[(s[k],) if k < len(s) and len(s) > 1 else s for s in samples] for k in range(width)]
+        return passes, [max(len(s), 1) if len(s) > 1 else 1 for s in samples]
+    return [samples], [1] * len(samples)
+
+
+def _average(outputs: list, counts: list[int]):
+    """Each row's mean over the passes that count for it (Styler's composite: sum of outputs / count)."""
+    first = outputs[0]
+    tensors = [o[0] if isinstance(o, tuple) else o.sample for o in outputs]
+    shape = (len(counts),) + (1,) * (tensors[0].dim() - 1)
+    total = 0
+    for k, tensor in enumerate(tensors):
+        counted = torch.tensor([float(k < n) for n in counts], dtype=tensor.dtype).view(shape)
+        total = total + tensor * counted
+    mean = total / torch.tensor(counts, dtype=tensors[0].dtype).view(shape)
+    if isinstance(first, tuple):
+        return (mean,)
+    first.sample = mean
+    return first
+
+
+def _joined(embeds: list[dict]) -> dict:
+    """The jobs' embeddings as one batch (None stays None: no negatives without guidance)."""
+    return {key: None if embeds[0][key] is None else torch.cat([e[key] for e in embeds]) for key in embeds[0]}
+
+
+def _fits(layer: torch.nn.Module, down: torch.Tensor, up: torch.Tensor) -> bool:
+    if down.dim() == 4:
+        return (isinstance(layer, torch.nn.Conv2d) and layer.groups == 1 and down.shape[1] == layer.in_channels
+                and tuple(down.shape[2:]) == tuple(layer.kernel_size) and up.shape[0] == layer.out_channels)
+    return getattr(layer, "in_features", None) == down.shape[1] and getattr(layer, "out_features", None) == up.shape[0]
