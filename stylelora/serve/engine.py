@@ -88,7 +88,9 @@ class Engine:
             layer = self.lora.layer(key)
             if layer is None or not _fits(layer, adapter.down, adapter.up):
                 raise AdapterFileError(f"{path}: module {key[1]} does not fit this base; {made_for}")
-            bias = None if adapter.bias is None else adapter.bias.to(self.dtype)
+            # A layer without a bias has none to change: as ComfyUI applies diff_b, and as fusing does.
+            has_bias = getattr(layer, "bias", None) is not None
+            bias = adapter.bias.to(self.dtype) if adapter.bias is not None and has_bias else None
             tensors[key] = ModuleLora(adapter.down.to(self.dtype).contiguous(), adapter.up.to(self.dtype).contiguous(), bias)
         return tensors
 

@@ -78,6 +78,7 @@ class AdapterPool:
             held = self.resident.get(name)
             if held is not None and held.path == path and held.version == _version(path):
                 self.resident.move_to_end(name)
+                self._evict(keep={name, *keep})  # a batch larger than the bound left extras behind
                 return held
             adapter = ResidentAdapter(name, path, _version(path), self.read(path))
             self.loads += 1

@@ -7,7 +7,6 @@ the replica restarts and the scaling; nothing of that is written here.
 
 from __future__ import annotations
 
-import functools
 import time
 
 from ..errors import ConfigError
@@ -33,7 +32,9 @@ def start_on_ray(config: ServeConfig, address: str | None = None):
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": config.host, "port": config.port})
-    builder = functools.partial(build_app, config)  # evaluated on each replica: its own base and pool
+    def builder():  # evaluated on each replica: its own base and pool (a plain function: Ray calls a partial
+        return build_app(config)  # as if it were the ASGI app itself)
+
     deployment = serve.deployment(serve.ingress(builder)(), name="stylelora", num_replicas=config.replicas,
                                   ray_actor_options={"num_cpus": 0})
     return serve.run(deployment.bind(), name="stylelora", route_prefix="/")

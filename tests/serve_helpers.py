@@ -1,0 +1,35 @@
+"""Adapter files for the server's tests, made directly (no training): LoRA on the attention projections, and
+optionally on the text encoder, on 3x3 ResNet convolutions (LoCon) and with trained biases (diff_b)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from stylelora.formats import write_lora
+from stylelora.methods.layouts import LoraModule
+
+ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+def make_adapter(pipe, path: Path, seed: int, scale: float = 0.15, rank: int = 4, text_encoder: bool = False,
+                 conv: bool = False, bias: bool = False, metadata: dict | None = None) -> Path:
+    g = torch.Generator().manual_seed(seed)
+    weights = {}
+    for name, layer in pipe.unet.named_modules():
+        if isinstance(layer, torch.nn.Linear) and name.endswith(ATTENTION):
+            weights[("unet", name)] = LoraModule(torch.randn(rank, layer.in_features, generator=g) * scale,
+                                                 torch.randn(layer.out_features, rank, generator=g) * scale, rank * 2.0,
+                                                 torch.randn(layer.out_features, generator=g) * 0.01
+                                                 if bias and layer.bias is not None else None)
+        elif conv and isinstance(layer, torch.nn.Conv2d) and name.endswith("resnets.0.conv1"):
+            weights[("unet", name)] = LoraModule(torch.randn(rank, layer.in_channels, 3, 3, generator=g) * scale / 3,
+                                                 torch.randn(layer.out_channels, rank, 1, 1, generator=g) * scale, float(rank))
+    if text_encoder:
+        for name, layer in pipe.text_encoder.named_modules():
+            if name.endswith(("q_proj", "k_proj", "v_proj", "out_proj")):
+                weights[("text_encoder", "text_model." + name)] = LoraModule(
+                    torch.randn(rank, layer.in_features, generator=g) * scale,
+                    torch.randn(layer.out_features, rank, generator=g) * scale, float(rank))
+    return write_lora(weights, "kohya", path, metadata or {})
