@@ -33,3 +33,42 @@ def make_adapter(pipe, path: Path, seed: int, scale: float = 0.15, rank: int = 4
                     torch.randn(rank, layer.in_features, generator=g) * scale,
                     torch.randn(layer.out_features, rank, generator=g) * scale, float(rank))
     return write_lora(weights, "kohya", path, metadata or {})
+
+
+def start_serve(*args: str, timeout: float = 300) -> tuple["subprocess.Popen", str]:
+    """`stylelora serve ARGS` on a free port; returns the process and its URL once /healthz answers."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    from ui_helpers import ROOT, free_port
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "stylelora", "serve", "--port", str(port), *args], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"stylelora serve did not answer: {process.stdout.read()[-3000:]}")
+
+
+def stop_serve(process, timeout: float = 120) -> str:
+    """Ctrl-C, as a person stops it; the output it printed."""
+    import signal
+
+    process.send_signal(signal.SIGINT)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except Exception:  # noqa: BLE001
+        process.kill()
+        output, _ = process.communicate()
+    return output

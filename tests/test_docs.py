@@ -10,7 +10,7 @@ from stylelora.cli import build_parser
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("command", ["train", "tune", "suggest"])
+@pytest.mark.parametrize("command", ["train", "tune", "suggest", "serve"])
 def test_every_flag_is_documented(command):
     readme = (ROOT / "README.md").read_text()
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))

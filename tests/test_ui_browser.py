@@ -121,6 +121,8 @@ def test_upload_caption_train_library_generate(page, server, image_folder, tiny_
     page.click("#library-refresh")
     page.locator("#library [role=gridcell]", has_text="mystyle").first.wait_for(timeout=30_000)
     page.locator("#library [role=gridcell]", has_text="LoHa").first.wait_for(timeout=30_000)
+    # the command that serves this same folder over HTTP
+    assert f"stylelora serve --adapters {adapters}" in page.locator("#library-serve").inner_text()
     (tmp_path / "evil.ckpt").write_bytes(b"\x80\x04K\x01.")
     page.locator("#import input[type=file]").set_input_files(str(tmp_path / "evil.ckpt"))
     page.wait_for_selector("#library-message :text('only .safetensors')", timeout=30_000)

@@ -293,6 +293,8 @@ def library_tab(session: Session) -> None:
     table = gr.Dataframe(headers=["name", "base", "method", "rank", "trigger", "images", "created"], interactive=False,
                          elem_id="library")
     previews = gr.Gallery(label="Previews", columns=8, height=140, elem_id="previews")
+    gr.Markdown(f"`stylelora serve --adapters {session.adapters}` serves these adapters over HTTP, by name "
+                "(README: Serving many adapters).", elem_id="library-serve")
     refresh = gr.Button("Refresh", elem_id="library-refresh")
     message = gr.Markdown(elem_id="library-message")
     with gr.Row():

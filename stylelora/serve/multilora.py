@@ -1,14 +1,17 @@
 """Many adapters in one UNet call: each row of a batch carries its own weighted adapter stack.
 
 S-LoRA and Punica serve many LoRA adapters on one base by keeping the adapters apart from the base weights
-and adding each request's low-rank change to its own rows. The same idea carries over to the UNet here: a
-forward hook on every adapted layer adds, row by row, sum_k w[row, k] * up_k @ down_k @ x. The adapters of a
-batch are concatenated along the rank once per switch (`bind`), so each layer costs two extra matmuls however
-many adapters the batch holds. Hooks are attached once per layer; switching never rebuilds the module tree.
+and adding each request's low-rank change to its own rows (Punica's gather-matmul, "BGMV"). The same idea
+carries over to the UNet here: a forward hook on every adapted layer adds, row by row,
+sum_k w[row, k] * up_k @ down_k @ x. At each switch (`bind`), every row's stack is gathered into one
+low-rank pair per layer, its weights folded in, so a Linear layer costs two batched matmuls whose rank is
+that row's own stack, whatever the batch holds. (Conv LoRA concatenates the batch's adapters instead.)
+Hooks are attached once per layer; switching never rebuilds the module tree.
 
-peft cannot do this: its LoRA layers apply one set of active adapters to the whole batch (its `adapter_names`
-mixed batches work for Linear layers only and skip conv and fused paths), and diffusers' hotswap swaps one
-adapter for the whole model. So the per-row part is written here, in about a hundred lines.
+peft cannot do this: its LoRA layers apply one set of active adapters to the whole batch. Its `adapter_names`
+mixed batches give each row one adapter, not a weighted stack; they must be passed through the model's
+forward, which diffusers' UNet does not pass on; and they loop over the adapters in Python, one slice each.
+diffusers' hotswap swaps one adapter for the whole model. So the per-row part is written here.
 
 A batch whose rows all share one stack takes the fused path instead: the stack is added into the base weights
 with peft's own arithmetic (so the result is bitwise what `Styler` paints), and the originals are copied back.
@@ -41,11 +44,30 @@ class ModuleLora:
         return sum(t.numel() * t.element_size() for t in (self.down, self.up, self.bias) if t is not None)
 
 
-class LayerBinding(NamedTuple):
-    down: torch.Tensor  # the batch's adapters, concatenated along the rank: R x in
-    up: torch.Tensor  # out x R
+class RowsLinear(NamedTuple):
+    """A Linear layer's binding: each row's own stack, gathered into its own low-rank pair (weights folded into
+    the down half), so a row costs its own rank only: h = x @ down_t[row], delta = h @ up[row] (two bmm)."""
+
+    down_t: torch.Tensor  # rows x in x r (r: the largest stack's total rank; shorter stacks padded with zeros)
+    up: torch.Tensor  # rows x r x out
+    bias: torch.Tensor | None  # rows x out
+
+
+class ConcatConv(NamedTuple):
+    """A conv layer's binding: the batch's adapters concatenated along the rank, each row weighting its own."""
+
+    down: torch.Tensor  # R x in x k x k
+    up: torch.Tensor  # out x R x 1 x 1
     mix: torch.Tensor  # rows x R: each row's weight for each rank column (0 where a row lacks that adapter)
     bias: torch.Tensor | None  # rows x out
+
+
+class RowPlan(NamedTuple):
+    """Which rank columns each row takes, at what weight, for one set of adapters at one block."""
+
+    columns: torch.Tensor  # rows x r, long: indices into the concatenated ranks (the last index: a zero pad)
+    column_weights: torch.Tensor  # rows x r
+    adapter_weights: torch.Tensor  # rows x adapters
 
 
 def peft_scaling(weight: float, rank: int) -> float:
@@ -60,7 +82,7 @@ class MultiLora:
     def __init__(self, models: dict[str, torch.nn.Module]):
         self.models = models
         self.layers: dict[ModuleKey, torch.nn.Module] = {}
-        self.bindings: dict[torch.nn.Module, LayerBinding] = {}
+        self.bindings: dict[torch.nn.Module, RowsLinear | ConcatConv] = {}
         self.fused_stack: Stack | None = None
         self._bound: tuple | None = None  # what `bindings` were built for
         self._originals: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor | None]] = {}
@@ -88,24 +110,15 @@ class MultiLora:
             for module_key in adapters[name]:
                 if parts is None or module_key[0] in parts:
                     by_layer.setdefault(module_key, []).append(name)
+        plans: dict[tuple, RowPlan] = {}  # layers of one block with the same adapters share a plan
         for module_key, held in by_layer.items():
-            self.bindings[self.layers[module_key]] = self._binding(module_key, held, rows, adapters)
+            modules = [adapters[name][module_key] for name in held]
+            ranks = tuple(m.down.shape[0] for m in modules)
+            plan_key = (module_key[0], _block(module_key[1]), tuple(held), ranks)
+            if plan_key not in plans:
+                plans[plan_key] = _row_plan(module_key, held, ranks, rows, modules[0].down.dtype)
+            self.bindings[self.layers[module_key]] = _binding(modules, plans[plan_key])
         self._bound = key
-
-    def _binding(self, key: ModuleKey, held: list[str], rows: list[Stack],
-                 adapters: dict[str, dict[ModuleKey, ModuleLora]]) -> LayerBinding:
-        modules = [adapters[name][key] for name in held]
-        weights = torch.zeros(len(rows), len(held))
-        for row, stack in enumerate(rows):
-            for name, weight in stack:
-                if name in held:
-                    weights[row, held.index(name)] += weight.for_module(*key)
-        ranks = torch.tensor([m.down.shape[0] for m in modules])
-        dtype = modules[0].down.dtype
-        mix = weights.repeat_interleave(ranks, dim=1).to(dtype)
-        biases = [(i, m.bias) for i, m in enumerate(modules) if m.bias is not None]
-        bias = sum(weights[:, i:i + 1].to(dtype) * b for i, b in biases) if biases else None
-        return LayerBinding(torch.cat([m.down for m in modules]), torch.cat([m.up for m in modules], dim=1), mix, bias)
 
     def unbind(self) -> None:
         self.bindings, self._bound = {}, None
@@ -115,13 +128,18 @@ class MultiLora:
         if binding is None:
             return None
         x = args[0]
-        if binding.down.dim() == 4:  # a conv LoRA: down has the layer's kernel, up is 1x1 (as peft builds it)
+        if isinstance(binding, ConcatConv):  # down has the layer's kernel, up is 1x1 (as peft builds a conv LoRA)
             hidden = F.conv2d(x, binding.down, None, layer.stride, layer.padding, layer.dilation)
             delta = F.conv2d(hidden * binding.mix[:, :, None, None], binding.up)
             return output + (delta if binding.bias is None else delta + binding.bias[:, :, None, None])
-        shape = (binding.mix.shape[0],) + (1,) * (x.dim() - 2) + (-1,)
-        delta = F.linear(F.linear(x, binding.down) * binding.mix.view(shape), binding.up)
-        return output + (delta if binding.bias is None else delta + binding.bias.view(shape))
+        rows = x.shape[0]
+        down_t, up = binding.down_t, binding.up
+        if down_t.shape[0] != rows:  # one stack for the whole batch (a text encoder's prompt and negative)
+            down_t, up = down_t.expand(rows, -1, -1), up.expand(rows, -1, -1)
+        delta = torch.bmm(torch.bmm(x.reshape(rows, -1, x.shape[-1]), down_t), up).view(output.shape)
+        if binding.bias is not None:
+            delta = delta + binding.bias.view((binding.bias.shape[0],) + (1,) * (x.dim() - 2) + (-1,))
+        return output + delta
 
     @torch.no_grad()
     def fuse(self, stack: Stack, adapters: dict[str, dict[ModuleKey, ModuleLora]]) -> None:
@@ -155,6 +173,49 @@ class MultiLora:
                 layer.bias.data = bias
         self._originals.clear()
         self.fused_stack = None
+
+
+def _block(module: str) -> str:
+    """The part of the UNet a module is in, as StyleWeight's block weights name them."""
+    return "mid" if module.startswith("mid_block") else module.split("_", 1)[0]
+
+
+def _row_plan(key: ModuleKey, held: list[str], ranks: tuple[int, ...], rows: list[Stack], dtype: torch.dtype) -> RowPlan:
+    offsets = [sum(ranks[:i]) for i in range(len(ranks))]
+    pad = sum(ranks)  # the index of the zero column every shorter row is padded with
+    adapter_weights = torch.zeros(len(rows), len(held))
+    columns, weights = [], []
+    for row, stack in enumerate(rows):
+        row_columns, row_weights = [], []
+        for name, weight in stack:
+            if name in held:
+                i, value = held.index(name), weight.for_module(*key)
+                adapter_weights[row, i] += value
+                row_columns += range(offsets[i], offsets[i] + ranks[i])
+                row_weights += [value] * ranks[i]
+        columns.append(row_columns)
+        weights.append(row_weights)
+    width = max(1, max(len(c) for c in columns))
+    columns = [c + [pad] * (width - len(c)) for c in columns]
+    weights = [w + [0.0] * (width - len(w)) for w in weights]
+    return RowPlan(torch.tensor(columns), torch.tensor(weights, dtype=dtype), adapter_weights.to(dtype))
+
+
+def _binding(modules: list[ModuleLora], plan: RowPlan) -> RowsLinear | ConcatConv:
+    biases = [m.bias if m.bias is not None else None for m in modules]
+    bias = None
+    if any(b is not None for b in biases):
+        out = next(b for b in biases if b is not None)
+        stacked = torch.stack([b if b is not None else torch.zeros_like(out) for b in biases])
+        bias = plan.adapter_weights @ stacked  # rows x out
+    if modules[0].down.dim() == 4:
+        ranks = torch.tensor([m.down.shape[0] for m in modules])
+        mix = plan.adapter_weights.repeat_interleave(ranks, dim=1)
+        return ConcatConv(torch.cat([m.down for m in modules]), torch.cat([m.up for m in modules], dim=1), mix, bias)
+    down = torch.cat([m.down for m in modules] + [modules[0].down.new_zeros(1, modules[0].down.shape[1])])
+    up = torch.cat([m.up for m in modules] + [modules[0].up.new_zeros(modules[0].up.shape[0], 1)], dim=1)
+    down_rows = down[plan.columns] * plan.column_weights[..., None]  # rows x r x in
+    return RowsLinear(down_rows.transpose(1, 2).contiguous(), up[:, plan.columns].permute(1, 2, 0).contiguous(), bias)
 
 
 def _delta_weight(layer: torch.nn.Module, module: ModuleLora, scaling: float) -> torch.Tensor:
