@@ -86,6 +86,7 @@ class MultiLora:
         self.fused_stack: Stack | None = None
         self._bound: tuple | None = None  # what `bindings` were built for
         self._originals: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._buffers: dict[torch.nn.Module, torch.Tensor] = {}  # each fused layer's weight while fused
 
     def layer(self, key: ModuleKey) -> torch.nn.Module | None:
         if key not in self.layers:
@@ -156,9 +157,21 @@ class MultiLora:
         for key, terms in changes.items():
             layer = self.layers[key]
             weight, bias = layer.weight, layer.bias
-            self._originals[layer] = (weight.data.clone(), bias.data.clone() if bias is not None else None)
-            delta = sum(_delta_weight(layer, module, scaling).float() for module, scaling in terms)
-            weight.data = (weight.data.float() + delta).to(weight.dtype)
+            # The originals stay as they are; the sum goes into a buffer kept per layer, so a switch writes
+            # each adapted weight once and allocates nothing (on an SD1.5 UNet, 376 MB of attention weights).
+            self._originals[layer] = (weight.data, bias.data if bias is not None else None)
+            deltas = [_delta_weight(layer, module, scaling).float() for module, scaling in terms]
+            delta = deltas[0]
+            for more in deltas[1:]:
+                delta = delta + more
+            buffer = self._buffers.get(layer)
+            if buffer is None or buffer.shape != weight.shape or buffer.dtype != weight.dtype:
+                buffer = self._buffers[layer] = torch.empty_like(weight.data)
+            if weight.dtype == torch.float32:
+                torch.add(weight.data, delta, out=buffer)
+            else:
+                buffer.copy_(weight.data.float() + delta)
+            weight.data = buffer
             biases = [module.bias * scaling for module, scaling in terms if module.bias is not None]
             if biases and bias is not None:
                 bias.data = (bias.data.float() + sum(b.float() for b in biases)).to(bias.dtype)
@@ -166,7 +179,7 @@ class MultiLora:
 
     @torch.no_grad()
     def unfuse(self) -> None:
-        """Put the base weights back exactly (copied, not subtracted)."""
+        """Put the base weights back exactly (the originals themselves, never a subtraction)."""
         for layer, (weight, bias) in self._originals.items():
             layer.weight.data = weight
             if bias is not None:
@@ -213,9 +226,10 @@ def _binding(modules: list[ModuleLora], plan: RowPlan) -> RowsLinear | ConcatCon
         mix = plan.adapter_weights.repeat_interleave(ranks, dim=1)
         return ConcatConv(torch.cat([m.down for m in modules]), torch.cat([m.up for m in modules], dim=1), mix, bias)
     down = torch.cat([m.down for m in modules] + [modules[0].down.new_zeros(1, modules[0].down.shape[1])])
-    up = torch.cat([m.up for m in modules] + [modules[0].up.new_zeros(modules[0].up.shape[0], 1)], dim=1)
-    down_rows = down[plan.columns] * plan.column_weights[..., None]  # rows x r x in
-    return RowsLinear(down_rows.transpose(1, 2).contiguous(), up[:, plan.columns].permute(1, 2, 0).contiguous(), bias)
+    up_t = torch.cat([m.up.t() for m in modules] + [modules[0].up.new_zeros(1, modules[0].up.shape[0])])
+    down_rows = down[plan.columns].mul_(plan.column_weights[..., None])  # rows x r x in
+    # bmm reads the transposed view as it is (no copy); up_t's rows gather straight into rows x r x out
+    return RowsLinear(down_rows.transpose(1, 2), up_t[plan.columns], bias)
 
 
 def _delta_weight(layer: torch.nn.Module, module: ModuleLora, scaling: float) -> torch.Tensor:
@@ -224,7 +238,7 @@ def _delta_weight(layer: torch.nn.Module, module: ModuleLora, scaling: float) ->
     if down.device.type == "cpu" and dtype in (torch.float16, torch.bfloat16):
         down, up = down.float(), up.float()  # as peft: some CPUs have slow half-precision matmuls
     if down.dim() == 2:
-        delta = (up @ down) * scaling
+        delta = (up @ down).mul_(scaling)
     elif layer.weight.shape[2:4] == (1, 1):
         delta = (up.squeeze(3).squeeze(2) @ down.squeeze(3).squeeze(2)).unsqueeze(2).unsqueeze(3) * scaling
     else:
