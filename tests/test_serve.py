@@ -289,3 +289,42 @@ def test_serve_flags_are_checked_before_anything_loads(capsys, tmp_path):
     (tmp_path / "bad.toml").write_text('[serve]\nthreads = 4\n')
     assert main(["serve", "--config", str(tmp_path / "bad.toml")]) == 2
     assert "unknown serve setting 'threads'" in capsys.readouterr().err
+
+
+def test_an_nf4_base_is_served_with_the_adapters_unfused(tiny_base, served, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    _, _, paths, folder = served
+    engine = Engine(str(tiny_base), folder, quantize="nf4")
+    styled = engine.paint([job([("plain", 0.8)], seed=2)])[0][0]
+    assert engine.lora.fused_stack is None  # never fused into 4-bit weights
+    bare = engine.paint([job([], seed=2)])[0][0]
+    assert not np.array_equal(np.asarray(styled), np.asarray(bare))
+    config = GenerateConfig(prompt="a red circle", loras=(f"{paths['plain']}:0.8",), base=str(tiny_base), seed=2,
+                            count=1, steps=6, quantize_base="nf4", out=tmp_path)
+    painted = np.asarray(Image.open(generate(config)[0])).astype(int)  # peft's bitsandbytes LoRA layers
+    assert np.abs(np.asarray(styled).astype(int) - painted).max() <= 1
+
+
+def test_two_threads_asking_for_one_adapter_read_its_file_once(served):
+    from stylelora.serve.pool import AdapterPool
+
+    _, engine, _, folder = served
+    reads, gate = [], threading.Event()
+
+    def slow_read(path):
+        reads.append(path)
+        gate.wait(30)
+        return engine.read_adapter(path)
+
+    pool = AdapterPool(folder, slow_read)
+    results: list = []
+    threads = [threading.Thread(target=lambda: results.append(pool.get("plain"))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    while not reads:  # the first reader is in; let the second queue behind it
+        threading.Event().wait(0.01)
+    gate.set()
+    for thread in threads:
+        thread.join(30)
+    assert len(reads) == 1 and len(results) == 2 and results[0] is results[1]
+    pool.close()

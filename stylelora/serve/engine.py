@@ -101,6 +101,8 @@ class Engine:
         with self._painting:
             names = list(dict.fromkeys(name for job in jobs for name, _ in job.stack))
             adapters = {name: self.pool.get(name, keep=names).modules for name in names}
+            for modules in adapters.values():
+                self.lora.attach(modules)
             samples = [job.stack for job in jobs for _ in range(job.config.count)]
             fused = self.quantize == "none" and len(set(samples)) == 1 and (first.blend == "merge" or len(samples[0]) < 2)
             if fused:

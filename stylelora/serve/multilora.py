@@ -87,15 +87,25 @@ class MultiLora:
         self._bound: tuple | None = None  # what `bindings` were built for
         self._originals: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._buffers: dict[torch.nn.Module, torch.Tensor] = {}  # each fused layer's weight while fused
+        self._hooked: set[torch.nn.Module] = set()
 
     def layer(self, key: ModuleKey) -> torch.nn.Module | None:
+        """The layer a module key names (None if the base has none); no hook yet (see `attach`)."""
         if key not in self.layers:
             layer = find_layer(self.models[key[0]], key[1])
             if layer is None:
                 return None
-            layer.register_forward_hook(self._add_rows)
             self.layers[key] = layer
         return self.layers[key]
+
+    def attach(self, keys) -> None:
+        """Hook the named layers, once each. Called by the thread that paints, between batches: a hook added
+        while another thread runs the model would change the hook table under its forward."""
+        for key in keys:
+            layer = self.layers[key]
+            if layer not in self._hooked:
+                layer.register_forward_hook(self._add_rows)
+                self._hooked.add(layer)
 
     def bind(self, rows: list[Stack], adapters: dict[str, dict[ModuleKey, ModuleLora]],
              parts: set[str] | None = None) -> None:

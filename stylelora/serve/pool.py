@@ -51,6 +51,7 @@ class AdapterPool:
         self.loads = 0  # files read into RAM since start
         self._catalog: dict[str, AdapterEntry] = {}
         self._lock = threading.RLock()
+        self._reading: dict[str, threading.Event] = {}  # names being read now
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="adapter-prefetch")
 
     def catalog(self, refresh: bool = True) -> dict[str, AdapterEntry]:
@@ -72,19 +73,31 @@ class AdapterPool:
 
     def get(self, name: str, keep: Iterable[str] = ()) -> ResidentAdapter:
         """The adapter's tensors, read now if they are not resident (or the file changed). Adapters in `keep`
-        (the rest of the batch) are never evicted to make room."""
-        with self._lock:
-            path = self.entry(name).path
-            held = self.resident.get(name)
-            if held is not None and held.path == path and held.version == _version(path):
-                self.resident.move_to_end(name)
-                self._evict(keep={name, *keep})  # a batch larger than the bound left extras behind
-                return held
+        (the rest of the batch) are never evicted to make room. A file is read outside the lock, once: a
+        second caller for the same name (the prefetcher and a batch) waits for the first."""
+        while True:
+            with self._lock:
+                path = self.entry(name).path
+                held = self.resident.get(name)
+                if held is not None and held.path == path and held.version == _version(path):
+                    self.resident.move_to_end(name)
+                    self._evict(keep={name, *keep})  # a batch larger than the bound left extras behind
+                    return held
+                reading = self._reading.get(name)
+                if reading is None:
+                    reading = self._reading[name] = threading.Event()
+                    break
+            reading.wait()  # another thread is reading it: take its result (or read it again if that failed)
+        try:
             adapter = ResidentAdapter(name, path, _version(path), self.read(path))
-            self.loads += 1
-            self.resident[name] = adapter
-            self._evict(keep={name, *keep})
+            with self._lock:
+                self.loads += 1
+                self.resident[name] = adapter
+                self._evict(keep={name, *keep})
             return adapter
+        finally:
+            with self._lock:
+                self._reading.pop(name).set()
 
     def _evict(self, keep: set[str]) -> None:
         def over() -> bool:
