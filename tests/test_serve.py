@@ -116,7 +116,7 @@ def test_one_png_is_returned_as_image_png_when_asked(served):
     ({"prompt": "x", "adapters": [{"name": "plain", "weight": "NaN"}]}, 422, "weight"),
     ({"prompt": "x", "count": 5}, 422, "count = 5: this server allows at most 4 (--max-count)"),
     ({"prompt": "x", "width": 128}, 422, "at most 64 (--max-side)"),
-    ({"prompt": "x", "width": 12}, 422, "use a multiple of 8"),
+    ({"prompt": "x", "width": 12}, 422, "width = 12: use a multiple of 8"),
     ({"prompt": "x", "steps": 0}, 422, "at least 1 denoising step"),
     ({"prompt": "x", "steps": 31}, 422, "at most 30 (--max-steps)"),
     ({"prompt": " "}, 422, "give a prompt"),

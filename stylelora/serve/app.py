@@ -175,11 +175,16 @@ def _job(body: GenerateBody, config: ServeConfig, engine: Engine) -> tuple[Paint
     settings = GenerateConfig(prompt=body.prompt, base=config.base, negative=body.negative, count=body.count,
                               steps=body.steps, cfg=body.cfg, seed=body.seed, width=body.width, height=body.height,
                               scheduler=body.scheduler, blend=body.blend, quantize_base=config.quantize_base)
-    validate_generate(settings)
-    for value, limit, name in [(body.count, config.max_count, "count"), (body.steps, config.max_steps, "steps"),
-                               (body.width or 0, config.max_side, "width"), (body.height or 0, config.max_side, "height")]:
+    try:
+        validate_generate(settings)
+    except ConfigError as error:  # the same checks as `stylelora generate`, named as the JSON field is
+        raise ConfigError(str(error).removeprefix("--")) from None
+    for value, limit, name, flag in [(body.count, config.max_count, "count", "--max-count"),
+                                     (body.steps, config.max_steps, "steps", "--max-steps"),
+                                     (body.width or 0, config.max_side, "width", "--max-side"),
+                                     (body.height or 0, config.max_side, "height", "--max-side")]:
         if value > limit:
-            raise ConfigError(f"{name} = {value}: this server allows at most {limit} (--max-{'side' if name in ('width', 'height') else name})")
+            raise ConfigError(f"{name} = {value}: this server allows at most {limit} ({flag})")
     notes = [f"{field} cut: {over} tokens past the text encoder's {engine.prompt_limit} were dropped"
              for field, over in (("prompt", engine.tokens_over(body.prompt)), ("negative", engine.tokens_over(body.negative)))
              if over]
