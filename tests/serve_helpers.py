@@ -40,15 +40,18 @@ def start_serve(*args: str, timeout: float = 300) -> tuple["subprocess.Popen", s
     import os
     import subprocess
     import sys
+    import tempfile
     import time
 
     import httpx
     from ui_helpers import ROOT, free_port
 
     port = free_port()
+    # Its output goes to a file, never a pipe: a pipe nobody reads fills, and the server blocks on its next log line.
+    log = tempfile.NamedTemporaryFile("w+", prefix="stylelora-serve-", suffix=".log", delete=False)
     process = subprocess.Popen([sys.executable, "-m", "stylelora", "serve", "--port", str(port), *args], cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=os.environ | {"HF_HUB_OFFLINE": "1"})
+                               stdout=log, stderr=subprocess.STDOUT, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    process.log_path = log.name
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
@@ -58,7 +61,8 @@ def start_serve(*args: str, timeout: float = 300) -> tuple["subprocess.Popen", s
         except httpx.HTTPError:
             time.sleep(0.2)
     process.kill()
-    raise RuntimeError(f"stylelora serve did not answer: {process.stdout.read()[-3000:]}")
+    process.wait()
+    raise RuntimeError(f"stylelora serve did not answer: {Path(process.log_path).read_text()[-3000:]}")
 
 
 def stop_serve(process, timeout: float = 120) -> str:
@@ -67,8 +71,10 @@ def stop_serve(process, timeout: float = 120) -> str:
 
     process.send_signal(signal.SIGINT)
     try:
-        output, _ = process.communicate(timeout=timeout)
+        process.wait(timeout=timeout)
     except Exception:  # noqa: BLE001
         process.kill()
-        output, _ = process.communicate()
+        process.wait()
+    output = Path(process.log_path).read_text()
+    Path(process.log_path).unlink(missing_ok=True)
     return output

@@ -50,3 +50,9 @@ def test_readme_quantize_report_is_what_bench_quantize_wrote():
     readme = (ROOT / "README.md").read_text()
     section = readme.split("<!-- quantize-report:start -->\n", 1)[1].split("<!-- quantize-report:end -->", 1)[0]
     assert section == (ROOT / "bench" / "results" / "quantize.md").read_text()
+
+
+def test_readme_serve_report_is_what_bench_serve_wrote():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("<!-- serve-report:start -->\n", 1)[1].split("<!-- serve-report:end -->", 1)[0]
+    assert section == (ROOT / "bench" / "results" / "serve.md").read_text()

@@ -3,6 +3,7 @@ pipeline call, each request with its own adapter stack, prompt, negative and see
 
 from __future__ import annotations
 
+import copy
 import itertools
 import threading
 import time
@@ -63,6 +64,8 @@ class Engine:
         self.pool = AdapterPool(folder, self.read_adapter, max_resident, max_bytes)
         self.switches = SwitchTimes([])
         self._painting = threading.Lock()  # one batch at a time: they share the base's weights
+        self._counting = threading.Lock()
+        self._counter = None  # the tokenizer copy tokens_over counts with
 
     @property
     def native_size(self) -> int:
@@ -73,9 +76,13 @@ class Engine:
         return getattr(self.pipe, self.family.text_encoders[0].tokenizer).model_max_length
 
     def tokens_over(self, prompt: str) -> int:
-        """How many tokens of `prompt` the text encoder cuts off (0 if it fits)."""
-        tokenizer = getattr(self.pipe, self.family.text_encoders[0].tokenizer)
-        return max(0, len(tokenizer(prompt).input_ids) - tokenizer.model_max_length)
+        """How many tokens of `prompt` the text encoder cuts off (0 if it fits). Counted with a copy of the
+        tokenizer: a fast (Rust) tokenizer used by two threads at once fails ("Already borrowed"), and the
+        painting thread uses the pipeline's own."""
+        with self._counting:
+            if self._counter is None:
+                self._counter = copy.deepcopy(getattr(self.pipe, self.family.text_encoders[0].tokenizer))
+            return max(0, len(self._counter(prompt).input_ids) - self._counter.model_max_length)
 
     def read_adapter(self, path: Path) -> AdapterTensors:
         """An adapter file as plain LoRA tensors in the base's dtype, checked to fit the base module by module
