@@ -328,3 +328,9 @@ def test_two_threads_asking_for_one_adapter_read_its_file_once(served):
         thread.join(30)
     assert len(reads) == 1 and len(results) == 2 and results[0] is results[1]
     pool.close()
+
+
+def test_ray_without_its_extra_is_one_line_naming_it(monkeypatch, capsys):
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # as if `pip install -e '.[ray]'` was never run
+    assert main(["serve", "--ray", "--replicas", "2"]) == 2
+    assert "--ray needs Ray Serve: pip install -e '.[ray]'" in capsys.readouterr().err
