@@ -7,6 +7,7 @@ import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from .errors import ConfigError
@@ -274,19 +275,30 @@ _TUPLE_FIELDS = {f.name for f in dataclasses.fields(TrainConfig) if "tuple" in s
 _PATH_FIELDS = {"data", "out", "validation_data", "preserve_prompts"}
 
 
-def from_dict(values: dict[str, Any]) -> TrainConfig:
-    """Build a TrainConfig from plain values (a TOML table, UI fields), converting types; unknown keys are errors."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
+def field_values(kind: type, values: dict[str, Any], command: str,
+                 convert: dict[str, Callable[[Any], Any]] | None = None) -> dict[str, Any]:
+    """Plain values (a TOML table, UI fields, flags; kebab-case or snake_case keys) under the field names of the
+    dataclass `kind`, each converted by `convert` where it names one (None stays None); an unknown key is a
+    ConfigError that points at `stylelora COMMAND --help`."""
+    known = {f.name for f in dataclasses.fields(kind)}
     converted: dict[str, Any] = {}
     for key, value in values.items():
         name = key.replace("-", "_")
         if name not in known:
-            raise ConfigError(f"unknown setting {key!r}: see `stylelora train --help` for the list")
-        if name in _PATH_FIELDS and value is not None:
-            value = Path(value)
-        elif name in _TUPLE_FIELDS and value is not None:
-            value = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
-        converted[name] = value
+            raise ConfigError(f"unknown {'' if command == 'train' else command + ' '}setting {key!r}: "
+                              f"see `stylelora {command} --help` for the list")
+        converted[name] = value if value is None or name not in (convert or {}) else convert[name](value)
+    return converted
+
+
+def _as_tuple(value: Any) -> tuple:
+    return tuple(value.split(",")) if isinstance(value, str) else tuple(value)
+
+
+def from_dict(values: dict[str, Any]) -> TrainConfig:
+    """Build a TrainConfig from plain values (a TOML table, UI fields), converting types; unknown keys are errors."""
+    convert = {name: Path for name in _PATH_FIELDS} | {name: _as_tuple for name in _TUPLE_FIELDS}
+    converted = field_values(TrainConfig, values, "train", convert)
     if "data" not in converted:
         raise ConfigError("no image folder given: pass it as the first argument, e.g. `stylelora train ./images`")
     return TrainConfig(**converted)

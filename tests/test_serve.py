@@ -334,3 +334,15 @@ def test_ray_without_its_extra_is_one_line_naming_it(monkeypatch, capsys):
     monkeypatch.setitem(__import__("sys").modules, "ray", None)  # as if `pip install -e '.[ray]'` was never run
     assert main(["serve", "--ray", "--replicas", "2"]) == 2
     assert "--ray needs Ray Serve: pip install -e '.[ray]'" in capsys.readouterr().err
+
+
+def test_train_and_serve_settings_are_read_by_one_function():
+    from stylelora.config import ConfigError, from_dict
+    from stylelora.serve.config import serve_config_from_dict
+
+    train = from_dict({"data": "images", "target-modules": "to_q,to_k", "out": None, "rank": 8})
+    assert train.data == Path("images") and train.target_modules == ("to_q", "to_k") and train.out is None
+    with pytest.raises(ConfigError, match=r"unknown setting 'colour': see `stylelora train --help`"):
+        from_dict({"data": "images", "colour": "red"})
+    serve = serve_config_from_dict({"adapters": "lib", "max-resident": 5})
+    assert serve.adapters == Path("lib") and serve.max_resident == 5

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import read_toml
+from ..config import field_values, read_toml
 from ..errors import ConfigError
 from ..quantize import check_quantize
 
@@ -62,14 +61,7 @@ def validate_serve(config: ServeConfig) -> ServeConfig:
 
 def serve_config_from_dict(values: dict[str, Any]) -> ServeConfig:
     """A ServeConfig from plain values (a TOML table, flags); kebab-case keys, as the flags spell them."""
-    known = {f.name for f in dataclasses.fields(ServeConfig)}
-    converted: dict[str, Any] = {}
-    for key, value in values.items():
-        name = key.replace("-", "_")
-        if name not in known:
-            raise ConfigError(f"unknown serve setting {key!r}: see `stylelora serve --help` for the list")
-        converted[name] = Path(value) if name == "adapters" else value
-    return ServeConfig(**converted)
+    return ServeConfig(**field_values(ServeConfig, values, "serve", {"adapters": Path}))
 
 
 def load_serve_toml(path: Path) -> dict[str, Any]:
