@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,8 +70,10 @@ def _json_list(text: str) -> list[str]:
         return [text]
 
 
-def import_adapter(source: Path, folder: Path, original_name: str | None = None) -> Path:
-    """Check an uploaded file as `stylelora inspect` does, then copy it into the library."""
+def import_adapter(source: Path, folder: Path, original_name: str | None = None,
+                   fits: Callable[[Path], object] | None = None) -> Path:
+    """Check an uploaded file as `stylelora inspect` does (and with `fits`, which raises if it does not fit a
+    base: the server's check), then copy it into the library."""
     source = Path(source)
     name = safe_file_name(original_name or source.name)
     if not name.endswith(".safetensors"):
@@ -78,6 +81,8 @@ def import_adapter(source: Path, folder: Path, original_name: str | None = None)
     if source.stat().st_size > MAX_UPLOAD_BYTES:
         raise AdapterFileError(f"{name}: larger than {MAX_UPLOAD_BYTES // 2**20} MB; that is no LoRA adapter")
     describe(source)  # raises a one-line AdapterFileError for anything broken
+    if fits is not None:
+        fits(source)
     target = Path(folder) / name
     if target.exists():
         raise ConflictError(f"{name}: an adapter with that name is already in the library; rename one first")

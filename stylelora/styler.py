@@ -38,6 +38,11 @@ SCHEDULERS = {
 BLOCKS = ("down", "mid", "up")
 
 
+def block_of(module: str) -> str:
+    """The UNet block a module path is in, as block weights name them: down, mid or up."""
+    return "mid" if module.startswith("mid_block") else module.split("_", 1)[0]
+
+
 @dataclass(frozen=True)
 class StyleWeight:
     """How strongly one adapter applies: to the UNet and to the text encoder (if it adapts one).
@@ -52,8 +57,7 @@ class StyleWeight:
         """The weight that applies to one module, e.g. ('unet', 'down_blocks.0.attentions.0...')."""
         if part != "unet":
             return self.text_encoder
-        block = "mid" if module.startswith("mid_block") else module.split("_", 1)[0]
-        return dict(self.blocks).get(block, self.unet)
+        return dict(self.blocks).get(block_of(module), self.unet)
 
     def unet_setting(self) -> float | dict[str, float]:
         """The UNet weight in diffusers' set_adapters form: a number, or a per-block dictionary."""

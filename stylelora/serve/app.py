@@ -210,11 +210,8 @@ def _add_adapter_routes(app: FastAPI, config: ServeConfig, engine: Engine) -> No
         with tempfile.TemporaryDirectory() as scratch:
             source = Path(scratch) / safe_file_name(original)  # errors name the file as the client sent it
             source.write_bytes(await file.read())
-            if not original.endswith(".safetensors"):
-                raise AdapterFileError(f"{original}: only .safetensors adapters can be uploaded "
-                                       "(pickle formats can run code)")
-            engine.read_adapter(source)  # fits this base, module by module, or a one-line refusal
-            target = import_adapter(source, folder, original)
+            # checked as the UI's import checks it, and to fit this base module by module, before it is copied
+            target = import_adapter(source, folder, original, fits=engine.read_adapter)
         engine.pool.forget(target.stem)
         return {"name": target.stem, "file": target.name}
 

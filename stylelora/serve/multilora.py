@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ..styler import StyleWeight, find_layer
+from ..styler import StyleWeight, block_of, find_layer
 
 ModuleKey = tuple[str, str]  # (part, module path), as in formats.LoraWeights
 Stack = tuple[tuple[str, StyleWeight], ...]  # an ordered, weighted adapter stack; () is the bare base
@@ -130,7 +130,7 @@ class MultiLora:
         for module_key, held in by_layer.items():
             modules = [adapters[name][module_key] for name in held]
             ranks = tuple(m.down.shape[0] for m in modules)
-            plan_key = (module_key[0], _block(module_key[1]), tuple(held), ranks)
+            plan_key = (module_key[0], block_of(module_key[1]), tuple(held), ranks)
             if plan_key not in plans:
                 plans[plan_key] = _row_plan(module_key, held, ranks, rows, modules[0].down.dtype)
             self.bindings[self.layers[module_key]] = _binding(modules, plans[plan_key])
@@ -205,11 +205,6 @@ class MultiLora:
         self.fused_stack = None
 
 
-def _block(module: str) -> str:
-    """The part of the UNet a module is in, as StyleWeight's block weights name them."""
-    return "mid" if module.startswith("mid_block") else module.split("_", 1)[0]
-
-
 def _row_plan(key: ModuleKey, held: list[str], ranks: tuple[int, ...], rows: list[Stack], dtype: torch.dtype) -> RowPlan:
     offsets = [sum(ranks[:i]) for i in range(len(ranks))]
     pad = sum(ranks)  # the index of the zero column every shorter row is padded with
@@ -232,7 +227,7 @@ def _row_plan(key: ModuleKey, held: list[str], ranks: tuple[int, ...], rows: lis
 
 
 def _binding(modules: list[ModuleLora], plan: RowPlan) -> RowsLinear | ConcatConv:
-    biases = [m.bias if m.bias is not None else None for m in modules]
+    biases = [m.bias for m in modules]
     bias = None
     if any(b is not None for b in biases):
         out = next(b for b in biases if b is not None)
