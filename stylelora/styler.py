@@ -38,6 +38,16 @@ SCHEDULERS = {
 BLOCKS = ("down", "mid", "up")
 
 
+def painting_device(device: str | None, dtype: torch.dtype | None) -> tuple[str, torch.dtype]:
+    """Where and in what to paint when not told: CUDA in float16 if there is one, else the CPU in float32. A
+    CPU that lists bf16 but dies on it gets a message for bfloat16, not SIGILL (Styler and the server)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or (torch.float16 if device == "cuda" else torch.float32)
+    if dtype == torch.bfloat16 and torch.device(device).type == "cpu":
+        check_bf16_runs()
+    return device, dtype
+
+
 def block_of(module: str) -> str:
     """The UNet block a module path is in, as block weights name them: down, mid or up."""
     return "mid" if module.startswith("mid_block") else module.split("_", 1)[0]
@@ -142,10 +152,7 @@ class Styler:
 
     def __init__(self, base: str = "mini", device: str | None = None, dtype: torch.dtype | None = None,
                  quantize: str = "none"):
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = dtype or (torch.float16 if device == "cuda" else torch.float32)
-        if dtype == torch.bfloat16 and torch.device(device).type == "cpu":
-            check_bf16_runs()  # a CPU that lists bf16 but dies on it gets a message, not SIGILL
+        device, dtype = painting_device(device, dtype)
         self.base = base
         self.quantize = quantize
         self.pipe = load_base(base, dtype=dtype, device=device, quantize=quantize)

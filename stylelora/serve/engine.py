@@ -20,8 +20,7 @@ from ..families import check_fits, family_of_pipe
 from ..formats import read_lora
 from ..generate import GenerateConfig
 from ..inspect_adapter import architecture_of_weights, family_of_weights
-from ..precision import check_bf16_runs
-from ..styler import SCHEDULERS, plain_lora
+from ..styler import SCHEDULERS, painting_device, plain_lora
 from .multilora import ModuleLora, MultiLora, Stack
 from .pool import AdapterPool, AdapterTensors
 
@@ -53,10 +52,7 @@ class Engine:
     def __init__(self, base: str = "mini", folder: Path = Path("adapters"), device: str | None = None,
                  dtype: torch.dtype | None = None, quantize: str = "none", max_resident: int | None = None,
                  max_bytes: int | None = None):
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = dtype or (torch.float16 if device == "cuda" else torch.float32)
-        if dtype == torch.bfloat16 and torch.device(device).type == "cpu":
-            check_bf16_runs()
+        device, dtype = painting_device(device, dtype)
         self.base, self.quantize, self.dtype = base, quantize, dtype
         self.pipe = load_base(base, dtype=dtype, device=device, quantize=quantize)
         self.family = family_of_pipe(self.pipe)
