@@ -19,14 +19,16 @@ class Rates:
     images: int = 0
     colour_right: int = 0
     shape_right: int = 0
+    broken: int = 0
     textures: Counter = field(default_factory=Counter)
     palettes: Counter = field(default_factory=Counter)
 
     def share(self, what: str) -> float:
-        """Share of images judged as `what`: a texture, a palette, 'colour' or 'shape' (named ones right)."""
+        """Share of images judged as `what`: a texture, a palette, 'colour' or 'shape' (named ones right), or
+        'broken'."""
         if self.images == 0:
             return 0.0
-        count = {"colour": self.colour_right, "shape": self.shape_right}.get(what)
+        count = {"colour": self.colour_right, "shape": self.shape_right, "broken": self.broken}.get(what)
         if count is None:
             count = self.textures[what] + self.palettes[what]
         return count / self.images
@@ -49,6 +51,7 @@ def measure(styler, per_prompt: int = 4, steps: int = 20, cfg: float = 4.0, seed
             rates.images += 1
             rates.colour_right += verdict.colour == colour
             rates.shape_right += verdict.shape == shape
+            rates.broken += verdict.broken
             rates.textures[verdict.texture or "none"] += 1
             rates.palettes[verdict.palette or "none"] += 1
     return rates

@@ -1,11 +1,15 @@
 """Pretrain the miniature Stable Diffusion from a fixed seed, on the procedural world.
 
     python -m stylelora.mini.pretrain [--out stylelora/mini/weights] [--vae-steps N] [--unet-steps N]
+                                      [--polish-steps N]
 
-Two phases: the VAE learns to reconstruct the world's images; then the UNet and text
+Three phases: the VAE learns to reconstruct the world's images; then the UNet and text
 encoder learn to denoise its latents, with 10% caption dropout so classifier-free
-guidance works. Each phase's result is kept in --work, so a stopped run picks up after
-the last finished phase. The weights are saved in float16 in the diffusers layout.
+guidance works; then a polish goes on at a lower learning rate on a balanced corpus (every
+shape x colour x texture x palette x background equally often) while an exponential moving
+average of the weights is kept, and the average is what is saved. Each phase's result is
+kept in --work, so a stopped run picks up after the last finished phase. The weights are
+saved in float16 in the diffusers layout.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, StableDiffusionPipeline
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.optimization import get_cosine_schedule_with_warmup
+from diffusers.training_utils import EMAModel
+from transformers import CLIPTextModel
 
 from ..loss import ddpm_loss, min_snr_weights
 from .architecture import DEFAULT, build_pipeline
@@ -62,7 +68,8 @@ def encode_all(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
 
 
 def train_denoiser(pipe: StableDiffusionPipeline, latents: torch.Tensor, captions: list[str], steps: int,
-                   batch: int, seed: int) -> None:
+                   batch: int, seed: int, lr: float = 4e-4, warmup: int = 200, average: EMAModel | None = None,
+                   label: str = "unet") -> None:
     generator = torch.Generator().manual_seed(seed)
     unet, text_encoder, scheduler = pipe.unet, pipe.text_encoder, pipe.scheduler
     tokens = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
@@ -70,8 +77,8 @@ def train_denoiser(pipe: StableDiffusionPipeline, latents: torch.Tensor, caption
     empty = pipe.tokenizer([""], padding="max_length", max_length=pipe.tokenizer.model_max_length,
                            return_tensors="pt").input_ids
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    optimizer = torch.optim.AdamW(params, lr=4e-4, weight_decay=1e-2)
-    schedule = get_cosine_schedule_with_warmup(optimizer, 200, steps)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    schedule = get_cosine_schedule_with_warmup(optimizer, warmup, steps)
     unet.train()
     text_encoder.train()
     start = time.time()
@@ -93,10 +100,38 @@ def train_denoiser(pipe: StableDiffusionPipeline, latents: torch.Tensor, caption
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
+        if average is not None:
+            average.step(params)
         if step % 50 == 0 or step == steps - 1:
-            print(f"unet step {step}/{steps} loss {loss.item():.4f} {time.time() - start:.0f}s", flush=True)
+            print(f"{label} step {step}/{steps} loss {loss.item():.4f} {time.time() - start:.0f}s", flush=True)
     unet.eval()
     text_encoder.eval()
+
+
+def _denoiser_phase(pipe: StableDiffusionPipeline, folder: Path, run) -> None:
+    """Load the phase's saved UNet and text encoder from `folder`, or run it and save them there."""
+    if (folder / "unet" / "config.json").exists():
+        pipe.unet.load_state_dict(UNet2DConditionModel.from_pretrained(folder / "unet").state_dict())
+        pipe.text_encoder.load_state_dict(CLIPTextModel.from_pretrained(folder / "text_encoder").state_dict())
+        print(f"resumed from {folder}", flush=True)
+        return
+    run()
+    pipe.unet.save_pretrained(folder / "unet")
+    pipe.text_encoder.save_pretrained(folder / "text_encoder")
+
+
+def polish(pipe: StableDiffusionPipeline, args: argparse.Namespace) -> None:
+    """Go on at a lower learning rate on a balanced corpus, keeping an EMA of the weights, and leave the
+    average in the pipeline (the last raw weights are kept in --work/polish-raw, to compare)."""
+    images, captions, _ = corpus(args.images, seed=args.seed + 2, name_rate=args.name_rate, balanced=True)
+    latents = encode_all(pipe.vae, _images_to_tensor(images)) * pipe.vae.config.scaling_factor
+    params = list(pipe.unet.parameters()) + list(pipe.text_encoder.parameters())
+    average = EMAModel(params, decay=args.ema_decay)
+    train_denoiser(pipe, latents, captions, args.polish_steps, batch=64, seed=args.seed + 3, lr=args.polish_lr,
+                   warmup=100, average=average, label="polish")
+    pipe.unet.save_pretrained(args.work / "polish-raw" / "unet")
+    pipe.text_encoder.save_pretrained(args.work / "polish-raw" / "text_encoder")
+    average.copy_to(params)
 
 
 def main() -> None:
@@ -106,6 +141,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20000)
     parser.add_argument("--vae-steps", type=int, default=2500)
     parser.add_argument("--unet-steps", type=int, default=3800)
+    parser.add_argument("--polish-steps", type=int, default=1500)
+    parser.add_argument("--polish-lr", type=float, default=1.5e-4)
+    parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name-rate", type=float, default=NAME_RATE,
                         help="share of captions that name texture / palette")
@@ -128,7 +166,10 @@ def main() -> None:
     latents = latents * pipe.vae.config.scaling_factor
     print(f"latents {tuple(latents.shape)} scaling_factor {pipe.vae.config.scaling_factor:.4f}", flush=True)
 
-    train_denoiser(pipe, latents, captions, args.unet_steps, batch=64, seed=args.seed + 1)
+    _denoiser_phase(pipe, args.work / "denoiser",
+                    lambda: train_denoiser(pipe, latents, captions, args.unet_steps, batch=64, seed=args.seed + 1))
+    if args.polish_steps:
+        _denoiser_phase(pipe, args.work / "polish", lambda: polish(pipe, args))
     pipe.to(torch.float16).save_pretrained(args.out)
     print(f"saved {args.out}")
 

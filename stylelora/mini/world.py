@@ -7,6 +7,7 @@ sometimes, so the base model's output mixes styles and an adapter has a style to
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,6 +74,12 @@ def random_scene(rng: np.random.Generator, shape: str | None = None, colour: str
     )
 
 
+def _scene_of(rng: np.random.Generator, shape: str, colour: str, texture: str, palette: str,
+              background: int) -> Scene:
+    scene = random_scene(rng, shape, colour, texture, palette)
+    return dataclasses.replace(scene, background=BACKGROUNDS[background])
+
+
 def shape_mask(scene: Scene) -> np.ndarray:
     y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) + 0.5
     dx, dy, r = x - scene.cx, y - scene.cy, scene.radius
@@ -110,9 +117,18 @@ def render(scene: Scene) -> np.ndarray:
     return image.round().astype(np.uint8)
 
 
-def corpus(count: int, seed: int, name_rate: float = NAME_RATE) -> tuple[np.ndarray, list[str], list[Scene]]:
-    """`count` random scenes, rendered, with captions that name texture/palette at `name_rate`."""
+def corpus(count: int, seed: int, name_rate: float = NAME_RATE,
+           balanced: bool = False) -> tuple[np.ndarray, list[str], list[Scene]]:
+    """`count` random scenes, rendered, with captions that name texture/palette at `name_rate`. `balanced`:
+    every shape x colour x texture x palette x background as often as the next (in a shuffled order),
+    rather than each drawn at random."""
     rng = np.random.default_rng(seed)
-    scenes = [random_scene(rng) for _ in range(count)]
+    if balanced:
+        kinds = [(s, c, t, p, b) for s in SHAPES for c in COLOURS for t in TEXTURES for p in PALETTES
+                 for b in range(len(BACKGROUNDS))]
+        order = np.concatenate([rng.permutation(len(kinds)) for _ in range(-(-count // len(kinds)))])[:count]
+        scenes = [_scene_of(rng, *kinds[k]) for k in order]
+    else:
+        scenes = [random_scene(rng) for _ in range(count)]
     captions = [s.caption(bool(rng.random() < name_rate), bool(rng.random() < name_rate)) for s in scenes]
     return np.stack([render(s) for s in scenes]), captions, scenes
