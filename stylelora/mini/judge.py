@@ -31,7 +31,7 @@ HUE_BANDS = {"red": (-15.0, 15.0), "yellow": (42.0, 66.0), "green": (100.0, 160.
 # Bands measured on the VAE's own reconstructions of 300 renders (the best any UNet can paint): squares
 # 5th percentile 0.87, circles 0.71-0.84, triangles up to 0.65 at the 95th (a lost tip shortens the box).
 FILL_BANDS = {"square": (0.87, 1.01), "circle": (0.70, 0.85), "triangle": (0.40, 0.66)}
-BLEED = 0.08  # coloured pixels outside the shape, as a share of the picture: the colour bled out
+BLEED = 0.08  # share of the border drawn on, or of the picture coloured away from the shape: colour bled out
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def _hue(rgb: np.ndarray) -> float:
 
 def _hue_name(rgb: np.ndarray) -> str | None:
     hue = _hue(rgb)
-    hue = hue - 360 if hue > 180 + 90 else hue  # red straddles 0
+    hue = hue - 360 if hue > 270 else hue  # red straddles 0; purple (270-330) falls in no band
     return next((name for name, (low, high) in HUE_BANDS.items() if low <= hue <= high), None)
 
 
@@ -129,8 +129,7 @@ def _one_shape(mask: np.ndarray) -> np.ndarray | None:
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """The shape with what it encloses: a blurred dot's mid tone can fall under the contrast threshold."""
     outside = _components(~mask)
-    border = np.unique(np.concatenate([outside[0], outside[-1], outside[:, 0], outside[:, -1]]))
-    return mask | ~np.isin(outside, border)
+    return mask | ~np.isin(outside, np.unique(_border(outside)))
 
 
 def _components(mask: np.ndarray) -> np.ndarray:
