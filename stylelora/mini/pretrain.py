@@ -67,6 +67,11 @@ def encode_all(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
     return torch.cat([vae.encode(images[i : i + 256]).latent_dist.mode() for i in range(0, len(images), 256)])
 
 
+def _denoiser_parameters(pipe: StableDiffusionPipeline) -> list[torch.nn.Parameter]:
+    """What the denoising phases train (and the polish averages): the UNet's and the text encoder's weights."""
+    return list(pipe.unet.parameters()) + list(pipe.text_encoder.parameters())
+
+
 def train_denoiser(pipe: StableDiffusionPipeline, latents: torch.Tensor, captions: list[str], steps: int,
                    batch: int, seed: int, lr: float = 4e-4, warmup: int = 200, average: EMAModel | None = None,
                    label: str = "unet") -> None:
@@ -76,7 +81,7 @@ def train_denoiser(pipe: StableDiffusionPipeline, latents: torch.Tensor, caption
                             truncation=True, return_tensors="pt").input_ids
     empty = pipe.tokenizer([""], padding="max_length", max_length=pipe.tokenizer.model_max_length,
                            return_tensors="pt").input_ids
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    params = _denoiser_parameters(pipe)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     schedule = get_cosine_schedule_with_warmup(optimizer, warmup, steps)
     unet.train()
@@ -125,7 +130,7 @@ def polish(pipe: StableDiffusionPipeline, args: argparse.Namespace) -> None:
     average in the pipeline (the last raw weights are kept in --work/polish-raw, to compare)."""
     images, captions, _ = corpus(args.images, seed=args.seed + 2, name_rate=args.name_rate, balanced=True)
     latents = encode_all(pipe.vae, _images_to_tensor(images)) * pipe.vae.config.scaling_factor
-    params = list(pipe.unet.parameters()) + list(pipe.text_encoder.parameters())
+    params = _denoiser_parameters(pipe)
     average = EMAModel(params, decay=args.ema_decay)
     train_denoiser(pipe, latents, captions, args.polish_steps, batch=64, seed=args.seed + 3, lr=args.polish_lr,
                    warmup=100, average=average, label="polish")

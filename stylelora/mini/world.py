@@ -7,7 +7,6 @@ sometimes, so the base model's output mixes styles and an adapter has a style to
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,26 +57,24 @@ def palette_rgb(colour: str, palette: str) -> np.ndarray:
 
 
 def random_scene(rng: np.random.Generator, shape: str | None = None, colour: str | None = None,
-                 texture: str | None = None, palette: str | None = None) -> Scene:
+                 texture: str | None = None, palette: str | None = None,
+                 background: int | None = None) -> Scene:
+    """A scene with what is not given drawn from `rng`; `background` indexes BACKGROUNDS."""
     radius = float(rng.uniform(11, 24))
     margin = radius + 2
+    shape = shape or str(rng.choice(SHAPES))  # in this order: a seed's scene stays the same
+    colour = colour or str(rng.choice(list(COLOURS)))
+    texture = texture or str(rng.choice(TEXTURES))
+    palette = palette or str(rng.choice(PALETTES))
+    drawn = int(rng.integers(len(BACKGROUNDS)))  # drawn even when given, so the draws after it stay the same
     return Scene(
-        shape=shape or str(rng.choice(SHAPES)),
-        colour=colour or str(rng.choice(list(COLOURS))),
-        texture=texture or str(rng.choice(TEXTURES)),
-        palette=palette or str(rng.choice(PALETTES)),
-        background=BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))],
+        shape=shape, colour=colour, texture=texture, palette=palette,
+        background=BACKGROUNDS[drawn if background is None else background],
         cx=float(rng.uniform(margin, SIZE - margin)),
         cy=float(rng.uniform(margin, SIZE - margin)),
         radius=radius,
         phase=int(rng.integers(0, 6)),
     )
-
-
-def _scene_of(rng: np.random.Generator, shape: str, colour: str, texture: str, palette: str,
-              background: int) -> Scene:
-    scene = random_scene(rng, shape, colour, texture, palette)
-    return dataclasses.replace(scene, background=BACKGROUNDS[background])
 
 
 def shape_mask(scene: Scene) -> np.ndarray:
@@ -127,7 +124,7 @@ def corpus(count: int, seed: int, name_rate: float = NAME_RATE,
         kinds = [(s, c, t, p, b) for s in SHAPES for c in COLOURS for t in TEXTURES for p in PALETTES
                  for b in range(len(BACKGROUNDS))]
         order = np.concatenate([rng.permutation(len(kinds)) for _ in range(-(-count // len(kinds)))])[:count]
-        scenes = [_scene_of(rng, *kinds[k]) for k in order]
+        scenes = [random_scene(rng, *kinds[k]) for k in order]
     else:
         scenes = [random_scene(rng) for _ in range(count)]
     captions = [s.caption(bool(rng.random() < name_rate), bool(rng.random() < name_rate)) for s in scenes]
