@@ -107,7 +107,8 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
                    help="continue from the latest checkpoint in the output folder")
     g.add_argument("--sample-every", type=int, help="render preview images every N steps (0 = off)")
-    g.add_argument("--sample-prompt", dest="sample_prompts", action="append", help="prompt for previews (repeatable)")
+    g.add_argument("--sample-prompt", dest="sample_prompts", action="append",
+                   help="prompt for previews (repeatable; none: the folder's first two captions)")
     g.add_argument("--log-every", type=int, help="write metrics every N steps (1)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("knowing when to stop")

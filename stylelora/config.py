@@ -244,8 +244,6 @@ def validate(config: TrainConfig) -> TrainConfig:
          f"DyLoRA trains ranks 1 to --rank {c.rank}: export one of those"),
         (c.save_every >= 0, "save_every", "save every N steps, N >= 0 (0 = only at the end)"),
         (c.sample_every >= 0, "sample_every", "sample every N steps, N >= 0 (0 = never)"),
-        (c.sample_every == 0 or bool(c.sample_prompts), "sample_every",
-         "give at least one --sample-prompt to sample during training"),
         (c.log_every >= 1, "log_every", "log every N steps, N >= 1"),
         (0 <= c.validation_split < 1, "validation_split", "hold out a fraction in [0, 1), e.g. 0.2"),
         (not (c.validation_split and c.validation_data is not None), "validation_data",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -30,11 +30,13 @@ class JobState:
     samples: list[Path] = field(default_factory=list)
     adapter_path: Path | None = None
     log: list[str] = field(default_factory=list)
+    started_at: float = 0.0  # time.time() when the run started, and when it finished (0: not yet)
+    finished_at: float = 0.0
 
 
 class BackgroundJob:
     """At most one run at a time in a daemon thread, with a stop flag it reads between steps. The state is a
-    dataclass with `status` and `message`; the page polls a copy of it."""
+    dataclass with `status`, `message` and `finished_at`; the page polls a copy of it."""
 
     busy = "a job is already running; stop it or wait for it to finish"
 
@@ -70,6 +72,7 @@ class BackgroundJob:
     def _finish(self, status: str, message: str) -> None:
         with self._lock:
             self._state.status, self._state.message = status, message
+            self._state.finished_at = time.time()
 
     def _guarded(self, work: Callable[[], str], stopped: Callable[[TrainingInterrupted], str]) -> None:
         """Run `work` and finish with its message; a stop, a StyleloraError or any other error is said in one
@@ -95,15 +98,14 @@ class TrainingJob(BackgroundJob):
         super().__init__(JobState())
 
     def start(self, config: TrainConfig) -> None:
-        self._launch(JobState(status="running", message=f"starting {config.adapter_name}", validating=config.validating),
-                     self._run, config)
+        self._launch(JobState(status="running", message=f"starting {config.adapter_name}", validating=config.validating,
+                              started_at=time.time()), self._run, config)
 
     def snapshot(self) -> JobState:
         with self._lock:
             s = self._state
-            return JobState(s.status, s.message, s.step, s.total_steps, s.steps_per_second, s.seconds_left,
-                            list(s.losses), list(s.validation_losses), s.validating, list(s.samples), s.adapter_path,
-                            list(s.log))
+            return replace(s, losses=list(s.losses), validation_losses=list(s.validation_losses),
+                           samples=list(s.samples), log=list(s.log))
 
     def _on_progress(self, progress: Progress) -> None:
         with self._lock:
@@ -120,7 +122,7 @@ class TrainingJob(BackgroundJob):
             self._state.log.append(line)
 
     def _run(self, config: TrainConfig) -> None:
-        started = time.time()
+        started = self._state.started_at
 
         def work() -> str:
             result = train(config, on_progress=self._on_progress, should_stop=self._stop.is_set, log=self._log,

@@ -35,6 +35,7 @@ class AdapterEntry:
     images: str
     created: str
     preview: Path | None
+    base: str = ""  # what it was trained on, as --base was given ("" when the file does not say)
 
 
 def list_adapters(folder: Path) -> list[AdapterEntry]:
@@ -56,8 +57,14 @@ def list_adapters(folder: Path) -> list[AdapterEntry]:
             trigger=", ".join(_json_list(meta.get("stylelora.trigger_words", "[]"))),
             images=meta.get("stylelora.image_count", meta.get("ss_num_train_images", "?")),
             created=time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime)),
-            preview=samples[-1] if samples else None))
+            preview=samples[-1] if samples else None, base=meta.get("stylelora.base", "")))
     return entries
+
+
+def known_bases(folder: Path) -> list[str]:
+    """The bases to offer in a base-model field: the miniature first, then every base the adapters in
+    `folder` were trained on, in the order first met."""
+    return list(dict.fromkeys(["mini"] + [e.base for e in list_adapters(folder) if e.base]))
 
 
 def _json_list(text: str) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -29,6 +29,18 @@ from .step_loss import evaluation_mode
 if TYPE_CHECKING:
     from .training import Model, Optimisation
     from .validation import Watch
+
+
+PREVIEW_CAPTIONS = 2  # how many of the folder's captions are previewed when no --sample-prompt is given
+
+
+def with_preview_prompts(config: TrainConfig, folder: ImageFolder) -> TrainConfig:
+    """With --sample-every and no --sample-prompt, preview the folder's first distinct captions (trigger
+    included), so that previews show the style as it is trained without anyone writing a prompt."""
+    if not config.sample_every or config.sample_prompts:
+        return config
+    captions = list(dict.fromkeys(e.caption for e in folder.examples if e.caption))[:PREVIEW_CAPTIONS]
+    return replace(config, sample_prompts=tuple(captions) or ("",))
 
 
 @torch.no_grad()

@@ -34,7 +34,8 @@ from .precision import PRECISION_NAMES, choose_precision
 from .quantize import check_quantize, quantization_of, quantized_share
 from .inputs import prepare_inputs
 from .loading import fix_mmap_threshold
-from .run_outputs import Kept, MetricsLog, Outputs, progress_bar as make_progress_bar, render_samples
+from .run_outputs import (Kept, MetricsLog, Outputs, progress_bar as make_progress_bar, render_samples,
+                          with_preview_prompts)
 from .step_loss import StepLoss
 from .tune.suggest import fill_unset
 from .validation import AdapterAverage, EarlyStopping, Watch, split_examples, validate_every
@@ -273,6 +274,7 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
     if config.auto:
         config = validate(fill_unset(config, say))
     folder, held_out = prepare_data(config, say)
+    config = with_preview_prompts(config, folder)
     model = prepare_model(config, accelerator.device, folder, say)
     optimisation = prepare_adapters(config, model, len(folder.examples), accelerator, say)
     inputs = prepare_inputs(config, model, folder, held_out, accelerator, should_stop, say)

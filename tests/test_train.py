@@ -34,6 +34,19 @@ def test_train_writes_one_adapter_with_metadata_and_metrics(train_config):
     assert (config.out / "samples" / "step-000003-0.png").is_file()
 
 
+def test_previews_without_a_prompt_show_the_folders_first_captions(train_config):
+    config = train_config(max_steps=2, trigger="zxq", sample_every=2)
+    train(config, **QUIET)
+    from PIL import Image
+    from stylelora.data import scan_folder
+
+    captions = list(dict.fromkeys(e.caption for e in scan_folder(config.data, trigger="zxq").examples))[:2]
+    drawn = [Image.open(config.out / "samples" / f"step-000002-{i}.png").text["prompt"] for i in range(2)]
+    assert drawn == captions and all(c.startswith("zxq") for c in drawn)
+    meta = read_safetensors(config.out / "run.safetensors").metadata
+    assert json.loads(meta["stylelora.config"])["sample_prompts"] == captions
+
+
 def _lora_tensors(path):
     return {k: v for k, v in read_safetensors(path).tensors.items()}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from stylelora.files import read_safetensors
-from ui_helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, fill
+from ui_helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, fill, paint_with, y_ticks
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
@@ -55,6 +56,11 @@ def test_upload_caption_train_library_generate(page, server, image_folder, tiny_
     page.locator("#uploads input[type=file]").set_input_files([str(f) for f in files] + [str(tmp_path / "notes.exe")])
     page.wait_for_selector("#data-message :text('4 images')", timeout=60_000)
     assert "refused notes.exe" in page.locator("#data-message").inner_text()
+    # The refused file is listed as refused, with its reason, and leaves the list of files to train on.
+    assert "notes.exe: not an image" in page.locator("#refused").inner_text()
+    listed = "() => document.querySelector('#uploads').innerText.replace(/\\n/g, '')"  # a name shows as "0\n.png"
+    page.wait_for_function(f"names => names.every(n => ({listed})().includes(n)) && !({listed})().includes('notes')",
+                           arg=[f.name for f in files], timeout=30_000)
     dataset = workspace / "datasets" / "mystyle"
     assert sorted(p.name for p in dataset.glob("*.png")) == [f.name for f in files]
 
@@ -91,19 +97,13 @@ def test_upload_caption_train_library_generate(page, server, image_folder, tiny_
     page.click("#start")
     page.wait_for_selector("#start-message :text-matches('Training started|Error')", timeout=60_000)
     assert page.locator("#start-message").inner_text().startswith("Training started"), page.locator("#start-message").inner_text()
-    seen_steps = set()
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        status = page.locator("#train-status").inner_text()
-        if page.locator("#train-step").count():
-            seen_steps.add(page.locator("#train-step").inner_text())
-        if status.startswith(("Done", "Error", "Stopped")):
-            break
-        time.sleep(0.3)
+    status = _wait_text(page, "#train-status", ("Done", "**Error", "Error", "Stopped"), timeout=180)
     assert status.startswith("Done") and "validation loss" in status, status
-    assert len(seen_steps) >= 2, seen_steps  # the bar moved while training ran
-    assert page.locator("#loss-plot canvas, #loss-plot svg").count() > 0
+    assert re.match(r"step 12 / 12 · took \d+ s · loss \d\.\d{4} · validation loss",
+                    page.locator("#train-progress-text").inner_text()), page.locator("#train-progress-text").inner_text()
     page.locator("#loss-plot", has_text="validation").wait_for(timeout=30_000)  # the second curve's legend
+    ticks = y_ticks(page)
+    assert len(ticks) >= 2 and ticks == sorted(set(ticks)), ticks  # a numeric axis, not one tick per value
     from stylelora.formats import read_lora
 
     meta = read_safetensors(adapters / "mystyle" / "mystyle.safetensors").metadata
@@ -131,15 +131,14 @@ def test_upload_caption_train_library_generate(page, server, image_folder, tiny_
     page.wait_for_selector("#library-message :text('Imported alpha.safetensors')", timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / "library.png"), full_page=True)
 
-    # Generate with two adapters at different weights.
+    # Generate with two adapters at different weights: one row per adapter, in the library's order.
     page.get_by_role("tab", name="Generate").click()
     fill(page, "gen-base", tiny_base)
-    page.click("#gen-refresh")
-    for name in ("mystyle", "alpha"):
-        page.locator("#gen-adapters label", has_text=name).click()
-    page.wait_for_selector("#weight-alpha", timeout=30_000)
-    fill(page, "weight-alpha", 0.4)
-    fill(page, "weight-mystyle", 1.2)
+    paint_with(page, {"mystyle": 1.2, "alpha": 0.4}, waited_for="alpha")
+    rows = page.evaluate("() => Array.from(document.querySelectorAll('[id^=\"row-\"]')).map(r => r.id)")
+    from stylelora.library import list_adapters
+
+    assert rows == [f"row-{e.name}" for e in list_adapters(adapters)], rows
     fill(page, "gen-steps", 2)
     fill(page, "count", 2)
     page.click("#generate")
@@ -152,6 +151,82 @@ def test_upload_caption_train_library_generate(page, server, image_folder, tiny_
 
     settings = Image.open(outputs[0]).text["loras"]
     assert "alpha.safetensors:0.4" not in settings and '"unet": 0.4' in settings and '"unet": 1.2' in settings
+
+    # Moving alpha's slider changes alpha's weight only, and the picture; alpha alone at 0 is the base's picture.
+    fill(page, "count", 1)
+    first_weights, first = _paint(page, workspace)
+    fill(page, "weight-alpha", 1.5)
+    second_weights, second = _paint(page, workspace)
+    assert (first_weights, second_weights) == ({"mystyle": 1.2, "alpha": 0.4}, {"mystyle": 1.2, "alpha": 1.5})
+    assert first != second
+    paint_with(page, {})
+    no_weights, base_picture = _paint(page, workspace)
+    paint_with(page, {"alpha": 0})
+    zero_weights, zero_picture = _paint(page, workspace)
+    assert (no_weights, zero_weights) == ({}, {"alpha": 0}) and zero_picture == base_picture
+
+
+def test_previews_fill_during_a_run_and_the_progress_line_advances(page, server, image_folder, tiny_base):
+    _, workspace, adapters = server
+    page.get_by_role("tab", name="Train").click()
+    fill(page, "adapter-name", "previewed")
+    fill(page, "folder", image_folder)
+    page.click("#use-folder")
+    page.wait_for_selector("#data-message :text('6 images')", timeout=60_000)
+    fill(page, "train-base", tiny_base)
+    fill(page, "steps", 5000)
+    if not page.locator("#sample-every").is_visible():
+        page.locator("button", has_text="Advanced").first.click()
+    fill(page, "sample-every", 4)  # and no preview prompt: the folder's first captions are drawn
+    page.click("#start")
+    _wait_progress(page, "/ 5000")  # this run's, not an earlier run's
+    seen = []
+    deadline = time.monotonic() + 300
+    while page.locator("#samples img").count() < 2 and time.monotonic() < deadline:
+        if (found := re.match(r"step (\d+) / 5000", page.locator("#train-progress-text").inner_text())):
+            seen.append(int(found.group(1)))
+        page.wait_for_timeout(200)
+    status = page.locator("#train-status").inner_text()
+    progress = page.locator("#train-progress-text").inner_text()
+    page.click("#stop")
+    assert status.startswith("Training"), status  # the previews came while the run went on
+    assert re.search(r"[\d.]+ steps/s · .+ left · loss \d\.\d{4}", progress), progress
+    assert len(set(seen)) >= 2 and seen == sorted(seen), seen
+    assert _wait_text(page, "#train-status", ("Stopped", "Error", "**Error")).startswith("Stopped")
+    from PIL import Image
+
+    from stylelora.data import scan_folder
+
+    captions = {e.caption for e in scan_folder(image_folder).examples}  # the first ones not held out
+    assert Image.open(adapters / "previewed" / "samples" / "step-000004-0.png").text["prompt"] in captions
+
+
+def _wait_progress(page, text: str) -> None:
+    page.wait_for_function("text => (document.querySelector('#train-progress-text') || {innerText: ''}).innerText"
+                           ".includes(text)", arg=text, timeout=120_000)
+
+
+def _paint(page, workspace: Path) -> tuple[dict[str, float], bytes]:
+    """Click Generate; the adapter weights and the pixels of the one picture this click wrote, read at once
+    (the same prompt and seed rewrite the file)."""
+    def written():
+        folder = workspace / "outputs"
+        return {(p, p.stat().st_mtime_ns) for p in folder.glob("*.png")} if folder.exists() else set()
+
+    before = written()
+    page.click("#generate")
+    deadline = time.monotonic() + 180
+    while not (new := {p for p, _ in written() - before}) and time.monotonic() < deadline:
+        assert "Error" not in page.locator("#gen-status").inner_text(), page.locator("#gen-status").inner_text()
+        page.wait_for_timeout(100)
+    page.wait_for_function("() => !document.querySelector('#gen-status').innerText.includes('processing')",
+                           timeout=60_000)
+    assert len(new) == 1, new
+    from PIL import Image
+
+    picture = Image.open(new.pop())
+    return ({Path(d["file"]).stem: d["unet"] for d in json.loads(picture.text["loras"])},
+            picture.convert("RGB").tobytes())
 
 
 def _wait_text(page, selector: str, starts: tuple[str, ...], timeout: float = 300) -> str:
@@ -239,6 +314,9 @@ def test_sdxl_folder_shows_its_buckets_trains_and_paints_at_a_chosen_size(page, 
     page.wait_for_selector("#train-status :text-matches('xlstyle|Error|Stopped')", timeout=300_000)
     status = page.locator("#train-status").inner_text()
     assert status.startswith("Done") and "xlstyle" in status, status
+    _wait_progress(page, "step 2 / 2")
+    ticks = y_ticks(page)  # a two-step run's plot has a numeric axis too
+    assert len(ticks) >= 2 and ticks == sorted(set(ticks)), ticks
     page.screenshot(path=str(ARTIFACTS / "train-buckets.png"), full_page=True)
     written = json.loads((adapters / "xlstyle" / "buckets.json").read_text())["buckets"]
     assert written == shown.report()["buckets"]  # the run trains in the buckets the page showed
@@ -246,13 +324,7 @@ def test_sdxl_folder_shows_its_buckets_trains_and_paints_at_a_chosen_size(page, 
 
     page.get_by_role("tab", name="Generate").click()
     fill(page, "gen-base", tiny_sdxl_base)
-    page.click("#gen-refresh")
-    page.locator("#gen-adapters label", has_text="xlstyle").wait_for(timeout=30_000)
-    for label in page.locator("#gen-adapters label").all():  # an earlier test's mini adapters stay chosen
-        if label.locator("input").is_checked():
-            label.click()
-    page.locator("#gen-adapters label", has_text="xlstyle").click()
-    page.wait_for_selector("#weight-xlstyle", timeout=30_000)
+    paint_with(page, {"xlstyle": 1.0})  # and an earlier test's mini adapters off
     fill(page, "gen-steps", 2)
     fill(page, "count", 1)
     fill(page, "gen-width", 48)
@@ -273,13 +345,7 @@ def test_painting_over_an_nf4_base_from_the_generate_tab(page, server, tiny_base
     shutil.copy(two_adapters[0], adapters / "quantstyle.safetensors")
     page.get_by_role("tab", name="Generate").click()
     fill(page, "gen-base", tiny_base)
-    page.click("#gen-refresh")
-    page.locator("#gen-adapters label", has_text="quantstyle").wait_for(timeout=30_000)
-    for label in page.locator("#gen-adapters label").all():  # an earlier test's adapters stay chosen
-        if label.locator("input").is_checked():
-            label.click()
-    page.locator("#gen-adapters label", has_text="quantstyle").click()
-    page.wait_for_selector("#weight-quantstyle", timeout=30_000)
+    paint_with(page, {"quantstyle": 1.0})
     if not page.locator("#gen-quantize-base").is_visible():
         page.locator("button", has_text="Advanced").last.click()
     page.locator("#gen-quantize-base input").click()

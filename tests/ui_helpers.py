@@ -63,3 +63,30 @@ def fill(page, elem_id: str, value) -> None:
         except Exception:  # playwright's TimeoutError: overwritten, type again
             continue
     raise AssertionError(f"#{elem_id} would not keep the value {value!r}")
+
+
+def slug(name: str) -> str:
+    """The elem_id suffix the Generate tab gives an adapter's row."""
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "-", name.lower())
+
+
+def paint_with(page, chosen: dict[str, float], waited_for: str | None = None) -> None:
+    """In the Generate tab, refresh the adapter rows (waiting for `waited_for`'s row, one that has just
+    joined the library), tick only the `chosen` adapters and set their weights."""
+    page.click("#gen-refresh")
+    for name in [waited_for] if waited_for else chosen:
+        page.locator(f"#on-{slug(name)} input").wait_for(timeout=30_000)
+    for box in page.locator("[id^='on-'] input[type=checkbox]").all():
+        box.uncheck()
+    for name, weight in chosen.items():
+        page.locator(f"#on-{slug(name)} input").check()
+        fill(page, f"weight-{slug(name)}", weight)
+
+
+def y_ticks(page) -> list[float]:
+    """The loss plot's y tick labels as drawn, from the bottom of the axis to the top."""
+    ticks = page.evaluate("""() => Array.from(document.querySelectorAll('#loss-plot svg g[id^="ytick"] text'))
+        .map(t => [parseFloat(t.getAttribute('y')), t.textContent])""")
+    return [float(label) for _, label in sorted(ticks, key=lambda tick: -tick[0])]

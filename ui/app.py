@@ -7,8 +7,8 @@ training, blending and file checks all live in the `stylelora` package.
 from __future__ import annotations
 
 import argparse
-import random
 import re
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -17,15 +17,14 @@ import pandas as pd
 from stylelora.config import PRECISIONS, TrainConfig, validate
 from stylelora.methods import METHOD_FIELDS, own_fields
 from stylelora.errors import StyleloraError
-from stylelora.generate import GenerateConfig, generate
-from stylelora.grid import GridConfig, make_grid
 from stylelora.library import delete_adapter, import_adapter, list_adapters, rename_adapter
-from stylelora.merge_job import MergeConfig, merge
 from stylelora.precision import bf16_support
 from stylelora.workspace import caption_rows, dataset_folder, save_captions, save_uploads
-from ui.train_fields import (bucket_row, bucket_settings, loss_curves, method_row, quantize_dropdown,
+from ui.train_fields import (base_dropdown, bucket_row, bucket_settings, method_row, quantize_dropdown,
                              show_only_own_fields, stopping_row, stopping_settings, suggested_fields)
+from ui.train_view import loss_svg, progress_html
 from ui.session import Session, error_message
+from ui.generate_tab import generate_tab
 from ui.tune_tab import tune_tab
 
 MAX_UPLOAD = "50mb"
@@ -78,13 +77,14 @@ def train_tab(session: Session) -> None:
             folder = gr.Textbox(label="...or a folder of images on this machine", elem_id="folder")
             load_folder = gr.Button("Use this folder", elem_id="use-folder")
     data_message = gr.Markdown(elem_id="data-message")
+    refused_message = gr.Markdown(elem_id="refused")
     dataset = gr.State("")
     thumbs = gr.Gallery(label="Images", columns=10, height=160, elem_id="thumbs")
     captions = gr.Dataframe(headers=["file", "caption"], interactive=True, column_count=(2, "fixed"), elem_id="captions")
     save = gr.Button("Save captions", elem_id="save-captions")
     with gr.Row():
         trigger = gr.Textbox(label="Trigger word", elem_id="trigger")
-        base = gr.Textbox("mini", label="Base model", elem_id="train-base")
+        base = base_dropdown(session, "train-base")
         text_encoder = gr.Checkbox(False, label="Train the text encoder", elem_id="train-te")
     method, targets, method_only = method_row()
     with gr.Row():
@@ -101,8 +101,8 @@ def train_tab(session: Session) -> None:
             rslora = gr.Checkbox(False, label="rsLoRA (scale alpha/sqrt(rank))", elem_id="rslora")
             loraplus_ratio = gr.Number(0, label="LoRA+ ratio (0 = off; 16 is usual)", elem_id="loraplus-ratio")
         with gr.Row():
-            sample_every = gr.Number(0, label="Preview every N steps (0 = off)", precision=0, elem_id="sample-every")
-            sample_prompt = gr.Textbox("", label="Preview prompt", elem_id="sample-prompt")
+            sample_every = gr.Number(100, label="Preview every N steps (0 = off)", precision=0, elem_id="sample-every")
+            sample_prompt = gr.Textbox("", label="Preview prompt (empty: the first two captions)", elem_id="sample-prompt")
             flip = gr.Checkbox(False, label="Random flips")
             caption_dropout = gr.Number(0.0, label="Caption dropout")
             resume = gr.Checkbox(False, label="Continue from this adapter's last checkpoint (--resume)", elem_id="resume")
@@ -120,22 +120,27 @@ def train_tab(session: Session) -> None:
     start_message = gr.Markdown(elem_id="start-message")
     status = gr.Markdown(elem_id="train-status")
     progress = gr.HTML(elem_id="train-progress")
-    loss_plot = gr.LinePlot(x="step", y="loss", color="curve", title="Loss", elem_id="loss-plot", height=220)
-    samples = gr.Gallery(label="Previews", columns=6, height=160, elem_id="samples")
+    log_y = gr.Checkbox(False, label="Log-scale loss axis", elem_id="log-y")
+    loss_plot = gr.HTML(elem_id="loss-plot")
+    samples = gr.Gallery(label="Previews (newest first)", columns=6, height=180, elem_id="samples")
+    drawn = gr.State(None)  # what the loss plot last drew, so an unchanged plot is not sent again
     timer = gr.Timer(1.0)
 
     def on_upload(files, adapter_name):
         if not files:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         target = dataset_folder(session.workspace, adapter_name or "mystyle")
         pairs = [(Path(f), Path(getattr(f, "orig_name", None) or f).name) for f in files]
         _, refused = save_uploads(pairs, target)
-        return folder_view(target, [f"refused {r}" for r in refused])
+        view = folder_view(target, [f"refused {r}" for r in refused])
+        # The upload list becomes what will be trained on: a refused file leaves it, and says why below it.
+        kept = sorted(str(p) for p in target.iterdir() if p.is_file())
+        return *view, kept, refused_list(refused)
 
     def on_folder(path):
         return folder_view(Path(path).expanduser(), [])
 
-    uploads.upload(on_upload, [uploads, name], [dataset, thumbs, captions, data_message])
+    uploads.upload(on_upload, [uploads, name], [dataset, thumbs, captions, data_message, uploads, refused_message])
     load_folder.click(on_folder, [folder], [dataset, thumbs, captions, data_message])
     save.click(save_caption_table, [dataset, captions], [data_message])
 
@@ -153,7 +158,7 @@ def train_tab(session: Session) -> None:
                 data=Path(folder_path), out=session.adapters / re.sub(r"[^A-Za-z0-9_-]", "_", adapter_name or "style"),
                 base=base_model, trigger=trigger_word, train_text_encoder=te, rank=int(rank_), max_steps=int(steps_),
                 learning_rate=float(lr) or None, resolution=int(res) or None, batch_size=int(batch), alpha=float(alpha_) or None,
-                seed=int(seed_), save_every=int(save_n), sample_every=int(sample_n) if prompt else 0,
+                seed=int(seed_), save_every=int(save_n), sample_every=int(sample_n),
                 sample_prompts=(prompt,) if prompt else (), flip=flip_, caption_dropout=float(dropout), resume=resume_,
                 precision=precision_, quantize_base=quantize_, method=method_, targets=targets_,
                 # Hidden fields keep what was typed before; only the shown ones are sent, and 0 / off means
@@ -175,118 +180,29 @@ def train_tab(session: Session) -> None:
 
     suggest_settings.click(suggested_fields, [dataset, base], [rank, steps, learning_rate, alpha, start_message])
 
-    timer.tick(lambda: train_status(session), None, [status, progress, loss_plot, samples])
+    live = [status, progress, loss_plot, samples, drawn]
+    timer.tick(lambda log, last: train_status(session, log, last), [log_y, drawn], live)
+    log_y.change(lambda log: train_status(session, log, None), [log_y], live)
 
 
-def train_status(session: Session):
+def refused_list(refused: list[str]) -> str:
+    if not refused:
+        return ""
+    return "**Refused** (left out of the training folder):\n" + "\n".join(f"- {reason}" for reason in refused)
+
+
+def train_status(session: Session, log_y: bool, last_drawn):
     """The Train tab's status line, progress bar, loss plot and previews, as the running job stands."""
     state = session.job.snapshot()
     if state.status == "idle":
-        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    text = {"running": "Training", "stopping": "Stopping", "done": "Done", "stopped": "Stopped",
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    text = {"running": "Training:", "stopping": "Stopping:", "done": "Done:", "stopped": "Stopped:",
             "failed": "**Error:**"}[state.status]
-    message = f"{text} {state.message}" if state.status != "running" else \
-        f"Training: step {state.step}/{state.total_steps}, {state.steps_per_second:.2f} steps/s, " \
-        f"{state.seconds_left:.0f} s left" + \
-        (f", validation loss {state.validation_losses[-1][1]:.5f}" if state.validation_losses else "")
-    bar = (f'<progress id="train-bar" value="{state.step}" max="{max(state.total_steps, 1)}" '
-           f'style="width:100%"></progress><span id="train-step">{state.step}</span>')
-    curve = loss_curves(state.losses, state.validation_losses, state.validating) if state.losses else gr.skip()
-    return message, bar, curve, [str(p) for p in state.samples]
-
-
-def generate_tab(session: Session) -> None:
-    # Inputs are marked interactive: their listeners are attached inside gr.render below,
-    # which Gradio cannot see when it first draws the page.
-    with gr.Row():
-        base = gr.Textbox("mini", label="Base model", elem_id="gen-base", interactive=True)
-        chosen = gr.CheckboxGroup(choices=list(session.adapter_paths()), label="Adapters", elem_id="gen-adapters")
-        refresh = gr.Button("Refresh list", elem_id="gen-refresh")
-    prompt = gr.Textbox("a red circle", label="Prompt", elem_id="prompt", interactive=True)
-    negative = gr.Textbox("", label="Negative prompt", interactive=True)
-    with gr.Row():
-        seed = gr.Number(1, label="Seed", precision=0, elem_id="seed", interactive=True)
-        random_seed = gr.Checkbox(False, label="Random seed", interactive=True)
-        steps = gr.Slider(1, 100, 20, step=1, label="Steps", elem_id="gen-steps", interactive=True)
-        cfg = gr.Slider(0, 20, 4.0, step=0.5, label="Guidance", interactive=True)
-        count = gr.Slider(1, 16, 4, step=1, label="Images", elem_id="count", interactive=True)
-        width = gr.Number(0, label="Width (0 = the base's own)", precision=0, elem_id="gen-width", interactive=True)
-        height = gr.Number(0, label="Height (0 = the base's own)", precision=0, elem_id="gen-height", interactive=True)
-    with gr.Accordion("Advanced", open=False):
-        quantize = quantize_dropdown("gen-quantize-base")
-    go = gr.Button("Generate", variant="primary", elem_id="generate")
-    message = gr.Markdown(elem_id="gen-status")
-    gallery = gr.Gallery(label="Results", columns=4, height=300, elem_id="gallery", format="png")
-    with gr.Accordion("Save this blend / X-Y grid", open=False):
-        with gr.Row():
-            blend_name = gr.Textbox("blend", label="Save the blend as", interactive=True)
-            save_blend = gr.Button("Save this blend as an adapter", elem_id="save-blend")
-        with gr.Row():
-            grid_weights = gr.Textbox("0,0.5,1", label="Weights for the first adapter (columns)", interactive=True)
-            grid_weights_b = gr.Textbox("", label="Weights for the second adapter (rows; empty = prompt only)", interactive=True)
-            grid = gr.Button("Make a grid", elem_id="grid")
-    refresh.click(lambda: gr.update(choices=list(session.adapter_paths())), None, [chosen])
-
-    @gr.render(inputs=[chosen])
-    def weight_controls(names):
-        controls = []
-        for name in names:
-            slug = re.sub(r"[^a-z0-9]+", "-", name.lower())
-            with gr.Row():
-                on = gr.Checkbox(True, label=f"{name} on", elem_id=f"on-{slug}", interactive=True)
-                weight = gr.Slider(-1, 2, 1.0, step=0.05, label=f"{name} weight", elem_id=f"weight-{slug}",
-                                   interactive=True)
-            controls += [on, weight]
-
-        def specs(names_, values):
-            paths = session.adapter_paths()
-            pairs = list(zip(values[0::2], values[1::2]))
-            return [f"{paths[n]}:{w}" for n, (on_, w) in zip(names_, pairs) if on_ and n in paths]
-
-        def run(base_, quantize_, prompt_, negative_, seed_, random_, steps_, cfg_, count_, width_, height_, names_, *values):
-            seed_ = random.randrange(2**31) if random_ else int(seed_)
-            try:
-                config = GenerateConfig(prompt_, tuple(specs(names_, values)), base_, negative_, int(count_),
-                                        int(steps_), float(cfg_), seed_, width=int(width_) or None,
-                                        height=int(height_) or None, out=session.workspace / "outputs",
-                                        quantize_base=quantize_)
-                with session.painting:
-                    paths = generate(config, session.styler(base_, quantize_))
-            except StyleloraError as error:
-                return gr.skip(), error_message(error)
-            return [str(p) for p in paths], f"{len(paths)} image{'s' if len(paths) != 1 else ''}, seeds {seed_} to {seed_ + len(paths) - 1}."
-
-        def save(blend, names_, *values):
-            try:
-                out = session.adapters / f"{re.sub(r'[^A-Za-z0-9_-]', '_', blend or 'blend')}.safetensors"
-                merge(MergeConfig(tuple(specs(names_, values)), out))
-            except StyleloraError as error:
-                return error_message(error)
-            return f"Saved the blend as {out.name}."
-
-        def grid_run(base_, quantize_, prompt_, seed_, steps_, cfg_, weights, weights_b, names_, *values):
-            chosen_specs = specs(names_, values)
-            if not chosen_specs:
-                return gr.skip(), "**Error:** choose at least one adapter"
-            from stylelora.grid import parse_weights
-
-            try:
-                lora_b = chosen_specs[1].rsplit(":", 1)[0] if weights_b and len(chosen_specs) > 1 else None
-                config = GridConfig((prompt_,), chosen_specs[0].rsplit(":", 1)[0], parse_weights(weights, "weights"),
-                                    session.workspace / "outputs" / f"grid-{int(seed_)}.png", lora_b,
-                                    parse_weights(weights_b, "weights-b") if lora_b else (), base_, "", int(steps_),
-                                    float(cfg_), int(seed_), quantize_base=quantize_)
-                with session.painting:
-                    path = make_grid(config, session.styler(base_, quantize_))
-            except StyleloraError as error:
-                return gr.skip(), error_message(error)
-            return [str(path)], "Grid saved."
-
-        go.click(run, [base, quantize, prompt, negative, seed, random_seed, steps, cfg, count, width, height, chosen] + controls,
-                 [gallery, message])
-        save_blend.click(save, [blend_name, chosen] + controls, [message])
-        grid.click(grid_run, [base, quantize, prompt, seed, steps, cfg, grid_weights, grid_weights_b, chosen] + controls,
-                   [gallery, message])
+    message = f"{text} {state.log[-1] if state.status == 'running' and state.log else state.message}"
+    key = (len(state.losses), len(state.validation_losses), bool(log_y))
+    plot = loss_svg(state.losses, state.validation_losses, log_y) if state.losses and key != last_drawn else gr.skip()
+    previews = [(str(p), f"step {p.stem.split('-')[1].lstrip('0') or 0}") for p in reversed(state.samples)]
+    return message, progress_html(state, time.time()), plot, previews, key if state.losses else last_drawn
 
 
 def library_tab(session: Session) -> None:

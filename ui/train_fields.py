@@ -1,4 +1,5 @@
-"""The Train tab's field groups: the method row, the "knowing when to stop" row, and the loss plot's data.
+"""The Train tab's field groups: the method row, the "knowing when to stop" row, buckets, and the base and
+quantization dropdowns the Generate tab shares.
 Layout and the translation of field values into TrainConfig fields only; the rules live in stylelora."""
 
 from __future__ import annotations
@@ -6,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import gradio as gr
-import pandas as pd
 
 from stylelora.quantize import QUANTIZE_MODES
 from stylelora.methods import METHOD_FIELDS, METHODS, TARGET_PRESETS, own_fields
@@ -83,19 +83,6 @@ def stopping_settings(workspace: Path, adapter_name: str, values: list) -> dict:
     return settings
 
 
-def loss_curves(losses: list[tuple[int, float]], validation: list[tuple[int, float]], validating: bool) -> pd.DataFrame:
-    """The plot's data: one row per point, with the curve it belongs to. Gradio's LinePlot fixes its curves
-    (and their legend) from the first frame it draws, and draws nothing ever after an empty first frame:
-    so call this once there is a training loss, and a run that validates gets a blank validation row
-    until its first validation. The column types are set, never inferred: object columns are sent as
-    categories, and the plot then had one tick per distinct loss value."""
-    rows = [(step, loss, "training") for step, loss in losses] + [(step, loss, "validation") for step, loss in validation]
-    if validating and not validation:
-        rows.append((losses[0][0], float("nan"), "validation"))
-    return pd.DataFrame(rows, columns=["step", "loss", "curve"]).astype({"step": "int64", "loss": "float64",
-                                                                         "curve": "string"})
-
-
 def suggested_fields(folder_path: str, base_model: str):
     """`stylelora suggest` for the Train tab: rank, steps, learning rate and alpha, and the reasons."""
     from stylelora.errors import StyleloraError
@@ -154,6 +141,15 @@ def bucket_report(folder_path: str, base_model: str, resolution: float, validati
         return report_as_markdown(plan_for_config(config))
     except StyleloraError as error:
         return f"**Error:** {error}"
+
+
+def base_dropdown(session, elem_id: str) -> gr.Dropdown:
+    """The base-model field: the miniature and every base the library's adapters were trained on, or any
+    folder, file or Hub id typed in."""
+    from stylelora.library import known_bases
+
+    return gr.Dropdown(known_bases(session.adapters), value="mini", allow_custom_value=True, interactive=True,
+                       elem_id=elem_id, label="Base model (mini, a diffusers folder, a .safetensors file or a Hub id)")
 
 
 def quantize_dropdown(elem_id: str) -> gr.Dropdown:

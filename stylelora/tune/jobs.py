@@ -17,6 +17,7 @@ class TuneState:
     trials: list[TrialReport] = field(default_factory=list)  # in the order they finished
     best_toml: Path | None = None
     log: list[str] = field(default_factory=list)
+    finished_at: float = 0.0  # time.time() when the study finished (0: not yet)
 
 
 class TuneJob(BackgroundJob):

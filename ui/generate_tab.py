@@ -1,0 +1,136 @@
+"""The Generate tab: one row per library adapter (on/off, name, trigger, weight, preview), the painting
+settings, and the Generate, Save-blend and Grid buttons, over stylelora.generate, merge and grid."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import gradio as gr
+
+from stylelora.errors import StyleloraError
+from stylelora.generate import GenerateConfig, generate
+from stylelora.grid import GridConfig, make_grid, parse_weights
+from stylelora.library import AdapterEntry, known_bases, list_adapters
+from stylelora.merge_job import MergeConfig, merge
+from ui.session import Session, error_message
+from ui.train_fields import base_dropdown, quantize_dropdown
+
+
+def generate_tab(session: Session) -> None:
+    # Inputs are marked interactive: their listeners are attached inside gr.render below,
+    # which Gradio cannot see when it first draws the page.
+    with gr.Row():
+        base = base_dropdown(session, "gen-base")
+        refresh = gr.Button("Refresh the adapter list", elem_id="gen-refresh")
+    prompt = gr.Textbox("a red circle", label="Prompt", elem_id="prompt", interactive=True)
+    negative = gr.Textbox("", label="Negative prompt", interactive=True)
+    library = gr.State([entry_row(e) for e in list_adapters(session.adapters)])
+    gr.Markdown("**Adapters** (in the library's order): tick the ones to paint with and set each one's weight.",
+                elem_id="gen-adapters")
+
+    @gr.render(inputs=[library])
+    def adapter_rows(entries):
+        controls = []
+        if not entries:
+            gr.Markdown(f"No adapters in `{session.adapters}` yet: train one, or import one in the Library tab.")
+        for name, trigger, preview in entries:
+            slug = re.sub(r"[^a-z0-9]+", "-", name.lower())
+            with gr.Row(equal_height=True, elem_id=f"row-{slug}"):
+                on = gr.Checkbox(False, label="on", elem_id=f"on-{slug}", interactive=True, scale=0, min_width=60)
+                gr.Markdown(f"**{name}**" + (f"  \ntrigger: `{trigger}`" if trigger else "  \nno trigger word"),
+                            elem_id=f"name-{slug}")
+                weight = gr.Slider(-1, 2, 1.0, step=0.05, label=f"{name} weight", elem_id=f"weight-{slug}",
+                                   interactive=True, scale=3)
+                gr.Image(preview, show_label=False, height=64, width=64, container=False, interactive=False,
+                         elem_id=f"preview-{slug}", scale=0, min_width=64)
+            controls += [on, weight]
+        names = [name for name, _, _ in entries]
+        paint_controls(session, names, controls, base, prompt, negative, settings, gallery, message, blend, grid)
+
+    with gr.Row():
+        seed = gr.Number(1, label="Seed", precision=0, elem_id="seed", interactive=True)
+        random_seed = gr.Checkbox(False, label="Random seed", interactive=True)
+        steps = gr.Slider(1, 100, 20, step=1, label="Steps", elem_id="gen-steps", interactive=True)
+        cfg = gr.Slider(0, 20, 4.0, step=0.5, label="Guidance", interactive=True)
+        count = gr.Slider(1, 16, 4, step=1, label="Images", elem_id="count", interactive=True)
+        width = gr.Number(0, label="Width (0 = the base's own)", precision=0, elem_id="gen-width", interactive=True)
+        height = gr.Number(0, label="Height (0 = the base's own)", precision=0, elem_id="gen-height", interactive=True)
+    with gr.Accordion("Advanced", open=False):
+        quantize = quantize_dropdown("gen-quantize-base")
+    settings = (quantize, seed, random_seed, steps, cfg, count, width, height)
+    go = gr.Button("Generate", variant="primary", elem_id="generate")
+    message = gr.Markdown(elem_id="gen-status")
+    gallery = gr.Gallery(label="Results", columns=4, height=300, elem_id="gallery", format="png")
+    with gr.Accordion("Save this blend / X-Y grid", open=False):
+        with gr.Row():
+            blend_name = gr.Textbox("blend", label="Save the blend as", interactive=True)
+            save_blend = gr.Button("Save this blend as an adapter", elem_id="save-blend")
+        with gr.Row():
+            grid_weights = gr.Textbox("0,0.5,1", label="Weights for the first adapter (columns)", interactive=True)
+            grid_weights_b = gr.Textbox("", label="Weights for the second adapter (rows; empty = prompt only)", interactive=True)
+            grid_button = gr.Button("Make a grid", elem_id="grid")
+    blend, grid = (go, save_blend, blend_name), (grid_button, grid_weights, grid_weights_b)
+    refresh.click(lambda: ([entry_row(e) for e in list_adapters(session.adapters)],
+                           gr.update(choices=known_bases(session.adapters))), None, [library, base])
+
+
+def entry_row(entry: AdapterEntry) -> tuple[str, str, str | None]:
+    """What a Generate row shows of a library entry: its name, trigger word and latest preview."""
+    return entry.name, entry.trigger, str(entry.preview) if entry.preview else None
+
+
+def paint_controls(session: Session, names: list[str], controls: list, base, prompt, negative, settings, gallery,
+                   message, blend, grid) -> None:
+    """The Generate, Save-blend and Grid buttons' handlers over the adapter rows' on/off boxes and weights."""
+    quantize, seed, random_seed, steps, cfg, count, width, height = settings
+    go, save_blend, blend_name = blend
+    grid, grid_weights, grid_weights_b = grid
+
+    def specs(values):
+        paths = session.adapter_paths()
+        pairs = list(zip(values[0::2], values[1::2]))
+        return [f"{paths[n]}:{w}" for n, (on_, w) in zip(names, pairs) if on_ and n in paths]
+
+    def run(base_, quantize_, prompt_, negative_, seed_, random_, steps_, cfg_, count_, width_, height_, *values):
+        seed_ = random.randrange(2**31) if random_ else int(seed_)
+        try:
+            config = GenerateConfig(prompt_, tuple(specs(values)), base_, negative_, int(count_),
+                                    int(steps_), float(cfg_), seed_, width=int(width_) or None,
+                                    height=int(height_) or None, out=session.workspace / "outputs",
+                                    quantize_base=quantize_)
+            with session.painting:
+                paths = generate(config, session.styler(base_, quantize_))
+        except StyleloraError as error:
+            return gr.skip(), error_message(error)
+        return [str(p) for p in paths], f"{len(paths)} image{'s' if len(paths) != 1 else ''}, seeds {seed_} to {seed_ + len(paths) - 1}."
+
+    def save(blend_, *values):
+        try:
+            out = session.adapters / f"{re.sub(r'[^A-Za-z0-9_-]', '_', blend_ or 'blend')}.safetensors"
+            merge(MergeConfig(tuple(specs(values)), out))
+        except StyleloraError as error:
+            return error_message(error)
+        return f"Saved the blend as {out.name}."
+
+    def grid_run(base_, quantize_, prompt_, seed_, steps_, cfg_, weights, weights_b, *values):
+        chosen_specs = specs(values)
+        if not chosen_specs:
+            return gr.skip(), "**Error:** choose at least one adapter"
+        try:
+            lora_b = chosen_specs[1].rsplit(":", 1)[0] if weights_b and len(chosen_specs) > 1 else None
+            config = GridConfig((prompt_,), chosen_specs[0].rsplit(":", 1)[0], parse_weights(weights, "weights"),
+                                session.workspace / "outputs" / f"grid-{int(seed_)}.png", lora_b,
+                                parse_weights(weights_b, "weights-b") if lora_b else (), base_, "", int(steps_),
+                                float(cfg_), int(seed_), quantize_base=quantize_)
+            with session.painting:
+                path = make_grid(config, session.styler(base_, quantize_))
+        except StyleloraError as error:
+            return gr.skip(), error_message(error)
+        return [str(path)], "Grid saved."
+
+    go.click(run, [base, quantize, prompt, negative, seed, random_seed, steps, cfg, count, width, height] + controls,
+             [gallery, message])
+    save_blend.click(save, [blend_name] + controls, [message])
+    grid.click(grid_run, [base, quantize, prompt, seed, steps, cfg, grid_weights, grid_weights_b] + controls,
+               [gallery, message])
