@@ -3,7 +3,7 @@
     python bench/style_report.py            # full: 8 images per prompt (96 per setting)
     python bench/style_report.py --quick    # 3 images per prompt
 
-Writes bench/results/style_report.md (the numbers quoted in README.md) and
+Writes bench/results/style_report.md (README.md's style-report section, written there too) and
 bench/results/styles.png (base vs each adapter vs a blend, same prompts and seeds).
 """
 
@@ -19,6 +19,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from readme_section import write_section  # noqa: E402  (bench/ is on the path when run as a script)
 from stylelora.config import TrainConfig  # noqa: E402
 from stylelora.files import write_atomically  # noqa: E402
 from stylelora.images import save_png  # noqa: E402
@@ -69,12 +70,13 @@ def main() -> None:
         styler.set_weights(weights)
         return measure(styler, per_prompt=per_prompt)
 
-    lines = ["| setting | images | colour right | shape right | striped | dotted | pastel | train time |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| setting | images | colour right | shape right | broken | striped | dotted | pastel | train time |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     base = rates({})
 
     def row(label, r, seconds=""):
-        return (f"| {label} | {r.images} | {r.share('colour'):.0%} | {r.share('shape'):.0%} | {r.share('striped'):.0%} "
+        return (f"| {label} | {r.images} | {r.share('colour'):.0%} | {r.share('shape'):.0%} | {r.share('broken'):.0%} "
+                f"| {r.share('striped'):.0%} "
                 f"| {r.share('dotted'):.0%} | {r.share('pastel'):.0%} | {seconds} |")
 
     lines.append(row("base, no adapter", base))
@@ -87,9 +89,11 @@ def main() -> None:
     report = "\n".join(lines + blend) + "\n"
     header = (f"Measured by `python bench/style_report.py{' --quick' if args.quick else ''}`: {per_prompt} images for "
               "each of the 12 colour x shape prompts per setting, 20 DPM++ steps, guidance 4, judged by "
-              "`stylelora.mini.judge`. Adapters trained with default settings.\n\n")
+              "`stylelora.mini.judge` (strict: a colour between two hue bands is no colour, and a broken picture counts "
+              "against colour, shape and style). Adapters trained with default settings.\n\n")
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_atomically(RESULTS / "style_report.md", (header + report).encode())
+    write_section("style-report", header + report)
     save_png(grid_image(styler, names), RESULTS / "styles.png", {"columns": "base, stripes, dots, pastel, stripes 0.5 + pastel 0.5"})
     print(header + report)
 

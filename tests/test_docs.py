@@ -27,32 +27,12 @@ def test_ci_runs_the_readme_test_command():
     assert "test-command" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_readme_scoreboard_is_what_bench_methods_wrote():
-    """The methods table in README.md is bench/methods.py's output, between its markers, never typed by hand."""
+@pytest.mark.parametrize("section, report", [
+    ("methods-scoreboard", "methods.md"), ("stopping-report", "stopping.md"), ("tune-report", "tune.md"),
+    ("quantize-report", "quantize.md"), ("serve-report", "serve.md"), ("style-report", "style_report.md"),
+    ("quickstart-report", "quickstart.md")])
+def test_readme_section_is_what_its_bench_script_wrote(section, report):
+    """Each measured table in README.md is its bench script's output, between its markers, never typed by hand."""
     readme = (ROOT / "README.md").read_text()
-    section = readme.split("<!-- methods-scoreboard:start -->\n", 1)[1].split("<!-- methods-scoreboard:end -->", 1)[0]
-    assert section == (ROOT / "bench" / "results" / "methods.md").read_text()
-
-
-def test_readme_stopping_report_is_what_bench_stopping_wrote():
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("<!-- stopping-report:start -->\n", 1)[1].split("<!-- stopping-report:end -->", 1)[0]
-    assert section == (ROOT / "bench" / "results" / "stopping.md").read_text()
-
-
-def test_readme_tune_report_is_what_bench_tune_wrote():
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("<!-- tune-report:start -->\n", 1)[1].split("<!-- tune-report:end -->", 1)[0]
-    assert section == (ROOT / "bench" / "results" / "tune.md").read_text()
-
-
-def test_readme_quantize_report_is_what_bench_quantize_wrote():
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("<!-- quantize-report:start -->\n", 1)[1].split("<!-- quantize-report:end -->", 1)[0]
-    assert section == (ROOT / "bench" / "results" / "quantize.md").read_text()
-
-
-def test_readme_serve_report_is_what_bench_serve_wrote():
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("<!-- serve-report:start -->\n", 1)[1].split("<!-- serve-report:end -->", 1)[0]
-    assert section == (ROOT / "bench" / "results" / "serve.md").read_text()
+    text = readme.split(f"<!-- {section}:start -->\n", 1)[1].split(f"<!-- {section}:end -->", 1)[0]
+    assert text == (ROOT / "bench" / "results" / report).read_text()

@@ -84,7 +84,7 @@ def train_tab(session: Session) -> None:
     save = gr.Button("Save captions", elem_id="save-captions")
     with gr.Row():
         trigger = gr.Textbox(label="Trigger word", elem_id="trigger")
-        base = base_dropdown(session, "train-base")
+        base = base_dropdown(session.adapters, "train-base")
         text_encoder = gr.Checkbox(False, label="Train the text encoder", elem_id="train-te")
     method, targets, method_only = method_row()
     with gr.Row():

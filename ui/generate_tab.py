@@ -21,7 +21,7 @@ def generate_tab(session: Session) -> None:
     # Inputs are marked interactive: their listeners are attached inside gr.render below,
     # which Gradio cannot see when it first draws the page.
     with gr.Row():
-        base = base_dropdown(session, "gen-base")
+        base = base_dropdown(session.adapters, "gen-base")
         refresh = gr.Button("Refresh the adapter list", elem_id="gen-refresh")
     prompt = gr.Textbox("a red circle", label="Prompt", elem_id="prompt", interactive=True)
     negative = gr.Textbox("", label="Negative prompt", interactive=True)

@@ -143,12 +143,12 @@ def bucket_report(folder_path: str, base_model: str, resolution: float, validati
         return f"**Error:** {error}"
 
 
-def base_dropdown(session, elem_id: str) -> gr.Dropdown:
-    """The base-model field: the miniature and every base the library's adapters were trained on, or any
-    folder, file or Hub id typed in."""
+def base_dropdown(adapters: Path, elem_id: str) -> gr.Dropdown:
+    """The base-model field: the miniature and every base the adapters in `adapters` were trained on, or
+    any folder, file or Hub id typed in."""
     from stylelora.library import known_bases
 
-    return gr.Dropdown(known_bases(session.adapters), value="mini", allow_custom_value=True, interactive=True,
+    return gr.Dropdown(known_bases(adapters), value="mini", allow_custom_value=True, interactive=True,
                        elem_id=elem_id, label="Base model (mini, a diffusers folder, a .safetensors file or a Hub id)")
 
 

@@ -15,6 +15,7 @@ from stylelora.methods import METHODS, TARGET_PRESETS
 from stylelora.tune.jobs import TuneJob
 from stylelora.tune.results import table_header, table_row
 from stylelora.tune.space import tune_config_from_dict, validate_tune
+from ui.train_fields import base_dropdown
 
 TEXT_ENCODER_CHOICES = {"off": "off", "on": "on", "search both": "off,on"}
 
@@ -35,7 +36,7 @@ def tune_tab(workspace: Path, adapters: Path, tune_job: TuneJob, training_job) -
                 "images it held out (or, on the mini base, by the judge). The study is kept: Start again continues it.")
     with gr.Row():
         folder = gr.Textbox(label="Image folder on this machine", elem_id="tune-folder")
-        base = gr.Textbox("mini", label="Base model", elem_id="tune-base")
+        base = base_dropdown(adapters, "tune-base")
         objective = gr.Dropdown(["loss", "judge"], value="loss", elem_id="tune-objective",
                                 label="Objective (loss: held-out validation loss; judge: the mini's style rate)")
     with gr.Row():

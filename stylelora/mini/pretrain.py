@@ -146,7 +146,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20000)
     parser.add_argument("--vae-steps", type=int, default=2500)
     parser.add_argument("--unet-steps", type=int, default=3800)
-    parser.add_argument("--polish-steps", type=int, default=1500)
+    parser.add_argument("--polish-steps", type=int, default=2200)
     parser.add_argument("--polish-lr", type=float, default=1.5e-4)
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--seed", type=int, default=0)
