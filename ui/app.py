@@ -198,7 +198,8 @@ def train_status(session: Session, log_y: bool, last_drawn):
         return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
     text = {"running": "Training:", "stopping": "Stopping:", "done": "Done:", "stopped": "Stopped:",
             "failed": "**Error:**"}[state.status]
-    message = f"{text} {state.log[-1] if state.status == 'running' and state.log else state.message}"
+    line = state.log[-1] if state.status == "running" and state.log else state.message
+    message = line if line.startswith("Training") else f"{text} {line}"
     key = (len(state.losses), len(state.validation_losses), bool(log_y))
     plot = loss_svg(state.losses, state.validation_losses, log_y) if state.losses and key != last_drawn else gr.skip()
     previews = [(str(p), f"step {p.stem.split('-')[1].lstrip('0') or 0}") for p in reversed(state.samples)]
