@@ -200,7 +200,7 @@ def train_status(session: Session, log_y: bool, last_drawn):
             "failed": "**Error:**"}[state.status]
     line = state.log[-1] if state.status == "running" and state.log else state.message
     message = line if line.startswith("Training") else f"{text} {line}"
-    key = (len(state.losses), len(state.validation_losses), bool(log_y))
+    key = (state.started_at, len(state.losses), len(state.validation_losses), bool(log_y))  # this run, this much
     plot = loss_svg(state.losses, state.validation_losses, log_y) if state.losses and key != last_drawn else gr.skip()
     previews = [(str(p), f"step {p.stem.split('-')[1].lstrip('0') or 0}") for p in reversed(state.samples)]
     return message, progress_html(state, time.time()), plot, previews, key if state.losses else last_drawn
