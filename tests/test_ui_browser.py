@@ -329,8 +329,9 @@ def test_sdxl_folder_shows_its_buckets_trains_and_paints_at_a_chosen_size(page, 
     fill(page, "count", 1)
     fill(page, "gen-width", 48)
     fill(page, "gen-height", 32)
-    page.click("#generate")
-    page.wait_for_selector("#gen-status :text-matches('1 image|Error')", timeout=120_000)
+    # An earlier test's "1 image" may still be shown: _paint waits for this click's own picture.
+    weights, _ = _paint(page, workspace)
+    assert weights == {"xlstyle": 1.0}
     assert page.locator("#gen-status").inner_text().startswith("1 image"), page.locator("#gen-status").inner_text()
     from PIL import Image
 
