@@ -25,7 +25,8 @@ def generate_tab(session: Session) -> None:
         refresh = gr.Button("Refresh the adapter list", elem_id="gen-refresh")
     prompt = gr.Textbox("a red circle", label="Prompt", elem_id="prompt", interactive=True)
     negative = gr.Textbox("", label="Negative prompt", interactive=True)
-    library = gr.State([entry_row(e) for e in list_adapters(session.adapters)])
+    # A callable: read again each time the page loads, so a new browser tab shows today's library.
+    library = gr.State(lambda: [entry_row(e) for e in list_adapters(session.adapters)])
     gr.Markdown("**Adapters** (in the library's order): tick the ones to paint with and set each one's weight.",
                 elem_id="gen-adapters")
 
