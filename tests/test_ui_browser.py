@@ -154,15 +154,15 @@ def test_upload_caption_train_library_generate(page, server, image_folder, tiny_
 
     # Moving alpha's slider changes alpha's weight only, and the picture; alpha alone at 0 is the base's picture.
     fill(page, "count", 1)
-    first_weights, first = _paint(page, workspace)
+    first_weights, first = _weights_and_pixels(_paint(page, workspace))
     fill(page, "weight-alpha", 1.5)
-    second_weights, second = _paint(page, workspace)
+    second_weights, second = _weights_and_pixels(_paint(page, workspace))
     assert (first_weights, second_weights) == ({"mystyle": 1.2, "alpha": 0.4}, {"mystyle": 1.2, "alpha": 1.5})
     assert first != second
     paint_with(page, {})
-    no_weights, base_picture = _paint(page, workspace)
+    no_weights, base_picture = _weights_and_pixels(_paint(page, workspace))
     paint_with(page, {"alpha": 0})
-    zero_weights, zero_picture = _paint(page, workspace)
+    zero_weights, zero_picture = _weights_and_pixels(_paint(page, workspace))
     assert (no_weights, zero_weights) == ({}, {"alpha": 0}) and zero_picture == base_picture
 
 
@@ -211,9 +211,9 @@ def _wait_progress(page, text: str) -> None:
                            ".includes(text)", arg=text, timeout=120_000)
 
 
-def _paint(page, workspace: Path) -> tuple[dict[str, float], bytes]:
-    """Click Generate; the adapter weights and the pixels of the one picture this click wrote, read at once
-    (the same prompt and seed rewrite the file)."""
+def _paint(page, workspace: Path):
+    """Click Generate and return the one picture this click wrote, read into memory at once (the same
+    prompt and seed rewrite the file)."""
     def written():
         folder = workspace / "outputs"
         return {(p, p.stat().st_mtime_ns) for p in folder.glob("*.png")} if folder.exists() else set()
@@ -230,6 +230,12 @@ def _paint(page, workspace: Path) -> tuple[dict[str, float], bytes]:
     from PIL import Image
 
     picture = Image.open(new.pop())
+    picture.load()
+    return picture
+
+
+def _weights_and_pixels(picture) -> tuple[dict[str, float], bytes]:
+    """The adapter weights a painted PNG records, and its pixels."""
     return ({Path(d["file"]).stem: d["unet"] for d in json.loads(picture.text["loras"])},
             picture.convert("RGB").tobytes())
 
@@ -330,7 +336,7 @@ def test_sdxl_folder_shows_its_buckets_trains_and_paints_at_a_chosen_size(page, 
     fill(page, "gen-width", 48)
     fill(page, "gen-height", 32)
     # An earlier test's "1 image" may still be shown: _paint waits for this click's own picture.
-    weights, _ = _paint(page, workspace)
+    weights, _ = _weights_and_pixels(_paint(page, workspace))
     assert weights == {"xlstyle": 1.0}
     assert page.locator("#gen-status").inner_text().startswith("1 image"), page.locator("#gen-status").inner_text()
     from PIL import Image
@@ -355,22 +361,7 @@ def test_painting_over_an_nf4_base_from_the_generate_tab(page, server, tiny_base
     fill(page, "count", 1)
     fill(page, "gen-width", 0)
     fill(page, "gen-height", 0)
-    def written():  # PNG files by name and time: the same prompt and seed rewrite an earlier test's file
-        return {(p, p.stat().st_mtime_ns) for p in (workspace / "outputs").glob("*.png")} if (workspace / "outputs").exists() else set()
-
-    before = written()
-    # An earlier test's "1 image" may still be shown: wait for this run's file, then for the page to settle.
-    page.click("#generate")
-    deadline = time.monotonic() + 180
-    while not (new := {p for p, _ in written() - before}) and time.monotonic() < deadline:
-        if "Error" in page.locator("#gen-status").inner_text():
-            break
-        page.wait_for_timeout(250)
-    page.wait_for_function("() => !document.querySelector('#gen-status').innerText.includes('processing')",
-                           timeout=60_000)
+    # An earlier test's "1 image" may still be shown: _paint waits for this click's own picture.
+    painted = _paint(page, workspace)
     assert page.locator("#gen-status").inner_text().startswith("1 image"), page.locator("#gen-status").inner_text()
-    from PIL import Image
-
-    assert len(new) == 1
-    painted = Image.open(new.pop())
     assert json.loads(painted.text["stylelora"])["quantize_base"] == "nf4"
