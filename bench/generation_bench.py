@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from stylelora.styler import Styler
+from stylelora.paint.styler import Styler
 
 from models import Base, random_adapters
 from training_bench import timed

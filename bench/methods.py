@@ -21,14 +21,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from stylelora.config import TrainConfig  # noqa: E402
+from stylelora.train.config import TrainConfig  # noqa: E402
 from stylelora.files import write_atomically  # noqa: E402
-from stylelora.formats import read_lora  # noqa: E402
+from stylelora.adapters.formats import read_lora  # noqa: E402
 from stylelora.methods import METHODS  # noqa: E402
 from stylelora.mini.evaluate import measure  # noqa: E402
-from stylelora.resize import ResizeConfig, resize  # noqa: E402
-from stylelora.styler import Styler  # noqa: E402
-from stylelora.training import train  # noqa: E402
+from stylelora.adapters.resize import ResizeConfig, resize  # noqa: E402
+from stylelora.paint.styler import Styler  # noqa: E402
+from stylelora.train.loop import train  # noqa: E402
 
 from readme_section import write_section  # noqa: E402  (bench/ is on the path when run as a script)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stylelora.mini.evaluate import measure  # noqa: E402
-from stylelora.styler import Styler  # noqa: E402
+from stylelora.paint.styler import Styler  # noqa: E402
 
 
 def main() -> None:

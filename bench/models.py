@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from stylelora.adapter import attach_lora, lora_weights
-from stylelora.config import UNET_TARGETS
+from stylelora.adapters.formats import to_kohya
+from stylelora.adapters.in_model import attach_lora, lora_weights
 from stylelora.files import save_safetensors
-from stylelora.formats import to_kohya
+from stylelora.train.config import UNET_TARGETS
 
 
 @dataclass(frozen=True)

@@ -34,12 +34,12 @@ ROWS = (("none, loaded by diffusers (before this change)", "none", True), ("none
 def _child(mode: str, diffusers_load: bool, steps: int, queue) -> None:
     """Train `steps` steps in this fresh process; report its peak memory, median step time and UNet bytes."""
     try:
-        import stylelora.base as base_module
+        import stylelora.model.base as base_module
         from models import sd15
         from training_bench import STRIPES, _high_water_mark
-        from stylelora.config import TrainConfig
-        from stylelora.quantize import quantized_share
-        from stylelora.training import train
+        from stylelora.train.config import TrainConfig
+        from stylelora.model.quantize import quantized_share
+        from stylelora.train.loop import train
 
         if diffusers_load:
             base_module.stream_unet = lambda *args, **kwargs: None
@@ -51,7 +51,7 @@ def _child(mode: str, diffusers_load: bool, steps: int, queue) -> None:
             held["unet"] = quantized_share(pipe.unet, "unet")
             return pipe
 
-        import stylelora.training as training_module
+        import stylelora.train.loop as training_module
 
         training_module.load_base = load_and_measure
         with tempfile.TemporaryDirectory() as out:
@@ -75,10 +75,10 @@ def sd15_row(mode: str, diffusers_load: bool, steps: int) -> dict:
 def mini_rows(per_prompt: int, steps: int | None) -> dict:
     """A default stripes run over the float and the NF4 miniature base, judged painted over the same base, and the
     NF4 base's own rates with no adapter."""
-    from stylelora.config import TrainConfig
+    from stylelora.train.config import TrainConfig
     from stylelora.mini.evaluate import measure
-    from stylelora.styler import Styler
-    from stylelora.training import train
+    from stylelora.paint.styler import Styler
+    from stylelora.train.loop import train
 
     rows = {}
     with tempfile.TemporaryDirectory() as work:
@@ -98,7 +98,7 @@ def mini_rows(per_prompt: int, steps: int | None) -> dict:
 def report(sd15: list[tuple[str, dict]], mini: dict, quick: bool) -> list[str]:
     import torch
 
-    from stylelora.precision import bf16_support
+    from stylelora.model.precision import bf16_support
 
     reference = dict(sd15)["none"]
     device = "CUDA" if torch.cuda.is_available() else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"

@@ -27,9 +27,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
-from stylelora.base import load_base  # noqa: E402
+from stylelora.model.base import load_base  # noqa: E402
 from stylelora.files import write_atomically  # noqa: E402
-from stylelora.precision import bf16_support, choose_precision  # noqa: E402
+from stylelora.model.precision import bf16_support, choose_precision  # noqa: E402
 
 from generation_bench import GenerationResult, measure_generation  # noqa: E402
 from models import MINI, Base, sd15, sdxl  # noqa: E402

@@ -33,8 +33,8 @@ STYLES = ("stripes", "dots", "pastel")
 def train_styles(folder: Path) -> None:
     """The three style adapters, with the defaults, into `folder`: adapters/<name>/<name>.safetensors and
     the previews the library and the Generate rows show."""
-    from stylelora.config import TrainConfig
-    from stylelora.training import train
+    from stylelora.train.config import TrainConfig
+    from stylelora.train.loop import train
 
     for name in STYLES:
         print(f"training {name} ...", flush=True)

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import torch
 
-from stylelora.generate import GenerateConfig
+from stylelora.adapters.stack import StyleWeight
+from stylelora.paint.generate import GenerateConfig
+from stylelora.paint.styler import Styler
 from stylelora.serve.engine import Engine, PaintJob
 from stylelora.serve.loadtest import random_requests, run_load_test
-from stylelora.styler import Styler, StyleWeight
 
 from models import MINI, random_adapters, sd15
 

@@ -30,12 +30,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from stylelora.config import TrainConfig  # noqa: E402
+from stylelora.train.config import TrainConfig  # noqa: E402
 from stylelora.files import write_atomically  # noqa: E402
 from stylelora.mini.evaluate import Rates, measure  # noqa: E402
 from stylelora.mini.world import COLOURS, SHAPES  # noqa: E402
-from stylelora.styler import Styler  # noqa: E402
-from stylelora.training import TrainResult, train  # noqa: E402
+from stylelora.paint.styler import Styler  # noqa: E402
+from stylelora.train.loop import TrainResult, train  # noqa: E402
 
 from readme_section import write_section  # noqa: E402  (bench/ is on the path when run as a script)
 

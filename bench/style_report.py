@@ -20,12 +20,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from readme_section import write_section  # noqa: E402  (bench/ is on the path when run as a script)
-from stylelora.config import TrainConfig  # noqa: E402
+from stylelora.train.config import TrainConfig  # noqa: E402
 from stylelora.files import write_atomically  # noqa: E402
 from stylelora.images import save_png  # noqa: E402
 from stylelora.mini.evaluate import measure  # noqa: E402
-from stylelora.styler import Styler  # noqa: E402
-from stylelora.training import train  # noqa: E402
+from stylelora.paint.styler import Styler  # noqa: E402
+from stylelora.train.loop import train  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 STYLES = {"stripes": "striped", "dots": "dotted", "pastel": "pastel"}

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stylelora.mini.judge import judge  # noqa: E402
 from stylelora.mini.world import COLOURS, SHAPES  # noqa: E402
-from stylelora.styler import Styler  # noqa: E402
+from stylelora.paint.styler import Styler  # noqa: E402
 
 WORDS = (("striped", "texture"), ("dotted", "texture"), ("solid", "texture"), ("pastel", "palette"),
          ("normal", "palette"))

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import torch
 
-from stylelora.adapter import attach_lora
-from stylelora.base import load_base
-from stylelora.cache import LatentCache
-from stylelora.config import UNET_TARGETS, TrainConfig
-from stylelora.data import load_rgb, preprocess, scan_folder
+from stylelora.adapters.in_model import attach_lora
+from stylelora.data.cache import LatentCache
+from stylelora.data.folder import load_rgb, preprocess, scan_folder
 from stylelora.families import Placement, family_of_pipe
-from stylelora.loss import ddpm_loss
-from stylelora.training import train
+from stylelora.model.base import load_base
+from stylelora.train.config import UNET_TARGETS, TrainConfig
+from stylelora.train.loop import train
+from stylelora.train.loss import ddpm_loss
 
 from models import Base
 

@@ -33,15 +33,15 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 
-from stylelora.config import TrainConfig  # noqa: E402
+from stylelora.train.config import TrainConfig  # noqa: E402
 from stylelora.files import write_atomically  # noqa: E402
 from stylelora.mini.evaluate import measure  # noqa: E402
-from stylelora.styler import Styler  # noqa: E402
-from stylelora.training import train  # noqa: E402
+from stylelora.paint.styler import Styler  # noqa: E402
+from stylelora.train.loop import train  # noqa: E402
 from stylelora.tune.results import describe_settings  # noqa: E402
 from stylelora.tune.search import tune  # noqa: E402
 from stylelora.tune.space import TuneConfig  # noqa: E402
-from stylelora.tune.suggest import RULES, suggest  # noqa: E402
+from stylelora.train.suggest import RULES, suggest  # noqa: E402
 
 from readme_section import write_section  # noqa: E402  (bench/ is on the path when run as a script)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from . import precision as _precision
+from .model import precision as _precision
 
 __version__ = "0.1.0"
 __all__ = ["TrainConfig", "TrainResult", "StyleloraError", "train", "TuneConfig", "tune", "suggest", "__version__"]
@@ -19,18 +19,18 @@ _precision.apply_isa_cap(_precision.cached_bf16_support())
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 if TYPE_CHECKING:
-    from .config import TrainConfig
+    from .train.config import TrainConfig
     from .errors import StyleloraError
-    from .training import TrainResult, train
+    from .train.loop import TrainResult, train
     from .tune.search import tune
     from .tune.space import TuneConfig
-    from .tune.suggest import suggest
+    from .train.suggest import suggest
 
 
 def __getattr__(name: str):
     # Imported on first use, so `stylelora --help` does not pay for torch and diffusers.
     if name == "TrainConfig":
-        from .config import TrainConfig
+        from .train.config import TrainConfig
 
         return TrainConfig
     if name == "StyleloraError":
@@ -40,10 +40,10 @@ def __getattr__(name: str):
     if name in ("train", "TrainResult"):
         import importlib
 
-        return getattr(importlib.import_module("stylelora.training"), name)
+        return getattr(importlib.import_module("stylelora.train.loop"), name)
     if name in ("tune", "TuneConfig", "suggest"):
         import importlib
 
-        module = {"tune": "search", "TuneConfig": "space", "suggest": "suggest"}[name]
-        return getattr(importlib.import_module(f"stylelora.tune.{module}"), name)
+        module = {"tune": "tune.search", "TuneConfig": "tune.space", "suggest": "train.suggest"}[name]
+        return getattr(importlib.import_module(f"stylelora.{module}"), name)
     raise AttributeError(f"module 'stylelora' has no attribute {name!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -113,3 +114,14 @@ def save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dic
 def metadata_json(values: dict[str, object]) -> dict[str, str]:
     """safetensors metadata must be str -> str: JSON-encode what is not already a string."""
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
+
+
+# A bare file name's characters: letters, digits, dot, underscore, space and hyphen.
+SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]")
+
+
+def safe_file_name(name: str) -> str:
+    """A bare file name with no path parts and no odd characters: '../../etc/passwd' -> 'passwd'."""
+    bare = Path(str(name).replace("\\", "/")).name
+    cleaned = SAFE_NAME.sub("_", bare).strip(" .")
+    return cleaned or "file"

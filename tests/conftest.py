@@ -14,8 +14,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from stylelora.config import TrainConfig  # noqa: E402
-from stylelora.precision import bf16_support  # noqa: E402
+from stylelora.train.config import TrainConfig  # noqa: E402
+from stylelora.model.precision import bf16_support  # noqa: E402
 from stylelora.mini.architecture import TINY, build_pipeline  # noqa: E402
 from stylelora.mini.world import corpus  # noqa: E402
 
@@ -82,7 +82,7 @@ def save_image(path: Path, array: np.ndarray, **kwargs) -> Path:
 @pytest.fixture(scope="session")
 def two_adapters(tiny_base, image_folder, tmp_path_factory):
     """Two rank-2, alpha-4 adapters trained briefly on the tiny base with different seeds."""
-    from stylelora.training import train
+    from stylelora.train.loop import train
 
     out = tmp_path_factory.mktemp("adapters")
     paths = []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from stylelora.formats import write_lora
+from stylelora.adapters.formats import write_lora
 from stylelora.methods.layouts import LoraModule
 
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")

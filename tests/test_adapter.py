@@ -3,12 +3,12 @@
 import torch
 from diffusers import StableDiffusionPipeline
 
-from stylelora.adapter import attach_lora, load_into, lora_weights
-from stylelora.files import read_safetensors
-from stylelora.formats import from_kohya, to_kohya
-from stylelora.config import TEXT_ENCODER_TARGETS, UNET_TARGETS
+from stylelora.adapters.formats import from_kohya, to_kohya
+from stylelora.adapters.in_model import attach_lora, load_into, lora_weights
 from stylelora.errors import ConfigError
-from stylelora.training import train
+from stylelora.files import read_safetensors
+from stylelora.train.config import TEXT_ENCODER_TARGETS, UNET_TARGETS
+from stylelora.train.loop import train
 
 
 def _unet_output(unet, seed=0):

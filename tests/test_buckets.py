@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-from stylelora.buckets import BucketSettings, bucket_sizes, plan_buckets, sample_order
-from stylelora.config import TrainConfig
-from stylelora.data import scan_folder
+from stylelora.data.buckets import BucketSettings, bucket_sizes, plan_buckets, sample_order
+from stylelora.data.folder import scan_folder
 from stylelora.errors import ConfigError
-from stylelora.step_loss import StepLoss
-from stylelora.training import train
+from stylelora.train.config import TrainConfig
+from stylelora.train.loop import train
+from stylelora.train.step_loss import StepLoss
 
 QUIET = dict(progress_bar=False, log=lambda m: None)
 
@@ -117,13 +117,13 @@ def test_bad_bucket_flags_are_one_line_errors(tiny_base, mixed_aspect_folder, tm
 
 def test_validate_names_the_flag():
     with pytest.raises(ConfigError, match="--max-bucket = 12"):
-        from stylelora.config import validate
+        from stylelora.train.config import validate
 
         validate(TrainConfig(data=".", max_bucket=12))
 
 
 def test_the_toml_config_takes_the_bucket_settings(tmp_path):
-    from stylelora.config import from_dict, load_toml
+    from stylelora.train.config import from_dict, load_toml
 
     (tmp_path / "style.toml").write_text("[train]\nbucket-step = 16\nmin-bucket = 32\nmax-bucket = 96\nno-upscale = true\n")
     config = from_dict({"data": str(tmp_path)} | load_toml(tmp_path / "style.toml"))

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from stylelora import files, training
-from stylelora.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from stylelora import files
 from stylelora.errors import TrainingError
 from stylelora.files import read_safetensors, save_safetensors
-from stylelora.training import train
+from stylelora.train import loop as training
+from stylelora.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from stylelora.train.loop import train
 
 QUIET = dict(progress_bar=False, log=lambda m: None)
 STEPS, SAVE_EVERY = 30, 3
@@ -136,7 +137,7 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(straight_run, image_fo
 KILL_IN_SAVE = textwrap.dedent("""
     import os, signal, sys, torch
     from stylelora import files
-    from stylelora.checkpoint import save_checkpoint
+    from stylelora.train.checkpoint import save_checkpoint
     # The fault: the process dies after the new bytes are written and synced, before the rename.
     os.replace = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
     target, kind = sys.argv[1], sys.argv[2]
@@ -194,7 +195,7 @@ def test_a_full_disk_while_saving_is_a_clear_error_and_keeps_the_last_checkpoint
 
 
 def test_cli_reports_a_full_disk_in_one_line(train_config, monkeypatch, capsys, image_folder, tiny_base, tmp_path):
-    from stylelora import cli
+    from stylelora.cli import main as cli
 
     real_fsync = os.fsync
 

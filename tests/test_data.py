@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stylelora.data import load_rgb, preprocess, scan_folder, training_caption
+from stylelora.data.folder import load_rgb, preprocess, scan_folder, training_caption
 from stylelora.errors import DatasetError
 
 RED = np.full((16, 16, 3), (200, 10, 10), np.uint8)

@@ -5,7 +5,7 @@ import argparse
 import pytest
 from pathlib import Path
 
-from stylelora.cli import build_parser
+from stylelora.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 

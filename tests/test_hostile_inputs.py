@@ -17,11 +17,11 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
-from stylelora.config import TrainConfig
-from stylelora.data import scan_folder
+from stylelora.adapters.formats import read_lora
+from stylelora.data.folder import scan_folder
 from stylelora.errors import AdapterFileError
-from stylelora.formats import read_lora
-from stylelora.training import train
+from stylelora.train.config import TrainConfig
+from stylelora.train.loop import train
 
 RED = np.full((40, 40, 3), (200, 10, 10), np.uint8)
 
@@ -219,7 +219,7 @@ def test_pickle_files_never_run_code(tmp_path, suffix):
     (["grid", "a red circle", "--lora", "ADAPTER", "--weights", "0,x"], "--weights"),
 ])
 def test_out_of_range_flags_name_the_flag(args, flag, image_folder, two_adapters, capsys):
-    from stylelora import cli
+    from stylelora.cli import main as cli
 
     args = [str(image_folder) if a == "IMAGES" else a.replace("ADAPTER", str(two_adapters[0])) for a in args]
     try:

@@ -4,10 +4,11 @@ import time
 
 import pytest
 
+from stylelora.adapters.library import delete_adapter, import_adapter, list_adapters, rename_adapter
+from stylelora.data.workspace import caption_rows, save_captions, save_uploads
 from stylelora.errors import AdapterFileError, ConfigError, StyleloraError
-from stylelora.jobs import TrainingJob
-from stylelora.library import delete_adapter, import_adapter, list_adapters, rename_adapter, safe_file_name
-from stylelora.workspace import caption_rows, save_captions, save_uploads
+from stylelora.files import safe_file_name
+from stylelora.train.jobs import TrainingJob
 
 
 def test_job_runs_in_the_background_refuses_a_second_start_and_stops_with_a_checkpoint(train_config):

@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from stylelora.loss import ddpm_loss, min_snr_weights, noise_target, offset_noise
+from stylelora.train.loss import ddpm_loss, min_snr_weights, noise_target, offset_noise
 
 ALPHAS = torch.linspace(0.999, 0.01, 1000)
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from stylelora.formats import read_lora, write_lora
-from stylelora.merge import blended_deltas, merge_cat, merge_svd
-from stylelora.merge_job import MergeConfig, merge
-from stylelora.styler import Styler, StyleWeight
+from stylelora.adapters.formats import read_lora, write_lora
+from stylelora.adapters.merge import blended_deltas, merge_cat, merge_svd
+from stylelora.adapters.stack import StyleWeight
+from stylelora.paint.merge_job import MergeConfig, merge
+from stylelora.paint.styler import Styler
 
 
 

@@ -8,18 +8,20 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from stylelora.checkpoint import load_checkpoint
-from stylelora.config import TrainConfig, validate
+from stylelora.adapters.base_weights import base_weights
+from stylelora.adapters.formats import read_lora, to_kohya, write_lora
+from stylelora.adapters.inspection import describe
+from stylelora.adapters.merge import merge_svd
+from stylelora.adapters.stack import StyleWeight
 from stylelora.errors import ConfigError
 from stylelora.files import read_safetensors, save_safetensors
-from stylelora.formats import read_lora, to_kohya, write_lora
-from stylelora.inspect_adapter import describe
-from stylelora.merge import merge_svd
-from stylelora.merge_job import MergeConfig, base_weights, merge
 from stylelora.methods import METHODS, TARGET_PRESETS, AdapterSpec
 from stylelora.methods.attach import adapted_layers, attach, export
-from stylelora.styler import StyleWeight, Styler
-from stylelora.training import train
+from stylelora.paint.merge_job import MergeConfig, merge
+from stylelora.paint.styler import Styler
+from stylelora.train.checkpoint import load_checkpoint
+from stylelora.train.config import TrainConfig, validate
+from stylelora.train.loop import train
 
 QUIET = dict(progress_bar=False, log=lambda m: None)
 
@@ -225,7 +227,7 @@ def test_cli_trains_a_lokr_and_inspect_names_it(tiny_base, image_folder, tmp_pat
 
 
 def test_a_toml_config_chooses_the_method_and_modules(tmp_path):
-    from stylelora.config import from_dict, load_toml
+    from stylelora.train.config import from_dict, load_toml
 
     (tmp_path / "style.toml").write_text('method = "loha"\ntargets = "all"\nconv-rank = 2\nconv-alpha = 1.5\n')
     config = validate(from_dict(load_toml(tmp_path / "style.toml") | {"data": "x"}))
@@ -271,7 +273,7 @@ def test_adalora_prunes_resumes_exactly_through_its_rank_schedule_and_exports_ea
 
 def test_each_dylora_truncation_equals_the_file_exported_at_that_rank(tiny_base, tmp_path):
     from stylelora.methods.dylora import set_dylora_rank
-    from stylelora.resize import ResizeConfig, resize
+    from stylelora.adapters.resize import ResizeConfig, resize
 
     pipe = _trained_in_memory(tiny_base, "dylora")
     pipe.unet.eval()
@@ -293,7 +295,7 @@ def test_each_dylora_truncation_equals_the_file_exported_at_that_rank(tiny_base,
 
 
 def test_resize_by_svd_to_a_rank_or_a_share_of_the_norm(two_adapters, tmp_path):
-    from stylelora.resize import ResizeConfig, resize
+    from stylelora.adapters.resize import ResizeConfig, resize
 
     exact = resize(ResizeConfig(two_adapters[0], tmp_path / "same.safetensors", dynamic="fro=1.0"))
     assert exact.relative_error < 1e-6 and exact.ranks == {2: 32}
@@ -371,7 +373,7 @@ def test_train_bias_trains_resumes_and_is_refused_where_it_cannot_be_carried(tra
 def test_a_file_whose_modules_differ_in_alpha_paints_each_at_its_own_scale(two_adapters, tiny_base, tmp_path):
     """resize --dynamic gives modules different ranks and alphas. The Styler must apply each module's own
     alpha/rank (diffusers 0.42, handed the kohya alphas, used the most common alpha on attention layers)."""
-    from stylelora.resize import ResizeConfig, resize
+    from stylelora.adapters.resize import ResizeConfig, resize
 
     result = resize(ResizeConfig(two_adapters[0], tmp_path / "dynamic.safetensors", dynamic="fro=0.9"))
     assert len(result.ranks) > 1, result.ranks

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 from diffusers import StableDiffusionPipeline
 
-from stylelora.base import MINI_WEIGHTS
-from stylelora.config import TrainConfig
 from stylelora.mini.evaluate import measure
-from stylelora.styler import Styler
-from stylelora.training import train
+from stylelora.model.base import MINI_WEIGHTS
+from stylelora.paint.styler import Styler
+from stylelora.train.config import TrainConfig
+from stylelora.train.loop import train
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(not (MINI_WEIGHTS / "model_index.json").is_file(), reason="mini weights not built")

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from stylelora import precision
-from stylelora.base import load_base, unet_parameter_count
-from stylelora.cli import StopRequest, main
+from stylelora.cli.main import main
+from stylelora.cli.stop import StopRequest
 from stylelora.errors import ConfigError
-from stylelora.precision import BELOW_AMX, ISA_VARIABLE, Bf16Support, ProbeRun, choose_precision, probe
+from stylelora.model import precision
+from stylelora.model.base import load_base, unet_parameter_count
+from stylelora.model.precision import BELOW_AMX, ISA_VARIABLE, Bf16Support, ProbeRun, choose_precision, probe
 
 SIGILL = ProbeRun("crashed", "was killed by SIGILL")
 SLOW = ProbeRun("ok", "ran", bf16_seconds=0.09, fp32_seconds=0.06)  # AVX512-BF16 alone: 1.5x slower
@@ -127,7 +128,7 @@ def test_cli_train_with_bf16_on_such_a_cpu_exits_2_with_that_line(monkeypatch, c
 def test_the_styler_refuses_bf16_on_such_a_cpu(monkeypatch, tiny_base):
     import torch
 
-    from stylelora.styler import Styler
+    from stylelora.paint.styler import Styler
 
     _support(monkeypatch, DIES)
     with pytest.raises(ConfigError, match="does not run on this CPU"):
@@ -136,7 +137,7 @@ def test_the_styler_refuses_bf16_on_such_a_cpu(monkeypatch, tiny_base):
 
 def test_training_says_which_precision_it_chose_and_why(train_config):
     logs: list[str] = []
-    from stylelora.training import train
+    from stylelora.train.loop import train
 
     train(train_config(max_steps=1), progress_bar=False, log=logs.append)
     parameters = unet_parameter_count(str(train_config().base))
@@ -198,7 +199,8 @@ def test_a_first_signal_asks_to_stop_after_the_step_and_a_second_stops_at_once()
 
 
 def test_a_stop_while_caching_latents_says_so(train_config):
-    from stylelora.training import TrainingInterrupted, train
+    from stylelora.errors import TrainingInterrupted
+    from stylelora.train.loop import train
 
     with pytest.raises(TrainingInterrupted, match="while caching latents, before the first step"):
         train(train_config(), should_stop=lambda: True, progress_bar=False, log=lambda m: None)

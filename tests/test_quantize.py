@@ -7,14 +7,14 @@ import json
 import pytest
 import torch
 
-from stylelora import cli
-from stylelora.base import load_base
-from stylelora.errors import ConfigError
+from stylelora.cli import main as cli
+from stylelora.errors import ConfigError, TrainingInterrupted
 from stylelora.files import read_safetensors
-from stylelora.loading import stream_unet
-from stylelora.quantize import METHODS_OVER, quantized_share
-from stylelora.styler import Styler
-from stylelora.training import TrainingInterrupted, train
+from stylelora.model.base import load_base
+from stylelora.model.loading import stream_unet
+from stylelora.model.quantize import METHODS_OVER, quantized_share
+from stylelora.paint.styler import Styler
+from stylelora.train.loop import train
 
 QUIET = dict(progress_bar=False, log=lambda m: None)
 # The UNet's output over each quantized base, as a relative L2 error against the float base (measured on the
@@ -172,7 +172,7 @@ def test_nf4_training_on_cuda(train_config):
 
 
 def test_the_toml_config_sets_the_quantized_base(tmp_path, image_folder):
-    from stylelora.config import from_dict, load_toml, validate
+    from stylelora.train.config import from_dict, load_toml, validate
 
     (tmp_path / "run.toml").write_text('[train]\nquantize-base = "int8"\nmethod = "loha"\n')
     config = validate(from_dict({"data": image_folder} | load_toml(tmp_path / "run.toml")))

@@ -11,18 +11,19 @@ import sys
 import pytest
 import torch
 
-from stylelora.base import base_family, load_base
-from stylelora.checkpoint import latest_checkpoint
-from stylelora.config import TrainConfig
+from stylelora.adapters.formats import read_lora, write_lora
+from stylelora.adapters.inspection import describe
+from stylelora.adapters.stack import StyleWeight
 from stylelora.errors import AdapterFileError, TrainingInterrupted
 from stylelora.families import MINI, SDXL, Placement
 from stylelora.files import read_safetensors
-from stylelora.formats import read_lora, write_lora
-from stylelora.generate import GenerateConfig, generate
-from stylelora.inspect_adapter import describe
-from stylelora.merge_job import MergeConfig, merge
-from stylelora.styler import Styler, StyleWeight
-from stylelora.training import train
+from stylelora.model.base import base_family, load_base
+from stylelora.paint.generate import GenerateConfig, generate
+from stylelora.paint.merge_job import MergeConfig, merge
+from stylelora.paint.styler import Styler
+from stylelora.train.checkpoint import latest_checkpoint
+from stylelora.train.config import TrainConfig
+from stylelora.train.loop import train
 
 QUIET = dict(progress_bar=False, log=lambda m: None)
 

@@ -17,16 +17,16 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from serve_helpers import make_adapter
-from stylelora.base import load_base
-from stylelora.cli import main
+from stylelora.adapters.library import list_adapters
+from stylelora.adapters.stack import StyleWeight
+from stylelora.cli.main import main
 from stylelora.errors import ServerBusyError
-from stylelora.generate import GenerateConfig, generate
-from stylelora.library import list_adapters
+from stylelora.model.base import load_base
+from stylelora.paint.generate import GenerateConfig, generate
 from stylelora.serve.app import build_app
 from stylelora.serve.batcher import Batcher
 from stylelora.serve.config import ServeConfig
 from stylelora.serve.engine import Engine, PaintJob
-from stylelora.styler import StyleWeight
 
 
 @pytest.fixture(scope="module")
@@ -337,7 +337,7 @@ def test_ray_without_its_extra_is_one_line_naming_it(monkeypatch, capsys):
 
 
 def test_train_and_serve_settings_are_read_by_one_function():
-    from stylelora.config import ConfigError, from_dict
+    from stylelora.train.config import ConfigError, from_dict
     from stylelora.serve.config import serve_config_from_dict
 
     train = from_dict({"data": "images", "target-modules": "to_q,to_k", "out": None, "rank": 8})

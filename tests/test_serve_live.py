@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from serve_helpers import make_adapter, start_serve, stop_serve
-from stylelora.base import load_base
+from stylelora.model.base import load_base
 from stylelora.serve.loadtest import random_requests, run_load_test
 
 

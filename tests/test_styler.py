@@ -7,10 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from stylelora.files import read_safetensors
+from stylelora.adapters.stack import StyleWeight, parse_lora_spec
 from stylelora.errors import AdapterFileError, ConfigError
-from stylelora.generate import GenerateConfig, generate
-from stylelora.styler import Styler, StyleWeight, parse_lora_spec
+from stylelora.files import read_safetensors
+from stylelora.paint.generate import GenerateConfig, generate
+from stylelora.paint.styler import Styler
 
 
 def _manual_delta(path, module_key):
@@ -91,7 +92,7 @@ def test_per_block_weights_reach_only_their_blocks(tiny_base, two_adapters):
     styler.set_weights({a: weight})
     down = styler.pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
     up = styler.pipe.unet.up_blocks[1].attentions[0].transformer_blocks[0].attn1.to_q
-    from stylelora.formats import read_lora
+    from stylelora.adapters.formats import read_lora
 
     in_file = read_lora(two_adapters[0])[0][("unet", "up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q")]
     assert down.scaling[a] == 0
@@ -174,7 +175,7 @@ def test_another_architecture_or_a_partial_match_is_refused_naming_both(tiny_bas
 
 
 def test_damaged_and_nan_files_give_one_line_errors(tmp_path):
-    from stylelora.formats import read_lora
+    from stylelora.adapters.formats import read_lora
 
     module = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
     tensors = _kohya_file(tmp_path / "good.safetensors", [module], rank=2, alpha=2)

@@ -7,12 +7,12 @@ import sys
 import pytest
 import torch
 
-from stylelora import step_loss, training
-from stylelora.files import read_safetensors
-from stylelora.checkpoint import latest_checkpoint
 from stylelora.errors import TrainingError
-from stylelora.training import train
 from stylelora.families import FAMILIES
+from stylelora.files import read_safetensors
+from stylelora.train import loop as training, step_loss
+from stylelora.train.checkpoint import latest_checkpoint
+from stylelora.train.loop import train
 
 QUIET = dict(progress_bar=False, log=lambda m: None)
 
@@ -38,7 +38,7 @@ def test_previews_without_a_prompt_show_the_folders_first_captions(train_config)
     config = train_config(max_steps=2, trigger="zxq", sample_every=2)
     train(config, **QUIET)
     from PIL import Image
-    from stylelora.data import scan_folder
+    from stylelora.data.folder import scan_folder
 
     captions = list(dict.fromkeys(e.caption for e in scan_folder(config.data, trigger="zxq").examples))[:2]
     drawn = [Image.open(config.out / "samples" / f"step-000002-{i}.png").text["prompt"] for i in range(2)]
@@ -170,8 +170,8 @@ def test_ss_metadata_strings_are_written_as_kohya_writes_them(train_config):
     ("sdxl", "epsilon", "SDXL", "False"),
 ])
 def test_automatic1111_files_sd2_adapters_under_sd2(train_config, architecture, prediction, version, is_sd2):
-    from stylelora.data import scan_folder
-    from stylelora.run_outputs import adapter_metadata
+    from stylelora.data.folder import scan_folder
+    from stylelora.train.outputs import adapter_metadata
 
     config = train_config()
     meta = adapter_metadata(config, scan_folder(config.data), 512, 10, "x", architecture, prediction)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stylelora.training import Progress, total_steps, train
-from stylelora.config import TrainConfig
+from stylelora.train.config import TrainConfig
+from stylelora.train.loop import Progress, total_steps, train
 
 
 def test_latent_cache_is_reused_from_the_output_folder(train_config, image_folder):
@@ -72,7 +72,7 @@ def test_small_images_are_upscaled_with_a_warning(train_config, tmp_path):
 
 
 def test_loraplus_gives_the_up_matrices_ratio_times_the_learning_rate(train_config, monkeypatch):
-    from stylelora import training
+    from stylelora.train import loop as training
 
     seen = {}
     real = training.run_loop
@@ -97,7 +97,7 @@ def test_loraplus_gives_the_up_matrices_ratio_times_the_learning_rate(train_conf
 def test_resume_is_exact_with_rslora_and_loraplus_and_refuses_a_changed_ratio(train_config, tmp_path):
     from stylelora.errors import TrainingError
     from stylelora.files import read_safetensors
-    from stylelora.training import TrainingInterrupted
+    from stylelora.errors import TrainingInterrupted
 
     options = dict(max_steps=6, save_every=2, rslora=True, loraplus_ratio=4.0)
     straight = train(train_config(out=tmp_path / "straight", **options), progress_bar=False, log=lambda m: None)

@@ -15,17 +15,17 @@ import optuna
 import pytest
 import torch
 
-from stylelora.cli import main as cli
-from stylelora.config import TrainConfig, from_dict, load_toml
+from stylelora.adapters.formats import read_lora, write_lora
+from stylelora.cli.main import main as cli
 from stylelora.errors import ConfigError, TrainingInterrupted
 from stylelora.files import read_safetensors
-from stylelora.formats import read_lora, write_lora
 from stylelora.mini.evaluate import folder_style
+from stylelora.train.config import TrainConfig, from_dict, load_toml
+from stylelora.train.loop import train
+from stylelora.train.suggest import fill_unset, steps_for, suggest
 from stylelora.tune.results import spearman
 from stylelora.tune.search import tune
 from stylelora.tune.space import TuneConfig, parse_duration, tune_config_from_dict
-from stylelora.tune.suggest import fill_unset, steps_for, suggest
-from stylelora.training import train
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
@@ -151,7 +151,7 @@ def test_two_processes_on_one_study_run_disjoint_trials(tiny_base, image_folder,
 
 def test_a_trial_worse_than_the_median_is_pruned_and_stops_training(tiny_base, image_folder, tmp_path, monkeypatch):
     """The wiring: validation losses reach trial.report, and should_prune stops the run at the next step."""
-    from stylelora import training
+    from stylelora.train import loop as training
 
     scripted = {0: [1.0, 0.9], 1: [1.0, 0.9], 2: [1.0, 0.9], 3: [5.0, 5.0]}
     stopped_at = {}

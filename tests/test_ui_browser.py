@@ -104,7 +104,7 @@ def test_upload_caption_train_library_generate(page, server, image_folder, tiny_
     page.locator("#loss-plot", has_text="validation").wait_for(timeout=30_000)  # the second curve's legend
     ticks = y_ticks(page)
     assert len(ticks) >= 2 and ticks == sorted(set(ticks)), ticks  # a numeric axis, not one tick per value
-    from stylelora.formats import read_lora
+    from stylelora.adapters.formats import read_lora
 
     meta = read_safetensors(adapters / "mystyle" / "mystyle.safetensors").metadata
     settings = json.loads(meta["stylelora.config"])
@@ -136,7 +136,7 @@ def test_upload_caption_train_library_generate(page, server, image_folder, tiny_
     fill(page, "gen-base", tiny_base)
     paint_with(page, {"mystyle": 1.2, "alpha": 0.4}, waited_for="alpha")
     rows = page.evaluate("() => Array.from(document.querySelectorAll('[id^=\"row-\"]')).map(r => r.id)")
-    from stylelora.library import list_adapters
+    from stylelora.adapters.library import list_adapters
 
     assert rows == [f"row-{e.name}" for e in list_adapters(adapters)], rows
     fill(page, "gen-steps", 2)
@@ -190,7 +190,7 @@ def test_previews_fill_during_a_run_and_the_progress_line_advances(page, server,
     assert _wait_text(page, "#train-status", ("Stopped", "Error", "**Error")).startswith("Stopped")
     from PIL import Image
 
-    from stylelora.data import scan_folder
+    from stylelora.data.folder import scan_folder
 
     captions = {e.caption for e in scan_folder(image_folder).examples}  # the first ones not held out
     assert Image.open(adapters / "previewed" / "samples" / "step-000004-0.png").text["prompt"] in captions
@@ -252,7 +252,7 @@ def _wait_text(page, selector: str, starts: tuple[str, ...], timeout: float = 30
 
 def test_suggest_fills_the_train_fields_and_the_tune_tab_trains_the_best_trial(page, server, image_folder, tiny_base):
     _, workspace, adapters = server
-    from stylelora.tune.suggest import suggest
+    from stylelora.train.suggest import suggest
 
     page.get_by_role("tab", name="Train").click()
     fill(page, "folder", image_folder)
@@ -306,8 +306,8 @@ def test_sdxl_folder_shows_its_buckets_trains_and_paints_at_a_chosen_size(page, 
     page.click("#show-buckets")
     page.wait_for_selector("#bucket-report :text('bucket(s)')", timeout=60_000)
     report = page.locator("#bucket-report").inner_text()
-    from stylelora.buckets import plan_for_config
-    from stylelora.config import TrainConfig
+    from stylelora.data.buckets import plan_for_config
+    from stylelora.train.config import TrainConfig
 
     shown = plan_for_config(TrainConfig(data=mixed_aspect_folder, base=str(tiny_sdxl_base), validation_split=0.34))
     assert sum(b["images"] for b in shown.report()["buckets"]) < 7  # the held-out images are left out

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from stylelora.jobs import JobState
-from ui.train_view import loss_figure, loss_svg, progress_text, smoothed, smoothing_weight
+from stylelora.train.jobs import JobState
+from stylelora.ui.train_view import loss_figure, loss_svg, progress_text, smoothed, smoothing_weight
 
 
 def _spiky_losses(steps: int, seed: int = 0) -> list[tuple[int, float]]:

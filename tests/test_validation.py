@@ -11,17 +11,18 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from stylelora import training
-from stylelora.checkpoint import latest_checkpoint
-from stylelora.config import validate
+from stylelora.data.folder import scan_folder
+from stylelora.data.split import split_examples
 from stylelora.errors import ConfigError, DatasetError
 from stylelora.files import read_safetensors
-from stylelora.base import load_base
-from stylelora.step_loss import StepLoss
-from stylelora.validation import AdapterAverage, EarlyStopping, ValidationSet, Watch, fixed_timesteps, split_examples
-from stylelora.data import scan_folder
-from stylelora.inputs import prepare_inputs
-from stylelora.training import train
+from stylelora.model.base import load_base
+from stylelora.train import loop as training
+from stylelora.train.checkpoint import latest_checkpoint
+from stylelora.train.config import validate
+from stylelora.train.inputs import prepare_inputs
+from stylelora.train.loop import train
+from stylelora.train.step_loss import StepLoss
+from stylelora.train.validation import AdapterAverage, EarlyStopping, ValidationSet, Watch, fixed_timesteps
 
 QUIET = dict(progress_bar=False, log=lambda m: None)
 
@@ -273,7 +274,7 @@ def test_cli_validation_flags_and_a_split_with_no_training_image(tmp_path, tiny_
 
 
 def test_toml_config_carries_the_stopping_settings(tmp_path, tiny_base, image_folder):
-    from stylelora.config import from_dict, load_toml
+    from stylelora.train.config import from_dict, load_toml
 
     prompts = tmp_path / "keep.txt"
     prompts.write_text("a blue square\n")
@@ -314,7 +315,7 @@ def test_validation_and_preservation_with_the_text_encoder_trained(train_config,
 
 
 def test_the_ui_stopping_row_sends_what_was_typed(tmp_path):
-    from ui.train_fields import STOPPING_FIELDS, stopping_settings
+    from stylelora.ui.train_fields import STOPPING_FIELDS, stopping_settings
 
     typed = dict(validation_split=0.25, validation_data="", validate_every=3.0, early_stop=0, min_delta=0, keep="",
                  ema_decay=0.5, preserve_prompts="a blue square\n", preserve_weight=0)

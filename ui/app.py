@@ -14,18 +14,18 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from stylelora.config import PRECISIONS, TrainConfig, validate
-from stylelora.methods import METHOD_FIELDS, own_fields
+from stylelora.adapters.library import delete_adapter, import_adapter, list_adapters, rename_adapter
+from stylelora.data.workspace import caption_rows, dataset_folder, save_captions, save_uploads
 from stylelora.errors import StyleloraError
-from stylelora.library import delete_adapter, import_adapter, list_adapters, rename_adapter
-from stylelora.precision import bf16_support
-from stylelora.workspace import caption_rows, dataset_folder, save_captions, save_uploads
-from ui.train_fields import (base_dropdown, bucket_row, bucket_settings, method_row, quantize_dropdown,
-                             show_only_own_fields, stopping_row, stopping_settings, suggested_fields)
-from ui.train_view import loss_svg, progress_html
-from ui.session import Session, error_message
-from ui.generate_tab import generate_tab
-from ui.tune_tab import tune_tab
+from stylelora.methods import METHOD_FIELDS, own_fields
+from stylelora.model.precision import bf16_support
+from stylelora.train.config import PRECISIONS, TrainConfig, validate
+from stylelora.ui.train_fields import (base_dropdown, bucket_row, bucket_settings, method_row, quantize_dropdown,
+                                       show_only_own_fields, stopping_row, stopping_settings, suggested_fields)
+from stylelora.ui.generate_tab import generate_tab
+from stylelora.ui.session import Session, error_message
+from stylelora.ui.train_view import loss_svg, progress_html
+from stylelora.ui.tune_tab import tune_tab
 
 MAX_UPLOAD = "50mb"
 

@@ -8,13 +8,13 @@ import re
 
 import gradio as gr
 
+from stylelora.adapters.library import AdapterEntry, known_bases, list_adapters
 from stylelora.errors import StyleloraError
-from stylelora.generate import GenerateConfig, generate
-from stylelora.grid import GridConfig, make_grid, parse_weights
-from stylelora.library import AdapterEntry, known_bases, list_adapters
-from stylelora.merge_job import MergeConfig, merge
-from ui.session import Session, error_message
-from ui.train_fields import base_dropdown, quantize_dropdown
+from stylelora.paint.generate import GenerateConfig, generate
+from stylelora.paint.grid import GridConfig, make_grid, parse_weights
+from stylelora.paint.merge_job import MergeConfig, merge
+from stylelora.ui.session import Session, error_message
+from stylelora.ui.train_fields import base_dropdown, quantize_dropdown
 
 
 def generate_tab(session: Session) -> None:

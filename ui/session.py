@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from stylelora.jobs import TrainingJob
-from stylelora.library import list_adapters
-from stylelora.styler import Styler
+from stylelora.adapters.library import list_adapters
+from stylelora.paint.styler import Styler
+from stylelora.train.jobs import TrainingJob
 from stylelora.tune.jobs import TuneJob
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from stylelora.quantize import QUANTIZE_MODES
-from stylelora.methods import METHOD_FIELDS, METHODS, TARGET_PRESETS, own_fields
-from stylelora.workspace import save_prompts
+from stylelora.data.workspace import save_prompts
+from stylelora.methods import METHODS, METHOD_FIELDS, TARGET_PRESETS, own_fields
+from stylelora.model.quantize import QUANTIZE_MODES
 
 
 def method_row():
@@ -86,7 +86,7 @@ def stopping_settings(workspace: Path, adapter_name: str, values: list) -> dict:
 def suggested_fields(folder_path: str, base_model: str):
     """`stylelora suggest` for the Train tab: rank, steps, learning rate and alpha, and the reasons."""
     from stylelora.errors import StyleloraError
-    from stylelora.tune.suggest import suggest
+    from stylelora.train.suggest import suggest
 
     if not folder_path:
         return gr.skip(), gr.skip(), gr.skip(), gr.skip(), "**Error:** upload images or choose a folder first"
@@ -128,8 +128,8 @@ def bucket_settings(values: list) -> dict:
 
 def bucket_report(folder_path: str, base_model: str, resolution: float, validation_split: float, *values) -> str:
     """The Train tab's bucket table for the chosen folder, base and settings (stylelora.buckets does the work)."""
-    from stylelora.buckets import plan_for_config, report_as_markdown
-    from stylelora.config import TrainConfig, validate
+    from stylelora.data.buckets import plan_for_config, report_as_markdown
+    from stylelora.train.config import TrainConfig, validate
     from stylelora.errors import StyleloraError
 
     if not folder_path:
@@ -146,7 +146,7 @@ def bucket_report(folder_path: str, base_model: str, resolution: float, validati
 def base_dropdown(adapters: Path, elem_id: str) -> gr.Dropdown:
     """The base-model field: the miniature and every base the adapters in `adapters` were trained on, or
     any folder, file or Hub id typed in."""
-    from stylelora.library import known_bases
+    from stylelora.adapters.library import known_bases
 
     return gr.Dropdown(known_bases(adapters), value="mini", allow_custom_value=True, interactive=True,
                        elem_id=elem_id, label="Base model (mini, a diffusers folder, a .safetensors file or a Hub id)")

@@ -15,7 +15,7 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from stylelora.jobs import JobState
+from stylelora.train.jobs import JobState
 
 RAW_COLOUR, SMOOTH_COLOUR, VALIDATION_COLOUR = "#f97316", "#c2410c", "#2563eb"
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from stylelora.config import from_dict, load_toml
 from stylelora.errors import StyleloraError
 from stylelora.methods import METHODS, TARGET_PRESETS
+from stylelora.train.config import from_dict, load_toml
 from stylelora.tune.jobs import TuneJob
 from stylelora.tune.results import table_header, table_row
 from stylelora.tune.space import tune_config_from_dict, validate_tune
-from ui.train_fields import base_dropdown
+from stylelora.ui.train_fields import base_dropdown
 
 TEXT_ENCODER_CHOICES = {"off": "off", "on": "on", "search both": "off,on"}
 

@@ -160,3 +160,31 @@ def check_fits(source: object, made_for: Family | None, base: str, family: Famil
     if made_for not in (None, UNKNOWN, family) and family is not UNKNOWN:
         raise AdapterFileError(f"{source}: made for {made_for.label}, but base {base!r} is {family.label}; "
                                f"load it on a {made_for.label} base")
+
+
+def family_of_weights(weights, metadata: dict[str, str]) -> Family | None:
+    """The family an adapter was made for: from our metadata, else kohya's ss_base_model_version, else the
+    file itself (a second text encoder, or the width of the cross-attention key/value inputs); None if unknown."""
+    named = metadata.get("stylelora.architecture")
+    if named in FAMILIES:
+        return FAMILIES[named]
+    if str(metadata.get("ss_base_model_version", "")).startswith("sdxl") or any(
+            part == "text_encoder_2" for part, _ in weights):
+        return SDXL
+    widths = _context_widths(weights)
+    return {768: SD1, 1024: SD2, 2048: SDXL}.get(next(iter(widths))) if widths else None
+
+
+def _context_widths(weights) -> set[int]:
+    """The input widths of the UNet's cross-attention key/value projections: the text context's width."""
+    return {adapter.in_features for (part, module), adapter in weights.items()
+            if part == "unet" and "attn2" in module and module.endswith(("to_k", "to_v"))}
+
+
+def architecture_of_weights(weights, metadata: dict[str, str]) -> str:
+    """SD1.x / SD2.x / SDXL / stylelora mini, as family_of_weights reads it."""
+    family = family_of_weights(weights, metadata)
+    if family is not None:
+        return family.label
+    widths = _context_widths(weights)
+    return f"unknown (context width {next(iter(widths))})" if widths else "unknown"

@@ -26,7 +26,7 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from transformers import CLIPTextModel
 
-from ..loss import ddpm_loss, min_snr_weights
+from ..train.loss import ddpm_loss, min_snr_weights
 from .architecture import DEFAULT, build_pipeline
 from .world import NAME_RATE, corpus
 

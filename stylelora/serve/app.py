@@ -22,12 +22,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import (AdapterFileError, AdapterNotFoundError, ConfigError, ConflictError, ServerBusyError,
-                      StyleloraError)
-from ..generate import GenerateConfig, image_settings, validate_generate
+from ..adapters.library import MAX_UPLOAD_BYTES, delete_adapter, import_adapter
+from ..adapters.stack import StyleWeight
+from ..errors import AdapterFileError, AdapterNotFoundError, ConfigError, ConflictError, ServerBusyError, StyleloraError
+from ..files import safe_file_name
 from ..images import png_bytes
-from ..library import MAX_UPLOAD_BYTES, delete_adapter, import_adapter, safe_file_name
-from ..styler import StyleWeight
+from ..paint.generate import GenerateConfig, image_settings, validate_generate
 from .batcher import Batcher
 from .config import ServeConfig, validate_serve
 from .engine import Engine, PaintJob

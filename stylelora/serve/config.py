@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import field_values, read_toml
 from ..errors import ConfigError
-from ..quantize import check_quantize
+from ..model.quantize import check_quantize
+from ..options import field_values, read_toml
 
 
 @dataclass

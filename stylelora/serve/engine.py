@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..base import load_base
+from ..adapters.formats import read_lora
+from ..adapters.stack import plain_lora
 from ..errors import AdapterFileError
-from ..families import check_fits, family_of_pipe
-from ..formats import read_lora
-from ..generate import GenerateConfig
-from ..inspect_adapter import architecture_of_weights, family_of_weights
-from ..styler import SCHEDULERS, painting_device, plain_lora
+from ..families import architecture_of_weights, check_fits, family_of_pipe, family_of_weights
+from ..model.base import load_base
+from ..paint.generate import GenerateConfig
+from ..paint.styler import SCHEDULERS, painting_device
 from .multilora import ModuleLora, MultiLora, Stack
 from .pool import AdapterPool, AdapterTensors
 

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ..styler import StyleWeight, block_of, find_layer
+from ..adapters.stack import StyleWeight, block_of, find_layer
 
 ModuleKey = tuple[str, str]  # (part, module path), as in formats.LoraWeights
 Stack = tuple[tuple[str, StyleWeight], ...]  # an ordered, weighted adapter stack; () is the bare base

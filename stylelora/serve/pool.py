@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..adapters.library import AdapterEntry, list_adapters
 from ..errors import AdapterNotFoundError
-from ..library import AdapterEntry, list_adapters
 from .multilora import ModuleKey, ModuleLora
 
 AdapterTensors = dict[ModuleKey, ModuleLora]

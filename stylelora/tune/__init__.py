@@ -1,1 +1,1 @@
-"""Choosing hyper-parameters: `suggest` (measured rules, no training) and `search` (an optuna study)."""
+"""Choosing hyper-parameters by search: an optuna study over training settings, its results, and the judge objective."""

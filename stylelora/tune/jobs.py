@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..jobs import BackgroundJob
-from .search import TrialReport, tune
+from ..train.jobs import BackgroundJob
+from .results import TrialReport
+from .search import tune
 from .space import TuneConfig
 
 

@@ -9,9 +9,9 @@ from typing import Callable
 
 import numpy as np
 
-from ..config import TrainConfig
-from ..data import load_rgb, scan_folder
+from ..data.folder import load_rgb, scan_folder
 from ..errors import ConfigError
+from ..train.config import TrainConfig
 
 COLOUR_SLACK = 0.05  # a trial may lose at most 5 points of the base's colour rate and stay feasible
 JUDGE_STEPS, JUDGE_CFG = 20, 4.0  # the sampler settings of every measurement of the mini (bench/style_report.py)
@@ -38,7 +38,7 @@ class StyleJudge:
     @property
     def styler(self):
         if self._styler is None:
-            from ..styler import Styler
+            from ..paint.styler import Styler
 
             self._styler = Styler(self.train.base)
         return self._styler

@@ -5,13 +5,34 @@ from __future__ import annotations
 import io
 import json
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import TrainConfig
 from ..files import write_atomically
-from .search import TrialReport, TuneResult
+from ..train.config import TrainConfig
 from .space import TuneConfig, settings_of
+
+@dataclass
+class TrialReport:
+    """One finished trial, as the progress line and the results table show it."""
+
+    number: int
+    state: str  # COMPLETE, PRUNED or FAIL
+    value: float | None
+    settings: dict[str, Any]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TuneResult:
+    out_dir: Path
+    trials: list[TrialReport]  # best first
+    best: TrialReport | None
+    best_toml: Path | None
+    files: list[Path]  # results.md, plots
+    correlation: float | None  # Spearman's rank correlation of validation loss and judged style (judge objective)
+
 
 SETTING_NAMES = {"rank": "rank", "alpha": "alpha", "learning_rate": "lr", "max_steps": "steps", "method": "method",
                  "targets": "targets", "train_text_encoder": "text encoder"}

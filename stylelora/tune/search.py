@@ -16,39 +16,17 @@ import os
 import socket
 import time
 import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
-from ..checkpoint import latest_checkpoint
-from ..config import TrainConfig
-from ..data import scan_folder
+from ..data.folder import scan_folder
 from ..errors import ConfigError, TrainingError, TrainingInterrupted
+from ..train.checkpoint import latest_checkpoint
+from ..train.config import TrainConfig
+from .results import TrialReport, TuneResult, progress_line, report_of, write_results
 from .space import TuneConfig, sample, validate_tune
 
 HEARTBEAT_SECONDS, GRACE_SECONDS = 30, 120  # another machine's trial counts as dead after 2 minutes of silence
 COUNTED = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")  # a killed trial's FAIL is retried, a surplus one never ran
-
-
-@dataclass
-class TrialReport:
-    """One finished trial, as the progress line and the results table show it."""
-
-    number: int
-    state: str  # COMPLETE, PRUNED or FAIL
-    value: float | None
-    settings: dict[str, Any]
-    attrs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class TuneResult:
-    out_dir: Path
-    trials: list[TrialReport]  # best first
-    best: TrialReport | None
-    best_toml: Path | None
-    files: list[Path]  # results.md, plots
-    correlation: float | None  # Spearman's rank correlation of validation loss and judged style (judge objective)
 
 
 class SurplusTrial(Exception):
@@ -208,7 +186,7 @@ class TrialRunner:
             "early_stop": 0 if judged else self.config.early_stop, "keep": "last" if judged else "best"}))
 
     def _train(self, trial, run_config: TrainConfig):
-        from ..training import train
+        from ..train.loop import train
 
         pruned = []
 
@@ -253,7 +231,6 @@ def tune(config: TuneConfig, on_trial: Callable[[TrialReport], None] | None = No
 
 def _run_study(config: TuneConfig, fixed: TrainConfig, on_trial: Callable[[TrialReport], None] | None,
                should_stop: Callable[[], bool] | None, log: Callable[[str], None]) -> TuneResult:
-    from .results import progress_line, report_of, write_results
 
     study = open_study(config)
     runner = TrialRunner(config, fixed, log, should_stop)

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import TrainConfig, from_dict, read_toml, validate
 from ..errors import ConfigError
 from ..methods import METHODS, TARGET_PRESETS
+from ..options import read_toml
+from ..train.config import TrainConfig, from_dict, validate
 
 OBJECTIVES = ("loss", "judge")
 PRUNERS = ("median", "none")

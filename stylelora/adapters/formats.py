@@ -1,0 +1,234 @@
+"""LoRA key layouts: kohya / AUTOMATIC1111 / ComfyUI, diffusers, and peft, through one exact in-memory form.
+
+Every layout is read into `LoraWeights`: per module, the down (A) and up (B) matrices and
+the alpha, so scale = alpha / rank is kept exactly, whatever the layout stores it as. The kohya
+layout also carries DoRA, LoHa and LoKr modules (methods/layouts.py); the others hold LoRA only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+from ..errors import AdapterFileError
+from ..files import read_safetensors, write_atomically
+from ..methods import KINDS
+from ..methods.layouts import MODULE_SUFFIXES, LoraModule, ModuleAdapter, read_module
+
+FORMATS = ("kohya", "diffusers", "peft")
+PARTS = ("unet", "text_encoder", "text_encoder_2")
+# Read: kohya's SD1/SD2 prefix and its SDXL pair (lora_te1_ the CLIP-L encoder, lora_te2_ the OpenCLIP-G one).
+KOHYA_PREFIX = {"lora_unet_": "unet", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2", "lora_te_": "text_encoder"}
+
+
+def kohya_prefixes(weights: "LoraWeights") -> dict[str, str]:
+    """Each part's prefix when writing: SDXL files (two text encoders) name them lora_te1_/lora_te2_, as kohya's
+    sdxl_train_network writes and AUTOMATIC1111 and ComfyUI (comfy/lora.py) map them; SD1/SD2 files lora_te_."""
+    sdxl = any(part == "text_encoder_2" for part, _ in weights)
+    return {"unet": "lora_unet_", "text_encoder": "lora_te1_" if sdxl else "lora_te_", "text_encoder_2": "lora_te2_"}
+DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
+
+# Module-name pieces that contain '_' in diffusers/transformers; kohya flattens every '.' to '_'.
+_COMPOUND = ["down_blocks", "up_blocks", "mid_block", "transformer_blocks", "to_q", "to_k", "to_v", "to_out",
+             "proj_in", "proj_out", "time_emb_proj", "conv_shortcut", "conv_in", "conv_out", "time_embedding",
+             "linear_1", "linear_2", "text_model", "self_attn", "q_proj", "k_proj", "v_proj", "out_proj",
+             "final_layer_norm", "layer_norm1", "layer_norm2", "token_embedding", "position_embedding",
+             "add_embedding", "text_projection"]
+
+
+# Keys are (part, module path) with diffusers module paths; the text encoder's keep `text_model.`.
+LoraWeights = dict[tuple[str, str], ModuleAdapter]
+
+
+def _unflatten(flat: str) -> str:
+    path = flat.replace("_", ".")
+    for word in _COMPOUND:
+        path = path.replace(word.replace("_", "."), word)
+    return path
+
+
+def _text_path(module: str) -> str:
+    return module if module.startswith("text_model.") else "text_model." + module
+
+
+def from_kohya(tensors: dict[str, torch.Tensor], source: Path) -> LoraWeights:
+    """Every adapted module of a kohya/LyCORIS file: LoRA, DoRA, LoHa or LoKr (methods/layouts.py)."""
+    weights: LoraWeights = {}
+    names = {key.split(".", 1)[0] for key in tensors if key.endswith(MODULE_SUFFIXES)}
+    for name in sorted(names):
+        prefix = next((prefix for prefix in KOHYA_PREFIX if name.startswith(prefix)), None)
+        if prefix is None:
+            raise AdapterFileError(f"{source}: key {name} is none of lora_unet_, lora_te_, lora_te1_, lora_te2_; "
+                                   "only Stable Diffusion 1.x/2.x/XL LoRA files are supported")
+        module = read_module(name, tensors)
+        if isinstance(module, str):
+            raise AdapterFileError(f"{source}: {module}")
+        weights[(KOHYA_PREFIX[prefix], _unflatten(name[len(prefix):]))] = module
+    return weights
+
+
+def to_kohya(weights: LoraWeights) -> dict[str, torch.Tensor]:
+    out, prefixes = {}, kohya_prefixes(weights)
+    for (part, module), adapter in weights.items():
+        out |= adapter.tensors(prefixes[part] + module.replace(".", "_"))
+    return out
+
+
+def _peft_config(weights: LoraWeights, part: str) -> dict:
+    """A LoraConfig dict that reproduces every module's rank and alpha exactly."""
+    modules = {m: w for (p, m), w in weights.items() if p == part}
+    first = next(iter(modules.values()))
+    return {
+        "r": first.rank,
+        "lora_alpha": first.alpha,
+        "target_modules": sorted(modules),
+        "rank_pattern": {m: w.rank for m, w in modules.items() if w.rank != first.rank},
+        "alpha_pattern": {m: w.alpha for m, w in modules.items() if w.alpha != first.alpha},
+    }
+
+
+def _from_peft_keys(tensors: dict[str, torch.Tensor], part_of, config_of, source: Path) -> LoraWeights:
+    weights: LoraWeights = {}
+    for key, down in tensors.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        located = part_of(key[: -len(".lora_A.weight")])
+        if located is None:
+            continue
+        part, module = located
+        up = tensors.get(key.replace(".lora_A.weight", ".lora_B.weight"))
+        if up is None:
+            raise AdapterFileError(f"{source}: {key} has no matching lora_B weight")
+        config = config_of(part)
+        rank = int(down.shape[0])
+        alpha = config.get("alpha_pattern", {}).get(module, config.get("lora_alpha", rank)) if config else rank
+        if part != "unet":
+            module = _text_path(module)
+        weights[(part, module)] = LoraModule(down, up, float(alpha))
+    return weights
+
+
+def from_diffusers(tensors: dict[str, torch.Tensor], metadata: dict[str, str], source: Path) -> LoraWeights:
+    packed = json.loads(metadata.get(DIFFUSERS_METADATA_KEY, "{}"))
+    configs = {part: {k[len(part) + 1:]: v for k, v in packed.items() if k.startswith(part + ".")} for part in PARTS}
+
+    def part_of(key: str):
+        part, _, module = key.partition(".")
+        return (part, module) if part in PARTS else None
+
+    return _from_peft_keys(tensors, part_of, configs.get, source)
+
+
+def to_diffusers(weights: LoraWeights) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    out, packed = {}, {}
+    for (part, module), lora in weights.items():
+        out[f"{part}.{module}.lora_A.weight"] = lora.down.contiguous()
+        out[f"{part}.{module}.lora_B.weight"] = lora.up.contiguous()
+    for part in {p for p, _ in weights}:
+        packed |= {f"{part}.{k}": v for k, v in _peft_config(weights, part).items()}
+    return out, {DIFFUSERS_METADATA_KEY: json.dumps(packed, sort_keys=True)}
+
+
+def from_peft_folder(folder: Path) -> LoraWeights:
+    """A peft folder: adapter_model.safetensors + adapter_config.json for the UNet, and optionally the
+    same pair in text_encoder/ (and SDXL's text_encoder_2/)."""
+    weights: LoraWeights = {}
+    for part, sub in _peft_subfolders(folder):
+        file = sub / "adapter_model.safetensors"
+        if not file.is_file():
+            continue
+        config_file = sub / "adapter_config.json"
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        tensors = read_safetensors(file).tensors
+        prefix = "base_model.model."
+        weights |= _from_peft_keys(tensors, lambda k, p=part: (p, k[len(prefix):] if k.startswith(prefix) else k),
+                                   lambda p, c=config: c, file)
+    if not weights:
+        raise AdapterFileError(f"{folder}: no adapter_model.safetensors with LoRA weights in this folder")
+    return weights
+
+
+def _peft_subfolders(folder: Path) -> list[tuple[str, Path]]:
+    return [("unet", folder)] + [(part, folder / part) for part in PARTS[1:]]
+
+
+def to_peft_folder(weights: LoraWeights, folder: Path, metadata: dict[str, str]) -> None:
+    for part, sub in _peft_subfolders(folder):
+        modules = {m: w for (p, m), w in weights.items() if p == part}
+        if not modules:
+            continue
+        tensors = {}
+        for module, lora in modules.items():
+            name = _strip(part, module)
+            tensors[f"base_model.model.{name}.lora_A.weight"] = lora.down.contiguous()
+            tensors[f"base_model.model.{name}.lora_B.weight"] = lora.up.contiguous()
+        config = _peft_config({(part, _strip(part, m)): w for m, w in modules.items()}, part)
+        config |= {"peft_type": "LORA", "bias": "none", "lora_dropout": 0.0, "init_lora_weights": True}
+        write_atomically(sub / "adapter_model.safetensors", safetensors.torch.save(tensors, metadata=metadata))
+        write_atomically(sub / "adapter_config.json", json.dumps(config, indent=2).encode())
+
+
+def _strip(part: str, module: str) -> str:
+    return module[len("text_model."):] if part != "unet" and module.startswith("text_model.") else module
+
+
+def detect_format(tensors: dict[str, torch.Tensor]) -> str:
+    keys = list(tensors)
+    if any(k.startswith(tuple(KOHYA_PREFIX)) for k in keys):
+        return "kohya"
+    if any(k.startswith(tuple(part + "." for part in PARTS)) and ".lora_A." in k for k in keys):
+        return "diffusers"
+    if any(k.startswith("base_model.model.") for k in keys):
+        return "peft"
+    return "unknown"
+
+
+def read_lora(path: Path) -> tuple[LoraWeights, dict[str, str], str]:
+    """Read any supported layout: (weights, metadata, format name). Pickles are refused unopened."""
+    path = Path(path)
+    if path.is_dir():
+        return from_peft_folder(path), {}, "peft"
+    adapter = read_safetensors(path)  # refuses pickles and damaged files, unopened
+    tensors, metadata = adapter.tensors, adapter.metadata
+    kind = detect_format(tensors)
+    if kind == "kohya":
+        weights = from_kohya(tensors, path)
+    elif kind == "diffusers":
+        weights = from_diffusers(tensors, metadata, path)
+    elif kind == "peft":
+        config_file = path.parent / "adapter_config.json"
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        weights = _from_peft_keys(tensors, lambda k: ("unet", k[len("base_model.model."):]), lambda p: config, path)
+    else:
+        raise AdapterFileError(f"{path}: no LoRA weights in a known layout (kohya lora_unet_/lora_te_, "
+                               "diffusers unet./text_encoder(_2)., or peft base_model.model.)")
+    for (part, module), adapter in weights.items():
+        problem = adapter.problem()
+        if problem:
+            raise AdapterFileError(f"{path}: {part} module {module} {problem}; the file is damaged or not a LoRA")
+    return weights, metadata, kind
+
+
+def write_lora(weights: LoraWeights, kind: str, out: Path, metadata: dict[str, str] | None = None) -> Path:
+    metadata = dict(metadata or {})
+    other = sorted({adapter.kind for adapter in weights.values() if type(adapter) is not LoraModule})
+    if kind != "kohya" and any(getattr(adapter, "bias", None) is not None for adapter in weights.values()):
+        raise AdapterFileError(f"--to {kind}: this adapter carries trained biases (diff_b), which only the kohya "
+                               "layout holds; keep it in the kohya layout")
+    if other and kind != "kohya":
+        raise AdapterFileError(f"--to {kind}: the {kind} layout holds plain LoRA only, and this adapter has "
+                               f"{'/'.join(KINDS[k] for k in other)} modules (peft's DoRA normalises per output row, "
+                               "the loaders per input column); keep it in the kohya layout")
+    if kind == "kohya":
+        write_atomically(out, safetensors.torch.save(to_kohya(weights), metadata=metadata))
+    elif kind == "diffusers":
+        tensors, extra = to_diffusers(weights)
+        write_atomically(out, safetensors.torch.save(tensors, metadata=metadata | extra))
+    elif kind == "peft":
+        to_peft_folder(weights, out, metadata)
+    else:
+        raise AdapterFileError(f"unknown format {kind!r}: choose one of {', '.join(FORMATS)}")
+    return out

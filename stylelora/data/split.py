@@ -1,0 +1,19 @@
+"""Holding images out: the validation split, chosen by the seed alone."""
+
+from __future__ import annotations
+
+import random
+
+from ..errors import ConfigError
+
+
+def split_examples(examples: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(training, held out): round(fraction * count) images, at least 1, chosen by the seed alone, so the same
+    command holds out the same images (and a resume trains on the same ones)."""
+    count = len(examples)
+    held = max(1, round(fraction * count))
+    if held >= count:
+        raise ConfigError(f"--validation-split = {fraction!r}: it holds out {held} of the {count} images and leaves "
+                          "none to train on; lower it or add images")
+    chosen = set(random.Random(f"validation/{seed}").sample(range(count), held))
+    return ([e for i, e in enumerate(examples) if i not in chosen], [e for i, e in enumerate(examples) if i in chosen])

@@ -1,0 +1,171 @@
+"""Load a base Stable Diffusion pipeline: the built-in miniature, a hub id, a diffusers folder or a single file."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+import diffusers
+import torch
+import transformers
+from diffusers import DiffusionPipeline
+
+from ..errors import BaseModelError
+from ..families import SD1, SDXL, Family, family_of_unet
+from ..files import PICKLE_SUFFIXES
+from .loading import stream_unet
+from .quantize import check_quantize, quantization_of, quantize_model
+
+diffusers.utils.logging.disable_progress_bar()
+transformers.utils.logging.disable_progress_bar()
+
+MINI_WEIGHTS = Path(__file__).parent / "mini" / "weights"
+
+
+def resolve_base(spec: str) -> str:
+    """Say what `spec` names: 'mini', 'folder', 'file' or 'hub'; raise BaseModelError if it cannot be used."""
+    if spec == "mini":
+        if not (MINI_WEIGHTS / "model_index.json").is_file():
+            raise BaseModelError("the built-in miniature model is missing; rebuild it with "
+                                 "`python -m stylelora.mini.pretrain`")
+        return "mini"
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise BaseModelError(f"{path}: not a diffusers model folder (no model_index.json); give the folder "
+                                 "that holds unet/, vae/ and text_encoder/, or a .safetensors checkpoint")
+        return "folder"
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise BaseModelError(f"{path}: pickle checkpoints can run code when loaded, so they are refused; "
+                             "convert it to .safetensors with a trusted tool first")
+    if path.suffix.lower() == ".safetensors":
+        if not path.is_file():
+            raise BaseModelError(f"{path}: no such checkpoint file")
+        return "file"
+    if path.exists():
+        raise BaseModelError(f"{path}: not a model; give 'mini', a hub id, a diffusers folder or a .safetensors file")
+    if spec.count("/") == 1 and not spec.startswith((".", "/")):
+        return "hub"
+    raise BaseModelError(f"{spec}: no such folder or file, and not a hub id like 'org/name'")
+
+
+_LOADING = threading.Lock()
+
+
+def load_base(spec: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+              quantize: str = "none", quantize_text: bool = True) -> DiffusionPipeline:
+    """Load the whole pipeline of the base's family (StableDiffusionPipeline or StableDiffusionXLPipeline) in
+    `dtype` on `device`, with the safety checker off (we train styles, not filters). `quantize` (quantize.py)
+    holds the UNet, and the text encoders unless `quantize_text` is False, in NF4, int8 or fp8."""
+    check_quantize(quantize)
+    kind = resolve_base(spec)
+    family = base_family(spec)
+    options = dict(dtype=dtype) | ({} if family is SDXL else dict(safety_checker=None, requires_safety_checker=False))
+    # Loading builds modules on the meta device inside a process-wide context, so two threads loading
+    # at once (the UI: a training job and a generation) break each other. One load at a time.
+    with _LOADING:
+        pipe = _load(spec, kind, family, options, quantize)
+        quantize_pipe(pipe, family, quantize, dtype, quantize_text)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def quantize_pipe(pipe: DiffusionPipeline, family: Family, quantize: str, dtype: torch.dtype,
+                  quantize_text: bool = True) -> None:
+    """Quantize a loaded pipeline's UNet (unless it was quantized as it loaded) and, with `quantize_text`, its
+    text encoders; the VAE stays as it is (training frees it once the latents are cached)."""
+    models = [pipe.unet] + [getattr(pipe, encoder.part) for encoder in family.text_encoders if quantize_text]
+    for model in models:
+        if model is not None and quantization_of(model) != quantize:
+            quantize_model(model, quantize, dtype)
+
+
+def _load(spec: str, kind: str, family: Family, options: dict, quantize: str) -> DiffusionPipeline:
+    try:
+        if kind == "file":
+            pipe = family.pipeline_class.from_single_file(spec, dtype=options["dtype"])
+        else:
+            source = str(MINI_WEIGHTS) if kind == "mini" else spec
+            unet = stream_unet(Path(source), options["dtype"], quantize) if kind != "hub" else None
+            pipe = family.pipeline_class.from_pretrained(source, **options, **({"unet": unet} if unet else {}))
+    except (OSError, ValueError, EnvironmentError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise BaseModelError(f"{spec}: cannot load the base model ({first_line})") from None
+    return pipe
+
+
+def base_family(spec: str) -> Family:
+    """The base's model family, read before any weight: from the UNet's config (a folder or hub id), or from a
+    single file's tensor names and shapes, through diffusers' own checkpoint detection. SD1.x where neither can
+    be read first: loading proper then says what is wrong."""
+    kind = resolve_base(spec)
+    if kind == "file":
+        return _single_file_family(Path(spec).expanduser())
+    try:
+        return family_of_unet(_unet_config(spec, kind))
+    except (OSError, ValueError, TypeError):
+        return SD1
+
+
+def _unet_config(spec: str, kind: str) -> dict:
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel.load_config(str(MINI_WEIGHTS) if kind == "mini" else spec, subfolder="unet")
+
+
+def _single_file_family(path: Path) -> Family:
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+    from safetensors import safe_open
+
+    try:  # shapes only: meta tensors, nothing read
+        with safe_open(str(path), "pt") as opened:
+            shapes = {key: torch.empty(opened.get_slice(key).get_shape(), device="meta") for key in opened.keys()}
+    except Exception:  # safetensors has its own error types; loading proper reports the damage
+        return SD1
+    model_type = infer_diffusers_model_type(shapes)
+    return SDXL if model_type.startswith(("xl_", "playground")) else SD1
+
+
+def unet_parameter_count(spec: str) -> int | None:
+    """The UNet's parameter count from its config alone (built on the meta device, no weights read), so the
+    precision can be chosen before loading; None where the config cannot be read first (a single file)."""
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    kind = resolve_base(spec)
+    if kind == "file":
+        return None
+    try:
+        config = _unet_config(spec, kind)
+        with init_empty_weights():
+            unet = UNet2DConditionModel.from_config(config)
+    except (OSError, ValueError, TypeError):  # loading proper says what is wrong, in its own words
+        return None
+    return sum(p.numel() for p in unet.parameters())
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """A cheap, stable id of a model's weights: every tensor's name, shape and first values.
+    Hashing every byte of a 3 GB UNet would cost seconds on each run for no real gain."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        head = tensor.detach().flatten()[:64].float().cpu().numpy().tobytes()
+        digest.update(name.encode() + str(tuple(tensor.shape)).encode() + head)
+    return digest.hexdigest()[:16]
+
+
+def native_resolution(spec: str) -> int | None:
+    """The base's native image side, from its UNet and VAE configs alone (no weights read); None for a single
+    file, whose configs come with loading."""
+    from diffusers import AutoencoderKL
+
+    kind = resolve_base(spec)
+    if kind == "file":
+        return None
+    try:
+        source = str(MINI_WEIGHTS) if kind == "mini" else spec
+        vae = AutoencoderKL.load_config(source, subfolder="vae")
+        return int(_unet_config(spec, kind)["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None

@@ -1,0 +1,124 @@
+"""Read a diffusers folder's UNet one tensor at a time, straight into the run's dtype, each layer quantized as
+soon as its weights are in.
+
+diffusers' from_pretrained maps the whole safetensors file and casts it: loading a float16 or float32 file into
+bfloat16 holds the file's pages and the cast copy at once, 1.6 GiB above the model itself for an SD1.5 UNet
+(measured: 3.6 GiB at the peak for a 2.0 GiB result), and a quantized base would peak at the unquantized size.
+Here each tensor is read with plain file reads (no mapping whose pages stay resident), cast, and placed, so the
+peak is the model as it will be held plus one tensor. Anything this reader does not know (a sharded or variant
+file, keys that differ from the model's) returns None, and diffusers loads as usual.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .quantize import mark_quantized, quantize_layer, skipped_for
+
+SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+# Quantizing frees each layer's float weight, but glibc keeps freed pages of its heap for reuse: an SD1.5 UNet
+# quantized to NF4 then peaked 0.5 GiB above the unquantized load. Trimming every few layers gives them back.
+TRIM_EVERY = 16
+
+
+def tensor_index(path: Path) -> dict[str, tuple[torch.dtype, list[int], int, int]] | None:
+    """Each tensor's dtype, shape and byte range in a safetensors file, from its header; None if unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(length))
+    except (OSError, ValueError):
+        return None
+    start = 8 + length
+    header.pop("__metadata__", None)
+    index = {}
+    for key, entry in header.items():
+        if entry.get("dtype") not in SAFETENSORS_DTYPES:
+            return None
+        begin, end = entry["data_offsets"]
+        index[key] = (SAFETENSORS_DTYPES[entry["dtype"]], entry["shape"], start + begin, start + end)
+    return index
+
+
+def read_tensor(descriptor: int, entry: tuple[torch.dtype, list[int], int, int]) -> torch.Tensor:
+    dtype, shape, begin, end = entry
+    if end == begin:
+        return torch.empty(shape, dtype=dtype)
+    data = bytearray(os.pread(descriptor, end - begin, begin))
+    return torch.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def stream_unet(folder: Path, dtype: torch.dtype, quantize: str = "none"):
+    """The UNet of diffusers folder `folder` in `dtype`, quantized as `quantize` says, layer by layer as it is
+    read; None where the folder is not one plain safetensors file whose keys are exactly the model's."""
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    path = folder / "unet" / WEIGHTS_NAME
+    index = tensor_index(path) if path.is_file() else None
+    if index is None:
+        return None
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(folder), subfolder="unet"))
+    wanted = {name for name, _ in unet.named_parameters()} | {name for name, _ in unet.named_buffers()}
+    if wanted != set(index):
+        return None
+    descriptor, quantized = os.open(path, os.O_RDONLY), 0
+    try:
+        for module_name, module in list(unet.named_modules()):
+            own = [name for name, _ in module.named_parameters(recurse=False)]
+            for name in own:
+                value = read_tensor(descriptor, index[f"{module_name}.{name}" if module_name else name]).to(dtype)
+                module._parameters[name] = torch.nn.Parameter(value, requires_grad=False)
+            if own and module_name and not list(module.children()) and not skipped_for(module_name, quantize):
+                parent_name, _, name = module_name.rpartition(".")
+                if quantize_layer(unet.get_submodule(parent_name), name, module, quantize, dtype):
+                    quantized += 1
+                    if quantized % TRIM_EVERY == 0:
+                        trim_heap()
+    finally:
+        os.close(descriptor)
+    release_freed_memory()
+    mark_quantized(unet, quantize)
+    return unet.eval()
+
+
+M_MMAP_THRESHOLD, M_TRIM_THRESHOLD = -3, -1  # glibc's mallopt parameters
+MMAP_THRESHOLD, TRIM_THRESHOLD = 4 << 20, 64 << 20
+
+
+def fix_mmap_threshold() -> None:
+    """Serve allocations of 4 MiB and more from their own mappings, which go back to the system when freed.
+    glibc raises its mmap threshold each time such a block is freed (up to 32 MiB), after which a step's
+    dequantized weights and activations come from the heap, whose freed pages it keeps: an NF4 SD1.5-shaped run
+    peaked at 2.75-2.79 GiB, 0.6 GiB above what it holds, and at 2.19-2.23 GiB with this. It costs time (fresh
+    mappings are zeroed pages): that run's step took 11-22% longer, and a float run's up to 39%, so only quantized
+    runs, whose point is memory, call this. The glibc default fixed at 128 KiB made a step 60% slower."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def trim_heap() -> None:
+    """Hand the heap's free pages back to the system (glibc's malloc_trim; elsewhere nothing to do)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl)
+        pass
+
+
+def release_freed_memory() -> None:
+    """Hand memory that was freed back to the system. glibc keeps freed heap pages for reuse, so after
+    encoding a folder the process stays that much bigger while it trains; malloc_trim returns them."""
+    gc.collect()
+    trim_heap()

@@ -1,0 +1,85 @@
+"""X/Y comparison grids: prompts (or adapter B's weight) down, adapter A's weight across, one seed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from ..adapters.stack import StyleWeight, parse_lora_spec
+from ..errors import ConfigError
+from ..images import save_png
+from ..model.quantize import check_quantize
+from .styler import Styler
+
+LABEL = 18  # pixels of label band
+
+
+@dataclass
+class GridConfig:
+    prompts: tuple[str, ...]
+    lora: str
+    weights: tuple[float, ...]
+    out: Path
+    lora_b: str | None = None
+    weights_b: tuple[float, ...] = ()
+    base: str = "mini"
+    negative: str = ""
+    steps: int = 30
+    cfg: float = 7.5
+    seed: int = 1
+    scheduler: str = "dpm++"
+    quantize_base: str = "none"  # quantize.py: nf4, int8 or fp8
+
+
+def parse_weights(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: give comma-separated numbers, e.g. 0,0.25,0.5,0.75,1") from None
+    if not values:
+        raise ConfigError(f"{flag} {text!r}: give at least one weight")
+    return values
+
+
+def make_grid(config: GridConfig, styler: Styler | None = None) -> Path:
+    if not config.prompts:
+        raise ConfigError("give at least one prompt")
+    if config.lora_b and not config.weights_b:
+        raise ConfigError("--lora-b needs --weights-b, e.g. --weights-b 0,0.5,1")
+    check_quantize(config.quantize_base)
+    styler = styler or Styler(config.base, quantize=config.quantize_base)
+    a = styler.load(parse_lora_spec(config.lora)[0])
+    b = styler.load(parse_lora_spec(config.lora_b)[0]) if config.lora_b else None
+    rows = [(f"B={w:g}", config.prompts[0], {b: w}) for w in config.weights_b] if b else \
+           [(prompt, prompt, {}) for prompt in config.prompts]
+    cells: list[list[Image.Image]] = []
+    for _, prompt, extra in rows:
+        row = []
+        for weight in config.weights:
+            styler.set_weights({a: StyleWeight(weight, weight)} | {k: StyleWeight(v, v) for k, v in extra.items()})
+            row.append(styler.generate(prompt, config.negative, 1, config.steps, config.cfg, config.seed,
+                                       scheduler=config.scheduler)[0])
+        cells.append(row)
+    image = _compose(cells, [f"A={w:g}" for w in config.weights], [label for label, _, _ in rows])
+    settings = {"prompts": list(config.prompts), "lora": config.lora, "weights": list(config.weights),
+                "lora_b": config.lora_b, "weights_b": list(config.weights_b), "base": config.base,
+                "seed": config.seed, "steps": config.steps, "cfg": config.cfg, "scheduler": config.scheduler}
+    return save_png(image, config.out, settings)
+
+
+def _compose(cells: list[list[Image.Image]], column_labels: list[str], row_labels: list[str]) -> Image.Image:
+    native = cells[0][0].width
+    side = native * max(1, 128 // native)  # small images are enlarged so the grid can be read
+    left = 8 + 7 * max(len(label) for label in row_labels)
+    grid = Image.new("RGB", (left + side * len(column_labels), LABEL + side * len(row_labels)), "white")
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default()
+    for c, label in enumerate(column_labels):
+        draw.text((left + c * side + 4, 3), label, fill="black", font=font)
+    for r, row in enumerate(cells):
+        draw.text((4, LABEL + r * side + side // 2 - 6), row_labels[r], fill="black", font=font)
+        for c, cell in enumerate(row):
+            grid.paste(cell.resize((side, side), Image.Resampling.NEAREST), (left + c * side, LABEL + r * side))
+    return grid

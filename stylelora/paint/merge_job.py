@@ -1,0 +1,84 @@
+"""The merge job: read weighted adapters, blend them exactly (cat) or at rank R (svd), or fuse into a base."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..adapters.base_weights import base_weights
+from ..adapters.formats import read_lora, write_lora
+from ..adapters.merge import merge_cat, merge_svd
+from ..adapters.stack import parse_lora_spec
+from ..errors import AdapterFileError, ConfigError
+from ..families import UNKNOWN, Family, family_of_weights
+from ..files import folder_written_atomically
+from .styler import Styler
+
+
+@dataclass
+class MergeConfig:
+    adapters: tuple[str, ...]  # "file.safetensors:0.6" specs
+    out: Path
+    method: str = "cat"
+    rank: int | None = None
+    into_base: bool = False
+    base: str = "mini"
+
+
+@dataclass
+class MergeResult:
+    path: Path
+    relative_error: float | None = None
+
+
+def validate_merge(config: MergeConfig) -> None:
+    if not config.adapters:
+        raise ConfigError("name at least one adapter to merge, e.g. a.safetensors:0.6 b.safetensors:0.4")
+    if config.method not in ("cat", "svd"):
+        raise ConfigError(f"--method = {config.method!r}: choose cat or svd")
+    if config.method == "svd" and (config.rank is None or config.rank < 1):
+        raise ConfigError(f"--rank = {config.rank!r}: --method svd needs a target rank of at least 1, e.g. --rank 8")
+
+
+def merge(config: MergeConfig) -> MergeResult:
+    validate_merge(config)
+    specs = [parse_lora_spec(spec) for spec in config.adapters]
+    if config.into_base:
+        return MergeResult(fuse_into_base(config.base, specs, config.out))
+    read = [read_lora(path) for path, _ in specs]
+    items = [(weights, weight) for (weights, _, _), (_, weight) in zip(read, specs)]
+    family = blend_family([(path, family_of_weights(w, m)) for (path, _), (w, m, _) in zip(specs, read)])
+    error = None
+    if config.method == "cat":
+        merged = merge_cat(items)
+    else:
+        merged, error = merge_svd(items, config.rank, base_weights(config.base, items, family))
+    sources = [{"file": str(p), "unet": w.unet, "te": w.text_encoder} for p, w in specs]
+    metadata = {"stylelora.merged_from": json.dumps(sources), "stylelora.merge_method": config.method,
+                "modelspec.merged_from": ", ".join(str(p) for p, _ in specs)}
+    if family is not None:  # the merge fits the base its inputs fit, and says so as they did
+        metadata |= {"stylelora.architecture": family.name, "ss_base_model_version": family.base_model_version}
+    write_lora(merged, "kohya", config.out, metadata)
+    return MergeResult(config.out, error)
+
+
+def blend_family(sources: list[tuple[Path, Family | None]]) -> Family | None:
+    """The one family every adapter of a blend was made for; refuse a blend of SD1.x with SDXL (and the like)."""
+    known = [(path, family) for path, family in sources if family not in (None, UNKNOWN)]
+    for path, family in known[1:]:
+        if family is not known[0][1]:
+            raise AdapterFileError(f"{path} is made for {family.label} but {known[0][0]} for {known[0][1].label}: "
+                                   "adapters of different base families cannot be merged")
+    return known[0][1] if known else None
+
+
+def fuse_into_base(base: str, specs, out: Path) -> Path:
+    """Fuse the weighted blend into a copy of the base and save it as a diffusers folder, atomically."""
+    styler = Styler(base)
+    styler.set_weights({styler.load(path): weight for path, weight in specs})
+    styler.pipe.fuse_lora(adapter_names=list(styler.paths), lora_scale=1.0)
+    styler.pipe.unload_lora_weights()
+    with folder_written_atomically(out) as staging:
+        styler.pipe.save_pretrained(staging)
+    return out

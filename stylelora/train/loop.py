@@ -1,0 +1,350 @@
+"""Train a LoRA style adapter: `train()` reads top to bottom, in stages.
+
+prepare_data, prepare_model, prepare_adapters, prepare_inputs, then run_loop. Per step: the loss of
+each micro-batch (step_loss.StepLoss: latents from the cache, noise at a uniform timestep, the UNet's
+prediction, the MSE), then clip and step AdamW, and update the EMA. Between steps, validation.Watch
+validates when due and decides when to stop. Everything else is bookkeeping: checkpoints and the
+adapter (run_outputs.Outputs), samples, metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+from diffusers.optimization import get_scheduler
+
+from ..data.folder import Example, ImageFolder, describe_folder, scan_folder, warn_long_captions
+from ..data.split import split_examples
+from ..errors import DatasetError, TrainingError, TrainingInterrupted
+from ..families import Family, family_of_pipe
+from ..methods import KINDS
+from ..methods.attach import attach
+from ..methods.steps import hooks_for
+from ..model.base import load_base, quantize_pipe, resolve_base, unet_parameter_count
+from ..model.loading import fix_mmap_threshold
+from ..model.precision import PRECISION_NAMES, choose_precision
+from ..model.quantize import check_quantize, quantization_of, quantized_share
+from .checkpoint import latest_checkpoint, resume
+from .config import TrainConfig, validate
+from .inputs import prepare_inputs
+from .outputs import Kept, MetricsLog, Outputs, progress_bar as make_progress_bar, render_samples, with_preview_prompts
+from .stages import DTYPES, Model, Optimisation
+from .step_loss import StepLoss
+from .suggest import fill_unset
+from .validation import AdapterAverage, EarlyStopping, Watch, validate_every
+
+DEFAULT_STEPS = 800
+
+
+@dataclass
+class Progress:
+    step: int
+    total_steps: int
+    loss: float
+    learning_rate: float
+    steps_per_second: float
+    seconds_left: float
+    samples: list[Path] = field(default_factory=list)
+    validation_loss: float | None = None  # set at the steps that validated
+
+
+@dataclass
+class TrainResult:
+    adapter_path: Path
+    steps: int  # the steps trained (fewer than planned after an early stop)
+    loss: float
+    seconds: float
+    is_main: bool = True  # False in the other processes of a multi-process run, which write nothing
+    kept_step: int = 0  # the step whose adapter is the file (--keep best: the best validation)
+    validation_loss: float | None = None  # the kept step's
+    stop_reason: str = ""
+    base_validation_loss: float | None = None  # the base's own (no adapter), for reference
+
+
+def clip_gradients(accelerator: Accelerator, parameters: list[torch.nn.Parameter], max_norm: float) -> float:
+    """Clip the global gradient norm to `max_norm` and return the norm before clipping.
+    Takes a list: the diffusers example once passed a spent generator, so nothing was clipped.
+    torch's own foreach clip, after accelerate unscales fp16 gradients: accelerate's clip_grad_norm_
+    walks every parameter in Python first, a millisecond a step that weighs on small models."""
+    if accelerator.scaler is not None:
+        accelerator.unscale_gradients()
+    grads = [p for p in parameters if p.grad is not None]
+    if not grads:
+        return 0.0
+    # An infinite max_norm only measures: the clip coefficient is clamped to 1.
+    return float(torch.nn.utils.clip_grad_norm_(grads, max_norm if max_norm > 0 else math.inf, foreach=True))
+
+
+def total_steps(config: TrainConfig, examples: int, world_size: int) -> int:
+    if config.max_steps is not None:
+        return config.max_steps
+    if config.epochs is not None:
+        per_step = config.batch_size * config.grad_accumulation * world_size
+        return max(1, math.ceil(config.epochs * examples / per_step))
+    return DEFAULT_STEPS
+
+
+A1111_SD2_TEXT_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def warn_partial_openclip_text_encoder(config: TrainConfig, family: Family, say: Callable[[str], None]) -> None:
+    """AUTOMATIC1111 folds an OpenCLIP (SD2, SDXL's second) text-encoder LoRA into a layer only when all four
+    attention projections are adapted, and silently skips the layer otherwise; ComfyUI and diffusers apply any subset."""
+    missing = [name for name in A1111_SD2_TEXT_ATTENTION if name not in config.text_encoder_targets]
+    if family.openclip_in_a1111 and config.train_text_encoder and missing:
+        say(f"  warning: --text-encoder-targets lacks {','.join(missing)}: AUTOMATIC1111 ignores an "
+            f"{family.openclip_in_a1111} text-encoder "
+            f"LoRA unless {','.join(A1111_SD2_TEXT_ATTENTION)} are all adapted (ComfyUI and diffusers apply it); "
+            "add them to load everywhere")
+
+
+def prepare_data(config: TrainConfig, say: Callable[[str], None]) -> tuple[ImageFolder, list[Example]]:
+    """Stage: the image folder, scanned and described, and the images held out for validation (taken out of
+    the folder with --validation-split, or from --validation-data)."""
+    folder = scan_folder(config.data, config.caption, config.trigger)
+    describe_folder(folder, say)
+    held_out: list[Example] = []
+    if config.validation_split:
+        folder.examples, held_out = split_examples(folder.examples, config.validation_split, config.seed)
+        say(f"Validation: {len(held_out)} of the {len(folder.examples) + len(held_out)} images held out "
+            f"({', '.join(e.path.name for e in held_out)}); training on the other {len(folder.examples)}.")
+    elif config.validation_data is not None:
+        try:
+            held_out = scan_folder(config.validation_data, config.caption, config.trigger).examples
+        except DatasetError as error:
+            raise DatasetError(f"--validation-data: {error}") from None
+        say(f"Validation: {len(held_out)} images from {config.validation_data}.")
+    return folder, held_out
+
+
+def prepare_model(config: TrainConfig, device: torch.device, folder: ImageFolder, say: Callable[[str], None]) -> Model:
+    """Stage: choose the precision (probing the CPU if need be), load the base straight into it, freeze it.
+    Where the UNet's size cannot be read before loading (a single-file checkpoint), load in float32,
+    count, cast, and only then quantize (--quantize-base): the one case that holds a float32 copy for a moment."""
+    if config.quantize_base != "none":
+        fix_mmap_threshold()
+    parameters = unet_parameter_count(config.base)
+    choice = choose_precision(config.precision, device.type, parameters)
+    check_quantize(config.quantize_base)  # a missing extra fails before minutes of loading
+    count_first = parameters is None and config.precision == "auto"
+    pipe = load_base(config.base, dtype=DTYPES[choice.name], device=device,
+                     quantize="none" if count_first else config.quantize_base, quantize_text=not config.train_text_encoder)
+    if count_first:
+        choice = choose_precision("auto", device.type, sum(p.numel() for p in pipe.unet.parameters()))
+        if choice.name != "no":
+            pipe.to(dtype=DTYPES[choice.name])
+        quantize_pipe(pipe, family_of_pipe(pipe), config.quantize_base, DTYPES[choice.name], not config.train_text_encoder)
+    say(choice.describe())
+    family = family_of_pipe(pipe)
+    if config.quantize_base != "none":
+        shares = [quantized_share(model, part).describe() for part, model in family.models(pipe).items()
+                  if quantization_of(model) != "none"]
+        say(f"Base held in {config.quantize_base}: {'; '.join(shares)}.")
+    warn_long_captions(folder, pipe.tokenizer, say)
+    for module in [pipe.vae, *family.models(pipe).values()]:
+        module.requires_grad_(False)
+    if choice.name == "fp16" and family.vae_float32_in_fp16 and getattr(pipe.vae.config, "force_upcast", True):
+        pipe.vae.to(torch.float32)  # SDXL's VAE overflows to NaN in float16; the fp16-fix VAE says so in its config
+    resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    model = Model(pipe, choice.name, resolution, pipe.vae.config.scaling_factor, family,
+                  pipe.scheduler.config.prediction_type)
+    warn_partial_openclip_text_encoder(config, family, say)
+    return model
+
+
+def prepare_adapters(config: TrainConfig, model: Model, examples: int, accelerator: Accelerator,
+                     say: Callable[[str], None]) -> Optimisation:
+    """Stage: attach the LoRA adapters, build the optimizer and schedule, and resume if asked."""
+    parts = model.trained_parts(config)
+    torch.manual_seed(config.seed)  # adapters start partly random: the same seed, the same start
+    spec = config.adapter_spec()
+    steps = total_steps(config, examples, accelerator.num_processes)
+    groups = []
+    for part, module in parts.items():
+        targets, flag = ((config.unet_targets, "--targets" if config.targets else "--target-modules") if part == "unet"
+                         else (config.text_encoder_targets, "--text-encoder-targets"))
+        attach(module, spec, targets, flag=flag, total_steps=steps)
+        rate = config.effective_learning_rate if part == "unet" else config.text_encoder_lr
+        groups += parameter_groups(module, rate, config.loraplus_ratio)
+    adapted = list(parts.values())
+    for group in groups:
+        for p in group["params"]:
+            p.data = p.data.float()  # LoRA weights train in float32 even over a low-precision base
+    if config.gradient_checkpointing:
+        parts["unet"].enable_gradient_checkpointing()
+    # The fused kernel (CPU and CUDA) updates every LoRA tensor in one call: about a millisecond a step less.
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, fused=True)
+    lr_schedule = get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps,
+                                num_training_steps=steps)
+    optimisation = Optimisation(groups, optimizer, lr_schedule, steps, hooks_for(config.method, adapted, config.seed, config.rank))
+    optimisation.average = AdapterAverage(optimisation.trainable, config.ema_decay)
+    if config.resume:
+        optimisation.start_step = resume(config, parts, optimisation, model.resolution, say)
+    elif (earlier := latest_checkpoint(config.out_dir)) is not None:
+        raise TrainingError(f"{earlier}: this output folder holds a checkpoint of an earlier run; add --resume to "
+                            "continue it, or choose another --out (or delete that checkpoints folder) to start afresh")
+    return optimisation
+
+
+def parameter_groups(model: torch.nn.Module, lr: float, loraplus_ratio: float) -> list[dict]:
+    """The model's trainable LoRA tensors as optimizer groups. With LoRA+ (Hayou et al. 2024) the B (up)
+    matrices get `loraplus_ratio` times the learning rate of A. peft's create_loraplus_optimizer does the
+    same split but builds the optimizer for one model at one rate; the UNet and text encoder have two."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not loraplus_ratio:
+        return [{"params": [p for _, p in named], "lr": lr}]
+    return [{"params": [p for name, p in named if ".lora_B." not in name], "lr": lr},
+            {"params": [p for name, p in named if ".lora_B." in name], "lr": lr * loraplus_ratio}]
+
+
+def adapter_summary(config: TrainConfig) -> str:
+    """'rank 4, alpha 4, rsLoRA, 3x3 convolutions at rank 2, alpha 1, LoRA+ ratio 16': what the run attaches."""
+    spec = config.adapter_spec()
+    parts = [f"rank {config.rank}, alpha {config.effective_alpha:g}"]
+    parts += ["rsLoRA"] if config.rslora else []
+    parts += [f"3x3 convolutions at rank {spec.conv_rank}, alpha {spec.conv_alpha:g}"] if spec.conv_rank else []
+    parts += [f"LoRA+ ratio {config.loraplus_ratio:g}"] if config.loraplus_ratio else []
+    return ", ".join(parts)
+
+
+def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = None,
+          should_stop: Callable[[], bool] | None = None, log: Callable[[str], None] = print,
+          progress_bar: bool = True) -> TrainResult:
+    """Train one adapter as `config` says; return where it was written. Raises StyleloraError, never exits.
+    Stages: data, model, adapters (and resume), inputs (caches), then the loop, which saves the result."""
+    validate(config)
+    resolve_base(config.base)  # a wrong --base fails now, not after the images are read
+    started = time.time()
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    say = log if accelerator.is_main_process else (lambda message: None)
+    if config.auto:
+        config = validate(fill_unset(config, say))
+    folder, held_out = prepare_data(config, say)
+    config = with_preview_prompts(config, folder)
+    model = prepare_model(config, accelerator.device, folder, say)
+    optimisation = prepare_adapters(config, model, len(folder.examples), accelerator, say)
+    inputs = prepare_inputs(config, model, folder, held_out, accelerator, should_stop, say)
+
+    adapted = list(model.trained_parts(config).values())
+    *trained, optimisation.optimizer, optimisation.lr_schedule = accelerator.prepare(
+        *adapted, optimisation.optimizer, optimisation.lr_schedule)
+    step_loss = StepLoss(config, folder, model, inputs, trained[0], accelerator, adapted)
+    outputs = Outputs(config, folder, model, optimisation, trained, accelerator)
+    watch = prepare_watch(config, optimisation, step_loss, outputs)
+    unet_tensors = sum(1 for p in model.pipe.unet.parameters() if p.requires_grad)
+    say(f"Training {unet_tensors} {KINDS[config.method]} tensors ({adapter_summary(config)}) for {optimisation.steps} "
+        f"steps at {model.resolution}px, batch {config.batch_size} x {accelerator.num_processes} process(es), in "
+        f"{PRECISION_NAMES[model.precision]}.")
+    loss, kept = run_loop(config, model, optimisation, step_loss, outputs, watch, accelerator, on_progress,
+                          should_stop, progress_bar)
+    return TrainResult(config.adapter_path, kept.trained_steps, loss, time.time() - started, accelerator.is_main_process,
+                       kept.step, kept.validation_loss, kept.reason, kept.base_validation_loss)
+
+
+def prepare_watch(config: TrainConfig, optimisation: Optimisation, step_loss: StepLoss, outputs: Outputs) -> Watch:
+    """Stage: validation, early stopping and the best step, as a resumed run left them."""
+    validation = step_loss.inputs.validation
+    watch = Watch(validate_every(config.validate_every, optimisation.steps), optimisation.steps,
+                  config.keep_step == "best", EarlyStopping(config.early_stop, config.min_delta),
+                  (lambda: step_loss.validation_loss(validation)) if validation is not None else None,
+                  outputs.adapter_tensors, optimisation.average)
+    watch.load_state_dict(*optimisation.resumed_watch)
+    return watch
+
+
+def optimizer_step(config: TrainConfig, optimisation: Optimisation, step_loss: StepLoss, accelerator: Accelerator,
+                   step: int) -> tuple[float, float]:
+    """One optimizer step over `grad_accumulation` micro-batches; return its loss and gradient norm."""
+    # The step's randomness (including LoRA dropout) depends only on (seed, step): exact resume.
+    torch.manual_seed(config.seed * 1_000_003 + step)
+    optimisation.hooks.before_step(step)
+    total = 0.0
+    for micro in range(config.grad_accumulation):
+        last = micro == config.grad_accumulation - 1
+        with nullcontext() if last else accelerator.no_sync(step_loss.unet):
+            terms = step_loss(step, micro)
+            if not torch.isfinite(terms.objective):
+                raise TrainingError(f"the loss became {terms.objective.item()} at step {step + 1}; lower "
+                                    "--learning-rate or use --precision no")
+            # The method's own penalty (AdaLoRA's orthogonality) trains but is not the reported loss.
+            accelerator.backward((terms.objective + optimisation.hooks.extra_loss()) / config.grad_accumulation)
+            total += terms.style.item() / config.grad_accumulation
+    grad_norm = clip_gradients(accelerator, optimisation.trainable, config.max_grad_norm)
+    if not math.isfinite(grad_norm):
+        raise TrainingError(f"the gradients became {grad_norm} at step {step + 1}; lower --learning-rate")
+    optimisation.optimizer.step()
+    optimisation.hooks.after_optimizer_step(step)  # AdaLoRA reads the gradients: before zero_grad
+    optimisation.lr_schedule.step()
+    optimisation.optimizer.zero_grad(set_to_none=True)
+    optimisation.average.update()
+    return total, grad_norm
+
+
+def run_loop(config: TrainConfig, model: Model, optimisation: Optimisation, step_loss: StepLoss, outputs: Outputs,
+             watch: Watch, accelerator: Accelerator, on_progress: Callable[[Progress], None] | None,
+             should_stop: Callable[[], bool] | None, progress_bar: bool) -> tuple[float, Kept]:
+    """Stage: the optimizer steps, with validation, metrics, checkpoints and previews between them; then the
+    final save (the best or the last step's adapter). Returns the last step's loss and what was kept. A stop
+    on request saves a checkpoint and raises TrainingInterrupted."""
+    main, out_dir, lr_schedule = accelerator.is_main_process, config.out_dir, optimisation.lr_schedule
+    steps, start_step = optimisation.steps, optimisation.start_step
+    metrics: MetricsLog | None = None
+    bar = make_progress_bar(steps, start_step, progress_bar and main)
+    loss_value, completed, tick = float("nan"), start_step, time.time()
+    try:
+        metrics = MetricsLog(out_dir, start_step) if main else None
+        if start_step == 0 and (base_loss := watch.baseline()) is not None and metrics is not None:
+            metrics.write_validation(0, base_loss)
+        for step in range(start_step, steps):
+            if should_stop is not None and should_stop():
+                raise TrainingInterrupted("stopped on request")
+            loss_value, grad_norm = optimizer_step(config, optimisation, step_loss, accelerator, step)
+            completed = step + 1
+            rate = (completed - start_step) / max(time.time() - tick, 1e-9)
+            validation_loss = watch.after_step(completed)
+            samples: list[Path] = []
+            # Metrics before the checkpoint: a kill between the two leaves rows that a resume rewrites.
+            if metrics is not None and (completed % config.log_every == 0 or completed == steps):
+                metrics.write(completed, loss_value, lr_schedule.get_last_lr()[0], rate, grad_norm)
+            if metrics is not None and validation_loss is not None:
+                metrics.write_validation(completed, validation_loss)
+            if main and config.save_every and completed % config.save_every == 0 and completed < steps:
+                outputs.checkpoint(completed, watch)
+            if main and config.sample_every and completed % config.sample_every == 0:
+                samples = render_samples(model.pipe, config.sample_prompts, out_dir / "samples", completed, config.seed)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}", **({"val": f"{watch.last_loss:.4f}"} if watch.last_loss is not None else {}))
+            if on_progress is not None and main:
+                on_progress(Progress(completed, steps, loss_value, lr_schedule.get_last_lr()[0], rate,
+                                     (steps - completed) / max(rate, 1e-9), samples, validation_loss))
+            if watch.should_stop:
+                break
+        accelerator.wait_for_everyone()
+        kept = outputs.final(watch, completed)
+    except (KeyboardInterrupt, TrainingInterrupted):
+        bar.close()
+        # Saved as of the last finished optimizer step, so a resume replays nothing twice.
+        saved = outputs.checkpoint(completed, watch) if completed > start_step else latest_checkpoint(out_dir)
+        raise TrainingInterrupted(f"training stopped at step {completed} of {steps}; checkpoint {saved}; "
+                                  "run the same command with --resume to continue") from None
+    except OSError as error:  # a full disk or a vanished folder, in a checkpoint or the adapter: say what survived
+        raise _write_failed(error, out_dir) from None
+    finally:
+        bar.close()
+        if metrics is not None:
+            metrics.close()
+    return loss_value, kept
+
+
+def _write_failed(error: OSError, out_dir: Path) -> TrainingError:
+    last = latest_checkpoint(out_dir)
+    kept = (f"the last good checkpoint, {last}, is intact: free some space and run again with --resume" if last
+            else "no checkpoint was written yet; use --save-every to keep resumable checkpoints")
+    return TrainingError(f"{error.filename or out_dir}: cannot write ({error.strerror or error}); {kept}")

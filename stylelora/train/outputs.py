@@ -1,0 +1,286 @@
+"""What a training run writes: the adapter and its checkpoints (Outputs), metadata, metrics, previews
+and the progress bar."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from typing import TYPE_CHECKING
+
+import torch
+from accelerate import Accelerator
+
+from .. import __version__
+from ..adapters.formats import to_kohya
+from ..data.folder import ImageFolder
+from ..families import FAMILIES, UNKNOWN, family_of_pipe
+from ..files import metadata_json, save_safetensors, write_atomically
+from ..images import save_png
+from ..methods import NETWORK_MODULES
+from ..methods.attach import export
+from ..model.base import weights_fingerprint
+from .checkpoint import save_checkpoint, trainable_tensors
+from .config import TrainConfig
+from .step_loss import evaluation_mode
+
+if TYPE_CHECKING:
+    from .stages import Model, Optimisation
+    from .validation import Watch
+
+
+PREVIEW_CAPTIONS = 2  # how many of the folder's captions are previewed when no --sample-prompt is given
+
+
+def with_preview_prompts(config: TrainConfig, folder: ImageFolder) -> TrainConfig:
+    """With --sample-every and no --sample-prompt, preview the folder's first distinct captions (trigger
+    included), so that previews show the style as it is trained without anyone writing a prompt."""
+    if not config.sample_every or config.sample_prompts:
+        return config
+    captions = list(dict.fromkeys(e.caption for e in folder.examples if e.caption))[:PREVIEW_CAPTIONS]
+    return replace(config, sample_prompts=tuple(captions) or ("",))
+
+
+@torch.no_grad()
+def render_samples(pipe, prompts: tuple[str, ...], folder: Path, step: int, seed: int) -> list[Path]:
+    """Fixed-seed previews, so samples from different steps compare like for like: LoRA dropout is off in
+    the UNet and the text encoder while they render, and every module goes back to the mode it was in."""
+    paths = []
+    with evaluation_mode(list(family_of_pipe(pipe).models(pipe).values())):
+        for index, prompt in enumerate(prompts):
+            generator = torch.Generator().manual_seed(seed)
+            image = pipe(prompt, num_inference_steps=20, generator=generator).images[0]
+            paths.append(save_png(image, folder / f"step-{step:06d}-{index}.png",
+                                  {"prompt": prompt, "step": step, "seed": seed}))
+    return paths
+
+
+def adapter_metadata(config: TrainConfig, folder: ImageFolder, resolution: int, steps: int, base_id: str,
+                     architecture: str, prediction_type: str) -> dict[str, str]:
+    """Our own keys plus the ss_* and modelspec.* keys that AUTOMATIC1111 and civitai-style tools read."""
+    family = FAMILIES.get(architecture, UNKNOWN)
+    targets = list(config.unet_targets) + (list(config.text_encoder_targets) if config.train_text_encoder else [])
+    spec = config.adapter_spec()
+    return metadata_json({
+        "stylelora.version": __version__,
+        "stylelora.rank": config.rank,
+        "stylelora.alpha": config.effective_alpha,
+        "stylelora.method": config.method,
+        "stylelora.targets": config.targets or "custom",
+        "stylelora.conv_rank": spec.conv_rank,
+        "stylelora.conv_alpha": spec.conv_alpha,
+        "stylelora.target_rank": spec.target_rank if config.method == "adalora" else None,
+        "stylelora.export_rank": (config.export_rank or config.rank) if config.method == "dylora" else None,
+        "stylelora.rslora": config.rslora,
+        "stylelora.train_bias": config.train_bias,
+        "stylelora.loraplus_ratio": config.loraplus_ratio,
+        "stylelora.target_modules": targets,
+        "stylelora.text_encoder": config.train_text_encoder,
+        "stylelora.base": config.base,
+        "stylelora.base_hash": base_id,
+        "stylelora.architecture": architecture,
+        "stylelora.prediction_type": prediction_type,
+        "stylelora.resolution": resolution,
+        "stylelora.steps": steps,
+        "stylelora.image_count": len(folder.examples),
+        "stylelora.dataset_hash": folder.content_hash,
+        "stylelora.trigger_words": [config.trigger] if config.trigger else [],
+        "stylelora.config": json.dumps(config.to_json_dict()),
+        **kohya_metadata({
+            "ss_network_module": NETWORK_MODULES[config.method],
+            "ss_network_dim": file_rank(config),
+            "ss_network_alpha": float(config.file_alpha),  # what loaders divide by the rank
+            "ss_network_dropout": config.dropout,
+            "ss_base_model_version": family.base_model_version,
+            "ss_v2": architecture == "sd2",
+            "ss_v_parameterization": prediction_type == "v_prediction",
+            "ss_output_name": config.adapter_name,
+            "ss_resolution": (resolution, resolution),
+            "ss_num_train_images": len(folder.examples),
+            "ss_max_train_steps": steps,
+            "ss_learning_rate": config.effective_learning_rate,
+            "ss_unet_lr": config.effective_learning_rate,
+            "ss_text_encoder_lr": config.text_encoder_lr if config.train_text_encoder else None,
+            "ss_lr_scheduler": config.lr_schedule,
+            "ss_lr_warmup_steps": config.warmup_steps,
+            "ss_batch_size_per_device": config.batch_size,
+            "ss_gradient_accumulation_steps": config.grad_accumulation,
+            "ss_max_grad_norm": config.max_grad_norm,
+            "ss_seed": config.seed,
+            "ss_cache_latents": config.cache_latents,
+            "ss_flip_aug": config.flip,
+            "ss_random_crop": config.random_crop,
+            "ss_shuffle_caption": config.shuffle_tags,
+            "ss_keep_tokens": config.keep_tags,
+            "ss_caption_dropout_rate": config.caption_dropout,
+            "ss_noise_offset": config.noise_offset,
+            "ss_min_snr_gamma": config.min_snr_gamma,
+            "ss_training_comment": f"trained with stylelora {__version__}",
+        }),
+        **({"ss_network_args": args} if (args := network_args(config)) else {}),
+        "modelspec.sai_model_spec": "1.0.1",
+        "modelspec.architecture": family.modelspec_architecture(prediction_type),
+        "modelspec.implementation": "diffusers",
+        "modelspec.title": config.adapter_name,
+        "modelspec.resolution": f"{resolution}x{resolution}",
+        "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "modelspec.prediction_type": "v" if prediction_type == "v_prediction" else "epsilon",
+        "modelspec.trigger_phrase": config.trigger,
+    })
+
+
+def file_rank(config: TrainConfig) -> int:
+    """The rank the file holds: DyLoRA's export rank; AdaLoRA's initial one (each module keeps its own final
+    rank at most this; `stylelora inspect` lists them)."""
+    return (config.export_rank or config.rank) if config.method == "dylora" else config.rank
+
+
+def network_args(config: TrainConfig) -> str | None:
+    """ss_network_args as kohya and LyCORIS write it: a JSON object of strings, or None for plain LoRA."""
+    spec = config.adapter_spec()
+    args = {"algo": "lora" if config.method == "dora" else config.method} if config.method in ("dora", "loha", "lokr") else {}
+    if config.method == "dora":
+        args["dora_wd"] = "True"
+    if config.method == "dylora":
+        args["unit"] = "1"  # kohya's networks.dylora: one component per step
+    if spec.conv_rank:
+        args |= {"conv_dim": str(spec.conv_rank), "conv_alpha": f"{spec.conv_alpha:g}"}
+    return json.dumps(args) if args else None
+
+
+def kohya_metadata(values: dict[str, object]) -> dict[str, str]:
+    """ss_* values written as kohya's train_network.py writes them, `str()` of each: True is "True", 4.0 is
+    "4.0", a resolution "(512, 512)", a missing value "None". AUTOMATIC1111 compares ss_v2 with the exact
+    string "True" to file an adapter under SD2; JSON's "true" made it file ours as SD1."""
+    return {key: str(value) for key, value in values.items()}
+
+
+@dataclass
+class Kept:
+    """Which step's adapter became the file, its validation loss (None without validation), and why the
+    run stopped."""
+
+    step: int
+    trained_steps: int
+    validation_loss: float | None
+    reason: str
+    base_validation_loss: float | None = None  # the base's own, for reference
+
+    def metadata(self, keep: str) -> dict[str, str]:
+        losses = {"stylelora.validation_loss": self.validation_loss, "stylelora.base_validation_loss": self.base_validation_loss}
+        return {"stylelora.keep": keep, "stylelora.kept_step": str(self.step),
+                "stylelora.trained_steps": str(self.trained_steps), "stylelora.stop_reason": self.reason,
+                **{key: repr(value) for key, value in losses.items() if value is not None}}
+
+
+class Outputs:
+    """What a run writes: the adapter tensors in the kohya layout (the EMA weights when there are some),
+    their metadata, checkpoints."""
+
+    def __init__(self, config: TrainConfig, folder: ImageFolder, model: Model, optimisation: Optimisation,
+                 trained: list[torch.nn.Module], accelerator: Accelerator):
+        self.config, self.folder, self.model, self.optimisation = config, folder, model, optimisation
+        self.trained, self.accelerator = trained, accelerator
+        self.main = accelerator.is_main_process
+        self.base_id = weights_fingerprint(model.pipe.unet)
+
+    def parts(self) -> dict[str, torch.nn.Module]:
+        unwrapped = [self.accelerator.unwrap_model(model) for model in self.trained]
+        return dict(zip(self.model.trained_parts(self.config), unwrapped))
+
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """A copy: on the CPU exported tensors can share storage with the parameters, which training (or
+        restoring them after the EMA was swapped in) changes."""
+        rank = self.config.export_rank
+        with self.optimisation.average.applied():
+            return {key: tensor.clone() for key, tensor in to_kohya(
+                {key: module for part, model in self.parts().items()
+                 for key, module in export(model, part, export_rank=rank).items()}).items()}
+
+    def metadata(self, step: int) -> dict[str, str]:
+        return adapter_metadata(self.config, self.folder, self.model.resolution, step, self.base_id,
+                                self.model.architecture, self.model.prediction_type)
+
+    def checkpoint(self, step: int, watch: Watch) -> Path | None:
+        if not self.main:
+            return None
+        optimisation = self.optimisation
+        states = {"method": optimisation.hooks.state_dict(), "ema": optimisation.average.state_dict(),
+                  "watch": watch.state_dict()}
+        return save_checkpoint(self.config.out_dir, step, self.adapter_tensors(), self.metadata(step),
+                               optimisation.optimizer.state_dict(), optimisation.lr_schedule.state_dict(),
+                               self.config.to_json_dict() | {"resolution": self.model.resolution},
+                               trainable_tensors(self.parts()), states, watch.best_tensors)
+
+    def final(self, watch: Watch, trained_steps: int) -> Kept:
+        """Write the adapter: the best step's with --keep best (once a validation ran), else the last one's."""
+        reason = watch.stop_reason(trained_steps)
+        if watch.keep_best and watch.best_tensors is not None:
+            tensors = watch.best_tensors
+            kept = Kept(watch.stopping.best_step, trained_steps, watch.stopping.best_loss, reason, watch.base_loss)
+        else:
+            tensors = self.adapter_tensors()
+            kept = Kept(trained_steps, trained_steps, watch.last_loss, reason, watch.base_loss)
+        if self.main:
+            save_safetensors(self.config.adapter_path, tensors, self.metadata(kept.step) | kept.metadata(self.config.keep_step))
+        return kept
+
+
+class MetricsLog:
+    """metrics.jsonl (one JSON object per logged step) and TensorBoard scalars, side by side."""
+
+    def __init__(self, out_dir: Path, start_step: int = 0):
+        """Keep the rows of steps up to `start_step` (a resume replays the rest), drop any half-written
+        last line a killed run left, then append."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / "metrics.jsonl"
+        kept = _rows_up_to(path, start_step)
+        write_atomically(path, "".join(line + "\n" for line in kept).encode())
+        self.jsonl = open(path, "a", encoding="utf-8")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.board = SummaryWriter(str(out_dir / "tensorboard"))
+        except ImportError:
+            self.board = None
+
+    def write(self, step: int, loss: float, lr: float, steps_per_second: float, grad_norm: float) -> None:
+        row = {"step": step, "loss": loss, "lr": lr, "steps_per_second": steps_per_second, "grad_norm": grad_norm}
+        self.jsonl.write(json.dumps(row) + "\n")
+        self.jsonl.flush()
+        if self.board is not None:
+            for key, value in row.items():
+                if key != "step":
+                    self.board.add_scalar(f"train/{key}", value, step)
+
+    def write_validation(self, step: int, loss: float) -> None:
+        self.jsonl.write(json.dumps({"step": step, "validation_loss": loss}) + "\n")
+        self.jsonl.flush()
+        if self.board is not None:
+            self.board.add_scalar("validation/loss", loss, step)
+
+    def close(self) -> None:
+        self.jsonl.close()
+        if self.board is not None:
+            self.board.close()
+
+
+def _rows_up_to(path: Path, last_step: int) -> list[str]:
+    """The well-formed lines of `path` whose step is at most `last_step`, each parsed once."""
+    lines = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []:
+        try:
+            step = json.loads(line).get("step")
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(step, int) and step <= last_step:
+            lines.append(line)
+    return lines
+
+
+def progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)

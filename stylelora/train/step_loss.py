@@ -1,0 +1,155 @@
+"""One micro-batch's loss, the heart of a training step: which examples it draws, the noise and
+timesteps it adds, the UNet's prediction and the denoising objective, plus the base-output preservation
+term when asked. Its randomness depends only on (seed, step, micro-batch, process), which is what makes
+resume exact. The validation loss is the same objective on fixed inputs (validation.ValidationSet)."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
+
+import torch
+from accelerate import Accelerator
+
+from ..data.cache import encode_latents
+from ..data.folder import Example, ImageFolder, load_rgb, placement, preprocess_placed, training_caption
+from ..families import Conditioning, Placement
+from ..methods.attach import adapters_disabled
+from .config import TrainConfig
+from .loss import ddpm_loss, min_snr_weights, noise_target, offset_noise
+from .validation import ValidationSet
+
+if TYPE_CHECKING:
+    from .inputs import Inputs
+    from .stages import Model
+
+VALIDATION_BATCH = 8
+
+
+def step_generator(seed: int, step: int, micro: int, process: int) -> torch.Generator:
+    key = hashlib.sha256(f"{seed}/{step}/{micro}/{process}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(key[:8], "little"))
+
+
+def predict(unet: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning,
+            placements: Sequence[Placement], model: Model) -> torch.Tensor:
+    """The UNet's prediction, with what the family conditions it on (SDXL: pooled text and time ids).
+    bf16 autocast also runs the float32 LoRA matmuls in bf16; fp16 keeps its float32 LoRA path."""
+    inputs = model.family.unet_inputs(conditioning, placements, model.weight_dtype)
+    with torch.autocast(noisy.device.type, dtype=torch.bfloat16, enabled=model.precision == "bf16"):
+        return unet(noisy, timesteps, **inputs).sample
+
+
+@contextmanager
+def evaluation_mode(models: list[torch.nn.Module]) -> Iterator[None]:
+    """Every module in eval mode (LoRA dropout off), then each back in the mode it was in."""
+    modes = [(module, module.training) for model in models for module in model.modules()]
+    for model in models:
+        model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+class Terms(NamedTuple):
+    """A micro-batch's loss terms: the style (denoising) loss that is reported, and what trains (the style
+    loss plus the weighted preservation loss, when on)."""
+
+    style: torch.Tensor
+    objective: torch.Tensor
+
+
+class StepLoss:
+    """The loss of one micro-batch: draw examples, add noise at uniform timesteps, predict, take the MSE.
+    Its randomness depends only on (seed, step, micro, process), so a resumed run draws what it would have.
+    `adapted` are the (unwrapped) models that carry adapters: switched off for the preservation target,
+    and put in eval mode to validate."""
+
+    def __init__(self, config: TrainConfig, folder: ImageFolder, model: Model, inputs: Inputs,
+                 unet: torch.nn.Module, accelerator: Accelerator, adapted: list[torch.nn.Module]):
+        self.config, self.folder, self.model, self.inputs = config, folder, model, inputs
+        self.unet, self.accelerator, self.adapted = unet, accelerator, adapted
+        self.scheduler = model.pipe.scheduler
+
+    def __call__(self, step: int, micro: int) -> Terms:
+        config, accelerator, model = self.config, self.accelerator, self.model
+        generator = step_generator(config.seed, step, micro, accelerator.process_index)
+        rng = random.Random(generator.initial_seed())
+        batch = (step * config.grad_accumulation + micro) * accelerator.num_processes + accelerator.process_index
+        order = self.inputs.buckets.batch(batch, config.batch_size, config.seed)
+        examples = [self.folder.examples[i] for i in order]
+        latents, placements = self.latents(examples, [config.flip and rng.random() < 0.5 for _ in examples], rng)
+        captions = [training_caption(e.caption, config.trigger, config.caption_dropout, config.shuffle_tags,
+                                     config.keep_tags, rng) for e in examples]
+        embeddings = self.text(captions)
+
+        noise = offset_noise(torch.randn(latents.shape, generator=generator), config.noise_offset, generator)
+        noise = noise.to(accelerator.device, model.weight_dtype)
+        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(examples),), generator=generator)
+        timesteps = timesteps.to(accelerator.device)
+        noisy = self.scheduler.add_noise(latents, noise, timesteps)
+        prediction = predict(self.unet, noisy, timesteps, embeddings, placements, model)
+        alphas_cumprod = self.scheduler.alphas_cumprod
+        target = noise_target(model.prediction_type, latents, noise, timesteps, alphas_cumprod)
+        weights = (min_snr_weights(timesteps, alphas_cumprod, config.min_snr_gamma, model.prediction_type)
+                   if config.min_snr_gamma > 0 else None)
+        style = ddpm_loss(prediction, target, weights)
+        if not self.inputs.preserve_prompts:
+            return Terms(style, style)
+        preservation = self.preservation_loss(noisy, timesteps, [rng.choice(self.inputs.preserve_prompts) for _ in examples],
+                                              placements)
+        return Terms(style, style + config.preserve_weight * preservation)
+
+    def preservation_loss(self, noisy: torch.Tensor, timesteps: torch.Tensor, prompts: list[str],
+                          placements: Sequence[Placement] = ()) -> torch.Tensor:
+        """Base-output preservation (ai-toolkit's differential output preservation, OneTrainer's prior
+        prediction): on prompts outside the style, the target is the frozen base's own prediction for the
+        same noisy latents, computed with every adapter switched off."""
+        return ddpm_loss(predict(self.unet, noisy, timesteps, self.text(prompts), placements, self.model),
+                         self.base_prediction(noisy, timesteps, prompts, placements))
+
+    @torch.no_grad()
+    def base_prediction(self, noisy: torch.Tensor, timesteps: torch.Tensor, prompts: list[str],
+                        placements: Sequence[Placement] = ()) -> torch.Tensor:
+        with adapters_disabled(self.adapted):
+            return predict(self.unet, noisy, timesteps, self.text(prompts), placements, self.model)
+
+    @torch.no_grad()
+    def validation_loss(self, validation: ValidationSet) -> float:
+        """The plain denoising MSE over the fixed validation pairs, in fixed batches, dropout off."""
+        device, model, total = self.accelerator.device, self.model, 0.0
+        with evaluation_mode(self.adapted):
+            for start in range(0, len(validation), VALIDATION_BATCH):
+                rows = slice(start, start + VALIDATION_BATCH)
+                latents = validation.latents[rows].to(device, model.weight_dtype)
+                noise = validation.noise[rows].to(device, model.weight_dtype)
+                timesteps = validation.timesteps[rows].to(device)
+                noisy = self.scheduler.add_noise(latents, noise, timesteps)
+                prediction = predict(self.unet, noisy, timesteps, self.text(validation.captions[rows]),
+                                     validation.placements[rows], model)
+                target = noise_target(model.prediction_type, latents, noise, timesteps, self.scheduler.alphas_cumprod)
+                total += ddpm_loss(prediction, target).item() * len(timesteps)
+        return total / len(validation)
+
+    def latents(self, examples: list[Example], flips: list[bool], rng: random.Random) -> tuple[torch.Tensor, list[Placement]]:
+        """The batch's scaled latents (one bucket's shape) and where each image sits in that bucket."""
+        cache, target = self.inputs.latent_cache, self.inputs.buckets.target
+        if cache is not None:
+            latents = torch.stack([cache.latents(e, f) for e, f in zip(examples, flips)])
+            placements = [placement(e.size, target(e), flip=f)[2] for e, f in zip(examples, flips)]
+        else:
+            placed = [preprocess_placed(load_rgb(e.path), target(e), self.config.random_crop, f, rng)
+                      for e, f in zip(examples, flips)]
+            latents = encode_latents(self.model.pipe.vae, torch.stack([pixels for pixels, _ in placed]))
+            placements = [where for _, where in placed]
+        return (latents * self.model.latent_scale).to(self.accelerator.device, self.model.weight_dtype), placements
+
+    def text(self, captions: list[str]) -> Conditioning:
+        if self.inputs.text_cache is None:
+            return self.inputs.encode_text(captions)
+        with torch.no_grad():
+            return Conditioning.stack([self.inputs.text_cache.get(c, self.inputs.encode_text) for c in captions])
