@@ -7,7 +7,7 @@ Each method trains on the stripes, dots and pastel folders of the miniature base
 settings (800 steps, rank 4, the mini's learning rate); LoRA also at ranks 2, 8 and 16 on stripes,
 LoHa at rank 2 (about rank-4 LoRA's parameter count), and one rank-8 DyLoRA run on stripes judged
 at ranks 1, 2, 4 and 8 (`stylelora resize` truncates it).
-Writes bench/results/methods.md, methods.json and methods.png, and the table into README.md between
+Writes docs/results/methods.md, methods.json and methods.png, and the table into its docs page between
 its scoreboard markers. `--from-results` re-renders all of that from methods.json without training.
 """
 
@@ -30,9 +30,9 @@ from stylelora.adapters.resize import ResizeConfig, resize  # noqa: E402
 from stylelora.paint.styler import Styler  # noqa: E402
 from stylelora.train.loop import train  # noqa: E402
 
-from readme_section import write_section  # noqa: E402  (bench/ is on the path when run as a script)
+from report_section import write_section  # noqa: E402  (bench/ is on the path when run as a script)
 
-RESULTS = ROOT / "bench" / "results"
+RESULTS = ROOT / "docs" / "results"
 STYLES = {"stripes": "striped", "dots": "dotted", "pastel": "pastel"}
 EXTRA_LORA_RANKS = (2, 8, 16)
 
@@ -181,7 +181,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 images per prompt instead of 8")
     parser.add_argument("--from-results", action="store_true",
-                        help="re-render the report, plot and README section from bench/results/methods.json")
+                        help="re-render the report, plot and docs section from docs/results/methods.json")
     parser.add_argument("--speed-only", action="store_true",
                         help="re-time the step speeds only, keeping the quality numbers in methods.json")
     args = parser.parse_args()

@@ -5,7 +5,7 @@ and the style an adapter learns over an NF4 miniature base.
     python bench/quantize.py --quick    # fewer steps and images
 
 Each SD1.5-shaped row is a fresh process that trains on the stripes folder at 256 px, batch 1, rank 4, at the
-default precision; its peak is the whole process's (VmHWM). Writes bench/results/quantize.md and .json.
+default precision; its peak is the whole process's (VmHWM). Writes docs/results/quantize.md and .json.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def main() -> None:
         print(label, sd15[-1][1], flush=True)
     mini = mini_rows(per_prompt=3 if args.quick else 8, steps=300 if args.quick else None)
     lines = report(sd15, mini, args.quick)
-    from readme_section import write_section
+    from report_section import write_section
     from stylelora.files import write_atomically
 
     RESULTS.mkdir(parents=True, exist_ok=True)

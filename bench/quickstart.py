@@ -8,7 +8,7 @@ Runs, in a fresh folder, the quickstart's own commands with their defaults:
     stylelora generate "a red circle" --lora adapters/stripes/stripes.safetensors -n 24 --seed 100
 
 then counts what `stylelora.mini.judge` sees: red circles (what was asked), striped ones among them, the
-other colours and shapes drawn, and broken pictures. Writes bench/results/quickstart.md and README.md's
+other colours and shapes drawn, and broken pictures. Writes docs/results/quickstart.md and the docs page's
 quickstart-report section. About 2 minutes.
 """
 
@@ -28,7 +28,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from readme_section import write_section  # noqa: E402  (bench/ is on the path when run as a script)
+from report_section import write_section  # noqa: E402  (bench/ is on the path when run as a script)
 from stylelora.files import write_atomically  # noqa: E402
 from stylelora.mini.judge import judge  # noqa: E402
 
@@ -77,8 +77,8 @@ def main() -> None:
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    (ROOT / "bench" / "results").mkdir(exist_ok=True)
-    write_atomically(ROOT / "bench" / "results" / "quickstart.md", report.encode())
+    (ROOT / "docs" / "results").mkdir(exist_ok=True)
+    write_atomically(ROOT / "docs" / "results" / "quickstart.md", report.encode())
     write_section("quickstart-report", report)
     print(report)
 

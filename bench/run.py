@@ -6,7 +6,7 @@ scaling and CPU options; and generation with stacked adapters.
     python bench/run.py              # more repeats, and torch.compile
 
 Every number is a ratio of two things timed side by side in this run: absolute times on shared
-machines are noise. Writes bench/results/benchmarks.md and bench/results/*.png.
+machines are noise. Writes docs/results/benchmarks.md and docs/results/*.png.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats, no torch.compile (under 10 minutes)")
     parser.add_argument("--sdxl", type=int, metavar="PX", help="only the SDXL-shaped rows, at PX pixels "
-                        "(bench/results/sdxl.md; about 40 minutes at 512)")
+                        "(docs/results/sdxl.md; about 40 minutes at 512)")
     args = parser.parse_args()
     support = bf16_support()  # before any kernel runs, so a needed oneDNN cap takes hold
     if args.sdxl:

@@ -1,4 +1,4 @@
-"""Take README.md's screenshots of the web UI in headless Chromium, on the miniature base, with real work.
+"""Take the docs' screenshots of the web UI in headless Chromium, on the miniature base, with real work.
 
     python bench/screenshots.py [--out docs/screenshots]
 

@@ -1,6 +1,6 @@
 """`stylelora serve` measured: adapter switch latency with 100 resident adapters, throughput of 8 concurrent
 requests (8 adapters, 1 adapter, and the naive load-fuse-paint-unload way), memory per resident adapter, and a
-bounded load test of the real server on loopback. Writes bench/results/serve.md/json and README's section.
+bounded load test of the real server on loopback. Writes docs/results/serve.md/json and its docs page's section.
 
     python bench/serve.py [--quick]
 """
@@ -161,14 +161,13 @@ def main() -> None:
                       20 if args.quick else 100)]
     load = load_test(60 if args.quick else 300, 16, 50, 4 if args.quick else 8)
     lines = report(rows, load, args.quick)
-    from readme_section import write_section
+    from report_section import write_section
     from stylelora.files import write_atomically
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_atomically(RESULTS / "serve.md", ("\n".join(lines) + "\n").encode())
     write_atomically(RESULTS / "serve.json", (json.dumps({"bases": rows, "load_test": load}, indent=1) + "\n").encode())
-    if "<!-- serve-report:start -->" in (ROOT / "README.md").read_text():
-        write_section("serve-report", "\n".join(lines) + "\n")
+    write_section("serve-report", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

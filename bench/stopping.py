@@ -12,8 +12,8 @@ Part 2, blending: stripes and pastel trained with trigger words, with and withou
 trigger-less captions (ai-toolkit's recipe). It measures how far each style leaks into prompts without
 its trigger, and what stripes 0.5 + pastel 0.5 paints.
 
-Writes bench/results/stopping.md, the same text into README.md between its stopping-report markers, and
-bench/results/overfit_curve.png. --quick writes bench/results/stopping-quick.md only.
+Writes docs/results/stopping.md, the same text into its docs page between its stopping-report markers, and
+docs/results/overfit_curve.png. --quick writes docs/results/stopping-quick.md only.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ from stylelora.mini.world import COLOURS, SHAPES  # noqa: E402
 from stylelora.paint.styler import Styler  # noqa: E402
 from stylelora.train.loop import TrainResult, train  # noqa: E402
 
-from readme_section import write_section  # noqa: E402  (bench/ is on the path when run as a script)
+from report_section import write_section  # noqa: E402  (bench/ is on the path when run as a script)
 
-RESULTS = ROOT / "bench" / "results"
+RESULTS = ROOT / "docs" / "results"
 STRIPES, PASTEL = ROOT / "datasets" / "stripes", ROOT / "datasets" / "pastel"
 INSIDE = [f"a {colour} circle" for colour in COLOURS]
 OUTSIDE = [f"a {colour} {shape}" for colour in COLOURS for shape in SHAPES if shape != "circle"]
@@ -141,7 +141,7 @@ def overfitting(work: Path, steps: int, per_prompt: int) -> list[str]:
     lines += ["", f"Validation loss of the long run: {curve[0][2]:.5f} for the base alone (step 0), lowest {minimum:.5f} "
               f"at step {best_step}, {curve[-1][2]:.5f} at step {curve[-1][0]}; its training loss fell from "
               f"{curve[1][1]:.5f} (mean over the first interval) to {curve[-1][1]:.5f} (the last). The early-stopped "
-              f"run stopped at step {runs['early-stopped (best)'].steps}. The curve is `bench/results/overfit_curve.png`."]
+              f"run stopped at step {runs['early-stopped (best)'].steps}. The curve is `docs/results/overfit_curve.png`."]
     return lines
 
 

@@ -3,8 +3,8 @@
     python bench/style_report.py            # full: 8 images per prompt (96 per setting)
     python bench/style_report.py --quick    # 3 images per prompt
 
-Writes bench/results/style_report.md (README.md's style-report section, written there too) and
-bench/results/styles.png (base vs each adapter vs a blend, same prompts and seeds).
+Writes docs/results/style_report.md (the style-report section of its docs page, written there too) and
+docs/results/styles.png (base vs each adapter vs a blend, same prompts and seeds).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from readme_section import write_section  # noqa: E402  (bench/ is on the path when run as a script)
+from report_section import write_section  # noqa: E402  (bench/ is on the path when run as a script)
 from stylelora.train.config import TrainConfig  # noqa: E402
 from stylelora.files import write_atomically  # noqa: E402
 from stylelora.images import save_png  # noqa: E402
@@ -27,7 +27,7 @@ from stylelora.mini.evaluate import measure  # noqa: E402
 from stylelora.paint.styler import Styler  # noqa: E402
 from stylelora.train.loop import train  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
+RESULTS = ROOT / "docs" / "results"
 STYLES = {"stripes": "striped", "dots": "dotted", "pastel": "pastel"}
 BLEND_STEPS = (0.0, 0.25, 0.5, 0.75, 1.0)
 GRID_PROMPTS = ("a red circle", "a blue square", "a green triangle", "a yellow circle")

@@ -8,7 +8,7 @@
 
 Each part runs with one CPU thread, so a budget of T minutes is T minutes of CPU; the evidence and search
 parts can run side by side. Writes stylelora/tune/rules.json (the fit `suggest` applies),
-bench/results/tune-*.json, bench/results/tune.md and the same text into README.md between its
+docs/results/tune-*.json, docs/results/tune.md and the same text into its docs page between its
 tune-report markers (not with --quick).
 """
 
@@ -43,10 +43,10 @@ from stylelora.tune.search import tune  # noqa: E402
 from stylelora.tune.space import TuneConfig  # noqa: E402
 from stylelora.train.suggest import RULES, suggest  # noqa: E402
 
-from readme_section import write_section  # noqa: E402  (bench/ is on the path when run as a script)
+from report_section import write_section  # noqa: E402  (bench/ is on the path when run as a script)
 
-RESULTS = ROOT / "bench" / "results"
-WORK = ROOT / "bench" / "results" / "tune-work"
+RESULTS = ROOT / "docs" / "results"
+WORK = ROOT / "docs" / "results" / "tune-work"
 STYLES = {"stripes": "striped", "dots": "dotted", "pastel": "pastel"}
 COUNTS = (6, 12, 36)
 HELD_OUT_SEED = 500  # the comparison's images use seeds the studies never judged (they use 0 + 1000 x prompt)

@@ -272,7 +272,7 @@ def test_adalora_prunes_resumes_exactly_through_its_rank_schedule_and_exports_ea
 
 
 def test_each_dylora_truncation_equals_the_file_exported_at_that_rank(tiny_base, tmp_path):
-    from stylelora.methods.dylora import set_dylora_rank
+    from stylelora.methods.dylora_layer import set_dylora_rank
     from stylelora.adapters.resize import ResizeConfig, resize
 
     pipe = _trained_in_memory(tiny_base, "dylora")

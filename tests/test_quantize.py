@@ -12,7 +12,8 @@ from stylelora.errors import ConfigError, TrainingInterrupted
 from stylelora.files import read_safetensors
 from stylelora.model.base import load_base
 from stylelora.model.loading import stream_unet
-from stylelora.model.quantize import METHODS_OVER, quantized_share
+from stylelora.methods import methods_over
+from stylelora.model.quantize import quantized_share
 from stylelora.paint.styler import Styler
 from stylelora.train.loop import train
 
@@ -149,7 +150,7 @@ def test_without_bitsandbytes_the_flag_says_which_extra_to_install(train_config,
 
 @pytest.mark.parametrize("mode", ["nf4", "int8", "fp8"])
 def test_a_method_that_cannot_run_over_a_quantized_base_is_a_one_line_error(train_config, mode, capsys, tmp_path):
-    refused = [m for m in ("lora", "dora", "loha", "lokr", "adalora", "dylora") if m not in METHODS_OVER[mode]]
+    refused = [m for m in ("lora", "dora", "loha", "lokr", "adalora", "dylora") if m not in methods_over(mode)]
     assert "dora" in refused
     config = train_config()
     for method in refused:

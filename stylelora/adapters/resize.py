@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..methods import REGISTRY
 from ..methods.layouts import LoraModule
 from .base_weights import base_weights
 from .formats import LoraWeights, read_lora, write_lora
@@ -55,7 +56,8 @@ def rank_rule(config: ResizeConfig) -> RankRule:
 def resize(config: ResizeConfig) -> ResizeResult:
     rule = rank_rule(config)
     weights, metadata, _ = read_lora(config.file)
-    if metadata.get("stylelora.method") == "dylora" and config.dynamic is None:
+    trained_as = REGISTRY.get(metadata.get("stylelora.method", ""))
+    if trained_as is not None and trained_as.truncates_on_resize() and config.dynamic is None:
         resized, how = _truncate_dylora(weights, config.rank), "dylora truncation"
         error = _relative_error(weights, resized)
     else:

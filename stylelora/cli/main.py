@@ -306,6 +306,22 @@ def run_ui(args: argparse.Namespace, rest: list[str]) -> int:
     return importlib.import_module("stylelora.ui.app").main(rest)
 
 
+def add_sample_data_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("sample-data", help="write the sample style folders (stripes, dots, pastel) to try it on",
+                            description="Write the three sample style folders, 36 captioned images each, drawn by "
+                                        "the miniature world: DIR/stripes, DIR/dots and DIR/pastel.")
+    p.add_argument("folder", type=Path, help="where to write them, e.g. datasets")
+
+
+def run_sample_data(args: argparse.Namespace) -> int:
+    from ..mini.samples import COUNT, write_samples
+
+    for folder in write_samples(args.folder):
+        print(f"wrote {COUNT} images to {folder}")
+    print(f"Train on one: stylelora train {args.folder / 'stripes'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stylelora", description="Teach Stable Diffusion a style with LoRA.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -316,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tune_parser(commands)
     add_suggest_parser(commands)
     add_serve_parser(commands)
+    add_sample_data_parser(commands)
     commands.add_parser("ui", help="open the web UI (see `stylelora ui --help`)", add_help=False)
     return parser
 
@@ -331,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runners = {"train": run_train, "generate": run_generate, "grid": run_grid, "merge": run_merge,
                    "convert": run_convert, "resize": run_resize, "inspect": run_inspect, "tune": run_tune,
-                   "suggest": run_suggest, "serve": run_serve}
+                   "suggest": run_suggest, "serve": run_serve, "sample-data": run_sample_data}
         return runners[args.command](args)
     except StyleloraError as error:
         print(f"stylelora: error: {error}", file=sys.stderr)

@@ -1,26 +1,32 @@
-"""Adapter methods: what each one is (here), how it attaches to a model (attach.py, dora.py), and the
-file layout its trained weights take (layouts.py).
+"""Adapter methods, one module each (lora, dora, loha, lokr, adalora, dylora), and the registry that maps a
+--method name to its `Method` (method.py says what a method answers). Module choice lives here too:
+`TARGET_PRESETS`, with 3x3 convolutions ("LoCon") at their own rank and alpha. How a method attaches to a model is
+attach.py; the file layout its trained weights take is layouts.py.
 
-- lora: peft's LoraConfig (rsLoRA through `use_rslora`).
-- dora: peft's LoRA with a column-wise DoRA variant (dora.py says why not peft's own `use_dora`).
-- loha, lokr: peft's LoHaConfig and LoKrConfig, whose parameters carry LyCORIS's names and formulas.
-- adalora: peft's AdaLoRA (steps.py runs its rank budget); written as plain LoRA, each module at its final rank.
-- dylora: peft's LoRA with a DyLoRA variant (dylora.py); written as plain LoRA at the export rank.
-The file layout of each is in layouts.py. Module choice: `TARGET_PRESETS`, with 3x3 convolutions
-("LoCon") at their own rank and alpha.
+A new method is one module holding a `Method` and a `register` line below; nothing outside methods/ names it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError
+from .adalora import ADALORA
+from .dora import DORA
+from .dylora import DYLORA
+from .loha import LOHA
+from .lokr import LOKR
+from .lora import LORA
+from .method import QUANTIZED_BASES, Method, MethodFacts
 
 # Light on purpose (no torch, no peft): the config imports these, and `stylelora --help` and config
 # errors must stay fast. attach.py holds the code that touches models.
-METHODS = ("lora", "dora", "loha", "lokr", "adalora", "dylora")
-# Methods that train a LoRA pair (A, B): LoRA+ and LoRA's input dropout apply to them.
-LORA_PAIR_METHODS = ("lora", "dora", "dylora")
-# Methods that can train the adapted layers' biases (through peft's lora_bias; the file's `diff_b`).
-BIAS_METHODS = ("lora", "dora")
+REGISTRY: dict[str, Method] = {}
+METHODS = REGISTRY.keys()  # the --method choices, in registration order (a live view)
+KINDS: dict[str, str] = {}  # name -> label ("LoRA"), for methods and for the module kinds files hold
+NETWORK_MODULES: dict[str, str] = {}  # name -> kohya's ss_network_module
+
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 FEED_FORWARD = ("ff.net.0.proj", "ff.net.2")
 OTHER_LINEAR = ("proj_in", "proj_out", "time_emb_proj", "time_embedding.linear_1", "time_embedding.linear_2")
@@ -31,9 +37,6 @@ TARGET_PRESETS = {
     "all-linear": ATTENTION + FEED_FORWARD + OTHER_LINEAR,
     "all": ATTENTION + FEED_FORWARD + OTHER_LINEAR + CONVOLUTIONS,
 }
-# kohya's ss_network_module for each method: LyCORIS types are loaded by its kohya-compatible network.
-NETWORK_MODULES = {"lora": "networks.lora", "dora": "lycoris.kohya", "loha": "lycoris.kohya", "lokr": "lycoris.kohya",
-                   "adalora": "networks.lora", "dylora": "networks.dylora"}
 
 
 @dataclass(frozen=True)
@@ -58,15 +61,42 @@ class AdapterSpec:
 METHOD_FIELDS = ("rslora", "loraplus_ratio", "train_bias", "target_rank", "export_rank", "conv_rank", "conv_alpha")
 
 
+def register(method: Method) -> Method:
+    """Make `method` a --method choice (a test can register its own)."""
+    REGISTRY[method.name] = method
+    KINDS[method.name] = method.label
+    NETWORK_MODULES[method.name] = method.network_module
+    return method
+
+
+for _method in (LORA, DORA, LOHA, LOKR, ADALORA, DYLORA):
+    register(_method)
+
+
+def method_of(name: str) -> Method:
+    """The registered method of that name; a ConfigError naming the choices for any other."""
+    if name not in REGISTRY:
+        raise ConfigError(f"--method = {name!r}: choose one of {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def method_checks(config: Any) -> list[tuple[bool, str, str]]:
+    """The chosen method's option checks (train.config.validate runs them in its one list)."""
+    return REGISTRY[config.method].checks(config, MethodFacts(REGISTRY)) if config.method in REGISTRY else []
+
+
 def own_fields(method: str, targets: str | None) -> frozenset[str]:
     """Which of METHOD_FIELDS apply to `method` with the `targets` preset; the UI shows only these."""
-    fields = {"rslora"} if method in ("lora", "dora") else set()
-    fields |= {"loraplus_ratio"} if method in LORA_PAIR_METHODS else set()
-    fields |= {"train_bias"} if method in BIAS_METHODS else set()
-    fields |= {"target_rank"} if method == "adalora" else set()
-    fields |= {"export_rank"} if method == "dylora" else set()
-    fields |= {"conv_rank", "conv_alpha"} if targets == "all" and method != "adalora" else set()
-    return frozenset(fields)
+    return method_of(method).fields(targets)
 
 
-KINDS = {"lora": "LoRA", "dora": "DoRA", "loha": "LoHa", "lokr": "LoKr", "adalora": "AdaLoRA", "dylora": "DyLoRA"}
+def methods_over(mode: str) -> tuple[str, ...] | None:
+    """The methods that train over a `--quantize-base mode` base (None: not quantized, so every one)."""
+    return tuple(m.name for m in REGISTRY.values() if mode in m.quantized_bases) if mode in QUANTIZED_BASES else None
+
+
+def file_metadata(config: Any, spec: AdapterSpec) -> dict[str, Any]:
+    """The method-owned stylelora.* keys of a trained file: every method's own option (null where another
+    method trained it), then the method's own values."""
+    empty = {f"stylelora.{m.own_option}": None for m in REGISTRY.values() if m.own_option}
+    return empty | REGISTRY[config.method].metadata(config, spec)

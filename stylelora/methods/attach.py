@@ -7,15 +7,12 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
-from peft import LoHaConfig, LoKrConfig, LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from ..errors import ConfigError
-from . import AdapterSpec
-from .dora import make_column_dora
-from .dylora import dylora_scale, make_dylora
+from . import AdapterSpec, method_of
+from .dylora_layer import dylora_scale
 from .layouts import DoraModule, LohaModule, LokrModule, LoraModule, ModuleAdapter
-from .steps import ADALORA_TUNERS, AdaLoraModel, adalora_config
 
 
 def _is_spatial_conv(module: torch.nn.Module) -> bool:
@@ -30,13 +27,7 @@ def _peft_config(spec: AdapterSpec, targets: tuple[str, ...], model: torch.nn.Mo
     ranks = {name: spec.conv_rank for name in wanted} if spec.conv_rank else {}
     alphas = {name: spec.conv_alpha for name in wanted} if spec.conv_alpha else {}
     common = dict(r=spec.rank, target_modules=list(targets), rank_pattern=ranks, alpha_pattern=alphas)
-    if spec.method == "adalora":
-        return adalora_config(spec.rank, spec.target_rank or max(1, spec.rank // 2), spec.alpha, targets, total_steps)
-    if spec.method in ("lora", "dora", "dylora"):
-        return LoraConfig(lora_alpha=spec.alpha, lora_dropout=spec.dropout, init_lora_weights=True,
-                          use_rslora=spec.rslora, lora_bias=spec.train_bias, **common)
-    kind = LoHaConfig if spec.method == "loha" else LoKrConfig
-    return kind(alpha=spec.alpha, init_weights=True, use_effective_conv2d=False, **common)
+    return method_of(spec.method).peft_config(spec, common, total_steps)
 
 
 def attach(model: torch.nn.Module, spec: AdapterSpec, targets: tuple[str, ...], flag: str = "--target-modules",
@@ -45,24 +36,19 @@ def attach(model: torch.nn.Module, spec: AdapterSpec, targets: tuple[str, ...], 
     their paths. Every method starts as a zero change (peft's default inits, a DoRA magnitude equal to the
     base's column norms), so the model's output is unchanged until training moves it. `total_steps` sets
     AdaLoRA's pruning schedule."""
+    method = method_of(spec.method)
     config = _peft_config(spec, targets, model, total_steps)
     try:
-        if spec.method == "adalora":  # the tuner holds the rank budget: keep it (steps.py)
-            ADALORA_TUNERS[model] = AdaLoraModel(model, config, adapter_name)
-        else:
-            with warnings.catch_warnings():
-                # lora_bias on a layer without a bias: handled below (that bias stays frozen at zero)
-                warnings.filterwarnings("ignore", message="`lora_bias=True` was passed")
-                model.add_adapter(config, adapter_name=adapter_name)
+        with warnings.catch_warnings():
+            # lora_bias on a layer without a bias: handled below (that bias stays frozen at zero)
+            warnings.filterwarnings("ignore", message="`lora_bias=True` was passed")
+            method.add_to(model, config, adapter_name)
     except ValueError as error:
         if "not found" in str(error) or "Target modules" in str(error):
             raise ConfigError(f"{flag} = {','.join(targets)}: no module of the {type(model).__name__} matches; "
                               "give module-name suffixes such as to_q,to_k,to_v,to_out.0") from None
         raise
-    if spec.method == "dora":
-        make_column_dora(model, adapter_name)
-    if spec.method == "dylora":
-        make_dylora(model, adapter_name)
+    method.after_attach(model, adapter_name)
     if spec.train_bias:
         _freeze_bias_where_the_layer_has_none(model, adapter_name)
     return sorted(name for name, _ in adapted_layers(model, adapter_name))

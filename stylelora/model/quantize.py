@@ -31,11 +31,6 @@ QUANTIZE_HELP = ("hold the frozen base in fewer bytes: nf4 or int8 (bitsandbytes
                  "layers, or fp8 storage for its Linear and conv layers; the adapter stays float32 (none)")
 BITSANDBYTES_MODES = ("nf4", "int8")
 EXTRA = 'pip install -e ".[quant]"  (or: pip install bitsandbytes)'
-# The methods each mode was measured to train (tests/test_quantize.py). peft's bitsandbytes layers carry LoRA,
-# AdaLoRA and so DyLoRA; its LoHa/LoKr layers read a Linear4bit's packed weight as if it were floats and fail.
-# Our DoRA reads and rescales the base weight itself, which no quantized layer holds as floats.
-METHODS_OVER = {"none": None, "nf4": ("lora", "adalora", "dylora"), "int8": ("lora", "loha", "lokr", "adalora", "dylora"),
-                "fp8": ("lora", "loha", "lokr", "adalora", "dylora")}
 # diffusers' own defaults for layerwise casting, plus the UNet's: normalisation layers keep their dtype.
 FP8_SKIP = ("pos_embed", "patch_embed", "norm", "^proj_in$", "^proj_out$", "lora_", "hada_", "lokr_")
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..data.buckets import BucketSettings
 from ..errors import ConfigError
-from ..methods import BIAS_METHODS, LORA_PAIR_METHODS, METHODS, TARGET_PRESETS, AdapterSpec
-from ..model.quantize import METHODS_OVER, QUANTIZE_MODES
+from ..methods import METHODS, TARGET_PRESETS, AdapterSpec, method_checks, method_of
+from ..model.quantize import QUANTIZE_MODES
 from ..options import field_values, read_toml
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -119,22 +118,16 @@ class TrainConfig:
                               self.no_upscale)
 
     def adapter_spec(self) -> AdapterSpec:
-        conv_rank = (self.conv_rank or self.rank) if self.targets == "all" and self.method != "adalora" else None
+        conv_rank = method_of(self.method).conv_rank(self)
         conv_alpha = (self.conv_alpha or float(conv_rank)) if conv_rank else None
         return AdapterSpec(self.method, self.rank, self.effective_alpha, self.dropout, self.rslora, conv_rank, conv_alpha,
                            self.target_rank, self.train_bias)
 
     @property
     def file_alpha(self) -> float:
-        """The alpha the adapter file stores. Loaders scale by alpha/rank, so an rsLoRA adapter (scale
-        alpha/sqrt(rank)) is written with alpha*sqrt(rank): the same delta in every tool; a DyLoRA exported
-        at rank k with alpha*sqrt(k/rank), its trained scale at k (methods/dylora.py); a DoRA with alpha = rank,
-        its scale folded into up (methods/layouts.py says why)."""
-        if self.method == "dora":
-            return float(self.rank)
-        if self.method == "dylora":
-            return self.effective_alpha * math.sqrt((self.export_rank or self.rank) / self.rank)
-        return self.effective_alpha * math.sqrt(self.rank) if self.rslora else self.effective_alpha
+        """The alpha the adapter file stores, as loaders divide it by the rank: the method says (an rsLoRA's is
+        alpha*sqrt(rank), so every tool applies the same delta; methods/method.py)."""
+        return method_of(self.method).file_alpha(self)
 
     @property
     def effective_learning_rate(self) -> float:
@@ -213,9 +206,6 @@ def validate(config: TrainConfig) -> TrainConfig:
         (c.loraplus_ratio >= 0, "loraplus_ratio", "the LoRA+ ratio must be 0 (off) or more; 16 is the paper's usual value"),
         (c.precision in PRECISIONS, "precision", f"choose one of {', '.join(PRECISIONS)}"),
         (c.quantize_base in QUANTIZE_MODES, "quantize_base", f"choose one of {', '.join(QUANTIZE_MODES)}"),
-        (METHODS_OVER.get(c.quantize_base) is None or c.method in METHODS_OVER[c.quantize_base], "quantize_base",
-         f"--method {c.method} cannot train over a {c.quantize_base} base; use --method "
-         f"{' or '.join(METHODS_OVER.get(c.quantize_base) or ())}, or --quantize-base none"),
         (c.method in METHODS, "method", f"choose one of {', '.join(METHODS)}"),
         (c.targets is None or c.targets in TARGET_PRESETS, "targets", f"choose one of {', '.join(TARGET_PRESETS)}"),
         (c.targets is None or c.target_modules == UNET_TARGETS, "targets",
@@ -224,23 +214,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         (c.conv_alpha is None or c.conv_alpha > 0, "conv_alpha", "the conv alpha must be above 0"),
         (c.targets == "all" or (c.conv_rank is None and c.conv_alpha is None), "conv_rank" if c.conv_rank else "conv_alpha",
          "only --targets all adapts the 3x3 convolutions; add --targets all, or leave out --conv-rank/--conv-alpha"),
-        (c.method != "adalora" or (c.conv_rank is None and c.conv_alpha is None), "conv_rank" if c.conv_rank else "conv_alpha",
-         "AdaLoRA allocates every module's rank itself, convolutions included; leave out --conv-rank/--conv-alpha"),
-        (c.method in ("lora", "dora") or not c.rslora, "rslora",
-         f"rsLoRA scales LoRA and DoRA; --method {c.method} has its own scale (alpha/rank); leave out --rslora"),
-        (c.method in LORA_PAIR_METHODS or not c.loraplus_ratio, "loraplus_ratio",
-         f"LoRA+ speeds up the B matrices of LoRA, DoRA and DyLoRA; --method {c.method} has none; leave out --loraplus-ratio"),
-        (c.method in LORA_PAIR_METHODS or not c.dropout, "dropout",
-         f"--dropout is LoRA's input dropout, used by lora, dora and dylora; leave it out with --method {c.method}"),
-        (c.method in BIAS_METHODS or not c.train_bias, "train_bias",
-         f"--method {c.method} cannot carry trained biases; --train-bias works with --method lora or dora"),
-        (c.target_rank is None or c.method == "adalora", "target_rank", "only --method adalora prunes to a target rank"),
-        (c.target_rank is None or 1 <= c.target_rank <= c.rank, "target_rank",
-         f"AdaLoRA prunes from --rank {c.rank} down to a target between 1 and {c.rank}"),
-        (c.export_rank is None or c.method == "dylora", "export_rank", "only --method dylora trains every rank at once; "
-         "for other methods use `stylelora resize FILE --rank R` after training"),
-        (c.export_rank is None or 1 <= c.export_rank <= c.rank, "export_rank",
-         f"DyLoRA trains ranks 1 to --rank {c.rank}: export one of those"),
+        *method_checks(c),  # the method's own options (methods/method.py)
         (c.save_every >= 0, "save_every", "save every N steps, N >= 0 (0 = only at the end)"),
         (c.sample_every >= 0, "sample_every", "sample every N steps, N >= 0 (0 = never)"),
         (c.log_every >= 1, "log_every", "log every N steps, N >= 1"),

@@ -24,9 +24,8 @@ from ..data.folder import Example, ImageFolder, describe_folder, scan_folder, wa
 from ..data.split import split_examples
 from ..errors import DatasetError, TrainingError, TrainingInterrupted
 from ..families import Family, family_of_pipe
-from ..methods import KINDS
+from ..methods import KINDS, method_of
 from ..methods.attach import attach
-from ..methods.steps import hooks_for
 from ..model.base import load_base, quantize_pipe, resolve_base, unet_parameter_count
 from ..model.loading import fix_mmap_threshold
 from ..model.precision import PRECISION_NAMES, choose_precision
@@ -183,7 +182,7 @@ def prepare_adapters(config: TrainConfig, model: Model, examples: int, accelerat
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, fused=True)
     lr_schedule = get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps,
                                 num_training_steps=steps)
-    optimisation = Optimisation(groups, optimizer, lr_schedule, steps, hooks_for(config.method, adapted, config.seed, config.rank))
+    optimisation = Optimisation(groups, optimizer, lr_schedule, steps, method_of(config.method).step_hooks(adapted, config.seed, config.rank))
     optimisation.average = AdapterAverage(optimisation.trainable, config.ema_decay)
     if config.resume:
         optimisation.start_step = resume(config, parts, optimisation, model.resolution, say)

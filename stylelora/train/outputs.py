@@ -19,7 +19,7 @@ from ..data.folder import ImageFolder
 from ..families import FAMILIES, UNKNOWN, family_of_pipe
 from ..files import metadata_json, save_safetensors, write_atomically
 from ..images import save_png
-from ..methods import NETWORK_MODULES
+from ..methods import file_metadata, method_of
 from ..methods.attach import export
 from ..model.base import weights_fingerprint
 from .checkpoint import save_checkpoint, trainable_tensors
@@ -61,6 +61,7 @@ def adapter_metadata(config: TrainConfig, folder: ImageFolder, resolution: int, 
                      architecture: str, prediction_type: str) -> dict[str, str]:
     """Our own keys plus the ss_* and modelspec.* keys that AUTOMATIC1111 and civitai-style tools read."""
     family = FAMILIES.get(architecture, UNKNOWN)
+    method = method_of(config.method)
     targets = list(config.unet_targets) + (list(config.text_encoder_targets) if config.train_text_encoder else [])
     spec = config.adapter_spec()
     return metadata_json({
@@ -71,8 +72,7 @@ def adapter_metadata(config: TrainConfig, folder: ImageFolder, resolution: int, 
         "stylelora.targets": config.targets or "custom",
         "stylelora.conv_rank": spec.conv_rank,
         "stylelora.conv_alpha": spec.conv_alpha,
-        "stylelora.target_rank": spec.target_rank if config.method == "adalora" else None,
-        "stylelora.export_rank": (config.export_rank or config.rank) if config.method == "dylora" else None,
+        **file_metadata(config, spec),
         "stylelora.rslora": config.rslora,
         "stylelora.train_bias": config.train_bias,
         "stylelora.loraplus_ratio": config.loraplus_ratio,
@@ -89,8 +89,8 @@ def adapter_metadata(config: TrainConfig, folder: ImageFolder, resolution: int, 
         "stylelora.trigger_words": [config.trigger] if config.trigger else [],
         "stylelora.config": json.dumps(config.to_json_dict()),
         **kohya_metadata({
-            "ss_network_module": NETWORK_MODULES[config.method],
-            "ss_network_dim": file_rank(config),
+            "ss_network_module": method.network_module,
+            "ss_network_dim": method.file_rank(config),
             "ss_network_alpha": float(config.file_alpha),  # what loaders divide by the rank
             "ss_network_dropout": config.dropout,
             "ss_base_model_version": family.base_model_version,
@@ -131,20 +131,10 @@ def adapter_metadata(config: TrainConfig, folder: ImageFolder, resolution: int, 
     })
 
 
-def file_rank(config: TrainConfig) -> int:
-    """The rank the file holds: DyLoRA's export rank; AdaLoRA's initial one (each module keeps its own final
-    rank at most this; `stylelora inspect` lists them)."""
-    return (config.export_rank or config.rank) if config.method == "dylora" else config.rank
-
-
 def network_args(config: TrainConfig) -> str | None:
     """ss_network_args as kohya and LyCORIS write it: a JSON object of strings, or None for plain LoRA."""
     spec = config.adapter_spec()
-    args = {"algo": "lora" if config.method == "dora" else config.method} if config.method in ("dora", "loha", "lokr") else {}
-    if config.method == "dora":
-        args["dora_wd"] = "True"
-    if config.method == "dylora":
-        args["unit"] = "1"  # kohya's networks.dylora: one component per step
+    args = method_of(config.method).network_args(config)
     if spec.conv_rank:
         args |= {"conv_dim": str(spec.conv_rank), "conv_alpha": f"{spec.conv_alpha:g}"}
     return json.dumps(args) if args else None

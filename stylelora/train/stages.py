@@ -12,7 +12,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from ..families import Family
-from ..methods.steps import StepHooks
+from ..methods.method import StepHooks
 from .config import TrainConfig
 from .validation import AdapterAverage
 

@@ -2,7 +2,7 @@
 
 The rules are not folklore: `bench/tune.py` ran `stylelora tune` (judge objective) on the three style
 folders at 6, 12 and 36 images on the miniature base and fitted them; the fit is `rules.json` beside this
-file and the evidence `bench/results/tune.md`. What the mini cannot vary (resolution, aspect, caption
+file and the evidence `docs/results/tune.md`. What the mini cannot vary (resolution, aspect, caption
 vocabulary) is reported as advice and said to be unmeasured.
 """
 

@@ -1,8 +1,5 @@
-"""What a method does around each optimizer step: DyLoRA draws the step's rank, AdaLoRA reallocates its rank
-budget and adds its orthogonality penalty. The loop calls these in a fixed order; the others do nothing.
-
-Their state is part of a checkpoint (`state_dict`), so a resumed run continues exactly.
-"""
+"""AdaLoRA's work around each optimizer step: it reallocates its rank budget and adds its orthogonality penalty.
+Their state is part of a checkpoint (`state_dict`), so a resumed run continues exactly."""
 
 from __future__ import annotations
 
@@ -12,41 +9,12 @@ import torch
 from peft import AdaLoraConfig
 from peft.tuners.adalora import AdaLoraModel
 
-from .dylora import draw_rank, set_dylora_rank
+from .method import StepHooks
 
 # The AdaLoRA tuner of each adapted model. diffusers' add_adapter keeps only the adapted model, but
 # peft's update_and_allocate (the rank budget) lives on the tuner, so the tuner is built directly
 # and kept here, beside the model, not inside it (a submodule pointing back at its parent would loop).
 ADALORA_TUNERS: "weakref.WeakKeyDictionary[torch.nn.Module, AdaLoraModel]" = weakref.WeakKeyDictionary()
-
-
-class StepHooks:
-    """No per-step work (LoRA, DoRA, LoHa, LoKr)."""
-
-    def before_step(self, step: int) -> None:
-        pass
-
-    def extra_loss(self) -> torch.Tensor | float:
-        return 0.0
-
-    def after_optimizer_step(self, step: int) -> None:
-        pass
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
-class DyLoraSteps(StepHooks):
-    def __init__(self, models: list[torch.nn.Module], seed: int, rank: int):
-        self.models, self.seed, self.rank = models, seed, rank
-
-    def before_step(self, step: int) -> None:
-        rank = draw_rank(self.seed, step, self.rank)
-        for model in self.models:
-            set_dylora_rank(model, rank, training=True)
 
 
 class AdaLoraSteps(StepHooks):
@@ -100,11 +68,3 @@ def adalora_config(rank: int, target_rank: int, alpha: float, targets: tuple[str
         tinit = tfinal = 0
     return AdaLoraConfig(init_r=rank, target_r=target_rank, lora_alpha=alpha, target_modules=list(targets),
                          total_step=total_steps, tinit=tinit, tfinal=tfinal, deltaT=10, init_lora_weights=True)
-
-
-def hooks_for(method: str, models: list[torch.nn.Module], seed: int, rank: int) -> StepHooks:
-    if method == "dylora":
-        return DyLoraSteps(models, seed, rank)
-    if method == "adalora":
-        return AdaLoraSteps(models)
-    return StepHooks()

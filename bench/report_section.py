@@ -1,0 +1,32 @@
+"""Benchmarks write their reports into the docs pages between named markers, so their numbers are never typed by
+hand (tests/test_docs.py checks each section equals the report file it came from)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stylelora.files import write_atomically
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def page_with(name: str) -> Path:
+    """The docs page that holds the `name` markers."""
+    start, _ = markers(name)
+    for page in sorted(DOCS.rglob("*.md")):
+        if start in page.read_text():
+            return page
+    raise SystemExit(f"no page under {DOCS} holds the {start} marker")
+
+
+def write_section(name: str, text: str) -> None:
+    """Replace what lies between the `name` markers of its docs page with `text`."""
+    start, end = markers(name)
+    page = page_with(name)
+    before, rest = page.read_text().split(start, 1)
+    _, after = rest.split(end, 1)
+    write_atomically(page, (before + start + "\n" + text + end + after).encode())
