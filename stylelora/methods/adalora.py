@@ -9,12 +9,6 @@ from .method import Method, StepHooks
 
 
 class AdaloraMethod(Method):
-    def checks(self, config: Any, others) -> list:
-        c = config
-        return [*super().checks(config, others),
-                (c.target_rank is None or 1 <= c.target_rank <= c.rank, "target_rank",
-                 f"AdaLoRA prunes from --rank {c.rank} down to a target between 1 and {c.rank}")]
-
     def metadata(self, config: Any, spec) -> dict[str, Any]:
         return {"stylelora.target_rank": spec.target_rank}
 
@@ -38,4 +32,5 @@ class AdaloraMethod(Method):
 # The file's rank is the initial one (each module keeps its own final rank, at most this; `stylelora inspect`
 # lists them).
 ADALORA = AdaloraMethod("adalora", "AdaLoRA", lora_pair=False, convolutions=False, quantized_bases=("nf4", "int8", "fp8"),
-                        own_option="target_rank", own_option_fix="only --method adalora prunes to a target rank")
+                        own_option="target_rank", own_option_fix="only --method adalora prunes to a target rank",
+                        own_option_range_fix="AdaLoRA prunes from --rank {rank} down to a target between 1 and {rank}")

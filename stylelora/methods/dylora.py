@@ -10,12 +10,6 @@ from .method import Method, StepHooks
 
 
 class DyloraMethod(Method):
-    def checks(self, config: Any, others) -> list:
-        c = config
-        return [*super().checks(config, others),
-                (c.export_rank is None or 1 <= c.export_rank <= c.rank, "export_rank",
-                 f"DyLoRA trains ranks 1 to --rank {c.rank}: export one of those")]
-
     def export_rank(self, config: Any) -> int:
         return config.export_rank or config.rank
 
@@ -48,4 +42,5 @@ class DyloraMethod(Method):
 
 DYLORA = DyloraMethod("dylora", "DyLoRA", network_module="networks.dylora", quantized_bases=("nf4", "int8", "fp8"),
                       own_option="export_rank", own_option_fix="only --method dylora trains every rank at once; for "
-                      "other methods use `stylelora resize FILE --rank R` after training")
+                      "other methods use `stylelora resize FILE --rank R` after training",
+                      own_option_range_fix="DyLoRA trains ranks 1 to --rank {rank}: export one of those")

@@ -61,6 +61,7 @@ class Method:
     quantized_bases: tuple[str, ...] = QUANTIZED_BASES  # the --quantize-base modes it was measured to train over
     own_option: str | None = None  # the one option only this method reads (target_rank, export_rank)
     own_option_fix: str = ""  # the error for that option given to another method
+    own_option_range_fix: str = ""  # the error for a value outside 1..--rank ({rank} stands for the rank)
 
     # -- options --------------------------------------------------------------------------------------------
     def fields(self, targets: str | None) -> frozenset[str]:
@@ -97,6 +98,8 @@ class Method:
              f"{others.names('trains_bias', ' or ')}"),
             *[(getattr(c, option) is None or option == self.own_option, option, fix)
               for option, fix in others.own_options().items()],
+            *([(getattr(c, self.own_option) is None or 1 <= getattr(c, self.own_option) <= c.rank, self.own_option,
+                self.own_option_range_fix.format(rank=c.rank))] if self.own_option else []),
         ]
 
     @property
@@ -147,6 +150,23 @@ class Method:
 
     def step_hooks(self, models: list, seed: int, rank: int) -> StepHooks:
         return StepHooks()
+
+
+@dataclass(frozen=True)
+class LycorisMethod(Method):
+    """A LyCORIS type that peft carries under LyCORIS's names and formula (LoHa, LoKr): its peft config class,
+    and `algo` in ss_network_args, as LyCORIS's kohya network reads it."""
+
+    peft_config_class: str = ""  # the peft config's class name, e.g. "LoHaConfig"
+
+    def peft_config(self, spec: "AdapterSpec", common: dict, total_steps: int):
+        import peft
+
+        kind = getattr(peft, self.peft_config_class)
+        return kind(alpha=spec.alpha, init_weights=True, use_effective_conv2d=False, **common)
+
+    def network_args(self, config: Any) -> dict[str, str]:
+        return {"algo": self.name}
 
 
 class MethodFacts:
