@@ -20,7 +20,7 @@ from .quantize import check_quantize, quantization_of, quantize_model
 diffusers.utils.logging.disable_progress_bar()
 transformers.utils.logging.disable_progress_bar()
 
-MINI_WEIGHTS = Path(__file__).parent / "mini" / "weights"
+MINI_WEIGHTS = Path(__file__).parent.parent / "mini" / "weights"
 
 
 def resolve_base(spec: str) -> str:
