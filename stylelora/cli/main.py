@@ -361,6 +361,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stylelora: error: {where}{error.strerror or error}", file=sys.stderr)
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())
