@@ -19,11 +19,13 @@ from stylelora.data.workspace import caption_rows, dataset_folder, save_captions
 from stylelora.errors import StyleloraError
 from stylelora.methods import METHOD_FIELDS, own_fields
 from stylelora.model.precision import bf16_support
-from stylelora.train.config import PRECISIONS, TrainConfig, validate
+from stylelora.options import page_values
+from stylelora.train.config import TrainConfig, validate
 from stylelora.ui.train_fields import (base_dropdown, bucket_row, bucket_settings, method_row, quantize_dropdown,
                                        show_only_own_fields, stopping_row, stopping_settings, suggested_fields)
 from stylelora.ui.generate_tab import generate_tab
 from stylelora.ui.session import Session, error_message
+from stylelora.ui.fields import widget
 from stylelora.ui.train_view import loss_svg, progress_html
 from stylelora.ui.tune_tab import tune_tab
 
@@ -69,11 +71,18 @@ def save_caption_table(folder_path, table) -> str:
         return error_message(error)
 
 
+# The Train tab's plain fields, by TrainConfig name, in the order on_start receives them.
+MAIN_FIELDS = ("rank", "max_steps", "learning_rate", "resolution")
+ADVANCED_FIELDS = ("sample_every", "sample_prompts", "flip", "caption_dropout", "resume", "precision")
+PLAIN_FIELDS = ("trigger", "base", "train_text_encoder", *MAIN_FIELDS, "batch_size", "alpha", "seed", "save_every",
+                *ADVANCED_FIELDS, "quantize_base", "method", "targets")
+
+
 def train_tab(session: Session) -> None:
     with gr.Row():
         uploads = gr.File(label="Drop images (and .txt captions) here", file_count="multiple", elem_id="uploads")
         with gr.Column():
-            name = gr.Textbox("mystyle", label="Adapter name", elem_id="adapter-name")
+            name = widget(TrainConfig, "name")
             folder = gr.Textbox(label="...or a folder of images on this machine", elem_id="folder")
             load_folder = gr.Button("Use this folder", elem_id="use-folder")
     data_message = gr.Markdown(elem_id="data-message")
@@ -83,31 +92,18 @@ def train_tab(session: Session) -> None:
     captions = gr.Dataframe(headers=["file", "caption"], interactive=True, column_count=(2, "fixed"), elem_id="captions")
     save = gr.Button("Save captions", elem_id="save-captions")
     with gr.Row():
-        trigger = gr.Textbox(label="Trigger word", elem_id="trigger")
+        trigger = widget(TrainConfig, "trigger")
         base = base_dropdown(session.adapters, "train-base")
-        text_encoder = gr.Checkbox(False, label="Train the text encoder", elem_id="train-te")
+        text_encoder = widget(TrainConfig, "train_text_encoder")
     method, targets, method_only = method_row()
     with gr.Row():
-        rank = gr.Number(4, label="Rank", precision=0, elem_id="rank")
-        steps = gr.Number(800, label="Steps", precision=0, elem_id="steps")
-        learning_rate = gr.Number(0, label="Learning rate (0 = the base's usual)", elem_id="lr")
-        resolution = gr.Number(0, label="Resolution (0 = the base's own)", precision=0, elem_id="resolution")
+        rank, steps, learning_rate, resolution = (widget(TrainConfig, name) for name in MAIN_FIELDS)
     with gr.Accordion("Advanced", open=False):
         with gr.Row():
-            batch_size = gr.Number(4, label="Batch size", precision=0)
-            alpha = gr.Number(0, label="Alpha (0 = rank)")
-            seed = gr.Number(0, label="Seed", precision=0)
-            save_every = gr.Number(50, label="Checkpoint every N steps", precision=0)
-            rslora = gr.Checkbox(False, label="rsLoRA (scale alpha/sqrt(rank))", elem_id="rslora")
-            loraplus_ratio = gr.Number(0, label="LoRA+ ratio (0 = off; 16 is usual)", elem_id="loraplus-ratio")
+            batch_size, alpha, seed, save_every, rslora, loraplus_ratio = (widget(TrainConfig, name) for name in (
+                "batch_size", "alpha", "seed", "save_every", "rslora", "loraplus_ratio"))
         with gr.Row():
-            sample_every = gr.Number(100, label="Preview every N steps (0 = off)", precision=0, elem_id="sample-every")
-            sample_prompt = gr.Textbox("", label="Preview prompt (empty: the first two captions)", elem_id="sample-prompt")
-            flip = gr.Checkbox(False, label="Random flips")
-            caption_dropout = gr.Number(0.0, label="Caption dropout")
-            resume = gr.Checkbox(False, label="Continue from this adapter's last checkpoint (--resume)", elem_id="resume")
-            precision = gr.Dropdown(list(PRECISIONS), value="auto", elem_id="precision",
-                                    label="Precision (auto: bf16 only where this CPU was measured to run it faster)")
+            advanced = [widget(TrainConfig, name) for name in ADVANCED_FIELDS]
             quantize = quantize_dropdown("quantize-base")
     stopping = stopping_row()
     buckets = bucket_row(dataset, base, resolution, stopping[0])  # stopping[0]: the validation split
@@ -148,23 +144,23 @@ def train_tab(session: Session) -> None:
     method_fields = [rslora, loraplus_ratio, *method_only]
     show_only_own_fields(method, targets, method_fields)
 
-    def on_start(folder_path, adapter_name, trigger_word, base_model, te, rank_, steps_, lr, res, batch, alpha_, seed_,
-                 save_n, sample_n, prompt, flip_, dropout, resume_, precision_, quantize_, method_, targets_, *values):
-        method_values, stopping_values = values[:len(method_fields)], values[len(method_fields):-len(buckets)]
+    plain = [trigger, base, text_encoder, rank, steps, learning_rate, resolution, batch_size, alpha, seed, save_every,
+             *advanced, quantize, method, targets]
+
+    def on_start(folder_path, adapter_name, *values):
+        fields = dict(zip(PLAIN_FIELDS, values[:len(plain)]))
+        method_values = values[len(plain):len(plain) + len(method_fields)]
+        stopping_values = values[len(plain) + len(method_fields):-len(buckets)]
         if not folder_path:
             return "**Error:** upload images or choose a folder first"
         try:
             config = validate(TrainConfig(
                 data=Path(folder_path), out=session.adapters / re.sub(r"[^A-Za-z0-9_-]", "_", adapter_name or "style"),
-                base=base_model, trigger=trigger_word, train_text_encoder=te, rank=int(rank_), max_steps=int(steps_),
-                learning_rate=float(lr) or None, resolution=int(res) or None, batch_size=int(batch), alpha=float(alpha_) or None,
-                seed=int(seed_), save_every=int(save_n), sample_every=int(sample_n),
-                sample_prompts=(prompt,) if prompt else (), flip=flip_, caption_dropout=float(dropout), resume=resume_,
-                precision=precision_, quantize_base=quantize_, method=method_, targets=targets_,
+                **page_values(TrainConfig, fields),
                 # Hidden fields keep what was typed before; only the shown ones are sent, and 0 / off means
                 # the default.
-                **{name: value for name, value in zip(METHOD_FIELDS, method_values)
-                   if value and name in own_fields(method_, targets_)},
+                **{name: value for name, value in page_values(TrainConfig, dict(zip(METHOD_FIELDS, method_values))).items()
+                   if value and name in own_fields(fields["method"], fields["targets"])},
                 **stopping_settings(session.workspace, adapter_name, stopping_values),
                 **bucket_settings(values[-len(buckets):])))
             session.job.start(config)
@@ -172,10 +168,7 @@ def train_tab(session: Session) -> None:
             return error_message(error)
         return "Training started."
 
-    start.click(on_start, [dataset, name, trigger, base, text_encoder, rank, steps, learning_rate, resolution,
-                           batch_size, alpha, seed, save_every, sample_every, sample_prompt, flip, caption_dropout,
-                           resume, precision, quantize, method, targets, *method_fields, *stopping, *buckets],
-                [start_message])
+    start.click(on_start, [dataset, name, *plain, *method_fields, *stopping, *buckets], [start_message])
     stop.click(lambda: session.job.stop() or "Stopping after this step; the checkpoint is kept.", None, [start_message])
 
     suggest_settings.click(suggested_fields, [dataset, base], [rank, steps, learning_rate, alpha, start_message])

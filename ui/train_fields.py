@@ -9,26 +9,21 @@ from pathlib import Path
 import gradio as gr
 
 from stylelora.data.workspace import save_prompts
-from stylelora.methods import METHODS, METHOD_FIELDS, TARGET_PRESETS, own_fields
+from stylelora.methods import METHOD_FIELDS, own_fields
 from stylelora.model.quantize import QUANTIZE_MODES
+from stylelora.options import page_values
+from stylelora.train.config import TrainConfig
+from stylelora.ui.fields import widget
 
 
 def method_row():
     """The Method and Modules dropdowns, and the fields only some methods have (hidden until they apply):
     train_bias, target_rank, export_rank, conv_rank, conv_alpha, in METHOD_FIELDS' order."""
     with gr.Row():
-        method = gr.Dropdown(list(METHODS), value="lora", elem_id="method",
-                             label="Method (every one writes a file AUTOMATIC1111 and ComfyUI load)")
-        targets = gr.Dropdown(list(TARGET_PRESETS), value="attn", elem_id="targets",
-                              label="Modules (attn; attn-mlp adds feed-forward; all-linear; all adds convolutions)")
-        train_bias = gr.Checkbox(False, label="Train the biases too (ComfyUI applies them)", elem_id="train-bias")
-        target_rank = gr.Number(0, label="AdaLoRA target rank (0 = half the rank)", precision=0, elem_id="target-rank",
-                                visible=False)
-        export_rank = gr.Number(0, label="DyLoRA rank to write (0 = the rank)", precision=0, elem_id="export-rank",
-                                visible=False)
-        conv_rank = gr.Number(0, label="Conv rank (0 = rank)", precision=0, elem_id="conv-rank", visible=False)
-        conv_alpha = gr.Number(0, label="Conv alpha (0 = conv rank)", elem_id="conv-alpha", visible=False)
-    return method, targets, [train_bias, target_rank, export_rank, conv_rank, conv_alpha]
+        method, targets = widget(TrainConfig, "method"), widget(TrainConfig, "targets")
+        only = [widget(TrainConfig, "train_bias")] + [widget(TrainConfig, name, visible=False) for name in
+                                                      ("target_rank", "export_rank", "conv_rank", "conv_alpha")]
+    return method, targets, only
 
 
 def show_only_own_fields(method, targets, fields) -> None:
@@ -42,7 +37,8 @@ def show_only_own_fields(method, targets, fields) -> None:
     targets.change(show, [method, targets], fields)
 
 
-# The fields of "Knowing when to stop", in the order stopping_row() lays them out; 0 or blank means the default.
+# The fields of "Knowing when to stop", in the order stopping_row() lays them out; blank (or 0 where the field is
+# unset by default) means the default.
 STOPPING_FIELDS = ("validation_split", "validation_data", "validate_every", "early_stop", "min_delta", "keep",
                    "ema_decay", "preserve_prompts", "preserve_weight")
 
@@ -51,36 +47,20 @@ def stopping_row() -> list:
     """Validation, early stopping, EMA and preservation fields, as STOPPING_FIELDS names them."""
     with gr.Accordion("Knowing when to stop: validation, early stopping, EMA, preservation", open=False):
         with gr.Row():
-            fields = [gr.Number(0, label="Hold out for validation (fraction, 0 = off)", elem_id="validation-split"),
-                      gr.Textbox("", label="...or a validation folder on this machine", elem_id="validation-data"),
-                      gr.Number(0, label="Validate every N steps (0 = a twentieth of the run)", precision=0,
-                                elem_id="validate-every"),
-                      gr.Number(0, label="Early stop after N validations without improvement (0 = never)", precision=0,
-                                elem_id="early-stop"),
-                      gr.Number(0, label="Least improvement that counts", elem_id="min-delta"),
-                      gr.Dropdown([("best with validation, else last", ""), ("best", "best"), ("last", "last")], value="",
-                                  label="Adapter kept", elem_id="keep")]
+            fields = [widget(TrainConfig, name) for name in STOPPING_FIELDS[:6]]
         with gr.Row():
-            fields += [gr.Number(0, label="EMA decay (0 = off; 0.99 is usual)", elem_id="ema-decay"),
-                       gr.Textbox("", lines=3, label="Preserve the base on these prompts (one a line)",
-                                  elem_id="preserve-prompts"),
-                       gr.Number(1, label="Preservation weight", elem_id="preserve-weight")]
+            fields += [widget(TrainConfig, "ema_decay"), widget(TrainConfig, "preserve_prompts", lines=3),
+                       widget(TrainConfig, "preserve_weight")]
     return fields
 
 
 def stopping_settings(workspace: Path, adapter_name: str, values: list) -> dict:
-    """The TrainConfig fields the stopping row's values ask for. Blank leaves a field at its default, and so
-    does 0, which is each field's default or "off", except the preservation weight's (default 1)."""
-    settings = {name: value for name, value in zip(STOPPING_FIELDS, values)
-                if value not in (None, "") and (value != 0 or name == "preserve_weight")}
-    if "preserve_prompts" in settings:
+    """The TrainConfig fields the stopping row's values ask for (options.page_values reads them); the typed
+    preservation prompts are saved to a file in the workspace, which the config names."""
+    settings = dict(zip(STOPPING_FIELDS, values))
+    if settings["preserve_prompts"]:
         settings["preserve_prompts"] = save_prompts(workspace, adapter_name or "style", settings["preserve_prompts"])
-    if "validation_data" in settings:
-        settings["validation_data"] = Path(settings["validation_data"]).expanduser()
-    for name in ("validate_every", "early_stop"):
-        if name in settings:
-            settings[name] = int(settings[name])
-    return settings
+    return page_values(TrainConfig, settings)
 
 
 def suggested_fields(folder_path: str, base_model: str):
@@ -108,11 +88,7 @@ def bucket_row(dataset, base, resolution, validation_split) -> list:
     resolution and validation split would use, under them."""
     with gr.Accordion("Aspect-ratio buckets", open=False):
         with gr.Row():
-            fields = [gr.Checkbox(True, label="Keep each image's shape (buckets); off: centre squares", elem_id="buckets"),
-                      gr.Number(0, label="Bucket step in px (0 = 64; 8 on mini)", precision=0, elem_id="bucket-step"),
-                      gr.Number(0, label="Shortest side (0 = half the resolution)", precision=0, elem_id="min-bucket"),
-                      gr.Number(0, label="Longest side (0 = twice the resolution)", precision=0, elem_id="max-bucket"),
-                      gr.Checkbox(False, label="Never enlarge an image", elem_id="no-upscale")]
+            fields = [widget(TrainConfig, name) for name in BUCKET_FIELDS]
             show = gr.Button("Show the buckets", elem_id="show-buckets")
         report = gr.Markdown(elem_id="bucket-report")
     show.click(bucket_report, [dataset, base, resolution, validation_split, *fields], [report])
@@ -121,16 +97,14 @@ def bucket_row(dataset, base, resolution, validation_split) -> list:
 
 def bucket_settings(values: list) -> dict:
     """The TrainConfig fields the bucket row asks for (0 leaves a side or step at its default)."""
-    settings = dict(zip(BUCKET_FIELDS, values))
-    return {name: (int(value) if name not in ("buckets", "no_upscale") else bool(value))
-            for name, value in settings.items() if value or name == "buckets"}
+    return page_values(TrainConfig, dict(zip(BUCKET_FIELDS, values)))
 
 
 def bucket_report(folder_path: str, base_model: str, resolution: float, validation_split: float, *values) -> str:
     """The Train tab's bucket table for the chosen folder, base and settings (stylelora.buckets does the work)."""
     from stylelora.data.buckets import plan_for_config, report_as_markdown
-    from stylelora.train.config import TrainConfig, validate
     from stylelora.errors import StyleloraError
+    from stylelora.train.config import validate
 
     if not folder_path:
         return "**Error:** upload images or choose a folder first"

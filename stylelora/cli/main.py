@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ..errors import StyleloraError
 from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES
-from ..train.config import LR_SCHEDULES, PRECISIONS, from_dict, load_toml
+from ..options import add_arguments
+from ..train.config import TrainConfig, from_dict, load_toml
 from .serve import add_serve_parser, run_serve
 from .stop import StopRequest
 from .tune import add_suggest_parser, add_tune_parser, run_suggest, run_tune
@@ -19,111 +20,13 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
 def add_train_parser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("train", help="train a style adapter from a folder of captioned images",
                             description="Train a LoRA style adapter from a folder of captioned images.")
     p.add_argument("data", nargs="?", help="folder of images (png, jpg, webp, bmp; subfolders too)")
     p.add_argument("--config", type=Path, help="TOML file with the same options as these flags (flags win)")
-    p.add_argument("--out", type=Path, help="output folder, or a .safetensors file path (default adapters/<name>)")
-    p.add_argument("--name", help="adapter name (default: the output file or image folder name)")
-    p.add_argument("--base", help="'mini' (built in, default), a hub id, a diffusers folder or a .safetensors checkpoint")
-    p.add_argument("--auto", action="store_true", default=None,
-                   help="rank, alpha, learning rate and steps from `stylelora suggest` where you leave them at their defaults")
-    g = p.add_argument_group("captions")
-    g.add_argument("--caption", help="caption for images that have none")
-    g.add_argument("--trigger", help="trigger phrase put before every caption")
-    g.add_argument("--caption-dropout", type=float, help="rate of steps trained on an empty caption (0)")
-    g.add_argument("--shuffle-tags", action=argparse.BooleanOptionalAction, default=None, help="shuffle comma-separated tags")
-    g.add_argument("--keep-tags", type=int, help="leading tags kept in place when shuffling (0)")
-    g = p.add_argument_group("images")
-    g.add_argument("--resolution", type=int, help="training size in pixels, a multiple of 8 (default: the base's native size)")
-    g.add_argument("--random-crop", action=argparse.BooleanOptionalAction, default=None, help="random instead of center crops")
-    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips")
-    g.add_argument("--buckets", action=argparse.BooleanOptionalAction, default=None,
-                   help="aspect-ratio buckets, so no image is cropped to a square (on); --no-buckets: centre squares")
-    g.add_argument("--bucket-step", type=int, help="bucket sides are multiples of this (64; 8 on the built-in mini base)")
-    g.add_argument("--min-bucket", type=int, help="shortest bucket side in pixels (half the resolution)")
-    g.add_argument("--max-bucket", type=int, help="longest bucket side in pixels (twice the resolution)")
-    g.add_argument("--no-upscale", action="store_true", default=None,
-                   help="never enlarge an image to fill a bucket: each trains at its own size, rounded down to the step")
-    g = p.add_argument_group("adapter")
-    g.add_argument("--method", help="lora, dora, loha, lokr, adalora or dylora (lora); DoRA is written with the "
-                                    "magnitude per input column, as AUTOMATIC1111 and ComfyUI apply it")
-    g.add_argument("--rank", type=int, help="LoRA rank (4)")
-    g.add_argument("--alpha", type=float, help="LoRA alpha (default: the rank, so the scale is 1)")
-    g.add_argument("--dropout", type=float, help="LoRA dropout (0)")
-    g.add_argument("--target-modules", type=_csv, help="UNet module-name suffixes (to_q,to_k,to_v,to_out.0)")
-    g.add_argument("--targets", help="UNet module preset instead of --target-modules: attn (the default), attn-mlp "
-                                     "(+ feed-forward), all-linear (+ proj_in/out, time embedding), all (+ ResNet "
-                                     "convolutions: LoCon)")
-    g.add_argument("--conv-rank", type=int, help="rank of the 3x3 convolutions with --targets all (--rank)")
-    g.add_argument("--conv-alpha", type=float, help="alpha of the 3x3 convolutions with --targets all (the conv rank)")
-    g.add_argument("--target-rank", type=int, help="AdaLoRA: the average rank it prunes down to, from --rank (half of --rank)")
-    g.add_argument("--export-rank", type=int, help="DyLoRA: the rank the adapter file holds, 1 to --rank (--rank)")
-    g.add_argument("--train-bias", action=argparse.BooleanOptionalAction, default=None,
-                   help="lora, dora: the adapted layers' biases train too; the file carries them as diff_b, which "
-                        "ComfyUI applies (AUTOMATIC1111 and diffusers apply the weights only)")
-    g.add_argument("--train-text-encoder", action=argparse.BooleanOptionalAction, default=None,
-                   help="also adapt the CLIP text encoder (q/k/v/out_proj)")
-    g.add_argument("--text-encoder-targets", type=_csv,
-                   help="text-encoder module suffixes (q_proj,k_proj,v_proj,out_proj); on SD2, AUTOMATIC1111 "
-                        "applies the text-encoder part only when all four are adapted")
-    g.add_argument("--rslora", action=argparse.BooleanOptionalAction, default=None,
-                   help="rank-stabilised LoRA: scale alpha/sqrt(rank) instead of alpha/rank (the file stores "
-                        "alpha*sqrt(rank), so every loader applies the same delta)")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--learning-rate", "--lr", type=float, help="UNet LoRA learning rate (1e-4; 2e-3 on the built-in mini base)")
-    g.add_argument("--loraplus-ratio", type=float,
-                   help="LoRA+: the B (up) matrices learn R times faster than A; 16 is the paper's usual value (0 = off)")
-    g.add_argument("--text-encoder-lr", type=float, help="text-encoder LoRA learning rate (5e-5)")
-    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="constant, cosine or linear (constant)")
-    g.add_argument("--warmup-steps", type=int, help="linear warmup steps (0)")
-    g.add_argument("--max-steps", type=int, help="optimizer steps to train (default 800 unless --epochs)")
-    g.add_argument("--epochs", type=int, help="passes over the images, instead of --max-steps")
-    g.add_argument("--batch-size", type=int, help="images per step per device (4)")
-    g.add_argument("--grad-accumulation", type=int, help="batches accumulated per optimizer step (1)")
-    g.add_argument("--max-grad-norm", type=float, help="gradient clipping norm, 0 = off (1.0)")
-    g.add_argument("--weight-decay", type=float, help="AdamW weight decay (0.01)")
-    g.add_argument("--min-snr-gamma", type=float, help="min-SNR loss weighting, 0 = off; 5 is usual (0)")
-    g.add_argument("--noise-offset", type=float, help="noise offset, 0 = off; 0.05 is usual (0)")
-    g.add_argument("--seed", type=int, help="random seed (0)")
-    g = p.add_argument_group("speed")
-    g.add_argument("--precision", choices=PRECISIONS,
-                   help="auto (GPU: bf16, or fp16; CPU: bf16 for UNets of 50M parameters or more where a cached "
-                        "probe measured it to run and to be faster, else fp32), no (fp32), fp16 or bf16")
-    g.add_argument("--quantize-base", choices=QUANTIZE_MODES, help=QUANTIZE_HELP)
-    g.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
-                   help="trade compute for memory")
-    g.add_argument("--cache-latents", action=argparse.BooleanOptionalAction, default=None,
-                   help="encode each image once with the VAE (on)")
-    g = p.add_argument_group("checkpoints and samples")
-    g.add_argument("--save-every", type=int, help="write a resumable checkpoint every N steps (0 = off)")
-    g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
-                   help="continue from the latest checkpoint in the output folder")
-    g.add_argument("--sample-every", type=int, help="render preview images every N steps (0 = off)")
-    g.add_argument("--sample-prompt", dest="sample_prompts", action="append",
-                   help="prompt for previews (repeatable; none: the folder's first two captions)")
-    g.add_argument("--log-every", type=int, help="write metrics every N steps (1)")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
-    g = p.add_argument_group("knowing when to stop")
-    g.add_argument("--validation-split", type=float, help="fraction of the images held out to measure a validation "
-                   "loss, at least 1 image, chosen by --seed (0 = off)")
-    g.add_argument("--validation-data", type=Path, help="a separate folder of held-out images instead of a split")
-    g.add_argument("--validate-every", type=int, help="validate every N steps (a twentieth of the run)")
-    g.add_argument("--early-stop", type=int, metavar="PATIENCE",
-                   help="stop after PATIENCE validations without improvement (0 = never)")
-    g.add_argument("--min-delta", type=float, help="the least drop of the validation loss that counts as improvement (0)")
-    g.add_argument("--keep", choices=("best", "last"),
-                   help="which step's adapter becomes the file (best with validation, else last)")
-    g.add_argument("--ema-decay", type=float, help="exponential moving average of the adapter weights, "
-                   "validated and saved instead of them, e.g. 0.99 (0 = off)")
-    g.add_argument("--preserve-prompts", type=Path, metavar="FILE", help="prompts (one a line) on which the "
-                   "target is the base's own prediction, adapter off: keeps the style out of them")
-    g.add_argument("--preserve-weight", type=float, help="weight of that preservation loss (1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_arguments(p, TrainConfig)  # every option of TrainConfig, as it declares them
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -170,7 +73,7 @@ def add_generate_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--height", type=int, help="image height in pixels, a multiple of 8 (--size, or the base's native size)")
     p.add_argument("--scheduler", default="dpm++", choices=("ddim", "euler", "dpm++"), help="sampler (dpm++)")
     p.add_argument("--out", type=Path, default=Path("outputs"), help="folder for the PNG files (outputs)")
-    p.add_argument("--quantize-base", default="none", choices=QUANTIZE_MODES, help=QUANTIZE_HELP)
+    p.add_argument("--quantize-base", default="none", choices=QUANTIZE_MODES, help=QUANTIZE_HELP + " (none)")
     p.add_argument("--blend", default="merge", choices=("merge", "switch", "composite"),
                    help="merge: weighted sum, fused (1x cost); switch: one adapter per step in turn (1x); "
                         "composite: every adapter's prediction averaged each step (N x cost)")
@@ -203,7 +106,7 @@ def add_grid_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--cfg", type=float, default=7.5)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--scheduler", default="dpm++", choices=("ddim", "euler", "dpm++"))
-    p.add_argument("--quantize-base", default="none", choices=QUANTIZE_MODES, help=QUANTIZE_HELP)
+    p.add_argument("--quantize-base", default="none", choices=QUANTIZE_MODES, help=QUANTIZE_HELP + " (none)")
     p.add_argument("-o", "--out", type=Path, default=Path("outputs/grid.png"))
 
 

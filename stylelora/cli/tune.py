@@ -6,7 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..train.config import PRECISIONS
+from ..options import add_arguments
+from ..train.config import TrainConfig
+from ..tune.space import TuneConfig
+
+# The training settings a study's flags may fix (any other goes in --train-config).
+FIXED_TRAINING = ("base", "validation_split", "validation_data", "trigger", "caption", "batch_size", "resolution",
+                  "precision")
 
 
 def add_tune_parser(commands: argparse._SubParsersAction) -> None:
@@ -17,46 +23,10 @@ def add_tune_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("data", nargs="?", help="folder of captioned images")
     p.add_argument("--config", type=Path, help="TOML file: a [tune] table with these options, and a [train] table "
                                                "of fixed training settings (flags win)")
-    p.add_argument("--out", type=Path, help="folder for the study, the trials' adapters and the results "
-                                            "(tune/<folder name>)")
-    p.add_argument("--storage", help="database URL optuna accepts, shared by every process of the study, e.g. "
-                                     "postgresql://user:pass@host/db (SQLite in --out)")
-    p.add_argument("--study-name", help="the study's name in the storage (the folder's name)")
-    g = p.add_argument_group("budget")
-    g.add_argument("--trials", type=int, help="finished trials in all, over every process (20 unless --timeout)")
-    g.add_argument("--timeout", help="no new trial starts after this long in this process: 30m, 2h, 900 (seconds)")
-    g.add_argument("--max-steps", type=int, help="cap on each trial's steps (1600)")
-    g.add_argument("--min-steps", type=int, help="fewest steps a trial trains (100)")
-    g = p.add_argument_group("objective")
-    g.add_argument("--objective", choices=("loss", "judge"),
-                   help="loss: the held-out validation loss (any base); judge: the style rate the mini's judge reads "
-                        "on fixed prompts and seeds, colour kept as a constraint (--base mini only) (loss)")
-    g.add_argument("--judge-style", choices=("striped", "dotted", "pastel"),
-                   help="the style the judge counts (what it sees most in the folder)")
-    g.add_argument("--judge-images", type=int, help="images per colour x shape prompt the judge reads (2)")
-    g = p.add_argument_group("search space (one value fixes a setting)")
-    g.add_argument("--ranks", help="ranks to try (2,4,8,16)")
-    g.add_argument("--alpha-ratios", help="alpha as a multiple of the rank (0.5,1,2)")
-    g.add_argument("--lr-range", help="learning rates, log scale, LOW:HIGH (the base's default / 10 to x 5)")
-    g.add_argument("--methods", help="adapter methods to try: lora,dora,loha,lokr,adalora,dylora (lora)")
-    g.add_argument("--target-presets", help="module presets to try: attn,attn-mlp,all-linear,all (attn,attn-mlp)")
-    g.add_argument("--text-encoder", help="off, on, or off,on to search it (off)")
-    g = p.add_argument_group("inside each trial")
-    g.add_argument("--early-stop", type=int, metavar="PATIENCE", help="stop a trial after PATIENCE validations "
-                   "without improvement, keeping its best step (loss objective; 0 = off) (5)")
-    g.add_argument("--pruner", choices=("median", "none"), help="stop a trial whose validation loss is worse than "
-                   "the median of earlier trials at the same step (loss objective) (median)")
-    g.add_argument("--seed", type=int, help="the sampler's seed and every trial's training seed (0)")
-    g = p.add_argument_group("fixed training settings (as in `stylelora train`)")
-    g.add_argument("--base", help="'mini' (default), a hub id, a diffusers folder or a .safetensors checkpoint")
-    g.add_argument("--validation-split", type=float, help="fraction of the images held out (0.2)")
-    g.add_argument("--validation-data", type=Path, help="a separate folder of held-out images instead")
-    g.add_argument("--trigger", help="trigger phrase put before every caption")
-    g.add_argument("--caption", help="caption for images that have none")
-    g.add_argument("--batch-size", type=int, help="images per step (4)")
-    g.add_argument("--resolution", type=int, help="training size in pixels (the base's native size)")
-    g.add_argument("--precision", choices=PRECISIONS, help="as `stylelora train --precision` (auto)")
-    g.add_argument("--train-config", type=Path, help="a `stylelora train` TOML file of further fixed settings")
+    add_arguments(p, TuneConfig)
+    add_arguments(p, TrainConfig, only=FIXED_TRAINING, group="fixed training settings (as in `stylelora train`)",
+                  defaults={"validation_split": "0.2"})
+    p.add_argument("--train-config", type=Path, help="a `stylelora train` TOML file of further fixed settings")
 
 
 def run_tune(args: argparse.Namespace) -> int:

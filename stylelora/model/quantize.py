@@ -26,9 +26,9 @@ if TYPE_CHECKING:  # torch is imported where it is used: config.py reads this mo
     import torch
 
 QUANTIZE_MODES = ("none", "nf4", "int8", "fp8")
-# the --quantize-base help, the same on train, generate, grid and serve
+# the --quantize-base help, the same on train, generate, grid and serve (their default, none, is added where used)
 QUANTIZE_HELP = ("hold the frozen base in fewer bytes: nf4 or int8 (bitsandbytes, the [quant] extra) for its Linear "
-                 "layers, or fp8 storage for its Linear and conv layers; the adapter stays float32 (none)")
+                 "layers, or fp8 storage for its Linear and conv layers; the adapter stays float32")
 BITSANDBYTES_MODES = ("nf4", "int8")
 EXTRA = 'pip install -e ".[quant]"  (or: pip install bitsandbytes)'
 # diffusers' own defaults for layerwise casting, plus the UNet's: normalisation layers keep their dtype.

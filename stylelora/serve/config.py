@@ -7,29 +7,33 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..model.quantize import check_quantize
-from ..options import field_values, read_toml
+from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES, check_quantize
+from ..options import field_values, option, read_toml
 
 
 @dataclass
 class ServeConfig:
-    base: str = "mini"
-    adapters: Path = Path("adapters")  # the folder the UI's library shows: both read the same adapters
-    host: str = "127.0.0.1"  # loopback unless told otherwise
-    port: int = 8000
-    api_key: str | None = None  # every request without it gets 401
-    max_resident: int | None = None  # adapters held in RAM at once (least recently used out)
-    max_resident_mb: float | None = None  # ... or their tensors' size
-    max_queue: int = 64  # queued requests; beyond them, 503 with Retry-After
-    max_batch: int = 8  # images painted in one pipeline call
-    batch_window_ms: float = 10.0  # how long the oldest request waits for others to batch with
-    max_count: int = 8  # images per request
-    max_side: int = 1024  # pixels, width or height
-    max_steps: int = 100
-    max_body_mb: float = 1.0  # a JSON request body; adapter uploads may be up to library.MAX_UPLOAD_BYTES
-    quantize_base: str = "none"
-    ray: bool = False  # run as Ray Serve replicas (the [ray] extra)
-    replicas: int = 1
+    """The server's settings, each option declared once (options.option): the `stylelora serve` flags, the TOML
+    [serve] keys and the docs' option table are built from these fields."""
+
+    base: str = option("mini", "'mini' (built in), a hub id, a diffusers folder or a .safetensors file")
+    adapters: Path = option(Path("adapters"), "the adapter folder, shared with the UI's library")
+    host: str = option("127.0.0.1", "address to listen on (127.0.0.1: this machine only)")
+    port: int = option(8000, "TCP port")
+    api_key: str | None = option(None, "require `Authorization: Bearer KEY` on every request", default_text="off")
+    max_resident: int | None = option(None, "adapters held in RAM at once, least recently used out",
+                                      default_text="no limit")
+    max_resident_mb: float | None = option(None, "... or a bound on their tensors' size in MB", default_text="no limit")
+    max_queue: int = option(64, "queued requests before 503 with Retry-After")
+    max_batch: int = option(8, "images painted in one UNet batch")
+    batch_window_ms: float = option(10.0, "how long a request waits for others to batch with")
+    max_count: int = option(8, "images a request may ask for")
+    max_side: int = option(1024, "largest width or height a request may ask for")
+    max_steps: int = option(100, "most denoising steps a request may ask for")
+    max_body_mb: float = option(1.0, "largest JSON request body in MB; uploads may be 512 MB")
+    quantize_base: str = option("none", QUANTIZE_HELP, choices=QUANTIZE_MODES)
+    ray: bool = option(False, "run as Ray Serve replicas (the [ray] extra)", negatable=False)
+    replicas: int = option(1, "Ray Serve replicas, each with its own base and pool")
 
 
 def validate_serve(config: ServeConfig) -> ServeConfig:

@@ -1,4 +1,4 @@
-"""Typed job configs. Both the CLI and the UI build these; `validate()` is the one place they are checked."""
+"""The training job's typed config, its options declared once, and `validate()`, the one place they are checked."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 from ..data.buckets import BucketSettings
 from ..errors import ConfigError
 from ..methods import METHODS, TARGET_PRESETS, AdapterSpec, method_checks, method_of
-from ..model.quantize import QUANTIZE_MODES
-from ..options import field_values, read_toml
+from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES
+from ..options import UiField, field_values, option, read_toml
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -19,82 +19,158 @@ LR_SCHEDULES = ("constant", "cosine", "linear")
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 
 
+BASE_HELP = "'mini' (built in), a hub id, a diffusers folder or a .safetensors checkpoint"
+STOP = "knowing when to stop"
+WITH_VALIDATION = "add --validation-split 0.2 or --validation-data DIR"
+
+
+def _method_names() -> list[str]:
+    return list(METHODS)  # read when asked: a registered method is a choice too
+
+
 @dataclass
 class TrainConfig:
-    """Everything one training run needs. Field names are the CLI flags with '-' for '_'."""
+    """Everything one training run needs, each option declared once (options.option): the CLI flags, the TOML
+    keys, the web UI's fields and the docs' option tables are built from these fields."""
 
-    data: Path
-    out: Path | None = None
-    name: str | None = None
-    base: str = "mini"
+    data: Path = option(help="folder of images (png, jpg, webp, bmp; subfolders too)", cli=False)
+    out: Path | None = option(None, "output folder, or a .safetensors file path", default_text="adapters/NAME")
+    name: str | None = option(None, "adapter name", default_text="the output file or image folder name",
+                              ui=UiField("Adapter name", "textbox", "adapter-name", default="mystyle"))
+    base: str = option("mini", BASE_HELP)
     # captions
-    caption: str = ""
-    trigger: str = ""
-    caption_dropout: float = 0.0
-    shuffle_tags: bool = False
-    keep_tags: int = 0
+    caption: str = option("", "caption for images that have none", "captions", default_text="none")
+    trigger: str = option("", "trigger phrase put before every caption", "captions", default_text="none",
+                          ui=UiField("Trigger word", "textbox"))
+    caption_dropout: float = option(0.0, "rate of steps trained on an empty caption", "captions",
+                                    ui=UiField("Caption dropout"))
+    shuffle_tags: bool = option(False, "shuffle comma-separated tags", "captions")
+    keep_tags: int = option(0, "leading tags kept in place when shuffling", "captions")
     # images
-    resolution: int | None = None  # None: the base model's native size
-    random_crop: bool = False
-    flip: bool = False
-    buckets: bool = True  # aspect-ratio buckets (buckets.py); off: every image is a centre square
-    bucket_step: int | None = None  # bucket sides are multiples of this (None: 64; 8 for the miniature base)
-    min_bucket: int | None = None  # the shortest bucket side (None: half the resolution)
-    max_bucket: int | None = None  # the longest bucket side (None: twice the resolution)
-    no_upscale: bool = False  # never enlarge an image to fill a bucket: each keeps its own size, on the step
+    resolution: int | None = option(None, "training size in pixels, a multiple of 8", "images",
+                                    default_text="the base's native size",
+                                    ui=UiField("Resolution (0 = the base's own)", "integer"))
+    random_crop: bool = option(False, "random instead of centre crops", "images")
+    flip: bool = option(False, "random horizontal flips", "images", ui=UiField("Random flips", "checkbox"))
+    buckets: bool = option(True, "aspect-ratio buckets, so no image is cropped to a square; --no-buckets trains "
+                                 "centre squares", "images",
+                           ui=UiField("Keep each image's shape (buckets); off: centre squares", "checkbox"))
+    bucket_step: int | None = option(None, "bucket sides are multiples of this", "images",
+                                     default_text="64; 8 on the built-in mini base",
+                                     ui=UiField("Bucket step in px (0 = 64; 8 on mini)", "integer"))
+    min_bucket: int | None = option(None, "shortest bucket side in pixels", "images", default_text="half the resolution",
+                                    ui=UiField("Shortest side (0 = half the resolution)", "integer"))
+    max_bucket: int | None = option(None, "longest bucket side in pixels", "images", default_text="twice the resolution",
+                                    ui=UiField("Longest side (0 = twice the resolution)", "integer"))
+    no_upscale: bool = option(False, "never enlarge an image to fill a bucket: each trains at its own size, rounded "
+                                     "down to the step", "images", negatable=False,
+                              ui=UiField("Never enlarge an image", "checkbox"))
     # adapter
-    rank: int = 4
-    alpha: float | None = None  # None: equal to rank, so the scale is 1
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = UNET_TARGETS
-    train_text_encoder: bool = False
-    text_encoder_targets: tuple[str, ...] = TEXT_ENCODER_TARGETS
-    method: str = "lora"  # lora, dora, loha, lokr, adalora or dylora
-    targets: str | None = None  # a module preset (attn, attn-mlp, all-linear, all) instead of target_modules
-    conv_rank: int | None = None  # rank of the 3x3 convolutions that --targets all adapts (None: --rank)
-    conv_alpha: float | None = None  # their alpha (None: the conv rank)
-    target_rank: int | None = None  # AdaLoRA: the average rank it prunes down to (None: half of --rank)
-    export_rank: int | None = None  # DyLoRA: the rank the adapter file holds (None: --rank)
-    train_bias: bool = False  # LoRA, DoRA: the adapted layers' biases train too
-    rslora: bool = False  # rank-stabilised scale alpha/sqrt(rank) instead of alpha/rank
-    loraplus_ratio: float = 0.0  # LoRA+: B (up) matrices learn this many times faster than A; 0 = off
+    rank: int = option(4, "LoRA rank", "adapter", ui=UiField("Rank", "integer"))
+    alpha: float | None = option(None, "LoRA alpha", "adapter", default_text="the rank, so the scale is 1",
+                                 ui=UiField("Alpha (0 = rank)"))
+    dropout: float = option(0.0, "LoRA's input dropout (lora, dora, dylora)", "adapter")
+    target_modules: tuple[str, ...] = option(UNET_TARGETS, "UNet module-name suffixes, comma-separated", "adapter")
+    train_text_encoder: bool = option(False, "also adapt the CLIP text encoder (q/k/v/out_proj)", "adapter",
+                                      ui=UiField("Train the text encoder", "checkbox", "train-te"))
+    text_encoder_targets: tuple[str, ...] = option(
+        TEXT_ENCODER_TARGETS, "text-encoder module suffixes; on SD2, AUTOMATIC1111 applies the text-encoder part only "
+        "when all four are adapted", "adapter")
+    method: str = option("lora", "the adapter method; DoRA is written with the magnitude per input column, as "
+                                 "AUTOMATIC1111 and ComfyUI apply it", "adapter", choices=_method_names,
+                         ui=UiField("Method (every one writes a file AUTOMATIC1111 and ComfyUI load)", "dropdown"))
+    targets: str | None = option(None, "UNet module preset instead of --target-modules: attn, attn-mlp "
+                                       "(+ feed-forward), all-linear (+ proj_in/out, time embedding), all (+ ResNet "
+                                       "convolutions: LoCon)", "adapter", choices=tuple(TARGET_PRESETS),
+                                 default_text="attn, as --target-modules gives it",
+                                 ui=UiField("Modules (attn; attn-mlp adds feed-forward; all-linear; all adds "
+                                            "convolutions)", "dropdown", default="attn"))
+    conv_rank: int | None = option(None, "rank of the 3x3 convolutions with --targets all", "adapter",
+                                   default_text="--rank", ui=UiField("Conv rank (0 = rank)", "integer"))
+    conv_alpha: float | None = option(None, "alpha of the 3x3 convolutions with --targets all", "adapter",
+                                      default_text="the conv rank", ui=UiField("Conv alpha (0 = conv rank)"))
+    target_rank: int | None = option(None, "AdaLoRA: the average rank it prunes down to, from --rank", "adapter",
+                                     default_text="half of --rank",
+                                     ui=UiField("AdaLoRA target rank (0 = half the rank)", "integer"))
+    export_rank: int | None = option(None, "DyLoRA: the rank the adapter file holds, 1 to --rank", "adapter",
+                                     default_text="--rank", ui=UiField("DyLoRA rank to write (0 = the rank)", "integer"))
+    train_bias: bool = option(False, "lora, dora: the adapted layers' biases train too; the file carries them as "
+                                     "diff_b, which ComfyUI applies (AUTOMATIC1111 and diffusers apply the weights "
+                                     "only)", "adapter",
+                              ui=UiField("Train the biases too (ComfyUI applies them)", "checkbox"))
+    rslora: bool = option(False, "rank-stabilised LoRA: scale alpha/sqrt(rank) instead of alpha/rank (the file "
+                                 "stores alpha*sqrt(rank), so every loader applies the same delta)", "adapter",
+                          ui=UiField("rsLoRA (scale alpha/sqrt(rank))", "checkbox"))
+    loraplus_ratio: float = option(0.0, "LoRA+: the B (up) matrices learn R times faster than A; 16 is the paper's "
+                                        "usual value; 0 = off", "optimisation",
+                                   ui=UiField("LoRA+ ratio (0 = off; 16 is usual)"))
     # optimisation
-    learning_rate: float | None = None  # None: 1e-4 for real Stable Diffusion, 2e-3 for the tiny 'mini'
-    text_encoder_lr: float = 5e-5
-    lr_schedule: str = "constant"
-    warmup_steps: int = 0
-    max_steps: int | None = None
-    epochs: int | None = None
-    batch_size: int = 4
-    grad_accumulation: int = 1
-    max_grad_norm: float = 1.0
-    weight_decay: float = 1e-2
-    min_snr_gamma: float = 0.0
-    noise_offset: float = 0.0
-    seed: int = 0
+    learning_rate: float | None = option(None, "UNet adapter learning rate", "optimisation", aliases=("--lr",),
+                                         default_text="1e-4; 2e-3 on the built-in mini base",
+                                         ui=UiField("Learning rate (0 = the base's usual)", elem_id="lr"))
+    text_encoder_lr: float = option(5e-5, "text-encoder adapter learning rate", "optimisation")
+    lr_schedule: str = option("constant", "learning-rate schedule", "optimisation", choices=LR_SCHEDULES)
+    warmup_steps: int = option(0, "linear warmup steps", "optimisation")
+    max_steps: int | None = option(None, "optimizer steps to train", "optimisation",
+                                   default_text="800 unless --epochs",
+                                   ui=UiField("Steps", "integer", "steps", default=800))
+    epochs: int | None = option(None, "passes over the images, instead of --max-steps", "optimisation")
+    batch_size: int = option(4, "images per step per device", "optimisation", ui=UiField("Batch size", "integer"))
+    grad_accumulation: int = option(1, "batches accumulated per optimizer step", "optimisation")
+    max_grad_norm: float = option(1.0, "gradient clipping norm, 0 = off", "optimisation")
+    weight_decay: float = option(1e-2, "AdamW weight decay", "optimisation")
+    min_snr_gamma: float = option(0.0, "min-SNR loss weighting, 0 = off; 5 is usual", "optimisation")
+    noise_offset: float = option(0.0, "noise offset, 0 = off; 0.05 is usual", "optimisation")
+    seed: int = option(0, "random seed", "optimisation", ui=UiField("Seed", "integer", "train-seed"))
     # speed
-    precision: str = "auto"
-    quantize_base: str = "none"  # hold the frozen base in nf4, int8 or fp8 (quantize.py); the adapter stays float32
-    gradient_checkpointing: bool = False
-    cache_latents: bool = True
+    precision: str = option("auto", "auto (GPU: bf16, or fp16; CPU: bf16 for UNets of 50M parameters or more where a "
+                                    "cached probe measured it to run and to be faster, else fp32), no (fp32), fp16 or "
+                                    "bf16", "speed", choices=PRECISIONS,
+                            ui=UiField("Precision (auto: bf16 only where this CPU was measured to run it faster)",
+                                       "dropdown"))
+    quantize_base: str = option("none", QUANTIZE_HELP, "speed", choices=QUANTIZE_MODES)
+    gradient_checkpointing: bool = option(False, "trade compute for memory", "speed")
+    cache_latents: bool = option(True, "encode each image once with the VAE", "speed")
     # outputs
-    save_every: int = 0
-    resume: bool = False
-    sample_every: int = 0
-    sample_prompts: tuple[str, ...] = ()
-    log_every: int = 1
+    save_every: int = option(0, "write a resumable checkpoint every N steps (0 = only the adapter, at the end)",
+                             "checkpoints and samples",
+                             ui=UiField("Checkpoint every N steps", "integer", default=50))
+    resume: bool = option(False, "continue from the latest checkpoint in the output folder", "checkpoints and samples",
+                          ui=UiField("Continue from this adapter's last checkpoint (--resume)", "checkbox"))
+    sample_every: int = option(0, "render preview images every N steps (0 = off)", "checkpoints and samples",
+                               ui=UiField("Preview every N steps (0 = off)", "integer", default=100))
+    sample_prompts: tuple[str, ...] = option((), "prompt for previews (repeatable)", "checkpoints and samples",
+                                             flag="--sample-prompt", repeat=True,
+                                             default_text="the folder's first two captions",
+                                             ui=UiField("Preview prompt (empty: the first two captions)", "textbox",
+                                                        "sample-prompt"))
+    log_every: int = option(1, "write metrics every N steps", "checkpoints and samples")
     # knowing when to stop (validation.py)
-    validation_split: float = 0.0  # fraction of the images held out to measure a validation loss
-    validation_data: Path | None = None  # a separate folder of held-out images instead
-    validate_every: int | None = None  # in steps (None: a twentieth of the run)
-    early_stop: int = 0  # stop after this many validations without improvement; 0 = never
-    min_delta: float = 0.0  # what counts as an improvement of the validation loss
-    keep: str | None = None  # best or last step's adapter as the file (None: best with validation, else last)
-    ema_decay: float = 0.0  # exponential moving average of the adapter weights; 0 = off
-    preserve_prompts: Path | None = None  # file of prompts on which the base's own prediction is the target
-    preserve_weight: float = 1.0  # weight of that preservation loss
+    validation_split: float = option(0.0, "fraction of the images held out to measure a validation loss, at least 1 "
+                                          "image, chosen by --seed (0 = off)", STOP,
+                                     ui=UiField("Hold out for validation (fraction, 0 = off)"))
+    validation_data: Path | None = option(None, "a separate folder of held-out images instead of a split", STOP,
+                                          ui=UiField("...or a validation folder on this machine", "textbox"))
+    validate_every: int | None = option(None, "validate every N steps", STOP, default_text="a twentieth of the run",
+                                        ui=UiField("Validate every N steps (0 = a twentieth of the run)", "integer"))
+    early_stop: int = option(0, "stop after PATIENCE validations without improvement (0 = never)", STOP,
+                             metavar="PATIENCE",
+                             ui=UiField("Early stop after N validations without improvement (0 = never)", "integer"))
+    min_delta: float = option(0.0, "the least drop of the validation loss that counts as improvement", STOP,
+                              ui=UiField("Least improvement that counts"))
+    keep: str | None = option(None, "which step's adapter becomes the file", STOP, choices=("best", "last"),
+                              default_text="best with validation, else last", ui=UiField("Adapter kept", "dropdown"))
+    ema_decay: float = option(0.0, "exponential moving average of the adapter weights, validated and saved instead "
+                                   "of them, e.g. 0.99 (0 = off)", STOP,
+                               ui=UiField("EMA decay (0 = off; 0.99 is usual)"))
+    preserve_prompts: Path | None = option(None, "prompts (one a line) on which the target is the base's own "
+                                                 "prediction, adapter off: keeps the style out of them", STOP,
+                                           metavar="FILE",  # the page takes the prompts themselves, and saves them
+                                           ui=UiField("Preserve the base on these prompts (one a line)", "textbox"))
+    preserve_weight: float = option(1.0, "weight of that preservation loss", STOP, ui=UiField("Preservation weight"))
     # `stylelora suggest` fills rank, alpha, learning rate and steps where they are left at their defaults
-    auto: bool = False
+    auto: bool = option(False, "rank, alpha, learning rate and steps from `stylelora suggest`, for each of them you "
+                               "leave at its default", negatable=False)
 
     @property
     def validating(self) -> bool:
@@ -247,7 +323,10 @@ _PATH_FIELDS = {"data", "out", "validation_data", "preserve_prompts"}
 
 
 def _as_tuple(value: Any) -> tuple:
-    return tuple(value.split(",")) if isinstance(value, str) else tuple(value)
+    """'to_q, to_k' (a flag or a TOML string) or a list, as a tuple; blanks around commas dropped."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return tuple(value)
 
 
 def from_dict(values: dict[str, Any]) -> TrainConfig:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..methods import METHODS, TARGET_PRESETS
-from ..options import read_toml
+from ..options import option, read_toml
 from ..train.config import TrainConfig, from_dict, validate
 
 OBJECTIVES = ("loss", "judge")
@@ -23,32 +23,45 @@ DEFAULT_TRIALS = 20
 SEARCHED = ("rank", "alpha", "learning_rate", "max_steps", "method", "targets", "train_text_encoder")
 
 
+BUDGET, OBJECTIVE, SPACE, INSIDE = "budget", "objective", "search space (one value fixes a setting)", "inside each trial"
+
+
 @dataclass
 class TuneConfig:
-    """One study. Field names are the `stylelora tune` flags with '-' for '_'."""
+    """One study, each option declared once (options.option): the `stylelora tune` flags, the TOML [tune] keys
+    and the docs' option table are built from these fields."""
 
-    data: Path
-    out: Path | None = None  # the study, the trials' adapters and the results (None: tune/<folder name>)
-    storage: str | None = None  # any database URL optuna accepts (None: SQLite in the output folder)
-    study_name: str | None = None  # None: the folder's name
-    trials: int | None = None  # finished trials in all, over every process (None with no timeout: 20)
-    timeout: float | None = None  # seconds after which no new trial starts in this process
-    objective: str = "loss"  # loss: the held-out validation loss; judge: the mini judge's style rate
-    judge_style: str | None = None  # striped, dotted or pastel (None: what the judge sees most in the folder)
-    judge_images: int = 2  # images per colour x shape prompt the judge looks at (12 prompts)
-    # the search space: one value fixes a setting, several search it
-    ranks: tuple[int, ...] = (2, 4, 8, 16)
-    alpha_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # alpha = rank x ratio
-    lr_range: tuple[float, float] | None = None  # log-uniform (None: the base's default / 10 to x 5)
-    min_steps: int = 100
-    max_steps: int = 1600  # caps each trial's steps
-    methods: tuple[str, ...] = ("lora",)
-    target_presets: tuple[str, ...] = ("attn", "attn-mlp")
-    text_encoder: tuple[bool, ...] = (False,)
-    # inside each trial
-    early_stop: int = 5  # patience, in validations (loss objective; 0 = off)
-    pruner: str = "median"  # median: optuna's MedianPruner on the validation losses (loss objective)
-    seed: int = 0  # the sampler's seed and every trial's training seed
+    data: Path = option(help="folder of captioned images", cli=False)
+    out: Path | None = option(None, "folder for the study, the trials' adapters and the results",
+                              default_text="tune/<folder name>")
+    storage: str | None = option(None, "database URL optuna accepts, shared by every process of the study, e.g. "
+                                       "postgresql://user:pass@host/db", default_text="SQLite in --out")
+    study_name: str | None = option(None, "the study's name in the storage", default_text="the folder's name")
+    trials: int | None = option(None, "finished trials in all, over every process", BUDGET,
+                                default_text=f"{DEFAULT_TRIALS} unless --timeout")
+    timeout: float | None = option(None, "no new trial starts after this long in this process: 30m, 2h, 900 "
+                                         "(seconds)", BUDGET, cli_type=str, default_text="none")
+    max_steps: int = option(1600, "cap on each trial's steps", BUDGET)
+    min_steps: int = option(100, "fewest steps a trial trains", BUDGET)
+    objective: str = option("loss", "loss: the held-out validation loss (any base); judge: the style rate the mini's "
+                                    "judge reads on fixed prompts and seeds, colour kept as a constraint (--base mini "
+                                    "only)", OBJECTIVE, choices=OBJECTIVES)
+    judge_style: str | None = option(None, "the style the judge counts", OBJECTIVE, choices=JUDGE_STYLES,
+                                     default_text="what it sees most in the folder")
+    judge_images: int = option(2, "images per colour x shape prompt the judge reads (12 prompts)", OBJECTIVE)
+    ranks: tuple[int, ...] = option((2, 4, 8, 16), "ranks to try", SPACE, cli_type=str)
+    alpha_ratios: tuple[float, ...] = option((0.5, 1.0, 2.0), "alpha as a multiple of the rank", SPACE, cli_type=str)
+    lr_range: tuple[float, float] | None = option(None, "learning rates, log scale, LOW:HIGH", SPACE, cli_type=str,
+                                                  default_text="the base's default / 10 to x 5")
+    methods: tuple[str, ...] = option(("lora",), "adapter methods to try, comma-separated", SPACE, cli_type=str)
+    target_presets: tuple[str, ...] = option(("attn", "attn-mlp"), "module presets to try, of attn, attn-mlp, "
+                                                                   "all-linear, all", SPACE, cli_type=str)
+    text_encoder: tuple[bool, ...] = option((False,), "off, on, or off,on to search it", SPACE, cli_type=str)
+    early_stop: int = option(5, "stop a trial after PATIENCE validations without improvement, keeping its best step "
+                                "(loss objective; 0 = off)", INSIDE, metavar="PATIENCE")
+    pruner: str = option("median", "stop a trial whose validation loss is worse than the median of earlier trials "
+                                   "at the same step (loss objective)", INSIDE, choices=PRUNERS)
+    seed: int = option(0, "the sampler's seed and every trial's training seed", INSIDE)
     train: dict[str, Any] = field(default_factory=dict)  # fixed training settings (flag names as keys)
 
     @property
