@@ -402,3 +402,16 @@ def test_each_method_shows_only_its_own_fields():
         for name in own_fields(method, "all"):
             value = True if name in ("rslora", "train_bias") else 2
             validate(TrainConfig(data="x", method=method, targets="all", **{name: value}))
+
+
+def test_base_hash_names_the_base_alone_whatever_the_method(train_config):
+    """stylelora.base_hash identifies the base: the same for every method (it was once taken after the adapters were
+    attached, which gave each method its own), and the fingerprint of the base's UNet files."""
+    from stylelora.model.base import base_fingerprint
+
+    hashes = set()
+    for method in ("lora", "loha", "dylora"):
+        config = train_config(method=method, max_steps=1, out=train_config().out.parent / method)
+        train(config, **QUIET)
+        hashes.add(read_safetensors(config.adapter_path).metadata["stylelora.base_hash"])
+    assert hashes == {base_fingerprint(train_config().base, None)}

@@ -155,6 +155,24 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def base_fingerprint(spec: str, unet: torch.nn.Module) -> str:
+    """The id an adapter's `stylelora.base_hash` names its base by: the same for every run on that base, whatever
+    the method, precision or quantization. Read from the UNet's weight files (each one's safetensors header, which
+    names every tensor with its dtype, shape and offsets, and its first 64 KiB of data); a hub base, whose files
+    sit in a cache, by `weights_fingerprint` of its UNet as loaded, before any adapter is attached."""
+    kind = resolve_base(spec)
+    files = [Path(spec).expanduser()] if kind == "file" else sorted(
+        (MINI_WEIGHTS if kind == "mini" else Path(spec).expanduser()).joinpath("unet").glob("*.safetensors"))
+    if kind == "hub" or not files:
+        return weights_fingerprint(unet)
+    digest = hashlib.sha256()
+    for path in files:
+        with open(path, "rb") as handle:
+            header_size = int.from_bytes(handle.read(8), "little")
+            digest.update(handle.read(header_size) + handle.read(64 * 1024))
+    return digest.hexdigest()[:16]
+
+
 def native_resolution(spec: str) -> int | None:
     """The base's native image side, from its UNet and VAE configs alone (no weights read); None for a single
     file, whose configs come with loading."""

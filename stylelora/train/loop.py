@@ -26,7 +26,7 @@ from ..errors import DatasetError, TrainingError, TrainingInterrupted
 from ..families import Family, family_of_pipe
 from ..methods import KINDS, method_of
 from ..methods.attach import attach
-from ..model.base import load_base, quantize_pipe, resolve_base, unet_parameter_count
+from ..model.base import base_fingerprint, load_base, quantize_pipe, resolve_base, unet_parameter_count
 from ..model.loading import fix_mmap_threshold
 from ..model.precision import PRECISION_NAMES, choose_precision
 from ..model.quantize import check_quantize, quantization_of, quantized_share
@@ -153,7 +153,7 @@ def prepare_model(config: TrainConfig, device: torch.device, folder: ImageFolder
         pipe.vae.to(torch.float32)  # SDXL's VAE overflows to NaN in float16; the fp16-fix VAE says so in its config
     resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     model = Model(pipe, choice.name, resolution, pipe.vae.config.scaling_factor, family,
-                  pipe.scheduler.config.prediction_type)
+                  pipe.scheduler.config.prediction_type, base_fingerprint(config.base, pipe.unet))
     warn_partial_openclip_text_encoder(config, family, say)
     return model
 

@@ -21,7 +21,6 @@ from ..files import metadata_json, save_safetensors, write_atomically
 from ..images import save_png
 from ..methods import file_metadata, method_of
 from ..methods.attach import export
-from ..model.base import weights_fingerprint
 from .checkpoint import save_checkpoint, trainable_tensors
 from .config import TrainConfig
 from .step_loss import evaluation_mode
@@ -174,7 +173,6 @@ class Outputs:
         self.config, self.folder, self.model, self.optimisation = config, folder, model, optimisation
         self.trained, self.accelerator = trained, accelerator
         self.main = accelerator.is_main_process
-        self.base_id = weights_fingerprint(model.pipe.unet)
 
     def parts(self) -> dict[str, torch.nn.Module]:
         unwrapped = [self.accelerator.unwrap_model(model) for model in self.trained]
@@ -190,7 +188,7 @@ class Outputs:
                  for key, module in export(model, part, export_rank=rank).items()}).items()}
 
     def metadata(self, step: int) -> dict[str, str]:
-        return adapter_metadata(self.config, self.folder, self.model.resolution, step, self.base_id,
+        return adapter_metadata(self.config, self.folder, self.model.resolution, step, self.model.base_id,
                                 self.model.architecture, self.model.prediction_type)
 
     def checkpoint(self, step: int, watch: Watch) -> Path | None:

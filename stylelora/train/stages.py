@@ -29,6 +29,7 @@ class Model:
     latent_scale: float
     family: Family
     prediction_type: str
+    base_id: str = ""  # the base's fingerprint (model.base.base_fingerprint), taken before any adapter is attached
 
     @property
     def weight_dtype(self) -> torch.dtype:
