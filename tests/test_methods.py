@@ -377,6 +377,8 @@ def test_a_file_whose_modules_differ_in_alpha_paints_each_at_its_own_scale(two_a
 
     result = resize(ResizeConfig(two_adapters[0], tmp_path / "dynamic.safetensors", dynamic="fro=0.9"))
     assert len(result.ranks) > 1, result.ranks
+    # Our writer now puts every module at one alpha (formats.one_alpha); a file from another tool may not.
+    _give_each_module_its_own_alpha(result.path)
     weights, _, _ = read_lora(result.path)
     assert len({m.alpha for m in weights.values()}) > 1
     expected = StableDiffusionPipeline.from_pretrained(tiny_base)
@@ -415,3 +417,46 @@ def test_base_hash_names_the_base_alone_whatever_the_method(train_config):
         train(config, **QUIET)
         hashes.add(read_safetensors(config.adapter_path).metadata["stylelora.base_hash"])
     assert hashes == {base_fingerprint(train_config().base, None)}
+
+
+def _give_each_module_its_own_alpha(path):
+    """Rewrite a kohya file with module i at alpha (i + 1) / 2 and its up rescaled: the same change, the alphas
+    differing, as other tools write them."""
+    adapter = read_safetensors(path)
+    tensors = dict(adapter.tensors)
+    for index, key in enumerate(sorted(k for k in tensors if k.endswith(".alpha"))):
+        old, new = tensors[key].item(), (index + 1) / 2
+        name = key[: -len(".alpha")]
+        tensors[key] = torch.tensor(new)
+        tensors[f"{name}.lora_up.weight"] = tensors[f"{name}.lora_up.weight"] * (old / new)
+    save_safetensors(path, tensors, adapter.metadata)
+
+
+@pytest.mark.parametrize("source", ["adalora", "resize"])
+def test_files_whose_modules_differ_in_alpha_load_exactly_in_diffusers(source, train_config, two_adapters, tmp_path):
+    """An AdaLoRA file or a `resize --dynamic` one is written at one alpha, each module's scale folded into up, so
+    diffusers' own loader (which applied the most common alpha where it could not key a module's own) applies each
+    module's trained change: fused weights minus the base equal every module's change."""
+    from stylelora.adapters.resize import ResizeConfig, resize
+
+    if source == "adalora":
+        config = train_config(method="adalora", rank=4, target_rank=2, max_steps=30, save_every=0)
+        path = train(config, **QUIET).adapter_path
+    else:
+        path = resize(ResizeConfig(two_adapters[0], tmp_path / "dynamic.safetensors", dynamic="fro=0.9")).path
+    tensors = read_safetensors(path).tensors
+    assert len({t.item() for k, t in tensors.items() if k.endswith(".alpha")}) == 1
+    weights, _, _ = read_lora(path)
+    assert len({m.rank for m in weights.values()}) > 1, "the test needs modules of different ranks"
+    base = StableDiffusionPipeline.from_pretrained(train_config().base)
+    theirs = StableDiffusionPipeline.from_pretrained(train_config().base)
+    theirs.load_lora_weights(str(path))
+    theirs.fuse_lora(lora_scale=1.0)
+    for (part, module), lora in weights.items():
+        if part != "unet":
+            continue
+        before = base.unet.get_submodule(module).weight.detach()
+        after = theirs.unet.get_submodule(module)
+        after = getattr(after, "base_layer", after).weight.detach()
+        change = lora.delta().reshape(before.shape)
+        assert torch.allclose((after - before).double(), change.double(), atol=1e-6, rtol=1e-4), module

@@ -8,6 +8,7 @@ layout also carries DoRA, LoHa and LoKr modules (methods/layouts.py); the others
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import safetensors.torch
@@ -75,6 +76,25 @@ def to_kohya(weights: LoraWeights) -> dict[str, torch.Tensor]:
     for (part, module), adapter in weights.items():
         out |= adapter.tensors(prefixes[part] + module.replace(".", "_"))
     return out
+
+
+def one_alpha(weights: LoraWeights) -> LoraWeights:
+    """The same change with every plain LoRA module at one alpha, the most common one, each module's own scale
+    folded into its up matrix (up * alpha / common): exact in every loader. diffusers' loader applies one alpha to
+    the modules its kohya conversion cannot key an alpha to (SD1 attention layers, in 0.42), so a file whose modules
+    differ in alpha (AdaLoRA's, `resize --dynamic`'s, merges') was mis-scaled there; ranks may still differ, which
+    diffusers reads off the shapes. DoRA, LoHa and LoKr modules are left as they are (their own layouts)."""
+    alphas = Counter(adapter.alpha for adapter in weights.values() if type(adapter) is LoraModule)
+    if len(alphas) < 2:
+        return weights
+    common = alphas.most_common(1)[0][0]
+    return {key: LoraModule(a.down, a.up * (a.alpha / common), common, a.bias)
+            if type(a) is LoraModule and a.alpha != common else a for key, a in weights.items()}
+
+
+def kohya_file_tensors(weights: LoraWeights) -> dict[str, torch.Tensor]:
+    """The tensors of a kohya-layout file: every plain LoRA module at one alpha (one_alpha), then the layout."""
+    return to_kohya(one_alpha(weights))
 
 
 def _peft_config(weights: LoraWeights, part: str) -> dict:
@@ -223,7 +243,7 @@ def write_lora(weights: LoraWeights, kind: str, out: Path, metadata: dict[str, s
                                f"{'/'.join(KINDS[k] for k in other)} modules (peft's DoRA normalises per output row, "
                                "the loaders per input column); keep it in the kohya layout")
     if kind == "kohya":
-        write_atomically(out, safetensors.torch.save(to_kohya(weights), metadata=metadata))
+        write_atomically(out, safetensors.torch.save(kohya_file_tensors(weights), metadata=metadata))
     elif kind == "diffusers":
         tensors, extra = to_diffusers(weights)
         write_atomically(out, safetensors.torch.save(tensors, metadata=metadata | extra))

@@ -14,7 +14,7 @@ import torch
 from accelerate import Accelerator
 
 from .. import __version__
-from ..adapters.formats import to_kohya
+from ..adapters.formats import kohya_file_tensors
 from ..data.folder import ImageFolder
 from ..families import FAMILIES, UNKNOWN, family_of_pipe
 from ..files import metadata_json, save_safetensors, write_atomically
@@ -183,7 +183,7 @@ class Outputs:
         restoring them after the EMA was swapped in) changes."""
         rank = self.config.export_rank
         with self.optimisation.average.applied():
-            return {key: tensor.clone() for key, tensor in to_kohya(
+            return {key: tensor.clone() for key, tensor in kohya_file_tensors(
                 {key: module for part, model in self.parts().items()
                  for key, module in export(model, part, export_rank=rank).items()}).items()}
 
