@@ -460,3 +460,35 @@ def test_files_whose_modules_differ_in_alpha_load_exactly_in_diffusers(source, t
         after = getattr(after, "base_layer", after).weight.detach()
         change = lora.delta().reshape(before.shape)
         assert torch.allclose((after - before).double(), change.double(), atol=1e-6, rtol=1e-4), module
+
+
+def test_a_file_with_trained_biases_is_refused_by_diffusers_and_convert_drop_biases_writes_one_it_loads(
+        train_config, tmp_path):
+    """diffusers 0.42's load_lora_weights refuses a file with diff_b whole; `convert --drop-biases` writes the weights
+    alone (kohya or diffusers layout), which it loads, with the file's weight changes and nothing of the biases."""
+    config = train_config(train_bias=True, targets="all-linear", max_steps=3)
+    path = train(config, **QUIET).adapter_path
+    with pytest.raises(ValueError, match="diff_b"):
+        StableDiffusionPipeline.from_pretrained(config.base).load_lora_weights(str(path))
+    weights, _, _ = read_lora(path)
+    for layout in ("kohya", "diffusers"):
+        out = tmp_path / f"{layout}.safetensors"
+        ran = subprocess.run([sys.executable, "-m", "stylelora", "convert", str(path), "--to", layout, "--drop-biases",
+                              "-o", str(out)], capture_output=True, text=True)
+        assert ran.returncode == 0, ran.stderr
+        dropped = sum(m.bias is not None for m in weights.values())
+        assert dropped > 0 and f"Left out {dropped} trained biases (diff_b)" in ran.stdout
+        assert not any(k.endswith("diff_b") for k in read_safetensors(out).tensors)
+        base = StableDiffusionPipeline.from_pretrained(config.base)
+        theirs = StableDiffusionPipeline.from_pretrained(config.base)
+        theirs.load_lora_weights(str(out))
+        theirs.fuse_lora(lora_scale=1.0)
+        for (part, module), lora in weights.items():
+            if part != "unet":
+                continue
+            before, after = base.unet.get_submodule(module), theirs.unet.get_submodule(module)
+            after = getattr(after, "base_layer", after)
+            change = lora.delta().reshape(before.weight.shape).double()
+            assert torch.allclose((after.weight - before.weight).double(), change, atol=1e-6, rtol=1e-4), module
+            if before.bias is not None:
+                assert torch.equal(after.bias, before.bias), module

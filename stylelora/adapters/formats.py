@@ -7,6 +7,7 @@ layout also carries DoRA, LoHa and LoKr modules (methods/layouts.py); the others
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -90,6 +91,14 @@ def one_alpha(weights: LoraWeights) -> LoraWeights:
     common = alphas.most_common(1)[0][0]
     return {key: LoraModule(a.down, a.up * (a.alpha / common), common, a.bias)
             if type(a) is LoraModule and a.alpha != common else a for key, a in weights.items()}
+
+
+def without_biases(weights: LoraWeights) -> tuple[LoraWeights, int]:
+    """The weights with their trained biases (diff_b) left out, and how many were: diffusers' load_lora_weights
+    refuses a file that has any (its kohya conversion has no key for them), so this is the form it loads."""
+    dropped = sum(getattr(adapter, "bias", None) is not None for adapter in weights.values())
+    return {key: dataclasses.replace(adapter, bias=None) if getattr(adapter, "bias", None) is not None else adapter
+            for key, adapter in weights.items()}, dropped
 
 
 def kohya_file_tensors(weights: LoraWeights) -> dict[str, torch.Tensor]:
@@ -237,7 +246,8 @@ def write_lora(weights: LoraWeights, kind: str, out: Path, metadata: dict[str, s
     other = sorted({adapter.kind for adapter in weights.values() if type(adapter) is not LoraModule})
     if kind != "kohya" and any(getattr(adapter, "bias", None) is not None for adapter in weights.values()):
         raise AdapterFileError(f"--to {kind}: this adapter carries trained biases (diff_b), which only the kohya "
-                               "layout holds; keep it in the kohya layout")
+                               "layout holds; keep it in the kohya layout, or add --drop-biases to write the weights "
+                               "alone")
     if other and kind != "kohya":
         raise AdapterFileError(f"--to {kind}: the {kind} layout holds plain LoRA only, and this adapter has "
                                f"{'/'.join(KINDS[k] for k in other)} modules (peft's DoRA normalises per output row, "

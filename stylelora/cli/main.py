@@ -134,6 +134,9 @@ def add_adapter_tool_parsers(commands: argparse._SubParsersAction) -> None:
     p.add_argument("file", type=Path)
     p.add_argument("--to", choices=("kohya", "diffusers", "peft"), required=True)
     p.add_argument("-o", "--out", type=Path, required=True, help="output file (a folder for peft)")
+    p.add_argument("--drop-biases", action="store_true",
+                   help="leave out trained biases (diff_b): diffusers' load_lora_weights refuses a file that has any, "
+                        "and loads the weights alone")
 
     p = commands.add_parser("resize", help="reduce an adapter's rank per module (SVD, or a DyLoRA's own truncation)",
                             description="Reduce an adapter's rank: to --rank R, or per module with --dynamic "
@@ -165,9 +168,12 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from ..adapters.formats import read_lora, write_lora
+    from ..adapters.formats import read_lora, without_biases, write_lora
 
     weights, metadata, kind = read_lora(args.file)
+    if args.drop_biases:
+        weights, dropped = without_biases(weights)
+        print(f"Left out {dropped} trained biases (diff_b): the file paints with its weight changes alone")
     write_lora(weights, args.to, args.out, metadata)
     print(f"Converted {args.file} ({kind}) to {args.to}: {args.out}")
     return 0

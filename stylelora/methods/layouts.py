@@ -70,8 +70,10 @@ class LoraModule:
         return self
 
     def tensors(self, name: str) -> dict[str, torch.Tensor]:
-        """The file keys. A trained bias is `diff_b`, the key ComfyUI adds to the layer's bias (AUTOMATIC1111
-        reads it only in full-weight modules, and diffusers not at all: they apply the weights alone)."""
+        """The file keys. A trained bias is `diff_b`, the key ComfyUI adds to the layer's bias. AUTOMATIC1111 reads
+        it only in full-weight modules (it applies the weights alone); diffusers 0.42's load_lora_weights refuses a
+        file with any diff_b whole ("keys have not been correctly renamed"), so `convert --drop-biases` writes the
+        weights alone for it (formats.without_biases)."""
         bias = {f"{name}.diff_b": self.bias.contiguous()} if self.bias is not None else {}
         return {f"{name}.lora_down.weight": self.down.contiguous(), f"{name}.lora_up.weight": self.up.contiguous(),
                 f"{name}.alpha": torch.tensor(float(self.alpha))} | bias

@@ -106,7 +106,8 @@ class Styler:
 
     @torch.no_grad()
     def _load_biases(self, plain: LoraWeights, name: str) -> None:
-        """Trained biases (`diff_b`), which diffusers' loader does not read: put each in the adapter's lora_B,
+        """Trained biases (`diff_b`), which diffusers' loader refuses (so it is handed the weights alone): put each
+        in the adapter's lora_B,
         where peft adds it inside the scaled LoRA path, so weights, blends and fusing apply it like the rest."""
         models = self.family.models(self.pipe)
         for (part, module), adapter in plain.items():

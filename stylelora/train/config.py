@@ -95,8 +95,8 @@ class TrainConfig:
     export_rank: int | None = option(None, "DyLoRA: the rank the adapter file holds, 1 to --rank", "adapter",
                                      default_text="--rank", ui=UiField("DyLoRA rank to write (0 = the rank)", "integer"))
     train_bias: bool = option(False, "lora, dora: the adapted layers' biases train too; the file carries them as "
-                                     "diff_b, which ComfyUI applies (AUTOMATIC1111 and diffusers apply the weights "
-                                     "only)", "adapter",
+                                     "diff_b, which ComfyUI applies; AUTOMATIC1111 applies the weights only, and diffusers "
+                                     "refuses such a file (`stylelora convert --drop-biases` writes one it loads)", "adapter",
                               ui=UiField("Train the biases too (ComfyUI applies them)", "checkbox"))
     rslora: bool = option(False, "rank-stabilised LoRA: scale alpha/sqrt(rank) instead of alpha/rank (the file "
                                  "stores alpha*sqrt(rank), so every loader applies the same delta)", "adapter",
