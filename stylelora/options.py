@@ -186,9 +186,9 @@ def options_markdown(kind: type) -> str:
 
 
 def page_values(kind: type, values: dict[str, Any]) -> dict[str, Any]:
-    """Field values as a web page sends them, as `kind`'s config values. Blank leaves a field at its default, and so
-    does 0 where the default is unset (None: "0 = the base's usual"); numbers come back as the field's type, a
-    text field as a path or a one-item tuple where the field is one."""
+    """Field values as a web page sends them, as `kind`'s config values: only those that differ from the field's
+    default. Blank leaves a field at its default, and so does 0 where the default is unset (None: "0 = the base's
+    usual"); numbers come back as the field's type, a text field as a path or a one-item tuple where the field is one."""
     fields = {f.name: (f, f.metadata.get("option")) for f in dataclasses.fields(kind)}
     out: dict[str, Any] = {}
     for name, value in values.items():
@@ -198,9 +198,11 @@ def page_values(kind: type, values: dict[str, Any]) -> dict[str, Any]:
             continue
         field_kind = _kind_of(f)
         if field_kind == "tuple":
-            out[name] = (value,) if isinstance(value, str) and opt is not None and opt.repeat else tuple(
+            value = (value,) if isinstance(value, str) and opt is not None and opt.repeat else tuple(
                 part.strip() for part in value.split(",") if part.strip()) if isinstance(value, str) else tuple(value)
         else:
             convert = {"int": int, "float": float, "bool": bool, "path": lambda v: Path(str(v)).expanduser()}
-            out[name] = convert.get(field_kind, lambda v: v)(value)
+            value = convert.get(field_kind, lambda v: v)(value)
+        if value != default_of(f):  # what equals the default is left to the config
+            out[name] = value
     return out

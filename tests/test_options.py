@@ -96,5 +96,7 @@ def test_page_values_leave_blank_and_unset_zero_at_their_defaults():
     values = page_values(TrainConfig, {"rank": 8.0, "learning_rate": 0, "alpha": 0.0, "seed": 0, "resolution": 0,
                                        "sample_prompts": "a red circle", "validation_data": "", "keep": "",
                                        "max_steps": 120.0, "flip": True})
-    assert values == {"rank": 8, "seed": 0, "sample_prompts": ("a red circle",), "max_steps": 120, "flip": True}
+    assert values == {"rank": 8, "sample_prompts": ("a red circle",), "max_steps": 120, "flip": True}
+    assert page_values(TrainConfig, {"preserve_weight": 0, "seed": 3, "buckets": True}) == {"preserve_weight": 0.0,
+                                                                                       "seed": 3}
     assert isinstance(values["rank"], int)

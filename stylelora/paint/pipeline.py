@@ -1,0 +1,64 @@
+"""What every painting does around a loaded pipeline, written once for the Styler and the engine: read an adapter
+file for this base (checked to fit, as plain LoRA), set the sampler, choose the size, seed one generator per image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+from ..adapters.formats import LoraWeights, read_lora
+from ..adapters.stack import plain_lora
+from ..errors import ConfigError
+from ..families import Family, architecture_of_weights, check_fits, family_of_weights
+
+BLENDS = ("merge", "switch", "composite")
+SCHEDULERS = {
+    "ddim": (DDIMScheduler, {}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+}
+
+
+@dataclass(frozen=True)
+class AdapterForBase:
+    """An adapter file read for one base: its modules as plain LoRA at scale 1, how many modules the file has,
+    and the words that say what it was made for (for the errors that refuse it)."""
+
+    plain: LoraWeights
+    modules: int
+    made_for: str
+
+
+def read_for_base(path: Path, base: str, family: Family, models: dict[str, torch.nn.Module]) -> AdapterForBase:
+    """Read an adapter file (any layout; pickles and damaged files refused), refuse one made for another family,
+    and convert it to plain LoRA against this base's weights (a DoRA change depends on them)."""
+    weights, metadata, _ = read_lora(path)
+    check_fits(path, family_of_weights(weights, metadata), base, family)
+    made_for = f"made for {architecture_of_weights(weights, metadata)}, but base {base!r} is {family.label}"
+    return AdapterForBase(plain_lora(weights, models, Path(path), made_for), len(weights), made_for)
+
+
+def check_sampler_and_blend(scheduler: str, blend: str) -> None:
+    if scheduler not in SCHEDULERS:
+        raise ConfigError(f"--scheduler {scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
+    if blend not in BLENDS:
+        raise ConfigError(f"--blend {blend!r}: choose one of {', '.join(BLENDS)}")
+
+
+def use_scheduler(pipe, name: str) -> None:
+    """Swap the pipeline's sampler for `name`, built from its own scheduler config."""
+    kind, options = SCHEDULERS[name]
+    pipe.scheduler = kind.from_config(pipe.scheduler.config, **options)
+
+
+def image_size(width: int | None, height: int | None, size: int | None, native: int) -> tuple[int, int]:
+    """(width, height): each as given, else the square `size`, else the base's native side."""
+    return width or size or native, height or size or native
+
+
+def generators(seed: int, count: int) -> list[torch.Generator]:
+    """One generator per image: image i is reproduced alone by seed + i."""
+    return [torch.Generator().manual_seed(seed + i) for i in range(count)]
