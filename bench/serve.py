@@ -23,7 +23,7 @@ import torch
 from stylelora.adapters.stack import StyleWeight
 from stylelora.paint.generate import GenerateConfig
 from stylelora.paint.styler import Styler
-from stylelora.serve.engine import Engine, PaintJob
+from stylelora.paint.engine import Engine, PaintJob
 from stylelora.serve.loadtest import random_requests, run_load_test
 
 from models import MINI, random_adapters, sd15

@@ -26,7 +26,7 @@ from stylelora.paint.generate import GenerateConfig, generate
 from stylelora.serve.app import build_app
 from stylelora.serve.batcher import Batcher
 from stylelora.serve.config import ServeConfig
-from stylelora.serve.engine import Engine, PaintJob
+from stylelora.paint.engine import Engine, PaintJob
 
 
 @pytest.fixture(scope="module")
@@ -306,7 +306,7 @@ def test_an_nf4_base_is_served_with_the_adapters_unfused(tiny_base, served, tmp_
 
 
 def test_two_threads_asking_for_one_adapter_read_its_file_once(served):
-    from stylelora.serve.pool import AdapterPool
+    from stylelora.paint.pool import AdapterPool
 
     _, engine, _, folder = served
     reads, gate = [], threading.Event()

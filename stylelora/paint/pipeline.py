@@ -1,5 +1,6 @@
-"""What every painting does around a loaded pipeline, written once for the Styler and the engine: read an adapter
-file for this base (checked to fit, as plain LoRA), set the sampler, choose the size, seed one generator per image."""
+"""What every painting does around a loaded pipeline, written once for the Styler and the engine: the device and
+dtype, an adapter file read for this base (checked to fit, as plain LoRA), the sampler, the size, one generator per
+image."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteS
 from ..adapters.formats import LoraWeights, read_lora
 from ..adapters.stack import plain_lora
 from ..errors import ConfigError
+from ..model.precision import check_bf16_runs
 from ..families import Family, architecture_of_weights, check_fits, family_of_weights
 
 BLENDS = ("merge", "switch", "composite")
@@ -30,6 +32,16 @@ class AdapterForBase:
     plain: LoraWeights
     modules: int
     made_for: str
+
+
+def painting_device(device: str | None, dtype: torch.dtype | None) -> tuple[str, torch.dtype]:
+    """Where and in what to paint when not told: CUDA in float16 if there is one, else the CPU in float32. A
+    CPU that lists bf16 but dies on it gets a message for bfloat16, not SIGILL (Styler and the server)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or (torch.float16 if device == "cuda" else torch.float32)
+    if dtype == torch.bfloat16 and torch.device(device).type == "cpu":
+        check_bf16_runs()
+    return device, dtype
 
 
 def read_for_base(path: Path, base: str, family: Family, models: dict[str, torch.nn.Module]) -> AdapterForBase:

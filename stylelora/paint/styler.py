@@ -12,33 +12,16 @@ import warnings
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from peft.tuners.lora import LoraLayer
 from PIL import Image
 
-from ..adapters.formats import LoraWeights, read_lora, to_kohya
-from ..adapters.stack import StyleWeight, find_layer, plain_lora
+from ..adapters.formats import LoraWeights, to_kohya
+from ..adapters.stack import StyleWeight, find_layer
 from ..errors import AdapterFileError, ConfigError
-from ..families import architecture_of_weights, check_fits, family_of_pipe, family_of_weights
+from ..families import family_of_pipe
 from ..model.base import load_base
-from ..model.precision import check_bf16_runs
-
-BLENDS = ("merge", "switch", "composite")
-SCHEDULERS = {
-    "ddim": (DDIMScheduler, {}),
-    "euler": (EulerDiscreteScheduler, {}),
-    "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-}
-
-
-def painting_device(device: str | None, dtype: torch.dtype | None) -> tuple[str, torch.dtype]:
-    """Where and in what to paint when not told: CUDA in float16 if there is one, else the CPU in float32. A
-    CPU that lists bf16 but dies on it gets a message for bfloat16, not SIGILL (Styler and the server)."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = dtype or (torch.float16 if device == "cuda" else torch.float32)
-    if dtype == torch.bfloat16 and torch.device(device).type == "cpu":
-        check_bf16_runs()
-    return device, dtype
+from .pipeline import (check_sampler_and_blend, generators, image_size, painting_device, read_for_base,
+                       use_scheduler)
 
 
 def adapter_name_for(path: Path, taken: set[str]) -> str:
@@ -76,16 +59,14 @@ class Styler:
         for loaded_name, loaded_path in self.paths.items():
             if loaded_path.resolve() == path.resolve() and name in (None, loaded_name):
                 return loaded_name  # already loaded: reuse it, never load a second copy
-        weights, metadata, _ = read_lora(path)  # any layout; refuses pickles and damaged files with a clear reason
         name = name or adapter_name_for(path, set(self.paths))
-        check_fits(path, family_of_weights(weights, metadata), self.base, self.family)
-        made_for = f"made for {architecture_of_weights(weights, metadata)}, but base {self.base!r} is {self.architecture}"
         self.unfuse()
         try:
             with warnings.catch_warnings():
                 # peft warns on every adapter after the first; several adapters at once is what we are for
                 warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-                plain = plain_lora(weights, self.family.models(self.pipe), path, made_for)
+                read = read_for_base(path, self.base, self.family, self.family.models(self.pipe))
+                plain, made_for = read.plain, read.made_for
                 # No alphas (scale 1 throughout, see plain_lora); biases go in by _load_biases.
                 tensors = {k: t for k, t in to_kohya(plain).items() if not k.endswith((".alpha", ".diff_b"))}
                 self.pipe.load_lora_weights(tensors, adapter_name=name)
@@ -93,11 +74,11 @@ class Styler:
             raise AdapterFileError(f"{path}: does not fit: {made_for} ({str(error).splitlines()[0][:160]})") from None
         matched = sum(name in getattr(m, "lora_A", {}) for model in self.family.models(self.pipe).values()
                       for m in model.modules() if isinstance(m, LoraLayer))
-        if matched < len(weights):
+        if matched < read.modules:
             # A partial match would paint a quietly different style: refuse it and say so.
             self.pipe.delete_adapters([name])
             self._apply()
-            raise AdapterFileError(f"{path}: only {matched} of its {len(weights)} modules exist in this base; {made_for}")
+            raise AdapterFileError(f"{path}: only {matched} of its {read.modules} modules exist in this base; {made_for}")
         self._load_biases(plain, name)
         self.paths[name] = path
         self.weights[name] = StyleWeight(0.0, 0.0)
@@ -200,13 +181,9 @@ class Styler:
         """Paint `count` images. blend: 'merge' (the weighted sum, fused: 1x UNet cost), 'switch' (one adapter
         per denoising step, in turn: 1x) or 'composite' (each adapter's prediction, averaged: N x). `size` is
         a square side; `width` and `height` override it (each defaults to the base's native size)."""
-        if scheduler not in SCHEDULERS:
-            raise ConfigError(f"--scheduler {scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
-        if blend not in BLENDS:
-            raise ConfigError(f"--blend {blend!r}: choose one of {', '.join(BLENDS)}")
-        kind, options = SCHEDULERS[scheduler]
-        self.pipe.scheduler = kind.from_config(self.pipe.scheduler.config, **options)
-        width, height = width or size or self.native_size, height or size or self.native_size
+        check_sampler_and_blend(scheduler, blend)
+        use_scheduler(self.pipe, scheduler)
+        width, height = image_size(width, height, size, self.native_size)
         active = {n: w for n, w in self.weights.items() if not w.is_off}
         if blend == "merge" or len(active) < 2:
             self.fuse()
@@ -214,13 +191,11 @@ class Styler:
         else:
             self.unfuse()
             unet_forward = self._per_adapter_forward(active, blend)
-        # One generator per image: image i is reproduced alone by seed + i.
-        generators = [torch.Generator().manual_seed(seed + i) for i in range(count)]
         try:
             if unet_forward is not None:
                 self.pipe.unet.forward = unet_forward
             return self.pipe(prompt, negative_prompt=negative or None, num_images_per_prompt=count,
-                             num_inference_steps=steps, guidance_scale=cfg, generator=generators,
+                             num_inference_steps=steps, guidance_scale=cfg, generator=generators(seed, count),
                              height=height, width=width).images
         finally:
             if unet_forward is not None:

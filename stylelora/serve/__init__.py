@@ -1,2 +1,2 @@
-"""`stylelora serve`: an HTTP API that paints with many style adapters on one loaded base, batching requests
-that ask for different adapters into one UNet call (app: FastAPI; engine, pool, multilora, batcher: the work)."""
+"""`stylelora serve`: an HTTP API over the painting engine (paint/engine.py): the FastAPI app, the batcher that
+groups requests for one UNet call, body limits, metrics and Ray replicas."""

@@ -30,7 +30,7 @@ from ..images import png_bytes
 from ..paint.generate import GenerateConfig, image_settings, validate_generate
 from .batcher import Batcher
 from .config import ServeConfig, validate_serve
-from .engine import Engine, PaintJob
+from ..paint.engine import Engine, PaintJob
 from .limits import BodyLimit
 from .metrics import Metrics
 

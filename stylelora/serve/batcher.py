@@ -13,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 
 from ..errors import ServerBusyError, StyleloraError
-from .engine import Engine, PaintJob
+from ..paint.engine import Engine, PaintJob
 
 
 class Batcher:

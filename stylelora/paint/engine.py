@@ -14,14 +14,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..adapters.formats import read_lora
-from ..adapters.stack import plain_lora
 from ..errors import AdapterFileError
-from ..families import architecture_of_weights, check_fits, family_of_pipe, family_of_weights
+from ..families import family_of_pipe
 from ..model.base import load_base
-from ..paint.generate import GenerateConfig
-from ..paint.styler import SCHEDULERS, painting_device
+from .generate import GenerateConfig
 from .multilora import ModuleLora, MultiLora, Stack
+from .pipeline import generators, image_size, painting_device, read_for_base, use_scheduler
 from .pool import AdapterPool, AdapterTensors
 
 
@@ -83,11 +81,10 @@ class Engine:
     def read_adapter(self, path: Path) -> AdapterTensors:
         """An adapter file as plain LoRA tensors in the base's dtype, checked to fit the base module by module
         (refused with a one-line AdapterFileError otherwise, as Styler.load refuses it)."""
-        weights, metadata, _ = read_lora(path)
-        check_fits(path, family_of_weights(weights, metadata), self.base, self.family)
-        made_for = f"made for {architecture_of_weights(weights, metadata)}, but base {self.base!r} is {self.family.label}"
+        read = read_for_base(path, self.base, self.family, self.lora.models)
+        made_for = read.made_for
         tensors: AdapterTensors = {}
-        for key, adapter in plain_lora(weights, self.lora.models, path, made_for).items():
+        for key, adapter in read.plain.items():
             layer = self.lora.layer(key)
             if layer is None or not _fits(layer, adapter.down, adapter.up):
                 raise AdapterFileError(f"{path}: module {key[1]} does not fit this base; {made_for}")
@@ -115,14 +112,12 @@ class Engine:
             embeds = [self._encode(job, adapters, fused) for job in jobs]
             if not fused:
                 self._make_active(None, samples, first, adapters)
-            kind, options = SCHEDULERS[first.scheduler]
-            self.pipe.scheduler = kind.from_config(self.pipe.scheduler.config, **options)
-            # One generator per image: image i of a job is reproduced alone by its seed + i.
-            generators = [torch.Generator().manual_seed(job.config.seed + i) for job in jobs for i in range(job.config.count)]
-            width, height = first.width or first.size or self.native_size, first.height or first.size or self.native_size
+            use_scheduler(self.pipe, first.scheduler)
+            seeded = [g for job in jobs for g in generators(job.config.seed, job.config.count)]
+            width, height = image_size(first.width, first.height, first.size, self.native_size)
             with self._rows(None if fused else samples, first.blend, adapters):
                 images = self.pipe(**_joined(embeds), num_inference_steps=first.steps, guidance_scale=first.cfg,
-                                   generator=generators, height=height, width=width, output_type=output_type).images
+                                   generator=seeded, height=height, width=width, output_type=output_type).images
         bounds = list(itertools.accumulate(job.config.count for job in jobs))
         return [list(images[end - job.config.count:end]) for job, end in zip(jobs, bounds)]
 
