@@ -19,7 +19,8 @@ from ..families import family_of_pipe
 from ..model.base import load_base
 from .generate import GenerateConfig
 from .multilora import ModuleLora, MultiLora, Stack
-from .pipeline import generators, image_size, painting_device, read_for_base, use_scheduler
+from .pipeline import (average_outputs, blend_passes, generators, image_size, painting_device, read_for_base,
+                       use_scheduler)
 from .pool import AdapterPool, AdapterTensors
 
 
@@ -132,7 +133,7 @@ class Engine:
             self.lora.fuse(stack, adapters)
         else:
             self.lora.unfuse()
-            rows = _passes(samples, first.blend, 0)[0][0]
+            rows = blend_passes(samples, first.blend, 0)[0][0]
             self.lora.bind(rows * (2 if self._guided(first) else 1), adapters, parts={"unet"})
         self.switches.count += 1
         self.switches.seconds.append(time.perf_counter() - start)
@@ -168,14 +169,14 @@ class Engine:
         def forward(*args, **kwargs):
             sample = args[0] if args else kwargs["sample"]
             repeat = sample.shape[0] // len(samples)  # 2 under classifier-free guidance: negatives, then prompts
-            passes, counts = _passes(samples, blend, next(calls))
+            passes, counts = blend_passes(samples, blend, next(calls))
             outputs = []
             for rows in passes:
                 self.lora.bind(rows * repeat, adapters, parts={"unet"})
                 outputs.append(original(unet, *args, **kwargs))
             if len(outputs) == 1:
                 return outputs[0]
-            return _average(outputs, counts * repeat)
+            return average_outputs(outputs, counts * repeat)
 
         unet.forward = forward
         try:
@@ -186,33 +187,6 @@ class Engine:
 
     def close(self) -> None:
         self.pool.close()
-
-
-def _passes(samples: list[Stack], blend: str, call: int) -> tuple[list[list[Stack]], list[int]]:
-    """The rows' stacks for each UNet pass of one call, and how many passes count for each row."""
-    if blend == "switch":
-        return [[(s[call % len(s)],) if len(s) > 1 else s for s in samples]], [1] * len(samples)
-    if blend == "composite":
-        width = max(max(len(s) for s in samples), 1)
-        passes = [[(s[k],) if k < len(s) and len(s) > 1 else s for s in samples] for k in range(width)]
-        return passes, [max(len(s), 1) if len(s) > 1 else 1 for s in samples]
-    return [samples], [1] * len(samples)
-
-
-def _average(outputs: list, counts: list[int]):
-    """Each row's mean over the passes that count for it (Styler's composite: sum of outputs / count)."""
-    first = outputs[0]
-    tensors = [o[0] if isinstance(o, tuple) else o.sample for o in outputs]
-    shape = (len(counts),) + (1,) * (tensors[0].dim() - 1)
-    total = 0
-    for k, tensor in enumerate(tensors):
-        counted = torch.tensor([float(k < n) for n in counts], dtype=tensor.dtype).view(shape)
-        total = total + tensor * counted
-    mean = total / torch.tensor(counts, dtype=tensors[0].dtype).view(shape)
-    if isinstance(first, tuple):
-        return (mean,)
-    first.sample = mean
-    return first
 
 
 def _joined(embeds: list[dict]) -> dict:

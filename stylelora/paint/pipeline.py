@@ -13,8 +13,9 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteS
 from ..adapters.formats import LoraWeights, read_lora
 from ..adapters.stack import plain_lora
 from ..errors import ConfigError
-from ..model.precision import check_bf16_runs
 from ..families import Family, architecture_of_weights, check_fits, family_of_weights
+from ..model.precision import check_bf16_runs
+from .multilora import Stack
 
 BLENDS = ("merge", "switch", "composite")
 SCHEDULERS = {
@@ -74,3 +75,33 @@ def image_size(width: int | None, height: int | None, size: int | None, native: 
 def generators(seed: int, count: int) -> list[torch.Generator]:
     """One generator per image: image i is reproduced alone by seed + i."""
     return [torch.Generator().manual_seed(seed + i) for i in range(count)]
+
+
+def blend_passes(samples: list[Stack], blend: str, call: int) -> tuple[list[list[Stack]], list[int]]:
+    """The blends, once for both painters: the rows' stacks for each UNet pass of call number `call`, and how many
+    passes count for each row. merge: one pass, each row its whole stack; switch: one adapter of each row's stack,
+    in turn per call; composite: one pass per adapter, averaged (Zhong et al. 2024, Multi-LoRA Composition)."""
+    if blend == "switch":
+        return [[(s[call % len(s)],) if len(s) > 1 else s for s in samples]], [1] * len(samples)
+    if blend == "composite":
+        width = max(max(len(s) for s in samples), 1)
+        passes = [[(s[k],) if k < len(s) and len(s) > 1 else s for s in samples] for k in range(width)]
+        return passes, [max(len(s), 1) if len(s) > 1 else 1 for s in samples]
+    return [samples], [1] * len(samples)
+
+
+def average_outputs(outputs: list, counts: list[int]):
+    """Each row's mean over the passes that count for it (`counts` per row of the batch). Guidance is linear in the
+    UNet output, so averaging raw outputs equals averaging each adapter's guided prediction."""
+    first = outputs[0]
+    tensors = [o[0] if isinstance(o, tuple) else o.sample for o in outputs]
+    shape = (len(counts),) + (1,) * (tensors[0].dim() - 1)
+    total = 0
+    for k, tensor in enumerate(tensors):
+        counted = torch.tensor([float(k < n) for n in counts], dtype=tensor.dtype).view(shape)
+        total = total + tensor * counted
+    mean = total / torch.tensor(counts, dtype=tensors[0].dtype).view(shape)
+    if isinstance(first, tuple):
+        return (mean,)
+    first.sample = mean
+    return first

@@ -7,6 +7,7 @@ Adapters that are not in the active set are left out of the forward pass.
 
 from __future__ import annotations
 
+import itertools
 import re
 import warnings
 from pathlib import Path
@@ -20,8 +21,8 @@ from ..adapters.stack import StyleWeight, find_layer
 from ..errors import AdapterFileError, ConfigError
 from ..families import family_of_pipe
 from ..model.base import load_base
-from .pipeline import (check_sampler_and_blend, generators, image_size, painting_device, read_for_base,
-                       use_scheduler)
+from .pipeline import (average_outputs, blend_passes, check_sampler_and_blend, generators, image_size,
+                       painting_device, read_for_base, use_scheduler)
 
 
 def adapter_name_for(path: Path, taken: set[str]) -> str:
@@ -203,27 +204,20 @@ class Styler:
                 self._apply()
 
     def _per_adapter_forward(self, active: dict[str, StyleWeight], blend: str):
-        """A UNet forward that runs one adapter at a time: in turn per step ('switch'), or all of them,
-        averaged ('composite'). Guidance is linear in the UNet output, so averaging raw outputs equals
-        averaging each adapter's guided prediction (Zhong et al. 2024, Multi-LoRA Composition)."""
+        """A UNet forward for 'switch' and 'composite': each pass runs the adapters pipeline.blend_passes gives it
+        (one in turn per step, or each of them, averaged), as the engine does for its rows."""
         unet, original = self.pipe.unet, type(self.pipe.unet).forward
-        names = list(active)
-        calls = iter(range(10**9))
-
-        def run(name, *args, **kwargs):
-            unet.set_adapters([name], [active[name].unet_setting()])
-            return original(unet, *args, **kwargs)
+        stack = tuple(active.items())
+        calls = itertools.count()
 
         def forward(*args, **kwargs):
-            if blend == "switch":
-                return run(names[next(calls) % len(names)], *args, **kwargs)
-            outputs = [run(name, *args, **kwargs) for name in names]
-            first = outputs[0]
-            mean = sum((o[0] if isinstance(o, tuple) else o.sample) for o in outputs) / len(outputs)
-            if isinstance(first, tuple):
-                return (mean,)
-            first.sample = mean
-            return first
+            rows = (args[0] if args else kwargs["sample"]).shape[0]
+            passes, counts = blend_passes([stack], blend, next(calls))
+            outputs = []
+            for (adapters,) in passes:
+                unet.set_adapters([name for name, _ in adapters], [weight.unet_setting() for _, weight in adapters])
+                outputs.append(original(unet, *args, **kwargs))
+            return outputs[0] if len(outputs) == 1 else average_outputs(outputs, counts * rows)
 
         return forward
 
