@@ -53,7 +53,7 @@ class UiField:
     """How the web UI shows an option: its label, widget, element id and, where it differs, its own default."""
 
     label: str
-    widget: str = "number"  # number, integer, checkbox, textbox or dropdown
+    widget: str = "number"  # number, integer, checkbox, textbox, dropdown or multiselect
     elem_id: str | None = None  # None: the flag without its dashes (`rank`, `train-bias`)
     default: Any = SAME  # the page's starting value, where it differs from the config's (said in the docs)
 
@@ -160,7 +160,7 @@ def add_arguments(parser: Any, kind: type, only: tuple[str, ...] | None = None, 
             arguments["action"] = "append"
         else:
             arguments["type"] = opt.cli_type or {"int": int, "float": float, "path": Path}.get(field_kind, str)
-        if opt.choice_list() is not None:
+        if opt.choice_list() is not None and field_kind != "tuple":  # a list's flag is one comma-separated word
             arguments["choices"] = opt.choice_list()
         if opt.metavar:
             arguments["metavar"] = opt.metavar

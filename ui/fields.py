@@ -19,13 +19,15 @@ def widget(kind: type, name: str, **layout: Any):
     if value is None:
         value = 0 if ui.widget in ("number", "integer") else ""
     if isinstance(value, tuple):
-        value = ",".join(value)
+        value = list(value) if ui.widget == "multiselect" else ",".join(str(v) for v in value)
     elem_id = ui.elem_id or flag_of(f, opt)[2:]
     common = dict(label=ui.label, elem_id=elem_id, **layout)
     if ui.widget == "checkbox":
         return gr.Checkbox(bool(value), **common)
     if ui.widget == "textbox":
         return gr.Textbox(str(value), **common)
+    if ui.widget == "multiselect":
+        return gr.Dropdown(opt.choice_list(), value=value, multiselect=True, **common)
     if ui.widget == "dropdown":
         unset = [(opt.default_text, "")] if value == "" else []  # the blank choice: the field's default
         return gr.Dropdown(unset + opt.choice_list(), value=value, **common)

@@ -10,11 +10,11 @@ import gradio as gr
 import pandas as pd
 
 from stylelora.errors import StyleloraError
-from stylelora.methods import METHODS, TARGET_PRESETS
 from stylelora.train.config import from_dict, load_toml
 from stylelora.tune.jobs import TuneJob
 from stylelora.tune.results import table_header, table_row
-from stylelora.tune.space import tune_config_from_dict, validate_tune
+from stylelora.tune.space import TuneConfig, tune_config_from_dict, validate_tune
+from stylelora.ui.fields import widget
 from stylelora.ui.train_fields import base_dropdown
 
 TEXT_ENCODER_CHOICES = {"off": "off", "on": "on", "search both": "off,on"}
@@ -37,18 +37,15 @@ def tune_tab(workspace: Path, adapters: Path, tune_job: TuneJob, training_job) -
     with gr.Row():
         folder = gr.Textbox(label="Image folder on this machine", elem_id="tune-folder")
         base = base_dropdown(adapters, "tune-base")
-        objective = gr.Dropdown(["loss", "judge"], value="loss", elem_id="tune-objective",
-                                label="Objective (loss: held-out validation loss; judge: the mini's style rate)")
+        objective = widget(TuneConfig, "objective")
     with gr.Row():
-        trials = gr.Number(10, label="Trials", precision=0, elem_id="tune-trials")
+        trials = widget(TuneConfig, "trials")
+        # The page asks minutes, the config (--timeout) seconds or a duration: study_settings converts.
         minutes = gr.Number(0, label="Time limit in minutes (0 = none)", elem_id="tune-minutes")
-        min_steps = gr.Number(100, label="Fewest steps a trial trains", precision=0, elem_id="tune-min-steps")
-        max_steps = gr.Number(1600, label="Most steps a trial trains", precision=0, elem_id="tune-max-steps")
+        min_steps, max_steps = widget(TuneConfig, "min_steps"), widget(TuneConfig, "max_steps")
     with gr.Row():
-        ranks = gr.Textbox("2,4,8,16", label="Ranks to try", elem_id="tune-ranks")
-        methods = gr.Dropdown(list(METHODS), value=["lora"], multiselect=True, label="Methods to try", elem_id="tune-methods")
-        targets = gr.Dropdown(list(TARGET_PRESETS), value=["attn", "attn-mlp"], multiselect=True,
-                              label="Module presets to try", elem_id="tune-targets")
+        ranks, methods, targets = (widget(TuneConfig, name) for name in ("ranks", "methods", "target_presets"))
+        # The page's three choices stand for the flag's "off", "on" and "off,on".
         text_encoder = gr.Dropdown(list(TEXT_ENCODER_CHOICES), value="off", label="Text encoder", elem_id="tune-te")
     with gr.Row():
         start = gr.Button("Start the study", variant="primary", elem_id="tune-start")

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..methods import METHODS, TARGET_PRESETS
-from ..options import option, read_toml
+from ..options import UiField, option, read_toml
 from ..train.config import TrainConfig, from_dict, validate
 
 OBJECTIVES = ("loss", "judge")
@@ -38,24 +38,34 @@ class TuneConfig:
                                        "postgresql://user:pass@host/db", default_text="SQLite in --out")
     study_name: str | None = option(None, "the study's name in the storage", default_text="the folder's name")
     trials: int | None = option(None, "finished trials in all, over every process", BUDGET,
-                                default_text=f"{DEFAULT_TRIALS} unless --timeout")
+                                default_text=f"{DEFAULT_TRIALS} unless --timeout",
+                                ui=UiField("Trials", "integer", "tune-trials", default=10))
     timeout: float | None = option(None, "no new trial starts after this long in this process: 30m, 2h, 900 "
                                          "(seconds)", BUDGET, cli_type=str, default_text="none")
-    max_steps: int = option(1600, "cap on each trial's steps", BUDGET)
-    min_steps: int = option(100, "fewest steps a trial trains", BUDGET)
+    max_steps: int = option(1600, "cap on each trial's steps", BUDGET,
+                           ui=UiField("Most steps a trial trains", "integer", "tune-max-steps"))
+    min_steps: int = option(100, "fewest steps a trial trains", BUDGET,
+                           ui=UiField("Fewest steps a trial trains", "integer", "tune-min-steps"))
     objective: str = option("loss", "loss: the held-out validation loss (any base); judge: the style rate the mini's "
                                     "judge reads on fixed prompts and seeds, colour kept as a constraint (--base mini "
-                                    "only)", OBJECTIVE, choices=OBJECTIVES)
+                                    "only)", OBJECTIVE, choices=OBJECTIVES,
+                            ui=UiField("Objective (loss: held-out validation loss; judge: the mini's style rate)",
+                                       "dropdown", "tune-objective"))
     judge_style: str | None = option(None, "the style the judge counts", OBJECTIVE, choices=JUDGE_STYLES,
                                      default_text="what it sees most in the folder")
     judge_images: int = option(2, "images per colour x shape prompt the judge reads (12 prompts)", OBJECTIVE)
-    ranks: tuple[int, ...] = option((2, 4, 8, 16), "ranks to try", SPACE, cli_type=str)
+    ranks: tuple[int, ...] = option((2, 4, 8, 16), "ranks to try", SPACE, cli_type=str,
+                                    ui=UiField("Ranks to try", "textbox", "tune-ranks"))
     alpha_ratios: tuple[float, ...] = option((0.5, 1.0, 2.0), "alpha as a multiple of the rank", SPACE, cli_type=str)
     lr_range: tuple[float, float] | None = option(None, "learning rates, log scale, LOW:HIGH", SPACE, cli_type=str,
                                                   default_text="the base's default / 10 to x 5")
-    methods: tuple[str, ...] = option(("lora",), "adapter methods to try, comma-separated", SPACE, cli_type=str)
+    methods: tuple[str, ...] = option(("lora",), "adapter methods to try, comma-separated", SPACE, cli_type=str,
+                                      choices=lambda: list(METHODS),
+                                      ui=UiField("Methods to try", "multiselect", "tune-methods"))
     target_presets: tuple[str, ...] = option(("attn", "attn-mlp"), "module presets to try, of attn, attn-mlp, "
-                                                                   "all-linear, all", SPACE, cli_type=str)
+                                                                   "all-linear, all", SPACE, cli_type=str,
+                                             choices=tuple(TARGET_PRESETS),
+                                             ui=UiField("Module presets to try", "multiselect", "tune-targets"))
     text_encoder: tuple[bool, ...] = option((False,), "off, on, or off,on to search it", SPACE, cli_type=str)
     early_stop: int = option(5, "stop a trial after PATIENCE validations without improvement, keeping its best step "
                                 "(loss objective; 0 = off)", INSIDE, metavar="PATIENCE")
