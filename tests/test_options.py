@@ -12,12 +12,13 @@ import pytest
 from stylelora.cli.main import build_parser
 from stylelora.cli.reference import section_of, sections
 from stylelora.options import SAME, declared, default_of, default_words, flag_of, page_values
+from stylelora.paint.generate import GenerateConfig
 from stylelora.serve.config import ServeConfig, serve_config_from_dict
 from stylelora.train.config import TrainConfig, from_dict
 from stylelora.tune.space import TuneConfig, tune_config_from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
-JOBS = {"train": TrainConfig, "tune": TuneConfig, "serve": ServeConfig}
+JOBS = {"train": TrainConfig, "tune": TuneConfig, "serve": ServeConfig, "generate": GenerateConfig}
 
 
 def _subparser(command: str) -> argparse.ArgumentParser:

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import StyleloraError
 from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES
 from ..options import add_arguments
+from ..paint.generate import GenerateConfig
 from ..train.config import TrainConfig, from_dict, load_toml
 from .serve import add_serve_parser, run_serve
 from .stop import StopRequest
@@ -60,32 +61,14 @@ def add_generate_parser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("generate", help="paint with a base model and weighted style adapters",
                             description="Generate images with any number of style adapters, each at its own weight.")
     p.add_argument("prompt")
-    p.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]",
-                   help="adapter and weight, e.g. a.safetensors:0.7 or a.safetensors:unet=0.8,te=0.5 (repeatable)")
-    p.add_argument("--base", default="mini", help="'mini' (default), a hub id, a diffusers folder or a .safetensors file")
-    p.add_argument("--negative", default="", help="negative prompt")
-    p.add_argument("-n", "--count", type=int, default=4, help="number of images (4)")
-    p.add_argument("--steps", type=int, default=30, help="denoising steps (30)")
-    p.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale (7.5)")
-    p.add_argument("--seed", type=int, default=1, help="seed of the first image; image i uses seed + i (1)")
-    p.add_argument("--size", type=int, help="image size in pixels (default: the base's native size)")
-    p.add_argument("--width", type=int, help="image width in pixels, a multiple of 8 (--size, or the base's native size)")
-    p.add_argument("--height", type=int, help="image height in pixels, a multiple of 8 (--size, or the base's native size)")
-    p.add_argument("--scheduler", default="dpm++", choices=("ddim", "euler", "dpm++"), help="sampler (dpm++)")
-    p.add_argument("--out", type=Path, default=Path("outputs"), help="folder for the PNG files (outputs)")
-    p.add_argument("--quantize-base", default="none", choices=QUANTIZE_MODES, help=QUANTIZE_HELP + " (none)")
-    p.add_argument("--blend", default="merge", choices=("merge", "switch", "composite"),
-                   help="merge: weighted sum, fused (1x cost); switch: one adapter per step in turn (1x); "
-                        "composite: every adapter's prediction averaged each step (N x cost)")
+    add_arguments(p, GenerateConfig)
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from ..paint.generate import GenerateConfig, generate
+    from ..paint.generate import generate
 
-    config = GenerateConfig(prompt=args.prompt, loras=tuple(args.lora), base=args.base, negative=args.negative,
-                            count=args.count, steps=args.steps, cfg=args.cfg, seed=args.seed, size=args.size,
-                            width=args.width, height=args.height,
-                            scheduler=args.scheduler, out=args.out, blend=args.blend, quantize_base=args.quantize_base)
+    flags = {k: v for k, v in vars(args).items() if v is not None and k != "command"}
+    config = GenerateConfig(**(flags | {"loras": tuple(flags.get("loras", ()))}))
     for path in generate(config):
         print(path)
     return 0

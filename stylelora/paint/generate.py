@@ -5,31 +5,42 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..adapters.stack import StyleWeight, parse_lora_spec
 from ..errors import ConfigError
 from ..images import save_png
-from ..model.quantize import check_quantize
-from .styler import Styler
+from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES, check_quantize
+from ..options import option
+from .pipeline import BLENDS, SCHEDULERS
+
+if TYPE_CHECKING:
+    from .styler import Styler
 
 
 @dataclass
 class GenerateConfig:
-    prompt: str
-    loras: tuple[str, ...] = ()  # "file.safetensors:0.7" specs
-    base: str = "mini"
-    negative: str = ""
-    count: int = 4
-    steps: int = 30
-    cfg: float = 7.5
-    seed: int = 1
-    size: int | None = None  # a square side; width and height override it
-    width: int | None = None
-    height: int | None = None
-    scheduler: str = "dpm++"
-    out: Path = Path("outputs")
-    blend: str = "merge"
-    quantize_base: str = "none"  # quantize.py: nf4, int8 or fp8; the adapters stay float32 and unfused
+    """One `stylelora generate` run (and one served request), each option declared once (options.option)."""
+
+    prompt: str = option(help="what to paint", cli=False)
+    loras: tuple[str, ...] = option((), "adapter and weight, e.g. a.safetensors:0.7 or a.safetensors:unet=0.8,te=0.5 "
+                                        "(repeatable)", flag="--lora", repeat=True, metavar="FILE[:WEIGHT]")
+    base: str = option("mini", "'mini' (built in), a hub id, a diffusers folder or a .safetensors file")
+    negative: str = option("", "negative prompt", default_text="none")
+    count: int = option(4, "number of images", aliases=("-n",))
+    steps: int = option(30, "denoising steps")
+    cfg: float = option(7.5, "classifier-free guidance scale")
+    seed: int = option(1, "seed of the first image; image i uses seed + i")
+    size: int | None = option(None, "image size in pixels, a square side", default_text="the base's native size")
+    width: int | None = option(None, "image width in pixels, a multiple of 8", default_text="--size, or the base's "
+                                                                                           "native size")
+    height: int | None = option(None, "image height in pixels, a multiple of 8", default_text="--size, or the base's "
+                                                                                             "native size")
+    scheduler: str = option("dpm++", "sampler", choices=tuple(SCHEDULERS))
+    out: Path = option(Path("outputs"), "folder for the PNG files")
+    blend: str = option("merge", "merge: weighted sum, fused (1x cost); switch: one adapter per step in turn (1x); "
+                                 "composite: every adapter's prediction averaged each step (N x cost)", choices=BLENDS)
+    quantize_base: str = option("none", QUANTIZE_HELP, choices=QUANTIZE_MODES)
 
 
 def validate_generate(config: GenerateConfig) -> GenerateConfig:
@@ -51,6 +62,8 @@ def validate_generate(config: GenerateConfig) -> GenerateConfig:
 
 def generate(config: GenerateConfig, styler: Styler | None = None) -> list[Path]:
     """Render `count` images and write them as PNGs carrying their settings; return the paths."""
+    from .styler import Styler  # here: the config and its declarations stay light for `stylelora --help`
+
     validate_generate(config)
     specs = [parse_lora_spec(spec) for spec in config.loras]
     styler = styler or Styler(config.base, quantize=config.quantize_base)

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
 from ..adapters.formats import LoraWeights, read_lora
 from ..adapters.stack import plain_lora
@@ -18,10 +17,12 @@ from ..model.precision import check_bf16_runs
 from .multilora import Stack
 
 BLENDS = ("merge", "switch", "composite")
+# The samplers by --scheduler name: diffusers' class and its options (the class is looked up when used, so the
+# option declarations that list these names stay light).
 SCHEDULERS = {
-    "ddim": (DDIMScheduler, {}),
-    "euler": (EulerDiscreteScheduler, {}),
-    "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "ddim": ("DDIMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
 }
 
 
@@ -63,8 +64,10 @@ def check_sampler_and_blend(scheduler: str, blend: str) -> None:
 
 def use_scheduler(pipe, name: str) -> None:
     """Swap the pipeline's sampler for `name`, built from its own scheduler config."""
+    import diffusers
+
     kind, options = SCHEDULERS[name]
-    pipe.scheduler = kind.from_config(pipe.scheduler.config, **options)
+    pipe.scheduler = getattr(diffusers, kind).from_config(pipe.scheduler.config, **options)
 
 
 def image_size(width: int | None, height: int | None, size: int | None, native: int) -> tuple[int, int]:

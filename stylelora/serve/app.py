@@ -27,10 +27,12 @@ from ..adapters.stack import StyleWeight
 from ..errors import AdapterFileError, AdapterNotFoundError, ConfigError, ConflictError, ServerBusyError, StyleloraError
 from ..files import safe_file_name
 from ..images import png_bytes
+from ..options import declaration, default_of
+from ..paint.engine import Engine, PaintJob
 from ..paint.generate import GenerateConfig, image_settings, validate_generate
+from ..paint.pipeline import BLENDS, SCHEDULERS
 from .batcher import Batcher
 from .config import ServeConfig, validate_serve
-from ..paint.engine import Engine, PaintJob
 from .limits import BodyLimit
 from .metrics import Metrics
 
@@ -46,19 +48,27 @@ class AdapterWeight(BaseModel):
     weight: Weight | str = 1.0  # a number, or parts as `stylelora generate --lora` takes them: "unet=0.8,te=0.5"
 
 
+def _default(name: str):
+    """The default `stylelora generate` declares for a setting the request shares with it."""
+    return default_of(declaration(GenerateConfig, name)[0])
+
+
 class GenerateBody(BaseModel):
+    """A request's settings: those of `stylelora generate` (choices and defaults from its declarations), with the
+    adapters named from the served folder, and one image unless `count` asks for more."""
+
     model_config = ConfigDict(extra="forbid")
     prompt: str
-    negative: str = ""
+    negative: str = _default("negative")
     adapters: list[AdapterWeight] = []
-    blend: Literal["merge", "switch", "composite"] = "merge"
-    seed: int = Field(1, ge=0, lt=2**63)
-    steps: int = 30
-    cfg: Weight = 7.5
+    blend: Literal[BLENDS] = _default("blend")
+    seed: int = Field(_default("seed"), ge=0, lt=2**63)
+    steps: int = _default("steps")
+    cfg: Weight = _default("cfg")
     width: int | None = None
     height: int | None = None
     count: int = 1
-    scheduler: Literal["ddim", "euler", "dpm++"] = "dpm++"
+    scheduler: Literal[tuple(SCHEDULERS)] = _default("scheduler")
 
 
 def status_of(error: StyleloraError) -> int:
