@@ -53,9 +53,10 @@ class UiField:
     """How the web UI shows an option: its label, widget, element id and, where it differs, its own default."""
 
     label: str
-    widget: str = "number"  # number, integer, checkbox, textbox, dropdown or multiselect
+    widget: str = "number"  # number, integer, checkbox, textbox, dropdown, multiselect or slider
     elem_id: str | None = None  # None: the flag without its dashes (`rank`, `train-bias`)
     default: Any = SAME  # the page's starting value, where it differs from the config's (said in the docs)
+    span: tuple[float, float, float] | None = None  # a slider's (least, most, step)
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,7 @@ def test_a_ui_default_that_differs_is_declared_and_said_in_the_docs():
         sections()["options-train"]
 
 
-@pytest.mark.parametrize("kind, least", [(TrainConfig, 30), (TuneConfig, 7)])
+@pytest.mark.parametrize("kind, least", [(TrainConfig, 30), (TuneConfig, 7), (GenerateConfig, 8)])
 def test_the_page_shows_each_declared_field_as_declared(kind, least, tmp_path):
     pytest.importorskip("gradio")
     from stylelora.ui.app import build_app

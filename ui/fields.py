@@ -26,6 +26,9 @@ def widget(kind: type, name: str, **layout: Any):
         return gr.Checkbox(bool(value), **common)
     if ui.widget == "textbox":
         return gr.Textbox(str(value), **common)
+    if ui.widget == "slider":
+        least, most, step = ui.span
+        return gr.Slider(least, most, value, step=step, **common)
     if ui.widget == "multiselect":
         return gr.Dropdown(opt.choice_list(), value=value, multiselect=True, **common)
     if ui.widget == "dropdown":

@@ -10,9 +10,11 @@ import gradio as gr
 
 from stylelora.adapters.library import AdapterEntry, known_bases, list_adapters
 from stylelora.errors import StyleloraError
+from stylelora.options import page_values
 from stylelora.paint.generate import GenerateConfig, generate
 from stylelora.paint.grid import GridConfig, make_grid, parse_weights
 from stylelora.paint.merge_job import MergeConfig, merge
+from stylelora.ui.fields import widget
 from stylelora.ui.session import Session, error_message
 from stylelora.ui.train_fields import base_dropdown, quantize_dropdown
 
@@ -23,8 +25,7 @@ def generate_tab(session: Session) -> None:
     with gr.Row():
         base = base_dropdown(session.adapters, "gen-base")
         refresh = gr.Button("Refresh the adapter list", elem_id="gen-refresh")
-    prompt = gr.Textbox("a red circle", label="Prompt", elem_id="prompt", interactive=True)
-    negative = gr.Textbox("", label="Negative prompt", interactive=True)
+    prompt, negative = (widget(GenerateConfig, name, interactive=True) for name in ("prompt", "negative"))
     # A callable: read again each time the page loads, so a new browser tab shows today's library.
     library = gr.State(lambda: [entry_row(e) for e in list_adapters(session.adapters)])
     gr.Markdown("**Adapters** (in the library's order): tick the ones to paint with and set each one's weight.",
@@ -50,13 +51,10 @@ def generate_tab(session: Session) -> None:
         paint_controls(session, names, controls, base, prompt, negative, settings, gallery, message, blend, grid)
 
     with gr.Row():
-        seed = gr.Number(1, label="Seed", precision=0, elem_id="seed", interactive=True)
+        seed = widget(GenerateConfig, "seed", interactive=True)
         random_seed = gr.Checkbox(False, label="Random seed", interactive=True)
-        steps = gr.Slider(1, 100, 20, step=1, label="Steps", elem_id="gen-steps", interactive=True)
-        cfg = gr.Slider(0, 20, 4.0, step=0.5, label="Guidance", interactive=True)
-        count = gr.Slider(1, 16, 4, step=1, label="Images", elem_id="count", interactive=True)
-        width = gr.Number(0, label="Width (0 = the base's own)", precision=0, elem_id="gen-width", interactive=True)
-        height = gr.Number(0, label="Height (0 = the base's own)", precision=0, elem_id="gen-height", interactive=True)
+        steps, cfg, count, width, height = (widget(GenerateConfig, name, interactive=True)
+                                            for name in ("steps", "cfg", "count", "width", "height"))
     with gr.Accordion("Advanced", open=False):
         quantize = quantize_dropdown("gen-quantize-base")
     settings = (quantize, seed, random_seed, steps, cfg, count, width, height)
@@ -96,10 +94,9 @@ def paint_controls(session: Session, names: list[str], controls: list, base, pro
     def run(base_, quantize_, prompt_, negative_, seed_, random_, steps_, cfg_, count_, width_, height_, *values):
         seed_ = random.randrange(2**31) if random_ else int(seed_)
         try:
-            config = GenerateConfig(prompt_, tuple(specs(values)), base_, negative_, int(count_),
-                                    int(steps_), float(cfg_), seed_, width=int(width_) or None,
-                                    height=int(height_) or None, out=session.workspace / "outputs",
-                                    quantize_base=quantize_)
+            fields = dict(negative=negative_, count=count_, steps=steps_, cfg=cfg_, width=width_, height=height_)
+            config = GenerateConfig(prompt_, tuple(specs(values)), base_, seed=seed_, out=session.workspace / "outputs",
+                                    quantize_base=quantize_, **page_values(GenerateConfig, fields))
             with session.painting:
                 paths = generate(config, session.styler(base_, quantize_))
         except StyleloraError as error:

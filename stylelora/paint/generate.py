@@ -11,7 +11,7 @@ from ..adapters.stack import StyleWeight, parse_lora_spec
 from ..errors import ConfigError
 from ..images import save_png
 from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES, check_quantize
-from ..options import option
+from ..options import UiField, option
 from .pipeline import BLENDS, SCHEDULERS
 
 if TYPE_CHECKING:
@@ -22,20 +22,25 @@ if TYPE_CHECKING:
 class GenerateConfig:
     """One `stylelora generate` run (and one served request), each option declared once (options.option)."""
 
-    prompt: str = option(help="what to paint", cli=False)
+    prompt: str = option(help="what to paint", cli=False,
+                         ui=UiField("Prompt", "textbox", "prompt", default="a red circle"))
     loras: tuple[str, ...] = option((), "adapter and weight, e.g. a.safetensors:0.7 or a.safetensors:unet=0.8,te=0.5 "
                                         "(repeatable)", flag="--lora", repeat=True, metavar="FILE[:WEIGHT]")
     base: str = option("mini", "'mini' (built in), a hub id, a diffusers folder or a .safetensors file")
-    negative: str = option("", "negative prompt", default_text="none")
-    count: int = option(4, "number of images", aliases=("-n",))
-    steps: int = option(30, "denoising steps")
-    cfg: float = option(7.5, "classifier-free guidance scale")
-    seed: int = option(1, "seed of the first image; image i uses seed + i")
+    negative: str = option("", "negative prompt", default_text="none", ui=UiField("Negative prompt", "textbox"))
+    count: int = option(4, "number of images", aliases=("-n",), ui=UiField("Images", "slider", span=(1, 16, 1)))
+    steps: int = option(30, "denoising steps",
+                        ui=UiField("Steps", "slider", "gen-steps", default=20, span=(1, 100, 1)))
+    cfg: float = option(7.5, "classifier-free guidance scale",
+                        ui=UiField("Guidance", "slider", default=4.0, span=(0, 20, 0.5)))
+    seed: int = option(1, "seed of the first image; image i uses seed + i", ui=UiField("Seed", "integer"))
     size: int | None = option(None, "image size in pixels, a square side", default_text="the base's native size")
-    width: int | None = option(None, "image width in pixels, a multiple of 8", default_text="--size, or the base's "
-                                                                                           "native size")
-    height: int | None = option(None, "image height in pixels, a multiple of 8", default_text="--size, or the base's "
-                                                                                             "native size")
+    width: int | None = option(None, "image width in pixels, a multiple of 8",
+                               default_text="--size, or the base's native size",
+                               ui=UiField("Width (0 = the base's own)", "integer", "gen-width"))
+    height: int | None = option(None, "image height in pixels, a multiple of 8",
+                                default_text="--size, or the base's native size",
+                                ui=UiField("Height (0 = the base's own)", "integer", "gen-height"))
     scheduler: str = option("dpm++", "sampler", choices=tuple(SCHEDULERS))
     out: Path = option(Path("outputs"), "folder for the PNG files")
     blend: str = option("merge", "merge: weighted sum, fused (1x cost); switch: one adapter per step in turn (1x); "
