@@ -204,7 +204,7 @@ def library_tab(session: Session) -> None:
                          elem_id="library")
     previews = gr.Gallery(label="Previews", columns=8, height=140, elem_id="previews")
     gr.Markdown(f"`stylelora serve --adapters {session.adapters}` serves these adapters over HTTP, by name "
-                "(README: Serving many adapters).", elem_id="library-serve")
+                "(docs/guides/serving.md).", elem_id="library-serve")
     refresh = gr.Button("Refresh", elem_id="library-refresh")
     message = gr.Markdown(elem_id="library-message")
     with gr.Row():
