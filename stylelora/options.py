@@ -12,6 +12,15 @@ from typing import Any
 from .errors import ConfigError
 
 
+def refuse_first(config: Any, checks: list[tuple[bool, str, str]]) -> None:
+    """Raise a ConfigError for the first (holds, field, fix) that does not hold, naming its flag and the value:
+    `--rank = 0: the rank must be ...`. Each job's validate() lists its checks; this says them one way."""
+    for ok, name, fix in checks:
+        if not ok:
+            field = name.replace("-", "_")
+            raise ConfigError(f"--{field.replace('_', '-')} = {getattr(config, field)!r}: {fix}")
+
+
 def field_values(kind: type, values: dict[str, Any], command: str,
                  convert: dict[str, Callable[[Any], Any]] | None = None) -> dict[str, Any]:
     """Plain values (a TOML table, UI fields, flags; kebab-case or snake_case keys) under the field names of the

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES, check_quantize
-from ..options import field_values, option, read_toml
+from ..options import field_values, option, read_toml, refuse_first
 
 
 @dataclass
@@ -54,9 +54,7 @@ def validate_serve(config: ServeConfig) -> ServeConfig:
         (not (config.max_resident and config.max_resident_mb), "max-resident", "give --max-resident or "
                                                                                "--max-resident-mb, not both"),
     ]
-    for ok, name, fix in checks:
-        if not ok:
-            raise ConfigError(f"--{name} = {getattr(config, name.replace('-', '_'))!r}: {fix}")
+    refuse_first(config, checks)
     if Path(config.adapters).exists() and not Path(config.adapters).is_dir():
         raise ConfigError(f"--adapters {config.adapters}: is a file; give the folder adapters are kept in")
     check_quantize(config.quantize_base)

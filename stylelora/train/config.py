@@ -11,7 +11,7 @@ from ..data.buckets import BucketSettings
 from ..errors import ConfigError
 from ..methods import METHODS, TARGET_PRESETS, AdapterSpec, method_checks, method_of
 from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES
-from ..options import UiField, field_values, option, read_toml
+from ..options import UiField, field_values, option, read_toml, refuse_first
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -240,11 +240,6 @@ class TrainConfig:
                 for k, v in dataclasses.asdict(self).items()}
 
 
-def _fail(field_name: str, value: Any, fix: str) -> ConfigError:
-    flag = "--" + field_name.replace("_", "-")
-    return ConfigError(f"{flag} = {value!r}: {fix}")
-
-
 def validate(config: TrainConfig) -> TrainConfig:
     """Check every field and return the config unchanged; raise ConfigError naming the first bad one."""
     c = config
@@ -312,9 +307,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         (bool(c.target_modules), "target_modules", "name at least one module, e.g. to_q,to_k,to_v,to_out.0"),
         (c.max_steps is None or c.epochs is None, "epochs", "give --max-steps or --epochs, not both"),
     ]
-    for ok, name, fix in checks:
-        if not ok:
-            raise _fail(name, getattr(c, name), fix)
+    refuse_first(c, checks)
     return config
 
 
