@@ -90,13 +90,16 @@ class Option:
         return list(self.choices() if callable(self.choices) else self.choices)
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", group: str = "general", *,
-           factory: Callable[[], Any] | None = None, **details: Any) -> Any:
+def option(default: Any = dataclasses.MISSING, help: str = "", group: str = "general", **details: Any) -> Any:
     """A dataclass field with its option declaration (`Option`'s other fields as keywords)."""
-    metadata = {"option": Option(help=help, group=group, **details)}
-    if factory is not None:
-        return dataclasses.field(default_factory=factory, metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
+    return dataclasses.field(default=default, metadata={"option": Option(help=help, group=group, **details)})
+
+
+def as_list(value: Any) -> tuple:
+    """'to_q, to_k' (a flag, a TOML string or a page's text) or a list, as a tuple; blanks around commas dropped."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return tuple(value)
 
 
 def declared(kind: type) -> list[tuple[dataclasses.Field, Option]]:
@@ -208,8 +211,7 @@ def page_values(kind: type, values: dict[str, Any]) -> dict[str, Any]:
             continue
         field_kind = _kind_of(f)
         if field_kind == "tuple":
-            value = (value,) if isinstance(value, str) and opt is not None and opt.repeat else tuple(
-                part.strip() for part in value.split(",") if part.strip()) if isinstance(value, str) else tuple(value)
+            value = (value,) if isinstance(value, str) and opt is not None and opt.repeat else as_list(value)
         else:
             convert = {"int": int, "float": float, "bool": bool, "path": lambda v: Path(str(v)).expanduser()}
             value = convert.get(field_kind, lambda v: v)(value)

@@ -11,7 +11,7 @@ from ..data.buckets import BucketSettings
 from ..errors import ConfigError
 from ..methods import METHODS, TARGET_PRESETS, AdapterSpec, method_checks, method_of
 from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES
-from ..options import UiField, field_values, option, read_toml, refuse_first
+from ..options import UiField, as_list, field_values, option, read_toml, refuse_first
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -315,16 +315,9 @@ _TUPLE_FIELDS = {f.name for f in dataclasses.fields(TrainConfig) if "tuple" in s
 _PATH_FIELDS = {"data", "out", "validation_data", "preserve_prompts"}
 
 
-def _as_tuple(value: Any) -> tuple:
-    """'to_q, to_k' (a flag or a TOML string) or a list, as a tuple; blanks around commas dropped."""
-    if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip())
-    return tuple(value)
-
-
 def from_dict(values: dict[str, Any]) -> TrainConfig:
     """Build a TrainConfig from plain values (a TOML table, UI fields), converting types; unknown keys are errors."""
-    convert = {name: Path for name in _PATH_FIELDS} | {name: _as_tuple for name in _TUPLE_FIELDS}
+    convert = {name: Path for name in _PATH_FIELDS} | {name: as_list for name in _TUPLE_FIELDS}
     converted = field_values(TrainConfig, values, "train", convert)
     if "data" not in converted:
         raise ConfigError("no image folder given: pass it as the first argument, e.g. `stylelora train ./images`")
