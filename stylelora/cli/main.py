@@ -156,7 +156,8 @@ def run_convert(args: argparse.Namespace) -> int:
     weights, metadata, kind = read_lora(args.file)
     if args.drop_biases:
         weights, dropped = without_biases(weights)
-        print(f"Left out {dropped} trained biases (diff_b): the file paints with its weight changes alone")
+        print(f"Left out {dropped} trained biases (diff_b): the file paints with its weight changes alone"
+              if dropped else "The file has no trained biases (diff_b) to leave out")
     write_lora(weights, args.to, args.out, metadata)
     print(f"Converted {args.file} ({kind}) to {args.to}: {args.out}")
     return 0
