@@ -80,3 +80,18 @@ def test_library_import_rename_delete(two_adapters, tmp_path):
         delete_adapter(two_adapters[1], library)
     delete_adapter(renamed, library)
     assert list_adapters(library) == []
+
+
+def test_stop_with_nothing_running_says_so_and_a_study_of_a_missing_folder_never_starts(tmp_path):
+    from stylelora.errors import DatasetError
+    from stylelora.train.jobs import TrainingJob
+    from stylelora.tune.jobs import TuneJob
+    from stylelora.tune.space import TuneConfig
+
+    assert TrainingJob().stop() is False
+    job = TuneJob()
+    assert job.stop() is False
+    with pytest.raises(DatasetError, match="nope: no such folder"):
+        job.start(TuneConfig(data=tmp_path / "nope", out=tmp_path / "study"))
+    assert not job.running and job.snapshot().status == "idle"
+    assert not (tmp_path / "study").exists()

@@ -75,3 +75,22 @@ def test_the_progress_line_while_running_and_after():
     assert progress_text(done, now=0) == "step 800 / 800 · took 1 h 02 min · loss 0.0100 · validation loss 0.0200"
     starting = JobState(status="running", started_at=100.0)
     assert progress_text(starting, now=107.0) == "step 0 / ? · preparing (7 s)"
+
+
+def test_a_new_run_clears_the_last_runs_plot_while_it_prepares():
+    """Issue: a new run showed the last run's loss curve while 'preparing'. The status tick now blanks the plot
+    once (and leaves it alone while nothing was drawn)."""
+    from types import SimpleNamespace
+
+    from stylelora.ui.app import train_status
+
+    finished = JobState("done", "done", 3, 3, losses=[(1, 0.5), (2, 0.4), (3, 0.3)], started_at=1.0)
+    preparing = JobState("running", "preparing", 0, 300, started_at=2.0)
+    session = SimpleNamespace(job=SimpleNamespace(snapshot=lambda: finished))
+    _, _, plot, _, drawn = train_status(session, False, None)
+    assert "<svg" in plot and drawn is not None
+    session.job.snapshot = lambda: preparing
+    _, _, plot, previews, drawn_now = train_status(session, False, drawn)
+    assert plot == "" and previews == [] and drawn_now is None
+    _, _, plot, _, _ = train_status(session, False, None)
+    assert not isinstance(plot, str)  # nothing drawn: nothing to blank again (gr.skip())

@@ -169,7 +169,8 @@ def train_tab(session: Session) -> None:
         return "Training started."
 
     start.click(on_start, [dataset, name, *plain, *method_fields, *stopping, *buckets], [start_message])
-    stop.click(lambda: session.job.stop() or "Stopping after this step; the checkpoint is kept.", None, [start_message])
+    stop.click(lambda: "Stopping after this step; the checkpoint is kept." if session.job.stop() else
+               "Nothing is training.", None, [start_message])
 
     suggest_settings.click(suggested_fields, [dataset, base], [rank, steps, learning_rate, alpha, start_message])
 
@@ -194,9 +195,12 @@ def train_status(session: Session, log_y: bool, last_drawn):
     line = state.log[-1] if state.status == "running" and state.log else state.message
     message = line if line.startswith("Training") else f"{text} {line}"
     key = (state.started_at, len(state.losses), len(state.validation_losses), bool(log_y))  # this run, this much
-    plot = loss_svg(state.losses, state.validation_losses, log_y) if state.losses and key != last_drawn else gr.skip()
+    if not state.losses:  # a new run, preparing: nothing of the last run's plot stays on the page
+        plot = "" if last_drawn is not None else gr.skip()
+    else:
+        plot = loss_svg(state.losses, state.validation_losses, log_y) if key != last_drawn else gr.skip()
     previews = [(str(p), f"step {p.stem.split('-')[1].lstrip('0') or 0}") for p in reversed(state.samples)]
-    return message, progress_html(state, time.time()), plot, previews, key if state.losses else last_drawn
+    return message, progress_html(state, time.time()), plot, previews, key if state.losses else None
 
 
 def library_tab(session: Session) -> None:

@@ -76,7 +76,8 @@ def suggested_fields(folder_path: str, base_model: str):
         return gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**Error:** {error}"
     v = suggestion.values()
     reasons = "".join(f"\n- `--{s.flag} {s.value:g}`: {s.reason}" for s in suggestion.settings)
-    return v["rank"], v["max_steps"], v["learning_rate"], v["alpha"], f"Suggested ({suggestion.summary}):{reasons}"
+    rate = float(f"{v['learning_rate']:.3g}")  # for people: 0.00105, not 0.0010490756141474163
+    return v["rank"], v["max_steps"], rate, v["alpha"], f"Suggested ({suggestion.summary}):{reasons}"
 
 
 # The fields of "Aspect-ratio buckets", in the order bucket_row() lays them out; 0 means the default.

@@ -74,7 +74,7 @@ def tune_tab(workspace: Path, adapters: Path, tune_job: TuneJob, training_job) -
         if state.status == "idle":
             return gr.skip(), gr.skip()
         word = {"running": "Running", "stopping": "Stopping", "done": "Done", "stopped": "Stopped",
-                "failed": "**Error:**"}[state.status]
+                "failed": "**Error**"}[state.status]
         objective_ = "judge" if any("style" in r.attrs for r in state.trials) else "loss"
         rows = pd.DataFrame([table_row(r, objective_) for r in state.trials], columns=table_header(objective_))
         count = f" ({len(state.trials)} trials finished)" if state.status in ("running", "stopping") else ""
@@ -92,6 +92,7 @@ def tune_tab(workspace: Path, adapters: Path, tune_job: TuneJob, training_job) -
         return f"Training {name} with the best trial's settings ({best}); follow it in the Train tab."
 
     start.click(on_start, fields, [start_message])
-    stop.click(lambda: tune_job.stop() or "Stopping after this step; the trial is queued again.", None, [start_message])
+    stop.click(lambda: "Stopping after this step; the trial is queued again." if tune_job.stop() else
+               "No study is running.", None, [start_message])
     train_best.click(on_train_best, [folder], [best_message])
     timer.tick(poll, None, [status, table])

@@ -150,13 +150,19 @@ def _caption_for(path: Path, metadata: dict[Path, tuple[str, Path]], default: st
     return (default, "--caption", path) if default else ("", "none", path)
 
 
-def scan_folder(root: Path, default_caption: str = "", trigger: str = "") -> ImageFolder:
-    """Find and fully decode every image under `root`, with its caption. Raise DatasetError if none is usable."""
+def check_folder(root: Path) -> Path:
+    """`root` if it is a folder; a DatasetError saying what it is instead (before any image is read)."""
     root = Path(root)
     if not root.exists():
         raise DatasetError(f"{root}: no such folder; give the folder that holds your training images")
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder; give the folder that holds your training images")
+    return root
+
+
+def scan_folder(root: Path, default_caption: str = "", trigger: str = "") -> ImageFolder:
+    """Find and fully decode every image under `root`, with its caption. Raise DatasetError if none is usable."""
+    root = check_folder(root)
     folder = ImageFolder(root=root, examples=[])
     metadata = _metadata_captions(root, folder)
     for path in _find_files(root, folder):

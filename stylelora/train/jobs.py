@@ -59,11 +59,14 @@ class BackgroundJob:
             self._thread = threading.Thread(target=target, args=args, daemon=True, name=f"stylelora-{type(self).__name__}")
             self._thread.start()
 
-    def stop(self) -> None:
-        if self.running:
-            self._stop.set()
-            with self._lock:
-                self._state.status = "stopping"
+    def stop(self) -> bool:
+        """Ask the running job to stop after its step; False when nothing is running (nothing to stop)."""
+        if not self.running:
+            return False
+        self._stop.set()
+        with self._lock:
+            self._state.status = "stopping"
+        return True
 
     def wait(self, timeout: float | None = None) -> None:
         if self._thread is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data.folder import check_folder
 from ..train.jobs import BackgroundJob
 from .results import TrialReport
 from .search import tune
@@ -30,6 +31,8 @@ class TuneJob(BackgroundJob):
         super().__init__(TuneState())
 
     def start(self, config: TuneConfig) -> None:
+        """Start the study in the background; a folder that cannot be used is refused here, before it starts."""
+        check_folder(config.data)
         self._launch(TuneState("running", f"study {config.name!r} in {config.out_dir}"), self._run, config)
 
     def snapshot(self) -> TuneState:
