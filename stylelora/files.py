@@ -77,6 +77,17 @@ def folder_written_atomically(final: Path) -> Iterator[Path]:
         raise
 
 
+def free_path(path: Path) -> Path:
+    """`path`, or, where a file is there already, the first of `name~2.png`, `name~3.png`, ... that is free: a new
+    result never overwrites an old one."""
+    path = Path(path)
+    number = 2
+    while path.exists():
+        path = path.with_name(f"{path.stem.rsplit('~', 1)[0]}~{number}{path.suffix}")
+        number += 1
+    return path
+
+
 def refuse_pickle(path: Path, what: str = "file") -> None:
     if Path(path).suffix.lower() in PICKLE_SUFFIXES:
         raise AdapterFileError(f"{path}: pickle {what}s can run code when loaded, so they are refused; load it in "

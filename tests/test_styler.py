@@ -215,3 +215,17 @@ def test_switch_and_composite_blends(tiny_base, two_adapters, unet_probe):
     assert torch.allclose(unet_probe(styler), unet_probe(styler))  # the normal forward is back
     with pytest.raises(ConfigError, match="--blend 'mix'"):
         styler.generate("x", blend="mix")
+
+
+def test_painting_again_never_overwrites_the_last_pictures(tiny_base, two_adapters, tmp_path):
+    """Issue 40: each paint of the same prompt and seed overwrote the last; a new picture now takes the next free
+    name (a-red-circle-5~2.png), and the first ones stay as they were."""
+    config = GenerateConfig(prompt="a red circle", loras=(str(two_adapters[0]),), base=str(tiny_base), count=1,
+                            steps=2, seed=5, out=tmp_path)
+    first = generate(config)
+    before = first[0].read_bytes()
+    second = generate(config)
+    third = generate(config)
+    assert [p.name for p in first + second + third] == ["a-red-circle-5.png", "a-red-circle-5~2.png",
+                                                       "a-red-circle-5~3.png"]
+    assert first[0].read_bytes() == before

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..adapters.stack import StyleWeight, parse_lora_spec
 from ..errors import ConfigError
+from ..files import free_path
 from ..images import save_png
 from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES, check_quantize
 from ..options import UiField, option
@@ -37,10 +38,10 @@ class GenerateConfig:
     size: int | None = option(None, "image size in pixels, a square side", default_text="the base's native size")
     width: int | None = option(None, "image width in pixels, a multiple of 8",
                                default_text="--size, or the base's native size",
-                               ui=UiField("Width (0 = the base's own)", "integer", "gen-width"))
+                               ui=UiField("Width in px (0 = the base's own)", "integer", "gen-width"))
     height: int | None = option(None, "image height in pixels, a multiple of 8",
                                 default_text="--size, or the base's native size",
-                                ui=UiField("Height (0 = the base's own)", "integer", "gen-height"))
+                                ui=UiField("Height in px (0 = the base's own)", "integer", "gen-height"))
     scheduler: str = option("dpm++", "sampler", choices=tuple(SCHEDULERS))
     out: Path = option(Path("outputs"), "folder for the PNG files")
     blend: str = option("merge", "merge: weighted sum, fused (1x cost); switch: one adapter per step in turn (1x); "
@@ -80,7 +81,7 @@ def generate(config: GenerateConfig, styler: Styler | None = None) -> list[Path]
     paths = []
     for index, image in enumerate(images):
         settings = image_settings(config, config.seed + index, image.size, specs)
-        paths.append(save_png(image, config.out / f"{slug}-{config.seed + index}.png", settings))
+        paths.append(save_png(image, free_path(config.out / f"{slug}-{config.seed + index}.png"), settings))
     return paths
 
 

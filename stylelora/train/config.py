@@ -49,7 +49,7 @@ class TrainConfig:
     # images
     resolution: int | None = option(None, "training size in pixels, a multiple of 8", "images",
                                     default_text="the base's native size",
-                                    ui=UiField("Resolution (0 = the base's own)", "integer"))
+                                    ui=UiField("Resolution in px (0 = the base's own)", "integer"))
     random_crop: bool = option(False, "random instead of centre crops", "images")
     flip: bool = option(False, "random horizontal flips", "images", ui=UiField("Random flips", "checkbox"))
     buckets: bool = option(True, "aspect-ratio buckets, so no image is cropped to a square; --no-buckets trains "
