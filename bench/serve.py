@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from stylelora.adapters.stack import StyleWeight
-from stylelora.paint.generate import GenerateConfig
+from stylelora.paint.request import GenerateConfig
 from stylelora.paint.styler import Styler
 from stylelora.paint.engine import Engine, PaintJob
 from stylelora.serve.loadtest import random_requests, run_load_test

@@ -12,7 +12,7 @@ import pytest
 from stylelora.cli.main import build_parser
 from stylelora.cli.reference import section_of, sections
 from stylelora.options import SAME, declared, default_of, default_words, flag_of, page_values
-from stylelora.paint.generate import GenerateConfig
+from stylelora.paint.request import GenerateConfig
 from stylelora.serve.config import ServeConfig, serve_config_from_dict
 from stylelora.train.config import TrainConfig, from_dict
 from stylelora.tune.space import TuneConfig, tune_config_from_dict

@@ -18,8 +18,9 @@ from stylelora.errors import AdapterFileError, TrainingInterrupted
 from stylelora.families import MINI, SDXL, Placement
 from stylelora.files import read_safetensors
 from stylelora.model.base import base_family, load_base
-from stylelora.paint.generate import GenerateConfig, generate
+from stylelora.paint.generate import generate
 from stylelora.paint.merge_job import MergeConfig, merge
+from stylelora.paint.request import GenerateConfig
 from stylelora.paint.styler import Styler
 from stylelora.train.checkpoint import latest_checkpoint
 from stylelora.train.config import TrainConfig

@@ -22,11 +22,12 @@ from stylelora.adapters.stack import StyleWeight
 from stylelora.cli.main import main
 from stylelora.errors import ServerBusyError
 from stylelora.model.base import load_base
-from stylelora.paint.generate import GenerateConfig, generate
+from stylelora.paint.engine import Engine, PaintJob
+from stylelora.paint.generate import generate
+from stylelora.paint.request import GenerateConfig
 from stylelora.serve.app import build_app
 from stylelora.serve.batcher import Batcher
 from stylelora.serve.config import ServeConfig
-from stylelora.paint.engine import Engine, PaintJob
 
 
 @pytest.fixture(scope="module")

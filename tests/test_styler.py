@@ -10,7 +10,8 @@ from PIL import Image
 from stylelora.adapters.stack import StyleWeight, parse_lora_spec
 from stylelora.errors import AdapterFileError, ConfigError
 from stylelora.files import read_safetensors
-from stylelora.paint.generate import GenerateConfig, generate
+from stylelora.paint.generate import generate
+from stylelora.paint.request import GenerateConfig
 from stylelora.paint.styler import Styler
 
 

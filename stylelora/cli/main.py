@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import StyleloraError
 from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES
 from ..options import add_arguments
-from ..paint.generate import GenerateConfig
+from ..paint.request import GenerateConfig
 from ..train.config import TrainConfig, from_dict, load_toml
 from .serve import add_serve_parser, run_serve
 from .stop import StopRequest

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..files import write_atomically
 from ..options import options_markdown
-from ..paint.generate import GenerateConfig
+from ..paint.request import GenerateConfig
 from ..serve.config import ServeConfig
 from ..train.config import TrainConfig
 from ..tune.space import TuneConfig

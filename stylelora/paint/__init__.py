@@ -1,2 +1,3 @@
-"""Painting with a base and weighted adapter stacks: the Styler, the engine that paints mixed batches (with its
-per-row adapters and resident pool), what both do around a pipeline (pipeline.py), generate, grid and fusing merges."""
+"""Painting with a base and weighted adapter stacks: the one painter (engine.py) with its resident pool and per-row
+adapters, the Styler in front of it for one stack at a time, the request a painting takes, generate, grid and
+fusing merges."""

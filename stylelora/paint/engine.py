@@ -1,5 +1,6 @@
-"""The serving engine: one loaded base, the adapter pool, and `paint`, which renders a batch of requests in one
-pipeline call, each request with its own adapter stack, prompt, negative and seed."""
+"""The one painter: one loaded base, its adapters by name, and `paint`, which renders a batch of requests in one
+pipeline call, each request with its own adapter stack, prompt, negative and seed. The server calls it directly; the
+CLI, the UI, grids, merges and tuning call it through `Styler`, its front for one stack at a time."""
 
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ from PIL import Image
 from ..errors import AdapterFileError
 from ..families import family_of_pipe
 from ..model.base import load_base
-from .generate import GenerateConfig
 from .multilora import ModuleLora, MultiLora, Stack
 from .pipeline import (average_outputs, blend_passes, generators, image_size, painting_device, read_for_base,
                        use_scheduler)
+from .peft_view import PeftView
 from .pool import AdapterPool, AdapterTensors
+from .request import GenerateConfig
 
 
 @dataclass
@@ -46,9 +48,9 @@ class SwitchTimes:
 
 
 class Engine:
-    """Paint with one base and any of the adapters in `folder`, many per batch."""
+    """Paint with one base and any of the adapters in `folder` (or added by name), many per batch."""
 
-    def __init__(self, base: str = "mini", folder: Path = Path("adapters"), device: str | None = None,
+    def __init__(self, base: str = "mini", folder: Path | None = Path("adapters"), device: str | None = None,
                  dtype: torch.dtype | None = None, quantize: str = "none", max_resident: int | None = None,
                  max_bytes: int | None = None):
         device, dtype = painting_device(device, dtype)
@@ -57,6 +59,7 @@ class Engine:
         self.family = family_of_pipe(self.pipe)
         self.lora = MultiLora(self.family.models(self.pipe))
         self.pool = AdapterPool(folder, self.read_adapter, max_resident, max_bytes)
+        self.peft = PeftView(self.pipe, self.family)
         self.switches = SwitchTimes([])
         self._painting = threading.Lock()  # one batch at a time: they share the base's weights
         self._counting = threading.Lock()
@@ -84,10 +87,15 @@ class Engine:
         (refused with a one-line AdapterFileError otherwise, as Styler.load refuses it)."""
         read = read_for_base(path, self.base, self.family, self.lora.models)
         made_for = read.made_for
+        present = sum(self.lora.layer(key) is not None for key in read.plain)
+        if present < read.modules:
+            # A partial match would paint a quietly different style: refuse it and say so.
+            raise AdapterFileError(f"{path}: only {present} of its {read.modules} modules exist in this base, so it "
+                                   f"does not fit this base: {made_for}")
         tensors: AdapterTensors = {}
         for key, adapter in read.plain.items():
             layer = self.lora.layer(key)
-            if layer is None or not _fits(layer, adapter.down, adapter.up):
+            if not _fits(layer, adapter.down, adapter.up):
                 raise AdapterFileError(f"{path}: module {key[1]} does not fit this base; {made_for}")
             # A layer without a bias has none to change: as ComfyUI applies diff_b, and as fusing does.
             has_bias = getattr(layer, "bias", None) is not None
@@ -95,11 +103,56 @@ class Engine:
             tensors[key] = ModuleLora(adapter.down.to(self.dtype).contiguous(), adapter.up.to(self.dtype).contiguous(), bias)
         return tensors
 
+    def add(self, name: str, path: Path) -> None:
+        """Paint the file at `path` under `name`; read and checked now (AdapterFileError if it does not fit)."""
+        self.pool.pin(name, path)
+        try:
+            self.pool.get(name)
+        except BaseException:
+            self.pool.forget(name)
+            raise
+
+    def remove(self, name: str) -> None:
+        with self._painting:
+            if any(n == name for n, _ in self.lora.fused_stack or ()):
+                self.lora.unfuse()
+            self.peft.forget(name)
+            self.pool.forget(name)
+
+    def adapters(self, stack: Stack) -> dict[str, AdapterTensors]:
+        names = [name for name, _ in stack]
+        return {name: self.pool.get(name, keep=names).modules for name in names}
+
+    def show(self, stack: Stack) -> None:
+        """Between paintings, let the models' own forward add `stack`, unfused, at peft's exact scales (a Styler's
+        model is probed, judged and compared so). Every adapter added by name is handed to peft, so its layers
+        stay the same objects from the first load on. The base's weights are put back first, exactly."""
+        with self._painting:
+            self.lora.unfuse()
+            self.lora.unbind()
+            named = tuple((name, None) for name in self.pool.pinned if all(name != n for n, _ in stack))
+            self.peft.show(stack, self.adapters(stack + named))
+
+    def fuse(self, stack: Stack) -> None:
+        """Add `stack` into the base's weights (not over a quantized base: a change added to NF4, int8 or fp8
+        weights would round away, so there the adapters stay separate float paths)."""
+        if self.quantize != "none":
+            return
+        with self._painting:
+            self.peft.off()
+            self.lora.fuse(stack, self.adapters(stack))
+
+    @property
+    def fused(self) -> bool:
+        """Whether a stack with adapters is added into the base's weights now."""
+        return bool(self.lora.fused_stack)
+
     @torch.no_grad()
     def paint(self, jobs: list[PaintJob], output_type: str = "pil") -> list[list[Image.Image]]:
         """Render every job in one pipeline call (their batch keys must be equal); the images of each job."""
         first = jobs[0].config
         with self._painting:
+            self.peft.off()  # the stacks are added by the engine's hooks, or fused, from here on
             names = list(dict.fromkeys(name for job in jobs for name, _ in job.stack))
             adapters = {name: self.pool.get(name, keep=names).modules for name in names}
             for modules in adapters.values():
@@ -158,15 +211,28 @@ class Engine:
 
     @contextmanager
     def _rows(self, samples: list[Stack] | None, blend: str, adapters: dict[str, AdapterTensors]):
-        """While the pipeline runs, bind each UNet row its sample's stack ('merge'), or one adapter of it per
-        step in turn ('switch'), or each adapter in its own pass, averaged ('composite'), as Styler does."""
+        """While the pipeline runs, the UNet's forward is `blend_forward`'s."""
         if samples is None:
             yield
             return
+        unet = self.pipe.unet
+        unet.forward = self.blend_forward(samples, blend, adapters)
+        try:
+            yield
+        finally:
+            del unet.forward  # back to the class's own forward
+            self.lora.unbind()
+
+    def blend_forward(self, samples: list[Stack], blend: str, adapters: dict[str, AdapterTensors]):
+        """A UNet forward that binds each row its sample's stack ('merge'), or one adapter of it per step in turn
+        ('switch'), or each adapter in its own pass, the passes averaged ('composite')."""
+        for modules in adapters.values():
+            self.lora.attach(modules)  # (paint attached them already; a Styler's caller may not have)
         unet, original = self.pipe.unet, type(self.pipe.unet).forward
         calls = itertools.count()
 
         def forward(*args, **kwargs):
+            self.peft.off()
             sample = args[0] if args else kwargs["sample"]
             repeat = sample.shape[0] // len(samples)  # 2 under classifier-free guidance: negatives, then prompts
             passes, counts = blend_passes(samples, blend, next(calls))
@@ -178,12 +244,7 @@ class Engine:
                 return outputs[0]
             return average_outputs(outputs, counts * repeat)
 
-        unet.forward = forward
-        try:
-            yield
-        finally:
-            del unet.forward  # back to the class's own forward
-            self.lora.unbind()
+        return forward
 
     def close(self) -> None:
         self.pool.close()

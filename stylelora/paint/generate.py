@@ -1,75 +1,20 @@
-"""The generate job: a typed config, checked in one place, and the function the CLI and UI call."""
+"""The generate job: paint a request (request.GenerateConfig) with a Styler and write PNGs that carry their settings,
+never over an earlier picture. The CLI and the UI call it."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from ..adapters.stack import StyleWeight, parse_lora_spec
-from ..errors import ConfigError
+from ..adapters.stack import parse_lora_spec
 from ..files import free_path
 from ..images import save_png
-from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES, check_quantize
-from ..options import UiField, option
-from .pipeline import BLENDS, SCHEDULERS
-
-if TYPE_CHECKING:
-    from .styler import Styler
-
-
-@dataclass
-class GenerateConfig:
-    """One `stylelora generate` run (and one served request), each option declared once (options.option)."""
-
-    prompt: str = option(help="what to paint", cli=False,
-                         ui=UiField("Prompt", "textbox", "prompt", default="a red circle"))
-    loras: tuple[str, ...] = option((), "adapter and weight, e.g. a.safetensors:0.7 or a.safetensors:unet=0.8,te=0.5 "
-                                        "(repeatable)", flag="--lora", repeat=True, metavar="FILE[:WEIGHT]")
-    base: str = option("mini", "'mini' (built in), a hub id, a diffusers folder or a .safetensors file")
-    negative: str = option("", "negative prompt", default_text="none", ui=UiField("Negative prompt", "textbox"))
-    count: int = option(4, "number of images", aliases=("-n",), ui=UiField("Images", "slider", span=(1, 16, 1)))
-    steps: int = option(30, "denoising steps",
-                        ui=UiField("Steps", "slider", "gen-steps", default=20, span=(1, 100, 1)))
-    cfg: float = option(7.5, "classifier-free guidance scale",
-                        ui=UiField("Guidance", "slider", default=4.0, span=(0, 20, 0.5)))
-    seed: int = option(1, "seed of the first image; image i uses seed + i", ui=UiField("Seed", "integer"))
-    size: int | None = option(None, "image size in pixels, a square side", default_text="the base's native size")
-    width: int | None = option(None, "image width in pixels, a multiple of 8",
-                               default_text="--size, or the base's native size",
-                               ui=UiField("Width in px (0 = the base's own)", "integer", "gen-width"))
-    height: int | None = option(None, "image height in pixels, a multiple of 8",
-                                default_text="--size, or the base's native size",
-                                ui=UiField("Height in px (0 = the base's own)", "integer", "gen-height"))
-    scheduler: str = option("dpm++", "sampler", choices=tuple(SCHEDULERS))
-    out: Path = option(Path("outputs"), "folder for the PNG files")
-    blend: str = option("merge", "merge: weighted sum, fused (1x cost); switch: one adapter per step in turn (1x); "
-                                 "composite: every adapter's prediction averaged each step (N x cost)", choices=BLENDS)
-    quantize_base: str = option("none", QUANTIZE_HELP, choices=QUANTIZE_MODES)
-
-
-def validate_generate(config: GenerateConfig) -> GenerateConfig:
-    checks = [
-        (config.count >= 1, "count", "make at least 1 image"),
-        (config.steps >= 1, "steps", "use at least 1 denoising step; 20-30 is usual"),
-        (config.cfg >= 0, "cfg", "guidance must be 0 or more; 7.5 is usual"),
-        (config.size is None or (config.size >= 8 and config.size % 8 == 0), "size", "use a multiple of 8"),
-        (config.width is None or (config.width >= 8 and config.width % 8 == 0), "width", "use a multiple of 8"),
-        (config.height is None or (config.height >= 8 and config.height % 8 == 0), "height", "use a multiple of 8"),
-        (bool(config.prompt.strip()), "prompt", "give a prompt, e.g. \"a red circle\""),
-    ]
-    for ok, name, fix in checks:
-        if not ok:
-            raise ConfigError(f"--{name} = {getattr(config, name)!r}: {fix}")
-    check_quantize(config.quantize_base)
-    return config
+from .request import GenerateConfig, image_settings, validate_generate
+from .styler import Styler
 
 
 def generate(config: GenerateConfig, styler: Styler | None = None) -> list[Path]:
     """Render `count` images and write them as PNGs carrying their settings; return the paths."""
-    from .styler import Styler  # here: the config and its declarations stay light for `stylelora --help`
-
     validate_generate(config)
     specs = [parse_lora_spec(spec) for spec in config.loras]
     styler = styler or Styler(config.base, quantize=config.quantize_base)
@@ -85,11 +30,3 @@ def generate(config: GenerateConfig, styler: Styler | None = None) -> list[Path]
     return paths
 
 
-def image_settings(config: GenerateConfig, seed: int, size: tuple[int, int],
-                   specs: list[tuple[Path, StyleWeight]]) -> dict:
-    """What a PNG carries in its text chunks: every setting that reproduces it (the server writes the same)."""
-    return {"prompt": config.prompt, "negative": config.negative, "seed": seed,
-            "steps": config.steps, "cfg": config.cfg, "scheduler": config.scheduler, "blend": config.blend,
-            "base": config.base, **({"quantize_base": config.quantize_base} if config.quantize_base != "none" else {}),
-            "size": size[0], "width": size[0], "height": size[1],
-            "loras": [{"file": str(p), "unet": w.unet, "te": w.text_encoder} for p, w in specs]}

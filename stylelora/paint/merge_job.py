@@ -13,7 +13,7 @@ from ..adapters.stack import parse_lora_spec
 from ..errors import AdapterFileError, ConfigError
 from ..families import UNKNOWN, Family, family_of_weights
 from ..files import folder_written_atomically
-from .styler import Styler
+from .engine import Engine
 
 
 @dataclass
@@ -75,10 +75,10 @@ def blend_family(sources: list[tuple[Path, Family | None]]) -> Family | None:
 
 def fuse_into_base(base: str, specs, out: Path) -> Path:
     """Fuse the weighted blend into a copy of the base and save it as a diffusers folder, atomically."""
-    styler = Styler(base)
-    styler.set_weights({styler.load(path): weight for path, weight in specs})
-    styler.pipe.fuse_lora(adapter_names=list(styler.paths), lora_scale=1.0)
-    styler.pipe.unload_lora_weights()
+    engine = Engine(base, folder=None)
+    for index, (path, _) in enumerate(specs):
+        engine.add(f"adapter{index}", path)  # by index: the same file may come twice
+    engine.fuse(tuple((f"adapter{index}", weight) for index, (_, weight) in enumerate(specs)))
     with folder_written_atomically(out) as staging:
-        styler.pipe.save_pretrained(staging)
+        engine.pipe.save_pretrained(staging)
     return out

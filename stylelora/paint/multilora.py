@@ -14,7 +14,7 @@ forward, which diffusers' UNet does not pass on; and they loop over the adapters
 diffusers' hotswap swaps one adapter for the whole model. So the per-row part is written here.
 
 A batch whose rows all share one stack takes the fused path instead: the stack is added into the base weights
-with peft's own arithmetic (so the result is bitwise what `Styler` paints), and the originals are copied back.
+with peft's own arithmetic (as peft's fuse would add it), and the originals are copied back.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class RowPlan(NamedTuple):
 
 def peft_scaling(weight: float, rank: int) -> float:
     """The scale peft sets for a weight (`set_scale`: weight x alpha / r, alpha = r here); computed the same way
-    so the fused path is bitwise equal to Styler's."""
+    so the fused path adds what peft's layers add between paintings (peft_view.py)."""
     return weight * rank / rank
 
 
@@ -96,7 +96,7 @@ class MultiLora:
             layer = find_layer(self.models[key[0]], key[1])
             if layer is None:
                 return None
-            self.layers[key] = layer
+            self.layers[key] = getattr(layer, "base_layer", layer)  # under peft's LoRA layer (peft_view.py), if any
         return self.layers[key]
 
     def attach(self, keys) -> None:
@@ -159,7 +159,7 @@ class MultiLora:
 
     @torch.no_grad()
     def fuse(self, stack: Stack, adapters: dict[str, dict[ModuleKey, ModuleLora]]) -> None:
-        """Add `stack` into the base weights, as Styler.fuse does through peft (same arithmetic, same order)."""
+        """Add `stack` into the base weights, as peft's fuse would (same arithmetic, same order)."""
         if stack == self.fused_stack:
             return
         self.unfuse()

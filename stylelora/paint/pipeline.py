@@ -1,4 +1,4 @@
-"""What every painting does around a loaded pipeline, written once for the Styler and the engine: the device and
+"""What every painting does around a loaded pipeline, written once: the device and
 dtype, an adapter file read for this base (checked to fit, as plain LoRA), the sampler, the size, one generator per
 image."""
 

@@ -42,9 +42,10 @@ class AdapterPool:
     """Named adapters of `folder`; at most `max_resident` of them (and `max_bytes` of tensors) in RAM at once.
     `read` turns a file into tensors fitted to the served base, raising AdapterFileError if it does not fit."""
 
-    def __init__(self, folder: Path, read: Callable[[Path], AdapterTensors], max_resident: int | None = None,
+    def __init__(self, folder: Path | None, read: Callable[[Path], AdapterTensors], max_resident: int | None = None,
                  max_bytes: int | None = None):
-        self.folder = Path(folder)
+        self.folder = None if folder is None else Path(folder)
+        self.pinned: dict[str, Path] = {}  # files added by name (Styler.load), wherever they are
         self.read = read
         self.max_resident, self.max_bytes = max_resident, max_bytes
         self.resident: OrderedDict[str, ResidentAdapter] = OrderedDict()
@@ -59,7 +60,7 @@ class AdapterPool:
         with self._lock:
             if refresh or not self._catalog:
                 entries: dict[str, AdapterEntry] = {}
-                for entry in list_adapters(self.folder):
+                for entry in list_adapters(self.folder) if self.folder is not None else ():
                     entries.setdefault(entry.name, entry)
                 self._catalog = entries
             return dict(self._catalog)
@@ -71,13 +72,21 @@ class AdapterPool:
             raise AdapterNotFoundError(f"no adapter named {name!r} in {self.folder}; GET /v1/adapters lists them")
         return entry
 
+    def pin(self, name: str, path: Path) -> None:
+        """Serve the file at `path` under `name`, whether or not it is in the folder."""
+        with self._lock:
+            self.pinned[name] = Path(path)
+
+    def path_of(self, name: str) -> Path:
+        return self.pinned.get(name) or self.entry(name).path
+
     def get(self, name: str, keep: Iterable[str] = ()) -> ResidentAdapter:
         """The adapter's tensors, read now if they are not resident (or the file changed). Adapters in `keep`
         (the rest of the batch) are never evicted to make room. A file is read outside the lock, once: a
         second caller for the same name (the prefetcher and a batch) waits for the first."""
         while True:
             with self._lock:
-                path = self.entry(name).path
+                path = self.path_of(name)
                 held = self.resident.get(name)
                 if held is not None and held.path == path and held.version == _version(path):
                     self.resident.move_to_end(name)
@@ -126,6 +135,7 @@ class AdapterPool:
         with self._lock:
             self.resident.pop(name, None)
             self._catalog.pop(name, None)
+            self.pinned.pop(name, None)
 
     @property
     def resident_bytes(self) -> int:

@@ -29,7 +29,7 @@ from ..files import safe_file_name
 from ..images import png_bytes
 from ..options import declaration, default_of
 from ..paint.engine import Engine, PaintJob
-from ..paint.generate import GenerateConfig, image_settings, validate_generate
+from ..paint.request import GenerateConfig, image_settings, validate_generate
 from ..paint.pipeline import BLENDS, SCHEDULERS
 from .batcher import Batcher
 from .config import ServeConfig, validate_serve

@@ -1,0 +1,94 @@
+"""The engine's adapters shown through peft's own LoRA layers, between paintings.
+
+A paint call adds each stack by the engine's hooks or fuses it (multilora.py). Outside a paint call, a `Styler`'s
+model must still apply its weighted stack when it is called directly (probed, judged, compared against other
+loaders), at exact, reversible peft scales. diffusers' `load_lora_weights` and `set_adapters` do that well, so they
+are used as they are: each adapter is handed to them once, from the engine's own resident tensors, and peft's
+weights are then pointed at those tensors, so an adapter is held once in memory, not twice.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
+
+from ..adapters.formats import to_kohya
+from ..adapters.stack import find_layer
+from ..errors import AdapterFileError
+from ..families import Family
+from ..methods.layouts import LoraModule
+from .multilora import ModuleLora, Stack
+
+AdapterTensors = dict[tuple[str, str], ModuleLora]
+
+
+class PeftView:
+    """Which adapters peft holds in `pipe`, and whether its layers add them (`show`) or not (`off`)."""
+
+    def __init__(self, pipe, family: Family):
+        self.pipe, self.family = pipe, family
+        self.held: dict[str, AdapterTensors] = {}  # adapter name: the resident tensors peft's weights point at
+        self.on = False
+
+    def show(self, stack: Stack, adapters: dict[str, AdapterTensors]) -> None:
+        """Make the models' own forward add `stack` (adapters at weight 0 left out: they cost nothing)."""
+        for name, modules in adapters.items():
+            if self.held.get(name) is not modules:  # new, or its file changed since
+                self._hand_to_peft(name, modules)
+        active = [(name, weight) for name, weight in stack if not weight.is_off]
+        if not active:
+            self.off()
+            return
+        self.pipe.enable_lora()
+        parts = self.pipe.get_list_adapters()
+        encoders = [encoder.part for encoder in self.family.text_encoders]
+        weights = [{"unet": w.unet_setting()} | {part: w.text_encoder for part in encoders if n in parts.get(part, [])}
+                   for n, w in active]
+        self.pipe.set_adapters([name for name, _ in active], weights)
+        self.on = True
+
+    def off(self) -> None:
+        """peft's layers pass the base's output through unchanged (the engine then adds or fuses the stacks)."""
+        if not self.on:
+            return
+        for model in self.family.models(self.pipe).values():
+            for module in model.modules():
+                if isinstance(module, BaseTunerLayer):
+                    module.enable_adapters(False)
+        self.on = False
+
+    def forget(self, name: str) -> None:
+        if self.held.pop(name, None) is not None:
+            self.pipe.delete_adapters([name])
+
+    @torch.no_grad()
+    def _hand_to_peft(self, name: str, modules: AdapterTensors) -> None:
+        self.forget(name)
+        # Plain LoRA at scale 1 (alpha = rank, so no alpha keys); the biases are put in below.
+        weights = {key: LoraModule(m.down, m.up, float(m.down.shape[0])) for key, m in modules.items()}
+        tensors = {k: t for k, t in to_kohya(weights).items() if not k.endswith(".alpha")}
+        try:
+            with warnings.catch_warnings():
+                # peft warns on every adapter after the first; several adapters at once is what we are for
+                warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+                self.pipe.load_lora_weights(tensors, adapter_name=name)
+        except (ValueError, KeyError, RuntimeError, TypeError) as error:
+            raise AdapterFileError(f"adapter {name!r} does not load into this base: {str(error).splitlines()[0][:160]}") from None
+        models = self.family.models(self.pipe)
+        for (part, module), held in modules.items():
+            layer = find_layer(models[part], module)
+            _point_at(layer.lora_A[name], held.down)
+            _point_at(layer.lora_B[name], held.up)
+            if held.bias is not None:  # peft adds lora_B's bias inside the scaled path: weights and blends apply it
+                layer.lora_B[name].bias = torch.nn.Parameter(held.bias.to(layer.lora_B[name].weight), requires_grad=False)
+        self.held[name] = modules
+        self.on = True  # loading switches peft's layers on
+
+
+def _point_at(layer: torch.nn.Module, tensor: torch.Tensor) -> None:
+    """Let peft's weight be the engine's tensor itself where they agree in shape and dtype (one copy in memory)."""
+    weight = layer.weight
+    if weight.shape == tensor.shape and weight.dtype == tensor.dtype and weight.device == tensor.device:
+        weight.data = tensor
