@@ -95,6 +95,14 @@ def option(default: Any = dataclasses.MISSING, help: str = "", group: str = "gen
     return dataclasses.field(default=default, metadata={"option": Option(help=help, group=group, **details)})
 
 
+def like(kind: type, name: str, **changes: Any) -> Any:
+    """A field declared as `kind`'s `name` is (its default, help, choices and spelling), for another job that takes
+    the same option, with `changes` (the default among them) where it differs: so it is still declared once."""
+    f, opt = declaration(kind, name)
+    default = changes.pop("default", default_of(f))
+    return dataclasses.field(default=default, metadata={"option": dataclasses.replace(opt, **changes)})
+
+
 def as_list(value: Any) -> tuple:
     """'to_q, to_k' (a flag, a TOML string or a page's text) or a list, as a tuple; blanks around commas dropped."""
     if isinstance(value, str):

@@ -11,14 +11,14 @@ import pytest
 
 from stylelora.cli.main import build_parser
 from stylelora.cli.reference import section_of, sections
-from stylelora.options import SAME, declared, default_of, default_words, flag_of, page_values
-from stylelora.paint.request import GenerateConfig
+from stylelora.options import SAME, declaration, declared, default_of, default_words, flag_of, page_values
+from stylelora.paint.request import GenerateConfig, GridConfig
 from stylelora.serve.config import ServeConfig, serve_config_from_dict
 from stylelora.train.config import TrainConfig, from_dict
 from stylelora.tune.space import TuneConfig, tune_config_from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
-JOBS = {"train": TrainConfig, "tune": TuneConfig, "serve": ServeConfig, "generate": GenerateConfig}
+JOBS = {"train": TrainConfig, "tune": TuneConfig, "serve": ServeConfig, "generate": GenerateConfig, "grid": GridConfig}
 
 
 def _subparser(command: str) -> argparse.ArgumentParser:
@@ -103,3 +103,13 @@ def test_page_values_leave_blank_and_unset_zero_at_their_defaults():
     assert page_values(TrainConfig, {"preserve_weight": 0, "seed": 3, "buckets": True}) == {"preserve_weight": 0.0,
                                                                                        "seed": 3}
     assert isinstance(values["rank"], int)
+
+
+def test_grid_takes_generates_painting_options_as_declared_there():
+    """grid's --steps, --cfg, --scheduler and the rest are generate's declarations (options.like), not copies."""
+    for name in ("base", "steps", "cfg", "scheduler", "quantize_base"):
+        assert declaration(GridConfig, name)[1].help == declaration(GenerateConfig, name)[1].help
+        assert default_of(declaration(GridConfig, name)[0]) == default_of(declaration(GenerateConfig, name)[0])
+    assert declaration(GridConfig, "seed")[1].help == "the seed of every cell"  # a change said where it differs
+    args = _subparser("grid").parse_args(["a", "b", "--lora", "x.safetensors", "--weights", "0,1", "--steps", "3"])
+    assert (args.prompts, args.lora, args.weights, args.steps, args.cfg) == (["a", "b"], "x.safetensors", "0,1", 3, None)

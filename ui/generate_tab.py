@@ -12,9 +12,9 @@ from stylelora.adapters.library import AdapterEntry, known_bases, list_adapters
 from stylelora.errors import StyleloraError
 from stylelora.options import page_values
 from stylelora.paint.generate import generate
-from stylelora.paint.grid import GridConfig, make_grid, parse_weights
+from stylelora.paint.grid import make_grid, parse_weights
 from stylelora.paint.merge_job import MergeConfig, merge
-from stylelora.paint.request import GenerateConfig
+from stylelora.paint.request import GenerateConfig, GridConfig
 from stylelora.ui.fields import widget
 from stylelora.ui.session import Session, error_message
 from stylelora.ui.train_fields import base_dropdown, quantize_dropdown

@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 from ..errors import StyleloraError
-from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES
 from ..options import add_arguments
-from ..paint.request import GenerateConfig
+from ..paint.request import GenerateConfig, GridConfig
 from ..train.config import TrainConfig, from_dict, load_toml
 from .serve import add_serve_parser, run_serve
 from .stop import StopRequest
@@ -79,27 +78,17 @@ def add_grid_parser(commands: argparse._SubParsersAction) -> None:
                             description="An X/Y grid: columns are adapter A's weights; rows are the prompts, or "
                                         "adapter B's weights with --lora-b. Every cell uses the same seed.")
     p.add_argument("prompts", nargs="+")
-    p.add_argument("--lora", required=True, help="adapter A")
-    p.add_argument("--weights", default="0,0.25,0.5,0.75,1", help="A's weights across (0,0.25,0.5,0.75,1)")
-    p.add_argument("--lora-b", help="adapter B: rows become B's weights")
-    p.add_argument("--weights-b", default="", help="B's weights down, e.g. 0,0.5,1")
-    p.add_argument("--base", default="mini")
-    p.add_argument("--negative", default="")
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--cfg", type=float, default=7.5)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--scheduler", default="dpm++", choices=("ddim", "euler", "dpm++"))
-    p.add_argument("--quantize-base", default="none", choices=QUANTIZE_MODES, help=QUANTIZE_HELP + " (none)")
-    p.add_argument("-o", "--out", type=Path, default=Path("outputs/grid.png"))
+    add_arguments(p, GridConfig)
 
 
 def run_grid(args: argparse.Namespace) -> int:
-    from ..paint.grid import GridConfig, make_grid, parse_weights
+    from ..paint.grid import make_grid, parse_weights
 
-    config = GridConfig(tuple(args.prompts), args.lora, parse_weights(args.weights, "--weights"), args.out,
-                        args.lora_b, parse_weights(args.weights_b, "--weights-b") if args.lora_b else (),
-                        args.base, args.negative, args.steps, args.cfg, args.seed, args.scheduler, args.quantize_base)
-    print(make_grid(config))
+    flags = {k: v for k, v in vars(args).items() if v is not None and k != "command"}
+    for name in ("weights", "weights_b"):
+        if name in flags:
+            flags[name] = parse_weights(flags[name], "--" + name.replace("_", "-"))
+    print(make_grid(GridConfig(**(flags | {"prompts": tuple(args.prompts)}))))
     return 0
 
 

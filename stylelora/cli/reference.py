@@ -1,5 +1,5 @@
 """The docs' option reference, built from the option declarations: `python -m stylelora.cli.reference [PAGE]`
-rewrites the tables between the `options-train`, `-tune`, `-serve` and `-generate` markers of
+rewrites the tables between the `options-train`, `-tune`, `-serve`, `-generate` and `-grid` markers of
 docs/reference/options.md; tests/test_docs.py checks that the page holds what this builds."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..files import write_atomically
 from ..options import options_markdown
-from ..paint.request import GenerateConfig
+from ..paint.request import GenerateConfig, GridConfig
 from ..serve.config import ServeConfig
 from ..train.config import TrainConfig
 from ..tune.space import TuneConfig
@@ -20,7 +20,8 @@ PAGE = Path("docs") / "reference" / "options.md"
 def sections() -> dict[str, str]:
     """The generated text of each marked section, by marker name."""
     return {"options-train": options_markdown(TrainConfig), "options-tune": options_markdown(TuneConfig),
-            "options-serve": options_markdown(ServeConfig), "options-generate": options_markdown(GenerateConfig)}
+            "options-serve": options_markdown(ServeConfig), "options-generate": options_markdown(GenerateConfig),
+            "options-grid": options_markdown(GridConfig)}
 
 
 def section_of(text: str, name: str) -> str:

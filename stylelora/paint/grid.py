@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -11,26 +10,10 @@ from ..adapters.stack import StyleWeight, parse_lora_spec
 from ..errors import ConfigError
 from ..images import save_png
 from ..model.quantize import check_quantize
+from .request import GridConfig
 from .styler import Styler
 
 LABEL = 18  # pixels of label band
-
-
-@dataclass
-class GridConfig:
-    prompts: tuple[str, ...]
-    lora: str
-    weights: tuple[float, ...]
-    out: Path
-    lora_b: str | None = None
-    weights_b: tuple[float, ...] = ()
-    base: str = "mini"
-    negative: str = ""
-    steps: int = 30
-    cfg: float = 7.5
-    seed: int = 1
-    scheduler: str = "dpm++"
-    quantize_base: str = "none"  # quantize.py: nf4, int8 or fp8
 
 
 def parse_weights(text: str, flag: str) -> tuple[float, ...]:
@@ -44,6 +27,8 @@ def parse_weights(text: str, flag: str) -> tuple[float, ...]:
 
 
 def make_grid(config: GridConfig, styler: Styler | None = None) -> Path:
+    if not config.lora:
+        raise ConfigError("--lora: give adapter A, e.g. --lora a.safetensors")
     if not config.prompts:
         raise ConfigError("give at least one prompt")
     if config.lora_b and not config.weights_b:

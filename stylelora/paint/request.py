@@ -1,5 +1,5 @@
-"""What one painting asks for: the options of `stylelora generate`, which are also one served request's, declared
-once (options.option) and checked in one place, and the settings each PNG carries."""
+"""What a painting asks for: the options of `stylelora generate`, which are also one served request's, and of
+`stylelora grid`, declared once (options.option) and checked in one place, and the settings each PNG carries."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from ..adapters.stack import StyleWeight
 from ..errors import ConfigError
 from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES, check_quantize
-from ..options import UiField, option
+from ..options import UiField, like, option
 from .pipeline import BLENDS, SCHEDULERS
 
 
@@ -68,3 +68,22 @@ def image_settings(config: GenerateConfig, seed: int, size: tuple[int, int],
             "base": config.base, **({"quantize_base": config.quantize_base} if config.quantize_base != "none" else {}),
             "size": size[0], "width": size[0], "height": size[1],
             "loras": [{"file": str(p), "unet": w.unet, "te": w.text_encoder} for p, w in specs]}
+
+
+@dataclass
+class GridConfig:
+    """One `stylelora grid`: each option declared once (options.option), the painting ones as `generate` has them."""
+
+    prompts: tuple[str, ...] = option((), "the prompts, one row each", cli=False, default_text="required")
+    lora: str = option("", "adapter A: its weights go across", default_text="required", metavar="FILE")
+    weights: tuple[float, ...] = option((0.0, 0.25, 0.5, 0.75, 1.0), "A's weights across", cli_type=str)
+    out: Path = option(Path("outputs/grid.png"), "the grid's PNG file", aliases=("-o",))
+    lora_b: str | None = option(None, "adapter B: rows become B's weights", default_text="none", metavar="FILE")
+    weights_b: tuple[float, ...] = option((), "B's weights down, e.g. 0,0.5,1", default_text="none", cli_type=str)
+    base: str = like(GenerateConfig, "base")
+    negative: str = like(GenerateConfig, "negative", ui=None)
+    steps: int = like(GenerateConfig, "steps", ui=None)
+    cfg: float = like(GenerateConfig, "cfg", ui=None)
+    seed: int = like(GenerateConfig, "seed", help="the seed of every cell", ui=None)
+    scheduler: str = like(GenerateConfig, "scheduler")
+    quantize_base: str = like(GenerateConfig, "quantize_base")
