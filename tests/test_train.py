@@ -10,7 +10,7 @@ import torch
 from stylelora.errors import TrainingError
 from stylelora.families import FAMILIES
 from stylelora.files import read_safetensors
-from stylelora.train import loop as training, step_loss
+from stylelora.train import loop as training, objective, step_loss
 from stylelora.train.checkpoint import latest_checkpoint
 from stylelora.train.loop import train
 
@@ -105,8 +105,8 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(train_config, mo
 
 def test_v_prediction_base_trains_against_velocity(train_config, tiny_vpred_base, monkeypatch):
     seen = []
-    real = step_loss.noise_target
-    monkeypatch.setattr(step_loss, "noise_target", lambda kind, *a: seen.append(kind) or real(kind, *a))
+    real = objective.noise_target
+    monkeypatch.setattr(objective, "noise_target", lambda kind, *a: seen.append(kind) or real(kind, *a))
     result = train(train_config(base=str(tiny_vpred_base), max_steps=2), **QUIET)
     assert seen == ["v_prediction", "v_prediction"]
     assert read_safetensors(result.adapter_path).metadata["modelspec.prediction_type"] == "v"

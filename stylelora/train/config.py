@@ -12,6 +12,8 @@ from ..errors import ConfigError
 from ..methods import METHODS, TARGET_PRESETS, AdapterSpec, method_checks, method_of
 from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES
 from ..options import UiField, as_list, field_values, option, read_toml, refuse_first
+from .loss import HUBER_SCHEDULES, LOSSES
+from .objective import TIMESTEP_SAMPLINGS
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -121,6 +123,20 @@ class TrainConfig:
     weight_decay: float = option(1e-2, "AdamW weight decay", "optimisation")
     min_snr_gamma: float = option(0.0, "min-SNR loss weighting, 0 = off; 5 is usual", "optimisation")
     noise_offset: float = option(0.0, "noise offset, 0 = off; 0.05 is usual", "optimisation")
+    timestep_sampling: str = option(
+        "auto", "where on the noise schedule steps land: uniform, logit-normal or mode (the SD3 paper's densities), "
+                "style (biased toward high noise, where style lives: ai-toolkit's) or content (toward low noise); "
+                "auto = uniform here, logit-normal on flow-matching bases", "objective", choices=TIMESTEP_SAMPLINGS,
+        ui=UiField("Timestep sampling (style: more high-noise steps)", "dropdown"))
+    logit_mean: float | None = option(None, "logit-normal sampling's mean", "objective", default_text="0")
+    logit_std: float | None = option(None, "logit-normal sampling's spread", "objective", default_text="1")
+    mode_scale: float | None = option(None, "mode sampling's scale", "objective", default_text="1.29")
+    loss: str = option("l2", "the per-pixel loss: l2 (squared error), huber or smooth-l1 (kohya's scheduled "
+                             "pseudo-Huber: robust to pixels far off)", "objective", choices=LOSSES,
+                       ui=UiField("Loss", "dropdown"))
+    huber_c: float | None = option(None, "the Huber threshold c, in (0, 1]", "objective", default_text="0.1")
+    huber_schedule: str | None = option(None, "how c follows the timestep: snr, exponential or constant (kohya's)",
+                                        "objective", choices=HUBER_SCHEDULES, default_text="snr")
     seed: int = option(0, "random seed", "optimisation", ui=UiField("Seed", "integer", "train-seed"))
     # speed
     precision: str = option("auto", "auto (GPU: bf16, or fp16; CPU: bf16 for UNets of 50M parameters or more where a "
@@ -274,6 +290,19 @@ def validate(config: TrainConfig) -> TrainConfig:
         (c.weight_decay >= 0, "weight_decay", "weight decay must be 0 or more"),
         (c.min_snr_gamma >= 0, "min_snr_gamma", "gamma must be 0 (off) or more; 5 is usual"),
         (c.noise_offset >= 0, "noise_offset", "the noise offset must be 0 or more; 0.05 is usual"),
+        (c.timestep_sampling in TIMESTEP_SAMPLINGS, "timestep_sampling", f"choose one of {', '.join(TIMESTEP_SAMPLINGS)}"),
+        (c.logit_std is None or c.logit_std > 0, "logit_std", "the spread must be above 0; 1 is usual"),
+        (c.timestep_sampling in ("auto", "logit-normal") or (c.logit_mean is None and c.logit_std is None),
+         "logit_mean" if c.logit_mean is not None else "logit_std",
+         "the logit-normal parameters need --timestep-sampling logit-normal"),
+        (c.timestep_sampling in ("auto", "mode") or c.mode_scale is None, "mode_scale",
+         "the mode scale needs --timestep-sampling mode"),
+        (c.loss in LOSSES, "loss", f"choose one of {', '.join(LOSSES)}"),
+        (c.huber_c is None or 0 < c.huber_c <= 1, "huber_c", "the Huber threshold must be in (0, 1]; 0.1 is usual"),
+        (c.huber_schedule is None or c.huber_schedule in HUBER_SCHEDULES, "huber_schedule",
+         f"choose one of {', '.join(HUBER_SCHEDULES)}"),
+        (c.loss != "l2" or (c.huber_c is None and c.huber_schedule is None),
+         "huber_c" if c.huber_c is not None else "huber_schedule", "the Huber settings need --loss huber or smooth-l1"),
         (c.loraplus_ratio >= 0, "loraplus_ratio", "the LoRA+ ratio must be 0 (off) or more; 16 is the paper's usual value"),
         (c.precision in PRECISIONS, "precision", f"choose one of {', '.join(PRECISIONS)}"),
         (c.quantize_base in QUANTIZE_MODES, "quantize_base", f"choose one of {', '.join(QUANTIZE_MODES)}"),

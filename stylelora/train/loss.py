@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+LOSSES = ("l2", "huber", "smooth-l1")
+HUBER_SCHEDULES = ("snr", "exponential", "constant")
 
 
 def noise_target(prediction_type: str, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
@@ -35,10 +40,37 @@ def offset_noise(noise: torch.Tensor, strength: float, generator: torch.Generato
     return noise + strength * shift
 
 
-def ddpm_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean squared error in float32 (bf16 MSE loses the small residuals late in training),
-    optionally weighted per sample."""
-    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+def huber_thresholds(schedule: str, c: float, timesteps: torch.Tensor, steps: int,
+                     noise_to_signal: torch.Tensor) -> torch.Tensor:
+    """Each sample's Huber threshold, as kohya's scheduled Huber sets it (train_util.get_huber_threshold_if_needed,
+    Kaiqi Gao et al. 2024): 'constant' c; 'exponential' from 1 at t = 0 down to c at the last timestep;
+    'snr' (1 - c) / (1 + sigma)^2 + c, sigma the noise-to-signal ratio, so near 1 (squared error) at low noise
+    and near c (robust) at high noise."""
+    if schedule == "constant":
+        return torch.full(timesteps.shape, c, device=timesteps.device)
+    if schedule == "exponential":
+        return torch.exp(math.log(c) / steps * timesteps.float())
+    return (1 - c) / (1 + noise_to_signal.float()) ** 2 + c
+
+
+def per_sample_error(prediction: torch.Tensor, target: torch.Tensor, kind: str = "l2",
+                     thresholds: torch.Tensor | None = None) -> torch.Tensor:
+    """Each sample's mean error over its pixels, in float32: squared ('l2'), or kohya's pseudo-Huber
+    2c(sqrt(d^2 + c^2) - c) ('huber') and 2(sqrt(d^2 + c^2) - c) ('smooth-l1'), c per sample."""
+    prediction, target = prediction.float(), target.float()
+    dims = tuple(range(1, prediction.dim()))
+    if kind == "l2":
+        return F.mse_loss(prediction, target, reduction="none").mean(dim=dims)
+    c = thresholds.float().view(-1, *[1] * len(dims))
+    root = torch.sqrt((prediction - target) ** 2 + c ** 2) - c
+    return (2 * c * root if kind == "huber" else 2 * root).mean(dim=dims)
+
+
+def ddpm_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None, kind: str = "l2",
+              thresholds: torch.Tensor | None = None) -> torch.Tensor:
+    """The denoising loss: mean squared error in float32 (bf16 MSE loses the small residuals late in training),
+    or a pseudo-Huber one (`per_sample_error`), optionally weighted per sample."""
+    per_sample = per_sample_error(prediction, target, kind, thresholds)
     if weights is None:
         return per_sample.mean()
     return (per_sample * weights).mean()

@@ -18,7 +18,8 @@ from ..data.folder import Example, ImageFolder, load_rgb, placement, preprocess_
 from ..families import Conditioning, Placement
 from ..methods.attach import adapters_disabled
 from .config import TrainConfig
-from .loss import ddpm_loss, min_snr_weights, noise_target, offset_noise
+from .loss import ddpm_loss, huber_thresholds, offset_noise
+from .objective import Noised, Sampling, objective_for
 from .validation import ValidationSet
 
 if TYPE_CHECKING:
@@ -64,7 +65,8 @@ class Terms(NamedTuple):
 
 
 class StepLoss:
-    """The loss of one micro-batch: draw examples, add noise at uniform timesteps, predict, take the MSE.
+    """The loss of one micro-batch: draw examples, noise them at timesteps the objective draws (objective.py),
+    predict, take the loss (squared error, or --loss huber or smooth-l1).
     Its randomness depends only on (seed, step, micro, process), so a resumed run draws what it would have.
     `adapted` are the (unwrapped) models that carry adapters: switched off for the preservation target,
     and put in eval mode to validate."""
@@ -73,7 +75,9 @@ class StepLoss:
                  unet: torch.nn.Module, accelerator: Accelerator, adapted: list[torch.nn.Module]):
         self.config, self.folder, self.model, self.inputs = config, folder, model, inputs
         self.unet, self.accelerator, self.adapted = unet, accelerator, adapted
-        self.scheduler = model.pipe.scheduler
+        sampling = Sampling(config.timestep_sampling, _given(config.logit_mean, 0.0), _given(config.logit_std, 1.0),
+                            _given(config.mode_scale, 1.29))
+        self.objective = objective_for(model.pipe.scheduler, model.prediction_type, sampling, config.min_snr_gamma)
 
     def __call__(self, step: int, micro: int) -> Terms:
         config, accelerator, model = self.config, self.accelerator, self.model
@@ -89,20 +93,21 @@ class StepLoss:
 
         noise = offset_noise(torch.randn(latents.shape, generator=generator), config.noise_offset, generator)
         noise = noise.to(accelerator.device, model.weight_dtype)
-        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(examples),), generator=generator)
-        timesteps = timesteps.to(accelerator.device)
-        noisy = self.scheduler.add_noise(latents, noise, timesteps)
-        prediction = predict(self.unet, noisy, timesteps, embeddings, placements, model)
-        alphas_cumprod = self.scheduler.alphas_cumprod
-        target = noise_target(model.prediction_type, latents, noise, timesteps, alphas_cumprod)
-        weights = (min_snr_weights(timesteps, alphas_cumprod, config.min_snr_gamma, model.prediction_type)
-                   if config.min_snr_gamma > 0 else None)
-        style = ddpm_loss(prediction, target, weights)
+        noised = self.objective.noised(latents, noise, self.objective.draw(len(examples), generator))
+        prediction = predict(self.unet, noised.noisy, noised.timesteps, embeddings, placements, model)
+        style = ddpm_loss(prediction, noised.target, noised.weights, config.loss, self.thresholds(noised))
         if not self.inputs.preserve_prompts:
             return Terms(style, style)
-        preservation = self.preservation_loss(noisy, timesteps, [rng.choice(self.inputs.preserve_prompts) for _ in examples],
-                                              placements)
+        preservation = self.preservation_loss(noised.noisy, noised.timesteps,
+                                              [rng.choice(self.inputs.preserve_prompts) for _ in examples], placements)
         return Terms(style, style + config.preserve_weight * preservation)
+
+    def thresholds(self, noised: Noised) -> torch.Tensor | None:
+        """Each sample's Huber threshold under --loss huber or smooth-l1 (None for l2)."""
+        if self.config.loss == "l2":
+            return None
+        return huber_thresholds(self.config.huber_schedule or "snr", _given(self.config.huber_c, 0.1), noised.timesteps,
+                                self.objective.steps, self.objective.noise_to_signal(noised.timesteps))
 
     def preservation_loss(self, noisy: torch.Tensor, timesteps: torch.Tensor, prompts: list[str],
                           placements: Sequence[Placement] = ()) -> torch.Tensor:
@@ -127,12 +132,10 @@ class StepLoss:
                 rows = slice(start, start + VALIDATION_BATCH)
                 latents = validation.latents[rows].to(device, model.weight_dtype)
                 noise = validation.noise[rows].to(device, model.weight_dtype)
-                timesteps = validation.timesteps[rows].to(device)
-                noisy = self.scheduler.add_noise(latents, noise, timesteps)
-                prediction = predict(self.unet, noisy, timesteps, self.text(validation.captions[rows]),
+                noised = self.objective.noised(latents, noise, validation.timesteps[rows])
+                prediction = predict(self.unet, noised.noisy, noised.timesteps, self.text(validation.captions[rows]),
                                      validation.placements[rows], model)
-                target = noise_target(model.prediction_type, latents, noise, timesteps, self.scheduler.alphas_cumprod)
-                total += ddpm_loss(prediction, target).item() * len(timesteps)
+                total += ddpm_loss(prediction, noised.target).item() * len(noised.timesteps)
         return total / len(validation)
 
     def latents(self, examples: list[Example], flips: list[bool], rng: random.Random) -> tuple[torch.Tensor, list[Placement]]:
@@ -153,3 +156,7 @@ class StepLoss:
             return self.inputs.encode_text(captions)
         with torch.no_grad():
             return Conditioning.stack([self.inputs.text_cache.get(c, self.inputs.encode_text) for c in captions])
+
+
+def _given(value: float | None, default: float) -> float:
+    return default if value is None else value
