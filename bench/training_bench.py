@@ -55,7 +55,7 @@ def _conditioning(pipe, batch: int, resolution: int) -> dict:
     with torch.no_grad():
         text = family.encode(pipe, ["a red circle"] * batch, "cpu")
     square = Placement((resolution, resolution), (0, 0), (resolution, resolution))
-    return family.unet_inputs(text, [square] * batch, pipe.unet.dtype)
+    return family.denoiser_inputs(text, [square] * batch, pipe.unet.dtype)
 
 
 def floor_step(pipe, base: Base) -> Callable[[], None]:

@@ -14,7 +14,7 @@ from stylelora.cli.main import main
 from stylelora.cli.stop import StopRequest
 from stylelora.errors import ConfigError
 from stylelora.model import precision
-from stylelora.model.base import load_base, unet_parameter_count
+from stylelora.model.base import load_base, denoiser_parameter_count
 from stylelora.model.precision import BELOW_AMX, ISA_VARIABLE, Bf16Support, ProbeRun, choose_precision, probe
 
 SIGILL = ProbeRun("crashed", "was killed by SIGILL")
@@ -140,7 +140,7 @@ def test_training_says_which_precision_it_chose_and_why(train_config):
     from stylelora.train.loop import train
 
     train(train_config(max_steps=1), progress_bar=False, log=logs.append)
-    parameters = unet_parameter_count(str(train_config().base))
+    parameters = denoiser_parameter_count(str(train_config().base))
     assert parameters == sum(p.numel() for p in load_base(str(train_config().base)).unet.parameters())
     assert (f"Precision: float32 (auto: the UNet has {parameters:,} parameters, too few for bfloat16 to pay on a CPU "
             "(it can from 50,000,000)).") in logs

@@ -56,7 +56,7 @@ def test_conditioning_equals_what_diffusers_sdxl_pipeline_computes(tiny_sdxl_bas
     context, _, pooled, _ = pipe.encode_prompt(prompts, device="cpu", do_classifier_free_guidance=False)
     assert torch.equal(ours.context, context) and torch.equal(ours.pooled, pooled)
     where = Placement(original=(48, 96), crop_top_left=(0, 4), target=(24, 40))
-    inputs = SDXL.unet_inputs(ours, [where, where], torch.float32)
+    inputs = SDXL.denoiser_inputs(ours, [where, where], torch.float32)
     expected = pipe._get_add_time_ids((48, 96), (0, 4), (24, 40), torch.float32,
                                       text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
     assert torch.equal(inputs["added_cond_kwargs"]["time_ids"], expected.repeat(2, 1))

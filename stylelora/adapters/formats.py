@@ -141,24 +141,45 @@ def _from_peft_keys(tensors: dict[str, torch.Tensor], part_of, config_of, source
 
 
 def from_diffusers(tensors: dict[str, torch.Tensor], metadata: dict[str, str], source: Path) -> LoraWeights:
+    """A diffusers-layout file: `unet.` (or a DiT's `transformer.`) and `text_encoder(_2).` keys, with each part's
+    ranks and alphas in the `lora_adapter_metadata` JSON (alpha = rank where it says none)."""
     packed = json.loads(metadata.get(DIFFUSERS_METADATA_KEY, "{}"))
-    configs = {part: {k[len(part) + 1:]: v for k, v in packed.items() if k.startswith(part + ".")} for part in PARTS}
+    prefixes = {part: part for part in PARTS} | {"transformer": "unet"}
+    configs = {part: {k[len(prefix) + 1:]: v for k, v in packed.items() if k.startswith(prefix + ".")}
+               for prefix, part in prefixes.items()}
 
     def part_of(key: str):
-        part, _, module = key.partition(".")
-        return (part, module) if part in PARTS else None
+        prefix, _, module = key.partition(".")
+        return (prefixes[prefix], module) if prefix in prefixes else None
 
     return _from_peft_keys(tensors, part_of, configs.get, source)
 
 
-def to_diffusers(weights: LoraWeights) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def to_diffusers(weights: LoraWeights, denoiser: str = "unet") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The diffusers layout; the denoiser's keys under `denoiser.` ("transformer" for DiT bases)."""
     out, packed = {}, {}
+    prefix = {"unet": denoiser}
     for (part, module), lora in weights.items():
-        out[f"{part}.{module}.lora_A.weight"] = lora.down.contiguous()
-        out[f"{part}.{module}.lora_B.weight"] = lora.up.contiguous()
+        out[f"{prefix.get(part, part)}.{module}.lora_A.weight"] = lora.down.contiguous()
+        out[f"{prefix.get(part, part)}.{module}.lora_B.weight"] = lora.up.contiguous()
     for part in {p for p, _ in weights}:
-        packed |= {f"{part}.{k}": v for k, v in _peft_config(weights, part).items()}
+        packed |= {f"{prefix.get(part, part)}.{k}": v for k, v in _peft_config(weights, part).items()}
     return out, {DIFFUSERS_METADATA_KEY: json.dumps(packed, sort_keys=True)}
+
+
+def scale_folded(weights: LoraWeights) -> LoraWeights:
+    """Every plain LoRA module with its scale folded into up (alpha = rank): a loader that reads no alpha (ComfyUI
+    reading a diffusers-layout file, which keeps alphas only in its metadata) then applies the trained change."""
+    return {key: LoraModule(m.down, m.up * m.scale, float(m.rank), m.bias) if type(m) is LoraModule else m
+            for key, m in weights.items()}
+
+
+def file_tensors(weights: LoraWeights, layout: str, denoiser: str = "unet") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and extra metadata of an adapter file in `layout`: kohya (one alpha), or diffusers (scale folded,
+    no alpha keys: diffusers' SD3 loader refuses a diffusers-layout file with `.alpha` keys)."""
+    if layout == "kohya":
+        return kohya_file_tensors(weights), {}
+    return to_diffusers(scale_folded(weights), denoiser)
 
 
 def from_peft_folder(folder: Path) -> LoraWeights:
@@ -208,7 +229,7 @@ def detect_format(tensors: dict[str, torch.Tensor]) -> str:
     keys = list(tensors)
     if any(k.startswith(tuple(KOHYA_PREFIX)) for k in keys):
         return "kohya"
-    if any(k.startswith(tuple(part + "." for part in PARTS)) and ".lora_A." in k for k in keys):
+    if any(k.startswith(tuple(part + "." for part in (*PARTS, "transformer"))) and ".lora_A." in k for k in keys):
         return "diffusers"
     if any(k.startswith("base_model.model.") for k in keys):
         return "peft"

@@ -1,15 +1,18 @@
-"""Model families: what differs between Stable Diffusion bases (SD1.x, SD2.x, SDXL, the miniature), one object each.
+"""Model families: what differs between Stable Diffusion bases (SD1.x, SD2.x, SDXL, the miniature, SD3.x), one
+object each.
 
-A family says how captions become the UNet's conditioning (one text encoder, or two and a pooled embedding),
-which extra inputs the UNet takes (SDXL's `text_embeds` and `time_ids`), whether the VAE must stay in float32,
-which diffusers pipeline class loads it, and how adapter files name its text encoders and mark its base. The
-training loop, Styler, the file formats and the UI ask the family; none of them asks `if sdxl`.
-A family is read off the UNet's config (never off a name): `family_of_unet`.
+A family says what its denoiser is (a UNet, or a transformer) and how it is called, how captions become its
+conditioning (one text encoder, or several and a pooled embedding), which extra inputs it takes (SDXL's
+`text_embeds` and `time_ids`, SD3's `pooled_projections`), whether the VAE must stay in float32, which diffusers
+pipeline class loads it, and how adapter files name its text encoders and mark its base. The training loop, the
+painter, the file formats and the UI ask the family; none of them asks `if sdxl`. Adapter weights call the
+denoiser's part "unet" for every family, as kohya's `lora_unet_` prefix does for DiT bases too.
+A family is read off the denoiser's config (never off a name): `family_of_config`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, Sequence
 
 import torch
@@ -66,6 +69,14 @@ class Family:
     # The encoder AUTOMATIC1111 holds as OpenCLIP, whose fused attention takes a LoRA only with all of q,k,v,out
     openclip_in_a1111: str = ""
     bucket_step: int = 64  # the default --bucket-step: a side the UNet halves evenly at every level
+    denoiser: str = "unet"  # the pipeline's attribute (and model subfolder) of the denoiser
+    # The layout adapter files are written in: kohya's, which AUTOMATIC1111, ComfyUI and diffusers read for UNet
+    # bases; diffusers' (`transformer.` keys, scale folded) for SD3, whose kohya names diffusers does not read.
+    file_layout: str = "kohya"
+    safety_checker: bool = True  # the pipeline takes safety_checker (SD1.x/SD2.x); SDXL's and SD3's do not
+    flow_matching: bool = False  # trained and sampled by flow matching (SD3.x), not DDPM
+    # --targets presets by this family's own layer names (None: the UNet presets of methods/)
+    target_presets: dict[str, tuple[str, ...]] | None = field(default=None, hash=False, compare=False)
 
     @property
     def pipeline_class(self) -> type:
@@ -78,17 +89,36 @@ class Family:
         return {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-768-v" if prediction_type == "v_prediction"
                 else "stable-diffusion-v2-512"}.get(self.name, f"stylelora-{self.name}") + "/lora"
 
+    def denoiser_of(self, pipe) -> torch.nn.Module:
+        return getattr(pipe, self.denoiser)
+
+    def native_size(self, pipe) -> int:
+        """The base's own image side in pixels."""
+        return self.denoiser_of(pipe).config.sample_size * pipe.vae_scale_factor
+
     def models(self, pipe) -> dict[str, torch.nn.Module]:
-        """The pipeline's adaptable models by part name: the UNet and each text encoder still loaded."""
-        parts = {"unet": pipe.unet} | {e.part: getattr(pipe, e.part, None) for e in self.text_encoders}
+        """The pipeline's adaptable models by part name: the denoiser ("unet") and each text encoder still loaded."""
+        parts = {"unet": self.denoiser_of(pipe)} | {e.part: getattr(pipe, e.part, None) for e in self.text_encoders}
         return {part: model for part, model in parts.items() if model is not None}
+
+    def predict(self, denoiser: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, inputs: dict) -> torch.Tensor:
+        """The denoiser's output for noisy latents at `timesteps`, given `denoiser_inputs`."""
+        return denoiser(noisy, timesteps, **inputs).sample
+
+    def prompt_options(self, pipe) -> dict:
+        """What the pipeline's `encode_prompt` takes beyond the prompt, device, count, guidance and negative."""
+        return {}
+
+    def guided(self, pipe, cfg: float) -> bool:
+        """Whether the pipeline runs classifier-free guidance at `cfg` (a negative row per sample), as it decides."""
+        return cfg > 1 and self.denoiser_of(pipe).config.time_cond_proj_dim is None
 
     def encode(self, pipe, captions: list[str], device: torch.device | str) -> Conditioning:
         encoder = self.text_encoders[0]
         return Conditioning(getattr(pipe, encoder.part)(_token_ids(getattr(pipe, encoder.tokenizer), captions, device))[0])
 
-    def unet_inputs(self, conditioning: Conditioning, placements: Sequence[Placement], dtype: torch.dtype) -> dict:
-        """The UNet's keyword inputs beyond (sample, timestep): its context, and whatever else the family adds."""
+    def denoiser_inputs(self, conditioning: Conditioning, placements: Sequence[Placement], dtype: torch.dtype) -> dict:
+        """The denoiser's keyword inputs beyond (sample, timestep): its context, and whatever else the family adds."""
         return {"encoder_hidden_states": conditioning.context.to(dtype)}
 
 
@@ -122,11 +152,47 @@ class SDXLFamily(Family):
             pooled = getattr(output, "text_embeds", None)  # the projection model's (the last encoder's)
         return Conditioning(torch.cat(contexts, dim=-1), pooled)
 
-    def unet_inputs(self, conditioning: Conditioning, placements: Sequence[Placement], dtype: torch.dtype) -> dict:
+    def denoiser_inputs(self, conditioning: Conditioning, placements: Sequence[Placement], dtype: torch.dtype) -> dict:
         time_ids = torch.tensor([[*p.original, *p.crop_top_left, *p.target] for p in placements], dtype=dtype,
                                 device=conditioning.context.device)
         return {"encoder_hidden_states": conditioning.context.to(dtype),
                 "added_cond_kwargs": {"text_embeds": conditioning.pooled.to(dtype), "time_ids": time_ids}}
+
+
+@dataclass(frozen=True)
+class SD3Family(Family):
+    """SD3.x (MMDiT): a transformer denoiser trained by flow matching. Its conditioning is CLIP-L's and CLIP-G's
+    penultimate hidden states beside T5's, and both CLIPs' pooled projections, built by the pipeline's own
+    `encode_prompt` (as diffusers' train_dreambooth_lora_sd3.py builds it). T5 is never adapted."""
+
+    @property
+    def pipeline_class(self) -> type:
+        from diffusers import StableDiffusion3Pipeline
+
+        return StableDiffusion3Pipeline
+
+    def modelspec_architecture(self, prediction_type: str) -> str:
+        return "stable-diffusion-3/lora"  # kohya's ARCH_SD3 (a "-m" or "-5-large" suffix where the size is known)
+
+    def prompt_options(self, pipe) -> dict:
+        """The second and third prompts are the first (None), and T5 reads up to 256 tokens (diffusers' default),
+        or its tokenizer's own limit where that is shorter."""
+        t5 = getattr(pipe, "tokenizer_3", None)
+        return {"prompt_2": None, "prompt_3": None, "max_sequence_length": min(256, t5.model_max_length if t5 else 256)}
+
+    def encode(self, pipe, captions: list[str], device: torch.device | str) -> Conditioning:
+        context, _, pooled, _ = pipe.encode_prompt(prompt=captions, device=device, do_classifier_free_guidance=False,
+                                                   **self.prompt_options(pipe))
+        return Conditioning(context, pooled)
+
+    def denoiser_inputs(self, conditioning: Conditioning, placements: Sequence[Placement], dtype: torch.dtype) -> dict:
+        return {"encoder_hidden_states": conditioning.context.to(dtype), "pooled_projections": conditioning.pooled.to(dtype)}
+
+    def predict(self, denoiser: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, inputs: dict) -> torch.Tensor:
+        return denoiser(hidden_states=noisy, timestep=timesteps, **inputs).sample
+
+    def guided(self, pipe, cfg: float) -> bool:
+        return cfg > 1
 
 
 SD1 = Family("sd1", "SD1.x", base_model_version="sd_v1")
@@ -136,14 +202,28 @@ UNKNOWN = Family("unknown", "an unknown architecture", base_model_version="unkno
 SDXL = SDXLFamily("sdxl", "SDXL", (TextEncoder("text_encoder", "tokenizer", "lora_te1_"),
                                     TextEncoder("text_encoder_2", "tokenizer_2", "lora_te2_")),
                   base_model_version="sdxl_base_v1-0", vae_float32_in_fp16=True,
-                  openclip_in_a1111="SDXL second")
-FAMILIES = {family.name: family for family in (SD1, SD2, SDXL, MINI)}
+                  openclip_in_a1111="SDXL second", safety_checker=False)
+# SD3's joint blocks: the image stream's attention (to_q/k/v, to_out.0) and the caption stream's (add_q/k/v_proj,
+# to_add_out), then each stream's MLP, then the adaptive norms' projections (diffusers' SD3 script targets these).
+_SD3_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+_SD3_MLP = ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2")
+_SD3_OTHER = ("norm1.linear", "norm1_context.linear")
+SD3_TARGETS = {"attn": _SD3_ATTENTION, "attn-mlp": _SD3_ATTENTION + _SD3_MLP,
+               "all-linear": _SD3_ATTENTION + _SD3_MLP + _SD3_OTHER, "all": _SD3_ATTENTION + _SD3_MLP + _SD3_OTHER}
+SD3 = SD3Family("sd3", "SD3.x", (TextEncoder("text_encoder", "tokenizer", "lora_te1_"),
+                                 TextEncoder("text_encoder_2", "tokenizer_2", "lora_te2_")),
+                base_model_version="sd3", bucket_step=16, denoiser="transformer", file_layout="diffusers",
+                safety_checker=False, flow_matching=True, target_presets=SD3_TARGETS)
+FAMILIES = {family.name: family for family in (SD1, SD2, SDXL, MINI, SD3)}
 TEXT_PARTS = ("text_encoder", "text_encoder_2")
 
 
-def family_of_unet(config) -> Family:
-    """The family of a UNet, from its config: SDXL's UNet takes text-and-time added conditioning; SD1.x and SD2.x
-    differ in their context width (768, 1024); narrower is the miniature."""
+def family_of_config(config) -> Family:
+    """The family of a denoiser, from its config: SD3's MMDiT projects a caption and pooled text; SDXL's UNet
+    takes text-and-time added conditioning; SD1.x and SD2.x differ in their context width (768, 1024); narrower
+    is the miniature."""
+    if "caption_projection_dim" in config and "pooled_projection_dim" in config:
+        return SD3
     if config.get("addition_embed_type") == "text_time":  # a dict, or diffusers' FrozenDict config
         return SDXL
     width = config.get("cross_attention_dim")
@@ -151,7 +231,8 @@ def family_of_unet(config) -> Family:
 
 
 def family_of_pipe(pipe) -> Family:
-    return family_of_unet(pipe.unet.config)
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    return family_of_config(denoiser.config)
 
 
 def check_fits(source: object, made_for: Family | None, base: str, family: Family) -> None:

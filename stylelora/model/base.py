@@ -12,7 +12,7 @@ import transformers
 from diffusers import DiffusionPipeline
 
 from ..errors import BaseModelError
-from ..families import SD1, SDXL, Family, family_of_unet
+from ..families import SD1, SD3, SDXL, Family, family_of_config
 from ..files import PICKLE_SUFFIXES
 from .loading import stream_unet
 from .quantize import check_quantize, quantization_of, quantize_model
@@ -61,7 +61,7 @@ def load_base(spec: str, dtype: torch.dtype = torch.float32, device: str | torch
     check_quantize(quantize)
     kind = resolve_base(spec)
     family = base_family(spec)
-    options = dict(dtype=dtype) | ({} if family is SDXL else dict(safety_checker=None, requires_safety_checker=False))
+    options = dict(dtype=dtype) | (dict(safety_checker=None, requires_safety_checker=False) if family.safety_checker else {})
     # Loading builds modules on the meta device inside a process-wide context, so two threads loading
     # at once (the UI: a training job and a generation) break each other. One load at a time.
     with _LOADING:
@@ -75,7 +75,7 @@ def quantize_pipe(pipe: DiffusionPipeline, family: Family, quantize: str, dtype:
                   quantize_text: bool = True) -> None:
     """Quantize a loaded pipeline's UNet (unless it was quantized as it loaded) and, with `quantize_text`, its
     text encoders; the VAE stays as it is (training frees it once the latents are cached)."""
-    models = [pipe.unet] + [getattr(pipe, encoder.part) for encoder in family.text_encoders if quantize_text]
+    models = [family.denoiser_of(pipe)] + [getattr(pipe, encoder.part) for encoder in family.text_encoders if quantize_text]
     for model in models:
         if model is not None and quantization_of(model) != quantize:
             quantize_model(model, quantize, dtype)
@@ -87,7 +87,8 @@ def _load(spec: str, kind: str, family: Family, options: dict, quantize: str) ->
             pipe = family.pipeline_class.from_single_file(spec, dtype=options["dtype"])
         else:
             source = str(MINI_WEIGHTS) if kind == "mini" else spec
-            unet = stream_unet(Path(source), options["dtype"], quantize) if kind != "hub" else None
+            streamed = kind != "hub" and family.denoiser == "unet"
+            unet = stream_unet(Path(source), options["dtype"], quantize) if streamed else None
             pipe = family.pipeline_class.from_pretrained(source, **options, **({"unet": unet} if unet else {}))
     except (OSError, ValueError, EnvironmentError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -103,15 +104,21 @@ def base_family(spec: str) -> Family:
     if kind == "file":
         return _single_file_family(Path(spec).expanduser())
     try:
-        return family_of_unet(_unet_config(spec, kind))
+        return family_of_config(_denoiser_config(spec, kind))
     except (OSError, ValueError, TypeError):
         return SD1
 
 
-def _unet_config(spec: str, kind: str) -> dict:
+def _denoiser_config(spec: str, kind: str) -> dict:
+    """The denoiser's config: the UNet's (unet/), else a DiT's (transformer/). load_config only reads a model
+    folder's config.json, whichever model it describes."""
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel.load_config(str(MINI_WEIGHTS) if kind == "mini" else spec, subfolder="unet")
+    source = str(MINI_WEIGHTS) if kind == "mini" else spec
+    try:
+        return UNet2DConditionModel.load_config(source, subfolder="unet")
+    except EnvironmentError:
+        return UNet2DConditionModel.load_config(source, subfolder="transformer")
 
 
 def _single_file_family(path: Path) -> Family:
@@ -124,25 +131,27 @@ def _single_file_family(path: Path) -> Family:
     except Exception:  # safetensors has its own error types; loading proper reports the damage
         return SD1
     model_type = infer_diffusers_model_type(shapes)
+    if model_type.startswith("sd3"):
+        return SD3
     return SDXL if model_type.startswith(("xl_", "playground")) else SD1
 
 
-def unet_parameter_count(spec: str) -> int | None:
-    """The UNet's parameter count from its config alone (built on the meta device, no weights read), so the
+def denoiser_parameter_count(spec: str) -> int | None:
+    """The denoiser's parameter count from its config alone (built on the meta device, no weights read), so the
     precision can be chosen before loading; None where the config cannot be read first (a single file)."""
+    import diffusers
     from accelerate import init_empty_weights
-    from diffusers import UNet2DConditionModel
 
     kind = resolve_base(spec)
     if kind == "file":
         return None
     try:
-        config = _unet_config(spec, kind)
+        config = _denoiser_config(spec, kind)
         with init_empty_weights():
-            unet = UNet2DConditionModel.from_config(config)
-    except (OSError, ValueError, TypeError):  # loading proper says what is wrong, in its own words
+            denoiser = getattr(diffusers, config.get("_class_name", "UNet2DConditionModel")).from_config(config)
+    except (OSError, ValueError, TypeError, AttributeError):  # loading proper says what is wrong, in its own words
         return None
-    return sum(p.numel() for p in unet.parameters())
+    return sum(p.numel() for p in denoiser.parameters())
 
 
 def weights_fingerprint(module: torch.nn.Module) -> str:
@@ -161,8 +170,9 @@ def base_fingerprint(spec: str, unet: torch.nn.Module) -> str:
     names every tensor with its dtype, shape and offsets, and its first 64 KiB of data); a hub base, whose files
     sit in a cache, by `weights_fingerprint` of its UNet as loaded, before any adapter is attached."""
     kind = resolve_base(spec)
+    folder = "unet" if kind in ("mini", "file", "hub") or (Path(spec).expanduser() / "unet").is_dir() else "transformer"
     files = [Path(spec).expanduser()] if kind == "file" else sorted(
-        (MINI_WEIGHTS if kind == "mini" else Path(spec).expanduser()).joinpath("unet").glob("*.safetensors"))
+        (MINI_WEIGHTS if kind == "mini" else Path(spec).expanduser()).joinpath(folder).glob("*.safetensors"))
     if kind == "hub" or not files:
         return weights_fingerprint(unet)
     digest = hashlib.sha256()
@@ -184,6 +194,6 @@ def native_resolution(spec: str) -> int | None:
     try:
         source = str(MINI_WEIGHTS) if kind == "mini" else spec
         vae = AutoencoderKL.load_config(source, subfolder="vae")
-        return int(_unet_config(spec, kind)["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+        return int(_denoiser_config(spec, kind)["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
     except (OSError, ValueError, TypeError, KeyError):
         return None

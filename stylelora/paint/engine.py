@@ -57,6 +57,7 @@ class Engine:
         self.base, self.quantize, self.dtype = base, quantize, dtype
         self.pipe = load_base(base, dtype=dtype, device=device, quantize=quantize)
         self.family = family_of_pipe(self.pipe)
+        self.flow_config = self.pipe.scheduler.config if self.family.flow_matching else None  # before any swap
         self.lora = MultiLora(self.family.models(self.pipe))
         self.pool = AdapterPool(folder, self.read_adapter, max_resident, max_bytes)
         self.peft = PeftView(self.pipe, self.family)
@@ -67,7 +68,7 @@ class Engine:
 
     @property
     def native_size(self) -> int:
-        return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+        return self.family.native_size(self.pipe)
 
     @property
     def prompt_limit(self) -> int:
@@ -166,7 +167,7 @@ class Engine:
             embeds = [self._encode(job, adapters, fused) for job in jobs]
             if not fused:
                 self._make_active(None, samples, first, adapters)
-            use_scheduler(self.pipe, first.scheduler)
+            use_scheduler(self.pipe, first.scheduler, self.flow_config)
             seeded = [g for job in jobs for g in generators(job.config.seed, job.config.count)]
             width, height = image_size(first.width, first.height, first.size, self.native_size)
             with self._rows(None if fused else samples, first.blend, adapters):
@@ -194,7 +195,7 @@ class Engine:
 
     def _guided(self, config: GenerateConfig) -> bool:
         """Whether the pipeline runs classifier-free guidance (a negative row per sample), as it decides."""
-        return config.cfg > 1 and self.pipe.unet.config.time_cond_proj_dim is None
+        return self.family.guided(self.pipe, config.cfg)
 
     def _encode(self, job: PaintJob, adapters: dict[str, AdapterTensors], fused: bool) -> dict:
         """The job's prompt embeddings, through text encoders carrying its own stack (fused, or bound)."""
@@ -203,7 +204,8 @@ class Engine:
             self.lora.bind([job.stack], adapters, parts=set(self.lora.models) - {"unet"})
         try:
             out = self.pipe.encode_prompt(prompt=c.prompt, device=self.pipe.device, num_images_per_prompt=c.count,
-                                          do_classifier_free_guidance=self._guided(c), negative_prompt=c.negative or None)
+                                          do_classifier_free_guidance=self._guided(c), negative_prompt=c.negative or None,
+                                          **self.family.prompt_options(self.pipe))
         finally:
             self.lora.unbind()
         names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
@@ -215,12 +217,12 @@ class Engine:
         if samples is None:
             yield
             return
-        unet = self.pipe.unet
-        unet.forward = self.blend_forward(samples, blend, adapters)
+        denoiser = self.family.denoiser_of(self.pipe)
+        denoiser.forward = self.blend_forward(samples, blend, adapters)
         try:
             yield
         finally:
-            del unet.forward  # back to the class's own forward
+            del denoiser.forward  # back to the class's own forward
             self.lora.unbind()
 
     def blend_forward(self, samples: list[Stack], blend: str, adapters: dict[str, AdapterTensors]):
@@ -228,18 +230,19 @@ class Engine:
         ('switch'), or each adapter in its own pass, the passes averaged ('composite')."""
         for modules in adapters.values():
             self.lora.attach(modules)  # (paint attached them already; a Styler's caller may not have)
-        unet, original = self.pipe.unet, type(self.pipe.unet).forward
+        denoiser = self.family.denoiser_of(self.pipe)
+        original = type(denoiser).forward
         calls = itertools.count()
 
         def forward(*args, **kwargs):
             self.peft.off()
-            sample = args[0] if args else kwargs["sample"]
+            sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
             repeat = sample.shape[0] // len(samples)  # 2 under classifier-free guidance: negatives, then prompts
             passes, counts = blend_passes(samples, blend, next(calls))
             outputs = []
             for rows in passes:
                 self.lora.bind(rows * repeat, adapters, parts={"unet"})
-                outputs.append(original(unet, *args, **kwargs))
+                outputs.append(original(denoiser, *args, **kwargs))
             if len(outputs) == 1:
                 return outputs[0]
             return average_outputs(outputs, counts * repeat)

@@ -14,7 +14,7 @@ import warnings
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from ..adapters.formats import to_kohya
+from ..adapters.formats import to_diffusers, to_kohya
 from ..adapters.stack import find_layer
 from ..errors import AdapterFileError
 from ..families import Family
@@ -66,9 +66,13 @@ class PeftView:
     @torch.no_grad()
     def _hand_to_peft(self, name: str, modules: AdapterTensors) -> None:
         self.forget(name)
-        # Plain LoRA at scale 1 (alpha = rank, so no alpha keys); the biases are put in below.
+        # Plain LoRA at scale 1 (alpha = rank, so no alpha keys), in the layout the family's loader reads; the
+        # biases are put in below.
         weights = {key: LoraModule(m.down, m.up, float(m.down.shape[0])) for key, m in modules.items()}
-        tensors = {k: t for k, t in to_kohya(weights).items() if not k.endswith(".alpha")}
+        if self.family.file_layout == "kohya":
+            tensors = {k: t for k, t in to_kohya(weights).items() if not k.endswith(".alpha")}
+        else:
+            tensors = to_diffusers(weights, self.family.denoiser)[0]
         try:
             with warnings.catch_warnings():
                 # peft warns on every adapter after the first; several adapters at once is what we are for

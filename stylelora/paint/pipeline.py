@@ -62,12 +62,29 @@ def check_sampler_and_blend(scheduler: str, blend: str) -> None:
         raise ConfigError(f"--blend {blend!r}: choose one of {', '.join(BLENDS)}")
 
 
-def use_scheduler(pipe, name: str) -> None:
-    """Swap the pipeline's sampler for `name`, built from its own scheduler config."""
+# The samplers of a flow-matching base (SD3.x): its own Euler, and DPM-Solver++ over flow sigmas.
+FLOW_SCHEDULERS = {
+    "euler": ("FlowMatchEulerDiscreteScheduler", {}),
+    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2,
+                                              "use_flow_sigmas": True, "prediction_type": "flow_prediction"}),
+}
+
+
+def use_scheduler(pipe, name: str, flow_config=None) -> None:
+    """Swap the pipeline's sampler for `name`, built from its own scheduler config; for a flow-matching base, the
+    flow form of it, built from `flow_config` (the base's own scheduler config, its shift carried over)."""
     import diffusers
 
-    kind, options = SCHEDULERS[name]
-    pipe.scheduler = getattr(diffusers, kind).from_config(pipe.scheduler.config, **options)
+    if flow_config is None:
+        kind, options = SCHEDULERS[name]
+        pipe.scheduler = getattr(diffusers, kind).from_config(pipe.scheduler.config, **options)
+        return
+    if name not in FLOW_SCHEDULERS:
+        raise ConfigError(f"--scheduler {name!r} has no flow-matching form; this base paints with "
+                          f"{' or '.join(FLOW_SCHEDULERS)}")
+    kind, options = FLOW_SCHEDULERS[name]
+    shift = {"flow_shift": flow_config.get("shift", 1.0)} if kind != "FlowMatchEulerDiscreteScheduler" else {}
+    pipe.scheduler = getattr(diffusers, kind).from_config(flow_config, **options, **shift)
 
 
 def image_size(width: int | None, height: int | None, size: int | None, native: int) -> tuple[int, int]:

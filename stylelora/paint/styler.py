@@ -125,4 +125,4 @@ class Styler:
 
     @property
     def native_size(self) -> int:
-        return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+        return self.family.native_size(self.pipe)

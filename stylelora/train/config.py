@@ -204,6 +204,15 @@ class TrainConfig:
     def unet_targets(self) -> tuple[str, ...]:
         return TARGET_PRESETS[self.targets] if self.targets else self.target_modules
 
+    def denoiser_targets(self, presets: dict[str, tuple[str, ...]] | None) -> tuple[str, ...]:
+        """The denoiser's target modules for a family with its own `presets` (a DiT's layer names; None: the
+        UNet's): the --targets preset by those names, and the family's "attn" where nothing was chosen."""
+        if not presets:
+            return self.unet_targets
+        if self.targets:
+            return presets[self.targets]
+        return presets["attn"] if self.target_modules == UNET_TARGETS else self.target_modules
+
     def bucket_settings(self, default_step: int) -> BucketSettings:
         """What bucketing does, with the step of the base's family where --bucket-step is left out."""
         return BucketSettings(self.buckets, self.bucket_step or default_step, self.min_bucket, self.max_bucket,

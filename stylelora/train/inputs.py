@@ -95,7 +95,7 @@ def validation_set(config: TrainConfig, model: Model, held_out: list[Example],
     """The held-out images' centre squares at the training resolution (cached beside the training latents when
     they are), with fixed noise: one shape, so they validate in fixed batches whatever the buckets."""
     encoder = latent_encoder(model, latent_cache.folder if latent_cache is not None else None)
-    latents = [encoder.latents(example, False) * model.latent_scale for example in held_out]
+    latents = [(encoder.latents(example, False) - model.latent_shift) * model.latent_scale for example in held_out]
     square = (model.resolution, model.resolution)
     return ValidationSet.build(latents, [e.caption for e in held_out], [e.sha256 for e in held_out], config.seed,
                                model.pipe.scheduler.config.num_train_timesteps,

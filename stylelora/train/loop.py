@@ -26,7 +26,7 @@ from ..errors import DatasetError, TrainingError, TrainingInterrupted
 from ..families import Family, family_of_pipe
 from ..methods import KINDS, method_of
 from ..methods.attach import attach
-from ..model.base import base_fingerprint, load_base, quantize_pipe, resolve_base, unet_parameter_count
+from ..model.base import base_fingerprint, load_base, quantize_pipe, resolve_base, denoiser_parameter_count
 from ..model.loading import fix_mmap_threshold
 from ..model.precision import PRECISION_NAMES, choose_precision
 from ..model.quantize import check_quantize, quantization_of, quantized_share
@@ -129,14 +129,15 @@ def prepare_model(config: TrainConfig, device: torch.device, folder: ImageFolder
     count, cast, and only then quantize (--quantize-base): the one case that holds a float32 copy for a moment."""
     if config.quantize_base != "none":
         fix_mmap_threshold()
-    parameters = unet_parameter_count(config.base)
+    parameters = denoiser_parameter_count(config.base)
     choice = choose_precision(config.precision, device.type, parameters)
     check_quantize(config.quantize_base)  # a missing extra fails before minutes of loading
     count_first = parameters is None and config.precision == "auto"
     pipe = load_base(config.base, dtype=DTYPES[choice.name], device=device,
                      quantize="none" if count_first else config.quantize_base, quantize_text=not config.train_text_encoder)
     if count_first:
-        choice = choose_precision("auto", device.type, sum(p.numel() for p in pipe.unet.parameters()))
+        denoiser = family_of_pipe(pipe).denoiser_of(pipe)
+        choice = choose_precision("auto", device.type, sum(p.numel() for p in denoiser.parameters()))
         if choice.name != "no":
             pipe.to(dtype=DTYPES[choice.name])
         quantize_pipe(pipe, family_of_pipe(pipe), config.quantize_base, DTYPES[choice.name], not config.train_text_encoder)
@@ -151,9 +152,10 @@ def prepare_model(config: TrainConfig, device: torch.device, folder: ImageFolder
         module.requires_grad_(False)
     if choice.name == "fp16" and family.vae_float32_in_fp16 and getattr(pipe.vae.config, "force_upcast", True):
         pipe.vae.to(torch.float32)  # SDXL's VAE overflows to NaN in float16; the fp16-fix VAE says so in its config
-    resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    resolution = config.resolution or family.native_size(pipe)
     model = Model(pipe, choice.name, resolution, pipe.vae.config.scaling_factor, family,
-                  pipe.scheduler.config.prediction_type, base_fingerprint(config.base, pipe.unet))
+                  pipe.scheduler.config.get("prediction_type", "flow"), base_fingerprint(config.base, family.denoiser_of(pipe)),
+                  latent_shift=pipe.vae.config.get("shift_factor") or 0.0)
     warn_partial_openclip_text_encoder(config, family, say)
     return model
 
@@ -167,7 +169,8 @@ def prepare_adapters(config: TrainConfig, model: Model, examples: int, accelerat
     steps = total_steps(config, examples, accelerator.num_processes)
     groups = []
     for part, module in parts.items():
-        targets, flag = ((config.unet_targets, "--targets" if config.targets else "--target-modules") if part == "unet"
+        targets, flag = ((config.denoiser_targets(model.family.target_presets), "--targets" if config.targets
+                          else "--target-modules") if part == "unet"
                          else (config.text_encoder_targets, "--text-encoder-targets"))
         attach(module, spec, targets, flag=flag, total_steps=steps)
         rate = config.effective_learning_rate if part == "unet" else config.text_encoder_lr
@@ -237,7 +240,7 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
     step_loss = StepLoss(config, folder, model, inputs, trained[0], accelerator, adapted)
     outputs = Outputs(config, folder, model, optimisation, trained, accelerator)
     watch = prepare_watch(config, optimisation, step_loss, outputs)
-    unet_tensors = sum(1 for p in model.pipe.unet.parameters() if p.requires_grad)
+    unet_tensors = sum(1 for p in model.family.denoiser_of(model.pipe).parameters() if p.requires_grad)
     say(f"Training {unet_tensors} {KINDS[config.method]} tensors ({adapter_summary(config)}) for {optimisation.steps} "
         f"steps at {model.resolution}px, batch {config.batch_size} x {accelerator.num_processes} process(es), in "
         f"{PRECISION_NAMES[model.precision]}.")

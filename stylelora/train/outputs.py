@@ -14,7 +14,7 @@ import torch
 from accelerate import Accelerator
 
 from .. import __version__
-from ..adapters.formats import kohya_file_tensors
+from ..adapters.formats import file_tensors
 from ..data.folder import ImageFolder
 from ..families import FAMILIES, UNKNOWN, family_of_pipe
 from ..files import metadata_json, save_safetensors, write_atomically
@@ -61,7 +61,8 @@ def adapter_metadata(config: TrainConfig, folder: ImageFolder, resolution: int, 
     """Our own keys plus the ss_* and modelspec.* keys that AUTOMATIC1111 and civitai-style tools read."""
     family = FAMILIES.get(architecture, UNKNOWN)
     method = method_of(config.method)
-    targets = list(config.unet_targets) + (list(config.text_encoder_targets) if config.train_text_encoder else [])
+    targets = list(config.denoiser_targets(family.target_presets)) + (
+        list(config.text_encoder_targets) if config.train_text_encoder else [])
     spec = config.adapter_spec()
     return metadata_json({
         "stylelora.version": __version__,
@@ -169,7 +170,7 @@ class Kept:
 
 
 class Outputs:
-    """What a run writes: the adapter tensors in the kohya layout (the EMA weights when there are some),
+    """What a run writes: the adapter tensors in the family's file layout (the EMA weights when there are some),
     their metadata, checkpoints."""
 
     def __init__(self, config: TrainConfig, folder: ImageFolder, model: Model, optimisation: Optimisation,
@@ -177,23 +178,27 @@ class Outputs:
         self.config, self.folder, self.model, self.optimisation = config, folder, model, optimisation
         self.trained, self.accelerator = trained, accelerator
         self.main = accelerator.is_main_process
+        self.layout_metadata: dict[str, str] | None = None
 
     def parts(self) -> dict[str, torch.nn.Module]:
         unwrapped = [self.accelerator.unwrap_model(model) for model in self.trained]
         return dict(zip(self.model.trained_parts(self.config), unwrapped))
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
-        """A copy: on the CPU exported tensors can share storage with the parameters, which training (or
-        restoring them after the EMA was swapped in) changes."""
-        rank = self.config.export_rank
+        """A copy, in the family's file layout: on the CPU exported tensors can share storage with the parameters,
+        which training (or restoring them after the EMA was swapped in) changes."""
+        rank, family = self.config.export_rank, self.model.family
         with self.optimisation.average.applied():
-            return {key: tensor.clone() for key, tensor in kohya_file_tensors(
+            tensors, self.layout_metadata = file_tensors(
                 {key: module for part, model in self.parts().items()
-                 for key, module in export(model, part, export_rank=rank).items()}).items()}
+                 for key, module in export(model, part, export_rank=rank).items()}, family.file_layout, family.denoiser)
+            return {key: tensor.clone() for key, tensor in tensors.items()}
 
     def metadata(self, step: int) -> dict[str, str]:
+        if self.layout_metadata is None:
+            self.adapter_tensors()  # the layout's own metadata (diffusers: each part's ranks and alphas)
         return adapter_metadata(self.config, self.folder, self.model.resolution, step, self.model.base_id,
-                                self.model.architecture, self.model.prediction_type)
+                                self.model.architecture, self.model.prediction_type) | self.layout_metadata
 
     def checkpoint(self, step: int, watch: Watch) -> Path | None:
         if not self.main:

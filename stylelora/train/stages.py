@@ -30,6 +30,7 @@ class Model:
     family: Family
     prediction_type: str
     base_id: str = ""  # the base's fingerprint (model.base.base_fingerprint), taken before any adapter is attached
+    latent_shift: float = 0.0  # the VAE's shift_factor (SD3, Flux): latents are (encoded - shift) x scale
 
     @property
     def weight_dtype(self) -> torch.dtype:

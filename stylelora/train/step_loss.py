@@ -38,9 +38,9 @@ def predict(unet: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor,
             placements: Sequence[Placement], model: Model) -> torch.Tensor:
     """The UNet's prediction, with what the family conditions it on (SDXL: pooled text and time ids).
     bf16 autocast also runs the float32 LoRA matmuls in bf16; fp16 keeps its float32 LoRA path."""
-    inputs = model.family.unet_inputs(conditioning, placements, model.weight_dtype)
+    inputs = model.family.denoiser_inputs(conditioning, placements, model.weight_dtype)
     with torch.autocast(noisy.device.type, dtype=torch.bfloat16, enabled=model.precision == "bf16"):
-        return unet(noisy, timesteps, **inputs).sample
+        return model.family.predict(unet, noisy, timesteps, inputs)
 
 
 @contextmanager
@@ -149,7 +149,8 @@ class StepLoss:
                       for e, f in zip(examples, flips)]
             latents = encode_latents(self.model.pipe.vae, torch.stack([pixels for pixels, _ in placed]))
             placements = [where for _, where in placed]
-        return (latents * self.model.latent_scale).to(self.accelerator.device, self.model.weight_dtype), placements
+        latents = (latents - self.model.latent_shift) * self.model.latent_scale
+        return latents.to(self.accelerator.device, self.model.weight_dtype), placements
 
     def text(self, captions: list[str]) -> Conditioning:
         if self.inputs.text_cache is None:
