@@ -155,6 +155,46 @@ def tiny_sdxl_base(tmp_path_factory) -> Path:
     return build_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl"))
 
 
+def build_tiny_sd3(folder: Path) -> Path:
+    """A randomly initialised SD3 pipeline at test size (32 px): the real classes, with two small CLIP text
+    encoders with projections, a small T5, the mini's generated tokenizer for all three, a two-block MMDiT
+    (the last block context-pre-only, as SD3's) and a 16-channel VAE with SD3's shift and scale. Nothing is
+    downloaded."""
+    from dataclasses import replace
+
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from stylelora.mini.architecture import build_text_encoder
+    from stylelora.mini.tokenizer import write_tokenizer
+    from stylelora.mini.world import WORDS
+
+    torch.manual_seed(0)
+    tokenizers = [write_tokenizer(folder / name, WORDS, max_length=24) for name in ("tokenizer", "tokenizer_2", "tokenizer_3")]
+    first = CLIPTextModelWithProjection(build_text_encoder(replace(TINY, text_layers=2), len(tokenizers[0])).config)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizers[2]), d_model=64, d_kv=16, d_ff=128, num_layers=1,
+                                 num_heads=4, pad_token_id=len(tokenizers[2]) - 1))
+    transformer = SD3Transformer2DModel(sample_size=16, patch_size=2, in_channels=16, num_layers=2,
+                                        attention_head_dim=16, num_attention_heads=4, joint_attention_dim=64,
+                                        caption_projection_dim=64, pooled_projection_dim=64, out_channels=16,
+                                        pos_embed_max_size=32)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 32), layers_per_block=1,
+                        latent_channels=16, norm_num_groups=8, sample_size=32, shift_factor=0.0609,
+                        scaling_factor=1.5305, use_quant_conv=False, use_post_quant_conv=False)
+    pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                                    vae=vae, text_encoder=first, tokenizer=tokenizers[0],
+                                    text_encoder_2=CLIPTextModelWithProjection(first.config), tokenizer_2=tokenizers[1],
+                                    text_encoder_3=t5, tokenizer_3=tokenizers[2])
+    pipe.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_base(tmp_path_factory) -> Path:
+    return build_tiny_sd3(tmp_path_factory.mktemp("tiny-sd3"))
+
+
 @pytest.fixture(scope="session")
 def mixed_aspect_folder(tmp_path_factory) -> Path:
     """Seven captioned images of three shapes: wide 96x48 (3), tall 48x96 (3) and one square 64x64."""

@@ -1,0 +1,147 @@
+"""SD3.x on a tiny random SD3 pipeline built here (nothing downloaded): the family is read off the base, training
+runs by flow matching and resumes exactly, the file is one diffusers' own SD3 loader applies, and the painter
+paints what that loader paints, alone and in mixed batches."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from diffusers import StableDiffusion3Pipeline
+
+from stylelora.adapters.stack import StyleWeight
+from stylelora.errors import AdapterFileError
+from stylelora.families import SD3
+from stylelora.files import read_safetensors
+from stylelora.model.base import base_family, load_base, native_resolution
+from stylelora.paint.engine import Engine, PaintJob
+from stylelora.paint.request import GenerateConfig
+from stylelora.paint.styler import Styler
+from stylelora.train.config import TrainConfig
+from stylelora.train.loop import TrainingInterrupted, train
+from stylelora.train.objective import FlowMatching
+
+QUIET = dict(progress_bar=False, log=lambda message: None)
+
+
+@pytest.fixture(scope="module")
+def sd3_config(tiny_sd3_base, image_folder, tmp_path_factory):
+    def make(**overrides) -> TrainConfig:
+        values = dict(data=image_folder, out=tmp_path_factory.mktemp("sd3-run"), base=str(tiny_sd3_base), max_steps=3,
+                      batch_size=2, learning_rate=1e-2, resolution=32)
+        return TrainConfig(**(values | overrides))
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def sd3_adapters(sd3_config):
+    """Two adapters trained on the tiny SD3: one on the transformer alone, one with both CLIP encoders."""
+    return (train(sd3_config(seed=1), **QUIET).adapter_path,
+            train(sd3_config(seed=2, train_text_encoder=True), **QUIET).adapter_path)
+
+
+def test_the_family_is_read_off_the_base(tiny_sd3_base):
+    assert base_family(str(tiny_sd3_base)) is SD3
+    assert native_resolution(str(tiny_sd3_base)) == 32
+    pipe = load_base(str(tiny_sd3_base))
+    assert type(pipe).__name__ == "StableDiffusion3Pipeline" and SD3.denoiser_of(pipe) is pipe.transformer
+
+
+def test_training_is_flow_matching_over_both_streams_and_writes_diffusers_sd3_file(sd3_config, sd3_adapters, monkeypatch):
+    from stylelora.train import step_loss
+
+    seen = []
+    real = step_loss.objective_for
+    monkeypatch.setattr(step_loss, "objective_for", lambda *a: seen.append(real(*a)) or seen[-1])
+    train(sd3_config(max_steps=1), **QUIET)
+    assert isinstance(seen[0], FlowMatching) and seen[0].sampling.kind == "logit-normal"
+    adapter = read_safetensors(sd3_adapters[1])
+    keys = set(adapter.tensors)
+    assert all(k.startswith(("transformer.", "text_encoder.", "text_encoder_2.")) for k in keys)
+    assert not any(k.endswith(".alpha") for k in keys)  # diffusers' SD3 loader refuses alpha keys
+    # both streams' attention, the caption stream's included
+    assert "transformer.transformer_blocks.0.attn.add_q_proj.lora_A.weight" in keys
+    assert "transformer.transformer_blocks.0.attn.to_q.lora_A.weight" in keys
+    assert {k.split(".")[0] for k in keys} == {"transformer", "text_encoder", "text_encoder_2"}
+    meta = adapter.metadata
+    assert (meta["modelspec.architecture"], meta["ss_base_model_version"], meta["stylelora.architecture"]) == \
+        ("stable-diffusion-3/lora", "sd3", "sd3")
+
+
+def test_resume_equals_an_uninterrupted_run(sd3_config, tmp_path):
+    straight = train(sd3_config(out=tmp_path / "straight", max_steps=4, save_every=2), **QUIET)
+    stopped = sd3_config(out=tmp_path / "resumed", max_steps=4, save_every=2)
+    done: list[int] = []
+    with pytest.raises(TrainingInterrupted):
+        train(stopped, on_progress=lambda p: done.append(p.step), should_stop=lambda: len(done) >= 2, **QUIET)
+    stopped.resume = True
+    a, b = read_safetensors(straight.adapter_path).tensors, read_safetensors(train(stopped, **QUIET).adapter_path).tensors
+    assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+def _latents(pipe, steps=3):
+    return pipe("a red circle", num_inference_steps=steps, height=32, width=32, guidance_scale=4.0, output_type="latent",
+                generator=torch.Generator().manual_seed(0), max_sequence_length=24).images
+
+
+def test_diffusers_own_sd3_loader_paints_what_stylelora_paints(tiny_sd3_base, sd3_adapters):
+    for path in sd3_adapters:
+        theirs = StableDiffusion3Pipeline.from_pretrained(tiny_sd3_base)
+        theirs.set_progress_bar_config(disable=True)
+        theirs.load_lora_weights(str(path), adapter_name="style")
+        engine = Engine(str(tiny_sd3_base), folder=None)
+        engine.add("style", path)
+        config = GenerateConfig(prompt="a red circle", count=1, steps=3, cfg=4.0, seed=0, scheduler="euler")
+        ours = engine.paint([PaintJob(config, (("style", StyleWeight(1.0, 1.0)),))], output_type="latent")[0][0]
+        plain = _latents(load_base(str(tiny_sd3_base)))[0]
+        assert (ours - _latents(theirs)[0]).abs().max().item() < 1e-4
+        assert (ours - plain).abs().max().item() > 1e-3  # the adapter does change the picture
+
+
+def test_a_mixed_batch_equals_each_request_painted_alone(tiny_sd3_base, sd3_adapters):
+    engine = Engine(str(tiny_sd3_base), folder=None)
+    engine.add("a", sd3_adapters[0])
+    engine.add("b", sd3_adapters[1])
+    stacks = [(("a", StyleWeight(0.8, 0.8)),), (("a", StyleWeight(0.5, 0.5)), ("b", StyleWeight(0.7, 0.7)))]
+    jobs = [PaintJob(GenerateConfig(prompt=p, count=1, steps=2, cfg=4.0, seed=3, scheduler="euler"), stack)
+            for p, stack in zip(("a red circle", "a blue square"), stacks)]
+    together = engine.paint(jobs, output_type="latent")
+    assert engine.lora.fused_stack is None  # the per-row path
+    for job, latents in zip(jobs, together):
+        alone = engine.paint([job], output_type="latent")[0]
+        assert (latents[0] - alone[0]).abs().max().item() < 1e-5
+
+
+def test_styler_blends_and_samplers_and_the_refusals(tiny_sd3_base, sd3_adapters, train_config):
+    styler = Styler(str(tiny_sd3_base))
+    a, b = (styler.load(path) for path in sd3_adapters)
+    styler.set_weights({a: 0.6, b: StyleWeight(0.5, 0.0)})
+    for blend in ("merge", "switch", "composite"):
+        for scheduler in ("euler", "dpm++"):
+            assert styler.generate("a red circle", count=1, steps=2, scheduler=scheduler, blend=blend)[0].size == (32, 32)
+    from stylelora.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--scheduler 'ddim' has no flow-matching form"):
+        styler.generate("a red circle", steps=2, scheduler="ddim")
+    mini_adapter = train(train_config(max_steps=1), **QUIET).adapter_path
+    with pytest.raises(AdapterFileError, match=r"made for stylelora mini, but base .* is SD3\.x"):
+        styler.load(mini_adapter)
+    with pytest.raises(AdapterFileError, match=r"made for SD3\.x, but base .* is stylelora mini"):
+        Styler(train_config().base).load(sd3_adapters[0])
+
+
+def test_the_command_line_trains_inspects_and_paints_on_sd3(tiny_sd3_base, image_folder, tmp_path):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "stylelora", *args], capture_output=True, text=True)
+
+    run = cli("train", str(image_folder), "--base", str(tiny_sd3_base), "--max-steps", "2", "--batch-size", "2",
+              "--resolution", "32", "--out", str(tmp_path / "run"), "--quiet")
+    assert run.returncode == 0, run.stderr
+    adapter = next((tmp_path / "run").glob("*.safetensors"))
+    shown = cli("inspect", str(adapter))
+    assert shown.returncode == 0 and "SD3.x" in shown.stdout, shown.stdout + shown.stderr
+    painted = cli("generate", "a red circle", "--lora", f"{adapter}:0.8", "--base", str(tiny_sd3_base), "-n", "1",
+                  "--steps", "2", "--scheduler", "euler", "--out", str(tmp_path / "pictures"))
+    assert painted.returncode == 0, painted.stderr
+    assert [p.name for p in (tmp_path / "pictures").iterdir()] == ["a-red-circle-1.png"]
