@@ -145,3 +145,48 @@ def test_the_command_line_trains_inspects_and_paints_on_sd3(tiny_sd3_base, image
                   "--steps", "2", "--scheduler", "euler", "--out", str(tmp_path / "pictures"))
     assert painted.returncode == 0, painted.stderr
     assert [p.name for p in (tmp_path / "pictures").iterdir()] == ["a-red-circle-1.png"]
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (dict(method="loha"), "--method = 'loha': SD3.x adapters are written in diffusers' layout, which holds plain LoRA; "
+                          "use --method lora, adalora or dylora"),
+    (dict(train_bias=True), "--train-bias = True: SD3.x adapters are written in diffusers' layout, which holds no "
+                            "trained biases"),
+])
+def test_what_the_sd3_file_layout_cannot_hold_is_refused_before_training(sd3_config, overrides, words):
+    from stylelora.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        train(sd3_config(**overrides), **QUIET)
+    assert str(caught.value).startswith(words)
+
+
+def test_merge_resize_and_convert_keep_the_sd3_layout_and_paint_as_the_blend(tiny_sd3_base, sd3_adapters, tmp_path):
+    from stylelora.adapters.formats import read_lora, write_lora
+    from stylelora.adapters.resize import ResizeConfig, resize
+    from stylelora.paint.merge_job import MergeConfig, merge
+
+    merged = merge(MergeConfig((f"{sd3_adapters[1]}:0.6", f"{sd3_adapters[0]}:0.4"), tmp_path / "ab.safetensors")).path
+    assert all(k.startswith(("transformer.", "text_encoder")) for k in read_safetensors(merged).tensors)
+    styler = Styler(str(tiny_sd3_base))
+    a, b, ab = styler.load(sd3_adapters[1]), styler.load(sd3_adapters[0]), styler.load(merged)
+    styler.set_weights({a: 0.6, b: 0.4})
+    blend = _latents(styler.pipe)
+    styler.set_weights({ab: 1.0})
+    assert (_latents(styler.pipe) - blend).abs().max().item() < 1e-5
+    small = resize(ResizeConfig(sd3_adapters[0], tmp_path / "r2.safetensors", rank=2, base=str(tiny_sd3_base))).path
+    assert {m.rank for m in read_lora(small)[0].values()} == {2}
+    assert next(iter(read_safetensors(small).tensors)).startswith("transformer.")
+    weights, metadata, _ = read_lora(sd3_adapters[0])
+    back = read_lora(write_lora(read_lora(write_lora(weights, "kohya", tmp_path / "k.safetensors", metadata))[0],
+                                "diffusers", tmp_path / "d.safetensors", metadata))[0]
+    assert all(torch.allclose(back[k].delta(), weights[k].delta(), atol=1e-6) for k in weights)
+
+
+def test_per_block_weights_are_refused_on_a_base_without_unet_blocks(tiny_sd3_base, sd3_adapters):
+    from stylelora.errors import ConfigError
+
+    styler = Styler(str(tiny_sd3_base))
+    name = styler.load(sd3_adapters[0])
+    with pytest.raises(ConfigError, match="per-block weights .* SD3.x has none"):
+        styler.set_weights({name: StyleWeight.parse("down=0,mid=1,up=0.5")})

@@ -16,6 +16,7 @@ import safetensors.torch
 import torch
 
 from ..errors import AdapterFileError
+from ..families import family_of_weights
 from ..files import read_safetensors, write_atomically
 from ..methods import KINDS
 from ..methods.layouts import MODULE_SUFFIXES, LoraModule, ModuleAdapter, read_module
@@ -33,8 +34,10 @@ def kohya_prefixes(weights: "LoraWeights") -> dict[str, str]:
     return {"unet": "lora_unet_", "text_encoder": "lora_te1_" if sdxl else "lora_te_", "text_encoder_2": "lora_te2_"}
 DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
 
-# Module-name pieces that contain '_' in diffusers/transformers; kohya flattens every '.' to '_'.
-_COMPOUND = ["down_blocks", "up_blocks", "mid_block", "transformer_blocks", "to_q", "to_k", "to_v", "to_out",
+# Module-name pieces that contain '_' in diffusers/transformers; kohya flattens every '.' to '_'. Longer pieces
+# first: "add_k_proj" must be joined before "k_proj" (SD3's caption stream).
+_COMPOUND = ["add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "ff_context", "norm1_context", "context_embedder",
+             "down_blocks", "up_blocks", "mid_block", "transformer_blocks", "to_q", "to_k", "to_v", "to_out",
              "proj_in", "proj_out", "time_emb_proj", "conv_shortcut", "conv_in", "conv_out", "time_embedding",
              "linear_1", "linear_2", "text_model", "self_attn", "q_proj", "k_proj", "v_proj", "out_proj",
              "final_layer_norm", "layer_norm1", "layer_norm2", "token_embedding", "position_embedding",
@@ -145,8 +148,9 @@ def from_diffusers(tensors: dict[str, torch.Tensor], metadata: dict[str, str], s
     ranks and alphas in the `lora_adapter_metadata` JSON (alpha = rank where it says none)."""
     packed = json.loads(metadata.get(DIFFUSERS_METADATA_KEY, "{}"))
     prefixes = {part: part for part in PARTS} | {"transformer": "unet"}
-    configs = {part: {k[len(prefix) + 1:]: v for k, v in packed.items() if k.startswith(prefix + ".")}
-               for prefix, part in prefixes.items()}
+    configs: dict[str, dict] = {}
+    for prefix, part in prefixes.items():
+        configs.setdefault(part, {}).update({k[len(prefix) + 1:]: v for k, v in packed.items() if k.startswith(prefix + ".")})
 
     def part_of(key: str):
         prefix, _, module = key.partition(".")
@@ -262,8 +266,12 @@ def read_lora(path: Path) -> tuple[LoraWeights, dict[str, str], str]:
     return weights, metadata, kind
 
 
-def write_lora(weights: LoraWeights, kind: str, out: Path, metadata: dict[str, str] | None = None) -> Path:
+def write_lora(weights: LoraWeights, kind: str | None, out: Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write `weights` in layout `kind` (None: the layout of the family they were made for: kohya's, or diffusers'
+    for SD3), the denoiser's keys named as that family's loader reads them."""
     metadata = dict(metadata or {})
+    family = family_of_weights(weights, metadata)
+    kind = kind or (family.file_layout if family else "kohya")
     other = sorted({adapter.kind for adapter in weights.values() if type(adapter) is not LoraModule})
     if kind != "kohya" and any(getattr(adapter, "bias", None) is not None for adapter in weights.values()):
         raise AdapterFileError(f"--to {kind}: this adapter carries trained biases (diff_b), which only the kohya "
@@ -276,7 +284,10 @@ def write_lora(weights: LoraWeights, kind: str, out: Path, metadata: dict[str, s
     if kind == "kohya":
         write_atomically(out, safetensors.torch.save(kohya_file_tensors(weights), metadata=metadata))
     elif kind == "diffusers":
-        tensors, extra = to_diffusers(weights)
+        # A family written in this layout (SD3) gets its own form of it (`transformer.` keys, scale folded);
+        # a UNet family's diffusers file keeps each module's alpha in the metadata, as diffusers reads it.
+        own = family is not None and family.file_layout == "diffusers"
+        tensors, extra = file_tensors(weights, "diffusers", family.denoiser) if own else to_diffusers(weights)
         write_atomically(out, safetensors.torch.save(tensors, metadata=metadata | extra))
     elif kind == "peft":
         to_peft_folder(weights, out, metadata)

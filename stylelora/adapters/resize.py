@@ -72,7 +72,7 @@ def resize(config: ResizeConfig) -> ResizeResult:
             {"rank": config.rank, "dynamic": config.dynamic, "how": how, "relative_error": error}),
         "ss_network_module": "networks.lora", "ss_network_dim": str(max(ranks)),
         "ss_network_alpha": str(float(next(iter(resized.values())).alpha))}
-    write_lora(resized, "kohya", config.out, out_metadata)
+    write_lora(resized, None, config.out, out_metadata)  # the family's own layout
     return ResizeResult(config.out, error, dict(sorted(ranks.items())), how)
 
 

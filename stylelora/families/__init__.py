@@ -75,6 +75,7 @@ class Family:
     file_layout: str = "kohya"
     safety_checker: bool = True  # the pipeline takes safety_checker (SD1.x/SD2.x); SDXL's and SD3's do not
     flow_matching: bool = False  # trained and sampled by flow matching (SD3.x), not DDPM
+    unet_blocks: bool = True  # per-block weights (down=, mid=, up=) name its blocks
     # --targets presets by this family's own layer names (None: the UNet presets of methods/)
     target_presets: dict[str, tuple[str, ...]] | None = field(default=None, hash=False, compare=False)
 
@@ -213,7 +214,7 @@ SD3_TARGETS = {"attn": _SD3_ATTENTION, "attn-mlp": _SD3_ATTENTION + _SD3_MLP,
 SD3 = SD3Family("sd3", "SD3.x", (TextEncoder("text_encoder", "tokenizer", "lora_te1_"),
                                  TextEncoder("text_encoder_2", "tokenizer_2", "lora_te2_")),
                 base_model_version="sd3", bucket_step=16, denoiser="transformer", file_layout="diffusers",
-                safety_checker=False, flow_matching=True, target_presets=SD3_TARGETS)
+                safety_checker=False, flow_matching=True, target_presets=SD3_TARGETS, unet_blocks=False)
 FAMILIES = {family.name: family for family in (SD1, SD2, SDXL, MINI, SD3)}
 TEXT_PARTS = ("text_encoder", "text_encoder_2")
 
@@ -249,6 +250,9 @@ def family_of_weights(weights, metadata: dict[str, str]) -> Family | None:
     named = metadata.get("stylelora.architecture")
     if named in FAMILIES:
         return FAMILIES[named]
+    if str(metadata.get("ss_base_model_version", "")).startswith("sd3") or any(
+            part == "unet" and (module.startswith("transformer_blocks.") or ".attn.add_" in module) for part, module in weights):
+        return SD3  # MMDiT blocks (a UNet's modules start down_blocks, mid_block or up_blocks)
     if str(metadata.get("ss_base_model_version", "")).startswith("sdxl") or any(
             part == "text_encoder_2" for part, _ in weights):
         return SDXL

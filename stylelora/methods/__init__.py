@@ -85,6 +85,19 @@ def method_checks(config: Any) -> list[tuple[bool, str, str]]:
     return REGISTRY[config.method].checks(config, MethodFacts(REGISTRY)) if config.method in REGISTRY else []
 
 
+def layout_checks(config: Any, layout: str, base_label: str) -> list[tuple[bool, str, str]]:
+    """What a base whose files are written in `layout` refuses: a diffusers-layout file holds plain LoRA
+    (down, up, alpha) and no trained biases."""
+    if layout == "kohya":
+        return []
+    plain = MethodFacts(REGISTRY).names("plain_file", " or ")
+    return [(method_of(config.method).plain_file, "method",
+             f"{base_label} adapters are written in diffusers' layout, which holds plain LoRA; use --method {plain}"),
+            (not config.train_bias, "train_bias",
+             f"{base_label} adapters are written in diffusers' layout, which holds no trained biases; leave out "
+             "--train-bias")]
+
+
 def own_fields(method: str, targets: str | None) -> frozenset[str]:
     """Which of METHOD_FIELDS apply to `method` with the `targets` preset; the UI shows only these."""
     return method_of(method).fields(targets)

@@ -25,4 +25,5 @@ class DoraMethod(Method):
 
 
 # Our DoRA reads and rescales the base weight itself, which no quantized layer holds as floats.
-DORA = DoraMethod("dora", "DoRA", network_module="lycoris.kohya", trains_bias=True, rslora=True, quantized_bases=())
+DORA = DoraMethod("dora", "DoRA", network_module="lycoris.kohya", trains_bias=True, rslora=True, quantized_bases=(),
+                   plain_file=False)

@@ -6,5 +6,5 @@ from __future__ import annotations
 from .method import LycorisMethod
 
 # peft's LoHa layers read a Linear4bit's packed weight as if it were floats and fail: no nf4.
-LOHA = LycorisMethod("loha", "LoHa", network_module="lycoris.kohya", lora_pair=False, quantized_bases=("int8", "fp8"),
+LOHA = LycorisMethod("loha", "LoHa", network_module="lycoris.kohya", lora_pair=False, plain_file=False, quantized_bases=("int8", "fp8"),
                      peft_config_class="LoHaConfig")

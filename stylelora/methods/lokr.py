@@ -6,5 +6,5 @@ from __future__ import annotations
 from .method import LycorisMethod
 
 # As LoHa: peft's LoKr layers cannot read a Linear4bit's packed weight.
-LOKR = LycorisMethod("lokr", "LoKr", network_module="lycoris.kohya", lora_pair=False, quantized_bases=("int8", "fp8"),
+LOKR = LycorisMethod("lokr", "LoKr", network_module="lycoris.kohya", lora_pair=False, plain_file=False, quantized_bases=("int8", "fp8"),
                      peft_config_class="LoKrConfig")

@@ -56,6 +56,7 @@ class Method:
     network_module: str = "networks.lora"  # kohya's ss_network_module (LyCORIS types: lycoris.kohya)
     lora_pair: bool = True  # trains a (down, up) pair: LoRA+ and LoRA's input dropout apply
     trains_bias: bool = False  # can train the adapted layers' biases (peft's lora_bias; the file's diff_b)
+    plain_file: bool = True  # its file holds plain LoRA (down, up, alpha), which every layout can hold
     rslora: bool = False  # takes the rank-stabilised scale alpha/sqrt(rank)
     convolutions: bool = True  # with --targets all, its 3x3 convolutions take --conv-rank/--conv-alpha
     quantized_bases: tuple[str, ...] = QUANTIZED_BASES  # the --quantize-base modes it was measured to train over

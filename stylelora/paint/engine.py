@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..errors import AdapterFileError
+from ..errors import AdapterFileError, ConfigError
 from ..families import family_of_pipe
 from ..model.base import load_base
 from .multilora import ModuleLora, MultiLora, Stack
@@ -121,8 +121,15 @@ class Engine:
             self.pool.forget(name)
 
     def adapters(self, stack: Stack) -> dict[str, AdapterTensors]:
+        self.check_weights([stack])
         names = [name for name, _ in stack]
         return {name: self.pool.get(name, keep=names).modules for name in names}
+
+    def check_weights(self, stacks: list[Stack]) -> None:
+        """Refuse per-block weights on a base without UNet blocks, where they would silently apply nowhere."""
+        if not self.family.unet_blocks and any(weight and weight.blocks for stack in stacks for _, weight in stack):
+            raise ConfigError(f"per-block weights (down=, mid=, up=) name UNet blocks, and {self.family.label} has "
+                              "none; give one weight, or unet= and te=")
 
     def show(self, stack: Stack) -> None:
         """Between paintings, let the models' own forward add `stack`, unfused, at peft's exact scales (a Styler's
@@ -153,6 +160,7 @@ class Engine:
         """Render every job in one pipeline call (their batch keys must be equal); the images of each job."""
         first = jobs[0].config
         with self._painting:
+            self.check_weights([job.stack for job in jobs])
             self.peft.off()  # the stacks are added by the engine's hooks, or fused, from here on
             names = list(dict.fromkeys(name for job in jobs for name, _ in job.stack))
             adapters = {name: self.pool.get(name, keep=names).modules for name in names}

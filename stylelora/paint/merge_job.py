@@ -59,7 +59,7 @@ def merge(config: MergeConfig) -> MergeResult:
                 "modelspec.merged_from": ", ".join(str(p) for p, _ in specs)}
     if family is not None:  # the merge fits the base its inputs fit, and says so as they did
         metadata |= {"stylelora.architecture": family.name, "ss_base_model_version": family.base_model_version}
-    write_lora(merged, "kohya", config.out, metadata)
+    write_lora(merged, None, config.out, metadata)  # the family's own layout
     return MergeResult(config.out, error)
 
 

@@ -44,7 +44,8 @@ class PeftView:
         self.pipe.enable_lora()
         parts = self.pipe.get_list_adapters()
         encoders = [encoder.part for encoder in self.family.text_encoders]
-        weights = [{"unet": w.unet_setting()} | {part: w.text_encoder for part in encoders if n in parts.get(part, [])}
+        denoiser = self.family.denoiser  # the pipeline's own name for it: "unet", or "transformer"
+        weights = [{denoiser: w.unet_setting()} | {part: w.text_encoder for part in encoders if n in parts.get(part, [])}
                    for n, w in active]
         self.pipe.set_adapters([name for name, _ in active], weights)
         self.on = True

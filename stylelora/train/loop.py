@@ -24,12 +24,13 @@ from ..data.folder import Example, ImageFolder, describe_folder, scan_folder, wa
 from ..data.split import split_examples
 from ..errors import DatasetError, TrainingError, TrainingInterrupted
 from ..families import Family, family_of_pipe
-from ..methods import KINDS, method_of
+from ..methods import KINDS, layout_checks, method_of
 from ..methods.attach import attach
-from ..model.base import base_fingerprint, load_base, quantize_pipe, resolve_base, denoiser_parameter_count
+from ..model.base import base_fingerprint, denoiser_parameter_count, load_base, quantize_pipe, resolve_base
 from ..model.loading import fix_mmap_threshold
 from ..model.precision import PRECISION_NAMES, choose_precision
 from ..model.quantize import check_quantize, quantization_of, quantized_share
+from ..options import refuse_first
 from .checkpoint import latest_checkpoint, resume
 from .config import TrainConfig, validate
 from .inputs import prepare_inputs
@@ -143,6 +144,7 @@ def prepare_model(config: TrainConfig, device: torch.device, folder: ImageFolder
         quantize_pipe(pipe, family_of_pipe(pipe), config.quantize_base, DTYPES[choice.name], not config.train_text_encoder)
     say(choice.describe())
     family = family_of_pipe(pipe)
+    refuse_first(config, layout_checks(config, family.file_layout, family.label))
     if config.quantize_base != "none":
         shares = [quantized_share(model, part).describe() for part, model in family.models(pipe).items()
                   if quantization_of(model) != "none"]
