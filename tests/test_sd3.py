@@ -190,3 +190,13 @@ def test_per_block_weights_are_refused_on_a_base_without_unet_blocks(tiny_sd3_ba
     name = styler.load(sd3_adapters[0])
     with pytest.raises(ConfigError, match="per-block weights .* SD3.x has none"):
         styler.set_weights({name: StyleWeight.parse("down=0,mid=1,up=0.5")})
+
+
+def test_previews_validation_and_a_quantized_base_train_on_sd3(sd3_config, tmp_path):
+    """Previews set the pipeline's scheduler to their own few steps; training draws from its own copy."""
+    with_previews = train(sd3_config(out=tmp_path / "p", max_steps=3, sample_every=1, sample_prompts=("a red circle",),
+                                     validation_split=0.34, validate_every=1), **QUIET)
+    assert with_previews.steps == 3 and with_previews.validation_loss is not None
+    assert len(list((tmp_path / "p" / "samples").glob("*.png"))) == 3
+    over_nf4 = train(sd3_config(out=tmp_path / "q", max_steps=2, quantize_base="nf4"), **QUIET)
+    assert read_safetensors(over_nf4.adapter_path).tensors.keys() == read_safetensors(with_previews.adapter_path).tensors.keys()

@@ -14,6 +14,7 @@ Timesteps are drawn from a density over [0, 1): uniform, logit-normal or mode (d
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -138,7 +139,8 @@ def objective_for(scheduler, prediction_type: str, sampling: Sampling, min_snr_g
                     min_snr_gamma)
     if min_snr_gamma > 0:
         raise ConfigError("--min-snr-gamma weighs DDPM timesteps; this base trains by flow matching: leave it out")
-    return FlowMatching(scheduler, replace(sampling, kind=sampling.kind.replace("auto", "logit-normal")))
+    # A copy, as diffusers' SD3 script keeps one: previews set the pipeline's own scheduler to their few steps.
+    return FlowMatching(copy.deepcopy(scheduler), replace(sampling, kind=sampling.kind.replace("auto", "logit-normal")))
 
 
 def flux_mu(tokens: int, config) -> float:
