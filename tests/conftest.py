@@ -195,6 +195,44 @@ def tiny_sd3_base(tmp_path_factory) -> Path:
     return build_tiny_sd3(tmp_path_factory.mktemp("tiny-sd3"))
 
 
+def build_tiny_flux(folder: Path) -> Path:
+    """A randomly initialised Flux.1-dev-shaped pipeline at test size: a small CLIP-L and T5, one double and one
+    single block with the guidance embedding, a 16-channel VAE with Flux's shift and scale, and the scheduler
+    that shifts by image size. Nothing is downloaded."""
+    from dataclasses import replace
+
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    from stylelora.mini.architecture import build_text_encoder
+    from stylelora.mini.tokenizer import write_tokenizer
+    from stylelora.mini.world import WORDS
+
+    torch.manual_seed(0)
+    tokenizers = [write_tokenizer(folder / name, WORDS, max_length=24) for name in ("tokenizer", "tokenizer_2")]
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizers[1]), d_model=64, d_kv=16, d_ff=128, num_layers=1,
+                                 num_heads=4, pad_token_id=len(tokenizers[1]) - 1))
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=64,
+                                         pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 6, 6))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 32), layers_per_block=1,
+                        latent_channels=16, norm_num_groups=8, sample_size=32, shift_factor=0.1159,
+                        scaling_factor=0.3611, use_quant_conv=False, use_post_quant_conv=False)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    pipe = FluxPipeline(scheduler=scheduler, vae=vae, transformer=transformer, tokenizer=tokenizers[0],
+                        text_encoder=build_text_encoder(replace(TINY, text_layers=2), len(tokenizers[0])),
+                        text_encoder_2=t5, tokenizer_2=tokenizers[1])
+    pipe.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_base(tmp_path_factory) -> Path:
+    return build_tiny_flux(tmp_path_factory.mktemp("tiny-flux"))
+
+
 @pytest.fixture(scope="session")
 def mixed_aspect_folder(tmp_path_factory) -> Path:
     """Seven captioned images of three shapes: wide 96x48 (3), tall 48x96 (3) and one square 64x64."""

@@ -12,7 +12,7 @@ import transformers
 from diffusers import DiffusionPipeline
 
 from ..errors import BaseModelError
-from ..families import SD1, SD3, SDXL, Family, family_of_config
+from ..families import FLUX, SD1, SD3, SDXL, Family, family_of_config
 from ..files import PICKLE_SUFFIXES
 from .loading import stream_unet
 from .quantize import check_quantize, quantization_of, quantize_model
@@ -133,6 +133,8 @@ def _single_file_family(path: Path) -> Family:
     model_type = infer_diffusers_model_type(shapes)
     if model_type.startswith("sd3"):
         return SD3
+    if model_type.startswith("flux"):
+        return FLUX
     return SDXL if model_type.startswith(("xl_", "playground")) else SD1
 
 

@@ -211,13 +211,9 @@ class Engine:
         if not fused:
             self.lora.bind([job.stack], adapters, parts=set(self.lora.models) - {"unet"})
         try:
-            out = self.pipe.encode_prompt(prompt=c.prompt, device=self.pipe.device, num_images_per_prompt=c.count,
-                                          do_classifier_free_guidance=self._guided(c), negative_prompt=c.negative or None,
-                                          **self.family.prompt_options(self.pipe))
+            return self.family.paint_embeddings(self.pipe, c.prompt, c.negative, c.count, self._guided(c))
         finally:
             self.lora.unbind()
-        names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
-        return dict(zip(names, out))
 
     @contextmanager
     def _rows(self, samples: list[Stack] | None, blend: str, adapters: dict[str, AdapterTensors]):

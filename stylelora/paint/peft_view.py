@@ -69,7 +69,10 @@ class PeftView:
         self.forget(name)
         # Plain LoRA at scale 1 (alpha = rank, so no alpha keys), in the layout the family's loader reads; the
         # biases are put in below.
-        weights = {key: LoraModule(m.down, m.up, float(m.down.shape[0])) for key, m in modules.items()}
+        models = self.family.models(self.pipe)
+        # transformers 5's CLIPTextModel holds its layers directly, not under `text_model.` (the files' spelling)
+        weights = {(part, module if hasattr(models[part], "text_model") else module.removeprefix("text_model.")):
+                   LoraModule(m.down, m.up, float(m.down.shape[0])) for (part, module), m in modules.items()}
         if self.family.file_layout == "kohya":
             tensors = {k: t for k, t in to_kohya(weights).items() if not k.endswith(".alpha")}
         else:
@@ -81,7 +84,6 @@ class PeftView:
                 self.pipe.load_lora_weights(tensors, adapter_name=name)
         except (ValueError, KeyError, RuntimeError, TypeError) as error:
             raise AdapterFileError(f"adapter {name!r} does not load into this base: {str(error).splitlines()[0][:160]}") from None
-        models = self.family.models(self.pipe)
         for (part, module), held in modules.items():
             layer = find_layer(models[part], module)
             _point_at(layer.lora_A[name], held.down)

@@ -73,9 +73,9 @@ class DDPM:
     def steps(self) -> int:
         return self.scheduler.config.num_train_timesteps
 
-    def draw(self, count: int, generator: torch.Generator) -> torch.Tensor:
-        """Training timesteps, integers in [0, steps). Uniform draws exactly as before this seam existed
-        (torch.randint), so runs and resumes keep their numbers."""
+    def draw(self, count: int, generator: torch.Generator, latent_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Training timesteps, integers in [0, steps) (whatever the image size). Uniform draws exactly as before
+        this seam existed (torch.randint), so runs and resumes keep their numbers."""
         if self.sampling.kind in ("auto", "uniform"):
             return torch.randint(0, self.steps, (count,), generator=generator)
         return (self.sampling.positions(count, generator) * self.steps).long().clamp(0, self.steps - 1)

@@ -93,7 +93,7 @@ class StepLoss:
 
         noise = offset_noise(torch.randn(latents.shape, generator=generator), config.noise_offset, generator)
         noise = noise.to(accelerator.device, model.weight_dtype)
-        noised = self.objective.noised(latents, noise, self.objective.draw(len(examples), generator))
+        noised = self.objective.noised(latents, noise, self.objective.draw(len(examples), generator, latents.shape[-2:]))
         prediction = predict(self.unet, noised.noisy, noised.timesteps, embeddings, placements, model)
         style = ddpm_loss(prediction, noised.target, noised.weights, config.loss, self.thresholds(noised))
         if not self.inputs.preserve_prompts:
