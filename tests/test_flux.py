@@ -124,3 +124,19 @@ def test_unet_adapters_are_refused_and_the_command_line_runs(tiny_flux_base, flu
                               "--size", "32", "--cfg", "3.5", "--out", str(tmp_path / "p")], capture_output=True, text=True)
     assert painted.returncode == 0, painted.stderr
     assert load_base(str(tiny_flux_base)).transformer.config.guidance_embeds
+
+
+def test_a_single_file_checkpoint_is_read_as_sd3_or_flux_from_its_tensor_names(tmp_path):
+    """diffusers' own checkpoint detection on the file's names and shapes; no weight is read (tiny tensors here)."""
+    from safetensors.torch import save_file
+
+    from stylelora.families import SD3
+
+    flux = {"model.diffusion_model.double_blocks.0.img_attn.norm.key_norm.scale": torch.zeros(4),
+            "model.diffusion_model.guidance_in.in_layer.bias": torch.zeros(4),
+            "model.diffusion_model.img_in.weight": torch.zeros(4, 64)}
+    save_file(flux, str(tmp_path / "flux1-dev.safetensors"))
+    save_file({"model.diffusion_model.joint_blocks.37.x_block.mlp.fc1.weight": torch.zeros(4, 4)},
+              str(tmp_path / "sd35_large.safetensors"))
+    assert base_family(str(tmp_path / "flux1-dev.safetensors")) is FLUX
+    assert base_family(str(tmp_path / "sd35_large.safetensors")) is SD3
