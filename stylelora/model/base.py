@@ -12,7 +12,7 @@ import transformers
 from diffusers import DiffusionPipeline
 
 from ..errors import BaseModelError
-from ..families import FLUX, SD1, SD3, SDXL, Family, family_of_config
+from ..families import SD1, Family, family_of_config, family_of_single_file
 from ..files import PICKLE_SUFFIXES
 from .loading import stream_unet
 from .quantize import check_quantize, quantization_of, quantize_model
@@ -130,12 +130,7 @@ def _single_file_family(path: Path) -> Family:
             shapes = {key: torch.empty(opened.get_slice(key).get_shape(), device="meta") for key in opened.keys()}
     except Exception:  # safetensors has its own error types; loading proper reports the damage
         return SD1
-    model_type = infer_diffusers_model_type(shapes)
-    if model_type.startswith("sd3"):
-        return SD3
-    if model_type.startswith("flux"):
-        return FLUX
-    return SDXL if model_type.startswith(("xl_", "playground")) else SD1
+    return family_of_single_file(infer_diffusers_model_type(shapes))
 
 
 def denoiser_parameter_count(spec: str) -> int | None:
