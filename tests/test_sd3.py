@@ -227,3 +227,18 @@ def test_the_server_serves_an_sd3_base_and_a_request_is_what_generate_paints(tin
     painted = Image.open(generate(GenerateConfig(prompt="a red circle", loras=(f"{path}:0.7",), base=str(tiny_sd3_base),
                                                  seed=3, count=1, steps=3, scheduler="euler", out=tmp_path / "g"))[0])
     assert np.array_equal(np.asarray(served), np.asarray(painted))
+
+
+def test_t5_is_freed_with_the_clip_encoders_once_every_caption_is_cached(sd3_config, monkeypatch):
+    from stylelora.train import loop
+
+    seen = {}
+    real = loop.run_loop
+
+    def spy(config, model, *args, **kwargs):
+        seen.update({part: getattr(model.pipe, part) for part in ("text_encoder", "text_encoder_2", "text_encoder_3")})
+        return real(config, model, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "run_loop", spy)
+    train(sd3_config(max_steps=1), **QUIET)
+    assert seen == {"text_encoder": None, "text_encoder_2": None, "text_encoder_3": None}

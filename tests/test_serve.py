@@ -75,7 +75,7 @@ def test_switch_and_composite_blends_paint_what_generate_paints(served, tiny_bas
     config = GenerateConfig(prompt="a blue square", loras=(f"{paths['plain']}:0.8", f"{paths['locon']}:0.6"),
                             base=str(tiny_base), seed=5, count=1, steps=6, blend=blend, out=tmp_path)
     painted = np.asarray(Image.open(generate(config)[0])).astype(int)
-    # Unfused here (per-row hooks) and in Styler (peft's layers): the same sums, rounded apart by float32 only.
+    # Unfused per-row hooks here, a batch of one there: the same sums, rounded apart by float32 only.
     assert np.abs(np.asarray(served_image).astype(int) - painted).max() <= 1
 
 

@@ -59,13 +59,22 @@ class Family:
     bucket_step: int = 64  # the default --bucket-step: a side the UNet halves evenly at every level
     denoiser: str = "unet"  # the pipeline's attribute (and model subfolder) of the denoiser
     # The layout adapter files are written in: kohya's, which AUTOMATIC1111, ComfyUI and diffusers read for UNet
-    # bases; diffusers' (`transformer.` keys, scale folded) for SD3, whose kohya names diffusers does not read.
+    # bases; diffusers' (`transformer.` keys, scale folded) for SD3 and Flux, whose kohya names diffusers does
+    # not read (SD3), or which kohya fuses (Flux).
     file_layout: str = "kohya"
-    safety_checker: bool = True  # the pipeline takes safety_checker (SD1.x/SD2.x); SDXL's and SD3's do not
-    flow_matching: bool = False  # trained and sampled by flow matching (SD3.x), not DDPM
+    safety_checker: bool = True  # the pipeline takes safety_checker (SD1.x/SD2.x); SDXL's and the DiTs' do not
+    flow_matching: bool = False  # trained and sampled by flow matching (SD3.x, Flux.1), not DDPM
     unet_blocks: bool = True  # per-block weights (down=, mid=, up=) name its blocks
     # --targets presets by this family's own layer names (None: the UNet presets of methods/)
     target_presets: dict[str, tuple[str, ...]] | None = field(default=None, hash=False, compare=False)
+    # Text encoders the family encodes with but never adapts (T5 on SD3 and Flux): freed with the others once
+    # every caption is cached
+    frozen_encoders: tuple[str, ...] = ()
+    # How a base or file is recognised as this family, for the families that say so themselves (the UNet families
+    # without their own mark are told apart by context width in __init__.py): diffusers' single-file model types
+    # that are this family, its denoiser's config, an adapter file's modules
+    # (claims_config, claims_weights).
+    single_file_types: tuple[str, ...] = ()
 
     @property
     def pipeline_class(self) -> type:
@@ -77,11 +86,6 @@ class Family:
         """The modelspec.architecture value (Stability's model spec) for an adapter of this family."""
         return {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-768-v" if prediction_type == "v_prediction"
                 else "stable-diffusion-v2-512"}.get(self.name, f"stylelora-{self.name}") + "/lora"
-
-    # How a base or file is recognised as this family, for the families that say so themselves (the UNet families
-    # without their own mark are told apart by context width in __init__.py): diffusers' single-file model types
-    # that are this family, its denoiser's config, an adapter file's modules.
-    single_file_types: tuple[str, ...] = ()
 
     def claims_config(self, config) -> bool:
         return False

@@ -7,6 +7,7 @@ from typing import Sequence
 
 import torch
 
+from ..errors import ConfigError
 from .family import Conditioning, Family, Placement, TextEncoder
 from .sd3 import _SD3_ATTENTION, _SD3_MLP
 
@@ -48,8 +49,6 @@ class FluxFamily(Family):
         return Conditioning(context, pooled)
 
     def paint_embeddings(self, pipe, prompt: str, negative: str, count: int, guided: bool) -> dict:
-        from ..errors import ConfigError
-
         if negative:
             raise ConfigError("--negative: Flux.1 paints with distilled guidance, which takes no negative prompt; "
                               "leave it out")
@@ -80,12 +79,11 @@ class FluxFamily(Family):
 
 
 # Flux's double blocks are SD3's joint blocks by name; its single blocks have q/k/v and a fused MLP and output.
+_FLUX_ALL_LINEAR = _SD3_ATTENTION + _SD3_MLP + ("proj_mlp", "proj_out", "norm1.linear", "norm1_context.linear",
+                                                "norm.linear")
 FLUX_TARGETS = {"attn": _SD3_ATTENTION, "attn-mlp": _SD3_ATTENTION + _SD3_MLP + ("proj_mlp",),
-                "all-linear": _SD3_ATTENTION + _SD3_MLP + ("proj_mlp", "proj_out", "norm1.linear", "norm1_context.linear",
-                                                           "norm.linear"),
-                "all": _SD3_ATTENTION + _SD3_MLP + ("proj_mlp", "proj_out", "norm1.linear", "norm1_context.linear",
-                                                    "norm.linear")}
+                "all-linear": _FLUX_ALL_LINEAR, "all": _FLUX_ALL_LINEAR}  # no convolutions to adapt
 FLUX = FluxFamily("flux", "Flux.1", (TextEncoder("text_encoder", "tokenizer", "lora_te1_"),),
                   base_model_version="flux1", bucket_step=16, denoiser="transformer", file_layout="diffusers",
                   safety_checker=False, flow_matching=True, target_presets=FLUX_TARGETS, unet_blocks=False,
-                  single_file_types=("flux",))
+                  single_file_types=("flux",), frozen_encoders=("text_encoder_2",))

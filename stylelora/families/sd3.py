@@ -67,4 +67,4 @@ SD3 = SD3Family("sd3", "SD3.x", (TextEncoder("text_encoder", "tokenizer", "lora_
                                  TextEncoder("text_encoder_2", "tokenizer_2", "lora_te2_")),
                 base_model_version="sd3", bucket_step=16, denoiser="transformer", file_layout="diffusers",
                 safety_checker=False, flow_matching=True, target_presets=SD3_TARGETS, unet_blocks=False,
-                single_file_types=("sd3",))
+                single_file_types=("sd3",), frozen_encoders=("text_encoder_3",))

@@ -85,7 +85,7 @@ class Engine:
 
     def read_adapter(self, path: Path) -> AdapterTensors:
         """An adapter file as plain LoRA tensors in the base's dtype, checked to fit the base module by module
-        (refused with a one-line AdapterFileError otherwise, as Styler.load refuses it)."""
+        (refused with a one-line AdapterFileError otherwise: a module the base lacks, or one of another shape)."""
         read = read_for_base(path, self.base, self.family, self.lora.models)
         made_for = read.made_for
         present = sum(self.lora.layer(key) is not None for key in read.plain)

@@ -64,8 +64,8 @@ def prepare_inputs(config: TrainConfig, model: Model, folder: ImageFolder, held_
             for caption in sorted(captions):
                 text_cache.get(caption, encode_text)
         if not config.sample_every:  # every caption a step can draw is encoded: the frozen encoders are done
-            for encoder in model.family.text_encoders:
-                setattr(pipe, encoder.part, None)
+            for part in [encoder.part for encoder in model.family.text_encoders] + list(model.family.frozen_encoders):
+                setattr(pipe, part, None)  # T5 too, on the DiT bases: peak memory is then the denoiser's
     release_freed_memory()  # what the VAE and text encoder held, and their activations
     return Inputs(latent_cache, text_cache, encode_text, buckets, validation, preserve_prompts)
 

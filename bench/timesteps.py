@@ -1,0 +1,109 @@
+"""Timestep sampling on the miniature base: does `--timestep-sampling style` (high-noise steps weighted up, as
+ai-toolkit's content_or_style: style) reach the style sooner than uniform, and keep the colour?
+
+    python bench/timesteps.py                 # 8 images per prompt (96 per judged point)
+    python bench/timesteps.py --quick         # 2 images per prompt
+
+Each sampling trains on the stripes, dots and pastel folders with the mini's default recipe (800 steps, seed 0).
+The adapters of steps 100, 200, 400 and 800 are judged with the strict judge (stylelora.mini.judge) on the 12
+colour x shape prompts. Writes docs/results/timesteps.md and timesteps.json, and the table into the "timesteps and
+loss" guide between its markers. Measure alone: another CPU-heavy process slows both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import stylelora.train.checkpoint as checkpoint  # noqa: E402
+from stylelora.files import write_atomically  # noqa: E402
+from stylelora.mini.evaluate import measure  # noqa: E402
+from stylelora.paint.styler import Styler  # noqa: E402
+from stylelora.train.config import TrainConfig  # noqa: E402
+from stylelora.train.loop import train  # noqa: E402
+
+from report_section import write_section  # noqa: E402  (bench/ is on the path when run as a script)
+
+RESULTS = ROOT / "docs" / "results"
+STYLES = {"stripes": "striped", "dots": "dotted", "pastel": "pastel"}
+SAMPLINGS = ("uniform", "style")
+JUDGED_STEPS = (100, 200, 400, 800)
+
+
+def train_run(work: Path, style: str, sampling: str) -> Path:
+    out = work / sampling / style
+    if (out / f"{style}.safetensors").is_file():
+        return out  # trained by an earlier run of this script: judged again, not retrained
+    train(TrainConfig(data=ROOT / "datasets" / style, out=out, seed=0, save_every=100, timestep_sampling=sampling),
+          progress_bar=False, log=lambda m: None)
+    return out
+
+
+def judge_run(styler: Styler, out: Path, style: str, per_prompt: int) -> dict[int, dict]:
+    points = {}
+    for step in JUDGED_STEPS:
+        path = out / f"{style}.safetensors" if step == JUDGED_STEPS[-1] else \
+            out / "checkpoints" / f"step-{step:06d}" / "adapter.safetensors"  # the last step is the run's own file
+        name = styler.load(path, f"s{step}")
+        styler.set_weights({name: 1.0})
+        rates = measure(styler, per_prompt=per_prompt)
+        points[step] = {"style": rates.share(STYLES[style]), "colour": rates.share("colour"),
+                        "broken": rates.broken / rates.images, "images": rates.images}
+        styler.unload(name)
+    return points
+
+
+def steps_to_90(points: dict[int, dict]) -> int:
+    final = points[JUDGED_STEPS[-1]]["style"]
+    return next(step for step in JUDGED_STEPS if points[step]["style"] >= 0.9 * final)
+
+
+def table(results: dict, base: dict, per_prompt: int) -> str:
+    images = 12 * per_prompt
+    lines = [f"Measured on the miniature base by `python bench/timesteps.py`: {images} images per judged point, "
+             f"strict judge. With {images} images a rate's standard error is at most "
+             f"{0.5 / images ** 0.5:.0%} (binomial).", "",
+             "| sampling | style | style at 100 / 200 / 400 / 800 steps | first judged step at 90% of step 800's "
+             "style | colour right at 800 | broken at 800 |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for sampling in SAMPLINGS:
+        for style in STYLES:
+            points = {int(k): v for k, v in results[sampling][style].items()}
+            curve = " / ".join(f"{points[s]['style']:.0%}" for s in JUDGED_STEPS)
+            last = points[JUDGED_STEPS[-1]]
+            lines.append(f"| {sampling} | {style} | {curve} | {steps_to_90(points)} | {last['colour']:.0%} | "
+                         f"{last['broken']:.0%} |")
+    lines.append(f"| base, no adapter | | {base['striped']:.0%} striped, {base['dotted']:.0%} dotted, "
+                 f"{base['pastel']:.0%} pastel | | {base['colour']:.0%} | |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    per_prompt = 2 if args.quick else 8
+    checkpoint.KEEP = len(JUDGED_STEPS) * 10  # keep every checkpoint of the run: each judged step is one
+    work = RESULTS / "timestep-adapters"
+    runs = {sampling: {style: train_run(work, style, sampling) for style in STYLES} for sampling in SAMPLINGS}
+    styler = Styler("mini")
+    base_rates = measure(styler, per_prompt=per_prompt)
+    base = {key: base_rates.share(key) for key in ("colour", *STYLES.values())}
+    results = {sampling: {style: judge_run(styler, out, style, per_prompt) for style, out in by_style.items()}
+               for sampling, by_style in runs.items()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_atomically(RESULTS / "timesteps.json", json.dumps({"per_prompt": per_prompt, "base": base,
+                                                             "results": results}, indent=1).encode())
+    text = table(results, base, per_prompt)
+    write_atomically(RESULTS / "timesteps.md", text.encode())
+    write_section("timesteps-report", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
