@@ -268,7 +268,7 @@ def read_lora(path: Path) -> tuple[LoraWeights, dict[str, str], str]:
 
 def write_lora(weights: LoraWeights, kind: str | None, out: Path, metadata: dict[str, str] | None = None) -> Path:
     """Write `weights` in layout `kind` (None: the layout of the family they were made for: kohya's, or diffusers'
-    for SD3), the denoiser's keys named as that family's loader reads them."""
+    for SD3 and Flux), the denoiser's keys named as that family's loader reads them."""
     metadata = dict(metadata or {})
     family = family_of_weights(weights, metadata)
     kind = kind or (family.file_layout if family else "kohya")
@@ -284,7 +284,7 @@ def write_lora(weights: LoraWeights, kind: str | None, out: Path, metadata: dict
     if kind == "kohya":
         write_atomically(out, safetensors.torch.save(kohya_file_tensors(weights), metadata=metadata))
     elif kind == "diffusers":
-        # A family written in this layout (SD3) gets its own form of it (`transformer.` keys, scale folded);
+        # A family written in this layout (SD3, Flux) gets its own form of it (`transformer.` keys, scale folded);
         # a UNet family's diffusers file keeps each module's alpha in the metadata, as diffusers reads it.
         own = family is not None and family.file_layout == "diffusers"
         tensors, extra = file_tensors(weights, "diffusers", family.denoiser) if own else to_diffusers(weights)

@@ -26,7 +26,7 @@ class GenerateConfig:
     count: int = option(4, "number of images", aliases=("-n",), ui=UiField("Images", "slider", span=(1, 16, 1)))
     steps: int = option(30, "denoising steps",
                         ui=UiField("Steps", "slider", "gen-steps", default=20, span=(1, 100, 1)))
-    cfg: float = option(7.5, "classifier-free guidance scale",
+    cfg: float = option(7.5, "classifier-free guidance scale (Flux.1: its distilled guidance, 3.5 is usual)",
                         ui=UiField("Guidance", "slider", default=4.0, span=(0, 20, 0.5)))
     seed: int = option(1, "seed of the first image; image i uses seed + i", ui=UiField("Seed", "integer"))
     size: int | None = option(None, "image size in pixels, a square side", default_text="the base's native size")
@@ -36,7 +36,8 @@ class GenerateConfig:
     height: int | None = option(None, "image height in pixels, a multiple of 8",
                                 default_text="--size, or the base's native size",
                                 ui=UiField("Height in px (0 = the base's own)", "integer", "gen-height"))
-    scheduler: str = option("dpm++", "sampler", choices=tuple(SCHEDULERS))
+    scheduler: str = option("dpm++", "sampler (on SD3.x and Flux.1, euler or dpm++ in their flow-matching form)",
+                            choices=tuple(SCHEDULERS))
     out: Path = option(Path("outputs"), "folder for the PNG files")
     blend: str = option("merge", "merge: weighted sum, fused (1x cost); switch: one adapter per step in turn (1x); "
                                  "composite: every adapter's prediction averaged each step (N x cost)", choices=BLENDS)
