@@ -155,6 +155,23 @@ def tiny_sdxl_base(tmp_path_factory) -> Path:
     return build_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl"))
 
 
+def _tiny_dit_vae(shift: float, scale: float):
+    """A 16-channel VAE at test size with a DiT family's own latent shift and scale."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 32), layers_per_block=1,
+                         latent_channels=16, norm_num_groups=8, sample_size=32, shift_factor=shift,
+                         scaling_factor=scale, use_quant_conv=False, use_post_quant_conv=False)
+
+
+def _tiny_t5(vocab_size: int):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=vocab_size, d_model=64, d_kv=16, d_ff=128, num_layers=1, num_heads=4,
+                                   pad_token_id=vocab_size - 1))
+
+
 def build_tiny_sd3(folder: Path) -> Path:
     """A randomly initialised SD3 pipeline at test size (32 px): the real classes, with two small CLIP text
     encoders with projections, a small T5, the mini's generated tokenizer for all three, a two-block MMDiT
@@ -162,8 +179,8 @@ def build_tiny_sd3(folder: Path) -> Path:
     downloaded."""
     from dataclasses import replace
 
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-    from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
 
     from stylelora.mini.architecture import build_text_encoder
     from stylelora.mini.tokenizer import write_tokenizer
@@ -172,16 +189,12 @@ def build_tiny_sd3(folder: Path) -> Path:
     torch.manual_seed(0)
     tokenizers = [write_tokenizer(folder / name, WORDS, max_length=24) for name in ("tokenizer", "tokenizer_2", "tokenizer_3")]
     first = CLIPTextModelWithProjection(build_text_encoder(replace(TINY, text_layers=2), len(tokenizers[0])).config)
-    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizers[2]), d_model=64, d_kv=16, d_ff=128, num_layers=1,
-                                 num_heads=4, pad_token_id=len(tokenizers[2]) - 1))
+    t5 = _tiny_t5(len(tokenizers[2]))
     transformer = SD3Transformer2DModel(sample_size=16, patch_size=2, in_channels=16, num_layers=2,
                                         attention_head_dim=16, num_attention_heads=4, joint_attention_dim=64,
                                         caption_projection_dim=64, pooled_projection_dim=64, out_channels=16,
                                         pos_embed_max_size=32)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 32), layers_per_block=1,
-                        latent_channels=16, norm_num_groups=8, sample_size=32, shift_factor=0.0609,
-                        scaling_factor=1.5305, use_quant_conv=False, use_post_quant_conv=False)
+    vae = _tiny_dit_vae(0.0609, 1.5305)  # SD3's shift and scale
     pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
                                     vae=vae, text_encoder=first, tokenizer=tokenizers[0],
                                     text_encoder_2=CLIPTextModelWithProjection(first.config), tokenizer_2=tokenizers[1],
@@ -201,8 +214,7 @@ def build_tiny_flux(folder: Path) -> Path:
     that shifts by image size. Nothing is downloaded."""
     from dataclasses import replace
 
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import T5Config, T5EncoderModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     from stylelora.mini.architecture import build_text_encoder
     from stylelora.mini.tokenizer import write_tokenizer
@@ -210,15 +222,11 @@ def build_tiny_flux(folder: Path) -> Path:
 
     torch.manual_seed(0)
     tokenizers = [write_tokenizer(folder / name, WORDS, max_length=24) for name in ("tokenizer", "tokenizer_2")]
-    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizers[1]), d_model=64, d_kv=16, d_ff=128, num_layers=1,
-                                 num_heads=4, pad_token_id=len(tokenizers[1]) - 1))
+    t5 = _tiny_t5(len(tokenizers[1]))
     transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
                                          attention_head_dim=16, num_attention_heads=2, joint_attention_dim=64,
                                          pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 6, 6))
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 32), layers_per_block=1,
-                        latent_channels=16, norm_num_groups=8, sample_size=32, shift_factor=0.1159,
-                        scaling_factor=0.3611, use_quant_conv=False, use_post_quant_conv=False)
+    vae = _tiny_dit_vae(0.1159, 0.3611)  # Flux's shift and scale
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                                 base_image_seq_len=256, max_image_seq_len=4096)
     pipe = FluxPipeline(scheduler=scheduler, vae=vae, transformer=transformer, tokenizer=tokenizers[0],

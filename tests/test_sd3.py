@@ -9,6 +9,7 @@ import pytest
 import torch
 from diffusers import StableDiffusion3Pipeline
 
+from dit_helpers import assert_resume_is_exact, dit_config_maker
 from stylelora.adapters.stack import StyleWeight
 from stylelora.errors import AdapterFileError
 from stylelora.families import SD3
@@ -17,8 +18,7 @@ from stylelora.model.base import base_family, load_base, native_resolution
 from stylelora.paint.engine import Engine, PaintJob
 from stylelora.paint.request import GenerateConfig
 from stylelora.paint.styler import Styler
-from stylelora.train.config import TrainConfig
-from stylelora.train.loop import TrainingInterrupted, train
+from stylelora.train.loop import train
 from stylelora.train.objective import FlowMatching
 
 QUIET = dict(progress_bar=False, log=lambda message: None)
@@ -26,12 +26,7 @@ QUIET = dict(progress_bar=False, log=lambda message: None)
 
 @pytest.fixture(scope="module")
 def sd3_config(tiny_sd3_base, image_folder, tmp_path_factory):
-    def make(**overrides) -> TrainConfig:
-        values = dict(data=image_folder, out=tmp_path_factory.mktemp("sd3-run"), base=str(tiny_sd3_base), max_steps=3,
-                      batch_size=2, learning_rate=1e-2, resolution=32)
-        return TrainConfig(**(values | overrides))
-
-    return make
+    return dit_config_maker(tiny_sd3_base, image_folder, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +65,7 @@ def test_training_is_flow_matching_over_both_streams_and_writes_diffusers_sd3_fi
 
 
 def test_resume_equals_an_uninterrupted_run(sd3_config, tmp_path):
-    straight = train(sd3_config(out=tmp_path / "straight", max_steps=4, save_every=2), **QUIET)
-    stopped = sd3_config(out=tmp_path / "resumed", max_steps=4, save_every=2)
-    done: list[int] = []
-    with pytest.raises(TrainingInterrupted):
-        train(stopped, on_progress=lambda p: done.append(p.step), should_stop=lambda: len(done) >= 2, **QUIET)
-    stopped.resume = True
-    a, b = read_safetensors(straight.adapter_path).tensors, read_safetensors(train(stopped, **QUIET).adapter_path).tensors
-    assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    assert_resume_is_exact(sd3_config, tmp_path)
 
 
 def _latents(pipe, steps=3):
