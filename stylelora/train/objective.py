@@ -144,9 +144,10 @@ def objective_for(scheduler, prediction_type: str, sampling: Sampling, min_snr_g
 
 
 def flux_mu(tokens: int, config) -> float:
-    """Flux's resolution-dependent shift (diffusers' `calculate_shift`, as FluxPipeline calls it): mu grows linearly
-    with the token count, from base_shift at base_image_seq_len tokens to max_shift at max_image_seq_len."""
-    base_len, max_len = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
-    base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
-    slope = (max_shift - base_shift) / (max_len - base_len)
-    return tokens * slope + base_shift - slope * base_len
+    """Flux's resolution-dependent shift, as FluxPipeline computes it (diffusers' `calculate_shift`, used as it is):
+    mu grows linearly with the token count, from base_shift at base_image_seq_len tokens to max_shift at
+    max_image_seq_len."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    return calculate_shift(tokens, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
+                           config.get("base_shift", 0.5), config.get("max_shift", 1.15))
