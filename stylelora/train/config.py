@@ -12,8 +12,8 @@ from ..errors import ConfigError
 from ..methods import METHODS, TARGET_PRESETS, AdapterSpec, method_checks, method_of
 from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES
 from ..options import UiField, as_list, field_values, option, read_toml, refuse_first
-from .loss import HUBER_SCHEDULES, LOSSES
-from .objective import TIMESTEP_SAMPLINGS
+from .loss import HUBER_C, HUBER_SCHEDULES, LOSSES
+from .objective import TIMESTEP_SAMPLINGS, Sampling
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -128,15 +128,17 @@ class TrainConfig:
                 "style (biased toward high noise, where style lives: ai-toolkit's) or content (toward low noise); "
                 "auto = uniform here, logit-normal on flow-matching bases", "objective", choices=TIMESTEP_SAMPLINGS,
         ui=UiField("Timestep sampling (style: more high-noise steps)", "dropdown"))
-    logit_mean: float | None = option(None, "logit-normal sampling's mean", "objective", default_text="0")
-    logit_std: float | None = option(None, "logit-normal sampling's spread", "objective", default_text="1")
-    mode_scale: float | None = option(None, "mode sampling's scale", "objective", default_text="1.29")
+    logit_mean: float | None = option(None, "logit-normal sampling's mean", "objective",
+                                      default_text=f"{Sampling.logit_mean:g}")
+    logit_std: float | None = option(None, "logit-normal sampling's spread", "objective",
+                                     default_text=f"{Sampling.logit_std:g}")
+    mode_scale: float | None = option(None, "mode sampling's scale", "objective", default_text=f"{Sampling.mode_scale:g}")
     loss: str = option("l2", "the per-pixel loss: l2 (squared error), huber or smooth-l1 (kohya's scheduled "
                              "pseudo-Huber: robust to pixels far off)", "objective", choices=LOSSES,
                        ui=UiField("Loss", "dropdown"))
-    huber_c: float | None = option(None, "the Huber threshold c, in (0, 1]", "objective", default_text="0.1")
+    huber_c: float | None = option(None, "the Huber threshold c, in (0, 1]", "objective", default_text=f"{HUBER_C:g}")
     huber_schedule: str | None = option(None, "how c follows the timestep: snr, exponential or constant (kohya's)",
-                                        "objective", choices=HUBER_SCHEDULES, default_text="snr")
+                                        "objective", choices=HUBER_SCHEDULES, default_text=HUBER_SCHEDULES[0])
     seed: int = option(0, "random seed", "optimisation", ui=UiField("Seed", "integer", "train-seed"))
     # speed
     precision: str = option("auto", "auto (GPU: bf16, or fp16; CPU: bf16 for UNets of 50M parameters or more where a "

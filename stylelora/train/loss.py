@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 LOSSES = ("l2", "huber", "smooth-l1")
-HUBER_SCHEDULES = ("snr", "exponential", "constant")
+HUBER_SCHEDULES = ("snr", "exponential", "constant")  # the first is the default, as kohya's
+HUBER_C = 0.1  # kohya's default threshold
 
 
 def noise_target(prediction_type: str, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,

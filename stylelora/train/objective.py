@@ -46,6 +46,11 @@ class Sampling:
     logit_std: float = 1.0
     mode_scale: float = 1.29
 
+    @classmethod
+    def given(cls, kind: str, **parameters: float | None) -> "Sampling":
+        """A sampling with the parameters given (None: this class's own default, the one place it is set)."""
+        return cls(kind, **{name: value for name, value in parameters.items() if value is not None})
+
     def positions(self, count: int, generator: torch.Generator) -> torch.Tensor:
         """`count` positions in [0, 1), 0 the least noise and 1 the most."""
         from diffusers.training_utils import compute_density_for_timestep_sampling

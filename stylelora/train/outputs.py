@@ -23,6 +23,7 @@ from ..methods import file_metadata, method_of
 from ..methods.attach import export
 from .checkpoint import save_checkpoint, trainable_tensors
 from .config import TrainConfig
+from .loss import HUBER_C, HUBER_SCHEDULES
 from .step_loss import evaluation_mode
 
 if TYPE_CHECKING:
@@ -118,8 +119,8 @@ def adapter_metadata(config: TrainConfig, folder: ImageFolder, resolution: int, 
             "ss_noise_offset": config.noise_offset,
             "ss_min_snr_gamma": config.min_snr_gamma,
             "ss_loss_type": config.loss.replace("-", "_"),  # kohya's spellings: l2, huber, smooth_l1
-            "ss_huber_schedule": config.huber_schedule or "snr",
-            "ss_huber_c": 0.1 if config.huber_c is None else config.huber_c,
+            "ss_huber_schedule": config.huber_schedule or HUBER_SCHEDULES[0],
+            "ss_huber_c": HUBER_C if config.huber_c is None else config.huber_c,
             "ss_timestep_sampling": config.timestep_sampling,
             "ss_training_comment": f"trained with stylelora {__version__}",
         }),

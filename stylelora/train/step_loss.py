@@ -18,7 +18,7 @@ from ..data.folder import Example, ImageFolder, load_rgb, placement, preprocess_
 from ..families import Conditioning, Placement
 from ..methods.attach import adapters_disabled
 from .config import TrainConfig
-from .loss import ddpm_loss, huber_thresholds, offset_noise
+from .loss import HUBER_C, HUBER_SCHEDULES, ddpm_loss, huber_thresholds, offset_noise
 from .objective import Noised, Sampling, objective_for
 from .validation import ValidationSet
 
@@ -75,8 +75,8 @@ class StepLoss:
                  unet: torch.nn.Module, accelerator: Accelerator, adapted: list[torch.nn.Module]):
         self.config, self.folder, self.model, self.inputs = config, folder, model, inputs
         self.unet, self.accelerator, self.adapted = unet, accelerator, adapted
-        sampling = Sampling(config.timestep_sampling, _given(config.logit_mean, 0.0), _given(config.logit_std, 1.0),
-                            _given(config.mode_scale, 1.29))
+        sampling = Sampling.given(config.timestep_sampling, logit_mean=config.logit_mean, logit_std=config.logit_std,
+                                  mode_scale=config.mode_scale)
         self.objective = objective_for(model.pipe.scheduler, model.prediction_type, sampling, config.min_snr_gamma)
 
     def __call__(self, step: int, micro: int) -> Terms:
@@ -106,7 +106,8 @@ class StepLoss:
         """Each sample's Huber threshold under --loss huber or smooth-l1 (None for l2)."""
         if self.config.loss == "l2":
             return None
-        return huber_thresholds(self.config.huber_schedule or "snr", _given(self.config.huber_c, 0.1), noised.timesteps,
+        c = HUBER_C if self.config.huber_c is None else self.config.huber_c
+        return huber_thresholds(self.config.huber_schedule or HUBER_SCHEDULES[0], c, noised.timesteps,
                                 self.objective.steps, self.objective.noise_to_signal(noised.timesteps))
 
     def preservation_loss(self, noisy: torch.Tensor, timesteps: torch.Tensor, prompts: list[str],
@@ -158,6 +159,3 @@ class StepLoss:
         with torch.no_grad():
             return Conditioning.stack([self.inputs.text_cache.get(c, self.inputs.encode_text) for c in captions])
 
-
-def _given(value: float | None, default: float) -> float:
-    return default if value is None else value
