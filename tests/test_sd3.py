@@ -231,3 +231,17 @@ def test_t5_is_freed_with_the_clip_encoders_once_every_caption_is_cached(sd3_con
     monkeypatch.setattr(loop, "run_loop", spy)
     train(sd3_config(max_steps=1), **QUIET)
     assert seen == {"text_encoder": None, "text_encoder_2": None, "text_encoder_3": None}
+
+
+def test_a_caption_longer_than_t5_reads_is_named(sd3_config, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "long"
+    folder.mkdir()
+    for index in range(2):
+        Image.new("RGB", (32, 32), "red").save(folder / f"{index}.png")
+        (folder / f"{index}.txt").write_text("a red circle " * (12 if index else 1))
+    said: list[str] = []
+    train(sd3_config(data=folder, max_steps=1), progress_bar=False, log=said.append)
+    warnings = [line for line in said if "longer than" in line]
+    assert len(warnings) == 1 and "1.txt: the caption is longer than 24 tokens, T5's limit; the rest is cut" in warnings[0]

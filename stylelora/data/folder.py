@@ -257,13 +257,15 @@ def describe_folder(folder: ImageFolder, log: Callable[[str], None]) -> None:
             f"{folder.examples[0].caption!r}; add captions or pass --caption / --trigger.")
 
 
-def warn_long_captions(folder: ImageFolder, tokenizer, say: Callable[[str], None]) -> None:
-    """CLIP reads a fixed number of tokens and cuts the rest: say so, by file, rather than cut silently."""
-    limit = tokenizer.model_max_length
+def warn_long_captions(folder: ImageFolder, tokenizer, say: Callable[[str], None], limit: int | None = None,
+                       reader: str = "the text encoder") -> None:
+    """The text encoder (`reader`) reads a fixed number of tokens (`limit`, default its tokenizer's) and cuts the
+    rest: say so, by file, rather than cut silently."""
+    limit = limit or tokenizer.model_max_length
     for example in folder.examples:
         # Counting a prefix is enough to know it is too long, and stays fast on a megabyte of text.
         if len(tokenizer(example.caption[: 40 * limit]).input_ids) > limit:
-            say(f"  warning: {example.caption_file}: the caption is longer than {limit} tokens, the text encoder's limit; "
+            say(f"  warning: {example.caption_file}: the caption is longer than {limit} tokens, {reader}'s limit; "
                 "the rest is cut")
 
 

@@ -122,6 +122,12 @@ class Family:
         names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
         return dict(zip(names, out))
 
+    def longest_reader(self, pipe) -> tuple[object, int, str]:
+        """The tokenizer, token limit and name of the text encoder that reads captions furthest (a caption longer
+        than that is cut for every encoder): the first encoder here, T5 on the DiT bases."""
+        tokenizer = getattr(pipe, self.text_encoders[0].tokenizer)
+        return tokenizer, tokenizer.model_max_length, "the text encoder"
+
     def guided(self, pipe, cfg: float) -> bool:
         """Whether the pipeline runs classifier-free guidance at `cfg` (a negative row per sample), as it decides."""
         return cfg > 1 and self.denoiser_of(pipe).config.time_cond_proj_dim is None

@@ -44,6 +44,9 @@ class FluxFamily(Family):
         t5 = getattr(pipe, "tokenizer_2", None)
         return {"prompt_2": None, "max_sequence_length": min(512, t5.model_max_length if t5 else 512)}
 
+    def longest_reader(self, pipe) -> tuple[object, int, str]:
+        return pipe.tokenizer_2, self.prompt_options(pipe)["max_sequence_length"], "T5"
+
     def encode(self, pipe, captions: list[str], device: torch.device | str) -> Conditioning:
         context, pooled, _ = pipe.encode_prompt(prompt=captions, device=device, **self.prompt_options(pipe))
         return Conditioning(context, pooled)

@@ -41,6 +41,9 @@ class SD3Family(Family):
         t5 = getattr(pipe, "tokenizer_3", None)
         return {"prompt_2": None, "prompt_3": None, "max_sequence_length": min(256, t5.model_max_length if t5 else 256)}
 
+    def longest_reader(self, pipe) -> tuple[object, int, str]:
+        return pipe.tokenizer_3, self.prompt_options(pipe)["max_sequence_length"], "T5"
+
     def encode(self, pipe, captions: list[str], device: torch.device | str) -> Conditioning:
         context, _, pooled, _ = pipe.encode_prompt(prompt=captions, device=device, do_classifier_free_guidance=False,
                                                    **self.prompt_options(pipe))

@@ -152,7 +152,8 @@ def prepare_model(config: TrainConfig, device: torch.device, folder: ImageFolder
         shares = [quantized_share(model, part).describe() for part, model in family.models(pipe).items()
                   if quantization_of(model) != "none"]
         say(f"Base held in {config.quantize_base}: {'; '.join(shares)}.")
-    warn_long_captions(folder, pipe.tokenizer, say)
+    tokenizer, limit, reader = family.longest_reader(pipe)
+    warn_long_captions(folder, tokenizer, say, limit, reader)
     for module in [pipe.vae, *family.models(pipe).values()]:
         module.requires_grad_(False)
     if choice.name == "fp16" and family.vae_float32_in_fp16 and getattr(pipe.vae.config, "force_upcast", True):
