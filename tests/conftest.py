@@ -6,6 +6,8 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # the processes the tests start, too: one thread each
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 from pathlib import Path  # noqa: E402
 
@@ -19,7 +21,8 @@ from stylelora.model.precision import bf16_support  # noqa: E402
 from stylelora.mini.architecture import TINY, build_pipeline  # noqa: E402
 from stylelora.mini.world import corpus  # noqa: E402
 
-torch.set_num_threads(2)
+# One thread per xdist worker: two workers of two threads each on two cores stall one another (4x slower here).
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 # Probed (once per machine, cached) before any test runs a kernel, so that where AMX dies the oneDNN cap
 # is in place for the whole session. Tests that compute in bfloat16 carry @pytest.mark.bf16 and are
@@ -32,6 +35,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "bf16" in item.keywords and not BF16.runs:
             item.add_marker(skip)
+    # Files holding a slow test first: the workers take files in this order, so the longest start early and
+    # the two finish together instead of one waiting out the slowest file alone.
+    slow_files = {item.path for item in items if "slow" in item.keywords}
+    items.sort(key=lambda item: item.path not in slow_files)
 
 
 def _save_pipeline(folder: Path, prediction_type: str = "epsilon") -> Path:

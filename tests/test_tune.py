@@ -93,28 +93,35 @@ def _tune_command(tiny_base, image_folder, out, trials: int, steps: int) -> list
             "--trials", str(trials), "--min-steps", str(steps), "--max-steps", str(steps), "--batch-size", "2"]
 
 
-def _running_with_checkpoint(out: Path, number: int) -> bool:
-    if not (out / "study.db").exists():
-        return False
+def _checkpoint_saved(out: Path, number: int) -> bool:
+    """Only the file system is looked at: opening the study on every poll is slow enough on a loaded machine to
+    miss the whole window between trial `number`'s first checkpoint and its end."""
+    return any((out / "trials" / f"trial-{number:04d}" / "checkpoints").glob("step-*"))
+
+
+def _kill_when(process: subprocess.Popen, condition, log: Path, what: str, timeout: float = 600) -> None:
+    """SIGKILL `process` as soon as `condition` holds; fail at once, with its output, if it ended before."""
+    deadline = time.time() + timeout
     try:
-        trials = _study(out).get_trials()
-    except Exception:  # the study is being created
-        return False
-    checkpoints = out / "trials" / f"trial-{number:04d}" / "checkpoints"
-    return (len(trials) > number and trials[number].state.name == "RUNNING" and checkpoints.exists()
-            and any(checkpoints.glob("step-*")))
+        while not condition():
+            if process.poll() is not None:
+                raise AssertionError(f"tune ended (exit {process.returncode}) before {what}:\n{log.read_text()}")
+            if time.time() > deadline:
+                raise AssertionError(f"timed out waiting for {what}:\n{log.read_text()}")
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
 
 
 @pytest.mark.slow
 def test_a_killed_tune_continues_with_no_trial_lost_or_repeated(tiny_base, image_folder, tmp_path):
-    out = tmp_path / "study"
-    process = subprocess.Popen(_tune_command(tiny_base, image_folder, out, 3, 40) + ["--pruner", "none"], env=ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_for(lambda: _running_with_checkpoint(out, 1), what="trial 1 to save a checkpoint")
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+    out, log = tmp_path / "study", tmp_path / "tune.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(_tune_command(tiny_base, image_folder, out, 3, 40) + ["--pruner", "none"], env=ENV,
+                                   stdout=output, stderr=subprocess.STDOUT)
+        _kill_when(process, lambda: _checkpoint_saved(out, 1), log, what="trial 1 to save a checkpoint")
+    assert _study(out).get_trials()[1].state.name == "RUNNING", "trial 1 ended before the kill: the test saw nothing"
     killed = _study(out).get_trials()[1]
     result = tune(_tiny_study(tiny_base, image_folder, out, min_steps=40, max_steps=40, pruner="none"), **QUIET)
     trials = _study(out).get_trials()
