@@ -1,16 +1,18 @@
 """Flux.1 on a tiny random Flux pipeline built here (nothing downloaded): packed latents, the guidance input and
-the size-dependent shift in training, exact resume, the file diffusers' own Flux loader applies, and the painter
-painting what that loader paints, alone and in mixed batches."""
+the size-dependent shift in training, exact resume, kohya's fused layout and diffusers', the files diffusers' own
+Flux loader applies, and the painter painting what that loader paints, alone and in mixed batches."""
 
 import pytest
 import torch
 from diffusers import FluxPipeline
 
 from dit_helpers import assert_resume_is_exact, dit_config_maker
+from stylelora.adapters.formats import read_lora, write_lora
 from stylelora.adapters.stack import StyleWeight
 from stylelora.errors import AdapterFileError, ConfigError
 from stylelora.families import FLUX
 from stylelora.files import read_safetensors
+from stylelora.methods.layouts import LoraModule
 from stylelora.model.base import base_family, load_base
 from stylelora.paint.engine import Engine, PaintJob
 from stylelora.paint.request import GenerateConfig
@@ -32,14 +34,54 @@ def flux_adapters(flux_config):
             train(flux_config(seed=2, train_text_encoder=True), **QUIET).adapter_path)
 
 
-def test_the_family_and_the_file(tiny_flux_base, flux_adapters):
+def test_the_file_is_in_kohyas_fused_layout_and_reads_back_exactly(tiny_flux_base, flux_adapters, tmp_path):
     assert base_family(str(tiny_flux_base)) is FLUX
     adapter = read_safetensors(flux_adapters[1])
-    keys = set(adapter.tensors)
-    assert {k.split(".")[0] for k in keys} == {"transformer", "text_encoder"} and not any(k.endswith(".alpha") for k in keys)
-    assert "transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight" in keys  # the single blocks too
-    assert "transformer.transformer_blocks.0.attn.add_k_proj.lora_A.weight" in keys
+    tensors, rank = adapter.tensors, 4
+    assert {k.split(".")[0] for k in tensors} == {
+        "lora_unet_double_blocks_0_img_attn_qkv", "lora_unet_double_blocks_0_img_attn_proj",
+        "lora_unet_double_blocks_0_txt_attn_qkv", "lora_unet_double_blocks_0_txt_attn_proj",
+        "lora_unet_single_blocks_0_linear1"} | {f"lora_te1_text_model_encoder_layers_{i}_self_attn_{p}"
+                                                for i in (0, 1) for p in ("q_proj", "k_proj", "v_proj", "out_proj")}
+    # linear1 fuses q, k, v and the MLP input (left out of the attention preset: a zero block), 1:1:1:4 rows
+    down, up = tensors["lora_unet_single_blocks_0_linear1.lora_down.weight"], tensors["lora_unet_single_blocks_0_linear1.lora_up.weight"]
+    assert down.shape == (4 * rank, 32) and up.shape == (7 * 32, 4 * rank)
+    assert tensors["lora_unet_single_blocks_0_linear1.alpha"].item() == 4 * rank  # the scale folded into up
+    assert not up[:32, rank:].any() and not up[96:].any() and not down[3 * rank:].any()  # block-diagonal, MLP zero
     assert (adapter.metadata["modelspec.architecture"], adapter.metadata["ss_base_model_version"]) == ("flux-1/lora", "flux1")
+    # Read back, each module is a diffusers path again, with the trained change exactly
+    fused, _, _ = read_lora(flux_adapters[1])
+    plain = read_lora(write_lora(fused, "diffusers", tmp_path / "d.safetensors", adapter.metadata))[0]
+    assert ("unet", "single_transformer_blocks.0.attn.to_q") in fused and ("unet", "single_transformer_blocks.0.proj_mlp") not in fused
+    assert fused.keys() == plain.keys() and all(fused[k].rank == rank for k in fused)
+    assert max((fused[k].delta() - plain[k].delta()).abs().max().item() for k in fused) < 1e-7
+    again = read_safetensors(write_lora(plain, "kohya", tmp_path / "k.safetensors", adapter.metadata)).tensors
+    assert again.keys() == tensors.keys() and all(torch.equal(again[k], tensors[k]) for k in tensors)
+
+
+def test_format_diffusers_writes_transformer_keys_and_the_fused_layout_refuses_what_it_cannot_hold(flux_config):
+    adapter = read_safetensors(train(flux_config(format="diffusers", max_steps=1), **QUIET).adapter_path)
+    assert "transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight" in adapter.tensors
+    assert not any(key.endswith(".alpha") for key in adapter.tensors)  # the scale folded into lora_B
+    with pytest.raises(ConfigError, match=r"^--method = 'dora': Flux.1 adapters are written in kohya's layout with "
+                                          r"fused q/k/v, which holds plain LoRA"):
+        train(flux_config(method="dora"), **QUIET)
+
+
+def test_diffusers_splits_the_fused_double_blocks_as_stylelora_does(flux_adapters):
+    """diffusers' own converter on the file's double blocks (its single-block split is fixed at 3072 wide: the
+    full-width test below runs that part through its pipeline)."""
+    from diffusers.loaders.lora_conversion_utils import _convert_kohya_flux_lora_to_diffusers
+
+    tensors = read_safetensors(flux_adapters[0]).tensors
+    double = {k: t for k, t in tensors.items() if "double_blocks" in k}
+    theirs = _convert_kohya_flux_lora_to_diffusers(dict(double))
+    ours = read_lora(flux_adapters[0])[0]
+    for (part, module), lora in ours.items():
+        if module.startswith("transformer_blocks."):
+            down, up = theirs[f"transformer.{module}.lora_A.weight"], theirs[f"transformer.{module}.lora_B.weight"]
+            assert (up @ down - lora.delta()).abs().max().item() < 1e-7
+    assert len(theirs) == 2 * sum(module.startswith("transformer_blocks.") for _, module in ours)
 
 
 def test_training_feeds_packed_latents_the_guidance_and_the_size_shift(flux_config, monkeypatch):
@@ -65,17 +107,57 @@ def _job(stack, prompt="a red circle", steps=3):
     return PaintJob(config, stack)
 
 
-def test_diffusers_own_flux_loader_paints_what_stylelora_paints(tiny_flux_base, flux_adapters):
-    theirs = FluxPipeline.from_pretrained(tiny_flux_base)
+def _assert_diffusers_paints_what_stylelora_paints(base, adapter) -> None:
+    theirs = FluxPipeline.from_pretrained(base)
     theirs.set_progress_bar_config(disable=True)
-    theirs.load_lora_weights(str(flux_adapters[0]), adapter_name="style")
+    theirs.load_lora_weights(str(adapter), adapter_name="style")
     latents = theirs("a red circle", num_inference_steps=3, height=32, width=32, guidance_scale=3.5, output_type="latent",
                      generator=torch.Generator().manual_seed(0), max_sequence_length=24).images[0]
-    engine = Engine(str(tiny_flux_base), folder=None)
-    engine.add("style", flux_adapters[0])
+    engine = Engine(str(base), folder=None)
+    engine.add("style", adapter)
     ours = engine.paint([_job((("style", StyleWeight(1.0, 1.0)),))], output_type="latent")[0][0]
     bare = engine.paint([_job(())], output_type="latent")[0][0]
     assert (ours - latents).abs().max().item() < 1e-4 and (ours - bare).abs().max().item() > 1e-3
+
+
+def test_diffusers_own_flux_loader_paints_the_diffusers_layout_as_stylelora_does(tiny_flux_base, flux_adapters, tmp_path):
+    weights, metadata, _ = read_lora(flux_adapters[0])
+    _assert_diffusers_paints_what_stylelora_paints(tiny_flux_base, write_lora(weights, "diffusers", tmp_path / "d.safetensors", metadata))
+
+
+@pytest.mark.slow
+def test_at_flux_width_diffusers_own_loader_paints_the_kohya_file_as_stylelora_does(tiny_flux_base, tmp_path):
+    """diffusers splits a single block's linear1 only at Flux's own width (3072, the MLP 4x): a pipeline that
+    wide, one single block, random weights, and a random adapter on every module its layout names there."""
+    from diffusers import FluxTransformer2DModel
+    from diffusers.loaders.lora_conversion_utils import _convert_kohya_flux_lora_to_diffusers
+
+    torch.manual_seed(0)
+    pipe = FluxPipeline.from_pretrained(tiny_flux_base)
+    pipe.transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=0, num_single_layers=1,
+                                              attention_head_dim=128, num_attention_heads=24, joint_attention_dim=64,
+                                              pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
+    pipe.save_pretrained(tmp_path / "wide")
+    single = ["single_transformer_blocks.0." + m for m in ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp", "proj_out")]
+    final = ["norm_out.linear", "proj_out"]  # kohya's final_layer_adaLN_modulation_1 (its halves swapped), final_layer_linear
+    weights = {}
+    for path in single + final:
+        layer = pipe.transformer.get_submodule(path)
+        weights[("unet", path)] = LoraModule(torch.randn(4, layer.in_features) * 0.02,
+                                             torch.randn(layer.out_features, 4) * 0.02, 8.0)
+    metadata = {"stylelora.architecture": "flux"}
+    tensors = read_safetensors(write_lora(weights, None, tmp_path / "all.safetensors", metadata)).tensors
+    # diffusers' converter reads every module as it was trained; its pipeline then drops the final layer's (the
+    # converter names them without `transformer.`), which ComfyUI applies: the painting compares the blocks'.
+    converted = _convert_kohya_flux_lora_to_diffusers(dict(tensors))
+    for (_, path), lora in weights.items():
+        key = f"transformer.{path}" if path in single else path
+        product = converted[f"{key}.lora_B.weight"] @ converted[f"{key}.lora_A.weight"]
+        assert (product - lora.delta()).abs().max().item() < 1e-7, path
+    blocks = {key: lora for key, lora in weights.items() if key[1] in single}
+    adapter = write_lora(blocks, None, tmp_path / "blocks.safetensors", metadata)
+    assert "lora_unet_single_blocks_0_linear1.lora_down.weight" in read_safetensors(adapter).tensors
+    _assert_diffusers_paints_what_stylelora_paints(tmp_path / "wide", adapter)
 
 
 def test_a_mixed_batch_equals_each_request_alone_and_the_styler_blends(tiny_flux_base, flux_adapters):

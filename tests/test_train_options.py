@@ -120,3 +120,20 @@ def test_a_negative_loraplus_ratio_names_the_flag(train_config):
 
     with pytest.raises(ConfigError, match=r"--loraplus-ratio = -1.0: the LoRA\+ ratio must be 0 \(off\) or more"):
         train(train_config(loraplus_ratio=-1.0), progress_bar=False, log=lambda m: None)
+
+
+def test_format_diffusers_writes_the_diffusers_layout_that_diffusers_loads_and_refuses_dora(train_config, tiny_base):
+    from diffusers import StableDiffusionPipeline
+
+    from stylelora.errors import ConfigError
+    from stylelora.files import read_safetensors
+
+    path = train(train_config(max_steps=1, format="diffusers"), progress_bar=False, log=lambda m: None).adapter_path
+    adapter = read_safetensors(path)
+    assert adapter.tensors and all(key.startswith("unet.") for key in adapter.tensors)
+    assert "lora_adapter_metadata" in adapter.metadata  # each module's rank and alpha, as diffusers reads them
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_base)
+    pipe.load_lora_weights(str(path))
+    assert any("lora_A" in name for name, _ in pipe.unet.named_parameters())
+    with pytest.raises(ConfigError, match=r"^--method = 'dora': stylelora mini adapters are written in diffusers' layout"):
+        train(train_config(method="dora", format="diffusers"), progress_bar=False, log=lambda m: None)

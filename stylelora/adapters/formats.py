@@ -16,10 +16,11 @@ import safetensors.torch
 import torch
 
 from ..errors import AdapterFileError
-from ..families import family_of_weights
+from ..families import FAMILIES, Family, family_of_weights
 from ..files import read_safetensors, write_atomically
 from ..methods import KINDS
 from ..methods.layouts import MODULE_SUFFIXES, LoraModule, ModuleAdapter, read_module
+from .fused import fuse, split
 
 FORMATS = ("kohya", "diffusers", "peft")
 PARTS = ("unet", "text_encoder", "text_encoder_2")
@@ -27,11 +28,20 @@ PARTS = ("unet", "text_encoder", "text_encoder_2")
 KOHYA_PREFIX = {"lora_unet_": "unet", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2", "lora_te_": "text_encoder"}
 
 
-def kohya_prefixes(weights: "LoraWeights") -> dict[str, str]:
-    """Each part's prefix when writing: SDXL files (two text encoders) name them lora_te1_/lora_te2_, as kohya's
-    sdxl_train_network writes and AUTOMATIC1111 and ComfyUI (comfy/lora.py) map them; SD1/SD2 files lora_te_."""
+# The kohya names of the denoisers whose original checkpoints fuse layers (Flux), read whichever family a file is for.
+FUSED_NAMES = tuple(name for family in FAMILIES.values() for name in family.kohya_fused)
+
+
+def kohya_prefixes(weights: "LoraWeights", family: Family | None = None) -> dict[str, str]:
+    """Each part's prefix when writing: the family's own (SDXL's and the DiTs' CLIP-L is lora_te1_, as kohya writes
+    and AUTOMATIC1111 and ComfyUI (comfy/lora.py) map it); for a file of unknown family, lora_te1_/lora_te2_ where
+    it has a second encoder, else SD1/SD2's lora_te_."""
+    if family is not None:
+        return {"unet": "lora_unet_"} | {encoder.part: encoder.kohya_prefix for encoder in family.text_encoders}
     sdxl = any(part == "text_encoder_2" for part, _ in weights)
     return {"unet": "lora_unet_", "text_encoder": "lora_te1_" if sdxl else "lora_te_", "text_encoder_2": "lora_te2_"}
+
+
 DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
 
 # Module-name pieces that contain '_' in diffusers/transformers; kohya flattens every '.' to '_'. Longer pieces
@@ -67,16 +77,28 @@ def from_kohya(tensors: dict[str, torch.Tensor], source: Path) -> LoraWeights:
         prefix = next((prefix for prefix in KOHYA_PREFIX if name.startswith(prefix)), None)
         if prefix is None:
             raise AdapterFileError(f"{source}: key {name} is none of lora_unet_, lora_te_, lora_te1_, lora_te2_; "
-                                   "only Stable Diffusion 1.x/2.x/XL LoRA files are supported")
+                                   "only Stable Diffusion 1.x/2.x/XL/3.x and Flux.1 LoRA files are supported")
         module = read_module(name, tensors)
         if isinstance(module, str):
             raise AdapterFileError(f"{source}: {module}")
-        weights[(KOHYA_PREFIX[prefix], _unflatten(name[len(prefix):]))] = module
+        part, flat = KOHYA_PREFIX[prefix], name[len(prefix):]
+        members = split(flat, module, FUSED_NAMES) if part == "unet" and type(module) is LoraModule else None
+        if members is None:
+            weights[(part, _unflatten(flat))] = module
+        else:
+            weights |= {(part, path): member for path, member in members.items()}
     return weights
 
 
-def to_kohya(weights: LoraWeights) -> dict[str, torch.Tensor]:
-    out, prefixes = {}, kohya_prefixes(weights)
+def to_kohya(weights: LoraWeights, family: Family | None = None) -> dict[str, torch.Tensor]:
+    """kohya's names: diffusers' paths with '.' flattened to '_', or, for a family whose original checkpoint fuses
+    layers (Flux), that checkpoint's names, the fused layers' modules fused too (adapters/fused.py)."""
+    out, prefixes = {}, kohya_prefixes(weights, family)
+    if family is not None and family.kohya_fused:
+        denoiser = {module: adapter for (part, module), adapter in weights.items() if part == "unet"}
+        weights = {key: adapter for key, adapter in weights.items() if key[0] != "unet"}
+        for name, adapter in fuse(denoiser, family.kohya_fused, family.label).items():
+            out |= adapter.tensors(prefixes["unet"] + name)
     for (part, module), adapter in weights.items():
         out |= adapter.tensors(prefixes[part] + module.replace(".", "_"))
     return out
@@ -104,9 +126,9 @@ def without_biases(weights: LoraWeights) -> tuple[LoraWeights, int]:
             for key, adapter in weights.items()}, dropped
 
 
-def kohya_file_tensors(weights: LoraWeights) -> dict[str, torch.Tensor]:
+def kohya_file_tensors(weights: LoraWeights, family: Family | None = None) -> dict[str, torch.Tensor]:
     """The tensors of a kohya-layout file: every plain LoRA module at one alpha (one_alpha), then the layout."""
-    return to_kohya(one_alpha(weights))
+    return to_kohya(one_alpha(weights), family)
 
 
 def _peft_config(weights: LoraWeights, part: str) -> dict:
@@ -178,12 +200,15 @@ def scale_folded(weights: LoraWeights) -> LoraWeights:
             for key, m in weights.items()}
 
 
-def file_tensors(weights: LoraWeights, layout: str, denoiser: str = "unet") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The tensors and extra metadata of an adapter file in `layout`: kohya (one alpha), or diffusers (scale folded,
-    no alpha keys: diffusers' SD3 loader refuses a diffusers-layout file with `.alpha` keys)."""
+def file_tensors(weights: LoraWeights, layout: str, family: Family) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and extra metadata of a `family` adapter file in `layout`: kohya (one alpha), or diffusers: for a
+    transformer base, scale folded and no alpha keys (diffusers' SD3 loader refuses a diffusers-layout file with
+    `.alpha` keys); for a UNet, each module's alpha in the metadata, as diffusers reads it."""
     if layout == "kohya":
-        return kohya_file_tensors(weights), {}
-    return to_diffusers(scale_folded(weights), denoiser)
+        return kohya_file_tensors(weights, family), {}
+    if family.denoiser == "unet":
+        return to_diffusers(weights)
+    return to_diffusers(scale_folded(weights), family.denoiser)
 
 
 def from_peft_folder(folder: Path) -> LoraWeights:
@@ -281,13 +306,9 @@ def write_lora(weights: LoraWeights, kind: str | None, out: Path, metadata: dict
         raise AdapterFileError(f"--to {kind}: the {kind} layout holds plain LoRA only, and this adapter has "
                                f"{'/'.join(KINDS[k] for k in other)} modules (peft's DoRA normalises per output row, "
                                "the loaders per input column); keep it in the kohya layout")
-    if kind == "kohya":
-        write_atomically(out, safetensors.torch.save(kohya_file_tensors(weights), metadata=metadata))
-    elif kind == "diffusers":
-        # A family written in this layout (SD3, Flux) gets its own form of it (`transformer.` keys, scale folded);
-        # a UNet family's diffusers file keeps each module's alpha in the metadata, as diffusers reads it.
-        own = family is not None and family.file_layout == "diffusers"
-        tensors, extra = file_tensors(weights, "diffusers", family.denoiser) if own else to_diffusers(weights)
+    if kind in ("kohya", "diffusers"):
+        tensors, extra = (file_tensors(weights, kind, family) if family is not None else
+                          (kohya_file_tensors(weights), {}) if kind == "kohya" else to_diffusers(weights))
         write_atomically(out, safetensors.torch.save(tensors, metadata=metadata | extra))
     elif kind == "peft":
         to_peft_folder(weights, out, metadata)

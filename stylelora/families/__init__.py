@@ -12,12 +12,12 @@ family; none of them asks `if sdxl`. Adapter weights call the denoiser's part "u
 from __future__ import annotations
 
 from ..errors import AdapterFileError
-from .family import Conditioning, Family, Placement, TextEncoder
+from .family import Conditioning, Family, FusedName, Placement, TextEncoder
 from .flux import FLUX
 from .sd3 import SD3
 from .unet import MINI, SD1, SD2, SDXL, UNKNOWN
 
-__all__ = ["Conditioning", "Family", "Placement", "TextEncoder", "FAMILIES", "FLUX", "MINI", "SD1", "SD2", "SD3",
+__all__ = ["Conditioning", "Family", "FusedName", "Placement", "TextEncoder", "FAMILIES", "FLUX", "MINI", "SD1", "SD2", "SD3",
            "SDXL", "UNKNOWN", "TEXT_PARTS", "architecture_of_weights", "check_fits", "family_of_config",
            "family_of_pipe", "family_of_single_file", "family_of_weights"]
 

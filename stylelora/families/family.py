@@ -45,6 +45,22 @@ class TextEncoder:
 
 
 @dataclass(frozen=True)
+class FusedName:
+    """A kohya module name of a denoiser whose original checkpoint fuses Linear layers diffusers keeps apart:
+    `kohya` (with `{}` for the block number) holds `members` (diffusers paths), stacked by output rows in that
+    order, each `shares` parts of the rows (Flux's linear1: q, k, v and the 4x-wide MLP input, 1:1:1:4)."""
+
+    kohya: str
+    members: tuple[str, ...]
+    shares: tuple[int, ...] = ()
+    swap_halves: bool = False  # the rows' two halves are in the other order (Flux's final modulation)
+
+    def __post_init__(self):
+        if not self.shares:
+            object.__setattr__(self, "shares", (1,) * len(self.members))
+
+
+@dataclass(frozen=True)
 class Family:
     """A single-encoder Stable Diffusion family (SD1.x, SD2.x, the miniature): the context is the text encoder's
     last hidden state, and the UNet takes nothing more."""
@@ -59,9 +75,12 @@ class Family:
     bucket_step: int = 64  # the default --bucket-step: a side the UNet halves evenly at every level
     denoiser: str = "unet"  # the pipeline's attribute (and model subfolder) of the denoiser
     # The layout adapter files are written in: kohya's, which AUTOMATIC1111, ComfyUI and diffusers read for UNet
-    # bases; diffusers' (`transformer.` keys, scale folded) for SD3 and Flux, whose kohya names diffusers does
-    # not read (SD3), or which kohya fuses (Flux).
+    # bases and Flux; diffusers' (`transformer.` keys, scale folded) for SD3, whose kohya names diffusers does not
+    # read. `--format` writes the other.
     file_layout: str = "kohya"
+    # The denoiser's kohya names where they follow an original checkpoint that fuses layers (Flux), instead of
+    # diffusers' paths with '.' flattened to '_' (adapters/fused.py). Such files hold plain LoRA only.
+    kohya_fused: tuple[FusedName, ...] = field(default=(), hash=False, compare=False)
     safety_checker: bool = True  # the pipeline takes safety_checker (SD1.x/SD2.x); SDXL's and the DiTs' do not
     flow_matching: bool = False  # trained and sampled by flow matching (SD3.x, Flux.1), not DDPM
     unet_blocks: bool = True  # per-block weights (down=, mid=, up=) name its blocks
@@ -75,6 +94,14 @@ class Family:
     # that are this family, its denoiser's config, an adapter file's modules
     # (claims_config, claims_weights).
     single_file_types: tuple[str, ...] = ()
+
+    def plain_layout(self, layout: str | None = None) -> str:
+        """The name of this family's file layout `layout` (None: its own) where it holds plain LoRA only, and ""
+        where it holds every method (kohya's, unfused)."""
+        layout = layout or self.file_layout
+        if layout == "diffusers":
+            return "diffusers' layout"
+        return "kohya's layout with fused q/k/v" if self.kohya_fused else ""
 
     @property
     def pipeline_class(self) -> type:

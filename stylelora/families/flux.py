@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 
 from ..errors import ConfigError
-from .family import Conditioning, Family, Placement, TextEncoder
+from .family import Conditioning, Family, FusedName, Placement, TextEncoder
 from .sd3 import _SD3_ATTENTION, _SD3_MLP
 
 
@@ -86,7 +86,39 @@ _FLUX_ALL_LINEAR = _SD3_ATTENTION + _SD3_MLP + ("proj_mlp", "proj_out", "norm1.l
                                                 "norm.linear")
 FLUX_TARGETS = {"attn": _SD3_ATTENTION, "attn-mlp": _SD3_ATTENTION + _SD3_MLP + ("proj_mlp",),
                 "all-linear": _FLUX_ALL_LINEAR, "all": _FLUX_ALL_LINEAR}  # no convolutions to adapt
+
+
+def _double(kohya: str, *members: str) -> FusedName:
+    return FusedName(f"double_blocks_{{}}_{kohya}", tuple(f"transformer_blocks.{{}}.{m}" for m in members))
+
+
+def _single(kohya: str, *members: str, shares: tuple[int, ...] = ()) -> FusedName:
+    return FusedName(f"single_blocks_{{}}_{kohya}", tuple(f"single_transformer_blocks.{{}}.{m}" for m in members),
+                     shares)
+
+
+# kohya's Flux names (the original checkpoint's, which Forge and ComfyUI map): the tables of diffusers'
+# _convert_kohya_flux_lora_to_diffusers, read the other way.
+FLUX_KOHYA = (
+    _double("img_attn_qkv", "attn.to_q", "attn.to_k", "attn.to_v"), _double("img_attn_proj", "attn.to_out.0"),
+    _double("txt_attn_qkv", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    _double("txt_attn_proj", "attn.to_add_out"),
+    _double("img_mlp_0", "ff.net.0.proj"), _double("img_mlp_2", "ff.net.2"),
+    _double("txt_mlp_0", "ff_context.net.0.proj"), _double("txt_mlp_2", "ff_context.net.2"),
+    _double("img_mod_lin", "norm1.linear"), _double("txt_mod_lin", "norm1_context.linear"),
+    _single("linear1", "attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp", shares=(1, 1, 1, 4)),
+    _single("linear2", "proj_out"), _single("modulation_lin", "norm.linear"),
+    FusedName("final_layer_linear", ("proj_out",)),
+    FusedName("final_layer_adaLN_modulation_1", ("norm_out.linear",), swap_halves=True),
+    FusedName("img_in", ("x_embedder",)), FusedName("txt_in", ("context_embedder",)),
+    FusedName("time_in_in_layer", ("time_text_embed.timestep_embedder.linear_1",)),
+    FusedName("time_in_out_layer", ("time_text_embed.timestep_embedder.linear_2",)),
+    FusedName("vector_in_in_layer", ("time_text_embed.text_embedder.linear_1",)),
+    FusedName("vector_in_out_layer", ("time_text_embed.text_embedder.linear_2",)),
+    FusedName("guidance_in_in_layer", ("time_text_embed.guidance_embedder.linear_1",)),
+    FusedName("guidance_in_out_layer", ("time_text_embed.guidance_embedder.linear_2",)),
+)
 FLUX = FluxFamily("flux", "Flux.1", (TextEncoder("text_encoder", "tokenizer", "lora_te1_"),),
-                  base_model_version="flux1", bucket_step=16, denoiser="transformer", file_layout="diffusers",
+                  base_model_version="flux1", bucket_step=16, denoiser="transformer", kohya_fused=FLUX_KOHYA,
                   safety_checker=False, flow_matching=True, target_presets=FLUX_TARGETS, unet_blocks=False,
                   single_file_types=("flux",), frozen_encoders=("text_encoder_2",))

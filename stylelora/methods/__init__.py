@@ -85,16 +85,16 @@ def method_checks(config: Any) -> list[tuple[bool, str, str]]:
     return REGISTRY[config.method].checks(config, MethodFacts(REGISTRY)) if config.method in REGISTRY else []
 
 
-def layout_checks(config: Any, layout: str, base_label: str) -> list[tuple[bool, str, str]]:
-    """What a base whose files are written in `layout` refuses: a diffusers-layout file holds plain LoRA
-    (down, up, alpha) and no trained biases."""
-    if layout == "kohya":
+def layout_checks(config: Any, plain_layout: str, base_label: str) -> list[tuple[bool, str, str]]:
+    """What a base whose files are written in a `plain_layout` (one that holds plain LoRA: down, up, alpha, and no
+    trained biases) refuses; nothing where it is ""."""
+    if not plain_layout:
         return []
     plain = MethodFacts(REGISTRY).names("plain_file", " or ")
     return [(method_of(config.method).plain_file, "method",
-             f"{base_label} adapters are written in diffusers' layout, which holds plain LoRA; use --method {plain}"),
+             f"{base_label} adapters are written in {plain_layout}, which holds plain LoRA; use --method {plain}"),
             (not config.train_bias, "train_bias",
-             f"{base_label} adapters are written in diffusers' layout, which holds no trained biases; leave out "
+             f"{base_label} adapters are written in {plain_layout}, which holds no trained biases; leave out "
              "--train-bias")]
 
 

@@ -73,8 +73,9 @@ class PeftView:
         # transformers 5's CLIPTextModel holds its layers directly, not under `text_model.` (the files' spelling)
         weights = {(part, module if hasattr(models[part], "text_model") else module.removeprefix("text_model.")):
                    LoraModule(m.down, m.up, float(m.down.shape[0])) for (part, module), m in modules.items()}
-        if self.family.file_layout == "kohya":
-            tensors = {k: t for k, t in to_kohya(weights).items() if not k.endswith(".alpha")}
+        # peft's layers are diffusers' own, one per Linear: a fused kohya layout (Flux's) would be split into copies
+        if self.family.file_layout == "kohya" and not self.family.kohya_fused:
+            tensors = {k: t for k, t in to_kohya(weights, self.family).items() if not k.endswith(".alpha")}
         else:
             tensors = to_diffusers(weights, self.family.denoiser)[0]
         try:

@@ -96,6 +96,10 @@ class TrainConfig:
                                      ui=UiField("AdaLoRA target rank (0 = half the rank)", "integer"))
     export_rank: int | None = option(None, "DyLoRA: the rank the adapter file holds, 1 to --rank", "adapter",
                                      default_text="--rank", ui=UiField("DyLoRA rank to write (0 = the rank)", "integer"))
+    format: str | None = option(None, "the adapter file's layout: kohya (AUTOMATIC1111/Forge, ComfyUI, diffusers; "
+                                      "Flux's with fused q/k/v) or diffusers (unet./transformer. keys)", "adapter",
+                                choices=("kohya", "diffusers"), default_text="the base's: diffusers on SD3.x, else kohya",
+                                ui=UiField("File layout", "dropdown"))
     train_bias: bool = option(False, "lora, dora: the adapted layers' biases train too; the file carries them as "
                                      "diff_b, which ComfyUI applies; AUTOMATIC1111 applies the weights only, and diffusers "
                                      "refuses such a file (`stylelora convert --drop-biases` writes one it loads)", "adapter",

@@ -144,7 +144,9 @@ def prepare_model(config: TrainConfig, device: torch.device, folder: ImageFolder
         quantize_pipe(pipe, family_of_pipe(pipe), config.quantize_base, DTYPES[choice.name], not config.train_text_encoder)
     say(choice.describe())
     family = family_of_pipe(pipe)
-    refuse_first(config, [*layout_checks(config, family.file_layout, family.label),
+    refuse_first(config, [(config.format != "kohya" or family.file_layout == "kohya", "format",
+                           f"{family.label} files have no kohya layout that diffusers reads; leave out --format"),
+                          *layout_checks(config, family.plain_layout(config.format), family.label),
                           (family.target_presets is None or (config.conv_rank is None and config.conv_alpha is None),
                            "conv_rank" if config.conv_rank is not None else "conv_alpha",
                            f"{family.label} has no convolutions to adapt; leave out --conv-rank/--conv-alpha")])

@@ -186,13 +186,14 @@ class Outputs:
         return dict(zip(self.model.trained_parts(self.config), unwrapped))
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
-        """A copy, in the family's file layout: on the CPU exported tensors can share storage with the parameters,
+        """A copy, in the file layout (--format, else the family's): on the CPU exported tensors can share storage with the parameters,
         which training (or restoring them after the EMA was swapped in) changes."""
         rank, family = self.config.export_rank, self.model.family
         with self.optimisation.average.applied():
             tensors, self.layout_metadata = file_tensors(
                 {key: module for part, model in self.parts().items()
-                 for key, module in export(model, part, export_rank=rank).items()}, family.file_layout, family.denoiser)
+                 for key, module in export(model, part, export_rank=rank).items()},
+                self.config.format or family.file_layout, family)
             return {key: tensor.clone() for key, tensor in tensors.items()}
 
     def metadata(self, step: int) -> dict[str, str]:
