@@ -13,7 +13,6 @@ import torch
 
 from stylelora.adapters.formats import read_lora, write_lora
 from stylelora.adapters.inspection import describe
-from stylelora.adapters.stack import StyleWeight
 from stylelora.errors import AdapterFileError, TrainingInterrupted
 from stylelora.families import MINI, SDXL, Placement
 from stylelora.files import read_safetensors

@@ -7,12 +7,10 @@ import base64
 import io
 import json
 import threading
-from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 

@@ -4,7 +4,6 @@ requests, and as two Ray Serve replicas."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import shutil
 import subprocess
 
