@@ -13,6 +13,7 @@ from ..methods import METHODS, TARGET_PRESETS, AdapterSpec, method_checks, metho
 from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES
 from ..options import UiField, as_list, field_values, option, read_toml, refuse_first
 from .loss import HUBER_C, HUBER_SCHEDULES, LOSSES
+from .optimizers import OPTIMIZERS
 from .objective import TIMESTEP_SAMPLINGS, Sampling
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -114,7 +115,12 @@ class TrainConfig:
     learning_rate: float | None = option(None, "UNet adapter learning rate", "optimisation", aliases=("--lr",),
                                          default_text="1e-4; 2e-3 on the built-in mini base",
                                          ui=UiField("Learning rate (0 = the base's usual)", elem_id="lr"))
-    text_encoder_lr: float = option(5e-5, "text-encoder adapter learning rate", "optimisation")
+    text_encoder_lr: float | None = option(None, "text-encoder adapter learning rate", "optimisation",
+                                           default_text="5e-5; with prodigy, half the UNet's (0.5)")
+    optimizer: str = option("adamw", "adamw, adamw8bit (bitsandbytes' 8-bit states), prodigy (sets its own step "
+                                     "size: leave --lr unset, it runs at 1.0), schedule-free (no schedule; saves its "
+                                     "average), lion (runs at a third of AdamW's rate)", "optimisation",
+                            choices=tuple(OPTIMIZERS), ui=UiField("Optimizer", "dropdown"))
     lr_schedule: str = option("constant", "learning-rate schedule", "optimisation", choices=LR_SCHEDULES)
     warmup_steps: int = option(0, "linear warmup steps", "optimisation")
     max_steps: int | None = option(None, "optimizer steps to train", "optimisation",
@@ -124,7 +130,7 @@ class TrainConfig:
     batch_size: int = option(4, "images per step per device", "optimisation", ui=UiField("Batch size", "integer"))
     grad_accumulation: int = option(1, "batches accumulated per optimizer step", "optimisation")
     max_grad_norm: float = option(1.0, "gradient clipping norm, 0 = off", "optimisation")
-    weight_decay: float = option(1e-2, "AdamW weight decay", "optimisation")
+    weight_decay: float = option(1e-2, "the optimizer's weight decay", "optimisation")
     min_snr_gamma: float = option(0.0, "min-SNR loss weighting, 0 = off; 5 is usual", "optimisation")
     noise_offset: float = option(0.0, "noise offset, 0 = off; 0.05 is usual", "optimisation")
     timestep_sampling: str = option(
@@ -243,7 +249,15 @@ class TrainConfig:
         better)."""
         if self.learning_rate is not None:
             return self.learning_rate
-        return 2e-3 if self.base == "mini" else 1e-4
+        return OPTIMIZERS[self.optimizer].learning_rate(2e-3 if self.base == "mini" else 1e-4)
+
+    @property
+    def effective_text_encoder_lr(self) -> float:
+        """5e-5, the usual text-encoder rate; with an optimizer that sets its own step size (Prodigy), half the
+        UNet's multiplier, as the usual rates are half of each other."""
+        if self.text_encoder_lr is not None:
+            return self.text_encoder_lr
+        return self.effective_learning_rate / 2 if OPTIMIZERS[self.optimizer].absolute else 5e-5
 
     @property
     def adapter_name(self) -> str:
@@ -294,8 +308,14 @@ def validate(config: TrainConfig) -> TrainConfig:
          "no_upscale" if c.no_upscale else "bucket_step" if c.bucket_step else "min_bucket" if c.min_bucket else "max_bucket",
          "bucket settings need bucketing: leave out --no-buckets"),
         (c.learning_rate is None or c.learning_rate > 0, "learning_rate", "the learning rate must be above 0, e.g. 1e-4"),
-        (c.text_encoder_lr > 0, "text_encoder_lr", "the learning rate must be above 0, e.g. 5e-5"),
+        (c.text_encoder_lr is None or c.text_encoder_lr > 0, "text_encoder_lr",
+         "the learning rate must be above 0, e.g. 5e-5"),
+        (c.optimizer != "schedule-free" or c.lr_schedule == "constant", "lr_schedule",
+         "schedule-free replaces the schedule (--warmup-steps still warms it up); leave --lr-schedule at constant"),
+        (c.optimizer != "schedule-free" or not c.ema_decay, "ema_decay",
+         "schedule-free saves its own average of the weights; leave out --ema-decay"),
         (c.lr_schedule in LR_SCHEDULES, "lr_schedule", f"choose one of {', '.join(LR_SCHEDULES)}"),
+        (c.optimizer in OPTIMIZERS, "optimizer", f"choose one of {', '.join(OPTIMIZERS)}"),
         (c.warmup_steps >= 0, "warmup_steps", "warmup steps must be 0 or more"),
         (c.max_steps is None or c.max_steps >= 1, "max_steps", "train for at least 1 step"),
         (c.epochs is None or c.epochs >= 1, "epochs", "train for at least 1 epoch"),

@@ -24,6 +24,7 @@ from ..methods.attach import export
 from .checkpoint import save_checkpoint, trainable_tensors
 from .config import TrainConfig
 from .loss import HUBER_C, HUBER_SCHEDULES
+from .optimizers import OPTIMIZERS
 from .step_loss import evaluation_mode
 
 if TYPE_CHECKING:
@@ -103,8 +104,9 @@ def adapter_metadata(config: TrainConfig, folder: ImageFolder, resolution: int, 
             "ss_max_train_steps": steps,
             "ss_learning_rate": config.effective_learning_rate,
             "ss_unet_lr": config.effective_learning_rate,
-            "ss_text_encoder_lr": config.text_encoder_lr if config.train_text_encoder else None,
+            "ss_text_encoder_lr": config.effective_text_encoder_lr if config.train_text_encoder else None,
             "ss_lr_scheduler": config.lr_schedule,
+            "ss_optimizer": f"{OPTIMIZERS[config.optimizer].class_path}(weight_decay={config.weight_decay})",
             "ss_lr_warmup_steps": config.warmup_steps,
             "ss_batch_size_per_device": config.batch_size,
             "ss_gradient_accumulation_steps": config.grad_accumulation,

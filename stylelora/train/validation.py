@@ -95,13 +95,16 @@ class EarlyStopping:
 
 
 class AdapterAverage:
-    """An EMA of the trainable adapter tensors (decay 0: off, and every method a no-op). diffusers' EMAModel
-    does the averaging, with its warm-up: the first update copies the weights and the decay at update n > 1
-    is min(decay, n / (n + 9)), so the average is not held back by the zero-change start."""
+    """The weights to validate and save, where they are not the ones stepped: an EMA of the trainable adapter
+    tensors (decay 0: off), or a schedule-free optimizer's own average (`averaging`: its eval() puts it in the
+    parameters, its train() takes it back). diffusers' EMAModel does the EMA, with its warm-up: the first update
+    copies the weights and the decay at update n > 1 is min(decay, n / (n + 9)), so the average is not held back
+    by the zero-change start."""
 
-    def __init__(self, parameters: list[torch.nn.Parameter], decay: float):
+    def __init__(self, parameters: list[torch.nn.Parameter], decay: float, averaging: torch.optim.Optimizer | None = None):
         self.parameters = parameters
         self.ema = EMAModel(parameters, decay=decay, foreach=True) if decay else None
+        self.averaging = averaging
 
     def update(self) -> None:
         if self.ema is not None:
@@ -109,7 +112,14 @@ class AdapterAverage:
 
     @contextmanager
     def applied(self) -> Iterator[None]:
-        """The averaged weights in place of the trained ones, for validating and saving."""
+        """The averaged weights in place of the trained ones, for validating, previews and saving."""
+        if self.averaging is not None:
+            self.averaging.eval()
+            try:
+                yield
+            finally:
+                self.averaging.train()
+            return
         if self.ema is None:
             yield
             return
