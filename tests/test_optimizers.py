@@ -1,7 +1,6 @@
 """--optimizer: each optimizer trains, resumes exactly and is named in the file; schedule-free saves its average."""
 
 import pytest
-import torch
 
 from stylelora.errors import ConfigError
 from stylelora.files import read_safetensors
@@ -76,3 +75,13 @@ def test_a_missing_optimizer_package_says_what_to_install(train_config, monkeypa
     monkeypatch.setitem(sys.modules, "prodigyopt", None)  # what `import prodigyopt` meets where it is not installed
     with pytest.raises(ConfigError, match=r"^--optimizer prodigy needs the prodigyopt package: pip install prodigyopt$"):
         train(train_config(optimizer="prodigy", max_steps=1), **QUIET)
+
+
+def test_auto_gives_each_optimizer_the_suggested_rate_at_its_own_multiple(train_config):
+    from stylelora.train.suggest import fill_unset
+
+    said = []
+    adamw = fill_unset(train_config(learning_rate=None, auto=True), said.append).learning_rate
+    assert fill_unset(train_config(learning_rate=None, optimizer="prodigy"), said.append).learning_rate == 1.0
+    assert fill_unset(train_config(learning_rate=None, optimizer="lion"), said.append).learning_rate == pytest.approx(adamw / 3)
+    assert said[-1].endswith(f"; the rate as --optimizer lion runs it: {adamw / 3:g}")

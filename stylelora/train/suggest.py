@@ -18,6 +18,7 @@ from PIL import Image
 
 from ..data.folder import scan_folder
 from .config import TrainConfig
+from .optimizers import OPTIMIZERS
 
 RULES = Path(__file__).with_name("rules.json")
 SD_LEARNING_RATE = 1e-4  # the trainer's default for real Stable Diffusion (not measured here: no GPU)
@@ -122,7 +123,11 @@ def fill_unset(config: TrainConfig, say=print) -> TrainConfig:
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     chosen = {s.field: s.value for s in suggestion.settings if getattr(config, s.field) == defaults[s.field]
               and not (s.field == "max_steps" and config.epochs is not None)}
+    if "learning_rate" in chosen:  # measured with AdamW: another optimizer runs at its own multiple of it
+        chosen["learning_rate"] = OPTIMIZERS[config.optimizer].learning_rate(chosen["learning_rate"])
     if chosen:
         say("Auto: " + ", ".join(f"--{s.flag} {s.value:g}" for s in suggestion.settings if s.field in chosen)
-            + " (stylelora suggest; settings you gave are kept)")
+            + " (stylelora suggest; settings you gave are kept)"
+            + (f"; the rate as --optimizer {config.optimizer} runs it: {chosen['learning_rate']:g}"
+               if "learning_rate" in chosen and config.optimizer != "adamw" else ""))
     return dataclasses.replace(config, **chosen, auto=False)
