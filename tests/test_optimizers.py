@@ -1,7 +1,10 @@
-"""--optimizer: each optimizer trains, resumes exactly and is named in the file; schedule-free saves its average."""
+"""--optimizer: each optimizer trains, resumes exactly and is named in the file; the schedule-free ones save their
+average; --optimizer-args reach the optimizer."""
 
 import pytest
+import torch
 
+from stylelora.adapters.formats import read_lora
 from stylelora.errors import ConfigError
 from stylelora.files import read_safetensors
 from stylelora.train.loop import TrainingInterrupted, train
@@ -30,6 +33,19 @@ def test_each_optimizer_trains_resumes_exactly_and_is_named_in_the_file(train_co
     assert any(t.abs().max().item() > 0 for k, t in a.tensors.items() if "lora_up" in k)  # it trained
 
 
+def test_optimizer_args_reach_the_optimizer_and_win(train_config, monkeypatch):
+    from stylelora.train import loop
+
+    built = []
+    real = loop.build_optimizer
+    monkeypatch.setattr(loop, "build_optimizer", lambda *a: built.append(real(*a)) or built[-1])
+    train(train_config(max_steps=1, learning_rate=None, optimizer="prodigy",
+                       optimizer_args="d_coef=2, use_bias_correction=false"), **QUIET)
+    group = built[0].param_groups[0]
+    assert (group["d_coef"], group["use_bias_correction"], group["lr"]) == (2, False, 1.0)
+    assert f"{type(built[0]).__module__}.{type(built[0]).__name__}" == OPTIMIZERS["prodigy"].class_path
+
+
 def test_the_default_rates_follow_the_optimizer(train_config):
     assert train_config(learning_rate=None, optimizer="prodigy").effective_learning_rate == 1.0
     assert train_config(learning_rate=None, optimizer="prodigy").effective_text_encoder_lr == 0.5
@@ -38,30 +54,45 @@ def test_the_default_rates_follow_the_optimizer(train_config):
     assert train_config(learning_rate=3e-4, optimizer="prodigy").effective_learning_rate == 3e-4  # --lr wins
 
 
-def test_schedule_free_saves_its_average_not_the_point_it_steps(train_config, monkeypatch):
-    """The file holds the optimizer's x (eval mode), which differs from the y it steps from after a few steps."""
-    from stylelora.train import validation
+@pytest.mark.parametrize("name", ["adamw-schedulefree", "prodigy-schedulefree"])
+def test_a_schedule_free_file_holds_the_eval_mode_weights(train_config, monkeypatch, name):
+    """The optimizer's average (its eval mode) is what is exported, not the point it steps from (train mode)."""
+    from stylelora.train import outputs, validation
 
     seen = {}
-    real = validation.AdapterAverage.applied
+    real_export, real_applied = outputs.export, validation.AdapterAverage.applied
 
-    def spy(self):
-        seen["stepped"] = [p.detach().clone() for p in self.parameters]
-        return real(self)
+    def applied(self):
+        seen["average"], seen["trained"] = self, [p.detach().clone() for p in self.parameters]
+        return real_applied(self)
 
-    monkeypatch.setattr(validation.AdapterAverage, "applied", spy)
-    result = train(train_config(max_steps=3, optimizer="schedule-free", learning_rate=1e-2), **QUIET)
-    saved = read_safetensors(result.adapter_path).tensors
-    ups = sorted((k for k in saved if k.endswith("lora_up.weight")))
-    stepped_norm = sum(p.norm().item() ** 2 for p in seen["stepped"]) ** 0.5
-    saved_norm = sum(t.norm().item() ** 2 for k, t in saved.items() if k.endswith(("lora_up.weight", "lora_down.weight"))) ** 0.5
-    assert ups and abs(stepped_norm - saved_norm) > 1e-6
+    def export(model, part, **options):
+        seen["evaluated"] = [p.detach().clone() for p in seen["average"].parameters]
+        return real_export(model, part, **options)
+
+    monkeypatch.setattr(validation.AdapterAverage, "applied", applied)
+    monkeypatch.setattr(outputs, "export", export)
+    # Prodigy's step size starts at d0 = 1e-6, too small to move in 3 steps: started at 1e-2 here
+    rate, arguments = (1e-2, "") if name.startswith("adamw") else (None, "d0=0.01")
+    result = train(train_config(max_steps=3, rank=4, alpha=4.0, optimizer=name, learning_rate=rate,
+                                optimizer_args=arguments), **QUIET)
+    ups = [module.up for module in read_lora(result.adapter_path)[0].values()]  # alpha = rank: scale 1
+
+    def held(up, parameters):
+        return any(p.shape == up.shape and (p - up).abs().max().item() < 1e-6 for p in parameters)
+
+    assert ups and all(held(up, seen["evaluated"]) for up in ups)
+    assert not all(held(up, seen["trained"]) for up in ups)  # the stepped point differs from the saved average
 
 
 @pytest.mark.parametrize("overrides, words", [
-    (dict(optimizer="schedule-free", lr_schedule="cosine"), "--lr-schedule = 'cosine': schedule-free replaces the schedule"),
-    (dict(optimizer="schedule-free", ema_decay=0.99), "--ema-decay = 0.99: schedule-free saves its own average"),
-    (dict(optimizer="sgd"), "--optimizer = 'sgd'"),
+    (dict(optimizer="adamw-schedulefree", lr_schedule="cosine"),
+     "--lr-schedule = 'cosine': adamw-schedulefree replaces the schedule"),
+    (dict(optimizer="prodigy-schedulefree", ema_decay=0.99), "--ema-decay = 0.99: prodigy-schedulefree saves its own"),
+    (dict(optimizer="prodigy-schedulefree", warmup_steps=10), "--warmup-steps = 10: prodigy-schedulefree warms up itself"),
+    (dict(optimizer="sgd"), "--optimizer = 'sgd': choose one of adamw, adamw8bit, prodigy"),
+    (dict(optimizer_args="d_coef"), "--optimizer-args = 'd_coef': write key=value pairs"),
+    (dict(optimizer="prodigy", optimizer_args="no_such_thing=1"), "--optimizer-args = 'no_such_thing=1': prodigy refuses it"),
 ])
 def test_what_an_optimizer_cannot_do_is_refused_in_one_line(train_config, overrides, words):
     with pytest.raises(ConfigError) as caught:
@@ -72,7 +103,8 @@ def test_what_an_optimizer_cannot_do_is_refused_in_one_line(train_config, overri
 def test_a_missing_optimizer_package_says_what_to_install(train_config, monkeypatch):
     import sys
 
-    monkeypatch.setitem(sys.modules, "prodigyopt", None)  # what `import prodigyopt` meets where it is not installed
+    for name in ("prodigyopt", "prodigyopt.prodigy"):  # what an import meets where the package is not installed
+        monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(ConfigError, match=r"^--optimizer prodigy needs the prodigyopt package: pip install prodigyopt$"):
         train(train_config(optimizer="prodigy", max_steps=1), **QUIET)
 

@@ -13,7 +13,7 @@ from ..methods import METHODS, TARGET_PRESETS, AdapterSpec, method_checks, metho
 from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES
 from ..options import UiField, as_list, field_values, option, read_toml, refuse_first
 from .loss import HUBER_C, HUBER_SCHEDULES, LOSSES
-from .optimizers import OPTIMIZERS
+from .optimizers import OPTIMIZERS, parse_optimizer_args
 from .objective import TIMESTEP_SAMPLINGS, Sampling
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -117,10 +117,14 @@ class TrainConfig:
                                          ui=UiField("Learning rate (0 = the base's usual)", elem_id="lr"))
     text_encoder_lr: float | None = option(None, "text-encoder adapter learning rate", "optimisation",
                                            default_text="5e-5; with prodigy, half the UNet's (0.5)")
-    optimizer: str = option("adamw", "adamw, adamw8bit (bitsandbytes' 8-bit states), prodigy (sets its own step "
-                                     "size: leave --lr unset, it runs at 1.0), schedule-free (no schedule; saves its "
-                                     "average), lion (runs at a third of AdamW's rate)", "optimisation",
+    optimizer: str = option("adamw", "adamw; adamw8bit (bitsandbytes' 8-bit states); prodigy (sets its own step "
+                                     "size: leave --lr unset, it runs at 1.0); adamw-schedulefree and "
+                                     "prodigy-schedulefree (no schedule; the file holds their average); lion (at a "
+                                     "third of AdamW's rate)", "optimisation",
                             choices=tuple(OPTIMIZERS), ui=UiField("Optimizer", "dropdown"))
+    optimizer_args: str = option("", "the optimizer's own keyword arguments, key=value,..., e.g. d_coef=2 for "
+                                     "prodigy; they win over stylelora's", "optimisation",
+                                 ui=UiField("Optimizer arguments (key=value,...)"))
     lr_schedule: str = option("constant", "learning-rate schedule", "optimisation", choices=LR_SCHEDULES)
     warmup_steps: int = option(0, "linear warmup steps", "optimisation")
     max_steps: int | None = option(None, "optimizer steps to train", "optimisation",
@@ -249,7 +253,7 @@ class TrainConfig:
         better)."""
         if self.learning_rate is not None:
             return self.learning_rate
-        return OPTIMIZERS[self.optimizer].learning_rate(2e-3 if self.base == "mini" else 1e-4)
+        return OPTIMIZERS.get(self.optimizer, OPTIMIZERS["adamw"]).learning_rate(2e-3 if self.base == "mini" else 1e-4)
 
     @property
     def effective_text_encoder_lr(self) -> float:
@@ -257,7 +261,7 @@ class TrainConfig:
         UNet's multiplier, as the usual rates are half of each other."""
         if self.text_encoder_lr is not None:
             return self.text_encoder_lr
-        return self.effective_learning_rate / 2 if OPTIMIZERS[self.optimizer].absolute else 5e-5
+        return self.effective_learning_rate / 2 if OPTIMIZERS.get(self.optimizer, OPTIMIZERS["adamw"]).absolute else 5e-5
 
     @property
     def adapter_name(self) -> str:
@@ -285,6 +289,18 @@ class TrainConfig:
                 for k, v in dataclasses.asdict(self).items()}
 
 
+def _schedule_free(c: TrainConfig) -> bool:
+    return c.optimizer in OPTIMIZERS and OPTIMIZERS[c.optimizer].schedule_free
+
+
+def _arguments_read(text: str) -> bool:
+    try:
+        parse_optimizer_args(text)
+    except ValueError:
+        return False
+    return True
+
+
 def validate(config: TrainConfig) -> TrainConfig:
     """Check every field and return the config unchanged; raise ConfigError naming the first bad one."""
     c = config
@@ -310,10 +326,13 @@ def validate(config: TrainConfig) -> TrainConfig:
         (c.learning_rate is None or c.learning_rate > 0, "learning_rate", "the learning rate must be above 0, e.g. 1e-4"),
         (c.text_encoder_lr is None or c.text_encoder_lr > 0, "text_encoder_lr",
          "the learning rate must be above 0, e.g. 5e-5"),
-        (c.optimizer != "schedule-free" or c.lr_schedule == "constant", "lr_schedule",
-         "schedule-free replaces the schedule (--warmup-steps still warms it up); leave --lr-schedule at constant"),
-        (c.optimizer != "schedule-free" or not c.ema_decay, "ema_decay",
-         "schedule-free saves its own average of the weights; leave out --ema-decay"),
+        (not _schedule_free(c) or c.lr_schedule == "constant", "lr_schedule",
+         f"{c.optimizer} replaces the schedule; leave --lr-schedule at constant"),
+        (not _schedule_free(c) or not c.ema_decay, "ema_decay",
+         f"{c.optimizer} saves its own average of the weights; leave out --ema-decay"),
+        (c.optimizer != "prodigy-schedulefree" or not c.warmup_steps, "warmup_steps",
+         "prodigy-schedulefree warms up itself (its step size starts small); leave out --warmup-steps"),
+        (_arguments_read(c.optimizer_args), "optimizer_args", "write key=value pairs split by commas, e.g. d_coef=2"),
         (c.lr_schedule in LR_SCHEDULES, "lr_schedule", f"choose one of {', '.join(LR_SCHEDULES)}"),
         (c.optimizer in OPTIMIZERS, "optimizer", f"choose one of {', '.join(OPTIMIZERS)}"),
         (c.warmup_steps >= 0, "warmup_steps", "warmup steps must be 0 or more"),

@@ -1,11 +1,14 @@
 """The optimizers `--optimizer` names. Each is built by its maintained library: torch's fused AdamW, bitsandbytes'
-8-bit AdamW, the Prodigy authors' prodigyopt, Meta's schedulefree and lucidrains' lion-pytorch. Here is only which
-one, the learning rate it is usually run at, and what the loop must know of it."""
+8-bit AdamW, the Prodigy authors' prodigyopt, Meta's schedulefree, prodigy-plus-schedule-free and lucidrains'
+lion-pytorch. Here is only which one, the arguments it is usually run with, and what the loop must know of it."""
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import importlib
-from dataclasses import dataclass
+import io
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -16,65 +19,68 @@ from ..errors import ConfigError
 @dataclass(frozen=True)
 class OptimizerKind:
     name: str
-    module: str  # the library's import name ("" for torch's own)
-    package: str  # what `pip install` takes
-    class_path: str  # module.Class, as kohya writes it in ss_optimizer
-    build: Callable[[Any, list[dict], Any], torch.optim.Optimizer]  # (library, groups, TrainConfig)
-    # The rate it is run at when --lr is not given, as a multiple of the base's usual AdamW rate; Prodigy
-    # estimates its own step size and is run at 1.0 whatever the base (absolute=True).
+    class_path: str  # module.Class as kohya writes it in ss_optimizer; imported from `package`'s top module
+    package: str = ""  # what `pip install` takes ("": torch's own)
+    # Its usual keyword arguments beyond the rate and weight decay, from the TrainConfig
+    arguments: Callable[[Any], dict] = field(default=lambda config: {})
+    # The rate it is run at when --lr is not given, as a multiple of the base's usual AdamW rate; an optimizer that
+    # estimates its own step size (Prodigy) is run at 1.0 whatever the base (absolute=True).
     usual_rate: float = 1.0
     absolute: bool = False
-    # Schedule-free: the weights to validate and save (its average) differ from those it steps; it warms up
-    # itself and replaces the learning-rate schedule.
+    # Schedule-free: the weights to validate and save (its average) differ from those it steps, and it replaces
+    # the learning-rate schedule.
     schedule_free: bool = False
 
     def learning_rate(self, adamw_rate: float) -> float:
         return self.usual_rate if self.absolute else adamw_rate * self.usual_rate
 
 
-def _adamw(_, groups, config):
-    # The fused kernel (CPU and CUDA) updates every LoRA tensor in one call: about a millisecond a step less.
-    return torch.optim.AdamW(groups, weight_decay=config.weight_decay, fused=True)
-
-
-def _adamw8bit(bnb, groups, config):
-    return bnb.optim.AdamW8bit(groups, weight_decay=config.weight_decay)
-
-
-def _prodigy(prodigyopt, groups, config):
-    # safeguard_warmup and bias correction as the Prodigy authors advise for diffusion fine-tuning
-    return prodigyopt.Prodigy(groups, weight_decay=config.weight_decay, safeguard_warmup=config.warmup_steps > 0,
-                              use_bias_correction=True)
-
-
-def _schedule_free(schedulefree, groups, config):
-    return schedulefree.AdamWScheduleFree(groups, weight_decay=config.weight_decay, warmup_steps=config.warmup_steps)
-
-
-def _lion(lion_pytorch, groups, config):
-    return lion_pytorch.Lion(groups, weight_decay=config.weight_decay)
-
-
 OPTIMIZERS = {kind.name: kind for kind in (
-    OptimizerKind("adamw", "", "", "torch.optim.adamw.AdamW", _adamw),
-    OptimizerKind("adamw8bit", "bitsandbytes", "bitsandbytes", "bitsandbytes.optim.adamw.AdamW8bit", _adamw8bit),
-    OptimizerKind("prodigy", "prodigyopt", "prodigyopt", "prodigyopt.prodigy.Prodigy", _prodigy, usual_rate=1.0,
-                  absolute=True),
-    OptimizerKind("schedule-free", "schedulefree", "schedulefree", "schedulefree.adamw_schedulefree.AdamWScheduleFree",
-                  _schedule_free, schedule_free=True),
+    # The fused kernel (CPU and CUDA) updates every LoRA tensor in one call: about a millisecond a step less.
+    OptimizerKind("adamw", "torch.optim.adamw.AdamW", arguments=lambda c: {"fused": True}),
+    OptimizerKind("adamw8bit", "bitsandbytes.optim.adamw.AdamW8bit", "bitsandbytes"),
+    # safeguard warmup and bias correction, as the Prodigy authors advise for diffusion fine-tuning
+    OptimizerKind("prodigy", "prodigyopt.prodigy.Prodigy", "prodigyopt", absolute=True,
+                  arguments=lambda c: {"safeguard_warmup": c.warmup_steps > 0, "use_bias_correction": True}),
+    OptimizerKind("adamw-schedulefree", "schedulefree.adamw_schedulefree.AdamWScheduleFree", "schedulefree",
+                  arguments=lambda c: {"warmup_steps": c.warmup_steps}, schedule_free=True),
+    OptimizerKind("prodigy-schedulefree", "prodigyplus.prodigy_plus_schedulefree.ProdigyPlusScheduleFree",
+                  "prodigy-plus-schedule-free", absolute=True, schedule_free=True),
     # The Lion paper runs it 3-10x below AdamW's rate (its sign update takes larger steps)
-    OptimizerKind("lion", "lion_pytorch", "lion-pytorch", "lion_pytorch.lion_pytorch.Lion", _lion, usual_rate=1 / 3),
+    OptimizerKind("lion", "lion_pytorch.lion_pytorch.Lion", "lion-pytorch", usual_rate=1 / 3),
 )}
 
 
+def parse_optimizer_args(text: str) -> dict[str, Any]:
+    """`key=value,...` as keyword arguments: numbers, true/false and None as such, anything else a string."""
+    arguments = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sign, value = item.partition("=")
+        if not sign or not key.strip().isidentifier():
+            raise ValueError(f"{item!r} is not key=value")
+        words = {"true": True, "false": False, "none": None}
+        try:
+            arguments[key.strip()] = words[value.strip().lower()] if value.strip().lower() in words else ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            arguments[key.strip()] = value.strip()
+    return arguments
+
+
 def build_optimizer(name: str, groups: list[dict], config: Any) -> torch.optim.Optimizer:
-    """The optimizer `name` over `groups`, its library imported now; a missing library is a one-line error."""
+    """The optimizer `name` over `groups`, its library imported now; a missing library, or an argument it does not
+    take, is a one-line error."""
     kind = OPTIMIZERS[name]
+    module, _, class_name = kind.class_path.rpartition(".")
     try:
-        library = importlib.import_module(kind.module) if kind.module else None
+        optimizer_class = getattr(importlib.import_module(module), class_name)
     except ImportError:
         raise ConfigError(f"--optimizer {name} needs the {kind.package} package: pip install {kind.package}") from None
-    optimizer = kind.build(library, groups, config)
+    arguments = {"weight_decay": config.weight_decay} | kind.arguments(config) | parse_optimizer_args(config.optimizer_args)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # prodigyopt prints its weight-decay mode to stdout
+            optimizer = optimizer_class(groups, **arguments)
+    except TypeError as error:  # an argument its constructor does not take
+        raise ConfigError(f"--optimizer-args = {config.optimizer_args!r}: {name} refuses it ({error})") from None
     if kind.schedule_free:
         optimizer.train()  # it steps only in train mode
     return optimizer
