@@ -35,11 +35,12 @@ SAMPLINGS = ("uniform", "style")
 JUDGED_STEPS = (100, 200, 400, 800)
 
 
-def train_run(work: Path, style: str, sampling: str) -> Path:
-    out = work / sampling / style
+def train_run(work: Path, style: str, name: str, **settings) -> Path:
+    """The mini's default recipe on `style` with `settings` changed, a checkpoint every 100 steps, in work/name."""
+    out = work / name / style
     if (out / f"{style}.safetensors").is_file():
         return out  # trained by an earlier run of this script: judged again, not retrained
-    train(TrainConfig(data=ROOT / "datasets" / style, out=out, seed=0, save_every=100, timestep_sampling=sampling),
+    train(TrainConfig(data=ROOT / "datasets" / style, out=out, seed=0, save_every=100, **settings),
           progress_bar=False, log=lambda m: None)
     return out
 
@@ -90,7 +91,8 @@ def main() -> None:
     per_prompt = 2 if args.quick else 8
     checkpoint.KEEP = len(JUDGED_STEPS) * 10  # keep every checkpoint of the run: each judged step is one
     work = RESULTS / "timestep-adapters"
-    runs = {sampling: {style: train_run(work, style, sampling) for style in STYLES} for sampling in SAMPLINGS}
+    runs = {sampling: {style: train_run(work, style, sampling, timestep_sampling=sampling) for style in STYLES}
+            for sampling in SAMPLINGS}
     styler = Styler("mini")
     base_rates = measure(styler, per_prompt=per_prompt)
     base = {key: base_rates.share(key) for key in ("colour", *STYLES.values())}

@@ -2,7 +2,6 @@
 average; --optimizer-args reach the optimizer."""
 
 import pytest
-import torch
 
 from stylelora.adapters.formats import read_lora
 from stylelora.errors import ConfigError

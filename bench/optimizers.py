@@ -1,0 +1,94 @@
+"""Prodigy at its own rate (1.0) against the tuned AdamW default, on the miniature base: style and colour at the
+same steps.
+
+    python bench/optimizers.py                # 8 images per prompt (96 per judged point)
+    python bench/optimizers.py --quick        # 2 images per prompt
+
+Each optimizer trains on the stripes, dots and pastel folders with the mini's default recipe otherwise (800 steps,
+seed 0, uniform timesteps), judged at steps 100, 200, 400 and 800 by the strict judge on the 12 colour x shape
+prompts. The AdamW runs are bench/timesteps.py's uniform runs, and its judged numbers are read from its
+timesteps.json when that was judged at the same images per prompt. Writes docs/results/optimizers.md and
+optimizers.json, and the table into the optimizers guide between its markers. Measure alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import stylelora.train.checkpoint as checkpoint  # noqa: E402
+from stylelora.files import write_atomically  # noqa: E402
+from stylelora.mini.evaluate import measure  # noqa: E402
+from stylelora.paint.styler import Styler  # noqa: E402
+
+from report_section import write_section  # noqa: E402  (bench/ is on the path when run as a script)
+from timesteps import JUDGED_STEPS, RESULTS, STYLES, judge_run, steps_to_90, train_run  # noqa: E402
+
+OPTIMIZERS = {"adamw": {}, "prodigy": {"optimizer": "prodigy"}}
+
+
+def earlier_adamw(per_prompt: int) -> dict | None:
+    """bench/timesteps.py's uniform results: the same runs (the default recipe), judged the same way."""
+    path = RESULTS / "timesteps.json"
+    if not path.is_file():
+        return None
+    earlier = json.loads(path.read_text())
+    return earlier if earlier["per_prompt"] == per_prompt else None
+
+
+def table(results: dict, base: dict, per_prompt: int) -> str:
+    images = 12 * per_prompt
+    lines = [f"Measured on the miniature base by `python bench/optimizers.py`: {images} images per judged point, "
+             f"strict judge, one seed. With {images} images a rate's standard error is at most "
+             f"{0.5 / images ** 0.5:.0%} (binomial).", "",
+             "| optimizer | rate | style | style at 100 / 200 / 400 / 800 steps | first judged step at 90% of step "
+             "800's style | colour right at 800 | broken at 800 |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name in OPTIMIZERS:
+        for style in STYLES:
+            points = {int(k): v for k, v in results[name][style].items()}
+            curve = " / ".join(f"{points[s]['style']:.0%}" for s in JUDGED_STEPS)
+            last = points[JUDGED_STEPS[-1]]
+            rate = "2e-3 (the mini's tuned default)" if name == "adamw" else "1.0 (its own default)"
+            lines.append(f"| {name} | {rate} | {style} | {curve} | {steps_to_90(points)} | {last['colour']:.0%} | "
+                         f"{last['broken']:.0%} |")
+    lines.append(f"| base, no adapter | | | {base['striped']:.0%} striped, {base['dotted']:.0%} dotted, "
+                 f"{base['pastel']:.0%} pastel | | {base['colour']:.0%} | |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    per_prompt = 2 if args.quick else 8
+    checkpoint.KEEP = len(JUDGED_STEPS) * 10  # keep every checkpoint of the run: each judged step is one
+    work = RESULTS / "timestep-adapters"  # the AdamW runs are timesteps.py's uniform ones
+    styler = Styler("mini")
+    earlier = earlier_adamw(per_prompt)
+    results = {"adamw": earlier["results"]["uniform"]} if earlier else {}
+    base = earlier["base"] if earlier else None
+    if base is None:
+        base_rates = measure(styler, per_prompt=per_prompt)
+        base = {key: base_rates.share(key) for key in ("colour", *STYLES.values())}
+    for name, settings in OPTIMIZERS.items():
+        if name in results:
+            continue
+        folder = "uniform" if name == "adamw" else name
+        runs = {style: train_run(work, style, folder, **settings) for style in STYLES}
+        results[name] = {style: judge_run(styler, out, style, per_prompt) for style, out in runs.items()}
+    write_atomically(RESULTS / "optimizers.json", json.dumps({"per_prompt": per_prompt, "base": base,
+                                                              "results": results}, indent=1).encode())
+    text = table(results, base, per_prompt)
+    write_atomically(RESULTS / "optimizers.md", text.encode())
+    write_section("optimizers-report", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
