@@ -116,3 +116,36 @@ def test_auto_gives_each_optimizer_the_suggested_rate_at_its_own_multiple(train_
     assert fill_unset(train_config(learning_rate=None, optimizer="prodigy"), said.append).learning_rate == 1.0
     assert fill_unset(train_config(learning_rate=None, optimizer="lion"), said.append).learning_rate == pytest.approx(adamw / 3)
     assert said[-1].endswith(f"; the rate as --optimizer lion runs it: {adamw / 3:g}")
+
+
+def test_block_rates_give_each_unet_block_its_multiple_and_resume_exactly(train_config, tmp_path, monkeypatch):
+    from stylelora.train import loop
+
+    seen = []
+    real = loop.parameter_groups
+    monkeypatch.setattr(loop, "parameter_groups", lambda model, *a: seen.append((model, real(model, *a))) or seen[-1][1])
+    train(train_config(max_steps=1, learning_rate=1e-2, block_lr="down=0.5,down.0=3,mid=0", loraplus_ratio=4), **QUIET)
+    model, groups = seen[0]
+    rate_of = {id(p): group["lr"] for group in groups for p in group["params"]}
+    expected = {"down_blocks.0": 3.0, "mid_block": 0.0, "up_blocks": 1.0}  # the tiny UNet's attention blocks
+    checked = set()
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            block = next(b for b in expected if name.startswith(b))
+            factor = expected[block] * (4 if ".lora_B." in name else 1)
+            assert rate_of[id(parameter)] == pytest.approx(1e-2 * factor), name
+            checked.add(block)
+    assert checked == set(expected)
+    a, b = _resumed(train_config, tmp_path, block_lr="down=0.5,up.1=2")
+    assert max((a.tensors[k] - b.tensors[k]).abs().max().item() for k in a.tensors) <= 1e-6
+
+
+@pytest.mark.parametrize("block_lr, words", [
+    ("side=1", "--block-lr = 'side=1': name down, mid, up or down.0 to up.3"),
+    ("down=-1", "--block-lr = 'down=-1': name down, mid, up"),
+    ("down.1=2", "--block-lr down.1: no adapted layer of this base lies in that block (adapted: down.0, mid, up.1)"),
+])
+def test_bad_block_rates_are_one_line_errors(train_config, block_lr, words):
+    with pytest.raises(ConfigError) as caught:
+        train(train_config(max_steps=1, block_lr=block_lr), **QUIET)
+    assert str(caught.value).startswith(words) and "\n" not in str(caught.value)

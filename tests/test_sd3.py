@@ -141,6 +141,7 @@ def test_the_command_line_trains_inspects_and_paints_on_sd3(tiny_sd3_base, image
     (dict(train_bias=True), "--train-bias = True: SD3.x adapters are written in diffusers' layout, which holds no "
                             "trained biases"),
     (dict(targets="all", conv_rank=2), "--conv-rank = 2: SD3.x has no convolutions to adapt"),
+    (dict(block_lr="down=0.5"), "--block-lr = 'down=0.5': SD3.x has no down/mid/up blocks; leave out --block-lr"),
     (dict(format="kohya"), "--format = 'kohya': SD3.x files have no kohya layout that diffusers reads; leave out "
                            "--format"),
 ])

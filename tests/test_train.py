@@ -118,21 +118,25 @@ def _cli(*args, cwd=None):
                           env=env | {k: v for k, v in __import__("os").environ.items() if k.startswith(("PYTHON", "HOME"))})
 
 
-@pytest.mark.slow
-def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, image_folder, tiny_base):
+def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, image_folder, tiny_base, capsys):
+    """The first as a real process (its exit code and whole stderr); the rest through the same main, in process."""
+    from stylelora.cli.main import main as cli
+
+    run = _cli("train", str(tmp_path / "missing"), "--base", str(tiny_base))
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "no such folder" in run.stderr, run.stderr
     base = ["--base", str(tiny_base)]
     for args, expected in [
-        (["train", str(tmp_path / "missing")], "no such folder"),
         (["train", str(tmp_path)], "no usable image"),
         (["train", str(image_folder), "--rank", "0"], "--rank = 0"),
         (["train", str(image_folder), "--resolution", "30"], "--resolution = 30"),
         (["train", str(image_folder), "--max-steps", "-1"], "--max-steps = -1"),
         (["train", str(image_folder), "--base", str(tmp_path / "model.ckpt")], "pickle"),
     ]:
-        run = _cli(*(args if "--base" in args else args + base))
-        assert run.returncode == 2, (args, run.stderr)
-        lines = run.stderr.strip().splitlines()
-        assert len(lines) == 1 and expected in lines[0] and "Traceback" not in run.stderr, run.stderr
+        code = cli(args if "--base" in args else args + base)
+        stderr = capsys.readouterr().err
+        assert code == 2, (args, stderr)
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0] and "Traceback" not in stderr, stderr
 
 
 def test_cli_trains_with_toml_config_and_flags_winning(tmp_path, tiny_base, image_folder):

@@ -74,7 +74,7 @@ def save_caption_table(folder_path, table) -> str:
 # The Train tab's plain fields, by TrainConfig name, in the order on_start receives them.
 MAIN_FIELDS = ("rank", "max_steps", "learning_rate", "resolution")
 ADVANCED_FIELDS = ("sample_every", "sample_prompts", "flip", "caption_dropout", "resume", "precision", "timestep_sampling",
-                   "loss", "format", "optimizer")
+                   "loss", "format", "optimizer", "optimizer_args", "block_lr")
 PLAIN_FIELDS = ("trigger", "base", "train_text_encoder", *MAIN_FIELDS, "batch_size", "alpha", "seed", "save_every",
                 *ADVANCED_FIELDS, "quantize_base", "method", "targets")
 

@@ -13,7 +13,7 @@ from ..methods import METHODS, TARGET_PRESETS, AdapterSpec, method_checks, metho
 from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES
 from ..options import UiField, as_list, field_values, option, read_toml, refuse_first
 from .loss import HUBER_C, HUBER_SCHEDULES, LOSSES
-from .optimizers import OPTIMIZERS, parse_optimizer_args
+from .optimizers import OPTIMIZERS, block_rates, parse_optimizer_args
 from .objective import TIMESTEP_SAMPLINGS, Sampling
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -122,6 +122,9 @@ class TrainConfig:
                                      "prodigy-schedulefree (no schedule; the file holds their average); lion (at a "
                                      "third of AdamW's rate)", "optimisation",
                             choices=tuple(OPTIMIZERS), ui=UiField("Optimizer", "dropdown"))
+    block_lr: str = option("", "UNet blocks' learning rates as multiples of --lr: down=,mid=,up= or one block, "
+                               "down.0= to up.3= (diffusers' block numbers), e.g. down=0.5,up.3=2; unnamed: 1",
+                           "optimisation", ui=UiField("Block learning rates (down=,mid=,up=; blank = all 1)"))
     optimizer_args: str = option("", "the optimizer's own keyword arguments, key=value,..., e.g. d_coef=2 for "
                                      "prodigy; they win over stylelora's", "optimisation",
                                  ui=UiField("Optimizer arguments (key=value,...)"))
@@ -293,6 +296,14 @@ def _schedule_free(c: TrainConfig) -> bool:
     return c.optimizer in OPTIMIZERS and OPTIMIZERS[c.optimizer].schedule_free
 
 
+def _block_rates_read(text: str) -> bool:
+    try:
+        block_rates(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _arguments_read(text: str) -> bool:
     try:
         parse_optimizer_args(text)
@@ -333,6 +344,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         (c.optimizer != "prodigy-schedulefree" or not c.warmup_steps, "warmup_steps",
          "prodigy-schedulefree warms up itself (its step size starts small); leave out --warmup-steps"),
         (_arguments_read(c.optimizer_args), "optimizer_args", "write key=value pairs split by commas, e.g. d_coef=2"),
+        (_block_rates_read(c.block_lr), "block_lr", "name down, mid, up or down.0 to up.3 with a multiple of "
+                                                    "--lr of 0 or more, e.g. down=0.5,up.3=2"),
         (c.lr_schedule in LR_SCHEDULES, "lr_schedule", f"choose one of {', '.join(LR_SCHEDULES)}"),
         (c.optimizer in OPTIMIZERS, "optimizer", f"choose one of {', '.join(OPTIMIZERS)}"),
         (c.warmup_steps >= 0, "warmup_steps", "warmup steps must be 0 or more"),

@@ -22,7 +22,7 @@ from diffusers.optimization import get_scheduler
 
 from ..data.folder import Example, ImageFolder, describe_folder, scan_folder, warn_long_captions
 from ..data.split import split_examples
-from ..errors import DatasetError, TrainingError, TrainingInterrupted
+from ..errors import ConfigError, DatasetError, TrainingError, TrainingInterrupted
 from ..families import Family, family_of_pipe
 from ..methods import KINDS, layout_checks, method_of
 from ..methods.attach import attach
@@ -34,7 +34,7 @@ from ..options import refuse_first
 from .checkpoint import latest_checkpoint, resume
 from .config import TrainConfig, validate
 from .inputs import prepare_inputs
-from .optimizers import OPTIMIZERS, build_optimizer
+from .optimizers import OPTIMIZERS, block_key, block_rates, build_optimizer
 from .outputs import Kept, MetricsLog, Outputs, progress_bar as make_progress_bar, render_samples, with_preview_prompts
 from .stages import DTYPES, Model, Optimisation
 from .step_loss import StepLoss
@@ -150,7 +150,9 @@ def prepare_model(config: TrainConfig, device: torch.device, folder: ImageFolder
                           *layout_checks(config, family.plain_layout(config.format), family.label),
                           (family.target_presets is None or (config.conv_rank is None and config.conv_alpha is None),
                            "conv_rank" if config.conv_rank is not None else "conv_alpha",
-                           f"{family.label} has no convolutions to adapt; leave out --conv-rank/--conv-alpha")])
+                           f"{family.label} has no convolutions to adapt; leave out --conv-rank/--conv-alpha"),
+                          (not config.block_lr or family.unet_blocks, "block_lr",
+                           f"{family.label} has no down/mid/up blocks; leave out --block-lr")])
     if config.quantize_base != "none":
         shares = [quantized_share(model, part).describe() for part, model in family.models(pipe).items()
                   if quantization_of(model) != "none"]
@@ -183,7 +185,8 @@ def prepare_adapters(config: TrainConfig, model: Model, examples: int, accelerat
                          else (config.text_encoder_targets, "--text-encoder-targets"))
         attach(module, spec, targets, flag=flag, total_steps=steps)
         rate = config.effective_learning_rate if part == "unet" else config.effective_text_encoder_lr
-        groups += parameter_groups(module, rate, config.loraplus_ratio)
+        blocks = block_rates(config.block_lr) if part == "unet" else None
+        groups += parameter_groups(module, rate, config.loraplus_ratio, blocks)
     adapted = list(parts.values())
     for group in groups:
         for p in group["params"]:
@@ -204,15 +207,29 @@ def prepare_adapters(config: TrainConfig, model: Model, examples: int, accelerat
     return optimisation
 
 
-def parameter_groups(model: torch.nn.Module, lr: float, loraplus_ratio: float) -> list[dict]:
-    """The model's trainable LoRA tensors as optimizer groups. With LoRA+ (Hayou et al. 2024) the B (up)
-    matrices get `loraplus_ratio` times the learning rate of A. peft's create_loraplus_optimizer does the
-    same split but builds the optimizer for one model at one rate; the UNet and text encoder have two."""
-    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    if not loraplus_ratio:
-        return [{"params": [p for _, p in named], "lr": lr}]
-    return [{"params": [p for name, p in named if ".lora_B." not in name], "lr": lr},
-            {"params": [p for name, p in named if ".lora_B." in name], "lr": lr * loraplus_ratio}]
+def parameter_groups(model: torch.nn.Module, lr: float, loraplus_ratio: float,
+                     block_lr: dict[str, float] | None = None) -> list[dict]:
+    """The model's trainable LoRA tensors as optimizer groups, one per rate. With LoRA+ (Hayou et al. 2024) the B
+    (up) matrices get `loraplus_ratio` times the rate of A; with `block_lr` each UNet block its own multiple of it
+    (kohya's down/mid/up_lr_weight), the most specific key named winning ("down.1" over "down"). peft's
+    create_loraplus_optimizer does the LoRA+ split but builds the optimizer for one model at one rate; the UNet and
+    text encoder have two."""
+    rates: dict[float, list[torch.nn.Parameter]] = {}
+    named = set()
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        key = block_key(name)
+        named |= {key, key.split(".")[0]}
+        rate = lr * next((block_lr[k] for k in (key, key.split(".")[0]) if block_lr and k in block_lr), 1.0)
+        if loraplus_ratio and ".lora_B." in name:
+            rate *= loraplus_ratio
+        rates.setdefault(rate, []).append(parameter)
+    missing = sorted(set(block_lr or {}) - named)
+    if missing:
+        raise ConfigError(f"--block-lr {missing[0]}: no adapted layer of this base lies in that block (adapted: "
+                          f"{', '.join(sorted(k for k in named if k not in ('', 'down', 'up')))}); name one of those")
+    return [{"params": params, "lr": rate} for rate, params in rates.items()]
 
 
 def adapter_summary(config: TrainConfig) -> str:

@@ -51,6 +51,32 @@ OPTIMIZERS = {kind.name: kind for kind in (
 )}
 
 
+BLOCK_KEYS = ("down", "mid", "up", *(f"{side}.{n}" for side in ("down", "up") for n in range(4)))
+
+
+def block_rates(text: str) -> dict[str, float]:
+    """`--block-lr down=0.5,up.3=2` as {block: multiple of the UNet rate}; a ValueError when it does not read."""
+    rates = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sign, value = item.partition("=")
+        rate = float(value)
+        if not sign or key.strip() not in BLOCK_KEYS or not rate >= 0 or rate == float("inf"):
+            raise ValueError(item)
+        rates[key.strip()] = rate
+    return rates
+
+
+def block_key(name: str) -> str:
+    """The --block-lr keys a UNet parameter answers to, most specific first: ("down.1", "down") for
+    down_blocks.1..., ("mid",) for mid_block..., () for the rest (conv_in, time embedding)."""
+    if name.startswith("mid_block."):
+        return "mid"
+    for side in ("down", "up"):
+        if name.startswith(f"{side}_blocks."):
+            return f"{side}.{name.split('.')[1]}"
+    return ""
+
+
 def parse_optimizer_args(text: str) -> dict[str, Any]:
     """`key=value,...` as keyword arguments: numbers, true/false and None as such, anything else a string."""
     arguments = {}
