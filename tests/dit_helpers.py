@@ -1,4 +1,4 @@
-"""What the SD3.x and Flux.1 tests share: a training config for a tiny DiT base, and the exact-resume check."""
+"""What the SD3.x and Flux.1 tests share: a training config for a tiny DiT base, the exact-resume check, and the\nserved-equals-generated check."""
 
 from pathlib import Path
 
@@ -31,3 +31,32 @@ def assert_resume_is_exact(make, tmp_path: Path) -> None:
     a, b = read_safetensors(straight.adapter_path).tensors, read_safetensors(train(stopped, **quiet).adapter_path).tensors
     assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
 
+
+
+def assert_served_is_generated(base: Path, adapter: Path, tmp_path: Path) -> None:
+    """A request to `stylelora serve`'s app with `adapter` at 0.7 is, pixel for pixel, what `generate` paints."""
+    import base64
+    import io
+    import shutil
+
+    import numpy as np
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from stylelora.paint.generate import generate
+    from stylelora.paint.request import GenerateConfig
+    from stylelora.serve.app import build_app
+    from stylelora.serve.config import ServeConfig
+
+    folder = tmp_path / "adapters"
+    folder.mkdir()
+    path = shutil.copy(adapter, folder / "style.safetensors")
+    app = build_app(ServeConfig(base=str(base), adapters=folder, max_count=2, max_side=64, max_steps=10))
+    with TestClient(app) as client:
+        reply = client.post("/v1/generate", json={"prompt": "a red circle", "adapters": [{"name": "style", "weight": 0.7}],
+                                                  "seed": 3, "steps": 3, "scheduler": "euler"})
+    assert reply.status_code == 200, reply.text
+    served = Image.open(io.BytesIO(base64.b64decode(reply.json()["images"][0]["png"])))
+    painted = Image.open(generate(GenerateConfig(prompt="a red circle", loras=(f"{path}:0.7",), base=str(base),
+                                                 seed=3, count=1, steps=3, scheduler="euler", out=tmp_path / "g"))[0])
+    assert np.array_equal(np.asarray(served), np.asarray(painted))

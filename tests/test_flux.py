@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import FluxPipeline
 
-from dit_helpers import assert_resume_is_exact, dit_config_maker
+from dit_helpers import assert_resume_is_exact, assert_served_is_generated, dit_config_maker
 from stylelora.adapters.formats import read_lora, write_lora
 from stylelora.adapters.stack import StyleWeight
 from stylelora.errors import AdapterFileError, ConfigError
@@ -176,6 +176,10 @@ def test_a_mixed_batch_equals_each_request_alone_and_the_styler_blends(tiny_flux
         assert styler.generate("a red circle", steps=2, cfg=3.5, size=32, scheduler="euler", blend=blend)[0].size == (32, 32)
     with pytest.raises(ConfigError, match="--negative: Flux.1 paints with distilled guidance"):
         styler.generate("a red circle", negative="blurry", steps=2, size=32, scheduler="euler")
+
+
+def test_the_server_serves_a_flux_base_and_a_request_is_what_generate_paints(tiny_flux_base, flux_adapters, tmp_path):
+    assert_served_is_generated(tiny_flux_base, flux_adapters[1], tmp_path)
 
 
 def test_unet_adapters_are_refused_and_inspect_names_the_family(tiny_flux_base, flux_adapters, train_config):

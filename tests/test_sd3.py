@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers import StableDiffusion3Pipeline
 
-from dit_helpers import assert_resume_is_exact, dit_config_maker
+from dit_helpers import assert_served_is_generated, assert_resume_is_exact, dit_config_maker
 from stylelora.adapters.stack import StyleWeight
 from stylelora.errors import AdapterFileError
 from stylelora.families import SD3
@@ -195,30 +195,7 @@ def test_previews_validation_and_a_quantized_base_train_on_sd3(sd3_config, tmp_p
 
 
 def test_the_server_serves_an_sd3_base_and_a_request_is_what_generate_paints(tiny_sd3_base, sd3_adapters, tmp_path):
-    import base64
-    import io
-    import shutil
-
-    import numpy as np
-    from fastapi.testclient import TestClient
-    from PIL import Image
-
-    from stylelora.paint.generate import generate
-    from stylelora.serve.app import build_app
-    from stylelora.serve.config import ServeConfig
-
-    folder = tmp_path / "adapters"
-    folder.mkdir()
-    path = shutil.copy(sd3_adapters[1], folder / "style.safetensors")
-    app = build_app(ServeConfig(base=str(tiny_sd3_base), adapters=folder, max_count=2, max_side=64, max_steps=10))
-    with TestClient(app) as client:
-        reply = client.post("/v1/generate", json={"prompt": "a red circle", "adapters": [{"name": "style", "weight": 0.7}],
-                                                  "seed": 3, "steps": 3, "scheduler": "euler"})
-    assert reply.status_code == 200, reply.text
-    served = Image.open(io.BytesIO(base64.b64decode(reply.json()["images"][0]["png"])))
-    painted = Image.open(generate(GenerateConfig(prompt="a red circle", loras=(f"{path}:0.7",), base=str(tiny_sd3_base),
-                                                 seed=3, count=1, steps=3, scheduler="euler", out=tmp_path / "g"))[0])
-    assert np.array_equal(np.asarray(served), np.asarray(painted))
+    assert_served_is_generated(tiny_sd3_base, sd3_adapters[1], tmp_path)
 
 
 def test_t5_is_freed_with_the_clip_encoders_once_every_caption_is_cached(sd3_config, monkeypatch):

@@ -9,7 +9,10 @@ weights are then pointed at those tensors, so an adapter is held once in memory,
 
 from __future__ import annotations
 
+import logging
 import warnings
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -79,8 +82,9 @@ class PeftView:
         else:
             tensors = to_diffusers(weights, self.family.denoiser)[0]
         try:
-            with warnings.catch_warnings():
-                # peft warns on every adapter after the first; several adapters at once is what we are for
+            with warnings.catch_warnings(), _quiet_logger("diffusers.loaders.lora_base"):
+                # peft warns on every adapter after the first; several adapters at once is what we are for. diffusers
+                # warns when an adapter has no text-encoder part, which is most of them.
                 warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
                 self.pipe.load_lora_weights(tensors, adapter_name=name)
         except (ValueError, KeyError, RuntimeError, TypeError) as error:
@@ -100,3 +104,15 @@ def _point_at(layer: torch.nn.Module, tensor: torch.Tensor) -> None:
     weight = layer.weight
     if weight.shape == tensor.shape and weight.dtype == tensor.dtype and weight.device == tensor.device:
         weight.data = tensor
+
+
+@contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """`name`'s warnings held back while inside: diffusers logs them rather than warning."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
