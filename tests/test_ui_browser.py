@@ -159,6 +159,14 @@ def test_upload_caption_train_library_generate(page, server, image_folder, tiny_
     second_weights, second = _weights_and_pixels(_paint(page, workspace))
     assert (first_weights, second_weights) == ({"mystyle": 1.2, "alpha": 0.4}, {"mystyle": 1.2, "alpha": 1.5})
     assert first != second
+    # A weight is read as the command line reads it: not clamped, and text that is no weight is refused by name
+    for typed in ("abc", "1,5"):
+        fill(page, "weight-alpha", typed)
+        page.click("#generate")
+        page.wait_for_function("t => document.querySelector('#gen-status').innerText.includes(t)",
+                               arg=f"alpha weight '{typed}': give a number like 0.7", timeout=30_000)
+    fill(page, "weight-alpha", 5)
+    assert _weights_and_pixels(_paint(page, workspace))[0] == {"mystyle": 1.2, "alpha": 5.0}
     paint_with(page, {})
     no_weights, base_picture = _weights_and_pixels(_paint(page, workspace))
     paint_with(page, {"alpha": 0})

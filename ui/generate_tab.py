@@ -9,6 +9,7 @@ import re
 import gradio as gr
 
 from stylelora.adapters.library import AdapterEntry, known_bases, list_adapters
+from stylelora.adapters.stack import StyleWeight
 from stylelora.errors import StyleloraError
 from stylelora.options import page_values
 from stylelora.paint.generate import generate
@@ -43,8 +44,10 @@ def generate_tab(session: Session) -> None:
                 on = gr.Checkbox(False, label="on", elem_id=f"on-{slug}", interactive=True, scale=0, min_width=60)
                 gr.Markdown(f"**{name}**" + (f"  \ntrigger: `{trigger}`" if trigger else "  \nno trigger word"),
                             elem_id=f"name-{slug}")
-                weight = gr.Slider(-1, 2, 1.0, step=0.05, label=f"{name} weight", elem_id=f"weight-{slug}",
-                                   interactive=True, scale=3)
+                # A text box, read as the command line reads a weight: a number (any, not clamped), or parts
+                # (unet=0.8,te=0.5, down=,mid=,up=); anything else is refused in one line, never taken as 0
+                weight = gr.Textbox("1", label=f"{name} weight (a number, or unet=…,te=…)", elem_id=f"weight-{slug}",
+                                    interactive=True, max_lines=1, scale=3)
                 gr.Image(preview, show_label=False, height=64, width=64, container=False, interactive=False,
                          elem_id=f"preview-{slug}", scale=0, min_width=64)
             controls += [on, weight]
@@ -88,9 +91,13 @@ def paint_controls(session: Session, names: list[str], controls: list, base, pro
     grid, grid_weights, grid_weights_b = grid
 
     def specs(values):
+        """FILE:WEIGHT for each ticked adapter; a weight that does not read raises a one-line ConfigError naming it."""
         paths = session.adapter_paths()
         pairs = list(zip(values[0::2], values[1::2]))
-        return [f"{paths[n]}:{w}" for n, (on_, w) in zip(names, pairs) if on_ and n in paths]
+        chosen = [(n, str(w).strip()) for n, (on_, w) in zip(names, pairs) if on_ and n in paths]
+        for name, weight in chosen:
+            StyleWeight.parse(weight, flag=name)  # "stripes weight '1,5': give a number like 0.7, ..."
+        return [f"{paths[n]}:{w}" for n, w in chosen]
 
     def run(base_, quantize_, prompt_, negative_, seed_, random_, steps_, cfg_, count_, width_, height_, *values):
         seed_ = random.randrange(2**31) if random_ else int(seed_)
@@ -113,10 +120,10 @@ def paint_controls(session: Session, names: list[str], controls: list, base, pro
         return f"Saved the blend as {out.name}."
 
     def grid_run(base_, quantize_, prompt_, seed_, steps_, cfg_, weights, weights_b, *values):
-        chosen_specs = specs(values)
-        if not chosen_specs:
-            return gr.skip(), "**Error:** choose at least one adapter"
         try:
+            chosen_specs = specs(values)
+            if not chosen_specs:
+                return gr.skip(), "**Error:** choose at least one adapter"
             lora_b = chosen_specs[1].rsplit(":", 1)[0] if weights_b and len(chosen_specs) > 1 else None
             config = GridConfig((prompt_,), chosen_specs[0].rsplit(":", 1)[0], parse_weights(weights, "weights"),
                                 session.workspace / "outputs" / f"grid-{int(seed_)}.png", lora_b,
