@@ -17,8 +17,8 @@ from .flux import FLUX
 from .sd3 import SD3
 from .unet import MINI, SD1, SD2, SDXL, UNKNOWN
 
-__all__ = ["Conditioning", "Family", "FusedName", "Placement", "TextEncoder", "FAMILIES", "FLUX", "MINI", "SD1", "SD2", "SD3",
-           "SDXL", "UNKNOWN", "TEXT_PARTS", "architecture_of_weights", "check_fits", "family_of_config",
+__all__ = ["Conditioning", "Family", "FusedName", "Placement", "TextEncoder", "FAMILIES", "FLUX", "MINI", "SD1",
+           "SD2", "SD3", "SDXL", "UNKNOWN", "TEXT_PARTS", "architecture_of_weights", "check_fits", "family_of_config",
            "family_of_pipe", "family_of_single_file", "family_of_weights"]
 
 FAMILIES = {family.name: family for family in (SD1, SD2, SDXL, MINI, SD3, FLUX)}
