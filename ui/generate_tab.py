@@ -135,8 +135,10 @@ def paint_controls(session: Session, names: list[str], controls: list, base, pro
             return gr.skip(), error_message(error)
         return [str(path)], "Grid saved."
 
-    go.click(run, [base, quantize, prompt, negative, seed, random_seed, steps, cfg, count, width, height] + controls,
-             [gallery, message])
+    # The last paint's message (an error, say) gives way at once, not when the new paint ends
+    go.click(lambda: "Painting…", None, [message], queue=False).then(
+        run, [base, quantize, prompt, negative, seed, random_seed, steps, cfg, count, width, height] + controls,
+        [gallery, message])
     save_blend.click(save, [blend_name] + controls, [message])
     grid.click(grid_run, [base, quantize, prompt, seed, steps, cfg, grid_weights, grid_weights_b] + controls,
                [gallery, message])
