@@ -27,7 +27,7 @@ from stylelora.mini.evaluate import measure  # noqa: E402
 from stylelora.paint.styler import Styler  # noqa: E402
 
 from report_section import write_section  # noqa: E402  (bench/ is on the path when run as a script)
-from timesteps import JUDGED_STEPS, RESULTS, STYLES, judge_run, steps_to_90, train_run  # noqa: E402
+from timesteps import JUDGED_STEPS, RESULTS, STYLES, judge_run, judged_table, train_run  # noqa: E402
 
 OPTIMIZERS = {"adamw": {}, "prodigy": {"optimizer": "prodigy"}}
 
@@ -42,24 +42,9 @@ def earlier_adamw(per_prompt: int) -> dict | None:
 
 
 def table(results: dict, base: dict, per_prompt: int) -> str:
-    images = 12 * per_prompt
-    lines = [f"Measured on the miniature base by `python bench/optimizers.py`: {images} images per judged point, "
-             f"strict judge, one seed. With {images} images a rate's standard error is at most "
-             f"{0.5 / images ** 0.5:.0%} (binomial).", "",
-             "| optimizer | rate | style | style at 100 / 200 / 400 / 800 steps | first judged step at 90% of step "
-             "800's style | colour right at 800 | broken at 800 |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name in OPTIMIZERS:
-        for style in STYLES:
-            points = {int(k): v for k, v in results[name][style].items()}
-            curve = " / ".join(f"{points[s]['style']:.0%}" for s in JUDGED_STEPS)
-            last = points[JUDGED_STEPS[-1]]
-            rate = "2e-3 (the mini's tuned default)" if name == "adamw" else "1.0 (its own default)"
-            lines.append(f"| {name} | {rate} | {style} | {curve} | {steps_to_90(points)} | {last['colour']:.0%} | "
-                         f"{last['broken']:.0%} |")
-    lines.append(f"| base, no adapter | | | {base['striped']:.0%} striped, {base['dotted']:.0%} dotted, "
-                 f"{base['pastel']:.0%} pastel | | {base['colour']:.0%} | |")
-    return "\n".join(lines) + "\n"
+    rates = {"adamw": "2e-3 (the mini's tuned default)", "prodigy": "1.0 (its own default)"}
+    return judged_table(results, base, per_prompt, "optimizers.py", ", one seed", ["optimizer", "rate"],
+                        {name: [name, rates[name]] for name in OPTIMIZERS})
 
 
 def main() -> None:

@@ -65,22 +65,30 @@ def steps_to_90(points: dict[int, dict]) -> int:
 
 
 def table(results: dict, base: dict, per_prompt: int) -> str:
+    return judged_table(results, base, per_prompt, "timesteps.py", "", ["sampling"], {s: [s] for s in SAMPLINGS})
+
+
+def judged_table(results: dict, base: dict, per_prompt: int, script: str, extra: str, columns: list[str],
+                 rows: dict[str, list[str]]) -> str:
+    """The report of a bench that judges runs at JUDGED_STEPS: one row per setting (`rows`: its first cells, under
+    `columns`) and style, then the base's own rates. `extra` is said after "strict judge"."""
     images = 12 * per_prompt
-    lines = [f"Measured on the miniature base by `python bench/timesteps.py`: {images} images per judged point, "
-             f"strict judge. With {images} images a rate's standard error is at most "
+    head = " | ".join(columns)
+    lines = [f"Measured on the miniature base by `python bench/{script}`: {images} images per judged point, "
+             f"strict judge{extra}. With {images} images a rate's standard error is at most "
              f"{0.5 / images ** 0.5:.0%} (binomial).", "",
-             "| sampling | style | style at 100 / 200 / 400 / 800 steps | first judged step at 90% of step 800's "
+             f"| {head} | style | style at 100 / 200 / 400 / 800 steps | first judged step at 90% of step 800's "
              "style | colour right at 800 | broken at 800 |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for sampling in SAMPLINGS:
+             "| " + " | ".join(["---"] * (len(columns) + 5)) + " |"]
+    for name, cells in rows.items():
         for style in STYLES:
-            points = {int(k): v for k, v in results[sampling][style].items()}
+            points = {int(k): v for k, v in results[name][style].items()}
             curve = " / ".join(f"{points[s]['style']:.0%}" for s in JUDGED_STEPS)
             last = points[JUDGED_STEPS[-1]]
-            lines.append(f"| {sampling} | {style} | {curve} | {steps_to_90(points)} | {last['colour']:.0%} | "
+            lines.append(f"| {' | '.join(cells)} | {style} | {curve} | {steps_to_90(points)} | {last['colour']:.0%} | "
                          f"{last['broken']:.0%} |")
-    lines.append(f"| base, no adapter | | {base['striped']:.0%} striped, {base['dotted']:.0%} dotted, "
-                 f"{base['pastel']:.0%} pastel | | {base['colour']:.0%} | |")
+    lines.append(f"| base, no adapter | {'| ' * (len(columns) - 1)}| {base['striped']:.0%} striped, "
+                 f"{base['dotted']:.0%} dotted, {base['pastel']:.0%} pastel | | {base['colour']:.0%} | |")
     return "\n".join(lines) + "\n"
 
 

@@ -13,7 +13,7 @@ from ..methods import METHODS, TARGET_PRESETS, AdapterSpec, method_checks, metho
 from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES
 from ..options import UiField, as_list, field_values, option, read_toml, refuse_first
 from .loss import HUBER_C, HUBER_SCHEDULES, LOSSES
-from .optimizers import OPTIMIZERS, block_rates, parse_optimizer_args
+from .optimizers import OPTIMIZERS, optimizer_checks
 from .objective import TIMESTEP_SAMPLINGS, Sampling
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -292,26 +292,6 @@ class TrainConfig:
                 for k, v in dataclasses.asdict(self).items()}
 
 
-def _schedule_free(c: TrainConfig) -> bool:
-    return c.optimizer in OPTIMIZERS and OPTIMIZERS[c.optimizer].schedule_free
-
-
-def _block_rates_read(text: str) -> bool:
-    try:
-        block_rates(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _arguments_read(text: str) -> bool:
-    try:
-        parse_optimizer_args(text)
-    except ValueError:
-        return False
-    return True
-
-
 def validate(config: TrainConfig) -> TrainConfig:
     """Check every field and return the config unchanged; raise ConfigError naming the first bad one."""
     c = config
@@ -337,17 +317,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         (c.learning_rate is None or c.learning_rate > 0, "learning_rate", "the learning rate must be above 0, e.g. 1e-4"),
         (c.text_encoder_lr is None or c.text_encoder_lr > 0, "text_encoder_lr",
          "the learning rate must be above 0, e.g. 5e-5"),
-        (not _schedule_free(c) or c.lr_schedule == "constant", "lr_schedule",
-         f"{c.optimizer} replaces the schedule; leave --lr-schedule at constant"),
-        (not _schedule_free(c) or not c.ema_decay, "ema_decay",
-         f"{c.optimizer} saves its own average of the weights; leave out --ema-decay"),
-        (c.optimizer != "prodigy-schedulefree" or not c.warmup_steps, "warmup_steps",
-         "prodigy-schedulefree warms up itself (its step size starts small); leave out --warmup-steps"),
-        (_arguments_read(c.optimizer_args), "optimizer_args", "write key=value pairs split by commas, e.g. d_coef=2"),
-        (_block_rates_read(c.block_lr), "block_lr", "name down, mid, up or down.0 to up.3 with a multiple of "
-                                                    "--lr of 0 or more, e.g. down=0.5,up.3=2"),
         (c.lr_schedule in LR_SCHEDULES, "lr_schedule", f"choose one of {', '.join(LR_SCHEDULES)}"),
-        (c.optimizer in OPTIMIZERS, "optimizer", f"choose one of {', '.join(OPTIMIZERS)}"),
+        *optimizer_checks(c),  # the optimizer's own options (train/optimizers.py)
         (c.warmup_steps >= 0, "warmup_steps", "warmup steps must be 0 or more"),
         (c.max_steps is None or c.max_steps >= 1, "max_steps", "train for at least 1 step"),
         (c.epochs is None or c.epochs >= 1, "epochs", "train for at least 1 epoch"),

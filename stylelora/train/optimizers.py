@@ -30,6 +30,7 @@ class OptimizerKind:
     # Schedule-free: the weights to validate and save (its average) differ from those it steps, and it replaces
     # the learning-rate schedule.
     schedule_free: bool = False
+    takes_warmup: bool = True  # False: it warms up itself, and --warmup-steps would be a second warmup
 
     def learning_rate(self, adamw_rate: float) -> float:
         return self.usual_rate if self.absolute else adamw_rate * self.usual_rate
@@ -45,7 +46,7 @@ OPTIMIZERS = {kind.name: kind for kind in (
     OptimizerKind("adamw-schedulefree", "schedulefree.adamw_schedulefree.AdamWScheduleFree", "schedulefree",
                   arguments=lambda c: {"warmup_steps": c.warmup_steps}, schedule_free=True),
     OptimizerKind("prodigy-schedulefree", "prodigyplus.prodigy_plus_schedulefree.ProdigyPlusScheduleFree",
-                  "prodigy-plus-schedule-free", absolute=True, schedule_free=True),
+                  "prodigy-plus-schedule-free", absolute=True, schedule_free=True, takes_warmup=False),
     # The Lion paper runs it 3-10x below AdamW's rate (its sign update takes larger steps)
     OptimizerKind("lion", "lion_pytorch.lion_pytorch.Lion", "lion-pytorch", usual_rate=1 / 3),
 )}
@@ -90,6 +91,34 @@ def parse_optimizer_args(text: str) -> dict[str, Any]:
         except (ValueError, SyntaxError):
             arguments[key.strip()] = value.strip()
     return arguments
+
+
+def optimizer_checks(c: Any) -> list[tuple[bool, str, str]]:
+    """What a TrainConfig's --optimizer, --optimizer-args and --block-lr refuse, alone and with the options they
+    meet: (holds, field, what to do instead), as config.validate lists them."""
+    kind = OPTIMIZERS.get(c.optimizer)
+    schedule_free = kind is not None and kind.schedule_free
+    return [
+        (kind is not None, "optimizer", f"choose one of {', '.join(OPTIMIZERS)}"),
+        (not schedule_free or c.lr_schedule == "constant", "lr_schedule",
+         f"{c.optimizer} replaces the schedule; leave --lr-schedule at constant"),
+        (not schedule_free or not c.ema_decay, "ema_decay",
+         f"{c.optimizer} saves its own average of the weights; leave out --ema-decay"),
+        (kind is None or kind.takes_warmup or not c.warmup_steps, "warmup_steps",
+         f"{c.optimizer} warms up itself (its step size starts small); leave out --warmup-steps"),
+        (_reads(parse_optimizer_args, c.optimizer_args), "optimizer_args",
+         "write key=value pairs split by commas, e.g. d_coef=2"),
+        (_reads(block_rates, c.block_lr), "block_lr",
+         "name down, mid, up or down.0 to up.3 with a multiple of --lr of 0 or more, e.g. down=0.5,up.3=2"),
+    ]
+
+
+def _reads(parse: Callable[[str], Any], text: str) -> bool:
+    try:
+        parse(text)
+    except ValueError:
+        return False
+    return True
 
 
 def build_optimizer(name: str, groups: list[dict], config: Any) -> torch.optim.Optimizer:
