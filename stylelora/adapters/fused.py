@@ -80,7 +80,7 @@ def split(kohya: str, module: LoraModule, names: tuple[FusedName, ...]) -> dict[
     up = _swapped(module.up) * module.scale if name.swap_halves else module.up * module.scale
     rows = [up.shape[0] // sum(name.shares) * share for share in name.shares]
     if up.shape[0] != sum(rows):
-        return {}  # not this base's shape; the module-by-module check names it
+        return None  # rows that do not split by its shares: kept whole, so the module-by-module check names it
     count, members = len(paths), {}
     diagonal = module.rank % count == 0 and _block_diagonal(up, rows, module.rank // count)
     for index, (path, ups) in enumerate(zip(paths, torch.split(up, rows))):
