@@ -22,12 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import stylelora.train.checkpoint as checkpoint  # noqa: E402
-from stylelora.files import write_atomically  # noqa: E402
-from stylelora.mini.evaluate import measure  # noqa: E402
 from stylelora.paint.styler import Styler  # noqa: E402
 
-from report_section import write_section  # noqa: E402  (bench/ is on the path when run as a script)
-from timesteps import JUDGED_STEPS, RESULTS, STYLES, judge_run, judged_table, train_run  # noqa: E402
+from timesteps import (JUDGED_STEPS, RESULTS, STYLES, base_rates, judge_run, judged_table, train_run,  # noqa: E402
+                       write_report)
 
 OPTIMIZERS = {"adamw": {}, "prodigy": {"optimizer": "prodigy"}}
 
@@ -57,22 +55,15 @@ def main() -> None:
     styler = Styler("mini")
     earlier = earlier_adamw(per_prompt)
     results = {"adamw": earlier["results"]["uniform"]} if earlier else {}
-    base = earlier["base"] if earlier else None
-    if base is None:
-        base_rates = measure(styler, per_prompt=per_prompt)
-        base = {key: base_rates.share(key) for key in ("colour", *STYLES.values())}
+    base = earlier["base"] if earlier else base_rates(styler, per_prompt)
     for name, settings in OPTIMIZERS.items():
         if name in results:
             continue
         folder = "uniform" if name == "adamw" else name
         runs = {style: train_run(work, style, folder, **settings) for style in STYLES}
         results[name] = {style: judge_run(styler, out, style, per_prompt) for style, out in runs.items()}
-    write_atomically(RESULTS / "optimizers.json", json.dumps({"per_prompt": per_prompt, "base": base,
-                                                              "results": results}, indent=1).encode())
-    text = table(results, base, per_prompt)
-    write_atomically(RESULTS / "optimizers.md", text.encode())
-    write_section("optimizers-report", text)
-    print(text)
+    write_report("optimizers", {"per_prompt": per_prompt, "base": base, "results": results},
+                 table(results, base, per_prompt))
 
 
 if __name__ == "__main__":

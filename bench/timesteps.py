@@ -102,16 +102,25 @@ def main() -> None:
     runs = {sampling: {style: train_run(work, style, sampling, timestep_sampling=sampling) for style in STYLES}
             for sampling in SAMPLINGS}
     styler = Styler("mini")
-    base_rates = measure(styler, per_prompt=per_prompt)
-    base = {key: base_rates.share(key) for key in ("colour", *STYLES.values())}
+    base = base_rates(styler, per_prompt)
     results = {sampling: {style: judge_run(styler, out, style, per_prompt) for style, out in by_style.items()}
                for sampling, by_style in runs.items()}
+    write_report("timesteps", {"per_prompt": per_prompt, "base": base, "results": results},
+                 table(results, base, per_prompt))
+
+
+def base_rates(styler: Styler, per_prompt: int) -> dict[str, float]:
+    """The base's own colour and style rates, with no adapter on."""
+    rates = measure(styler, per_prompt=per_prompt)
+    return {key: rates.share(key) for key in ("colour", *STYLES.values())}
+
+
+def write_report(name: str, measured: dict, text: str) -> None:
+    """docs/results/NAME.json and NAME.md, and the table into the docs page between the NAME-report markers."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    write_atomically(RESULTS / "timesteps.json", json.dumps({"per_prompt": per_prompt, "base": base,
-                                                             "results": results}, indent=1).encode())
-    text = table(results, base, per_prompt)
-    write_atomically(RESULTS / "timesteps.md", text.encode())
-    write_section("timesteps-report", text)
+    write_atomically(RESULTS / f"{name}.json", json.dumps(measured, indent=1).encode())
+    write_atomically(RESULTS / f"{name}.md", text.encode())
+    write_section(f"{name}-report", text)
     print(text)
 
 
