@@ -95,3 +95,85 @@ def test_stop_with_nothing_running_says_so_and_a_study_of_a_missing_folder_never
         job.start(TuneConfig(data=tmp_path / "nope", out=tmp_path / "study"))
     assert not job.running and job.snapshot().status == "idle"
     assert not (tmp_path / "study").exists()
+
+
+def test_a_folder_anywhere_is_shown_through_thumbnails_in_the_workspace(image_folder, tmp_path):
+    import os
+
+    from PIL import Image
+
+    from stylelora.data.workspace import THUMBNAIL_SIDE, thumbnails
+
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    Image.new("RGB", (600, 300), "red").save(folder / "wide.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    workspace = tmp_path / "ws"
+    made = thumbnails(folder, ["wide.png", "broken.png"], workspace)
+    assert len(made) == 1 and made[0].is_relative_to(workspace / "thumbnails")  # the broken one gets none
+    assert Image.open(made[0]).size == (THUMBNAIL_SIDE, THUMBNAIL_SIDE // 2)
+    # A newer image is copied again; an unchanged one is not rewritten
+    before = made[0].stat().st_mtime_ns
+    assert thumbnails(folder, ["wide.png"], workspace)[0].stat().st_mtime_ns == before
+    Image.new("RGB", (100, 100), "blue").save(folder / "wide.png")
+    os.utime(folder / "wide.png", ns=(before + 10**9, before + 10**9))
+    assert Image.open(thumbnails(folder, ["wide.png"], workspace)[0]).size == (100, 100)
+
+
+def test_each_upload_gets_a_new_folder(tmp_path):
+    from stylelora.data.workspace import dataset_folder
+
+    first, second = dataset_folder(tmp_path, "my style"), dataset_folder(tmp_path, "my style")
+    assert (first.name, second.name) == ("my style", "my style-2") and first.parent == tmp_path / "datasets"
+    assert dataset_folder(tmp_path, "../../escape").parent == tmp_path / "datasets"
+
+
+def test_the_library_entry_says_how_it_was_trained_and_its_stamp_follows_changes(two_adapters, tmp_path):
+    import shutil
+
+    from stylelora.adapters.library import library_stamp
+
+    library = tmp_path / "lib"
+    library.mkdir()
+    assert library_stamp(library) == ()
+    shutil.copy(two_adapters[0], library / "alpha.safetensors")
+    stamp = library_stamp(library)
+    entry = list_adapters(library)[0]
+    assert (entry.steps, entry.kept_step) == ("3", "3")
+    assert entry.settings["rank"] == 2 and entry.settings["seed"] == 1 and entry.settings["max_steps"] == 3
+    assert library_stamp(library) == stamp
+    shutil.copy(two_adapters[1], library / "beta.safetensors")
+    assert library_stamp(library) != stamp
+
+
+def test_page_messages_name_fields_by_their_labels():
+    from stylelora.ui.fields import for_page
+
+    assert for_page("--prompt = '': give a prompt") == "'Prompt' = '': give a prompt"
+    assert for_page("--max-steps = 0: fix") == "'Steps' = 0: fix"
+    assert for_page("out of disk: run the same command with --resume to continue") == \
+        "out of disk: tick Resume and press Start again to continue"
+    assert for_page("--lora: give adapter A") == "'--lora': give adapter A"  # no field on the page: the flag stays
+
+
+def test_the_train_form_shows_a_config_that_reads_back_the_same(tmp_path):
+    from stylelora.options import page_values
+    from stylelora.train.config import TrainConfig
+    from stylelora.ui.fields import page_value
+
+    config = TrainConfig(data=tmp_path, rank=7, max_steps=123, learning_rate=3e-4, method="loha", targets="all",
+                         validation_split=0.2, keep="best", sample_every=0, resolution=None)
+    settings = config.to_json_dict()
+    for name in ("rank", "max_steps", "learning_rate", "method", "targets", "validation_split", "keep", "resolution"):
+        shown = page_value(TrainConfig, name, settings[name])
+        assert page_values(TrainConfig, {name: shown}).get(name, getattr(TrainConfig(data=tmp_path), name)) == \
+            getattr(config, name), name
+
+
+def test_the_best_trial_is_the_lowest_loss_or_the_highest_style():
+    from stylelora.tune.results import TrialReport, best_of
+
+    reports = [TrialReport(0, "COMPLETE", 0.3, {}), TrialReport(1, "PRUNED", 0.1, {}),
+               TrialReport(2, "COMPLETE", 0.2, {}), TrialReport(3, "FAIL", None, {})]
+    assert best_of(reports, "loss").number == 2 and best_of(reports, "judge").number == 0
+    assert best_of(reports[3:], "loss") is None

@@ -55,8 +55,11 @@ def test_upload_caption_train_library_generate(page, server, image_folder, tiny_
     (tmp_path / "notes.exe").write_text("not an image")
     page.locator("#uploads input[type=file]").set_input_files([str(f) for f in files] + [str(tmp_path / "notes.exe")])
     page.wait_for_selector("#data-message :text('4 images')", timeout=60_000)
-    assert "refused notes.exe" in page.locator("#data-message").inner_text()
-    # The refused file is listed as refused, with its reason, and leaves the list of files to train on.
+    # Said where the images went; the refused file is listed once, as refused, with its reason, and leaves
+    # the list of files to train on.
+    assert page.locator("#data-message").inner_text().startswith("4 images in datasets/mystyle.")
+    assert "1 file refused, listed below" in page.locator("#data-message").inner_text()
+    assert "notes.exe" not in page.locator("#data-message").inner_text()
     assert "notes.exe: not an image" in page.locator("#refused").inner_text()
     listed = "() => document.querySelector('#uploads').innerText.replace(/\\n/g, '')"  # a name shows as "0\n.png"
     page.wait_for_function(f"names => names.every(n => ({listed})().includes(n)) && !({listed})().includes('notes')",
@@ -298,6 +301,15 @@ def test_suggest_fills_the_train_fields_and_the_tune_tab_trains_the_best_trial(p
         time.sleep(0.3)
     assert tuned.exists()
     assert (workspace / "tune" / image_folder.name / "best.toml").exists()
+    # The Train tab's fields show what runs, not what was typed there before
+    from stylelora.train.config import from_dict, load_toml
+
+    best = from_dict(load_toml(workspace / "tune" / image_folder.name / "best.toml"))
+    page.get_by_role("tab", name="Train").click()
+    page.wait_for_function("want => document.querySelector('#rank input').value === want", arg=str(best.rank),
+                           timeout=30_000)
+    assert page.locator("#steps input").input_value() == str(best.max_steps)
+    assert "★ best" in table.inner_text()
     page.screenshot(path=str(ARTIFACTS / "tune.png"), full_page=True)
 
 

@@ -23,13 +23,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_ui(workspace: Path, adapters: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    """`stylelora ui` on a free port; returns the process and its URL once it answers."""
+def start_ui(workspace: Path, adapters: Path, *extra: str, env: dict[str, str] | None = None,
+             cwd: Path = ROOT) -> tuple[subprocess.Popen, str]:
+    """`stylelora ui` on a free port, started in `cwd`; returns the process and its URL once it answers."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "stylelora", "ui", "--workspace", str(workspace), "--adapters", str(adapters),
-         "--port", str(port), *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=os.environ | {"HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"})
+         "--port", str(port), *extra], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=os.environ | {"HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"} | (env or {}))
     url = f"http://127.0.0.1:{port}"
     for _ in range(120):
         try:

@@ -11,17 +11,20 @@ import gradio as gr
 from stylelora.adapters.library import AdapterEntry, known_bases, list_adapters
 from stylelora.adapters.stack import StyleWeight
 from stylelora.errors import StyleloraError
+from stylelora.files import free_path
 from stylelora.options import page_values
 from stylelora.paint.generate import generate
-from stylelora.paint.grid import make_grid, parse_weights
+from stylelora.paint.grid import axis_names, make_grid, parse_weights
 from stylelora.paint.merge_job import MergeConfig, merge
 from stylelora.paint.request import GenerateConfig, GridConfig
 from stylelora.ui.fields import widget
-from stylelora.ui.session import Session, error_message
+from stylelora.ui.session import Session, error_message, shown_path
 from stylelora.ui.train_fields import base_dropdown, quantize_dropdown
 
 
-def generate_tab(session: Session) -> None:
+def generate_tab(session: Session):
+    """Lays the tab out; returns what the page refreshes when the library changes: a function of no arguments
+    and the components it fills (the adapter rows and the base list)."""
     # Inputs are marked interactive: their listeners are attached inside gr.render below,
     # which Gradio cannot see when it first draws the page.
     with gr.Row():
@@ -29,7 +32,7 @@ def generate_tab(session: Session) -> None:
         refresh = gr.Button("Refresh the adapter list", elem_id="gen-refresh")
     prompt, negative = (widget(GenerateConfig, name, interactive=True) for name in ("prompt", "negative"))
     # A callable: read again each time the page loads, so a new browser tab shows today's library.
-    library = gr.State(lambda: [entry_row(e) for e in list_adapters(session.adapters)])
+    library = gr.State(lambda: library_rows(session))
     gr.Markdown("**Adapters** (in the library's order): tick the ones to paint with and set each one's weight.",
                 elem_id="gen-adapters")
 
@@ -40,19 +43,22 @@ def generate_tab(session: Session) -> None:
             gr.Markdown(f"No adapters in `{session.adapters}` yet: train one, or import one in the Library tab.")
         for name, trigger, preview in entries:
             slug = re.sub(r"[^a-z0-9]+", "-", name.lower())
+            # Keyed by name: when the library changes and the rows are drawn again, ticks and weights stay
             with gr.Row(equal_height=True, elem_id=f"row-{slug}"):
-                on = gr.Checkbox(False, label="on", elem_id=f"on-{slug}", interactive=True, scale=0, min_width=60)
+                on = gr.Checkbox(False, label="on", elem_id=f"on-{slug}", interactive=True, scale=0, min_width=60,
+                                 key=f"on-{name}")
                 gr.Markdown(f"**{name}**" + (f"  \ntrigger: `{trigger}`" if trigger else "  \nno trigger word"),
                             elem_id=f"name-{slug}")
                 # A text box, read as the command line reads a weight: a number (any, not clamped), or parts
                 # (unet=0.8,te=0.5, down=,mid=,up=); anything else is refused in one line, never taken as 0
                 weight = gr.Textbox("1", label=f"{name} weight (a number, or unet=…,te=…)", elem_id=f"weight-{slug}",
-                                    interactive=True, max_lines=1, scale=3)
-                gr.Image(preview, show_label=False, height=64, width=64, container=False, interactive=False,
-                         elem_id=f"preview-{slug}", scale=0, min_width=64)
+                                    interactive=True, max_lines=1, scale=3, key=f"weight-{name}")
+                gr.Image(preview, show_label=False, height=96, width=96, container=False, interactive=False,
+                         buttons=[], elem_id=f"preview-{slug}", scale=0, min_width=96)
             controls += [on, weight]
         names = [name for name, _, _ in entries]
-        paint_controls(session, names, controls, base, prompt, negative, settings, gallery, message, blend, grid)
+        paint_controls(session, names, controls, base, prompt, negative, settings, (gallery, grid_image), message,
+                       blend, grid)
 
     with gr.Row():
         seed = widget(GenerateConfig, "seed", interactive=True)
@@ -64,18 +70,32 @@ def generate_tab(session: Session) -> None:
     settings = (quantize, seed, random_seed, steps, cfg, count, width, height)
     go = gr.Button("Generate", variant="primary", elem_id="generate")
     message = gr.Markdown(elem_id="gen-status")
-    gallery = gr.Gallery(label="Results", columns=4, height=300, elem_id="gallery", format="png")
+    gallery = gr.Gallery(label="Results", columns=4, height=300, elem_id="gallery", format="png", interactive=False,
+                         object_fit="contain")
     with gr.Accordion("Save this blend / X-Y grid", open=False):
         with gr.Row():
             blend_name = gr.Textbox("blend", label="Save the blend as", interactive=True)
             save_blend = gr.Button("Save this blend as an adapter", elem_id="save-blend")
         with gr.Row():
-            grid_weights = gr.Textbox("0,0.5,1", label="Weights for the first adapter (columns)", interactive=True)
-            grid_weights_b = gr.Textbox("", label="Weights for the second adapter (rows; empty = prompt only)", interactive=True)
+            grid_weights = gr.Textbox("0,0.5,1", label="Weights for the first adapter (columns)", interactive=True,
+                                      elem_id="grid-weights")
+            grid_weights_b = gr.Textbox("", label="Weights for the second adapter (rows; empty = prompt only)",
+                                        interactive=True, elem_id="grid-weights-b")
             grid_button = gr.Button("Make a grid", elem_id="grid")
+        # The whole grid, at its own size (a gallery cell would crop it), its axes named
+        grid_image = gr.Image(label="Grid", elem_id="grid-image", interactive=False, format="png")
     blend, grid = (go, save_blend, blend_name), (grid_button, grid_weights, grid_weights_b)
-    refresh.click(lambda: ([entry_row(e) for e in list_adapters(session.adapters)],
-                           gr.update(choices=known_bases(session.adapters))), None, [library, base])
+    refresh.click(lambda: library_view(session), None, [library, base])
+    return lambda: library_view(session), [library, base]
+
+
+def library_rows(session: Session) -> list[tuple[str, str, str | None]]:
+    return [entry_row(e) for e in list_adapters(session.adapters)]
+
+
+def library_view(session: Session) -> tuple:
+    """The adapter rows and the base list, as the library on disk stands."""
+    return library_rows(session), gr.update(choices=known_bases(session.adapters))
 
 
 def entry_row(entry: AdapterEntry) -> tuple[str, str, str | None]:
@@ -83,10 +103,11 @@ def entry_row(entry: AdapterEntry) -> tuple[str, str, str | None]:
     return entry.name, entry.trigger, str(entry.preview) if entry.preview else None
 
 
-def paint_controls(session: Session, names: list[str], controls: list, base, prompt, negative, settings, gallery,
+def paint_controls(session: Session, names: list[str], controls: list, base, prompt, negative, settings, shown,
                    message, blend, grid) -> None:
     """The Generate, Save-blend and Grid buttons' handlers over the adapter rows' on/off boxes and weights."""
     quantize, seed, random_seed, steps, cfg, count, width, height = settings
+    gallery, grid_image = shown
     go, save_blend, blend_name = blend
     grid, grid_weights, grid_weights_b = grid
 
@@ -106,10 +127,11 @@ def paint_controls(session: Session, names: list[str], controls: list, base, pro
             config = GenerateConfig(prompt_, tuple(specs(values)), base_, seed=seed_, out=session.workspace / "outputs",
                                     quantize_base=quantize_, **page_values(GenerateConfig, fields))
             with session.painting:
-                paths = generate(config, session.styler(base_, quantize_))
+                paths = generate(config, session.styler(base_, quantize_))  # new names: none overwrites the last
         except StyleloraError as error:
-            return gr.skip(), error_message(error)
-        return [str(p) for p in paths], f"{len(paths)} image{'s' if len(paths) != 1 else ''}, seeds {seed_} to {seed_ + len(paths) - 1}."
+            return [], error_message(error)  # the last paint's pictures go: they are not this prompt's
+        return [str(p) for p in paths], (f"{len(paths)} image{'s' if len(paths) != 1 else ''}, seeds {seed_} to "
+                                         f"{seed_ + len(paths) - 1}, saved in `{shown_path(config.out)}`.")
 
     def save(blend_, *values):
         try:
@@ -126,19 +148,22 @@ def paint_controls(session: Session, names: list[str], controls: list, base, pro
                 return gr.skip(), "**Error:** choose at least one adapter"
             lora_b = chosen_specs[1].rsplit(":", 1)[0] if weights_b and len(chosen_specs) > 1 else None
             config = GridConfig((prompt_,), chosen_specs[0].rsplit(":", 1)[0], parse_weights(weights, "weights"),
-                                session.workspace / "outputs" / f"grid-{int(seed_)}.png", lora_b,
+                                free_path(session.workspace / "outputs" / f"grid-{int(seed_)}.png"), lora_b,
                                 parse_weights(weights_b, "weights-b") if lora_b else (), base_, "", int(steps_),
                                 float(cfg_), int(seed_), quantize_base=quantize_)
             with session.painting:
                 path = make_grid(config, session.styler(base_, quantize_))
         except StyleloraError as error:
-            return gr.skip(), error_message(error)
-        return [str(path)], "Grid saved."
+            return gr.update(value=None, label="Grid"), error_message(error)
+        across, down = axis_names(config)
+        label = f"Grid: {across}'s weight across, " + (f"{down}'s weight down" if down else "the prompt down")
+        return gr.update(value=str(path), label=label), f"Grid saved in `{shown_path(path)}`."
 
     # The last paint's message (an error, say) gives way at once, not when the new paint ends
     go.click(lambda: "Painting…", None, [message], queue=False).then(
         run, [base, quantize, prompt, negative, seed, random_seed, steps, cfg, count, width, height] + controls,
         [gallery, message])
     save_blend.click(save, [blend_name] + controls, [message])
-    grid.click(grid_run, [base, quantize, prompt, seed, steps, cfg, grid_weights, grid_weights_b] + controls,
-               [gallery, message])
+    grid.click(lambda: "Painting the grid…", None, [message], queue=False).then(
+        grid_run, [base, quantize, prompt, seed, steps, cfg, grid_weights, grid_weights_b] + controls,
+        [grid_image, message])

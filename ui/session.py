@@ -9,6 +9,7 @@ from stylelora.adapters.library import list_adapters
 from stylelora.paint.styler import Styler
 from stylelora.train.jobs import TrainingJob
 from stylelora.tune.jobs import TuneJob
+from stylelora.ui.fields import for_page
 
 
 class Session:
@@ -33,5 +34,16 @@ class Session:
         return {entry.name: entry.path for entry in list_adapters(self.adapters)}
 
 
-def error_message(error: Exception) -> str:
-    return f"**Error:** {error}"
+def error_message(error: Exception | str) -> str:
+    """A library error as the page shows it: one line, naming fields by their labels, not their flags."""
+    return f"**Error:** {for_page(str(error))}"
+
+
+def shown_path(path: Path) -> str:
+    """A path as the page shows it: relative to the folder the UI was started in when it is inside it, else
+    with the home folder as ~."""
+    path = Path(path).resolve()
+    for root, prefix in ((Path.cwd().resolve(), ""), (Path.home().resolve(), "~/")):
+        if path.is_relative_to(root) and path != root:
+            return prefix + path.relative_to(root).as_posix()
+    return str(path)

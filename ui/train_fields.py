@@ -47,7 +47,9 @@ def stopping_row() -> list:
     """Validation, early stopping, EMA and preservation fields, as STOPPING_FIELDS names them."""
     with gr.Accordion("Knowing when to stop: validation, early stopping, EMA, preservation", open=False):
         with gr.Row():
-            fields = [widget(TrainConfig, name) for name in STOPPING_FIELDS[:6]]
+            # the "keep" dropdown's choices are sentences: wide enough to read them
+            fields = [widget(TrainConfig, name, **({"min_width": 320} if name == "keep" else {}))
+                      for name in STOPPING_FIELDS[:6]]
         with gr.Row():
             fields += [widget(TrainConfig, "ema_decay"), widget(TrainConfig, "preserve_prompts", lines=3),
                        widget(TrainConfig, "preserve_weight")]

@@ -50,8 +50,9 @@ def _tick_formatter(ticks: list[float]) -> FuncFormatter:
 def loss_figure(losses: list[tuple[int, float]], validation: list[tuple[int, float]], log_y: bool = False) -> Figure:
     """Training loss by step, faint, with its smoothed curve on top, and the validation loss when there is
     one; a numeric y axis, linear or logarithmic."""
-    figure = Figure(figsize=(9, 2.8), dpi=100, layout="tight")
-    axes = figure.add_subplot()
+    # Colours set here, not taken from matplotlib's global style, so every run's plot looks the same
+    figure = Figure(figsize=(9, 2.8), dpi=100, layout="tight", facecolor="white")
+    axes = figure.add_subplot(facecolor="white")
     raw = _finite(losses, log_y)
     if raw:
         steps, values = zip(*raw)

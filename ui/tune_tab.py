@@ -11,11 +11,12 @@ import pandas as pd
 
 from stylelora.errors import StyleloraError
 from stylelora.train.config import from_dict, load_toml
-from stylelora.tune.jobs import TuneJob
-from stylelora.tune.results import table_header, table_row
+from stylelora.tune.results import best_of, table_header, table_row
 from stylelora.tune.space import TuneConfig, tune_config_from_dict, validate_tune
 from stylelora.ui.fields import widget
+from stylelora.ui.session import Session, error_message, shown_path
 from stylelora.ui.train_fields import base_dropdown
+from stylelora.ui.train_tab import TrainForm
 
 TEXT_ENCODER_CHOICES = {"off": "off", "on": "on", "search both": "off,on"}
 
@@ -30,7 +31,8 @@ def study_settings(workspace: Path, folder: str, base: str, objective: str, tria
             "target-presets": ",".join(targets), "text-encoder": TEXT_ENCODER_CHOICES[text_encoder]}
 
 
-def tune_tab(workspace: Path, adapters: Path, tune_job: TuneJob, training_job) -> None:
+def tune_tab(session: Session, form: TrainForm) -> None:
+    workspace, adapters, tune_job, training_job = session.workspace, session.adapters, session.tune_job, session.job
     gr.Markdown("Search rank, alpha, learning rate and steps (and, if you like, the method, modules and text "
                 "encoder) with optuna. Each trial trains an adapter on most of the folder and is scored on the "
                 "images it held out (or, on the mini base, by the judge). The study is kept: Start again continues it.")
@@ -66,8 +68,8 @@ def tune_tab(workspace: Path, adapters: Path, tune_job: TuneJob, training_job) -
             config = validate_tune(tune_config_from_dict(study_settings(workspace, *values)))
             tune_job.start(config)
         except StyleloraError as error:
-            return f"**Error:** {error}"
-        return f"Study started in {config.out_dir}."
+            return error_message(error)
+        return f"Study started in `{shown_path(config.out_dir)}`."
 
     def poll():
         state = tune_job.snapshot()
@@ -76,23 +78,32 @@ def tune_tab(workspace: Path, adapters: Path, tune_job: TuneJob, training_job) -
         word = {"running": "Running", "stopping": "Stopping", "done": "Done", "stopped": "Stopped",
                 "failed": "**Error**"}[state.status]
         objective_ = "judge" if any("style" in r.attrs for r in state.trials) else "loss"
-        rows = pd.DataFrame([table_row(r, objective_) for r in state.trials], columns=table_header(objective_))
+        best = best_of(state.trials, objective_)
+        cells = [table_row(r, objective_) for r in state.trials]
+        for report, row in zip(state.trials, cells):
+            row[1] += " ★ best" if report is best else ""
+        rows = pd.DataFrame(cells, columns=table_header(objective_))
         count = f" ({len(state.trials)} trials finished)" if state.status in ("running", "stopping") else ""
         return f"{word}: {state.message}{count}", rows
 
     def on_train_best(folder_):
+        """Start the best trial's training and show its settings in the Train tab's fields."""
         best = tune_job.snapshot().best_toml
+        unchanged = [gr.update()] * len(form.components())
         if best is None or not Path(best).exists():
-            return "**Error:** no study has finished here yet"
+            return "**Error:** no study has finished here yet", *unchanged
         name = re.sub(r"[^A-Za-z0-9_-]", "_", Path(folder_).name or "style") + "-tuned"
         try:
-            training_job.start(from_dict(load_toml(best) | {"out": adapters / name}))
+            config = from_dict(load_toml(best) | {"out": adapters / name})
+            training_job.start(config)
         except StyleloraError as error:
-            return f"**Error:** {error}"
-        return f"Training {name} with the best trial's settings ({best}); follow it in the Train tab."
+            return error_message(error), *unchanged
+        return (f"Training {name} with the best trial's settings (`{shown_path(best)}`); follow it in the Train tab, "
+                "whose fields now show them.", *form.values_of(config.to_json_dict(), name))
 
     start.click(on_start, fields, [start_message])
     stop.click(lambda: "Stopping after this step; the trial is queued again." if tune_job.stop() else
                "No study is running.", None, [start_message])
-    train_best.click(on_train_best, [folder], [best_message])
+    train_best.click(on_train_best, [folder], [best_message, *form.components()]).then(
+        form.show_folder, [form.folder], form.folder_view)
     timer.tick(poll, None, [status, table])

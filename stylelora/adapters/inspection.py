@@ -50,7 +50,16 @@ def describe(path: Path) -> dict:
                    for (part, kind, rank, alpha), count in sorted(groups.items())],
         "architecture": architecture,
         "metadata": {k: v for k, v in metadata.items() if k != "stylelora.config"},
+        "settings": _settings(metadata),  # the run's own settings, as the config names them ({} if not ours)
     }
+
+
+def _settings(metadata: dict[str, str]) -> dict:
+    try:
+        settings = json.loads(metadata.get("stylelora.config", "{}"))
+    except json.JSONDecodeError:
+        return {}
+    return settings if isinstance(settings, dict) else {}
 
 
 def as_text(info: dict) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import AdapterFileError, ConfigError, ConflictError
@@ -28,6 +28,9 @@ class AdapterEntry:
     created: str
     preview: Path | None
     base: str = ""  # what it was trained on, as --base was given ("" when the file does not say)
+    steps: str = ""  # the steps trained ("" when the file does not say)
+    kept_step: str = ""  # the step whose weights the file holds, where validation chose one
+    settings: dict = field(default_factory=dict)  # the TrainConfig it was trained with, as plain values
 
 
 def list_adapters(folder: Path) -> list[AdapterEntry]:
@@ -49,8 +52,24 @@ def list_adapters(folder: Path) -> list[AdapterEntry]:
             trigger=", ".join(_json_list(meta.get("stylelora.trigger_words", "[]"))),
             images=meta.get("stylelora.image_count", meta.get("ss_num_train_images", "?")),
             created=time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime)),
-            preview=samples[-1] if samples else None, base=meta.get("stylelora.base", "")))
+            preview=samples[-1] if samples else None, base=meta.get("stylelora.base", ""),
+            steps=meta.get("stylelora.trained_steps", meta.get("stylelora.steps", meta.get("ss_max_train_steps", ""))),
+            kept_step=meta.get("stylelora.kept_step", ""), settings=info["settings"]))
     return entries
+
+
+def library_stamp(folder: Path) -> tuple:
+    """What changes whenever an adapter is added, rewritten, renamed or removed: each file's path, size and time.
+    Cheap to read every second or two, so a page can re-read the library only when it changed."""
+    files = sorted(set(Path(folder).glob("*.safetensors")) | set(Path(folder).glob("*/*.safetensors")))
+    stamp = []
+    for path in files:
+        try:
+            stat = path.stat()
+        except OSError:  # removed between the listing and the look
+            continue
+        stamp.append((str(path), stat.st_size, stat.st_mtime_ns))
+    return tuple(stamp)
 
 
 def known_bases(folder: Path) -> list[str]:

@@ -2,20 +2,64 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import shutil
 from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
 
 from ..errors import ConfigError
 from ..files import safe_file_name, write_atomically
 from .folder import CAPTION_SUFFIXES, IMAGE_EXTENSIONS, scan_folder
 
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
+THUMBNAIL_SIDE = 192  # px: the Train tab's thumbnails, copied into the workspace
+
+
+def new_folder(parent: Path, name: str) -> Path:
+    """A new, empty folder `parent/name`, or `name-2`, `name-3`, ... where that one is taken: each upload
+    and each painting gets its own, so none overwrites or mixes with an earlier one."""
+    stem = safe_file_name(name)
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    for number in range(1, 100_000):
+        folder = Path(parent) / (stem if number == 1 else f"{stem}-{number}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise ConfigError(f"{parent}: no free folder name for {stem}; tidy the folder up")
 
 
 def dataset_folder(workspace: Path, name: str) -> Path:
-    folder = Path(workspace) / "datasets" / safe_file_name(name)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    """A new folder under the workspace's datasets/ for one upload of images named `name`."""
+    return new_folder(Path(workspace) / "datasets", name)
+
+
+def thumbnails(folder: Path, names: list[str], workspace: Path) -> list[Path]:
+    """Downscaled PNG copies of `folder`'s images `names`, kept in the workspace's thumbnails/ cache.
+
+    The page shows these rather than the images themselves, so a folder anywhere on the machine can be shown
+    while the web server serves only the workspace: the user's folder is never added to what it may serve.
+    A copy is made again when its image is newer; an image that will not open gets no thumbnail."""
+    root = Path(folder).expanduser().resolve()
+    cache = Path(workspace) / "thumbnails" / hashlib.sha256(str(root).encode()).hexdigest()[:16]
+    made = []
+    for name in names:
+        source = root / name
+        target = cache / (safe_file_name(name.replace("/", "__")) + ".png")
+        try:
+            if not target.exists() or target.stat().st_mtime_ns < source.stat().st_mtime_ns:
+                with Image.open(source) as image:
+                    image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+                    buffer = io.BytesIO()
+                    image.convert("RGBA" if "A" in image.getbands() else "RGB").save(buffer, format="PNG")
+                write_atomically(target, buffer.getvalue())
+        except (OSError, UnidentifiedImageError):
+            continue
+        made.append(target)
+    return made
 
 
 def save_uploads(uploads: list[tuple[Path, str]], folder: Path) -> tuple[list[Path], list[str]]:

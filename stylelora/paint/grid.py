@@ -37,7 +37,8 @@ def make_grid(config: GridConfig, styler: Styler | None = None) -> Path:
     styler = styler or Styler(config.base, quantize=config.quantize_base)
     a = styler.load(parse_lora_spec(config.lora)[0])
     b = styler.load(parse_lora_spec(config.lora_b)[0]) if config.lora_b else None
-    rows = [(f"B={w:g}", config.prompts[0], {b: w}) for w in config.weights_b] if b else \
+    name_a, name_b = axis_names(config)
+    rows = [(f"{name_b} {w:g}", config.prompts[0], {b: w}) for w in config.weights_b] if b else \
            [(prompt, prompt, {}) for prompt in config.prompts]
     cells: list[list[Image.Image]] = []
     for _, prompt, extra in rows:
@@ -47,11 +48,17 @@ def make_grid(config: GridConfig, styler: Styler | None = None) -> Path:
             row.append(styler.generate(prompt, config.negative, 1, config.steps, config.cfg, config.seed,
                                        scheduler=config.scheduler)[0])
         cells.append(row)
-    image = _compose(cells, [f"A={w:g}" for w in config.weights], [label for label, _, _ in rows])
-    settings = {"prompts": list(config.prompts), "lora": config.lora, "weights": list(config.weights),
+    image = _compose(cells, [f"{name_a} {w:g}" for w in config.weights], [label for label, _, _ in rows])
+    settings = {"columns": name_a, "rows": name_b or "prompt", "prompts": list(config.prompts), "lora": config.lora, "weights": list(config.weights),
                 "lora_b": config.lora_b, "weights_b": list(config.weights_b), "base": config.base,
                 "seed": config.seed, "steps": config.steps, "cfg": config.cfg, "scheduler": config.scheduler}
     return save_png(image, config.out, settings)
+
+
+def axis_names(config: GridConfig) -> tuple[str, str]:
+    """The names the grid's axes are labelled with: each adapter's file name without .safetensors ("" for no B)."""
+    return (Path(parse_lora_spec(config.lora)[0]).stem,
+            Path(parse_lora_spec(config.lora_b)[0]).stem if config.lora_b else "")
 
 
 def _compose(cells: list[list[Image.Image]], column_labels: list[str], row_labels: list[str]) -> Image.Image:

@@ -62,9 +62,9 @@ class TrainConfig:
                                      default_text="64; 8 on the built-in mini base",
                                      ui=UiField("Bucket step in px (0 = 64; 8 on mini)", "integer"))
     min_bucket: int | None = option(None, "shortest bucket side in pixels", "images", default_text="half the resolution",
-                                    ui=UiField("Shortest side (0 = half the resolution)", "integer"))
+                                    ui=UiField("Shortest side in px (0 = half the resolution)", "integer"))
     max_bucket: int | None = option(None, "longest bucket side in pixels", "images", default_text="twice the resolution",
-                                    ui=UiField("Longest side (0 = twice the resolution)", "integer"))
+                                    ui=UiField("Longest side in px (0 = twice the resolution)", "integer"))
     no_upscale: bool = option(False, "never enlarge an image to fill a bucket: each trains at its own size, rounded "
                                      "down to the step", "images", negatable=False,
                               ui=UiField("Never enlarge an image", "checkbox"))
@@ -171,7 +171,7 @@ class TrainConfig:
                              "checkpoints and samples",
                              ui=UiField("Checkpoint every N steps", "integer", default=50))
     resume: bool = option(False, "continue from the latest checkpoint in the output folder", "checkpoints and samples",
-                          ui=UiField("Continue from this adapter's last checkpoint (--resume)", "checkbox"))
+                          ui=UiField("Resume: continue from this adapter's last checkpoint", "checkbox"))
     sample_every: int = option(0, "render preview images every N steps (0 = off)", "checkpoints and samples",
                                ui=UiField("Preview every N steps (0 = off)", "integer", default=100))
     sample_prompts: tuple[str, ...] = option((), "prompt for previews (repeatable)", "checkpoints and samples",

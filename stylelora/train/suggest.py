@@ -68,7 +68,7 @@ def suggest(data: Path, base: str = "mini", caption: str = "", trigger: str = ""
     function of the folder's image count, sizes and captions, the base, and the measured rules."""
     rules = rules or load_rules()
     images, sizes, captions = _folder_facts(Path(data), caption, trigger)
-    evidence = f"(bench/tune.py: {rules['studies']} studies on the mini)"
+    evidence = f"(from {rules['studies']} tuning studies on the mini)"
     steps = steps_for(images, rules)
     lr = rules["learning_rate"] if base == "mini" else SD_LEARNING_RATE
     lr_reason = (f"the median learning rate of the best trials {evidence}" if base == "mini" else

@@ -108,6 +108,14 @@ def _toml_value(value: Any) -> str:
     return json.dumps(str(value))
 
 
+def best_of(reports: list[TrialReport], objective: str) -> TrialReport | None:
+    """The best finished trial so far, as the study ranks them: lowest loss, or highest judged style."""
+    scored = [r for r in reports if r.state == "COMPLETE" and r.value is not None]
+    if not scored:
+        return None
+    return min(scored, key=lambda r: r.value) if objective == "loss" else max(scored, key=lambda r: r.value)
+
+
 def table_header(objective: str) -> list[str]:
     return ["trial", "state", *SETTING_NAMES.values()] + (["style", "colour"] if objective == "judge" else []) + \
         ["validation loss", "kept step", "seconds"]
