@@ -44,10 +44,12 @@ def train_styles(folder: Path) -> None:
 
 def library_shot(page, out: Path) -> None:
     page.get_by_role("tab", name="Library").click()
-    page.click("#library-refresh")
-    for name in STYLES:
+    for name in STYLES:  # listed when the page loaded: no Refresh
         page.locator("#library [role=gridcell]", has_text=name).first.wait_for(timeout=30_000)
-    page.wait_for_function("() => document.querySelectorAll('#previews img').length >= 3", timeout=30_000)
+    page.locator("#library [role=gridcell]", has_text="stripes").first.click()  # its file, settings and preview
+    page.wait_for_selector("#library-details :text('stripes.safetensors')", timeout=30_000)
+    page.wait_for_function("() => [...document.querySelectorAll('#library-preview img')].some(i => i.naturalWidth)",
+                           timeout=30_000)
     page.screenshot(path=str(out / "library.png"), full_page=True)
 
 
@@ -66,7 +68,7 @@ def generate_shot(page, out: Path) -> None:
 def train_shot(page, out: Path, min_step: int) -> None:
     page.get_by_role("tab", name="Train").click()
     fill(page, "adapter-name", "stripes-again")
-    fill(page, "folder", ROOT / "datasets" / "stripes")
+    fill(page, "folder", "datasets/stripes")  # relative to where the UI runs: no machine path in the picture
     page.click("#use-folder")
     page.wait_for_selector("#data-message :text('36 images')", timeout=60_000)
     page.click("#start")
@@ -92,7 +94,9 @@ def main() -> None:
     library = work / "adapters"
     train_styles(library)
     args.out.mkdir(parents=True, exist_ok=True)
-    process, url = start_ui(work / "workspace", library)
+    shutil.copytree(ROOT / "datasets" / "stripes", work / "datasets" / "stripes")
+    # Started in `work`, with paths relative to it, so the pictures show no path of this machine
+    process, url = start_ui(Path("workspace"), Path("adapters"), cwd=work)
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -82,7 +82,7 @@ def test_a_new_run_clears_the_last_runs_plot_while_it_prepares():
     once (and leaves it alone while nothing was drawn)."""
     from types import SimpleNamespace
 
-    from stylelora.ui.app import train_status
+    from stylelora.ui.train_tab import train_status
 
     finished = JobState("done", "done", 3, 3, losses=[(1, 0.5), (2, 0.4), (3, 0.3)], started_at=1.0)
     preparing = JobState("running", "preparing", 0, 300, started_at=2.0)

@@ -62,7 +62,9 @@ def launch(workspace: Path, adapters: Path, host: str = "127.0.0.1", port: int |
            auth: tuple[str, str] | None = None, block: bool = True):
     app = build_app(workspace, adapters)
     app.queue(default_concurrency_limit=1)
+    # show_error: an unforeseen failure shows its one-line message on the page, not a bare "Error"
     return app.launch(server_name=host, server_port=port, share=share, auth=auth, max_file_size=MAX_UPLOAD,
+                      show_error=True,
                       allowed_paths=[str(workspace.resolve()), str(adapters.resolve())], prevent_thread_lock=not block,
                       quiet=not block)
 

@@ -41,10 +41,10 @@ def library_tab(session: Session, form: TrainForm, tabs: gr.Tabs):
                 download = gr.DownloadButton("Download the .safetensors file", elem_id="library-download",
                                              visible=False)
                 load = gr.Button("Load these settings into Train", elem_id="library-load", visible=False)
-        preview = gr.Image(label="Its latest preview", elem_id="library-preview", height=256, interactive=False,
+        # Each adapter's preview shows here, under its name, at a size it can be seen (a gallery of all of them
+    # cropped and enlarged them, with no names)
+    preview = gr.Image(label="Its latest preview", elem_id="library-preview", height=256, interactive=False,
                            buttons=[], scale=1)
-    previews = gr.Gallery(label="Previews", columns=8, height=180, elem_id="previews", object_fit="contain",
-                          interactive=False)
     gr.Markdown(f"`stylelora serve --adapters {shown_path(session.adapters)}` serves these adapters over HTTP, by "
                 "name (docs/guides/serving.md).", elem_id="library-serve")
     refresh = gr.Button("Refresh", elem_id="library-refresh")
@@ -62,8 +62,7 @@ def library_tab(session: Session, form: TrainForm, tabs: gr.Tabs):
         entries = list_adapters(session.adapters)
         rows = [[e.name, e.base or e.architecture, e.method, e.rank, e.trigger, e.images, e.steps, e.created]
                 for e in entries]
-        return (pd.DataFrame(rows, columns=COLUMNS), [(str(e.preview), e.name) for e in entries if e.preview],
-                gr.update(choices=[e.name for e in entries]), note)
+        return pd.DataFrame(rows, columns=COLUMNS), gr.update(choices=[e.name for e in entries]), note
 
     def on_choose(name):
         entry = next((e for e in list_adapters(session.adapters) if e.name == name), None)
@@ -108,7 +107,7 @@ def library_tab(session: Session, form: TrainForm, tabs: gr.Tabs):
             return listing(error_message(error))
         return listing(f"Deleted {name}.")
 
-    outputs = [table, previews, target, message]
+    outputs = [table, target, message]
     refresh.click(listing, None, outputs)
     upload.upload(on_import, [upload], outputs + [upload])
     rename.click(on_rename, [target, new_name], outputs)
@@ -117,4 +116,4 @@ def library_tab(session: Session, form: TrainForm, tabs: gr.Tabs):
     target.change(on_choose, [target], [details, download, load, preview])
     load.click(on_load, [target], [*form.components(), tabs, message]).then(
         form.show_folder, [form.folder], form.folder_view)
-    return lambda: listing()[:3], outputs[:3]
+    return lambda: listing()[:2], outputs[:2]

@@ -13,7 +13,7 @@ from stylelora.methods import METHOD_FIELDS, own_fields
 from stylelora.model.quantize import QUANTIZE_MODES
 from stylelora.options import page_values
 from stylelora.train.config import TrainConfig
-from stylelora.ui.fields import widget
+from stylelora.ui.fields import for_page, widget
 
 
 def method_row():
@@ -77,7 +77,7 @@ def suggested_fields(folder_path: str, base_model: str):
     except StyleloraError as error:
         return gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**Error:** {error}"
     v = suggestion.values()
-    reasons = "".join(f"\n- `--{s.flag} {s.value:g}`: {s.reason}" for s in suggestion.settings)
+    reasons = "".join(f"\n- {for_page('--' + s.flag)} {s.value:g}: {s.reason}" for s in suggestion.settings)
     rate = float(f"{v['learning_rate']:.3g}")  # for people: 0.00105, not 0.0010490756141474163
     return v["rank"], v["max_steps"], rate, v["alpha"], f"Suggested ({suggestion.summary}):{reasons}"
 

@@ -7,10 +7,17 @@ a second child tries again with oneDNN capped below AMX (ONEDNN_MAX_CPU_ISA=AVX5
 verdict is cached per CPU model, torch version and ISA setting under the user's cache folder, so
 later runs read a small JSON file instead of probing. No library offers this; torch's own
 `torch.cpu._is_amx_tile_supported()` reads the same CPUID flags that mislead.
+
+Whether bfloat16 runs is a fact, and is kept. How fast it runs is a measurement, and a busy machine spoils
+it: under another program's load the probe once timed bfloat16 at 0.93x float32 on a CPU where it runs
+3.1-3.6x, and that verdict then chose float32 for good. So a timing taken while the machine was busy, or
+whose rounds disagree, or that falls near the threshold, is kept as uncertain, said so on the precision
+line, and measured again on later runs (up to MAX_MEASUREMENTS in all) until one is sound.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -29,6 +36,10 @@ BELOW_AMX = "AVX512_CORE_BF16"
 # on a conv and a matmul is a loss on a whole step, which also pays for the casts.
 MIN_SPEEDUP = 1.15
 PROBE_TIMEOUT = 120
+BUSY_LOAD = 0.5  # the 1-minute load average per core above which the machine counts as busy
+MAX_SPREAD = 1.35  # per-round speedups further apart than this: something else ran during the probe
+MARGIN = 1.1  # a speedup within this factor of MIN_SPEEDUP is too close to call from one timing
+MAX_MEASUREMENTS = 4  # an uncertain speed is measured again on later runs, up to this many times in all
 
 # The child: first the bare operations (the SIGILL, if any, lands here), then timings of what an SD1.5
 # LoRA step at 256 px is made of: a 320-channel 3x3 convolution and an attention-sized matmul, forward
@@ -53,7 +64,7 @@ times = {"bf16": [], "fp32": []}
 for _ in range(7):
     times["bf16"].append(seconds(*bf16))
     times["fp32"].append(seconds(*fp32))
-print(json.dumps({name: min(values) for name, values in times.items()}))
+print(json.dumps(times))
 """
 
 
@@ -65,6 +76,16 @@ class ProbeRun:
     detail: str = ""
     bf16_seconds: float | None = None
     fp32_seconds: float | None = None
+    speedups: tuple[float, ...] = ()  # each round's float32 time over its bfloat16 time
+    load: float | None = None  # the machine's load per core as the child started
+
+    def doubt(self) -> str:
+        """Why this run's timing may not be this CPU's own ("" when it looks sound)."""
+        if self.load is not None and self.load > BUSY_LOAD:
+            return f"measured while the machine was busy (load {self.load:.2f} per core)"
+        if self.speedups and max(self.speedups) > MAX_SPREAD * min(self.speedups):
+            return f"the probe's rounds disagreed ({min(self.speedups):.2f}x to {max(self.speedups):.2f}x)"
+        return ""
 
 
 @dataclass(frozen=True)
@@ -75,10 +96,22 @@ class Bf16Support:
     isa_cap: str | None  # set ONEDNN_MAX_CPU_ISA to this before the first oneDNN kernel
     speedup: float | None  # float32 time over bfloat16 time on the probe's work
     reason: str  # one line for people
+    doubt: str = ""  # why the speed may not be this CPU's own ("" when it was measured soundly)
+    measurements: int = 1  # how many probes the speed is drawn from
 
     @property
     def faster(self) -> bool:
         return self.runs and self.speedup is not None and self.speedup >= MIN_SPEEDUP
+
+    @property
+    def worth_measuring_again(self) -> bool:
+        """An uncertain or too-close speed, not yet measured MAX_MEASUREMENTS times."""
+        close = self.speedup is not None and MIN_SPEEDUP / MARGIN <= self.speedup <= MIN_SPEEDUP * MARGIN
+        return self.runs and (bool(self.doubt) or close) and self.measurements < MAX_MEASUREMENTS
+
+    def described(self) -> str:
+        """The reason, and, when the speed is uncertain, why."""
+        return self.reason + (f" (uncertain: {self.doubt}; measured again on a later run)" if self.doubt else "")
 
 
 def decide(plain: ProbeRun, capped: ProbeRun | None) -> Bf16Support:
@@ -88,17 +121,26 @@ def decide(plain: ProbeRun, capped: ProbeRun | None) -> Bf16Support:
             speedup = run.fp32_seconds / max(run.bf16_seconds, 1e-12)
             how = f" with oneDNN capped at {BELOW_AMX} (uncapped, the probe {plain.detail})" if cap else ""
             return Bf16Support(True, cap, speedup,
-                               f"bfloat16 runs on this CPU{how}, {speedup:.2f}x the speed of float32")
+                               f"bfloat16 runs on this CPU{how}, {speedup:.2f}x the speed of float32", run.doubt())
     tried = plain.detail + (f"; capped at {BELOW_AMX}, {capped.detail}" if capped is not None else "")
     return Bf16Support(False, None, None, f"bfloat16 does not run on this CPU (a probe {tried})")
 
 
-def run_probe(env: dict[str, str]) -> ProbeRun:
-    """Run PROBE_SCRIPT in a child with `env`; never raises."""
+def machine_load() -> float | None:
+    """The 1-minute load average per core (None where the system does not say)."""
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except (OSError, AttributeError):
+        return None
+
+
+def run_probe(env: dict[str, str], script: str | None = None) -> ProbeRun:
+    """Run `script` (PROBE_SCRIPT unless given) in a child with `env`; never raises."""
     import subprocess  # here and in machine_key, not at the top: `import stylelora` runs this module
 
+    load = machine_load()
     try:
-        child = subprocess.run([sys.executable, "-c", PROBE_SCRIPT], env=env, capture_output=True, text=True,
+        child = subprocess.run([sys.executable, "-c", script or PROBE_SCRIPT], env=env, capture_output=True, text=True,
                                timeout=PROBE_TIMEOUT)
     except subprocess.TimeoutExpired:
         return ProbeRun("failed", f"took longer than {PROBE_TIMEOUT} s")
@@ -111,8 +153,10 @@ def run_probe(env: dict[str, str]) -> ProbeRun:
         return ProbeRun("crashed", "was killed by SIGILL")
     try:
         times = json.loads(child.stdout.strip().splitlines()[-1])
-        return ProbeRun("ok", "ran", float(times["bf16"]), float(times["fp32"]))
-    except (ValueError, IndexError, KeyError, TypeError):
+        bf16, fp32 = [float(t) for t in times["bf16"]], [float(t) for t in times["fp32"]]
+        return ProbeRun("ok", "ran", min(bf16), min(fp32), tuple(f / max(b, 1e-12) for b, f in zip(bf16, fp32)),
+                        load)
+    except (ValueError, IndexError, KeyError, TypeError, ZeroDivisionError):
         last = (child.stderr.strip().splitlines() or ["no output"])[-1]
         return ProbeRun("failed", f"failed: {last[:200]}")
 
@@ -183,8 +227,12 @@ def cached_bf16_support(key: str | None = None) -> Bf16Support | None:
     if not cache:
         return None
     entry = cache.get(key or machine_key())
+    if not isinstance(entry, dict):
+        return None
+    if "doubt" not in entry:  # written before speeds were judged: its facts stand, its speed is re-measured
+        entry = entry | {"doubt": "measured by an older stylelora, which did not check the machine's load"}
     try:
-        return Bf16Support(**entry) if isinstance(entry, dict) else None
+        return Bf16Support(**entry)
     except TypeError:  # written by another version
         return None
 
@@ -205,14 +253,28 @@ def apply_isa_cap(support: Bf16Support | None) -> None:
         os.environ[ISA_VARIABLE] = os.environ[OUR_CAP_VARIABLE] = support.isa_cap
 
 
+def combine(earlier: Bf16Support, fresh: Bf16Support) -> Bf16Support:
+    """The verdict after measuring an uncertain speed again: a sound timing replaces the earlier one; of two
+    doubtful ones the higher speedup is kept, because load slowed bfloat16 here far more than float32
+    (0.93x under load against 3.1-3.6x quiet). Whether bfloat16 runs is the fresh probe's fact."""
+    count = earlier.measurements + 1
+    if not fresh.runs or not fresh.doubt or not earlier.runs:
+        return dataclasses.replace(fresh, measurements=count)
+    best = max((earlier, fresh), key=lambda s: s.speedup or 0.0)
+    return dataclasses.replace(best, measurements=count)
+
+
 def bf16_support() -> Bf16Support:
-    """This CPU's verdict: from the cache, or probed now (once per machine) and cached. Applies the cap."""
+    """This CPU's verdict: from the cache, or probed now (once per machine, and again while its speed is
+    uncertain) and cached. Applies the cap."""
     key = machine_key()  # before the cap is applied: the key holds the user's own setting
     support = cached_bf16_support(key)
-    if support is None:
-        support, settled = probe()
+    if support is None or support.worth_measuring_again:
+        fresh, settled = probe()
         if settled:
+            support = fresh if support is None else combine(support, fresh)
             _cache(key, support)
+        support = support or fresh
     apply_isa_cap(support)
     return support
 
@@ -255,7 +317,7 @@ def choose_precision(requested: str, device_type: str, unet_parameters: int | No
         if not support.runs:
             raise ConfigError(f"--precision bf16: {support.reason}; use --precision no (float32) or auto")
         slower = "" if support.faster else "; float32 is as fast or faster here, and auto would choose it"
-        return PrecisionChoice("bf16", f"as asked; {support.reason}{slower}")
+        return PrecisionChoice("bf16", f"as asked; {support.described()}{slower}")
     if requested != "auto":
         return PrecisionChoice(requested, "as asked")
     if unet_parameters is None:
@@ -265,8 +327,8 @@ def choose_precision(requested: str, device_type: str, unet_parameters: int | No
                                      f"to pay on a CPU (it can from {BF16_MIN_PARAMETERS:,})")
     support = bf16_support()
     if support.faster:
-        return PrecisionChoice("bf16", f"auto: {support.reason}")
-    return PrecisionChoice("no", f"auto: {support.reason}" + ("; float32 is faster" if support.runs else ""))
+        return PrecisionChoice("bf16", f"auto: {support.described()}")
+    return PrecisionChoice("no", f"auto: {support.described()}" + ("; float32 is faster" if support.runs else ""))
 
 
 def check_bf16_runs() -> None:
