@@ -24,6 +24,7 @@ import os
 import platform
 import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ BELOW_AMX = "AVX512_CORE_BF16"
 # on a conv and a matmul is a loss on a whole step, which also pays for the casts.
 MIN_SPEEDUP = 1.15
 PROBE_TIMEOUT = 120
-BUSY_LOAD = 0.5  # the 1-minute load average per core above which the machine counts as busy
+BUSY_LOAD = 0.3  # the share of the CPUs in use by others above which the machine counts as busy
 MAX_SPREAD = 1.35  # per-round speedups further apart than this: something else ran during the probe
 MARGIN = 1.1  # a speedup within this factor of MIN_SPEEDUP is too close to call from one timing
 MAX_MEASUREMENTS = 4  # an uncertain speed is measured again on later runs, up to this many times in all
@@ -77,12 +78,12 @@ class ProbeRun:
     bf16_seconds: float | None = None
     fp32_seconds: float | None = None
     speedups: tuple[float, ...] = ()  # each round's float32 time over its bfloat16 time
-    load: float | None = None  # the machine's load per core as the child started
+    load: float | None = None  # the share of the machine's CPUs in use as the child started
 
     def doubt(self) -> str:
         """Why this run's timing may not be this CPU's own ("" when it looks sound)."""
         if self.load is not None and self.load > BUSY_LOAD:
-            return f"measured while the machine was busy (load {self.load:.2f} per core)"
+            return f"measured while the machine was busy ({self.load:.0%} of its CPUs in use)"
         if self.speedups and max(self.speedups) > MAX_SPREAD * min(self.speedups):
             return f"the probe's rounds disagreed ({min(self.speedups):.2f}x to {max(self.speedups):.2f}x)"
         return ""
@@ -126,8 +127,21 @@ def decide(plain: ProbeRun, capped: ProbeRun | None) -> Bf16Support:
     return Bf16Support(False, None, None, f"bfloat16 does not run on this CPU (a probe {tried})")
 
 
-def machine_load() -> float | None:
-    """The 1-minute load average per core (None where the system does not say)."""
+def machine_load(window: float = 0.3) -> float | None:
+    """The share of the CPUs in use right now, 0 to 1, from /proc/stat over `window` seconds; elsewhere the
+    1-minute load average per core, which lags (a job that ended a minute ago still counts). None if unknown."""
+
+    def ticks() -> tuple[int, int]:
+        counts = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        return sum(counts), counts[3] + counts[4]  # all, and idle + waiting for I/O
+
+    try:
+        total, idle = ticks()
+        time.sleep(window)
+        total_after, idle_after = ticks()
+        return 1 - (idle_after - idle) / max(total_after - total, 1)
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.getloadavg()[0] / (os.cpu_count() or 1)
     except (OSError, AttributeError):
