@@ -139,7 +139,7 @@ def measure_speed(rounds: int = 2) -> dict[str, float]:
             train(TrainConfig(data=ROOT / "datasets" / "stripes", out=out, method=method, rank=rank,
                               max_steps=SPEED_STEPS), progress_bar=False, log=lambda m: None)
             rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-            rates[label].append(rows[-1]["steps_per_second"])
+            rates[label].append([row for row in rows if "loss" in row][-1]["steps_per_second"])
     return {label: sum(values) / len(values) for label, values in rates.items()}
 
 

@@ -19,7 +19,8 @@ QUIET = dict(progress_bar=False, log=lambda m: None)
 
 def test_train_writes_one_adapter_with_metadata_and_metrics(train_config):
     config = train_config(max_steps=3, trigger="zxq", sample_every=3, sample_prompts=("a red circle",))
-    result = train(config, **QUIET)
+    said: list[str] = []
+    result = train(config, progress_bar=False, log=said.append)
     assert result.adapter_path == config.out / "run.safetensors"
     assert [p.name for p in config.out.glob("*.safetensors")] == ["run.safetensors"]
     meta = read_safetensors(result.adapter_path).metadata
@@ -29,8 +30,12 @@ def test_train_writes_one_adapter_with_metadata_and_metrics(train_config):
     assert meta["stylelora.image_count"] == "6" and len(meta["stylelora.dataset_hash"]) == 64
     assert meta["modelspec.architecture"] == "stylelora-mini/lora" and meta["ss_output_name"] == "run"
     assert json.loads(meta["stylelora.config"])["max_steps"] == 3
-    rows = [json.loads(line) for line in (config.out / "metrics.jsonl").read_text().splitlines()]
+    *rows, phases = [json.loads(line) for line in (config.out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and all(r["loss"] > 0 for r in rows)
+    # Where the time went, last, and said at the end of the run
+    assert phases["step"] == 3 and {"load", "cache", "steps", "save"} <= set(phases["phases"])
+    assert all(seconds >= 0 for seconds in phases["phases"].values())
+    assert said[-1].startswith("Took ") and "loading" in said[-1] and "3 steps" in said[-1] and "saving" in said[-1]
     assert (config.out / "samples" / "step-000003-0.png").is_file()
 
 

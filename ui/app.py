@@ -12,6 +12,7 @@ from pathlib import Path
 import gradio as gr
 
 from stylelora.adapters.library import library_stamp
+from stylelora.model.cores import CoreShare
 from stylelora.model.precision import bf16_support
 from stylelora.ui.generate_tab import generate_tab
 from stylelora.ui.library_tab import library_tab
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.auth and len(auth) != 2:
         parser.error("--auth takes user:password")
     bf16_support()  # probe (once per machine) before any kernel runs here, so a needed oneDNN cap takes hold
-    launch(args.workspace, args.adapters, args.host, args.port, args.share, auth)
+    with CoreShare(say=print):  # training and painting here share the cores with other stylelora processes
+        launch(args.workspace, args.adapters, args.host, args.port, args.share, auth)
     return 0
 
 

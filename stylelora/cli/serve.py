@@ -35,5 +35,8 @@ def run_serve(args: argparse.Namespace) -> int:
     app = build_app(config)
     print(f"stylelora: serving {config.base!r} and the adapters in {config.adapters}/ on "
           f"http://{config.host}:{config.port} (API docs: /docs)", flush=True)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
+    from ..model.cores import CoreShare
+
+    with CoreShare(say=lambda line: print(line, flush=True)):  # painting shares the cores with other stylelora processes
+        uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
     return 0

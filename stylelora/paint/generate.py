@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..adapters.stack import parse_lora_spec
 from ..files import free_path
+from ..model.cores import CoreShare
 from ..images import save_png
 from .request import GenerateConfig, image_settings, validate_generate
 from .styler import Styler
@@ -17,11 +18,12 @@ def generate(config: GenerateConfig, styler: Styler | None = None) -> list[Path]
     """Render `count` images and write them as PNGs carrying their settings; return the paths."""
     validate_generate(config)
     specs = [parse_lora_spec(spec) for spec in config.loras]
-    styler = styler or Styler(config.base, quantize=config.quantize_base)
-    weights = {styler.load(path): weight for path, weight in specs}
-    styler.set_weights(weights)
-    images = styler.generate(config.prompt, config.negative, config.count, config.steps, config.cfg,
-                             config.seed, config.size, config.scheduler, config.blend, config.width, config.height)
+    with CoreShare(config.threads):
+        styler = styler or Styler(config.base, quantize=config.quantize_base)
+        weights = {styler.load(path): weight for path, weight in specs}
+        styler.set_weights(weights)
+        images = styler.generate(config.prompt, config.negative, config.count, config.steps, config.cfg,
+                                 config.seed, config.size, config.scheduler, config.blend, config.width, config.height)
     slug = re.sub(r"[^a-z0-9]+", "-", config.prompt.lower()).strip("-")[:40] or "image"
     paths = []
     for index, image in enumerate(images):

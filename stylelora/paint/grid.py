@@ -9,6 +9,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ..adapters.stack import StyleWeight, parse_lora_spec
 from ..errors import ConfigError
 from ..images import save_png
+from ..model.cores import CoreShare
 from ..model.quantize import check_quantize
 from .request import GridConfig
 from .styler import Styler
@@ -27,6 +28,11 @@ def parse_weights(text: str, flag: str) -> tuple[float, ...]:
 
 
 def make_grid(config: GridConfig, styler: Styler | None = None) -> Path:
+    with CoreShare(config.threads):
+        return _make_grid(config, styler)
+
+
+def _make_grid(config: GridConfig, styler: Styler | None) -> Path:
     if not config.lora:
         raise ConfigError("--lora: give adapter A, e.g. --lora a.safetensors")
     if not config.prompts:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..adapters.stack import StyleWeight
 from ..errors import ConfigError
+from ..model.cores import THREADS_DEFAULT, THREADS_HELP
 from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES, check_quantize
 from ..options import UiField, like, option
 from .pipeline import BLENDS, SCHEDULERS
@@ -42,6 +43,7 @@ class GenerateConfig:
     blend: str = option("merge", "merge: weighted sum, fused (1x cost); switch: one adapter per step in turn (1x); "
                                  "composite: every adapter's prediction averaged each step (N x cost)", choices=BLENDS)
     quantize_base: str = option("none", QUANTIZE_HELP, choices=QUANTIZE_MODES)
+    threads: int | None = option(None, THREADS_HELP, default_text=THREADS_DEFAULT)
 
 
 def validate_generate(config: GenerateConfig) -> GenerateConfig:
@@ -53,6 +55,7 @@ def validate_generate(config: GenerateConfig) -> GenerateConfig:
         (config.width is None or (config.width >= 8 and config.width % 8 == 0), "width", "use a multiple of 8"),
         (config.height is None or (config.height >= 8 and config.height % 8 == 0), "height", "use a multiple of 8"),
         (bool(config.prompt.strip()), "prompt", "give a prompt, e.g. \"a red circle\""),
+        (config.threads is None or config.threads >= 1, "threads", "use at least 1 thread, or leave it out"),
     ]
     for ok, name, fix in checks:
         if not ok:
@@ -88,3 +91,4 @@ class GridConfig:
     seed: int = like(GenerateConfig, "seed", help="the seed of every cell", ui=None)
     scheduler: str = like(GenerateConfig, "scheduler")
     quantize_base: str = like(GenerateConfig, "quantize_base")
+    threads: int | None = like(GenerateConfig, "threads")

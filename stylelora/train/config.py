@@ -10,6 +10,7 @@ from typing import Any
 from ..data.buckets import BucketSettings
 from ..errors import ConfigError
 from ..methods import METHODS, TARGET_PRESETS, AdapterSpec, method_checks, method_of
+from ..model.cores import THREADS_DEFAULT, THREADS_HELP
 from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES
 from ..options import UiField, as_list, field_values, option, read_toml, refuse_first
 from .loss import HUBER_C, HUBER_SCHEDULES, LOSSES
@@ -164,6 +165,8 @@ class TrainConfig:
                             ui=UiField("Precision (auto: bf16 only where this CPU was measured to run it faster)",
                                        "dropdown"))
     quantize_base: str = option("none", QUANTIZE_HELP, "speed", choices=QUANTIZE_MODES)
+    threads: int | None = option(None, THREADS_HELP, "speed", default_text=THREADS_DEFAULT,
+                                 ui=UiField("CPU threads (0 = share the cores with other stylelora processes)", "integer"))
     gradient_checkpointing: bool = option(False, "trade compute for memory", "speed")
     cache_latents: bool = option(True, "encode each image once with the VAE", "speed")
     # outputs
@@ -297,6 +300,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     c = config
     checks: list[tuple[bool, str, str]] = [
         (c.rank >= 1, "rank", "the rank must be a whole number of at least 1 (4 to 32 is usual)"),
+        (c.threads is None or c.threads >= 1, "threads", "use at least 1 thread, or leave it out to share the cores"),
         (c.alpha is None or c.alpha > 0, "alpha", "alpha must be above 0 (leave it out to use the rank)"),
         (0 <= c.dropout < 1, "dropout", "LoRA dropout must be in [0, 1)"),
         (0 <= c.caption_dropout < 1, "caption_dropout", "caption dropout is a rate in [0, 1)"),

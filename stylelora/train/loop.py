@@ -10,6 +10,7 @@ adapter (run_outputs.Outputs), samples, metrics.
 from __future__ import annotations
 
 import math
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from ..families import Family, family_of_pipe
 from ..methods import KINDS, layout_checks, method_of
 from ..methods.attach import attach
 from ..model.base import base_fingerprint, denoiser_parameter_count, load_base, quantize_pipe, resolve_base
+from ..model.cores import CoreShare
 from ..model.loading import fix_mmap_threshold
 from ..model.precision import PRECISION_NAMES, choose_precision
 from ..model.quantize import check_quantize, quantization_of, quantized_share
@@ -35,7 +37,8 @@ from .checkpoint import latest_checkpoint, resume
 from .config import TrainConfig, validate
 from .inputs import prepare_inputs
 from .optimizers import OPTIMIZERS, block_key, block_rates, build_optimizer
-from .outputs import Kept, MetricsLog, Outputs, progress_bar as make_progress_bar, render_samples, with_preview_prompts
+from .outputs import (Kept, MetricsLog, Outputs, phases_line, progress_bar as make_progress_bar, render_samples,
+                      with_preview_prompts, write_phases)
 from .stages import DTYPES, Model, Optimisation
 from .step_loss import StepLoss
 from .suggest import fill_unset
@@ -252,13 +255,26 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
     started = time.time()
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     say = log if accelerator.is_main_process else (lambda message: None)
+    with CoreShare(config.threads, say) as cores:
+        return _train(config, on_progress, should_stop, say, progress_bar, started, accelerator, cores)
+
+
+def _train(config: TrainConfig, on_progress: Callable[[Progress], None] | None,
+           should_stop: Callable[[], bool] | None, say: Callable[[str], None], progress_bar: bool, started: float,
+           accelerator: Accelerator, cores: CoreShare) -> TrainResult:
+    """train()'s stages, within this process's share of the cores."""
     if config.auto:
         config = validate(fill_unset(config, say))
+    clock = time.perf_counter()
     folder, held_out = prepare_data(config, say)
     config = with_preview_prompts(config, folder)
     model = prepare_model(config, accelerator.device, folder, say)
     optimisation = prepare_adapters(config, model, len(folder.examples), accelerator, say)
+    startup = seconds_since_process_start(started)
+    phases = ({"startup": startup} if startup else {}) | {"load": time.perf_counter() - clock}
+    clock = time.perf_counter()
     inputs = prepare_inputs(config, model, folder, held_out, accelerator, should_stop, say)
+    phases["cache"] = time.perf_counter() - clock
 
     adapted = list(model.trained_parts(config).values())
     *trained, optimisation.optimizer, optimisation.lr_schedule = accelerator.prepare(
@@ -270,10 +286,28 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
     say(f"Training {unet_tensors} {KINDS[config.method]} tensors ({adapter_summary(config)}) for {optimisation.steps} "
         f"steps at {model.resolution}px, batch {config.batch_size} x {accelerator.num_processes} process(es), in "
         f"{PRECISION_NAMES[model.precision]}.")
+    clock = time.perf_counter()
     loss, kept = run_loop(config, model, optimisation, step_loss, outputs, watch, accelerator, on_progress,
-                          should_stop, progress_bar)
+                          should_stop, progress_bar, cores)
+    phases |= {"steps": time.perf_counter() - clock - outputs.final_seconds, "save": outputs.final_seconds}
+    if accelerator.is_main_process:
+        write_phases(config.out_dir, kept.trained_steps, phases)
+        say(phases_line(phases, kept.trained_steps - optimisation.start_step))
     return TrainResult(config.adapter_path, kept.trained_steps, loss, time.time() - started, accelerator.is_main_process,
                        kept.step, kept.validation_loss, kept.reason, kept.base_validation_loss)
+
+
+def seconds_since_process_start(train_started: float) -> float:
+    """From this process's start to train()'s (Python's start-up and imports); 0 where the system does not say,
+    or where the process ran other work first (a UI, a tune study: then it is not this run's)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return 0.0
+    seconds = train_started - (boot + ticks / os.sysconf("SC_CLK_TCK"))
+    return seconds if 0 <= seconds < 120 else 0.0
 
 
 def prepare_watch(config: TrainConfig, optimisation: Optimisation, step_loss: StepLoss, outputs: Outputs) -> Watch:
@@ -317,7 +351,8 @@ def optimizer_step(config: TrainConfig, optimisation: Optimisation, step_loss: S
 
 def run_loop(config: TrainConfig, model: Model, optimisation: Optimisation, step_loss: StepLoss, outputs: Outputs,
              watch: Watch, accelerator: Accelerator, on_progress: Callable[[Progress], None] | None,
-             should_stop: Callable[[], bool] | None, progress_bar: bool) -> tuple[float, Kept]:
+             should_stop: Callable[[], bool] | None, progress_bar: bool,
+             cores: CoreShare | None = None) -> tuple[float, Kept]:
     """Stage: the optimizer steps, with validation, metrics, checkpoints and previews between them; then the
     final save (the best or the last step's adapter). Returns the last step's loss and what was kept. A stop
     on request saves a checkpoint and raises TrainingInterrupted."""
@@ -333,6 +368,8 @@ def run_loop(config: TrainConfig, model: Model, optimisation: Optimisation, step
         for step in range(start_step, steps):
             if should_stop is not None and should_stop():
                 raise TrainingInterrupted("stopped on request")
+            if cores is not None:
+                cores.refresh()  # another stylelora process started or ended: take this one's share
             loss_value, grad_norm = optimizer_step(config, optimisation, step_loss, accelerator, step)
             completed = step + 1
             rate = (completed - start_step) / max(time.time() - tick, 1e-9)

@@ -1,0 +1,105 @@
+"""Processes that share a machine: each stylelora process computes with its share of the cores, says so in one
+line, and gives cores up or takes them back as other stylelora processes start and end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from stylelora.model.cores import CoreShare, live_processes
+
+
+@pytest.fixture
+def own_threads(monkeypatch):
+    """No OMP_NUM_THREADS (the suite sets one for its workers), and torch's thread count put back afterwards."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_process_takes_its_share_and_gives_it_back_as_others_start_and_end(own_threads, tmp_path, monkeypatch):
+    from stylelora.model import cores
+
+    monkeypatch.setattr(cores, "RECHECK_SECONDS", 3600.0)  # only the forced looks count here
+    said: list[str] = []
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with CoreShare(say=said.append, folder=tmp_path, cores=4) as share:
+            assert torch.get_num_threads() == 4 and (tmp_path / f"{os.getpid()}.pid").exists()
+            (tmp_path / f"{other.pid}.pid").write_text(str(other.pid))  # a second stylelora process starts
+            (tmp_path / "999999999.pid").write_text("gone")  # one that was killed without cleaning up
+            assert share.refresh(force=True) == 2 and torch.get_num_threads() == 2
+            assert not (tmp_path / "999999999.pid").exists()
+            other.kill()
+            other.wait()
+            assert share.refresh() == 2  # not looked at again before RECHECK_SECONDS
+            assert share.refresh(force=True) == 4
+        assert said == [
+            "CPU threads: 4, all 4 cores (no other stylelora process is computing; --threads N to choose).",
+            "CPU threads now: 2 of 4 cores, shared with 1 other stylelora process on this machine "
+            "(--threads N to choose).",
+            "CPU threads now: 4, all 4 cores (no other stylelora process is computing; --threads N to choose)."]
+        assert live_processes(tmp_path) == []  # its own file is gone with it
+    finally:
+        other.kill()
+
+
+def test_threads_chosen_by_flag_or_omp_are_kept_and_nested_shares_count_the_process_once(own_threads, tmp_path,
+                                                                                        monkeypatch):
+    said: list[str] = []
+    with CoreShare(3, say=said.append, folder=tmp_path, cores=2):
+        assert torch.get_num_threads() == 3
+        with CoreShare(folder=tmp_path, cores=2) as inner:  # a painting inside the UI's process
+            assert live_processes(tmp_path) == [os.getpid()] and inner.share() == (2, 1)
+        assert live_processes(tmp_path) == [os.getpid()]
+    assert said == ["CPU threads: 3 (set by --threads)."] and live_processes(tmp_path) == []
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with CoreShare(say=said.append, folder=tmp_path, cores=2):
+        assert torch.get_num_threads() == 1
+    assert said[-1] == "CPU threads: 1 (set by OMP_NUM_THREADS)."
+
+
+def _train(image_folder: Path, tiny_base: Path, out: Path, cache: Path, log: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {
+        "XDG_CACHE_HOME": str(cache), "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "stylelora", "train", str(image_folder), "--base", str(tiny_base),
+                             "--out", str(out), "--max-steps", "100000", "--save-every", "0", "--sample-every", "0",
+                             "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+
+
+def _wait_for(condition, what: str, seconds: float = 240) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_two_trainings_started_by_hand_share_the_cores(image_folder, tiny_base, tmp_path):
+    cache, cores = tmp_path / "cache", os.cpu_count() or 1
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    first = _train(image_folder, tiny_base, tmp_path / "first", cache, first_log)
+    second = None
+    try:
+        _wait_for(lambda: "CPU threads: " in first_log.read_text(), "the first training's share")
+        assert f"CPU threads: {cores}, all {cores} cores" in first_log.read_text()
+        second = _train(image_folder, tiny_base, tmp_path / "second", cache, second_log)
+        half = f"{max(1, cores // 2)} of {cores} cores, shared with 1 other stylelora process on this machine"
+        _wait_for(lambda: f"CPU threads: {half}" in second_log.read_text(), "the second training's share")
+        # The first, already running, gives up its cores at a step boundary
+        _wait_for(lambda: f"CPU threads now: {half}" in first_log.read_text(), "the first training to give way")
+    finally:
+        for process in (first, second):
+            if process is not None:
+                process.send_signal(signal.SIGINT)
+        for process in (first, second):
+            if process is not None:
+                process.wait(120)
+    assert live_processes(cache / "stylelora" / "processes") == []
