@@ -69,6 +69,7 @@ class CoreShare:
         self.say, self.folder = say, folder or registry()
         self.cores = cores or os.cpu_count() or 1
         self.threads: int | None = None
+        self.count = 1  # the stylelora processes sharing the machine at the last look
         self.checked = 0.0
         self.before: int | None = None
 
@@ -117,8 +118,14 @@ class CoreShare:
         if threads != self.threads:
             torch.set_num_threads(threads)
             self.say(self.describe(threads, count, first=self.threads is None))
-            self.threads = threads
+            self.threads, self.count = threads, count
         return threads
+
+    def announce(self, say: Callable[[str], None]) -> None:
+        """Say the share now (a training says it once its folder and base have loaded, so that a bad folder is
+        still a one-line error), and every change from here on."""
+        self.say = say
+        say(self.describe(self.threads or 1, self.count, first=True))
 
     def describe(self, threads: int, count: int, first: bool) -> str:
         now = "" if first else " now"

@@ -255,7 +255,7 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
     started = time.time()
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     say = log if accelerator.is_main_process else (lambda message: None)
-    with CoreShare(config.threads, say) as cores:
+    with CoreShare(config.threads) as cores:
         return _train(config, on_progress, should_stop, say, progress_bar, started, accelerator, cores)
 
 
@@ -283,6 +283,7 @@ def _train(config: TrainConfig, on_progress: Callable[[Progress], None] | None,
     outputs = Outputs(config, folder, model, optimisation, trained, accelerator)
     watch = prepare_watch(config, optimisation, step_loss, outputs)
     unet_tensors = sum(1 for p in model.family.denoiser_of(model.pipe).parameters() if p.requires_grad)
+    cores.announce(say)
     say(f"Training {unet_tensors} {KINDS[config.method]} tensors ({adapter_summary(config)}) for {optimisation.steps} "
         f"steps at {model.resolution}px, batch {config.batch_size} x {accelerator.num_processes} process(es), in "
         f"{PRECISION_NAMES[model.precision]}.")
