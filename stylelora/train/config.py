@@ -55,6 +55,12 @@ class TrainConfig:
                                     default_text="the base's native size",
                                     ui=UiField("Resolution in px (0 = the base's own)", "integer"))
     random_crop: bool = option(False, "random instead of centre crops", "images")
+    masks: Path | None = option(None, "a folder of greyscale loss masks, one per training image with its name: the "
+                                      "loss counts white, not black", "images", metavar="DIR",
+                                ui=UiField("Loss masks: a folder of greyscale images named as the training images",
+                                           "textbox"))
+    mask_from_alpha: bool = option(False, "each training image's alpha channel as its loss mask", "images",
+                                   ui=UiField("Loss mask from each image's transparency", "checkbox"))
     flip: bool = option(False, "random horizontal flips", "images", ui=UiField("Random flips", "checkbox"))
     buckets: bool = option(True, "aspect-ratio buckets, so no image is cropped to a square; --no-buckets trains "
                                  "centre squares", "images",
@@ -301,6 +307,9 @@ def validate(config: TrainConfig) -> TrainConfig:
     checks: list[tuple[bool, str, str]] = [
         (c.rank >= 1, "rank", "the rank must be a whole number of at least 1 (4 to 32 is usual)"),
         (c.threads is None or c.threads >= 1, "threads", "use at least 1 thread, or leave it out to share the cores"),
+        (c.masks is None or not c.mask_from_alpha, "masks", "give --masks DIR or --mask-from-alpha, not both"),
+        (not ((c.masks is not None or c.mask_from_alpha) and c.random_crop), "masks",
+         "masks follow the centre crop: drop --random-crop"),
         (c.alpha is None or c.alpha > 0, "alpha", "alpha must be above 0 (leave it out to use the rank)"),
         (0 <= c.dropout < 1, "dropout", "LoRA dropout must be in [0, 1)"),
         (0 <= c.caption_dropout < 1, "caption_dropout", "caption dropout is a rate in [0, 1)"),
@@ -383,7 +392,7 @@ def validate(config: TrainConfig) -> TrainConfig:
 
 
 _TUPLE_FIELDS = {f.name for f in dataclasses.fields(TrainConfig) if "tuple" in str(f.type)}
-_PATH_FIELDS = {"data", "out", "validation_data", "preserve_prompts"}
+_PATH_FIELDS = {"data", "out", "validation_data", "preserve_prompts", "masks"}
 
 
 def from_dict(values: dict[str, Any]) -> TrainConfig:

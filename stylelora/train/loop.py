@@ -22,6 +22,7 @@ from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
 
 from ..data.folder import Example, ImageFolder, describe_folder, scan_folder, warn_long_captions
+from ..data.masks import check_masks
 from ..data.split import split_examples
 from ..errors import ConfigError, DatasetError, TrainingError, TrainingInterrupted
 from ..families import Family, family_of_pipe
@@ -114,6 +115,11 @@ def prepare_data(config: TrainConfig, say: Callable[[str], None]) -> tuple[Image
     the folder with --validation-split, or from --validation-data)."""
     folder = scan_folder(config.data, config.caption, config.trigger)
     describe_folder(folder, say)
+    if config.masks is not None:
+        check_masks(config.masks, folder.examples)
+        say(f"Loss masks: one for each of the {len(folder.examples)} images, from {config.masks}.")
+    elif config.mask_from_alpha:
+        say("Loss masks: each image's alpha channel (an image without one counts whole).")
     held_out: list[Example] = []
     if config.validation_split:
         folder.examples, held_out = split_examples(folder.examples, config.validation_split, config.seed)

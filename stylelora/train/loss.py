@@ -55,23 +55,26 @@ def huber_thresholds(schedule: str, c: float, timesteps: torch.Tensor, steps: in
 
 
 def per_sample_error(prediction: torch.Tensor, target: torch.Tensor, kind: str = "l2",
-                     thresholds: torch.Tensor | None = None) -> torch.Tensor:
+                     thresholds: torch.Tensor | None = None, masks: torch.Tensor | None = None) -> torch.Tensor:
     """Each sample's mean error over its pixels, in float32: squared ('l2'), or kohya's pseudo-Huber
-    2c(sqrt(d^2 + c^2) - c) ('huber') and 2(sqrt(d^2 + c^2) - c) ('smooth-l1'), c per sample."""
+    2c(sqrt(d^2 + c^2) - c) ('huber') and 2(sqrt(d^2 + c^2) - c) ('smooth-l1'), c per sample. `masks`
+    (batch, 1, height, width) weighs each latent pixel before the mean, as kohya's masked loss does."""
     prediction, target = prediction.float(), target.float()
     dims = tuple(range(1, prediction.dim()))
     if kind == "l2":
-        return F.mse_loss(prediction, target, reduction="none").mean(dim=dims)
-    c = thresholds.float().view(-1, *[1] * len(dims))
-    root = torch.sqrt((prediction - target) ** 2 + c ** 2) - c
-    return (2 * c * root if kind == "huber" else 2 * root).mean(dim=dims)
+        error = F.mse_loss(prediction, target, reduction="none")
+    else:
+        c = thresholds.float().view(-1, *[1] * len(dims))
+        root = torch.sqrt((prediction - target) ** 2 + c ** 2) - c
+        error = 2 * c * root if kind == "huber" else 2 * root
+    return (error if masks is None else error * masks.float()).mean(dim=dims)
 
 
 def ddpm_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None, kind: str = "l2",
-              thresholds: torch.Tensor | None = None) -> torch.Tensor:
+              thresholds: torch.Tensor | None = None, masks: torch.Tensor | None = None) -> torch.Tensor:
     """The denoising loss: mean squared error in float32 (bf16 MSE loses the small residuals late in training),
-    or a pseudo-Huber one (`per_sample_error`), optionally weighted per sample."""
-    per_sample = per_sample_error(prediction, target, kind, thresholds)
+    or a pseudo-Huber one (`per_sample_error`), optionally weighted per sample and per latent pixel."""
+    per_sample = per_sample_error(prediction, target, kind, thresholds, masks)
     if weights is None:
         return per_sample.mean()
     return (per_sample * weights).mean()

@@ -15,6 +15,7 @@ from accelerate import Accelerator
 
 from ..data.cache import encode_latents
 from ..data.folder import Example, ImageFolder, load_rgb, placement, preprocess_placed, training_caption
+from ..data.masks import LossMasks
 from ..families import Conditioning, Placement
 from ..methods.attach import adapters_disabled
 from .config import TrainConfig
@@ -78,6 +79,8 @@ class StepLoss:
         sampling = Sampling.given(config.timestep_sampling, logit_mean=config.logit_mean, logit_std=config.logit_std,
                                   mode_scale=config.mode_scale)
         self.objective = objective_for(model.pipe.scheduler, model.prediction_type, sampling, config.min_snr_gamma)
+        masked = config.masks is not None or config.mask_from_alpha
+        self.masks = LossMasks(config.masks, config.mask_from_alpha) if masked else None
 
     def __call__(self, step: int, micro: int) -> Terms:
         config, accelerator, model = self.config, self.accelerator, self.model
@@ -86,7 +89,8 @@ class StepLoss:
         batch = (step * config.grad_accumulation + micro) * accelerator.num_processes + accelerator.process_index
         order = self.inputs.buckets.batch(batch, config.batch_size, config.seed)
         examples = [self.folder.examples[i] for i in order]
-        latents, placements = self.latents(examples, [config.flip and rng.random() < 0.5 for _ in examples], rng)
+        flips = [config.flip and rng.random() < 0.5 for _ in examples]
+        latents, placements = self.latents(examples, flips, rng)
         captions = [training_caption(e.caption, config.trigger, config.caption_dropout, config.shuffle_tags,
                                      config.keep_tags, rng) for e in examples]
         embeddings = self.text(captions)
@@ -95,7 +99,9 @@ class StepLoss:
         noise = noise.to(accelerator.device, model.weight_dtype)
         noised = self.objective.noised(latents, noise, self.objective.draw(len(examples), generator, latents.shape[-2:]))
         prediction = predict(self.unet, noised.noisy, noised.timesteps, embeddings, placements, model)
-        style = ddpm_loss(prediction, noised.target, noised.weights, config.loss, self.thresholds(noised))
+        masks = None if self.masks is None else self.masks.batch(
+            examples, [self.inputs.buckets.target(e) for e in examples], flips, tuple(latents.shape[-2:])).to(latents.device)
+        style = ddpm_loss(prediction, noised.target, noised.weights, config.loss, self.thresholds(noised), masks)
         if not self.inputs.preserve_prompts:
             return Terms(style, style)
         preservation = self.preservation_loss(noised.noisy, noised.timesteps,
