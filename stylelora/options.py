@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -35,6 +36,17 @@ def field_values(kind: type, values: dict[str, Any], command: str,
                               f"see `stylelora {command} --help` for the list")
         converted[name] = value if value is None or name not in (convert or {}) else convert[name](value)
     return converted
+
+
+def toml_value(value: Any) -> str:
+    """A value as a TOML file writes it (what `--print-config` and best.toml print)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
 
 
 def read_toml(path: Path) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from stylelora.files import read_safetensors
-from ui_helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, fill, paint_with, y_ticks
+from ui_helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, fill, fill_all, paint_with, y_ticks
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
@@ -93,10 +93,7 @@ def test_upload_caption_train_library_generate(page, server, image_folder, tiny_
     fill(page, "steps", 12)
     # Hold one of the four images out, validate every 3 steps, average the weights, preserve a prompt.
     page.get_by_text("Knowing when to stop").click()
-    fill(page, "validation-split", 0.25)
-    fill(page, "validate-every", 3)
-    fill(page, "ema-decay", 0.5)
-    fill(page, "preserve-prompts", "a blue square")
+    fill_all(page, {"validation-split": 0.25, "validate-every": 3, "ema-decay": 0.5, "preserve-prompts": "a blue square"})
     page.click("#start")
     page.wait_for_selector("#start-message :text-matches('Training started|Error')", timeout=60_000)
     assert page.locator("#start-message").inner_text().startswith("Training started"), page.locator("#start-message").inner_text()

@@ -153,3 +153,20 @@ def test_the_grid_is_shown_whole_with_its_axes_named_after_the_adapters(workbenc
     grid = Image.open(max((workspace / "outputs").glob("grid-*.png"), key=lambda p: p.stat().st_mtime))
     assert (grid.text["columns"], grid.text["rows"]) == ("alpha", "beta")
     assert json.loads(grid.text["weights"]) == [0, 1]
+
+
+def test_a_preset_fills_the_train_form_and_none_puts_the_defaults_back(workbench):
+    page, _, _ = workbench
+    page.get_by_role("tab", name="Train").click()
+    fill(page, "train-base", "my-own-base")
+    page.locator("#preset input").click()
+    page.get_by_role("option", name="sd15-style", exact=True).click()
+    page.wait_for_function("() => document.querySelector('#rank input').value === '16'", timeout=30_000)
+    assert page.locator("#steps input").input_value() == "1500"
+    assert page.locator("#resolution input").input_value() == "512"
+    assert page.locator("#train-base input").input_value() == "my-own-base"  # the preset names no base: kept
+    page.locator("#preset input").click()
+    page.get_by_role("option", name="none", exact=True).click()
+    page.wait_for_function("() => document.querySelector('#rank input').value === '4'", timeout=30_000)
+    assert page.locator("#resolution input").input_value() == "0"
+    assert page.locator("#steps input").input_value() == "800"  # the page's own starting value, not 0

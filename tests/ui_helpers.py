@@ -66,6 +66,20 @@ def fill(page, elem_id: str, value) -> None:
     raise AssertionError(f"#{elem_id} would not keep the value {value!r}")
 
 
+def fill_all(page, values: dict[str, object]) -> None:
+    """fill() each field, then check them all once more and type again any that a late first render of their
+    accordion reset (seen on a loaded machine): a field revealed for the first time can receive its starting
+    value after fill() saw the typed one hold."""
+    for _ in range(5):
+        for elem_id, value in values.items():
+            fill(page, elem_id, value)
+        page.wait_for_timeout(500)
+        boxes = {elem_id: page.locator(f"#{elem_id} input, #{elem_id} textarea").first for elem_id in values}
+        if all(box.input_value() == str(values[elem_id]) for elem_id, box in boxes.items()):
+            return
+    raise AssertionError(f"the fields {list(values)} would not keep {list(values.values())}")
+
+
 def slug(name: str) -> str:
     """The elem_id suffix the Generate tab gives an adapter's row."""
     import re

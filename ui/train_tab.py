@@ -15,9 +15,10 @@ import pandas as pd
 from stylelora.data.workspace import caption_rows, dataset_folder, save_captions, save_uploads, thumbnails
 from stylelora.errors import StyleloraError
 from stylelora.methods import METHOD_FIELDS, own_fields
-from stylelora.options import page_values
-from stylelora.train.config import TrainConfig, validate
-from stylelora.ui.fields import page_value, widget
+from stylelora.train.config import TrainConfig, from_dict, validate
+from stylelora.train.presets import preset_values, presets
+from stylelora.options import declaration, default_of, page_values
+from stylelora.ui.fields import page_default, page_value, widget
 from stylelora.ui.session import Session, error_message
 from stylelora.ui.train_fields import (BUCKET_FIELDS, STOPPING_FIELDS, base_dropdown, bucket_row, bucket_settings,
                                        method_row, quantize_dropdown, show_only_own_fields, stopping_row,
@@ -47,16 +48,19 @@ class TrainForm:
     def components(self) -> list:
         return [self.name, self.folder, *self.fields.values()]
 
-    def values_of(self, settings: dict, name: str) -> list:
+    def values_of(self, settings: dict, name: str | None = None) -> list:
         """The page values that show `settings` (a TrainConfig as plain values), in components()' order;
-        what the settings leave out goes back to the page's own starting value."""
-        values = [name, str(settings.get("data", ""))]
+        a field the settings leave out, and the name and folder when not given, stay as they are."""
+        values = [gr.update() if name is None else name, str(settings["data"]) if "data" in settings else gr.update()]
         for field_name, component in self.fields.items():
             if field_name not in settings:
                 values.append(gr.update())
             elif field_name == "preserve_prompts":  # the page holds the prompts, the config their file
                 saved = Path(str(settings[field_name] or ""))
                 values.append(saved.read_text() if settings[field_name] and saved.is_file() else "")
+            elif settings[field_name] == default_of(declaration(TrainConfig, field_name)[0]):
+                # the page's own starting value where the setting is the default (800 steps, not 0)
+                values.append(page_value(TrainConfig, field_name, page_default(TrainConfig, field_name)))
             else:
                 values.append(page_value(TrainConfig, field_name, settings[field_name]))
         return values
@@ -104,6 +108,9 @@ def train_tab(session: Session) -> TrainForm:
     captions = gr.Dataframe(headers=["file", "caption"], interactive=True, column_count=(2, "fixed"), elem_id="captions")
     save = gr.Button("Save captions", elem_id="save-captions")
     with gr.Row():
+        # Not a setting of its own: choosing one fills the fields below with its settings (train/presets.toml)
+        preset = gr.Dropdown([("none", "")] + [(name, name) for name in presets()], value="", elem_id="preset",
+                             label="Preset (fills the fields below; shipped presets, docs/reference/options.md)")
         trigger = widget(TrainConfig, "trigger")
         base = base_dropdown(session.adapters, "train-base")
         text_encoder = widget(TrainConfig, "train_text_encoder")
@@ -194,7 +201,18 @@ def train_tab(session: Session) -> TrainForm:
     log_y.change(lambda log: train_status(session, log, None), [log_y], live)
     named = dict(zip(PLAIN_FIELDS, plain)) | dict(zip(METHOD_FIELDS, method_fields)) | dict(
         zip(STOPPING_FIELDS, stopping)) | dict(zip(BUCKET_FIELDS, buckets))
-    return TrainForm(name, folder, named, on_folder, [dataset, thumbs, captions, data_message])
+    form = TrainForm(name, folder, named, on_folder, [dataset, thumbs, captions, data_message])
+    preset.input(lambda chosen: form.values_of(preset_settings(chosen)), [preset], form.components())
+    return form
+
+
+def preset_settings(name: str) -> dict:
+    """Every Train field's value under the preset `name` (the defaults where it says nothing; all defaults for
+    none), as plain TrainConfig values; the folder, name and output are left out, and so is the base unless the
+    preset names one."""
+    values = from_dict({"data": ".", "preset": name or None}).to_json_dict()
+    kept_as_typed = {"data", "out", "name"} | ({"base"} if not name or "base" not in preset_values(name) else set())
+    return {key: value for key, value in values.items() if key not in kept_as_typed}
 
 
 def refused_list(refused: list[str]) -> str:

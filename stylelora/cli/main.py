@@ -10,7 +10,8 @@ from pathlib import Path
 from ..errors import StyleloraError
 from ..options import add_arguments
 from ..paint.request import GenerateConfig, GridConfig
-from ..train.config import TrainConfig, from_dict, load_toml
+from ..train.config import TrainConfig, config_toml, from_dict, load_toml, validate
+from ..train.presets import presets
 from .serve import add_serve_parser, run_serve
 from .stop import StopRequest
 from .tune import add_suggest_parser, add_tune_parser, run_suggest, run_tune
@@ -25,6 +26,10 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
                             description="Train a LoRA style adapter from a folder of captioned images.")
     p.add_argument("data", nargs="?", help="folder of images (png, jpg, webp, bmp; subfolders too)")
     p.add_argument("--config", type=Path, help="TOML file with the same options as these flags (flags win)")
+    p.add_argument("--preset", metavar="NAME", help=f"start from a shipped preset ({', '.join(presets())}); "
+                                                     "--config keys and flags win over it")
+    p.add_argument("--print-config", action="store_true", default=None,  # None: not a setting when left out
+                   help="print the settings this run would use, as a --config file, and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_arguments(p, TrainConfig)  # every option of TrainConfig, as it declares them
 
@@ -34,8 +39,12 @@ def run_train(args: argparse.Namespace) -> int:
     from ..train.loop import train
 
     values = load_toml(args.config) if args.config else {}
-    flags = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "config", "quiet")}
+    flags = {k: v for k, v in vars(args).items()
+             if v is not None and k not in ("command", "config", "quiet", "print_config")}
     config = from_dict(values | flags)
+    if args.print_config:
+        print(config_toml(validate(config)), end="")
+        return 0
     stop = StopRequest()
     try:
         with stop.on_signals():

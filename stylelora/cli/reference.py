@@ -12,6 +12,7 @@ from ..options import options_markdown
 from ..paint.request import GenerateConfig, GridConfig
 from ..serve.config import ServeConfig
 from ..train.config import TrainConfig
+from ..train.presets import presets_markdown
 from ..tune.space import TuneConfig
 
 PAGE = Path("docs") / "reference" / "options.md"
@@ -21,7 +22,7 @@ def sections() -> dict[str, str]:
     """The generated text of each marked section, by marker name."""
     return {"options-train": options_markdown(TrainConfig), "options-tune": options_markdown(TuneConfig),
             "options-serve": options_markdown(ServeConfig), "options-generate": options_markdown(GenerateConfig),
-            "options-grid": options_markdown(GridConfig)}
+            "options-grid": options_markdown(GridConfig), "presets": presets_markdown()}
 
 
 def section_of(text: str, name: str) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import write_atomically
+from ..options import toml_value
 from ..train.config import TrainConfig
 from .space import TuneConfig, settings_of
 
@@ -94,18 +95,8 @@ def best_toml(config: TuneConfig, best: TrialReport) -> str:
                 if config.objective == "loss" else f"style {a['style']:.0%}, colour {a['colour']:.0%}") + ".",
              "# `stylelora train --config best.toml` trains the same adapter again. To train on every image",
              "# instead, delete the validation lines and set max-steps to the kept step.", "[train]"]
-    lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+    lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
     return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(str(value))
 
 
 def best_of(reports: list[TrialReport], objective: str) -> TrialReport | None:
