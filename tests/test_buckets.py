@@ -124,7 +124,7 @@ def test_validate_names_the_flag():
 
 
 def test_the_toml_config_takes_the_bucket_settings(tmp_path):
-    from stylelora.train.config import from_dict, load_toml
+    from stylelora.train.settings import from_dict, load_toml
 
     (tmp_path / "style.toml").write_text("[train]\nbucket-step = 16\nmin-bucket = 32\nmax-bucket = 96\nno-upscale = true\n")
     config = from_dict({"data": str(tmp_path)} | load_toml(tmp_path / "style.toml"))

@@ -227,7 +227,7 @@ def test_cli_trains_a_lokr_and_inspect_names_it(tiny_base, image_folder, tmp_pat
 
 
 def test_a_toml_config_chooses_the_method_and_modules(tmp_path):
-    from stylelora.train.config import from_dict, load_toml
+    from stylelora.train.settings import from_dict, load_toml
 
     (tmp_path / "style.toml").write_text('method = "loha"\ntargets = "all"\nconv-rank = 2\nconv-alpha = 1.5\n')
     config = validate(from_dict(load_toml(tmp_path / "style.toml") | {"data": "x"}))

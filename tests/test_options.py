@@ -14,7 +14,8 @@ from stylelora.cli.reference import section_of, sections
 from stylelora.options import SAME, declaration, declared, default_of, default_words, flag_of, page_values
 from stylelora.paint.request import GenerateConfig, GridConfig
 from stylelora.serve.config import ServeConfig, serve_config_from_dict
-from stylelora.train.config import TrainConfig, from_dict
+from stylelora.train.config import TrainConfig
+from stylelora.train.settings import from_dict
 from stylelora.tune.space import TuneConfig, tune_config_from_dict
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from stylelora.cli.main import main
-from stylelora.train.config import config_toml, from_dict, load_toml, validate
-from stylelora.train.presets import preset_values, presets
+from stylelora.train.config import validate
+from stylelora.train.settings import config_toml, from_dict, load_toml
+from stylelora.train.settings import preset_values, presets
 
 
 @pytest.mark.parametrize("name", list(presets()))

@@ -174,7 +174,8 @@ def test_nf4_training_on_cuda(train_config):
 
 
 def test_the_toml_config_sets_the_quantized_base(tmp_path, image_folder):
-    from stylelora.train.config import from_dict, load_toml, validate
+    from stylelora.train.config import validate
+    from stylelora.train.settings import from_dict, load_toml
 
     (tmp_path / "run.toml").write_text('[train]\nquantize-base = "int8"\nmethod = "loha"\n')
     config = validate(from_dict({"data": image_folder} | load_toml(tmp_path / "run.toml")))

@@ -336,7 +336,8 @@ def test_ray_without_its_extra_is_one_line_naming_it(monkeypatch, capsys):
 
 
 def test_train_and_serve_settings_are_read_by_one_function():
-    from stylelora.train.config import ConfigError, from_dict
+    from stylelora.errors import ConfigError
+    from stylelora.train.settings import from_dict
     from stylelora.serve.config import serve_config_from_dict
 
     train = from_dict({"data": "images", "target-modules": "to_q,to_k", "out": None, "rank": 8})

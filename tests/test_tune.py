@@ -20,7 +20,8 @@ from stylelora.cli.main import main as cli
 from stylelora.errors import ConfigError, TrainingInterrupted
 from stylelora.files import read_safetensors
 from stylelora.mini.evaluate import folder_style
-from stylelora.train.config import TrainConfig, from_dict, load_toml
+from stylelora.train.config import TrainConfig
+from stylelora.train.settings import from_dict, load_toml
 from stylelora.train.loop import train
 from stylelora.train.suggest import fill_unset, steps_for, suggest
 from stylelora.tune.results import spearman

@@ -299,7 +299,7 @@ def test_suggest_fills_the_train_fields_and_the_tune_tab_trains_the_best_trial(p
     assert tuned.exists()
     assert (workspace / "tune" / image_folder.name / "best.toml").exists()
     # The Train tab's fields show what runs, not what was typed there before
-    from stylelora.train.config import from_dict, load_toml
+    from stylelora.train.settings import from_dict, load_toml
 
     best = from_dict(load_toml(workspace / "tune" / image_folder.name / "best.toml"))
     page.get_by_role("tab", name="Train").click()

@@ -274,7 +274,7 @@ def test_cli_validation_flags_and_a_split_with_no_training_image(tmp_path, tiny_
 
 
 def test_toml_config_carries_the_stopping_settings(tmp_path, tiny_base, image_folder):
-    from stylelora.train.config import from_dict, load_toml
+    from stylelora.train.settings import from_dict, load_toml
 
     prompts = tmp_path / "keep.txt"
     prompts.write_text("a blue square\n")

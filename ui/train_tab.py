@@ -15,8 +15,9 @@ import pandas as pd
 from stylelora.data.workspace import caption_rows, dataset_folder, save_captions, save_uploads, thumbnails
 from stylelora.errors import StyleloraError
 from stylelora.methods import METHOD_FIELDS, own_fields
-from stylelora.train.config import TrainConfig, from_dict, validate
-from stylelora.train.presets import preset_values, presets
+from stylelora.train.config import TrainConfig, validate
+from stylelora.train.settings import from_dict
+from stylelora.train.settings import preset_values, presets
 from stylelora.options import declaration, default_of, page_values
 from stylelora.ui.fields import page_default, page_value, widget
 from stylelora.ui.session import Session, error_message

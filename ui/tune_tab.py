@@ -10,7 +10,7 @@ import gradio as gr
 import pandas as pd
 
 from stylelora.errors import StyleloraError
-from stylelora.train.config import from_dict, load_toml
+from stylelora.train.settings import from_dict, load_toml
 from stylelora.tune.results import best_of, table_header, table_row
 from stylelora.tune.space import TuneConfig, tune_config_from_dict, validate_tune
 from stylelora.ui.fields import widget

@@ -10,8 +10,9 @@ from pathlib import Path
 from ..errors import StyleloraError
 from ..options import add_arguments
 from ..paint.request import GenerateConfig, GridConfig
-from ..train.config import TrainConfig, config_toml, from_dict, load_toml, validate
-from ..train.presets import presets
+from ..train.config import TrainConfig, validate
+from ..train.settings import config_toml, from_dict, load_toml
+from ..train.settings import presets
 from .serve import add_serve_parser, run_serve
 from .stop import StopRequest
 from .tune import add_suggest_parser, add_tune_parser, run_suggest, run_tune

@@ -12,7 +12,7 @@ from ..options import options_markdown
 from ..paint.request import GenerateConfig, GridConfig
 from ..serve.config import ServeConfig
 from ..train.config import TrainConfig
-from ..train.presets import presets_markdown
+from ..train.settings import presets_markdown
 from ..tune.space import TuneConfig
 
 PAGE = Path("docs") / "reference" / "options.md"

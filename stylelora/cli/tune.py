@@ -30,7 +30,7 @@ def add_tune_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_tune(args: argparse.Namespace) -> int:
-    from ..train.config import load_toml
+    from ..train.settings import load_toml
     from ..errors import TrainingInterrupted
     from ..tune.search import tune
     from ..tune.space import load_tune_toml, tune_config_from_dict

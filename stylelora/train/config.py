@@ -8,12 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from ..data.buckets import BucketSettings
-from ..errors import ConfigError
 from ..methods import METHODS, TARGET_PRESETS, AdapterSpec, method_checks, method_of
 from ..model.cores import THREADS_DEFAULT, THREADS_HELP
 from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES
-from ..options import UiField, as_list, field_values, option, read_toml, refuse_first, toml_value
-from .presets import with_preset
+from ..options import UiField, option, refuse_first
 from .loss import HUBER_C, HUBER_SCHEDULES, LOSSES
 from .optimizers import OPTIMIZERS, optimizer_checks
 from .objective import TIMESTEP_SAMPLINGS, Sampling
@@ -390,31 +388,3 @@ def validate(config: TrainConfig) -> TrainConfig:
     ]
     refuse_first(c, checks)
     return config
-
-
-_TUPLE_FIELDS = {f.name for f in dataclasses.fields(TrainConfig) if "tuple" in str(f.type)}
-_PATH_FIELDS = {"data", "out", "validation_data", "preserve_prompts", "masks"}
-
-
-def from_dict(values: dict[str, Any]) -> TrainConfig:
-    """Build a TrainConfig from plain values (a TOML table, UI fields), converting types; unknown keys are errors."""
-    convert = {name: Path for name in _PATH_FIELDS} | {name: as_list for name in _TUPLE_FIELDS}
-    converted = field_values(TrainConfig, with_preset(values), "train", convert)
-    if "data" not in converted:
-        raise ConfigError("no image folder given: pass it as the first argument, e.g. `stylelora train ./images`")
-    return TrainConfig(**converted)
-
-
-def config_toml(config: TrainConfig) -> str:
-    """The settings of `config` as a `stylelora train --config` file: the folder and every setting that differs
-    from its default, under flag names (what `--print-config` prints)."""
-    defaults = TrainConfig(data=Path(".")).to_json_dict()
-    values = {key: value for key, value in config.to_json_dict().items()
-              if value is not None and (key == "data" or value != defaults[key])}
-    return "[train]\n" + "".join(f"{key.replace('_', '-')} = {toml_value(value)}\n" for key, value in values.items())
-
-
-def load_toml(path: Path) -> dict[str, Any]:
-    """Read a --config file. Its keys are the flag names, e.g. `max-steps = 500`."""
-    table = read_toml(path)
-    return dict(table.get("train", table))

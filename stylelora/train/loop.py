@@ -10,7 +10,6 @@ adapter (run_outputs.Outputs), samples, metrics.
 from __future__ import annotations
 
 import math
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from diffusers.optimization import get_scheduler
 from ..data.folder import Example, ImageFolder, describe_folder, scan_folder, warn_long_captions
 from ..data.masks import check_masks
 from ..data.split import split_examples
-from ..errors import ConfigError, DatasetError, TrainingError, TrainingInterrupted
+from ..errors import DatasetError, TrainingError, TrainingInterrupted
 from ..families import Family, family_of_pipe
 from ..methods import KINDS, layout_checks, method_of
 from ..methods.attach import attach
@@ -37,9 +36,9 @@ from ..options import refuse_first
 from .checkpoint import latest_checkpoint, resume
 from .config import TrainConfig, validate
 from .inputs import prepare_inputs
-from .optimizers import OPTIMIZERS, block_key, block_rates, build_optimizer
+from .optimizers import OPTIMIZERS, block_rates, build_optimizer, parameter_groups
 from .outputs import (Kept, MetricsLog, Outputs, phases_line, progress_bar as make_progress_bar, render_samples,
-                      with_preview_prompts, write_phases)
+                      seconds_since_process_start, with_preview_prompts, write_phases)
 from .stages import DTYPES, Model, Optimisation
 from .step_loss import StepLoss
 from .suggest import fill_unset
@@ -216,31 +215,6 @@ def prepare_adapters(config: TrainConfig, model: Model, examples: int, accelerat
     return optimisation
 
 
-def parameter_groups(model: torch.nn.Module, lr: float, loraplus_ratio: float,
-                     block_lr: dict[str, float] | None = None) -> list[dict]:
-    """The model's trainable LoRA tensors as optimizer groups, one per rate. With LoRA+ (Hayou et al. 2024) the B
-    (up) matrices get `loraplus_ratio` times the rate of A; with `block_lr` each UNet block its own multiple of it
-    (kohya's down/mid/up_lr_weight), the most specific key named winning ("down.1" over "down"). peft's
-    create_loraplus_optimizer does the LoRA+ split but builds the optimizer for one model at one rate; the UNet and
-    text encoder have two."""
-    rates: dict[float, list[torch.nn.Parameter]] = {}
-    named = set()
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        key = block_key(name)
-        named |= {key, key.split(".")[0]}
-        rate = lr * next((block_lr[k] for k in (key, key.split(".")[0]) if block_lr and k in block_lr), 1.0)
-        if loraplus_ratio and ".lora_B." in name:
-            rate *= loraplus_ratio
-        rates.setdefault(rate, []).append(parameter)
-    missing = sorted(set(block_lr or {}) - named)
-    if missing:
-        raise ConfigError(f"--block-lr {missing[0]}: no adapted layer of this base lies in that block (adapted: "
-                          f"{', '.join(sorted(k for k in named if k not in ('', 'down', 'up')))}); name one of those")
-    return [{"params": params, "lr": rate} for rate, params in rates.items()]
-
-
 def adapter_summary(config: TrainConfig) -> str:
     """'rank 4, alpha 4, rsLoRA, 3x3 convolutions at rank 2, alpha 1, LoRA+ ratio 16': what the run attaches."""
     spec = config.adapter_spec()
@@ -302,19 +276,6 @@ def _train(config: TrainConfig, on_progress: Callable[[Progress], None] | None,
         say(phases_line(phases, kept.trained_steps - optimisation.start_step))
     return TrainResult(config.adapter_path, kept.trained_steps, loss, time.time() - started, accelerator.is_main_process,
                        kept.step, kept.validation_loss, kept.reason, kept.base_validation_loss)
-
-
-def seconds_since_process_start(train_started: float) -> float:
-    """From this process's start to train()'s (Python's start-up and imports); 0 where the system does not say,
-    or where the process ran other work first (a UI, a tune study: then it is not this run's)."""
-    try:
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime"))
-    except (OSError, ValueError, IndexError, StopIteration):
-        return 0.0
-    seconds = train_started - (boot + ticks / os.sysconf("SC_CLK_TCK"))
-    return seconds if 0 <= seconds < 120 else 0.0
 
 
 def prepare_watch(config: TrainConfig, optimisation: Optimisation, step_loss: StepLoss, outputs: Outputs) -> Watch:

@@ -139,3 +139,28 @@ def build_optimizer(name: str, groups: list[dict], config: Any) -> torch.optim.O
     if kind.schedule_free:
         optimizer.train()  # it steps only in train mode
     return optimizer
+
+
+def parameter_groups(model: torch.nn.Module, lr: float, loraplus_ratio: float,
+                     block_lr: dict[str, float] | None = None) -> list[dict]:
+    """The model's trainable LoRA tensors as optimizer groups, one per rate. With LoRA+ (Hayou et al. 2024) the B
+    (up) matrices get `loraplus_ratio` times the rate of A; with `block_lr` each UNet block its own multiple of it
+    (kohya's down/mid/up_lr_weight), the most specific key named winning ("down.1" over "down"). peft's
+    create_loraplus_optimizer does the LoRA+ split but builds the optimizer for one model at one rate; the UNet and
+    text encoder have two."""
+    rates: dict[float, list[torch.nn.Parameter]] = {}
+    named = set()
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        key = block_key(name)
+        named |= {key, key.split(".")[0]}
+        rate = lr * next((block_lr[k] for k in (key, key.split(".")[0]) if block_lr and k in block_lr), 1.0)
+        if loraplus_ratio and ".lora_B." in name:
+            rate *= loraplus_ratio
+        rates.setdefault(rate, []).append(parameter)
+    missing = sorted(set(block_lr or {}) - named)
+    if missing:
+        raise ConfigError(f"--block-lr {missing[0]}: no adapted layer of this base lies in that block (adapted: "
+                          f"{', '.join(sorted(k for k in named if k not in ('', 'down', 'up')))}); name one of those")
+    return [{"params": params, "lr": rate} for rate, params in rates.items()]

@@ -4,6 +4,7 @@ and the progress bar."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -245,6 +246,19 @@ def phases_line(phases: dict[str, float], steps: int) -> str:
     names = {"startup": "start-up", "load": "loading", "cache": "caching", "steps": f"{steps} steps", "save": "saving"}
     parts = ", ".join(f"{names[name]} {seconds:.1f} s" for name, seconds in phases.items())
     return f"Took {sum(phases.values()):.1f} s: {parts}."
+
+
+def seconds_since_process_start(train_started: float) -> float:
+    """From this process's start to train()'s (Python's start-up and imports); 0 where the system does not say,
+    or where the process ran other work first (a UI, a tune study: then it is not this run's)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return 0.0
+    seconds = train_started - (boot + ticks / os.sysconf("SC_CLK_TCK"))
+    return seconds if 0 <= seconds < 120 else 0.0
 
 
 class MetricsLog:

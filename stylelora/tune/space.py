@@ -13,7 +13,8 @@ from typing import Any
 from ..errors import ConfigError
 from ..methods import METHODS, TARGET_PRESETS
 from ..options import UiField, option, read_toml
-from ..train.config import TrainConfig, from_dict, validate
+from ..train.config import TrainConfig, validate
+from ..train.settings import from_dict
 
 OBJECTIVES = ("loss", "judge")
 PRUNERS = ("median", "none")
