@@ -103,3 +103,17 @@ def test_two_trainings_started_by_hand_share_the_cores(image_folder, tiny_base, 
             if process is not None:
                 process.wait(120)
     assert live_processes(cache / "stylelora" / "processes") == []
+
+
+def test_threads_reach_a_tune_studys_trials_and_the_server(image_folder, tmp_path):
+    from stylelora.cli.main import build_parser
+    from stylelora.errors import ConfigError
+    from stylelora.serve.config import serve_config_from_dict, validate_serve
+    from stylelora.tune.space import tune_config_from_dict
+
+    args = build_parser().parse_args(["tune", str(image_folder), "--out", str(tmp_path / "study"), "--threads", "1"])
+    flags = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "config", "train_config")}
+    assert tune_config_from_dict(flags).base_train_config().threads == 1
+    assert validate_serve(serve_config_from_dict({"threads": 2})).threads == 2
+    with pytest.raises(ConfigError, match="--threads = 0: use at least 1 thread"):
+        validate_serve(serve_config_from_dict({"threads": 0}))

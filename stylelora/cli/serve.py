@@ -37,6 +37,6 @@ def run_serve(args: argparse.Namespace) -> int:
           f"http://{config.host}:{config.port} (API docs: /docs)", flush=True)
     from ..model.cores import CoreShare
 
-    with CoreShare(say=lambda line: print(line, flush=True)):  # painting shares the cores with other stylelora processes
+    with CoreShare(config.threads, say=lambda line: print(line, flush=True)):  # painting shares the cores with other stylelora processes
         uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
     return 0

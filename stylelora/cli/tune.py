@@ -12,7 +12,7 @@ from ..tune.space import TuneConfig
 
 # The training settings a study's flags may fix (any other goes in --train-config).
 FIXED_TRAINING = ("base", "validation_split", "validation_data", "trigger", "caption", "batch_size", "resolution",
-                  "precision")
+                  "precision", "threads")
 
 
 def add_tune_parser(commands: argparse._SubParsersAction) -> None:

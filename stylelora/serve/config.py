@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..model.cores import THREADS_DEFAULT, THREADS_HELP
 from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES, check_quantize
 from ..options import field_values, option, read_toml, refuse_first
 
@@ -32,6 +33,7 @@ class ServeConfig:
     max_steps: int = option(100, "most denoising steps a request may ask for")
     max_body_mb: float = option(1.0, "largest JSON request body in MB; uploads may be 512 MB")
     quantize_base: str = option("none", QUANTIZE_HELP, choices=QUANTIZE_MODES)
+    threads: int | None = option(None, THREADS_HELP, default_text=THREADS_DEFAULT)
     ray: bool = option(False, "run as Ray Serve replicas (the [ray] extra)", negatable=False)
     replicas: int = option(1, "Ray Serve replicas, each with its own base and pool")
 
@@ -41,6 +43,7 @@ def validate_serve(config: ServeConfig) -> ServeConfig:
         (0 <= config.port <= 65535, "port", "use a TCP port, 1-65535 (0: any free port)"),
         (config.api_key is None or bool(config.api_key.strip()), "api-key", "give a non-empty key, or leave it out"),
         (config.max_resident is None or config.max_resident >= 1, "max-resident", "hold at least 1 adapter"),
+        (config.threads is None or config.threads >= 1, "threads", "use at least 1 thread, or leave it out"),
         (config.max_resident_mb is None or config.max_resident_mb > 0, "max-resident-mb", "give a size above 0"),
         (config.max_queue >= 1, "max-queue", "queue at least 1 request"),
         (config.max_batch >= 1, "max-batch", "paint at least 1 image a batch"),
