@@ -285,9 +285,9 @@ def test_serve_flags_are_checked_before_anything_loads(capsys, tmp_path):
     (tmp_path / "serve.toml").write_text('[serve]\nmax-queue = 0\n')
     assert main(["serve", "--config", str(tmp_path / "serve.toml")]) == 2
     assert "--max-queue = 0" in capsys.readouterr().err
-    (tmp_path / "bad.toml").write_text('[serve]\nthreads = 4\n')
+    (tmp_path / "bad.toml").write_text('[serve]\ncolours = 4\n')
     assert main(["serve", "--config", str(tmp_path / "bad.toml")]) == 2
-    assert "unknown serve setting 'threads'" in capsys.readouterr().err
+    assert "unknown serve setting 'colours'" in capsys.readouterr().err
 
 
 def test_an_nf4_base_is_served_with_the_adapters_unfused(tiny_base, served, tmp_path):
