@@ -18,8 +18,9 @@ THUMBNAIL_SIDE = 192  # px: the Train tab's thumbnails, copied into the workspac
 
 
 def new_folder(parent: Path, name: str) -> Path:
-    """A new, empty folder `parent/name`, or `name-2`, `name-3`, ... where that one is taken: each upload
-    and each painting gets its own, so none overwrites or mixes with an earlier one."""
+    """A new, empty folder `parent/name`, or `name-2`, `name-3`, ... where that one is taken, so an upload never
+    mixes with an earlier one. mkdir claims the name, so two uploads at once cannot both take it (files.free_path,
+    for single files, only checks that the name is free)."""
     stem = safe_file_name(name)
     Path(parent).mkdir(parents=True, exist_ok=True)
     for number in range(1, 100_000):

@@ -170,7 +170,7 @@ def run_probe(env: dict[str, str], script: str | None = None) -> ProbeRun:
         bf16, fp32 = [float(t) for t in times["bf16"]], [float(t) for t in times["fp32"]]
         return ProbeRun("ok", "ran", min(bf16), min(fp32), tuple(f / max(b, 1e-12) for b, f in zip(bf16, fp32)),
                         load)
-    except (ValueError, IndexError, KeyError, TypeError, ZeroDivisionError):
+    except (ValueError, IndexError, KeyError, TypeError):
         last = (child.stderr.strip().splitlines() or ["no output"])[-1]
         return ProbeRun("failed", f"failed: {last[:200]}")
 

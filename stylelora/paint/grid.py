@@ -55,7 +55,8 @@ def _make_grid(config: GridConfig, styler: Styler | None) -> Path:
                                        scheduler=config.scheduler)[0])
         cells.append(row)
     image = _compose(cells, [f"{name_a} {w:g}" for w in config.weights], [label for label, _, _ in rows])
-    settings = {"columns": name_a, "rows": name_b or "prompt", "prompts": list(config.prompts), "lora": config.lora, "weights": list(config.weights),
+    settings = {"columns": name_a, "rows": name_b or "prompt", "prompts": list(config.prompts), "lora": config.lora,
+                "weights": list(config.weights),
                 "lora_b": config.lora_b, "weights_b": list(config.weights_b), "base": config.base,
                 "seed": config.seed, "steps": config.steps, "cfg": config.cfg, "scheduler": config.scheduler}
     return save_png(image, config.out, settings)

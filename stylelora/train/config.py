@@ -216,6 +216,11 @@ class TrainConfig:
                                "leave at its default", negatable=False)
 
     @property
+    def masked(self) -> bool:
+        """Whether the loss is masked (--masks DIR or --mask-from-alpha)."""
+        return self.masks is not None or self.mask_from_alpha
+
+    @property
     def validating(self) -> bool:
         return bool(self.validation_split) or self.validation_data is not None
 
@@ -307,7 +312,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         (c.rank >= 1, "rank", "the rank must be a whole number of at least 1 (4 to 32 is usual)"),
         (c.threads is None or c.threads >= 1, "threads", "use at least 1 thread, or leave it out to share the cores"),
         (c.masks is None or not c.mask_from_alpha, "masks", "give --masks DIR or --mask-from-alpha, not both"),
-        (not ((c.masks is not None or c.mask_from_alpha) and c.random_crop), "masks",
+        (not (c.masked and c.random_crop), "masks",
          "masks follow the centre crop: drop --random-crop"),
         (c.alpha is None or c.alpha > 0, "alpha", "alpha must be above 0 (leave it out to use the rank)"),
         (0 <= c.dropout < 1, "dropout", "LoRA dropout must be in [0, 1)"),

@@ -63,13 +63,17 @@ def from_dict(values: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**converted)
 
 
+def train_table(values: dict[str, Any]) -> str:
+    """TrainConfig values (field names) as the [train] table of a --config file, under flag names."""
+    return "[train]\n" + "".join(f"{key.replace('_', '-')} = {toml_value(value)}\n" for key, value in values.items())
+
+
 def config_toml(config: TrainConfig) -> str:
     """The settings of `config` as a `stylelora train --config` file: the folder and every setting that differs
-    from its default, under flag names (what `--print-config` prints)."""
+    from its default (what `--print-config` prints)."""
     defaults = TrainConfig(data=Path(".")).to_json_dict()
-    values = {key: value for key, value in config.to_json_dict().items()
-              if value is not None and (key == "data" or value != defaults[key])}
-    return "[train]\n" + "".join(f"{key.replace('_', '-')} = {toml_value(value)}\n" for key, value in values.items())
+    return train_table({key: value for key, value in config.to_json_dict().items()
+                        if value is not None and (key == "data" or value != defaults[key])})
 
 
 def load_toml(path: Path) -> dict[str, Any]:

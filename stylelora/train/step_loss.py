@@ -79,8 +79,7 @@ class StepLoss:
         sampling = Sampling.given(config.timestep_sampling, logit_mean=config.logit_mean, logit_std=config.logit_std,
                                   mode_scale=config.mode_scale)
         self.objective = objective_for(model.pipe.scheduler, model.prediction_type, sampling, config.min_snr_gamma)
-        masked = config.masks is not None or config.mask_from_alpha
-        self.masks = LossMasks(config.masks, config.mask_from_alpha) if masked else None
+        self.masks = LossMasks(config.masks, config.mask_from_alpha) if config.masked else None
 
     def __call__(self, step: int, micro: int) -> Terms:
         config, accelerator, model = self.config, self.accelerator, self.model

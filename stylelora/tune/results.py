@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from ..files import write_atomically
-from ..options import toml_value
 from ..train.config import TrainConfig
+from ..train.settings import train_table
 from .space import TuneConfig, settings_of
 
 @dataclass
@@ -87,16 +87,15 @@ def best_toml(config: TuneConfig, best: TrialReport) -> str:
     """A `stylelora train --config` file that trains the best trial's adapter again: the trial's own training
     settings (the same held-out images, the same stopping rule), less where it wrote."""
     defaults = TrainConfig(data=Path(".")).to_json_dict()
-    values = {k.replace("_", "-"): v for k, v in best.attrs["train_config"].items()
+    values = {k: v for k, v in best.attrs["train_config"].items()
               if k not in RUN_ONLY and v is not None and (v != defaults[k] or k == "data" or k in best.settings)}
     a = best.attrs
     lines = [f"# The best trial ({best.number}) of study {config.name!r}, objective {config.objective}: "
              + (f"validation loss {a.get('validation_loss'):.5f}, kept step {a.get('kept_step')}"
                 if config.objective == "loss" else f"style {a['style']:.0%}, colour {a['colour']:.0%}") + ".",
              "# `stylelora train --config best.toml` trains the same adapter again. To train on every image",
-             "# instead, delete the validation lines and set max-steps to the kept step.", "[train]"]
-    lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
-    return "\n".join(lines) + "\n"
+             "# instead, delete the validation lines and set max-steps to the kept step."]
+    return "\n".join(lines) + "\n" + train_table(values)
 
 
 def best_of(reports: list[TrialReport], objective: str) -> TrialReport | None:
