@@ -91,9 +91,11 @@ def test_upload_caption_train_library_generate(page, server, image_folder, tiny_
     page.get_by_role("option", name="all-linear", exact=True).click()
     fill(page, "train-base", tiny_base)
     fill(page, "steps", 12)
-    # Hold one of the four images out, validate every 3 steps, average the weights, preserve a prompt.
+    # Hold one of the four images out, validate every 3 steps, average the weights, preserve a prompt, and train
+    # on class images (here the test's image folder stands in for them).
     page.get_by_text("Knowing when to stop").click()
-    fill_all(page, {"validation-split": 0.25, "validate-every": 3, "ema-decay": 0.5, "preserve-prompts": "a blue square"})
+    fill_all(page, {"validation-split": 0.25, "validate-every": 3, "ema-decay": 0.5, "preserve-prompts": "a blue square",
+                    "reg-data": image_folder, "reg-weight": 0.5})
     page.click("#start")
     page.wait_for_selector("#start-message :text-matches('Training started|Error')", timeout=60_000)
     assert page.locator("#start-message").inner_text().startswith("Training started"), page.locator("#start-message").inner_text()
@@ -110,6 +112,7 @@ def test_upload_caption_train_library_generate(page, server, image_folder, tiny_
     settings = json.loads(meta["stylelora.config"])
     assert (settings["validation_split"], settings["validate_every"], settings["ema_decay"]) == (0.25, 3, 0.5)
     assert Path(settings["preserve_prompts"]).read_text() == "a blue square\n"
+    assert (settings["reg_data"], settings["reg_weight"]) == (str(image_folder), 0.5)
     assert float(meta["stylelora.validation_loss"]) > 0 and meta["stylelora.keep"] == "best"
     trained, _, _ = read_lora(adapters / "mystyle" / "mystyle.safetensors")
     assert {m.kind for m in trained.values()} == {"loha"} and any(k[1].endswith("proj_in") for k in trained)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,7 +31,7 @@ QUIET = dict(progress_bar=False, log=lambda m: None)
 def _stages(config):
     """The training stages up to the step loss, as train() runs them."""
     accelerator = Accelerator(cpu=True)
-    folder, held_out = training.prepare_data(config, lambda m: None)
+    folder, held_out, _ = training.prepare_data(config, lambda m: None)
     model = training.prepare_model(config, accelerator.device, folder, lambda m: None)
     optimisation = training.prepare_adapters(config, model, len(folder.examples), accelerator, lambda m: None)
     inputs = prepare_inputs(config, model, folder, held_out, accelerator, None, lambda m: None)
@@ -318,8 +319,9 @@ def test_the_ui_stopping_row_sends_what_was_typed(tmp_path):
     from stylelora.ui.train_fields import STOPPING_FIELDS, stopping_settings
 
     typed = dict(validation_split=0.25, validation_data="", validate_every=3.0, early_stop=0, min_delta=0, keep="",
-                 ema_decay=0.5, preserve_prompts="a blue square\n", preserve_weight=0)
+                 ema_decay=0.5, preserve_prompts="a blue square\n", preserve_weight=0, reg_data=" reg ", reg_weight=0.5)
     settings = stopping_settings(tmp_path, "my style", [typed[name] for name in STOPPING_FIELDS])
     assert settings == {"validation_split": 0.25, "validate_every": 3, "ema_decay": 0.5, "preserve_weight": 0,
-                        "preserve_prompts": tmp_path / "prompts" / "my style-preserve.txt"}
+                        "preserve_prompts": tmp_path / "prompts" / "my style-preserve.txt", "reg_data": Path("reg"),
+                        "reg_weight": 0.5}
     assert settings["preserve_prompts"].read_text() == "a blue square\n"

@@ -40,12 +40,12 @@ def show_only_own_fields(method, targets, fields) -> None:
 # The fields of "Knowing when to stop", in the order stopping_row() lays them out; blank (or 0 where the field is
 # unset by default) means the default.
 STOPPING_FIELDS = ("validation_split", "validation_data", "validate_every", "early_stop", "min_delta", "keep",
-                   "ema_decay", "preserve_prompts", "preserve_weight")
+                   "ema_decay", "preserve_prompts", "preserve_weight", "reg_data", "reg_weight")
 
 
 def stopping_row() -> list:
-    """Validation, early stopping, EMA and preservation fields, as STOPPING_FIELDS names them."""
-    with gr.Accordion("Knowing when to stop: validation, early stopping, EMA, preservation", open=False):
+    """Validation, early stopping, EMA, preservation and class-image fields, as STOPPING_FIELDS names them."""
+    with gr.Accordion("Knowing when to stop: validation, early stopping, EMA, preservation, class images", open=False):
         with gr.Row():
             # the "keep" dropdown's choices are sentences: wide enough to read them
             fields = [widget(TrainConfig, name, **({"min_width": 320} if name == "keep" else {}))
@@ -53,6 +53,8 @@ def stopping_row() -> list:
         with gr.Row():
             fields += [widget(TrainConfig, "ema_decay"), widget(TrainConfig, "preserve_prompts", lines=3),
                        widget(TrainConfig, "preserve_weight")]
+        with gr.Row():
+            fields += [widget(TrainConfig, "reg_data"), widget(TrainConfig, "reg_weight")]
     return fields
 
 

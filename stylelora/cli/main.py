@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import StyleloraError
 from ..options import add_arguments
+from ..paint.reg_images import RegImagesConfig
 from ..paint.request import GenerateConfig, GridConfig
 from ..train.config import TrainConfig, validate
 from ..train.settings import config_toml, from_dict, load_toml
@@ -99,6 +100,24 @@ def run_grid(args: argparse.Namespace) -> int:
         if name in flags:
             flags[name] = parse_weights(flags[name], "--" + name.replace("_", "-"))
     print(make_grid(GridConfig(**(flags | {"prompts": tuple(args.prompts)}))))
+    return 0
+
+
+def add_reg_images_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("reg-images", help="paint regularisation (class) images with the base, for --reg-data",
+                            description="Paint class images with the base alone, each with its prompt as its caption, "
+                                        "for `stylelora train --reg-data DIR`. Images already there are kept.")
+    p.add_argument("prompts", nargs="*", help="class prompts, e.g. \"a circle\"")
+    add_arguments(p, RegImagesConfig)
+
+
+def run_reg_images(args: argparse.Namespace) -> int:
+    from ..paint.reg_images import write_reg_images
+
+    flags = {k: v for k, v in vars(args).items() if v is not None and k != "command"}
+    config = RegImagesConfig(**(flags | {"prompts": tuple(args.prompts)}))
+    written = write_reg_images(config, say=lambda m: print(m, file=sys.stderr))
+    print(f"Wrote {len(written)} class images with captions to {config.out}; train with --reg-data {config.out}")
     return 0
 
 
@@ -220,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(commands)
     add_generate_parser(commands)
     add_grid_parser(commands)
+    add_reg_images_parser(commands)
     add_adapter_tool_parsers(commands)
     add_tune_parser(commands)
     add_suggest_parser(commands)
@@ -240,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runners = {"train": run_train, "generate": run_generate, "grid": run_grid, "merge": run_merge,
                    "convert": run_convert, "resize": run_resize, "inspect": run_inspect, "tune": run_tune,
-                   "suggest": run_suggest, "serve": run_serve, "sample-data": run_sample_data}
+                   "suggest": run_suggest, "serve": run_serve, "sample-data": run_sample_data,
+                   "reg-images": run_reg_images}
         return runners[args.command](args)
     except StyleloraError as error:
         print(f"stylelora: error: {error}", file=sys.stderr)

@@ -1,5 +1,5 @@
 """The docs' option reference, built from the option declarations: `python -m stylelora.cli.reference [PAGE]`
-rewrites the tables between the `options-train`, `-tune`, `-serve`, `-generate` and `-grid` markers of
+rewrites the tables between the `options-train`, `-tune`, `-serve`, `-generate`, `-grid` and `-reg-images` markers of
 docs/reference/options.md; tests/test_docs.py checks that the page holds what this builds."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..files import write_atomically
 from ..options import options_markdown
+from ..paint.reg_images import RegImagesConfig
 from ..paint.request import GenerateConfig, GridConfig
 from ..serve.config import ServeConfig
 from ..train.config import TrainConfig
@@ -22,7 +23,8 @@ def sections() -> dict[str, str]:
     """The generated text of each marked section, by marker name."""
     return {"options-train": options_markdown(TrainConfig), "options-tune": options_markdown(TuneConfig),
             "options-serve": options_markdown(ServeConfig), "options-generate": options_markdown(GenerateConfig),
-            "options-grid": options_markdown(GridConfig), "presets": presets_markdown()}
+            "options-grid": options_markdown(GridConfig), "options-reg-images": options_markdown(RegImagesConfig),
+            "presets": presets_markdown()}
 
 
 def section_of(text: str, name: str) -> str:

@@ -150,19 +150,21 @@ def _caption_for(path: Path, metadata: dict[Path, tuple[str, Path]], default: st
     return (default, "--caption", path) if default else ("", "none", path)
 
 
-def check_folder(root: Path) -> Path:
-    """`root` if it is a folder; a DatasetError saying what it is instead (before any image is read)."""
+def check_folder(root: Path, holds: str = "your training images") -> Path:
+    """`root` if it is a folder; a DatasetError saying what it is instead (before any image is read), and that
+    the folder wanted is the one that `holds` them."""
     root = Path(root)
     if not root.exists():
-        raise DatasetError(f"{root}: no such folder; give the folder that holds your training images")
+        raise DatasetError(f"{root}: no such folder; give the folder that holds {holds}")
     if not root.is_dir():
-        raise DatasetError(f"{root}: not a folder; give the folder that holds your training images")
+        raise DatasetError(f"{root}: not a folder; give the folder that holds {holds}")
     return root
 
 
-def scan_folder(root: Path, default_caption: str = "", trigger: str = "") -> ImageFolder:
+def scan_folder(root: Path, default_caption: str = "", trigger: str = "",
+                holds: str = "your training images") -> ImageFolder:
     """Find and fully decode every image under `root`, with its caption. Raise DatasetError if none is usable."""
-    root = check_folder(root)
+    root = check_folder(root, holds)
     folder = ImageFolder(root=root, examples=[])
     metadata = _metadata_captions(root, folder)
     for path in _find_files(root, folder):

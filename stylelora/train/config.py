@@ -211,6 +211,12 @@ class TrainConfig:
                                            metavar="FILE",  # the page takes the prompts themselves, and saves them
                                            ui=UiField("Preserve the base on these prompts (one a line)", "textbox"))
     preserve_weight: float = option(1.0, "weight of that preservation loss", STOP, ui=UiField("Preservation weight"))
+    reg_data: Path | None = option(None, "a folder of regularisation (class) images with their captions, e.g. from "
+                                         "`stylelora reg-images`: each step also trains on as many of them, without "
+                                         "the trigger, so the style stays tied to it", STOP, metavar="DIR",
+                                   ui=UiField("Regularisation images: a folder on this machine", "textbox"))
+    reg_weight: float = option(1.0, "weight of the regularisation images' loss", STOP,
+                               ui=UiField("Regularisation weight"))
     # `stylelora suggest` fills rank, alpha, learning rate and steps where they are left at their defaults
     auto: bool = option(False, "rank, alpha, learning rate and steps from `stylelora suggest`, for each of them you "
                                "leave at its default", negatable=False)
@@ -388,6 +394,9 @@ def validate(config: TrainConfig) -> TrainConfig:
          "the best step is the one with the lowest validation loss: add --validation-split 0.2 or --validation-data DIR"),
         (0 <= c.ema_decay < 1, "ema_decay", "the EMA decay is in [0, 1), e.g. 0.99; 0 = off"),
         (c.preserve_weight >= 0, "preserve_weight", "the preservation weight must be 0 or more; 1 is usual"),
+        (c.reg_weight >= 0, "reg_weight", "the regularisation weight must be 0 or more; 1 is usual"),
+        (c.reg_data is not None or c.reg_weight == 1.0, "reg_weight",
+         "the weight is for regularisation images: add --reg-data DIR, or leave out --reg-weight"),
         (bool(c.target_modules), "target_modules", "name at least one module, e.g. to_q,to_k,to_v,to_out.0"),
         (c.max_steps is None or c.epochs is None, "epochs", "give --max-steps or --epochs, not both"),
     ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from accelerate import Accelerator
@@ -18,6 +18,7 @@ from ..families import Conditioning
 from ..model.base import weights_fingerprint
 from ..model.loading import release_freed_memory
 from .config import TrainConfig
+from .regularisation import Regularisation
 from .validation import ValidationSet
 
 if TYPE_CHECKING:
@@ -34,11 +35,14 @@ class Inputs:
     buckets: BucketPlan
     validation: ValidationSet | None = None
     preserve_prompts: list[str] = field(default_factory=list)
+    regularisation: Regularisation | None = None
 
 
 def prepare_inputs(config: TrainConfig, model: Model, folder: ImageFolder, held_out: list[Example],
-                   accelerator: Accelerator, should_stop: Callable[[], bool] | None, say: Callable[[str], None]) -> Inputs:
-    """Stage: the caches, the validation set and the preservation prompts. Latents once per image variant;
+                   accelerator: Accelerator, should_stop: Callable[[], bool] | None, say: Callable[[str], None],
+                   reg_examples: Sequence[Example] = ()) -> Inputs:
+    """Stage: the caches, the validation set, the preservation prompts and the regularisation images. Latents
+    once per image variant (training and regularisation images);
     text embeddings while the text encoder is frozen and captions are fixed (dropout only ever swaps in the
     empty caption, which caches too). Once all is cached, the VAE and the frozen text encoder are freed
     unless previews need them."""
@@ -47,7 +51,11 @@ def prepare_inputs(config: TrainConfig, model: Model, folder: ImageFolder, held_
     buckets.describe(say)
     if accelerator.is_main_process:
         buckets.write_report(config.out_dir)
-    latent_cache = cache_latents(config, model, folder, buckets, accelerator, should_stop, say)
+    regularisation = (Regularisation(list(reg_examples), plan_for_run(config, list(reg_examples), model.resolution,
+                                                                model.family.bucket_step), config.reg_weight)
+                      if reg_examples else None)
+    latent_cache = cache_latents(config, model, folder.examples, buckets.by_content, accelerator, should_stop, say,
+                                 regularisation)
     validation = validation_set(config, model, held_out, latent_cache) if held_out else None
     if latent_cache is not None and not config.sample_every:  # only previews would need the VAE again
         latent_cache.vae = pipe.vae = None
@@ -58,7 +66,7 @@ def prepare_inputs(config: TrainConfig, model: Model, folder: ImageFolder, held_
 
     text_cache = TextCache() if not (config.train_text_encoder or config.shuffle_tags) else None
     if text_cache is not None:
-        captions = ({e.caption for e in folder.examples + held_out} | set(preserve_prompts)
+        captions = ({e.caption for e in [*folder.examples, *held_out, *reg_examples]} | set(preserve_prompts)
                     | ({""} if config.caption_dropout else set()))
         with torch.no_grad():
             for caption in sorted(captions):
@@ -67,20 +75,23 @@ def prepare_inputs(config: TrainConfig, model: Model, folder: ImageFolder, held_
             for part in [encoder.part for encoder in model.family.text_encoders] + list(model.family.frozen_encoders):
                 setattr(pipe, part, None)  # T5 too, on the DiT bases: peak memory is then the denoiser's
     release_freed_memory()  # what the VAE and text encoder held, and their activations
-    return Inputs(latent_cache, text_cache, encode_text, buckets, validation, preserve_prompts)
+    return Inputs(latent_cache, text_cache, encode_text, buckets, validation, preserve_prompts, regularisation)
 
 
-def cache_latents(config: TrainConfig, model: Model, folder: ImageFolder, buckets: BucketPlan, accelerator: Accelerator,
-                  should_stop: Callable[[], bool] | None, say: Callable[[str], None]) -> LatentCache | None:
-    """Every training image's latents (both flips with --flip), from disk or encoded; None with --random-crop
-    or --no-cache-latents, where each step encodes its own."""
+def cache_latents(config: TrainConfig, model: Model, examples: list[Example], targets: dict[str, Size],
+                  accelerator: Accelerator, should_stop: Callable[[], bool] | None, say: Callable[[str], None],
+                  regularisation: Regularisation | None = None) -> LatentCache | None:
+    """Every training (and regularisation) image's latents at its bucket (`targets`, by content), both flips with
+    --flip, from disk or encoded; None with --random-crop or --no-cache-latents, where each step encodes its own."""
     if not config.cache_latents or config.random_crop:
         if config.random_crop:
             say("Random crops make every step's image different, so latents are encoded each step (no cache).")
         return None
+    if regularisation is not None:
+        examples, targets = examples + regularisation.examples, targets | regularisation.buckets.by_content
     latent_cache = latent_encoder(model, config.out_dir / "cache" / "latents" if accelerator.is_main_process else None,
-                                  buckets.by_content)
-    for example in folder.examples:
+                                  targets)
+    for example in examples:
         if should_stop is not None and should_stop():  # encoding many images takes minutes: stop here too
             raise TrainingInterrupted("stopped on request while caching latents, before the first step; "
                                       "the latents cached so far are kept for the next run")

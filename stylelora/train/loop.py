@@ -36,6 +36,7 @@ from ..options import refuse_first
 from .checkpoint import latest_checkpoint, resume
 from .config import TrainConfig, validate
 from .inputs import prepare_inputs
+from .regularisation import read_regularisation
 from .optimizers import OPTIMIZERS, block_rates, build_optimizer, parameter_groups
 from .outputs import (Kept, MetricsLog, Outputs, phases_line, progress_bar as make_progress_bar, render_samples,
                       seconds_since_process_start, with_preview_prompts, write_phases)
@@ -109,9 +110,9 @@ def warn_partial_openclip_text_encoder(config: TrainConfig, family: Family, say:
             "add them to load everywhere")
 
 
-def prepare_data(config: TrainConfig, say: Callable[[str], None]) -> tuple[ImageFolder, list[Example]]:
-    """Stage: the image folder, scanned and described, and the images held out for validation (taken out of
-    the folder with --validation-split, or from --validation-data)."""
+def prepare_data(config: TrainConfig, say: Callable[[str], None]) -> tuple[ImageFolder, list[Example], list[Example]]:
+    """Stage: the image folder, scanned and described, the images held out for validation (taken out of
+    the folder with --validation-split, or from --validation-data), and the regularisation images (--reg-data)."""
     folder = scan_folder(config.data, config.caption, config.trigger)
     describe_folder(folder, say)
     if config.masks is not None:
@@ -130,7 +131,7 @@ def prepare_data(config: TrainConfig, say: Callable[[str], None]) -> tuple[Image
         except DatasetError as error:
             raise DatasetError(f"--validation-data: {error}") from None
         say(f"Validation: {len(held_out)} images from {config.validation_data}.")
-    return folder, held_out
+    return folder, held_out, read_regularisation(config, say)
 
 
 def prepare_model(config: TrainConfig, device: torch.device, folder: ImageFolder, say: Callable[[str], None]) -> Model:
@@ -246,14 +247,14 @@ def _train(config: TrainConfig, on_progress: Callable[[Progress], None] | None,
     if config.auto:
         config = validate(fill_unset(config, say))
     clock = time.perf_counter()
-    folder, held_out = prepare_data(config, say)
+    folder, held_out, regularisation = prepare_data(config, say)
     config = with_preview_prompts(config, folder)
     model = prepare_model(config, accelerator.device, folder, say)
     optimisation = prepare_adapters(config, model, len(folder.examples), accelerator, say)
     startup = seconds_since_process_start(started)
     phases = ({"startup": startup} if startup else {}) | {"load": time.perf_counter() - clock}
     clock = time.perf_counter()
-    inputs = prepare_inputs(config, model, folder, held_out, accelerator, should_stop, say)
+    inputs = prepare_inputs(config, model, folder, held_out, accelerator, should_stop, say, regularisation)
     phases["cache"] = time.perf_counter() - clock
 
     adapted = list(model.trained_parts(config).values())

@@ -51,7 +51,7 @@ def presets_markdown() -> str:
 
 
 _TUPLE_FIELDS = {f.name for f in dataclasses.fields(TrainConfig) if "tuple" in str(f.type)}
-_PATH_FIELDS = {"data", "out", "validation_data", "preserve_prompts", "masks"}
+_PATH_FIELDS = {"data", "out", "validation_data", "preserve_prompts", "masks", "reg_data"}
 
 
 def from_dict(values: dict[str, Any]) -> TrainConfig:

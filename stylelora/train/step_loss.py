@@ -8,13 +8,13 @@ from __future__ import annotations
 import hashlib
 import random
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, Sequence
 
 import torch
 from accelerate import Accelerator
 
 from ..data.cache import encode_latents
-from ..data.folder import Example, ImageFolder, load_rgb, placement, preprocess_placed, training_caption
+from ..data.folder import Example, ImageFolder, Size, load_rgb, placement, preprocess_placed, training_caption
 from ..data.masks import LossMasks
 from ..families import Conditioning, Placement
 from ..methods.attach import adapters_disabled
@@ -82,7 +82,7 @@ class StepLoss:
         self.masks = LossMasks(config.masks, config.mask_from_alpha) if config.masked else None
 
     def __call__(self, step: int, micro: int) -> Terms:
-        config, accelerator, model = self.config, self.accelerator, self.model
+        config, accelerator = self.config, self.accelerator
         generator = step_generator(config.seed, step, micro, accelerator.process_index)
         rng = random.Random(generator.initial_seed())
         batch = (step * config.grad_accumulation + micro) * accelerator.num_processes + accelerator.process_index
@@ -92,20 +92,32 @@ class StepLoss:
         latents, placements = self.latents(examples, flips, rng)
         captions = [training_caption(e.caption, config.trigger, config.caption_dropout, config.shuffle_tags,
                                      config.keep_tags, rng) for e in examples]
-        embeddings = self.text(captions)
-
-        noise = offset_noise(torch.randn(latents.shape, generator=generator), config.noise_offset, generator)
-        noise = noise.to(accelerator.device, model.weight_dtype)
-        noised = self.objective.noised(latents, noise, self.objective.draw(len(examples), generator, latents.shape[-2:]))
-        prediction = predict(self.unet, noised.noisy, noised.timesteps, embeddings, placements, model)
         masks = None if self.masks is None else self.masks.batch(
-            examples, [self.inputs.buckets.target(e) for e in examples], flips, tuple(latents.shape[-2:])).to(latents.device)
-        style = ddpm_loss(prediction, noised.target, noised.weights, config.loss, self.thresholds(noised), masks)
+            examples, [self.inputs.buckets.target(e) for e in examples], flips, tuple(latents.shape[-2:]))
+        style, noised = self.denoising_loss(latents, captions, placements, generator, masks)
+        objective = style
+        if (regularisation := self.inputs.regularisation) is not None:  # drawn after the style batch's randomness
+            reg_examples = regularisation.batch(batch, config.batch_size, config.seed)
+            reg_flips = [config.flip and rng.random() < 0.5 for _ in reg_examples]
+            reg_latents, reg_placements = self.latents(reg_examples, reg_flips, rng, regularisation.buckets.target)
+            reg_loss, _ = self.denoising_loss(reg_latents, [e.caption for e in reg_examples], reg_placements, generator)
+            objective = objective + regularisation.weight * reg_loss
         if not self.inputs.preserve_prompts:
-            return Terms(style, style)
+            return Terms(style, objective)
         preservation = self.preservation_loss(noised.noisy, noised.timesteps,
                                               [rng.choice(self.inputs.preserve_prompts) for _ in examples], placements)
-        return Terms(style, style + config.preserve_weight * preservation)
+        return Terms(style, objective + config.preserve_weight * preservation)
+
+    def denoising_loss(self, latents: torch.Tensor, captions: list[str], placements: Sequence[Placement],
+                       generator: torch.Generator, masks: torch.Tensor | None = None) -> tuple[torch.Tensor, Noised]:
+        """The objective's loss on a batch of latents: noise drawn from `generator`, at timesteps it draws."""
+        config, model = self.config, self.model
+        noise = offset_noise(torch.randn(latents.shape, generator=generator), config.noise_offset, generator)
+        noise = noise.to(self.accelerator.device, model.weight_dtype)
+        noised = self.objective.noised(latents, noise, self.objective.draw(len(captions), generator, latents.shape[-2:]))
+        prediction = predict(self.unet, noised.noisy, noised.timesteps, self.text(captions), placements, model)
+        masks = None if masks is None else masks.to(latents.device)
+        return ddpm_loss(prediction, noised.target, noised.weights, config.loss, self.thresholds(noised), masks), noised
 
     def thresholds(self, noised: Noised) -> torch.Tensor | None:
         """Each sample's Huber threshold under --loss huber or smooth-l1 (None for l2)."""
@@ -144,9 +156,11 @@ class StepLoss:
                 total += ddpm_loss(prediction, noised.target).item() * len(noised.timesteps)
         return total / len(validation)
 
-    def latents(self, examples: list[Example], flips: list[bool], rng: random.Random) -> tuple[torch.Tensor, list[Placement]]:
-        """The batch's scaled latents (one bucket's shape) and where each image sits in that bucket."""
-        cache, target = self.inputs.latent_cache, self.inputs.buckets.target
+    def latents(self, examples: list[Example], flips: list[bool], rng: random.Random,
+                target: Callable[[Example], Size] | None = None) -> tuple[torch.Tensor, list[Placement]]:
+        """The batch's scaled latents (one bucket's shape) and where each image sits in that bucket (`target`:
+        the plan the examples are bucketed by, the training images' unless given)."""
+        cache, target = self.inputs.latent_cache, target or self.inputs.buckets.target
         if cache is not None:
             latents = torch.stack([cache.latents(e, f) for e, f in zip(examples, flips)])
             placements = [placement(e.size, target(e), flip=f)[2] for e, f in zip(examples, flips)]
