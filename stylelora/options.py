@@ -227,6 +227,7 @@ def page_values(kind: type, values: dict[str, Any]) -> dict[str, Any]:
     for name, value in values.items():
         f, opt = fields[name]
         unset = value == 0 and not isinstance(value, bool) and f.default is None
+        value = value.strip() if isinstance(value, str) and _kind_of(f) == "path" else value  # a pasted path's spaces
         if value is None or value == "" or unset:
             continue
         field_kind = _kind_of(f)
