@@ -7,16 +7,23 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import StyleloraError
-from ..options import add_arguments
-from ..paint.reg_images import RegImagesConfig
-from ..paint.request import GenerateConfig, GridConfig
-from ..train.config import TrainConfig, validate
-from ..train.settings import config_toml, from_dict, load_toml
-from ..train.settings import presets
-from .serve import add_serve_parser, run_serve
-from .stop import StopRequest
-from .tune import add_suggest_parser, add_tune_parser, run_suggest, run_tune
+# Set before anything below imports transformers or diffusers, which read them once, at import: no warnings about
+# optional image backends (torchvision) in a command's output.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+from ..errors import StyleloraError  # noqa: E402
+from ..options import add_arguments  # noqa: E402
+from ..paint.reg_images import RegImagesConfig  # noqa: E402
+from ..paint.request import GenerateConfig, GridConfig  # noqa: E402
+from ..train.config import validate  # noqa: E402
+from ..train.settings import config_toml  # noqa: E402
+from .queue import add_queue_parser, run_queue_command  # noqa: E402
+from .serve import add_serve_parser, run_serve  # noqa: E402
+from .train_args import add_train_arguments, train_config_of  # noqa: E402
+from .stop import StopRequest  # noqa: E402
+from .tune import add_suggest_parser, add_tune_parser, run_suggest, run_tune  # noqa: E402
 
 
 EXIT_USAGE = 2
@@ -26,24 +33,17 @@ EXIT_INTERRUPTED = 130
 def add_train_parser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("train", help="train a style adapter from a folder of captioned images",
                             description="Train a LoRA style adapter from a folder of captioned images.")
-    p.add_argument("data", nargs="?", help="folder of images (png, jpg, webp, bmp; subfolders too)")
-    p.add_argument("--config", type=Path, help="TOML file with the same options as these flags (flags win)")
-    p.add_argument("--preset", metavar="NAME", help=f"start from a shipped preset ({', '.join(presets())}); "
-                                                     "--config keys and flags win over it")
+    add_train_arguments(p)
     p.add_argument("--print-config", action="store_true", default=None,  # None: not a setting when left out
                    help="print the settings this run would use, as a --config file, and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_arguments(p, TrainConfig)  # every option of TrainConfig, as it declares them
 
 
 def run_train(args: argparse.Namespace) -> int:
     from ..errors import TrainingInterrupted
     from ..train.loop import train
 
-    values = load_toml(args.config) if args.config else {}
-    flags = {k: v for k, v in vars(args).items()
-             if v is not None and k not in ("command", "config", "quiet", "print_config")}
-    config = from_dict(values | flags)
+    config = train_config_of(args)
     if args.print_config:
         print(config_toml(validate(config)), end="")
         return 0
@@ -245,14 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_suggest_parser(commands)
     add_serve_parser(commands)
     add_sample_data_parser(commands)
+    add_queue_parser(commands)
     commands.add_parser("ui", help="open the web UI (see `stylelora ui --help`)", add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")  # no warnings about optional image backends
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["ui"]:
         return run_ui(argparse.Namespace(), argv[1:])
@@ -261,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         runners = {"train": run_train, "generate": run_generate, "grid": run_grid, "merge": run_merge,
                    "convert": run_convert, "resize": run_resize, "inspect": run_inspect, "tune": run_tune,
                    "suggest": run_suggest, "serve": run_serve, "sample-data": run_sample_data,
-                   "reg-images": run_reg_images}
+                   "reg-images": run_reg_images, "queue": run_queue_command}
         return runners[args.command](args)
     except StyleloraError as error:
         print(f"stylelora: error: {error}", file=sys.stderr)
