@@ -17,6 +17,7 @@ class Session:
 
     def __init__(self, workspace: Path, adapters: Path):
         self.workspace, self.adapters = workspace.resolve(), adapters.resolve()
+        self.queue_file = self.workspace / "queue.json"  # the Train tab's run queue (train/run_queue.py)
         self.job = TrainingJob()
         self.tune_job = TuneJob()
         self.stylers: dict[tuple[str, str], Styler] = {}

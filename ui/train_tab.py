@@ -13,7 +13,7 @@ import gradio as gr
 import pandas as pd
 
 from stylelora.data.workspace import caption_rows, dataset_folder, save_captions, save_uploads, thumbnails
-from stylelora.errors import StyleloraError
+from stylelora.errors import DatasetError, StyleloraError
 from stylelora.methods import METHOD_FIELDS, own_fields
 from stylelora.train.config import TrainConfig, validate
 from stylelora.train.settings import from_dict
@@ -24,6 +24,7 @@ from stylelora.ui.session import Session, error_message
 from stylelora.ui.train_fields import (BUCKET_FIELDS, STOPPING_FIELDS, base_dropdown, bucket_row, bucket_settings,
                                        method_row, quantize_dropdown, show_only_own_fields, stopping_row,
                                        stopping_settings, suggested_fields)
+from stylelora.ui.queue_view import queue_row
 from stylelora.ui.train_view import loss_svg, progress_html
 
 # The Train tab's plain fields, by TrainConfig name, in the order on_start receives them.
@@ -170,28 +171,32 @@ def train_tab(session: Session) -> TrainForm:
     plain = [trigger, base, text_encoder, rank, steps, learning_rate, resolution, batch_size, alpha, seed, save_every,
              *advanced, quantize, method, targets]
 
-    def on_start(folder_path, adapter_name, *values):
+    def config_of(folder_path, adapter_name, *values) -> TrainConfig:
+        """The run the form asks for; a StyleloraError says what is wrong."""
         fields = dict(zip(PLAIN_FIELDS, values[:len(plain)]))
         method_values = values[len(plain):len(plain) + len(method_fields)]
         stopping_values = values[len(plain) + len(method_fields):-len(buckets)]
         if not folder_path:
-            return NO_IMAGES
+            raise DatasetError(NO_IMAGES.removeprefix("**Error:** "))
+        return validate(TrainConfig(
+            data=Path(folder_path), out=session.adapters / re.sub(r"[^A-Za-z0-9_-]", "_", adapter_name or "style"),
+            **page_values(TrainConfig, fields),
+            # Hidden fields keep what was typed before; only the shown ones are sent, and 0 / off means the default.
+            **{name: value for name, value in page_values(TrainConfig, dict(zip(METHOD_FIELDS, method_values))).items()
+               if value and name in own_fields(fields["method"], fields["targets"])},
+            **stopping_settings(session.workspace, adapter_name, stopping_values),
+            **bucket_settings(values[-len(buckets):])))
+
+    def on_start(*values):
         try:
-            config = validate(TrainConfig(
-                data=Path(folder_path), out=session.adapters / re.sub(r"[^A-Za-z0-9_-]", "_", adapter_name or "style"),
-                **page_values(TrainConfig, fields),
-                # Hidden fields keep what was typed before; only the shown ones are sent, and 0 / off means
-                # the default.
-                **{name: value for name, value in page_values(TrainConfig, dict(zip(METHOD_FIELDS, method_values))).items()
-                   if value and name in own_fields(fields["method"], fields["targets"])},
-                **stopping_settings(session.workspace, adapter_name, stopping_values),
-                **bucket_settings(values[-len(buckets):])))
-            session.job.start(config)
+            session.job.start(config_of(*values))
         except StyleloraError as error:
             return error_message(error)
         return "Training started."
 
-    start.click(on_start, [dataset, name, *plain, *method_fields, *stopping, *buckets], [start_message])
+    form_inputs = [dataset, name, *plain, *method_fields, *stopping, *buckets]
+    start.click(on_start, form_inputs, [start_message])
+    queue_row(session, config_of, form_inputs, start_message, timer)
     stop.click(lambda: "Stopping after this step; the checkpoint is kept." if session.job.stop() else
                "Nothing is training.", None, [start_message])
 

@@ -110,9 +110,16 @@ class TrainingJob(BackgroundJob):
             return replace(s, losses=list(s.losses), validation_losses=list(s.validation_losses),
                            samples=list(s.samples), log=list(s.log))
 
+    def start_queue(self, path: Path) -> None:
+        """Train the queue in `path` (train/run_queue.py), one run after another, with this job's progress."""
+        self._launch(JobState(status="running", message=f"training the queue {path}", started_at=time.time()),
+                     self._run_queue, path)
+
     def _on_progress(self, progress: Progress) -> None:
         with self._lock:
             s = self._state
+            if s.losses and progress.step <= s.losses[-1][0]:  # the queue's next run: its own curve
+                s.losses, s.validation_losses, s.samples = [], [], []
             s.step, s.total_steps = progress.step, progress.total_steps
             s.steps_per_second, s.seconds_left = progress.steps_per_second, progress.seconds_left
             s.losses.append((progress.step, progress.loss))
@@ -137,3 +144,14 @@ class TrainingJob(BackgroundJob):
             return f"adapter written to {result.adapter_path} in {time.time() - started:.0f}s{kept}"
 
         self._guarded(work, str)
+
+    def _run_queue(self, path: Path) -> None:
+        from .run_queue import read_queue, run_queue
+
+        def work() -> str:
+            done = run_queue(path, log=self._log, should_stop=self._stop.is_set, on_progress=self._on_progress,
+                             progress_bar=False)
+            failed = sum(r.state == "failed" for r in read_queue(path))
+            return f"the queue is done: {len(done)} run(s) trained" + (f", {failed} failed" if failed else "")
+
+        self._guarded(work, lambda stop: f"{stop}; 'Run the queue' continues it")

@@ -186,8 +186,9 @@ def run_queue(path: Path, log: Callable[[str], None] = print, should_stop: Calla
                 result = train(config, on_progress=on_progress, should_stop=should_stop, log=log,
                                progress_bar=progress_bar)
             except TrainingInterrupted as stopped:
-                _set(path, run.id, state="waiting", message=f"stopped: {stopped}")
-                raise
+                said = str(stopped).split("; run the same command")[0]  # the queue resumes it, not the user
+                _set(path, run.id, state="waiting", message=f"stopped: {said}")
+                raise TrainingInterrupted(f"queue run {run.id}: {said}") from None
             except (StyleloraError, OSError) as error:
                 message = (str(error) if isinstance(error, StyleloraError)
                            else f"{error.filename or 'the disk'}: {error.strerror or error}")
