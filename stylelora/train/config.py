@@ -15,6 +15,7 @@ from ..options import UiField, option, refuse_first
 from .loss import HUBER_C, HUBER_SCHEDULES, LOSSES
 from .optimizers import OPTIMIZERS, optimizer_checks
 from .objective import TIMESTEP_SAMPLINGS, Sampling
+from .trackers import TRACKERS, TRACKERS_HELP
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -188,6 +189,8 @@ class TrainConfig:
                                              ui=UiField("Preview prompt (empty: the first two captions)", "textbox",
                                                         "sample-prompt"))
     log_every: int = option(1, "write metrics every N steps", "checkpoints and samples")
+    log_with: str = option("tensorboard", TRACKERS_HELP, "checkpoints and samples", choices=TRACKERS,
+                           ui=UiField("Log metrics to", "dropdown"))
     # knowing when to stop (validation.py)
     validation_split: float = option(0.0, "fraction of the images held out to measure a validation loss, at least 1 "
                                           "image, chosen by --seed (0 = off)", STOP,
@@ -379,6 +382,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         (c.save_every >= 0, "save_every", "save every N steps, N >= 0 (0 = only at the end)"),
         (c.sample_every >= 0, "sample_every", "sample every N steps, N >= 0 (0 = never)"),
         (c.log_every >= 1, "log_every", "log every N steps, N >= 1"),
+        (c.log_with in TRACKERS, "log_with", f"choose one of {', '.join(TRACKERS)}"),
         (0 <= c.validation_split < 1, "validation_split", "hold out a fraction in [0, 1), e.g. 0.2"),
         (not (c.validation_split and c.validation_data is not None), "validation_data",
          "give --validation-split (held out of the folder) or --validation-data (another folder), not both"),

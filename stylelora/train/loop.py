@@ -43,6 +43,7 @@ from .outputs import (Kept, MetricsLog, Outputs, phases_line, progress_bar as ma
 from .stages import DTYPES, Model, Optimisation
 from .step_loss import StepLoss
 from .suggest import fill_unset
+from .trackers import check_trackers, hyperparameters, trackers_for
 from .validation import AdapterAverage, EarlyStopping, Watch, validate_every
 
 DEFAULT_STEPS = 800
@@ -233,6 +234,7 @@ def train(config: TrainConfig, on_progress: Callable[[Progress], None] | None = 
     Stages: data, model, adapters (and resume), inputs (caches), then the loop, which saves the result."""
     validate(config)
     resolve_base(config.base)  # a wrong --base fails now, not after the images are read
+    check_trackers(config.log_with)
     started = time.time()
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     say = log if accelerator.is_main_process else (lambda message: None)
@@ -331,7 +333,8 @@ def run_loop(config: TrainConfig, model: Model, optimisation: Optimisation, step
     bar = make_progress_bar(steps, start_step, progress_bar and main)
     loss_value, completed, tick = float("nan"), start_step, time.time()
     try:
-        metrics = MetricsLog(out_dir, start_step) if main else None
+        metrics = MetricsLog(out_dir, start_step, trackers_for(config.log_with, out_dir, config.adapter_name, start_step > 0),
+                             hyperparameters(config.to_json_dict())) if main else None
         if start_step == 0 and (base_loss := watch.baseline()) is not None and metrics is not None:
             metrics.write_validation(0, base_loss)
         for step in range(start_step, steps):

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
@@ -262,42 +262,43 @@ def seconds_since_process_start(train_started: float) -> float:
 
 
 class MetricsLog:
-    """metrics.jsonl (one JSON object per logged step) and TensorBoard scalars, side by side."""
+    """metrics.jsonl (one JSON object per logged step) and the run's trackers (trackers.py: TensorBoard, W&B),
+    side by side."""
 
-    def __init__(self, out_dir: Path, start_step: int = 0):
+    def __init__(self, out_dir: Path, start_step: int = 0, trackers: list | None = None,
+                 settings: dict[str, Any] | None = None):
         """Keep the rows of steps up to `start_step` (a resume replays the rest), drop any half-written
-        last line a killed run left, then append."""
+        last line a killed run left, then append. Start the trackers with the run's `settings`."""
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / "metrics.jsonl"
         kept = _rows_up_to(path, start_step)
         write_atomically(path, "".join(line + "\n" for line in kept).encode())
         self.jsonl = open(path, "a", encoding="utf-8")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
+        self.trackers = trackers or []
+        for tracker in self.trackers:
+            tracker.start()
+            if settings:
+                tracker.store_init_configuration(settings)
 
-            self.board = SummaryWriter(str(out_dir / "tensorboard"))
-        except ImportError:
-            self.board = None
+    def _log(self, values: dict[str, float], step: int) -> None:
+        for tracker in self.trackers:
+            tracker.log(values, step=step)
 
     def write(self, step: int, loss: float, lr: float, steps_per_second: float, grad_norm: float) -> None:
         row = {"step": step, "loss": loss, "lr": lr, "steps_per_second": steps_per_second, "grad_norm": grad_norm}
         self.jsonl.write(json.dumps(row) + "\n")
         self.jsonl.flush()
-        if self.board is not None:
-            for key, value in row.items():
-                if key != "step":
-                    self.board.add_scalar(f"train/{key}", value, step)
+        self._log({f"train/{key}": value for key, value in row.items() if key != "step"}, step)
 
     def write_validation(self, step: int, loss: float) -> None:
         self.jsonl.write(json.dumps({"step": step, "validation_loss": loss}) + "\n")
         self.jsonl.flush()
-        if self.board is not None:
-            self.board.add_scalar("validation/loss", loss, step)
+        self._log({"validation/loss": loss}, step)
 
     def close(self) -> None:
         self.jsonl.close()
-        if self.board is not None:
-            self.board.close()
+        for tracker in self.trackers:
+            tracker.finish()
 
 
 def _rows_up_to(path: Path, last_step: int) -> list[str]:
