@@ -86,13 +86,19 @@ def merge_svd(items: list[tuple[LoraWeights, StyleWeight]], rank: int | RankRule
     Frobenius error over all modules: ||exact - approx|| / ||exact||. `rank` may be a rule that picks each
     module's rank from its singular values. DoRA, LoHa and LoKr modules are read through `base`, the base
     model's weights."""
-    rule = fixed_rank(rank) if isinstance(rank, int) else rank
+    return low_rank(items, blended_deltas(items, base), fixed_rank(rank) if isinstance(rank, int) else rank, base)
+
+
+def low_rank(items: list[tuple[LoraWeights, StyleWeight]], deltas: dict[tuple[str, str], torch.Tensor], rule: RankRule,
+             base: BaseWeights | None = None, ranks: dict[tuple[str, str], int] | None = None) -> tuple[LoraWeights, float]:
+    """Each module's change in `deltas` as a LoRA pair of the rank `rule` picks (or `ranks` gives, per module), by
+    truncated SVD, with the blended biases of `items`, and the relative Frobenius error over all modules."""
     shapes = {key: _lora_shapes(adapter, key, base) for weights, _ in items for key, adapter in weights.items()}
     merged: LoraWeights = {}
     error_sq = total_sq = 0.0
-    for key, delta in blended_deltas(items, base).items():
+    for key, delta in deltas.items():
         u, s, vh = torch.linalg.svd(delta, full_matrices=False)
-        k = max(1, min(rule(s), int(s.shape[0])))
+        k = max(1, min(ranks[key] if ranks else rule(s), int(s.shape[0])))
         root = s[:k].sqrt()
         up, down = u[:, :k] * root, root[:, None] * vh[:k]
         error_sq += float((s[k:] ** 2).sum())
@@ -101,6 +107,31 @@ def merge_svd(items: list[tuple[LoraWeights, StyleWeight]], rank: int | RankRule
         merged[key] = LoraModule(down.float().reshape(k, *down_shape[1:]), up.float().reshape(up_shape[0], k, *up_shape[2:]),
                                  float(k), blended_bias(items, key))
     return merged, math.sqrt(error_sq / total_sq) if total_sq > 0 else 0.0
+
+
+# The merge rules of the model-merging literature, as peft implements them on task tensors. peft applies them to
+# A and B apart when ranks match (add_weighted_adapter's "ties"), which mixes cross terms into the result, or
+# to B·A in its "_svd" combinations; here they always act on each module's whole change B·A, for every method.
+SPARSE_MERGES = ("ties", "dare-linear", "dare-ties", "magnitude-prune")
+
+
+def merge_sparse(items: list[tuple[LoraWeights, StyleWeight]], method: str, density: float, rank: int | None,
+                 base: BaseWeights | None = None, seed: int = 0) -> tuple[LoraWeights, float]:
+    """TIES, DARE (linear or with TIES' sign election) or magnitude pruning of each module's changes, weighted,
+    keeping the share `density` of each change's entries; then each merged change as a LoRA pair of rank `rank`
+    (None: the sum of the adapters' ranks there), with the SVD's relative error. DARE's random drop is seeded."""
+    from peft.utils import merge_utils
+
+    rules = {"ties": merge_utils.ties, "dare-linear": merge_utils.dare_linear, "dare-ties": merge_utils.dare_ties,
+             "magnitude-prune": merge_utils.magnitude_prune}
+    torch.manual_seed(seed)
+    deltas, ranks = {}, {}
+    for key in sorted({key for weights, _ in items for key in weights}):
+        present = [(weights[key], weight.for_module(*key)) for weights, weight in items if key in weights]
+        tasks = [adapter.delta(None if type(adapter) is LoraModule else base(key)).double() for adapter, _ in present]
+        deltas[key] = rules[method](tasks, torch.tensor([w for _, w in present], dtype=torch.float64), density)
+        ranks[key] = sum(adapter.rank for adapter, _ in present)
+    return low_rank(items, deltas, fixed_rank(rank or 1), base, None if rank is not None else ranks)
 
 
 def _lora_shapes(adapter, key: tuple[str, str], base: BaseWeights | None) -> tuple[torch.Size, torch.Size]:

@@ -126,8 +126,13 @@ def add_adapter_tool_parsers(commands: argparse._SubParsersAction) -> None:
                             description="Merge adapters: FILE:WEIGHT ... into one adapter (cat: exact; svd: rank R).")
     p.add_argument("adapters", nargs="+", metavar="FILE[:WEIGHT]")
     p.add_argument("-o", "--out", type=Path, required=True, help="output .safetensors file (or folder with --into-base)")
-    p.add_argument("--method", choices=("cat", "svd"), default="cat", help="cat (exact, ranks add up) or svd (rank R)")
-    p.add_argument("--rank", type=int, help="target rank for --method svd")
+    p.add_argument("--method", default="cat", metavar="METHOD",
+                   help="cat (exact, ranks add up), svd (the exact sum at rank R), or ties, dare-linear, dare-ties, "
+                        "magnitude-prune (peft's rules on each module's change, at --density; rank R, or the sum of "
+                        "the ranks)")
+    p.add_argument("--rank", type=int, help="target rank for --method svd (and the sparse methods)")
+    p.add_argument("--density", type=float, help="ties, dare-*, magnitude-prune: the share of each change kept (0.5)")
+    p.add_argument("--seed", type=int, default=0, help="dare-*: the seed of the random drop (0)")
     p.add_argument("--into-base", action="store_true", help="write a full base model folder with the blend fused in")
     p.add_argument("--base", default="mini", help="base model for --into-base, and for --method svd of DoRA, LoHa or LoKr files (mini)")
 
@@ -161,9 +166,11 @@ def add_adapter_tool_parsers(commands: argparse._SubParsersAction) -> None:
 def run_merge(args: argparse.Namespace) -> int:
     from ..paint.merge_job import MergeConfig, merge
 
-    result = merge(MergeConfig(tuple(args.adapters), args.out, args.method, args.rank, args.into_base, args.base))
+    result = merge(MergeConfig(tuple(args.adapters), args.out, args.method, args.rank, args.into_base, args.base,
+                               args.density, args.seed))
     if result.relative_error is not None:
-        print(f"svd rank {args.rank}: relative error of the merged deltas {result.relative_error:.6f}")
+        rank = f"rank {args.rank}" if args.rank else "the sum of the ranks"
+        print(f"{args.method} at {rank}: relative error of the merged deltas {result.relative_error:.6f}")
     print(f"Merged {len(args.adapters)} adapters into {result.path}")
     return 0
 

@@ -8,12 +8,15 @@ from pathlib import Path
 
 from ..adapters.base_weights import base_weights
 from ..adapters.formats import read_lora, write_lora
-from ..adapters.merge import merge_cat, merge_svd
+from ..adapters.merge import SPARSE_MERGES, merge_cat, merge_sparse, merge_svd
 from ..adapters.stack import parse_lora_spec
 from ..errors import AdapterFileError, ConfigError
 from ..families import UNKNOWN, Family, family_of_weights
 from ..files import folder_written_atomically
 from .engine import Engine
+
+
+MERGE_METHODS = ("cat", "svd", *SPARSE_MERGES)
 
 
 @dataclass
@@ -24,6 +27,8 @@ class MergeConfig:
     rank: int | None = None
     into_base: bool = False
     base: str = "mini"
+    density: float | None = None  # ties, dare-*, magnitude-prune: the share of each change's entries kept
+    seed: int = 0  # dare-*: the random drop
 
 
 @dataclass
@@ -35,10 +40,19 @@ class MergeResult:
 def validate_merge(config: MergeConfig) -> None:
     if not config.adapters:
         raise ConfigError("name at least one adapter to merge, e.g. a.safetensors:0.6 b.safetensors:0.4")
-    if config.method not in ("cat", "svd"):
-        raise ConfigError(f"--method = {config.method!r}: choose cat or svd")
+    if config.method not in MERGE_METHODS:
+        raise ConfigError(f"--method = {config.method!r}: choose one of {', '.join(MERGE_METHODS)}")
     if config.method == "svd" and (config.rank is None or config.rank < 1):
         raise ConfigError(f"--rank = {config.rank!r}: --method svd needs a target rank of at least 1, e.g. --rank 8")
+    if config.rank is not None and config.rank < 1:
+        raise ConfigError(f"--rank = {config.rank!r}: the rank must be at least 1, or left out")
+    if config.method in SPARSE_MERGES and not (config.density is not None and 0 < config.density <= 1):
+        raise ConfigError(f"--density = {config.density!r}: --method {config.method} keeps this share of each change's "
+                          "entries, in (0, 1]; 0.5 is usual")
+    if config.method not in SPARSE_MERGES and config.density is not None:
+        raise ConfigError(f"--density = {config.density!r}: only {', '.join(SPARSE_MERGES)} prune; leave it out")
+    if config.into_base and config.method != "cat":
+        raise ConfigError(f"--method = {config.method!r}: --into-base fuses the exact weighted sum; leave out --method")
 
 
 def merge(config: MergeConfig) -> MergeResult:
@@ -52,10 +66,14 @@ def merge(config: MergeConfig) -> MergeResult:
     error = None
     if config.method == "cat":
         merged = merge_cat(items)
-    else:
+    elif config.method == "svd":
         merged, error = merge_svd(items, config.rank, base_weights(config.base, items, family))
+    else:
+        merged, error = merge_sparse(items, config.method, config.density, config.rank,
+                                     base_weights(config.base, items, family), config.seed)
     sources = [{"file": str(p), "unet": w.unet, "te": w.text_encoder} for p, w in specs]
     metadata = {"stylelora.merged_from": json.dumps(sources), "stylelora.merge_method": config.method,
+                **({"stylelora.merge_density": str(config.density)} if config.density is not None else {}),
                 "modelspec.merged_from": ", ".join(str(p) for p, _ in specs)}
     if family is not None:  # the merge fits the base its inputs fit, and says so as they did
         metadata |= {"stylelora.architecture": family.name, "ss_base_model_version": family.base_model_version}
