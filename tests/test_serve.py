@@ -346,3 +346,31 @@ def test_train_and_serve_settings_are_read_by_one_function():
         from_dict({"data": "images", "colour": "red"})
     serve = serve_config_from_dict({"adapters": "lib", "max-resident": 5})
     assert serve.adapters == Path("lib") and serve.max_resident == 5
+
+
+def test_a_ties_blend_paints_the_merged_file_and_merges_once(served, tiny_base, tmp_path, monkeypatch):
+    """--blend ties (served, and in generate) paints as `merge --method ties` then painting that file does, and a
+    second painting of the same stack reads the cached merge rather than merging again."""
+    from stylelora.paint import sparse_blend
+    from stylelora.paint.merge_job import MergeConfig, merge
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    client, _, paths, _ = served
+    body = {"prompt": "a blue square", "adapters": [{"name": "plain", "weight": 0.8}, {"name": "locon", "weight": 0.6}],
+            "seed": 5, "steps": 6, "blend": "ties", "blend_density": 0.4}
+    served_image = pngs(client.post("/v1/generate", json=body))[0]
+    assert json.loads(served_image.text["stylelora"])["blend_density"] == 0.4
+    merged = tmp_path / "ties.safetensors"
+    merge(MergeConfig((f"{paths['plain']}:0.8", f"{paths['locon']}:0.6"), merged, "ties", base=str(tiny_base),
+                      density=0.4))
+    config = GenerateConfig(prompt="a blue square", loras=(f"{merged}:1",), base=str(tiny_base), seed=5, count=1,
+                            steps=6, out=tmp_path)
+    painted = np.asarray(Image.open(generate(config)[0])).astype(int)
+    assert np.abs(np.asarray(served_image).astype(int) - painted).max() <= 1  # float32 rounding apart
+    calls = []
+    monkeypatch.setattr(sparse_blend, "merge_sparse", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(
+        AssertionError("merged again")))
+    again = pngs(client.post("/v1/generate", json=body))[0]
+    assert np.array_equal(np.asarray(again), np.asarray(served_image)) and calls == []
+    reply = client.post("/v1/generate", json=body | {"blend_density": 0})
+    assert reply.status_code == 422

@@ -67,7 +67,9 @@ def generate_tab(session: Session):
                                             for name in ("steps", "cfg", "count", "width", "height"))
     with gr.Accordion("Advanced", open=False):
         quantize = quantize_dropdown("gen-quantize-base")
-    settings = (quantize, seed, random_seed, steps, cfg, count, width, height)
+        with gr.Row():
+            blend_rule, density = (widget(GenerateConfig, name, interactive=True) for name in ("blend", "blend_density"))
+    settings = (quantize, seed, random_seed, steps, cfg, count, width, height, blend_rule, density)
     go = gr.Button("Generate", variant="primary", elem_id="generate")
     message = gr.Markdown(elem_id="gen-status")
     gallery = gr.Gallery(label="Results", columns=4, height=300, elem_id="gallery", format="png", interactive=False,
@@ -106,7 +108,7 @@ def entry_row(entry: AdapterEntry) -> tuple[str, str, str | None]:
 def paint_controls(session: Session, names: list[str], controls: list, base, prompt, negative, settings, shown,
                    message, blend, grid) -> None:
     """The Generate, Save-blend and Grid buttons' handlers over the adapter rows' on/off boxes and weights."""
-    quantize, seed, random_seed, steps, cfg, count, width, height = settings
+    quantize, seed, random_seed, steps, cfg, count, width, height, blend_rule, density = settings
     gallery, grid_image = shown
     go, save_blend, blend_name = blend
     grid, grid_weights, grid_weights_b = grid
@@ -120,10 +122,12 @@ def paint_controls(session: Session, names: list[str], controls: list, base, pro
             StyleWeight.parse(weight, flag=name)  # "stripes weight '1,5': give a number like 0.7, ..."
         return [f"{paths[n]}:{w}" for n, w in chosen]
 
-    def run(base_, quantize_, prompt_, negative_, seed_, random_, steps_, cfg_, count_, width_, height_, *values):
+    def run(base_, quantize_, prompt_, negative_, seed_, random_, steps_, cfg_, count_, width_, height_, blend_,
+            density_, *values):
         seed_ = random.randrange(2**31) if random_ else int(seed_)
         try:
-            fields = dict(negative=negative_, count=count_, steps=steps_, cfg=cfg_, width=width_, height=height_)
+            fields = dict(negative=negative_, count=count_, steps=steps_, cfg=cfg_, width=width_, height=height_,
+                          blend=blend_, blend_density=density_)
             config = GenerateConfig(prompt_, tuple(specs(values)), base_, seed=seed_, out=session.workspace / "outputs",
                                     quantize_base=quantize_, **page_values(GenerateConfig, fields))
             with session.painting:
@@ -161,7 +165,8 @@ def paint_controls(session: Session, names: list[str], controls: list, base, pro
 
     # The last paint's message (an error, say) gives way at once, not when the new paint ends
     go.click(lambda: "Painting…", None, [message], queue=False).then(
-        run, [base, quantize, prompt, negative, seed, random_seed, steps, cfg, count, width, height] + controls,
+        run, [base, quantize, prompt, negative, seed, random_seed, steps, cfg, count, width, height, blend_rule,
+              density] + controls,
         [gallery, message])
     save_blend.click(save, [blend_name] + controls, [message])
     grid.click(lambda: "Painting the grid…", None, [message], queue=False).then(

@@ -20,14 +20,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..paths import user_cache
+
 THREADS_HELP = "CPU threads to compute with"  # --threads, as train, generate and grid declare it
 THREADS_DEFAULT = "this machine's cores, shared among the stylelora processes computing on it"
 RECHECK_SECONDS = 2.0  # how often a running training counts the registered processes again
 
 
 def registry() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "stylelora" / "processes"
+    return user_cache("processes")
 
 
 def _alive(pid: int) -> bool:

@@ -29,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..paths import user_cache
+
 
 ISA_VARIABLE = "ONEDNN_MAX_CPU_ISA"
 OUR_CAP_VARIABLE = "STYLELORA_ONEDNN_CAP"  # marks a cap we set, so children still key as the user's setting
@@ -199,8 +201,7 @@ def probe(env: dict[str, str] | None = None,
 
 
 def cache_file() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "stylelora" / "cpu-bf16.json"
+    return user_cache("cpu-bf16.json")
 
 
 def machine_key() -> str:

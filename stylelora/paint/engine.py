@@ -9,7 +9,7 @@ import itertools
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ from .pipeline import (average_outputs, blend_passes, generators, image_size, pa
 from .peft_view import PeftView
 from .pool import AdapterPool, AdapterTensors
 from .request import GenerateConfig
+from .sparse_blend import blended_stack
 
 
 @dataclass
@@ -158,8 +159,9 @@ class Engine:
     @torch.no_grad()
     def paint(self, jobs: list[PaintJob], output_type: str = "pil") -> list[list[Image.Image]]:
         """Render every job in one pipeline call (their batch keys must be equal); the images of each job."""
-        first = jobs[0].config
         with self._painting:
+            jobs = [self._merged_by_rule(job) for job in jobs]
+            first = jobs[0].config
             self.check_weights([job.stack for job in jobs])
             self.peft.off()  # the stacks are added by the engine's hooks, or fused, from here on
             names = list(dict.fromkeys(name for job in jobs for name, _ in job.stack))
@@ -183,6 +185,13 @@ class Engine:
                                    generator=seeded, height=height, width=width, output_type=output_type).images
         bounds = list(itertools.accumulate(job.config.count for job in jobs))
         return [list(images[end - job.config.count:end]) for job, end in zip(jobs, bounds)]
+
+    def _merged_by_rule(self, job: PaintJob) -> PaintJob:
+        """A job whose stack blends by a merge rule (ties, dare-*, magnitude-prune), as one merged adapter fused."""
+        stack = blended_stack(job.stack, job.config.blend, job.config.blend_density, self.pool.path_of,
+                              lambda path: read_for_base(path, self.base, self.family, self.lora.models).plain,
+                              self.pool.pin)
+        return job if stack is job.stack else PaintJob(replace(job.config, blend="merge"), stack)
 
     def _make_active(self, stack: Stack | None, samples: list[Stack], first: GenerateConfig,
                      adapters: dict[str, AdapterTensors]) -> None:

@@ -23,7 +23,8 @@ def generate(config: GenerateConfig, styler: Styler | None = None) -> list[Path]
         weights = {styler.load(path): weight for path, weight in specs}
         styler.set_weights(weights)
         images = styler.generate(config.prompt, config.negative, config.count, config.steps, config.cfg,
-                                 config.seed, config.size, config.scheduler, config.blend, config.width, config.height)
+                                 config.seed, config.size, config.scheduler, config.blend, config.width, config.height,
+                                 config.blend_density)
     slug = re.sub(r"[^a-z0-9]+", "-", config.prompt.lower()).strip("-")[:40] or "image"
     paths = []
     for index, image in enumerate(images):

@@ -13,6 +13,8 @@ from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES, check_quantize
 from ..options import UiField, like, option
 from .pipeline import BLENDS, SCHEDULERS
 
+SPARSE_BLENDS = BLENDS[3:]  # the merge rules: their density is a setting of the picture
+
 
 @dataclass
 class GenerateConfig:
@@ -41,7 +43,12 @@ class GenerateConfig:
                             choices=tuple(SCHEDULERS))
     out: Path = option(Path("outputs"), "folder for the PNG files")
     blend: str = option("merge", "merge: weighted sum, fused (1x cost); switch: one adapter per step in turn (1x); "
-                                 "composite: every adapter's prediction averaged each step (N x cost)", choices=BLENDS)
+                                 "composite: every adapter's prediction averaged each step (N x cost); ties, "
+                                 "dare-linear, dare-ties, magnitude-prune: the stack merged once by that rule at "
+                                 "--blend-density, cached, then fused (1x)", choices=BLENDS,
+                        ui=UiField("Blend of two or more adapters", "dropdown"))
+    blend_density: float = option(0.5, "ties, dare-*, magnitude-prune: the share of each adapter's change kept",
+                                  ui=UiField("Blend density (ties, dare, magnitude-prune)"))
     quantize_base: str = option("none", QUANTIZE_HELP, choices=QUANTIZE_MODES)
     threads: int | None = option(None, THREADS_HELP, default_text=THREADS_DEFAULT)
 
@@ -56,6 +63,7 @@ def validate_generate(config: GenerateConfig) -> GenerateConfig:
         (config.height is None or (config.height >= 8 and config.height % 8 == 0), "height", "use a multiple of 8"),
         (bool(config.prompt.strip()), "prompt", "give a prompt, e.g. \"a red circle\""),
         (config.threads is None or config.threads >= 1, "threads", "use at least 1 thread, or leave it out"),
+        (0 < config.blend_density <= 1, "blend_density", "keep a share in (0, 1] of each change; 0.5 is usual"),
     ]
     for ok, name, fix in checks:
         if not ok:
@@ -69,6 +77,7 @@ def image_settings(config: GenerateConfig, seed: int, size: tuple[int, int],
     """What a PNG carries in its text chunks: every setting that reproduces it (the server writes the same)."""
     return {"prompt": config.prompt, "negative": config.negative, "seed": seed,
             "steps": config.steps, "cfg": config.cfg, "scheduler": config.scheduler, "blend": config.blend,
+            **({"blend_density": config.blend_density} if config.blend in SPARSE_BLENDS else {}),
             "base": config.base, **({"quantize_base": config.quantize_base} if config.quantize_base != "none" else {}),
             "size": size[0], "width": size[0], "height": size[1],
             "loras": [{"file": str(p), "unet": w.unet, "te": w.text_encoder} for p, w in specs]}

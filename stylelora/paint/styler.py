@@ -101,13 +101,16 @@ class Styler:
     @torch.no_grad()
     def generate(self, prompt: str, negative: str = "", count: int = 1, steps: int = 30, cfg: float = 7.5,
                  seed: int = 0, size: int | None = None, scheduler: str = "dpm++",
-                 blend: str = "merge", width: int | None = None, height: int | None = None) -> list[Image.Image]:
+                 blend: str = "merge", width: int | None = None, height: int | None = None,
+                 blend_density: float = 0.5) -> list[Image.Image]:
         """Paint `count` images. blend: 'merge' (the weighted sum, fused: 1x UNet cost), 'switch' (one adapter
-        per denoising step, in turn: 1x) or 'composite' (each adapter's prediction, averaged: N x). `size` is
-        a square side; `width` and `height` override it (each defaults to the base's native size)."""
+        per denoising step, in turn: 1x), 'composite' (each adapter's prediction, averaged: N x), or a merge rule
+        ('ties', 'dare-linear', 'dare-ties', 'magnitude-prune' at `blend_density`: merged once, cached, fused: 1x).
+        `size` is a square side; `width` and `height` override it (each defaults to the base's native size)."""
         check_sampler_and_blend(scheduler, blend)
         config = GenerateConfig(prompt=prompt, negative=negative, count=count, steps=steps, cfg=cfg, seed=seed,
                                 size=size, scheduler=scheduler, blend=blend, width=width, height=height,
+                                blend_density=blend_density,
                                 base=self.base, quantize_base=self.quantize)
         images = self.engine.paint([PaintJob(config, self.stack)])[0]
         if not self.engine.fused:

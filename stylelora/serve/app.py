@@ -62,6 +62,7 @@ class GenerateBody(BaseModel):
     negative: str = _default("negative")
     adapters: list[AdapterWeight] = []
     blend: Literal[BLENDS] = _default("blend")
+    blend_density: float = Field(_default("blend_density"), gt=0, le=1)
     seed: int = Field(_default("seed"), ge=0, lt=2**63)
     steps: int = _default("steps")
     cfg: Weight = _default("cfg")
@@ -184,7 +185,8 @@ def _job(body: GenerateBody, config: ServeConfig, engine: Engine) -> tuple[Paint
         specs.append((entry.path, weight))
     settings = GenerateConfig(prompt=body.prompt, base=config.base, negative=body.negative, count=body.count,
                               steps=body.steps, cfg=body.cfg, seed=body.seed, width=body.width, height=body.height,
-                              scheduler=body.scheduler, blend=body.blend, quantize_base=config.quantize_base)
+                              scheduler=body.scheduler, blend=body.blend, blend_density=body.blend_density,
+                              quantize_base=config.quantize_base)
     try:
         validate_generate(settings)
     except ConfigError as error:  # the same checks as `stylelora generate`, named as the JSON field is
