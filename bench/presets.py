@@ -15,6 +15,7 @@ Writes docs/results/presets.md and the table into the option reference between t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -80,7 +81,8 @@ def measured(preset: str, model: str, limit_gib: float) -> dict:
             if rss > limit_gib * 2**30:
                 stopped.set()
                 process.kill()
-                queue.put({"error": f"stopped at the {limit_gib:g} GiB limit"})
+                queue.put({"error": f"more than {limit_gib:g} GiB: stopped there (--limit; this machine has "
+                                    f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB)"})
                 return
             time.sleep(0.5)
 
@@ -122,15 +124,18 @@ def main() -> None:
     from stylelora.train.settings import presets
 
     wanted = args.only.split(",") if args.only else list(presets())
+    results = BENCH.parent / "docs" / "results"
+    earlier = json.loads((results / "presets.json").read_text()) if (results / "presets.json").is_file() else {}
     rows = {}
     for preset in presets():
         if preset in NOT_HERE or preset not in wanted:
-            rows[preset] = {} if preset in NOT_HERE else {"error": "not run (--only)"}
+            rows[preset] = {} if preset in NOT_HERE else earlier.get(preset, {"error": "not run yet"})
             continue
         rows[preset] = measured(preset, MODELS[preset], args.limit)
         print(preset, rows[preset], flush=True)
+        write_atomically(results / "presets.json", json.dumps(rows | {k: v for k, v in earlier.items() if k not in rows},
+                                                              indent=1).encode())
     text = report(rows, args.limit)
-    results = BENCH.parent / "docs" / "results"
     write_atomically(results / "presets.md", text.encode())
     write_section("presets-memory", text)
     print(text)

@@ -142,7 +142,7 @@ def test_training_says_which_precision_it_chose_and_why(train_config):
     train(train_config(max_steps=1), progress_bar=False, log=logs.append)
     parameters = denoiser_parameter_count(str(train_config().base))
     assert parameters == sum(p.numel() for p in load_base(str(train_config().base)).unet.parameters())
-    assert (f"Precision: float32 (auto: the UNet has {parameters:,} parameters, too few for bfloat16 to pay on a CPU "
+    assert (f"Precision: float32 (auto: the denoiser has {parameters:,} parameters, too few for bfloat16 to pay on a CPU "
             "(it can from 50,000,000)).") in logs
 
 

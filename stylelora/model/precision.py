@@ -336,9 +336,9 @@ def choose_precision(requested: str, device_type: str, unet_parameters: int | No
     if requested != "auto":
         return PrecisionChoice(requested, "as asked")
     if unet_parameters is None:
-        return PrecisionChoice("no", "auto: the UNet's size is not known yet")
+        return PrecisionChoice("no", "auto: the denoiser's size is not known yet")
     if unet_parameters < BF16_MIN_PARAMETERS:
-        return PrecisionChoice("no", f"auto: the UNet has {unet_parameters:,} parameters, too few for bfloat16 "
+        return PrecisionChoice("no", f"auto: the denoiser has {unet_parameters:,} parameters, too few for bfloat16 "
                                      f"to pay on a CPU (it can from {BF16_MIN_PARAMETERS:,})")
     support = bf16_support()
     if support.faster:
