@@ -365,6 +365,34 @@ def test_sdxl_folder_shows_its_buckets_trains_and_paints_at_a_chosen_size(page, 
     assert Image.open(newest).size == (48, 32)
 
 
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_a_transformer_base_trains_and_paints_from_the_page(page, server, image_folder, tiny_sd3_base, tiny_flux_base,
+                                                          family):
+    """The page picks the family up from the base: an SD3 or Flux.1 adapter trains and paints like a UNet's."""
+    _, workspace, adapters = server
+    base = {"sd3": tiny_sd3_base, "flux": tiny_flux_base}[family]
+    name = f"{family}style"
+    _train_on(page, name, image_folder, 6, base)
+    fill(page, "steps", 2)
+    fill(page, "rank", 2)
+    page.click("#start")
+    page.wait_for_selector("#start-message :text-matches('Training started|Error')", timeout=60_000)
+    assert page.locator("#start-message").inner_text().startswith("Training started"), page.locator("#start-message").inner_text()
+    page.wait_for_selector(f"#train-status :text-matches('{name}|Error')", timeout=300_000)
+    status = page.locator("#train-status").inner_text()
+    assert status.startswith("Done") and name in status, status
+    metadata = read_safetensors(adapters / name / f"{name}.safetensors").metadata
+    assert metadata["ss_base_model_version"] == {"sd3": "sd3", "flux": "flux1"}[family]
+    page.get_by_role("tab", name="Generate").click()
+    fill(page, "gen-base", base)
+    paint_with(page, {name: 0.8}, waited_for=name)
+    fill(page, "gen-steps", 2)
+    fill(page, "count", 1)
+    weights, _ = _weights_and_pixels(_paint(page, workspace))
+    assert weights == {name: 0.8}
+    assert page.locator("#gen-status").inner_text().startswith("1 image"), page.locator("#gen-status").inner_text()
+
+
 def test_painting_over_an_nf4_base_from_the_generate_tab(page, server, tiny_base, two_adapters):
     _, workspace, adapters = server
     import shutil
