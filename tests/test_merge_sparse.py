@@ -71,8 +71,28 @@ def test_the_merge_command_writes_the_method_and_refuses_what_does_not_fit(two_a
     for argv, message in (
             (["--method", "ties"], "--density = None: --method ties keeps this share of each change's entries, in (0, 1]"),
             (["--method", "ties", "--density", "1.5"], "--density = 1.5: --method ties keeps this share"),
-            (["--density", "0.5"], "--density = 0.5: only ties, dare-linear, dare-ties, magnitude-prune prune"),
+            (["--density", "0.5"], "--density = 0.5: only ties, dare-linear, dare-ties, magnitude-prune, klora take it"),
             (["--method", "mean"], "--method = 'mean': choose one of cat, svd, ties, dare-linear, dare-ties"),
             (["--method", "ties", "--density", "0.5", "--into-base"], "--into-base fuses the exact weighted sum")):
         assert main(["merge", str(two_adapters[0]), *argv, "-o", str(tmp_path / "x.safetensors")]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_klora_gives_each_module_the_change_whose_top_k_entries_weigh_more(two_adapters):
+    plain = _items(two_adapters, 1.0, 1.0)
+
+    def top(delta):
+        return delta.abs().flatten().topk(int(0.25 * delta.numel())).values.sum()
+
+    # the second adapter's weight at the median ratio of the two top-K sums: each then wins about half the modules
+    ratios = sorted(float(top(plain[0][0][k].delta()) / top(plain[1][0][k].delta())) for k in plain[0][0])
+    items = _items(two_adapters, 1.0, ratios[len(ratios) // 2])
+    merged, error = merge_sparse(items, "klora", 0.25, FULL)
+    assert error < 1e-6
+    chosen = set()
+    for key, module in merged.items():
+        first, second = (weight.for_module(*key) * weights[key].delta() for weights, weight in items)
+        winner = 0 if top(first) >= top(second) else 1
+        assert torch.allclose(module.delta(), (first, second)[winner], atol=1e-6)
+        chosen.add(winner)
+    assert chosen == {0, 1}  # at these weights each adapter wins somewhere: the choice is per module

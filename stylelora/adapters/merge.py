@@ -112,18 +112,28 @@ def low_rank(items: list[tuple[LoraWeights, StyleWeight]], deltas: dict[tuple[st
 # The merge rules of the model-merging literature, as peft implements them on task tensors. peft applies them to
 # A and B apart when ranks match (add_weighted_adapter's "ties"), which mixes cross terms into the result, or
 # to B·A in its "_svd" combinations; here they always act on each module's whole change B·A, for every method.
-SPARSE_MERGES = ("ties", "dare-linear", "dare-ties", "magnitude-prune")
+# K-LoRA's per-layer choice is not in peft: klora() below, written to the same signature.
+MERGE_RULES = ("ties", "dare-linear", "dare-ties", "magnitude-prune", "klora")
+
+
+def klora(tasks: list[torch.Tensor], weights: torch.Tensor, density: float) -> torch.Tensor:
+    """K-LoRA's rule (Ouyang et al. 2025, training-free fusion), without its timestep schedule: a layer takes the
+    weighted change of the one adapter whose K largest entries (K = `density` x the entries) sum larger."""
+    weighted = [weight * task for weight, task in zip(weights, tasks)]
+    k = max(1, int(density * weighted[0].numel()))
+    scores = torch.stack([task.abs().flatten().topk(k).values.sum() for task in weighted])
+    return weighted[int(scores.argmax())]
 
 
 def merge_sparse(items: list[tuple[LoraWeights, StyleWeight]], method: str, density: float, rank: int | None,
                  base: BaseWeights | None = None, seed: int = 0) -> tuple[LoraWeights, float]:
     """TIES, DARE (linear or with TIES' sign election) or magnitude pruning of each module's changes, weighted,
-    keeping the share `density` of each change's entries; then each merged change as a LoRA pair of rank `rank`
+    keeping the share `density` of each change's entries, or K-LoRA's choice of one change per module; then each merged change as a LoRA pair of rank `rank`
     (None: the sum of the adapters' ranks there), with the SVD's relative error. DARE's random drop is seeded."""
     from peft.utils import merge_utils
 
     rules = {"ties": merge_utils.ties, "dare-linear": merge_utils.dare_linear, "dare-ties": merge_utils.dare_ties,
-             "magnitude-prune": merge_utils.magnitude_prune}
+             "magnitude-prune": merge_utils.magnitude_prune, "klora": klora}
     torch.manual_seed(seed)
     deltas, ranks = {}, {}
     for key in sorted({key for weights, _ in items for key in weights}):

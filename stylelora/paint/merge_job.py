@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..adapters.base_weights import base_weights
 from ..adapters.formats import read_lora, write_lora
-from ..adapters.merge import SPARSE_MERGES, merge_cat, merge_sparse, merge_svd
+from ..adapters.merge import MERGE_RULES, merge_cat, merge_sparse, merge_svd
 from ..adapters.stack import parse_lora_spec
 from ..errors import AdapterFileError, ConfigError
 from ..families import UNKNOWN, Family, family_of_weights
@@ -16,7 +16,7 @@ from ..files import folder_written_atomically
 from .engine import Engine
 
 
-MERGE_METHODS = ("cat", "svd", *SPARSE_MERGES)
+MERGE_METHODS = ("cat", "svd", *MERGE_RULES)
 
 
 @dataclass
@@ -46,11 +46,11 @@ def validate_merge(config: MergeConfig) -> None:
         raise ConfigError(f"--rank = {config.rank!r}: --method svd needs a target rank of at least 1, e.g. --rank 8")
     if config.rank is not None and config.rank < 1:
         raise ConfigError(f"--rank = {config.rank!r}: the rank must be at least 1, or left out")
-    if config.method in SPARSE_MERGES and not (config.density is not None and 0 < config.density <= 1):
+    if config.method in MERGE_RULES and not (config.density is not None and 0 < config.density <= 1):
         raise ConfigError(f"--density = {config.density!r}: --method {config.method} keeps this share of each change's "
                           "entries, in (0, 1]; 0.5 is usual")
-    if config.method not in SPARSE_MERGES and config.density is not None:
-        raise ConfigError(f"--density = {config.density!r}: only {', '.join(SPARSE_MERGES)} prune; leave it out")
+    if config.method not in MERGE_RULES and config.density is not None:
+        raise ConfigError(f"--density = {config.density!r}: only {', '.join(MERGE_RULES)} take it; leave it out")
     if config.into_base and config.method != "cat":
         raise ConfigError(f"--method = {config.method!r}: --into-base fuses the exact weighted sum; leave out --method")
 

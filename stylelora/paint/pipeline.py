@@ -16,8 +16,8 @@ from ..families import Family, architecture_of_weights, check_fits, family_of_we
 from ..model.precision import check_bf16_runs
 from .multilora import Stack
 
-# merge, switch and composite; then the merge rules (adapters/merge.SPARSE_MERGES), merged once per stack and fused
-BLENDS = ("merge", "switch", "composite", "ties", "dare-linear", "dare-ties", "magnitude-prune")
+# merge, switch and composite; then the merge rules (adapters/merge.MERGE_RULES), merged once per stack and fused
+BLENDS = ("merge", "switch", "composite", "ties", "dare-linear", "dare-ties", "magnitude-prune", "klora")
 # The samplers by --scheduler name: diffusers' class and its options (the class is looked up when used, so the
 # option declarations that list these names stay light).
 SCHEDULERS = {

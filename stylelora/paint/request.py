@@ -44,11 +44,12 @@ class GenerateConfig:
     out: Path = option(Path("outputs"), "folder for the PNG files")
     blend: str = option("merge", "merge: weighted sum, fused (1x cost); switch: one adapter per step in turn (1x); "
                                  "composite: every adapter's prediction averaged each step (N x cost); ties, "
-                                 "dare-linear, dare-ties, magnitude-prune: the stack merged once by that rule at "
-                                 "--blend-density, cached, then fused (1x)", choices=BLENDS,
+                                 "dare-linear, dare-ties, magnitude-prune, klora: the stack merged once by that rule "
+                                 "at --blend-density, cached, then fused (1x)", choices=BLENDS,
                         ui=UiField("Blend of two or more adapters", "dropdown"))
-    blend_density: float = option(0.5, "ties, dare-*, magnitude-prune: the share of each adapter's change kept",
-                                  ui=UiField("Blend density (ties, dare, magnitude-prune)"))
+    blend_density: float = option(0.5, "ties, dare-*, magnitude-prune: the share of each adapter's change kept; klora: the "
+                                  "share of entries whose sum picks each layer's adapter",
+                                  ui=UiField("Blend density (ties, dare, magnitude-prune, klora)"))
     quantize_base: str = option("none", QUANTIZE_HELP, choices=QUANTIZE_MODES)
     threads: int | None = option(None, THREADS_HELP, default_text=THREADS_DEFAULT)
 

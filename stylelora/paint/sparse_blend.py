@@ -1,4 +1,5 @@
-"""Paint-time blends by the merge rules (--blend ties, dare-linear, dare-ties, magnitude-prune): a stack of two or
+"""Paint-time blends by the merge rules (--blend ties, dare-linear, dare-ties, magnitude-prune,
+klora): a stack of two or
 more adapters is merged once (adapters/merge.merge_sparse, at --blend-density), kept as a file in the user's cache
 keyed by the adapter files, their weights, the rule and the density, and painted fused like one adapter. A second
 painting of the same stack reads that file, so painting costs what a fused stack costs."""
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..adapters.formats import LoraWeights, write_lora
-from ..adapters.merge import SPARSE_MERGES, merge_sparse
+from ..adapters.merge import MERGE_RULES, merge_sparse
 from ..adapters.stack import StyleWeight
 from ..paths import user_cache
 from .multilora import Stack
@@ -31,7 +32,7 @@ def blended_stack(stack: Stack, method: str, density: float, path_of: Callable[[
                   read_plain: Callable[[Path], LoraWeights], pin: Callable[[str, Path], None]) -> Stack:
     """The one-adapter stack that paints `stack` merged by `method`: the cached file, pinned under its own name
     (`pin`), at weight 1. The merge reads each adapter as plain LoRA for this base (`read_plain`)."""
-    if method not in SPARSE_MERGES or len(stack) < 2:
+    if method not in MERGE_RULES or len(stack) < 2:
         return stack
     key = blend_key(stack, method, density, path_of)
     path = user_cache("blends") / f"{method}-{key}.safetensors"
