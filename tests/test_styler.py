@@ -230,3 +230,26 @@ def test_painting_again_never_overwrites_the_last_pictures(tiny_base, two_adapte
     assert [p.name for p in first + second + third] == ["a-red-circle-5.png", "a-red-circle-5~2.png",
                                                        "a-red-circle-5~3.png"]
     assert first[0].read_bytes() == before
+
+
+def test_a_blend_grid_on_the_mini_carries_each_cell_s_verdict(tmp_path, image_folder, monkeypatch):
+    """The blend explorer: adapter A's weight across, B's down, merged by a rule, each cell judged on the mini."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the merged blends are cached there
+    from stylelora.cli.main import main
+    from stylelora.paint.grid import verdict_words
+    from stylelora.paint.styler import Styler
+    from stylelora.train.config import TrainConfig
+    from stylelora.train.loop import train
+
+    paths = [train(TrainConfig(data=image_folder, out=tmp_path / f"{n}.safetensors", max_steps=2, seed=seed),
+                   progress_bar=False, log=lambda m: None).adapter_path for n, seed in (("a", 1), ("b", 2))]
+    grid = tmp_path / "grid.png"
+    assert main(["grid", "a red circle", "--lora", str(paths[0]), "--weights", "0,1", "--lora-b", str(paths[1]),
+                 "--weights-b", "0,1", "--blend", "ties", "--blend-density", "0.5", "--judge", "--steps", "3",
+                 "-o", str(grid)]) == 0
+    settings = json.loads(Image.open(grid).text["stylelora"])
+    assert (settings["blend"], settings["blend_density"]) == ("ties", 0.5)
+    bare = Styler("mini").generate("a red circle", count=1, steps=3, cfg=7.5, seed=settings["seed"])[0]
+    assert len(settings["verdicts"]) == 2 and settings["verdicts"][0][0] == verdict_words(bare)  # A 0, B 0: the base
+    assert Image.open(grid).height == 18 + 2 * (128 + 18)  # a line of words under each row of cells
+    assert main(["grid", "x", "--lora", str(paths[0]), "--judge", "--base", str(tmp_path), "-o", str(grid)]) == 2

@@ -83,10 +83,11 @@ def generate_tab(session: Session):
                                       elem_id="grid-weights")
             grid_weights_b = gr.Textbox("", label="Weights for the second adapter (rows; empty = prompt only)",
                                         interactive=True, elem_id="grid-weights-b")
+            grid_judge = widget(GridConfig, "judge", interactive=True)
             grid_button = gr.Button("Make a grid", elem_id="grid")
         # The whole grid, at its own size (a gallery cell would crop it), its axes named
         grid_image = gr.Image(label="Grid", elem_id="grid-image", interactive=False, format="png")
-    blend, grid = (go, save_blend, blend_name), (grid_button, grid_weights, grid_weights_b)
+    blend, grid = (go, save_blend, blend_name), (grid_button, grid_weights, grid_weights_b, grid_judge)
     refresh.click(lambda: library_view(session), None, [library, base])
     return lambda: library_view(session), [library, base]
 
@@ -111,7 +112,7 @@ def paint_controls(session: Session, names: list[str], controls: list, base, pro
     quantize, seed, random_seed, steps, cfg, count, width, height, blend_rule, density = settings
     gallery, grid_image = shown
     go, save_blend, blend_name = blend
-    grid, grid_weights, grid_weights_b = grid
+    grid, grid_weights, grid_weights_b, grid_judge = grid
 
     def specs(values):
         """FILE:WEIGHT for each ticked adapter; a weight that does not read raises a one-line ConfigError naming it."""
@@ -145,7 +146,7 @@ def paint_controls(session: Session, names: list[str], controls: list, base, pro
             return error_message(error)
         return f"Saved the blend as {out.name}."
 
-    def grid_run(base_, quantize_, prompt_, seed_, steps_, cfg_, weights, weights_b, *values):
+    def grid_run(base_, quantize_, prompt_, seed_, steps_, cfg_, blend_, density_, judge_, weights, weights_b, *values):
         try:
             chosen_specs = specs(values)
             if not chosen_specs:
@@ -154,7 +155,8 @@ def paint_controls(session: Session, names: list[str], controls: list, base, pro
             config = GridConfig((prompt_,), chosen_specs[0].rsplit(":", 1)[0], parse_weights(weights, "weights"),
                                 free_path(session.workspace / "outputs" / f"grid-{int(seed_)}.png"), lora_b,
                                 parse_weights(weights_b, "weights-b") if lora_b else (), base_, "", int(steps_),
-                                float(cfg_), int(seed_), quantize_base=quantize_)
+                                float(cfg_), int(seed_), quantize_base=quantize_, blend=blend_,
+                                blend_density=float(density_), judge=bool(judge_))
             with session.painting:
                 path = make_grid(config, session.styler(base_, quantize_))
         except StyleloraError as error:
@@ -170,5 +172,6 @@ def paint_controls(session: Session, names: list[str], controls: list, base, pro
         [gallery, message])
     save_blend.click(save, [blend_name] + controls, [message])
     grid.click(lambda: "Painting the grid…", None, [message], queue=False).then(
-        grid_run, [base, quantize, prompt, seed, steps, cfg, grid_weights, grid_weights_b] + controls,
+        grid_run, [base, quantize, prompt, seed, steps, cfg, blend_rule, density, grid_judge, grid_weights,
+                   grid_weights_b] + controls,
         [grid_image, message])

@@ -11,6 +11,8 @@ from ..errors import ConfigError
 from ..images import save_png
 from ..model.cores import CoreShare
 from ..model.quantize import check_quantize
+from ..adapters.merge import MERGE_RULES
+from .pipeline import check_sampler_and_blend
 from .request import GridConfig
 from .styler import Styler
 
@@ -40,6 +42,10 @@ def _make_grid(config: GridConfig, styler: Styler | None) -> Path:
     if config.lora_b and not config.weights_b:
         raise ConfigError("--lora-b needs --weights-b, e.g. --weights-b 0,0.5,1")
     check_quantize(config.quantize_base)
+    check_sampler_and_blend(config.scheduler, config.blend)
+    if config.judge and config.base != "mini":
+        raise ConfigError(f"--judge: the judge reads the built-in mini's pictures only, and --base is {config.base!r}; "
+                          "leave out --judge")
     styler = styler or Styler(config.base, quantize=config.quantize_base)
     a = styler.load(parse_lora_spec(config.lora)[0])
     b = styler.load(parse_lora_spec(config.lora_b)[0]) if config.lora_b else None
@@ -52,13 +58,17 @@ def _make_grid(config: GridConfig, styler: Styler | None) -> Path:
         for weight in config.weights:
             styler.set_weights({a: StyleWeight(weight, weight)} | {k: StyleWeight(v, v) for k, v in extra.items()})
             row.append(styler.generate(prompt, config.negative, 1, config.steps, config.cfg, config.seed,
-                                       scheduler=config.scheduler)[0])
+                                       scheduler=config.scheduler, blend=config.blend,
+                                       blend_density=config.blend_density)[0])
         cells.append(row)
-    image = _compose(cells, [f"{name_a} {w:g}" for w in config.weights], [label for label, _, _ in rows])
+    verdicts = [[verdict_words(cell) for cell in row] for row in cells] if config.judge else None
+    image = _compose(cells, [f"{name_a} {w:g}" for w in config.weights], [label for label, _, _ in rows], verdicts)
     settings = {"columns": name_a, "rows": name_b or "prompt", "prompts": list(config.prompts), "lora": config.lora,
                 "weights": list(config.weights),
                 "lora_b": config.lora_b, "weights_b": list(config.weights_b), "base": config.base,
-                "seed": config.seed, "steps": config.steps, "cfg": config.cfg, "scheduler": config.scheduler}
+                "seed": config.seed, "steps": config.steps, "cfg": config.cfg, "scheduler": config.scheduler,
+                "blend": config.blend, **({"blend_density": config.blend_density} if config.blend in MERGE_RULES else {}),
+                **({"verdicts": verdicts} if verdicts else {})}
     return save_png(image, config.out, settings)
 
 
@@ -68,17 +78,34 @@ def axis_names(config: GridConfig) -> tuple[str, str]:
             Path(parse_lora_spec(config.lora_b)[0]).stem if config.lora_b else "")
 
 
-def _compose(cells: list[list[Image.Image]], column_labels: list[str], row_labels: list[str]) -> Image.Image:
+def verdict_words(image: Image.Image) -> str:
+    """What the mini's judge reads in a picture, in words: 'broken', or its texture, palette, colour and shape."""
+    import numpy as np
+
+    from ..mini.judge import judge
+
+    verdict = judge(np.asarray(image.convert("RGB")))
+    if verdict.broken:
+        return "broken"
+    return " ".join(word for word in (verdict.texture, verdict.palette, verdict.colour, verdict.shape) if word) or "?"
+
+
+def _compose(cells: list[list[Image.Image]], column_labels: list[str], row_labels: list[str],
+             verdicts: list[list[str]] | None = None) -> Image.Image:
     native = cells[0][0].width
     side = native * max(1, 128 // native)  # small images are enlarged so the grid can be read
+    band = LABEL if verdicts else 0  # a line of words under each cell for the judge's verdict
     left = 8 + 7 * max(len(label) for label in row_labels)
-    grid = Image.new("RGB", (left + side * len(column_labels), LABEL + side * len(row_labels)), "white")
+    grid = Image.new("RGB", (left + side * len(column_labels), LABEL + (side + band) * len(row_labels)), "white")
     draw = ImageDraw.Draw(grid)
     font = ImageFont.load_default()
     for c, label in enumerate(column_labels):
         draw.text((left + c * side + 4, 3), label, fill="black", font=font)
     for r, row in enumerate(cells):
-        draw.text((4, LABEL + r * side + side // 2 - 6), row_labels[r], fill="black", font=font)
+        top = LABEL + r * (side + band)
+        draw.text((4, top + side // 2 - 6), row_labels[r], fill="black", font=font)
         for c, cell in enumerate(row):
-            grid.paste(cell.resize((side, side), Image.Resampling.NEAREST), (left + c * side, LABEL + r * side))
+            grid.paste(cell.resize((side, side), Image.Resampling.NEAREST), (left + c * side, top))
+            if verdicts:
+                draw.text((left + c * side + 2, top + side + 3), verdicts[r][c][:22], fill="black", font=font)
     return grid

@@ -102,3 +102,8 @@ class GridConfig:
     scheduler: str = like(GenerateConfig, "scheduler")
     quantize_base: str = like(GenerateConfig, "quantize_base")
     threads: int | None = like(GenerateConfig, "threads")
+    blend: str = like(GenerateConfig, "blend", help="how A and B blend in each cell (as `generate --blend`)", ui=None)
+    blend_density: float = like(GenerateConfig, "blend_density", ui=None)
+    judge: bool = option(False, "on the built-in mini: write each cell's verdict by stylelora.mini.judge under it "
+                                "(texture, palette, colour, shape)",
+                         ui=UiField("Judge each cell (the mini only)", "checkbox", "grid-judge"))
