@@ -33,14 +33,14 @@ sys.path.insert(0, str(ROOT))
 
 import stylelora.train.checkpoint as checkpoint  # noqa: E402
 from stylelora.files import write_atomically  # noqa: E402
-from stylelora.mini.evaluate import Rates, prompts  # noqa: E402
-from stylelora.mini.judge import judge  # noqa: E402
+from stylelora.mini.evaluate import prompts  # noqa: E402
 from stylelora.mini.world import BACKGROUNDS, COLOURS, SHAPES, random_scene, render, shape_mask  # noqa: E402
 from stylelora.paint.reg_images import RegImagesConfig, write_reg_images  # noqa: E402
 from stylelora.paint.styler import Styler  # noqa: E402
 from stylelora.train.config import TrainConfig  # noqa: E402
 from stylelora.train.loop import train  # noqa: E402
 
+from judged import judged  # noqa: E402
 from report_section import write_section  # noqa: E402
 from timesteps import JUDGED_STEPS, RESULTS, STYLES, judge_run, judged_table, train_run  # noqa: E402
 
@@ -51,7 +51,6 @@ CURVES = {"adamw-schedulefree": {"optimizer": "adamw-schedulefree"},
           "lion": {"optimizer": "lion"}, "adamw8bit": {"optimizer": "adamw8bit"},
           "logit-normal": {"timestep_sampling": "logit-normal"}, "content": {"timestep_sampling": "content"}}
 TRIGGERS = {"stripes": "zstripes", "pastel": "zpastel"}
-DARK = 80  # a picture's background is dark when the median of its border ring is below this (the world's: 24)
 PLAIN = [prompt for prompt, _, _ in prompts()]
 
 
@@ -63,27 +62,6 @@ def store(key: str, value) -> None:
     measured = stored()
     measured[key] = value
     write_atomically(STORE, json.dumps(measured, indent=1).encode())
-
-
-def judged(styler: Styler, among: list[tuple[str, str, str]], per_prompt: int) -> dict[str, float]:
-    """Style, colour, broken and dark-background shares over `per_prompt` images of each prompt of `among`."""
-    rates, dark = Rates(), 0
-    for index, (prompt, colour, shape) in enumerate(among):
-        for image in styler.generate(prompt, count=per_prompt, steps=20, cfg=4.0, seed=1000 * index):
-            pixels = np.asarray(image.convert("RGB"))
-            verdict = judge(pixels)
-            rates.images += 1
-            rates.colour_right += verdict.colour == colour
-            rates.shape_right += verdict.shape == shape
-            rates.broken += verdict.broken
-            rates.textures[verdict.texture or "none"] += 1
-            rates.palettes[verdict.palette or "none"] += 1
-            ring = np.concatenate([pixels[:2].reshape(-1, 3), pixels[-2:].reshape(-1, 3),
-                                   pixels[:, :2].reshape(-1, 3), pixels[:, -2:].reshape(-1, 3)])
-            dark += float(np.median(ring.mean(axis=1))) < DARK
-    return {"striped": rates.share("striped"), "dotted": rates.share("dotted"), "pastel": rates.share("pastel"),
-            "colour": rates.share("colour"), "shape": rates.share("shape"), "broken": rates.share("broken"),
-            "dark": dark / rates.images, "images": rates.images}
 
 
 def with_adapter(styler: Styler, path: Path | None, among, per_prompt: int) -> dict[str, float]:

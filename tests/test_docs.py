@@ -11,7 +11,7 @@ from stylelora.cli.main import build_parser
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("command", ["train", "tune", "suggest", "serve"])
+@pytest.mark.parametrize("command", ["train", "tune", "suggest", "serve", "reg-images"])
 def test_every_flag_is_documented(command):
     readme = (ROOT / "docs" / "reference" / "options.md").read_text()
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
