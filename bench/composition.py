@@ -21,7 +21,6 @@ one-time merge, which is cached.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -35,7 +34,7 @@ from stylelora.mini.evaluate import prompts  # noqa: E402
 from stylelora.paint.merge_job import MergeConfig, merge  # noqa: E402
 from stylelora.paint.styler import Styler  # noqa: E402
 
-from judged import judged  # noqa: E402
+from judged import Store, judged  # noqa: E402
 from report_section import write_section  # noqa: E402
 from timesteps import RESULTS, STYLES, train_run  # noqa: E402
 
@@ -53,13 +52,11 @@ COST = {"merge": "1x", "switch": "1x", "composite": "2x", "svd": "1x (a merged f
 
 
 def stored() -> dict:
-    return json.loads(STORE.read_text()) if STORE.is_file() else {}
+    return Store(STORE).read()
 
 
 def store(key: str, value) -> None:
-    measured = stored()
-    measured[key] = value
-    write_atomically(STORE, json.dumps(measured, indent=1).encode())
+    Store(STORE).put(key, value)
 
 
 def adapters() -> dict[str, Path]:
@@ -133,9 +130,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     per_prompt = 2 if args.quick else 8
-    if stored().get("per_prompt", per_prompt) != per_prompt:
-        raise SystemExit(f"{STORE} was judged at another number of images per prompt: move it away first")
-    store("per_prompt", per_prompt)
+    Store(STORE).begin(per_prompt)
     files = adapters()
     styler = Styler("mini")
     if "base" not in stored():

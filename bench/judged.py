@@ -3,10 +3,13 @@ bench/composition.py report."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
+from stylelora.files import write_atomically
 from stylelora.mini.evaluate import Rates
 from stylelora.mini.judge import judge
 
@@ -22,12 +25,7 @@ def judged(styler, among: list[tuple[str, str, str]], per_prompt: int, **paint) 
         for image in styler.generate(prompt, count=per_prompt, steps=20, cfg=4.0, seed=1000 * index, **paint):
             pixels = np.asarray(image.convert("RGB"))
             verdict = judge(pixels)
-            rates.images += 1
-            rates.colour_right += verdict.colour == colour
-            rates.shape_right += verdict.shape == shape
-            rates.broken += verdict.broken
-            rates.textures[verdict.texture or "none"] += 1
-            rates.palettes[verdict.palette or "none"] += 1
+            rates.count(verdict, colour, shape)
             pairs[f"{verdict.texture or 'none'} {verdict.palette or 'none'}"] += 1
             ring = np.concatenate([pixels[:2].reshape(-1, 3), pixels[-2:].reshape(-1, 3),
                                    pixels[:, :2].reshape(-1, 3), pixels[:, -2:].reshape(-1, 3)])
@@ -36,3 +34,22 @@ def judged(styler, among: list[tuple[str, str, str]], per_prompt: int, **paint) 
             "colour": rates.share("colour"), "shape": rates.share("shape"), "broken": rates.share("broken"),
             "dark": dark / rates.images, "images": rates.images,
             "pairs": {pair: count / rates.images for pair, count in sorted(pairs.items())}}
+
+
+class Store:
+    """Judged numbers in a JSON file, written as each comes, so an interrupted bench continues where it stopped."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def read(self) -> dict:
+        return json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def put(self, key: str, value) -> None:
+        write_atomically(self.path, json.dumps(self.read() | {key: value}, indent=1).encode())
+
+    def begin(self, per_prompt: int) -> None:
+        """Refuse to mix numbers judged at another number of images per prompt into this file; note this one."""
+        if self.read().get("per_prompt", per_prompt) != per_prompt:
+            raise SystemExit(f"{self.path} was judged at another number of images per prompt: move it away first")
+        self.put("per_prompt", per_prompt)

@@ -21,7 +21,6 @@ judged pictures, not timings, but measure alone anyway: the run takes about 90 m
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from stylelora.paint.styler import Styler  # noqa: E402
 from stylelora.train.config import TrainConfig  # noqa: E402
 from stylelora.train.loop import train  # noqa: E402
 
-from judged import judged  # noqa: E402
+from judged import Store, judged  # noqa: E402
 from report_section import write_section  # noqa: E402
 from timesteps import JUDGED_STEPS, RESULTS, STYLES, judge_run, judged_table, train_run  # noqa: E402
 
@@ -55,13 +54,11 @@ PLAIN = [prompt for prompt, _, _ in prompts()]
 
 
 def stored() -> dict:
-    return json.loads(STORE.read_text()) if STORE.is_file() else {}
+    return Store(STORE).read()
 
 
 def store(key: str, value) -> None:
-    measured = stored()
-    measured[key] = value
-    write_atomically(STORE, json.dumps(measured, indent=1).encode())
+    Store(STORE).put(key, value)
 
 
 def with_adapter(styler: Styler, path: Path | None, among, per_prompt: int) -> dict[str, float]:
@@ -193,9 +190,7 @@ def main() -> None:
     parser.add_argument("--parts", default="masks,reg,curves")
     args = parser.parse_args()
     per_prompt = 2 if args.quick else 8
-    if stored().get("per_prompt", per_prompt) != per_prompt:
-        raise SystemExit(f"{STORE} was judged at another number of images per prompt: move it away first")
-    store("per_prompt", per_prompt)
+    Store(STORE).begin(per_prompt)
     styler = Styler("mini")
     parts = {"masks": masks_part, "reg": reg_part, "curves": curves_part}
     for part in args.parts.split(","):

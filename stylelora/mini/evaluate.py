@@ -23,6 +23,15 @@ class Rates:
     textures: Counter = field(default_factory=Counter)
     palettes: Counter = field(default_factory=Counter)
 
+    def count(self, verdict, colour: str, shape: str) -> None:
+        """Count one picture's verdict (a judge.Verdict) for a prompt that asked for `colour` and `shape`."""
+        self.images += 1
+        self.colour_right += verdict.colour == colour
+        self.shape_right += verdict.shape == shape
+        self.broken += verdict.broken
+        self.textures[verdict.texture or "none"] += 1
+        self.palettes[verdict.palette or "none"] += 1
+
     def share(self, what: str) -> float:
         """Share of images judged as `what`: a texture, a palette, 'colour' or 'shape' (named ones right), or
         'broken'."""
@@ -47,13 +56,7 @@ def measure(styler, per_prompt: int = 4, steps: int = 20, cfg: float = 4.0, seed
         images = styler.generate(prompt, count=per_prompt, steps=steps, cfg=cfg, seed=seed + 1000 * index,
                                  scheduler=scheduler)
         for image in images:
-            verdict = judge(np.asarray(image.convert("RGB")))
-            rates.images += 1
-            rates.colour_right += verdict.colour == colour
-            rates.shape_right += verdict.shape == shape
-            rates.broken += verdict.broken
-            rates.textures[verdict.texture or "none"] += 1
-            rates.palettes[verdict.palette or "none"] += 1
+            rates.count(judge(np.asarray(image.convert("RGB"))), colour, shape)
     return rates
 
 
