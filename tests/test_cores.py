@@ -117,3 +117,30 @@ def test_threads_reach_a_tune_studys_trials_and_the_server(image_folder, tmp_pat
     assert validate_serve(serve_config_from_dict({"threads": 2})).threads == 2
     with pytest.raises(ConfigError, match="--threads = 0: use at least 1 thread"):
         validate_serve(serve_config_from_dict({"threads": 0}))
+
+
+def test_a_server_takes_its_share_when_built_and_looks_again_before_each_batch(own_threads, tiny_base, tmp_path,
+                                                                                monkeypatch):
+    """build_app takes the share (so each Ray replica, which builds its own app, takes one), and a batch painted
+    after another stylelora process started paints with the smaller share."""
+    from stylelora.model import cores
+    from stylelora.paint.engine import PaintJob
+    from stylelora.paint.request import GenerateConfig
+    from stylelora.serve.app import build_app
+    from stylelora.serve.config import ServeConfig
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(cores, "RECHECK_SECONDS", 0.0)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    app = build_app(ServeConfig(base=str(tiny_base), adapters=tmp_path / "adapters"))
+    engine = app.state.engine
+    registry = tmp_path / "cache" / "stylelora" / "processes"
+    assert (registry / f"{os.getpid()}.pid").exists() and torch.get_num_threads() == 4
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (registry / f"{other.pid}.pid").write_text(str(other.pid))
+        engine.paint([PaintJob(GenerateConfig(prompt="a red circle", steps=1, count=1), ())], output_type="latent")
+        assert torch.get_num_threads() == 2
+    finally:
+        other.kill()
+        engine.cores.__exit__(None, None, None)

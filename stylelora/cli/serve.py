@@ -35,8 +35,5 @@ def run_serve(args: argparse.Namespace) -> int:
     app = build_app(config)
     print(f"stylelora: serving {config.base!r} and the adapters in {config.adapters}/ on "
           f"http://{config.host}:{config.port} (API docs: /docs)", flush=True)
-    from ..model.cores import CoreShare
-
-    with CoreShare(config.threads, say=lambda line: print(line, flush=True)):  # painting shares the cores with other stylelora processes
-        uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
+    uvicorn.run(app, host=config.host, port=config.port, log_level="warning")  # build_app took its share of cores
     return 0

@@ -66,6 +66,7 @@ class Engine:
         self._painting = threading.Lock()  # one batch at a time: they share the base's weights
         self._counting = threading.Lock()
         self._counter = None  # the tokenizer copy tokens_over counts with
+        self.cores = None  # a CoreShare the server takes: looked at again before each batch
 
     @property
     def native_size(self) -> int:
@@ -160,6 +161,8 @@ class Engine:
     def paint(self, jobs: list[PaintJob], output_type: str = "pil") -> list[list[Image.Image]]:
         """Render every job in one pipeline call (their batch keys must be equal); the images of each job."""
         with self._painting:
+            if self.cores is not None:
+                self.cores.refresh()  # another stylelora process started or ended: take this one's share
             jobs = [self._merged_by_rule(job) for job in jobs]
             first = jobs[0].config
             self.check_weights([job.stack for job in jobs])

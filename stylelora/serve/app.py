@@ -30,6 +30,7 @@ from ..images import png_bytes
 from ..options import declaration, default_of
 from ..paint.engine import Engine, PaintJob
 from ..paint.request import GenerateConfig, image_settings, validate_generate
+from ..model.cores import CoreShare
 from ..paint.pipeline import BLENDS, SCHEDULERS
 from .batcher import Batcher
 from .config import ServeConfig, validate_serve
@@ -87,6 +88,9 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     engine = engine or Engine(config.base, Path(config.adapters), quantize=config.quantize_base,
                               max_resident=config.max_resident,
                               max_bytes=int(config.max_resident_mb * 2**20) if config.max_resident_mb else None)
+    # This process's share of the cores, taken here so that each Ray replica (which builds its own app) takes one
+    # too; the engine looks at it again before each batch, as a training does before each step.
+    engine.cores = CoreShare(config.threads, say=lambda line: print(f"stylelora: {line}", flush=True)).__enter__()
     metrics = Metrics(engine)
     batcher = Batcher(engine, config.max_queue, config.max_batch, config.batch_window_ms / 1000, metrics.batch_done)
     metrics.queue_depth = lambda: batcher.depth
@@ -96,6 +100,7 @@ def build_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
         yield
         batcher.close()
         engine.close()
+        engine.cores.__exit__(None, None, None)
 
     app = FastAPI(title="stylelora", version="1", lifespan=lifespan,
                   description="Paint with a Stable Diffusion base and many style adapters, each at its own weight.")
