@@ -95,6 +95,8 @@ def measured(preset: str, model: str, limit_gib: float) -> dict:
 def report(rows: dict[str, dict], limit_gib: float) -> str:
     import torch
 
+    from stylelora.train.settings import preset_values
+
     lines = [f"Measured by `python bench/presets.py` on CPU ({platform.machine()}, {torch.get_num_threads()} threads), "
              f"torch {torch.__version__}: two training steps at batch 1 with the preset's settings, in a fresh "
              "process; the peak is the whole process's resident memory (VmHWM), on the shaped bench model named.", "",
@@ -104,6 +106,11 @@ def report(rows: dict[str, dict], limit_gib: float) -> str:
     for preset, row in rows.items():
         if preset in NOT_HERE:
             lines.append(f"| `{preset}` | none | | | | | not measured: {NOT_HERE[preset]} |")
+        elif "error" in row and row["error"].startswith("more than"):  # stopped at --limit: a lower bound
+            settings = preset_values(preset)
+            lines.append(f"| `{preset}` | {models[MODELS[preset]]} | {settings.get('resolution', 'native')} px | "
+                         f"{settings.get('quantize-base', 'its own dtype')} | "
+                         f"{'on' if settings.get('gradient-checkpointing') else 'off'} | | {row['error']} |")
         elif "error" in row:
             lines.append(f"| `{preset}` | {models[MODELS[preset]]} | | | | | not measured: {row['error'][:140]} |")
         else:
@@ -118,12 +125,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="comma-separated presets")
     parser.add_argument("--limit", type=float, default=20.0, help="stop a run that grows past this many GiB (20)")
+    parser.add_argument("--report", action="store_true", help="only write the table again, from presets.json")
     args = parser.parse_args()
     from report_section import write_section
     from stylelora.files import write_atomically
     from stylelora.train.settings import presets
 
-    wanted = args.only.split(",") if args.only else list(presets())
+    wanted = [] if args.report else args.only.split(",") if args.only else list(presets())
     results = BENCH.parent / "docs" / "results"
     earlier = json.loads((results / "presets.json").read_text()) if (results / "presets.json").is_file() else {}
     rows = {}
