@@ -73,3 +73,18 @@ def test_log_with_none_writes_metrics_jsonl_alone_and_bad_choices_are_refused(tr
     with pytest.raises(ConfigError, match=r"--log-with all: Weights & Biases is not installed; pip install "
                                           r"'stylelora\[wandb\]', or choose --log-with tensorboard"):
         check_trackers("all")
+
+
+def test_a_tracker_that_cannot_start_is_one_line_naming_it(train_config, tmp_path, monkeypatch):
+    from stylelora.errors import TrainingError
+
+    class Refused:
+        name = "wandb"
+
+        def start(self):
+            raise RuntimeError("api key refused\nmore lines")
+
+    monkeypatch.setattr("stylelora.train.loop.trackers_for", lambda *args: [Refused()])
+    with pytest.raises(TrainingError, match=r"^--log-with: wandb could not start \(api key refused\); choose "
+                                            r"--log-with tensorboard, or set WANDB_MODE=offline$"):
+        train(train_config(out=tmp_path / "refused", max_steps=1, log_with="wandb"), **QUIET)

@@ -17,6 +17,7 @@ from accelerate import Accelerator
 from .. import __version__
 from ..adapters.formats import file_tensors
 from ..data.folder import ImageFolder
+from ..errors import TrainingError
 from ..families import FAMILIES, UNKNOWN, family_of_pipe
 from ..files import metadata_json, save_safetensors, write_atomically
 from ..images import save_png
@@ -276,9 +277,14 @@ class MetricsLog:
         self.jsonl = open(path, "a", encoding="utf-8")
         self.trackers = trackers or []
         for tracker in self.trackers:
-            tracker.start()
-            if settings:
-                tracker.store_init_configuration(settings)
+            try:
+                tracker.start()
+                if settings:
+                    tracker.store_init_configuration(settings)
+            except Exception as error:  # W&B's own errors (a refused key, no network) come in many types
+                self.jsonl.close()
+                raise TrainingError(f"--log-with: {tracker.name} could not start ({str(error).splitlines()[0]}); "
+                                    "choose --log-with tensorboard, or set WANDB_MODE=offline") from None
 
     def _log(self, values: dict[str, float], step: int) -> None:
         for tracker in self.trackers:
