@@ -48,13 +48,22 @@ def blended_bias(items: list[tuple[LoraWeights, StyleWeight]], key: tuple[str, s
     return sum(biases).float() if biases else None
 
 
+def change_of(adapter, key: tuple[str, str], base: BaseWeights | None) -> torch.Tensor:
+    """A module's change at weight 1, flattened to 2-D; DoRA, LoHa and LoKr read the base's weight through `base`."""
+    if type(adapter) is LoraModule:
+        return adapter.delta()
+    if base is None:
+        raise ConfigError(f"{KINDS[adapter.kind]} merges read the base model's weights; pass `base` (merge_job.base_weights)")
+    return adapter.delta(base(key))
+
+
 def blended_deltas(items: list[tuple[LoraWeights, StyleWeight]], base: BaseWeights | None = None
                    ) -> dict[tuple[str, str], torch.Tensor]:
     """The exact weighted sum of each module's delta, in float64, flattened to 2-D."""
     deltas: dict[tuple[str, str], torch.Tensor] = {}
     for weights, weight in items:
         for key, adapter in weights.items():
-            delta = weight.for_module(*key) * adapter.delta(None if type(adapter) is LoraModule else base(key))
+            delta = weight.for_module(*key) * change_of(adapter, key, base)
             deltas[key] = deltas[key] + delta if key in deltas else delta
     return deltas
 
@@ -138,7 +147,7 @@ def merge_sparse(items: list[tuple[LoraWeights, StyleWeight]], method: str, dens
     deltas, ranks = {}, {}
     for key in sorted({key for weights, _ in items for key in weights}):
         present = [(weights[key], weight.for_module(*key)) for weights, weight in items if key in weights]
-        tasks = [adapter.delta(None if type(adapter) is LoraModule else base(key)).double() for adapter, _ in present]
+        tasks = [change_of(adapter, key, base).double() for adapter, _ in present]
         deltas[key] = rules[method](tasks, torch.tensor([w for _, w in present], dtype=torch.float64), density)
         ranks[key] = sum(adapter.rank for adapter, _ in present)
     return low_rank(items, deltas, fixed_rank(rank or 1), base, None if rank is not None else ranks)
@@ -148,7 +157,5 @@ def _lora_shapes(adapter, key: tuple[str, str], base: BaseWeights | None) -> tup
     """The shapes a LoRA pair for this module takes (down, up), read off the base weight for other methods."""
     if type(adapter) is LoraModule:
         return adapter.down.shape, adapter.up.shape
-    if base is None:
-        raise ConfigError(f"{KINDS[adapter.kind]} merges read the base model's weights; pass `base` (merge_job.base_weights)")
-    weight_shape = base(key).shape
+    weight_shape = base(key).shape  # change_of has refused a missing base already
     return torch.Size((0, *weight_shape[1:])), torch.Size((weight_shape[0], 0, *[1] * (len(weight_shape) - 2)))
