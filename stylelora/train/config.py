@@ -12,9 +12,9 @@ from ..methods import METHODS, TARGET_PRESETS, AdapterSpec, method_checks, metho
 from ..model.cores import THREADS_DEFAULT, THREADS_HELP
 from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES
 from ..options import UiField, option, refuse_first
-from .loss import HUBER_C, HUBER_SCHEDULES, LOSSES
+from .loss import HUBER_C, HUBER_SCHEDULES, LOSSES, loss_checks
 from .optimizers import OPTIMIZERS, optimizer_checks
-from .objective import TIMESTEP_SAMPLINGS, Sampling
+from .objective import TIMESTEP_SAMPLINGS, Sampling, sampling_checks
 from .trackers import TRACKERS, TRACKERS_HELP
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -354,19 +354,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         (c.weight_decay >= 0, "weight_decay", "weight decay must be 0 or more"),
         (c.min_snr_gamma >= 0, "min_snr_gamma", "gamma must be 0 (off) or more; 5 is usual"),
         (c.noise_offset >= 0, "noise_offset", "the noise offset must be 0 or more; 0.05 is usual"),
-        (c.timestep_sampling in TIMESTEP_SAMPLINGS, "timestep_sampling", f"choose one of {', '.join(TIMESTEP_SAMPLINGS)}"),
-        (c.logit_std is None or c.logit_std > 0, "logit_std", "the spread must be above 0; 1 is usual"),
-        (c.timestep_sampling in ("auto", "logit-normal") or (c.logit_mean is None and c.logit_std is None),
-         "logit_mean" if c.logit_mean is not None else "logit_std",
-         "the logit-normal parameters need --timestep-sampling logit-normal"),
-        (c.timestep_sampling in ("auto", "mode") or c.mode_scale is None, "mode_scale",
-         "the mode scale needs --timestep-sampling mode"),
-        (c.loss in LOSSES, "loss", f"choose one of {', '.join(LOSSES)}"),
-        (c.huber_c is None or 0 < c.huber_c <= 1, "huber_c", "the Huber threshold must be in (0, 1]; 0.1 is usual"),
-        (c.huber_schedule is None or c.huber_schedule in HUBER_SCHEDULES, "huber_schedule",
-         f"choose one of {', '.join(HUBER_SCHEDULES)}"),
-        (c.loss != "l2" or (c.huber_c is None and c.huber_schedule is None),
-         "huber_c" if c.huber_c is not None else "huber_schedule", "the Huber settings need --loss huber or smooth-l1"),
+        *sampling_checks(c),  # the timestep sampling's options (train/objective.py)
+        *loss_checks(c),  # the loss's options (train/loss.py)
         (c.loraplus_ratio >= 0, "loraplus_ratio", "the LoRA+ ratio must be 0 (off) or more; 16 is the paper's usual value"),
         (c.precision in PRECISIONS, "precision", f"choose one of {', '.join(PRECISIONS)}"),
         (c.quantize_base in QUANTIZE_MODES, "quantize_base", f"choose one of {', '.join(QUANTIZE_MODES)}"),

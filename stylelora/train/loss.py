@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -78,3 +79,16 @@ def ddpm_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Ten
     if weights is None:
         return per_sample.mean()
     return (per_sample * weights).mean()
+
+
+def loss_checks(c: Any) -> list[tuple[bool, str, str]]:
+    """What a TrainConfig's --loss, --huber-c and --huber-schedule refuse: (holds, field, what to do instead), as
+    config.validate lists them."""
+    return [
+        (c.loss in LOSSES, "loss", f"choose one of {', '.join(LOSSES)}"),
+        (c.huber_c is None or 0 < c.huber_c <= 1, "huber_c", "the Huber threshold must be in (0, 1]; 0.1 is usual"),
+        (c.huber_schedule is None or c.huber_schedule in HUBER_SCHEDULES, "huber_schedule",
+         f"choose one of {', '.join(HUBER_SCHEDULES)}"),
+        (c.loss != "l2" or (c.huber_c is None and c.huber_schedule is None),
+         "huber_c" if c.huber_c is not None else "huber_schedule", "the Huber settings need --loss huber or smooth-l1"),
+    ]

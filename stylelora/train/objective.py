@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -156,3 +156,17 @@ def flux_mu(tokens: int, config) -> float:
 
     return calculate_shift(tokens, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
                            config.get("base_shift", 0.5), config.get("max_shift", 1.15))
+
+
+def sampling_checks(c: Any) -> list[tuple[bool, str, str]]:
+    """What a TrainConfig's --timestep-sampling and its parameters refuse: (holds, field, what to do instead), as
+    config.validate lists them."""
+    return [
+        (c.timestep_sampling in TIMESTEP_SAMPLINGS, "timestep_sampling", f"choose one of {', '.join(TIMESTEP_SAMPLINGS)}"),
+        (c.logit_std is None or c.logit_std > 0, "logit_std", "the spread must be above 0; 1 is usual"),
+        (c.timestep_sampling in ("auto", "logit-normal") or (c.logit_mean is None and c.logit_std is None),
+         "logit_mean" if c.logit_mean is not None else "logit_std",
+         "the logit-normal parameters need --timestep-sampling logit-normal"),
+        (c.timestep_sampling in ("auto", "mode") or c.mode_scale is None, "mode_scale",
+         "the mode scale needs --timestep-sampling mode"),
+    ]
