@@ -53,7 +53,8 @@ def change_of(adapter, key: tuple[str, str], base: BaseWeights | None) -> torch.
     if type(adapter) is LoraModule:
         return adapter.delta()
     if base is None:
-        raise ConfigError(f"{KINDS[adapter.kind]} merges read the base model's weights; pass `base` (merge_job.base_weights)")
+        raise ConfigError(f"{KINDS[adapter.kind]} merges read the base model's weights; pass `base` "
+                          "(merge_job.base_weights)")
     return adapter.delta(base(key))
 
 
@@ -99,7 +100,8 @@ def merge_svd(items: list[tuple[LoraWeights, StyleWeight]], rank: int | RankRule
 
 
 def low_rank(items: list[tuple[LoraWeights, StyleWeight]], deltas: dict[tuple[str, str], torch.Tensor], rule: RankRule,
-             base: BaseWeights | None = None, ranks: dict[tuple[str, str], int] | None = None) -> tuple[LoraWeights, float]:
+             base: BaseWeights | None = None,
+             ranks: dict[tuple[str, str], int] | None = None) -> tuple[LoraWeights, float]:
     """Each module's change in `deltas` as a LoRA pair of the rank `rule` picks (or `ranks` gives, per module), by
     truncated SVD, with the blended biases of `items`, and the relative Frobenius error over all modules."""
     shapes = {key: _lora_shapes(adapter, key, base) for weights, _ in items for key, adapter in weights.items()}
@@ -137,8 +139,9 @@ def klora(tasks: list[torch.Tensor], weights: torch.Tensor, density: float) -> t
 def merge_sparse(items: list[tuple[LoraWeights, StyleWeight]], method: str, density: float, rank: int | None,
                  base: BaseWeights | None = None, seed: int = 0) -> tuple[LoraWeights, float]:
     """TIES, DARE (linear or with TIES' sign election) or magnitude pruning of each module's changes, weighted,
-    keeping the share `density` of each change's entries, or K-LoRA's choice of one change per module; then each merged change as a LoRA pair of rank `rank`
-    (None: the sum of the adapters' ranks there), with the SVD's relative error. DARE's random drop is seeded."""
+    keeping the share `density` of each change's entries, or K-LoRA's choice of one change per module; then each
+    merged change as a LoRA pair of rank `rank` (None: the sum of the adapters' ranks there), with the SVD's
+    relative error. DARE's random drop is seeded."""
     from peft.utils import merge_utils
 
     rules = {"ties": merge_utils.ties, "dare-linear": merge_utils.dare_linear, "dare-ties": merge_utils.dare_ties,

@@ -130,9 +130,10 @@ def add_adapter_tool_parsers(commands: argparse._SubParsersAction) -> None:
                    help="cat (exact, ranks add up), svd (the exact sum at rank R), or ties, dare-linear, dare-ties, "
                         "magnitude-prune (peft's rules on each module's change, at --density), klora (K-LoRA's "
                         "per-module choice); at rank R, or the sum of the ranks")
-    p.add_argument("--rank", type=int, help="target rank for --method svd (and the sparse methods)")
-    p.add_argument("--density", type=float, help="ties, dare-*, magnitude-prune: the share of each change kept; klora: of the entries "
-                        "that choose (0.5)")
+    p.add_argument("--rank", type=int, help="target rank for --method svd (and the merge rules)")
+    p.add_argument("--density", type=float,
+                   help="ties, dare-*, magnitude-prune: the share of each change kept; klora: the share of the "
+                        "entries that choose (0.5 is usual)")
     p.add_argument("--seed", type=int, default=0, help="dare-*: the seed of the random drop (0)")
     p.add_argument("--into-base", action="store_true", help="write a full base model folder with the blend fused in")
     p.add_argument("--base", default="mini", help="base model for --into-base, and for --method svd of DoRA, LoHa or LoKr files (mini)")

@@ -190,7 +190,7 @@ class Engine:
         return [list(images[end - job.config.count:end]) for job, end in zip(jobs, bounds)]
 
     def _merged_by_rule(self, job: PaintJob) -> PaintJob:
-        """A job whose stack blends by a merge rule (ties, dare-*, magnitude-prune, klora), as one merged adapter fused."""
+        """A job whose stack blends by a merge rule (ties, dare-*, magnitude-prune, klora): one merged adapter, fused."""
         stack = blended_stack(job.stack, job.config.blend, job.config.blend_density, self.pool.path_of,
                               lambda path: read_for_base(path, self.base, self.family, self.lora.models).plain,
                               self.pool.pin)

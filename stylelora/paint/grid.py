@@ -67,7 +67,8 @@ def _make_grid(config: GridConfig, styler: Styler | None) -> Path:
                 "weights": list(config.weights),
                 "lora_b": config.lora_b, "weights_b": list(config.weights_b), "base": config.base,
                 "seed": config.seed, "steps": config.steps, "cfg": config.cfg, "scheduler": config.scheduler,
-                "blend": config.blend, **({"blend_density": config.blend_density} if config.blend in MERGE_RULES else {}),
+                "blend": config.blend,
+                **({"blend_density": config.blend_density} if config.blend in MERGE_RULES else {}),
                 **({"verdicts": verdicts} if verdicts else {})}
     return save_png(image, config.out, settings)
 

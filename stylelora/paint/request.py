@@ -47,8 +47,8 @@ class GenerateConfig:
                                  "dare-linear, dare-ties, magnitude-prune, klora: the stack merged once by that rule "
                                  "at --blend-density, cached, then fused (1x)", choices=BLENDS,
                         ui=UiField("Blend of two or more adapters", "dropdown"))
-    blend_density: float = option(0.5, "ties, dare-*, magnitude-prune: the share of each adapter's change kept; klora: the "
-                                  "share of entries whose sum picks each layer's adapter",
+    blend_density: float = option(0.5, "ties, dare-*, magnitude-prune: the share of each adapter's change kept; "
+                                       "klora: the share of entries whose sum picks each layer's adapter",
                                   ui=UiField("Blend density (ties, dare, magnitude-prune, klora)"))
     quantize_base: str = option("none", QUANTIZE_HELP, choices=QUANTIZE_MODES)
     threads: int | None = option(None, THREADS_HELP, default_text=THREADS_DEFAULT)
