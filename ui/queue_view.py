@@ -46,6 +46,12 @@ def queue_row(session: Session, config_of: Callable[..., TrainConfig], inputs: l
             return error_message(error)
         return "The queue is training."
 
+    def on_tick(shown):
+        rows = queue_rows(session)
+        now = rows.values.tolist()
+        return (gr.skip(), shown) if now == shown else (rows, now)  # an unchanged table is not sent again
+
+    shown = gr.State(None)
     add.click(on_add, inputs, [message, table])
     run.click(on_run, None, [message])
-    timer.tick(lambda: queue_rows(session), None, [table])
+    timer.tick(on_tick, [shown], [table, shown])
