@@ -55,6 +55,8 @@ def test_reg_images_refuses_bad_input_in_one_line(tmp_path, capsys):
     assert "--count = 0: paint at least 1 image per prompt" in capsys.readouterr().err
     assert main(["reg-images", "--prompts-file", str(tmp_path / "none.txt"), "-o", str(tmp_path)]) == 2
     assert "--prompts-file" in capsys.readouterr().err and not list(tmp_path.glob("*.png"))
+    assert main(["reg-images", "a circle", "A circle!", "-o", str(tmp_path)]) == 2
+    assert "the prompts 'a circle' and 'A circle!' would share file names (a-circle-0000..." in capsys.readouterr().err
 
 
 def test_regularisation_batches_are_a_pure_function_of_seed_and_batch(class_images, tiny_base):

@@ -55,7 +55,13 @@ def class_prompts(config: RegImagesConfig) -> list[str]:
     prompts += read_prompts(config.prompts_file, "--prompts-file") if config.prompts_file else []
     if not prompts:
         raise ConfigError("give a class prompt, e.g. stylelora reg-images \"a circle\", or --prompts-file FILE")
-    return prompts
+    stems: dict[str, str] = {}
+    for prompt in dict.fromkeys(prompts):
+        clash = stems.setdefault(image_stem(prompt, 0), prompt)
+        if clash != prompt:
+            raise ConfigError(f"the prompts {clash!r} and {prompt!r} would share file names ({image_stem(prompt, 0)}"
+                              "...); give one of them other words, or paint them into separate --out folders")
+    return list(dict.fromkeys(prompts))
 
 
 def image_stem(prompt: str, index: int) -> str:
@@ -91,6 +97,8 @@ def write_reg_images(config: RegImagesConfig, styler: Styler | None = None,
         from .styler import Styler
 
         styler = styler or (Styler(config.base, quantize=config.quantize_base) if runs else None)
+        if styler is not None:
+            styler.set_weights({})  # the base alone: a class image must not carry any style
         for prompt, indices in runs:
             images = styler.generate(prompt, config.negative, len(indices), config.steps, config.cfg,
                                      config.seed + indices[0], config.size, config.scheduler)

@@ -1,6 +1,5 @@
-"""Paint-time blends by the merge rules (--blend ties, dare-linear, dare-ties, magnitude-prune,
-klora): a stack of two or
-more adapters is merged once (adapters/merge.merge_sparse, at --blend-density), kept as a file in the user's cache
+"""Paint-time blends by the merge rules (--blend ties, dare-linear, dare-ties, magnitude-prune, klora): a stack of two
+or more adapters is merged once (adapters/merge.merge_sparse, at --blend-density), kept as a file in the user's cache
 keyed by the adapter files, their weights, the rule and the density, and painted fused like one adapter. A second
 painting of the same stack reads that file, so painting costs what a fused stack costs."""
 
