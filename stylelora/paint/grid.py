@@ -11,9 +11,8 @@ from ..errors import ConfigError
 from ..images import save_png
 from ..model.cores import CoreShare
 from ..model.quantize import check_quantize
-from ..adapters.merge import MERGE_RULES
 from .pipeline import check_sampler_and_blend
-from .request import GridConfig
+from .request import GridConfig, density_setting
 from .styler import Styler
 
 LABEL = 18  # pixels of label band
@@ -68,7 +67,7 @@ def _make_grid(config: GridConfig, styler: Styler | None) -> Path:
                 "lora_b": config.lora_b, "weights_b": list(config.weights_b), "base": config.base,
                 "seed": config.seed, "steps": config.steps, "cfg": config.cfg, "scheduler": config.scheduler,
                 "blend": config.blend,
-                **({"blend_density": config.blend_density} if config.blend in MERGE_RULES else {}),
+                **density_setting(config.blend, config.blend_density),
                 **({"verdicts": verdicts} if verdicts else {})}
     return save_png(image, config.out, settings)
 

@@ -10,14 +10,15 @@ from pathlib import Path
 import torch
 
 from ..adapters.formats import LoraWeights, read_lora
+from ..adapters.merge import MERGE_RULES
 from ..adapters.stack import plain_lora
 from ..errors import ConfigError
 from ..families import Family, architecture_of_weights, check_fits, family_of_weights
 from ..model.precision import check_bf16_runs
 from .multilora import Stack
 
-# merge, switch and composite; then the merge rules (adapters/merge.MERGE_RULES), merged once per stack and fused
-BLENDS = ("merge", "switch", "composite", "ties", "dare-linear", "dare-ties", "magnitude-prune", "klora")
+# merge, switch and composite; then the merge rules, merged once per stack and fused (paint/sparse_blend.py)
+BLENDS = ("merge", "switch", "composite", *MERGE_RULES)
 # The samplers by --scheduler name: diffusers' class and its options (the class is looked up when used, so the
 # option declarations that list these names stay light).
 SCHEDULERS = {

@@ -11,9 +11,8 @@ from ..errors import ConfigError
 from ..model.cores import THREADS_DEFAULT, THREADS_HELP
 from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES, check_quantize
 from ..options import UiField, like, option
+from ..adapters.merge import MERGE_RULES
 from .pipeline import BLENDS, SCHEDULERS
-
-SPARSE_BLENDS = BLENDS[3:]  # the merge rules: their density is a setting of the picture
 
 
 @dataclass
@@ -73,12 +72,17 @@ def validate_generate(config: GenerateConfig) -> GenerateConfig:
     return config
 
 
+def density_setting(blend: str, density: float) -> dict:
+    """A merge rule's density, as a picture's settings record it (a blend without a density records none)."""
+    return {"blend_density": density} if blend in MERGE_RULES else {}
+
+
 def image_settings(config: GenerateConfig, seed: int, size: tuple[int, int],
                    specs: list[tuple[Path, StyleWeight]]) -> dict:
     """What a PNG carries in its text chunks: every setting that reproduces it (the server writes the same)."""
     return {"prompt": config.prompt, "negative": config.negative, "seed": seed,
             "steps": config.steps, "cfg": config.cfg, "scheduler": config.scheduler, "blend": config.blend,
-            **({"blend_density": config.blend_density} if config.blend in SPARSE_BLENDS else {}),
+            **density_setting(config.blend, config.blend_density),
             "base": config.base, **({"quantize_base": config.quantize_base} if config.quantize_base != "none" else {}),
             "size": size[0], "width": size[0], "height": size[1],
             "loras": [{"file": str(p), "unet": w.unet, "te": w.text_encoder} for p, w in specs]}

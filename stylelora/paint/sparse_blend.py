@@ -21,8 +21,9 @@ def blend_key(stack: Stack, method: str, density: float, path_of: Callable[[str]
     """What the merged file depends on: each adapter file (path, size, modification time), its weight, the rule."""
     parts = []
     for name, weight in stack:
-        stat = path_of(name).stat()
-        parts.append([str(path_of(name).resolve()), stat.st_size, stat.st_mtime_ns, weight.unet, weight.text_encoder,
+        path = path_of(name)
+        stat = path.stat()
+        parts.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns, weight.unet, weight.text_encoder,
                       list(weight.blocks)])
     return hashlib.sha256(json.dumps([parts, method, density]).encode()).hexdigest()[:20]
 
