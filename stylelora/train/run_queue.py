@@ -22,7 +22,6 @@ from typing import Any, Callable
 
 from ..errors import ConfigError, StyleloraError, TrainingInterrupted
 from ..files import write_atomically
-from .checkpoint import latest_checkpoint
 from .config import TrainConfig, validate
 from .settings import from_dict
 
@@ -101,6 +100,8 @@ def queued_settings(config: TrainConfig) -> dict[str, Any]:
 
 def add_run(path: Path, config: TrainConfig) -> QueuedRun:
     """Append a run of `config` (checked now, so a bad setting is refused at once, not at its turn)."""
+    from .checkpoint import latest_checkpoint  # it loads peft (3 s): not for `stylelora --help` or `queue list`
+
     validate(config)
     settings = queued_settings(config)
     out_dir = from_dict(settings).out_dir
