@@ -94,3 +94,15 @@ def test_a_new_run_clears_the_last_runs_plot_while_it_prepares():
     assert plot == "" and previews == [] and drawn_now is None
     _, _, plot, _, _ = train_status(session, False, None)
     assert not isinstance(plot, str)  # nothing drawn: nothing to blank again (gr.skip())
+
+
+def test_a_poll_draws_no_progress_overlay_over_what_it_updates(tmp_path):
+    """Timers poll every second or two; a progress overlay on their outputs would flicker "0.1s" over the status."""
+    pytest.importorskip("gradio")
+    from stylelora.ui.app import build_app
+
+    demo = build_app(tmp_path / "workspace", tmp_path / "adapters")
+    polls = [fn for fn in demo.fns.values()
+             if any(type(demo.blocks.get(block)).__name__ == "Timer" for block, _ in fn.targets)]
+    assert len(polls) == 4  # the library, the training status, the queue table, the study table
+    assert {fn.show_progress for fn in polls} == {"hidden"}

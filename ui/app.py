@@ -56,7 +56,7 @@ def follow_the_library(app: gr.Blocks, session: Session, views: list[tuple]) -> 
         return [stamp] + [value for fill, _ in views for value in fill()]
 
     app.load(follow, [seen], outputs)
-    timer.tick(follow, [seen], outputs)
+    timer.tick(follow, [seen], outputs, show_progress="hidden")
 
 
 def launch(workspace: Path, adapters: Path, host: str = "127.0.0.1", port: int | None = None, share: bool = False,

@@ -54,4 +54,4 @@ def queue_row(session: Session, config_of: Callable[..., TrainConfig], inputs: l
     shown = gr.State(None)
     add.click(on_add, inputs, [message, table])
     run.click(on_run, None, [message])
-    timer.tick(on_tick, [shown], [table, shown])
+    timer.tick(on_tick, [shown], [table, shown], show_progress="hidden")

@@ -204,8 +204,9 @@ def train_tab(session: Session) -> TrainForm:
     suggest_settings.click(suggested_fields, [dataset, base], [rank, steps, learning_rate, alpha, start_message])
 
     live = [status, progress, loss_plot, samples, drawn]
-    timer.tick(lambda log, last: train_status(session, log, last), [log_y, drawn], live)
-    log_y.change(lambda log: train_status(session, log, None), [log_y], live)
+    # A poll is not a wait: no progress overlay (its "0.1s" timer) flickers over the status every second.
+    timer.tick(lambda log, last: train_status(session, log, last), [log_y, drawn], live, show_progress="hidden")
+    log_y.change(lambda log: train_status(session, log, None), [log_y], live, show_progress="hidden")
     named = dict(zip(PLAIN_FIELDS, plain)) | dict(zip(METHOD_FIELDS, method_fields)) | dict(
         zip(STOPPING_FIELDS, stopping)) | dict(zip(BUCKET_FIELDS, buckets))
     form = TrainForm(name, folder, named, on_folder, [dataset, thumbs, captions, data_message])

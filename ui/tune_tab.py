@@ -106,4 +106,4 @@ def tune_tab(session: Session, form: TrainForm) -> None:
                "No study is running.", None, [start_message])
     train_best.click(on_train_best, [folder], [best_message, *form.components()]).then(
         form.show_folder, [form.folder], form.folder_view)
-    timer.tick(poll, None, [status, table])
+    timer.tick(poll, None, [status, table], show_progress="hidden")  # a poll, not a wait: no overlay
