@@ -178,11 +178,23 @@ def test_a_probe_child_slowed_on_purpose_is_judged_unsound_and_a_steady_one_soun
     monkeypatch.setattr(precision, "machine_load", lambda: 0.0)
     slowed = precision.run_probe(dict(os.environ), "SLOWED = True" + TIMED_CHILD)
     assert slowed.outcome == "ok" and slowed.doubt().startswith("the probe's rounds disagreed (0.5"), slowed
-    steady = precision.run_probe(dict(os.environ), "SLOWED = False" + TIMED_CHILD)
+    # A steady child on a loaded machine (a test suite beside it) can still be preempted in two rounds of seven;
+    # like the next run of stylelora, it is then measured again.
+    for _ in range(3):
+        steady = precision.run_probe(dict(os.environ), "SLOWED = False" + TIMED_CHILD)
+        if steady.doubt() == "":
+            break
     assert steady.outcome == "ok" and steady.doubt() == "" and steady.fp32_seconds / steady.bf16_seconds > 1.8
     monkeypatch.setattr(precision, "machine_load", lambda: 0.6)
     busy = precision.run_probe(dict(os.environ), "SLOWED = False" + TIMED_CHILD)
     assert busy.doubt() == "measured while the machine was busy (60% of its CPUs in use)"
+
+
+def test_one_preempted_round_of_seven_is_not_a_disagreement():
+    preempted = ProbeRun("ok", "ran", 0.05, 0.1, (2.0, 2.0, 0.49, 2.0, 1.98, 2.0, 2.01), 0.0)
+    assert preempted.doubt() == ""
+    twice = ProbeRun("ok", "ran", 0.05, 0.1, (2.0, 2.0, 0.49, 2.0, 0.6, 2.0, 2.01), 0.0)
+    assert twice.doubt() == "the probe's rounds disagreed (0.60x to 2.00x)"
 
 
 def _timed(speedup: float, load: float) -> ProbeRun:

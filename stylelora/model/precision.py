@@ -86,9 +86,16 @@ class ProbeRun:
         """Why this run's timing may not be this CPU's own ("" when it looks sound)."""
         if self.load is not None and self.load > BUSY_LOAD:
             return f"measured while the machine was busy ({self.load:.0%} of its CPUs in use)"
-        if self.speedups and max(self.speedups) > MAX_SPREAD * min(self.speedups):
-            return f"the probe's rounds disagreed ({min(self.speedups):.2f}x to {max(self.speedups):.2f}x)"
+        middle = self.middle_rounds()
+        if middle and max(middle) > MAX_SPREAD * min(middle):
+            return f"the probe's rounds disagreed ({min(middle):.2f}x to {max(middle):.2f}x)"
         return ""
+
+    def middle_rounds(self) -> tuple[float, ...]:
+        """The per-round speedups without the fastest and the slowest (from five rounds on): one round that the
+        scheduler preempted says nothing about the CPU, several that disagree do."""
+        ordered = sorted(self.speedups)
+        return tuple(ordered[1:-1]) if len(ordered) >= 5 else tuple(ordered)
 
 
 @dataclass(frozen=True)
