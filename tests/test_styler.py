@@ -253,3 +253,23 @@ def test_a_blend_grid_on_the_mini_carries_each_cell_s_verdict(tmp_path, image_fo
     assert len(settings["verdicts"]) == 2 and settings["verdicts"][0][0] == verdict_words(bare)  # A 0, B 0: the base
     assert Image.open(grid).height == 18 + 2 * (128 + 18)  # a line of words under each row of cells
     assert main(["grid", "x", "--lora", str(paths[0]), "--judge", "--base", str(tmp_path), "-o", str(grid)]) == 2
+
+
+def test_an_adapter_whose_name_has_dots_or_spaces_paints_like_any_other(tiny_base, two_adapters, tmp_path, unet_probe):
+    """peft refuses adapter names with a "." (module names); a file called `ink.v2.safetensors` is still one."""
+    dotted = tmp_path / "ink.v2 final.safetensors"
+    dotted.write_bytes(two_adapters[0].read_bytes())
+    styler = Styler(str(tiny_base))
+    plain = styler.load(two_adapters[0])
+    styler.set_weights({plain: 0.8})
+    expected = unet_probe(styler)
+    assert styler.load(dotted) == "ink_v2_final"  # named from the file: made a plain name
+    name = styler.load(dotted, "ink.v2 final")  # named by the caller (a bench, the server's library): kept
+    assert name == "ink.v2 final"
+    styler.set_weights({name: 0.8})
+    assert torch.equal(unet_probe(styler), expected)
+    styler.set_weights({name: 0.5, plain: 0.3})  # both at once, then the dotted one forgotten
+    unet_probe(styler)
+    styler.unload(name)
+    styler.set_weights({plain: 0.8})
+    assert torch.equal(unet_probe(styler), expected)

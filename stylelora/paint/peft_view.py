@@ -27,6 +27,12 @@ from .multilora import ModuleLora, Stack
 AdapterTensors = dict[tuple[str, str], ModuleLora]
 
 
+def peft_name(name: str) -> str:
+    """The name peft holds an adapter under: peft's adapters are torch modules, whose names cannot hold a ".", so
+    `ink.v2` is held as `ink\u2024v2` (a one-dot leader, which no file name types by accident)."""
+    return name.replace(".", "\u2024")
+
+
 class PeftView:
     """Which adapters peft holds in `pipe`, and whether its layers add them (`show`) or not (`off`)."""
 
@@ -48,9 +54,10 @@ class PeftView:
         parts = self.pipe.get_list_adapters()
         encoders = [encoder.part for encoder in self.family.text_encoders]
         denoiser = self.family.denoiser  # the pipeline's own name for it: "unet", or "transformer"
-        weights = [{denoiser: w.unet_setting()} | {part: w.text_encoder for part in encoders if n in parts.get(part, [])}
+        weights = [{denoiser: w.unet_setting()} | {part: w.text_encoder for part in encoders
+                                                   if peft_name(n) in parts.get(part, [])}
                    for n, w in active]
-        self.pipe.set_adapters([name for name, _ in active], weights)
+        self.pipe.set_adapters([peft_name(name) for name, _ in active], weights)
         self.on = True
 
     def off(self) -> None:
@@ -65,7 +72,7 @@ class PeftView:
 
     def forget(self, name: str) -> None:
         if self.held.pop(name, None) is not None:
-            self.pipe.delete_adapters([name])
+            self.pipe.delete_adapters([peft_name(name)])
 
     @torch.no_grad()
     def _hand_to_peft(self, name: str, modules: AdapterTensors) -> None:
@@ -86,15 +93,16 @@ class PeftView:
                 # peft warns on every adapter after the first; several adapters at once is what we are for. diffusers
                 # warns when an adapter has no text-encoder part, which is most of them.
                 warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-                self.pipe.load_lora_weights(tensors, adapter_name=name)
+                self.pipe.load_lora_weights(tensors, adapter_name=peft_name(name))
         except (ValueError, KeyError, RuntimeError, TypeError) as error:
             raise AdapterFileError(f"adapter {name!r} does not load into this base: {str(error).splitlines()[0][:160]}") from None
         for (part, module), held in modules.items():
             layer = find_layer(models[part], module)
-            _point_at(layer.lora_A[name], held.down)
-            _point_at(layer.lora_B[name], held.up)
+            _point_at(layer.lora_A[peft_name(name)], held.down)
+            _point_at(layer.lora_B[peft_name(name)], held.up)
             if held.bias is not None:  # peft adds lora_B's bias inside the scaled path: weights and blends apply it
-                layer.lora_B[name].bias = torch.nn.Parameter(held.bias.to(layer.lora_B[name].weight), requires_grad=False)
+                lora_b = layer.lora_B[peft_name(name)]
+                lora_b.bias = torch.nn.Parameter(held.bias.to(lora_b.weight), requires_grad=False)
         self.held[name] = modules
         self.on = True  # loading switches peft's layers on
 
