@@ -11,7 +11,7 @@ PACKAGE = ROOT / "stylelora"
 # ground <- families/methods/model/data <- adapters <- train/paint <- tune/serve <- cli/ui. The mini's pretraining
 # and evaluation scripts sit with tune (they train and paint); the rest of the mini is a base model.
 LAYERS = {"errors": 0, "files": 0, "images": 0, "options": 0, "families": 1, "methods": 1, "model": 1, "data": 1,
-          "mini": 1, "adapters": 2, "train": 3, "paint": 3, "tune": 4, "serve": 4, "mini.pretrain": 4,
+          "mini": 1, "adapters": 2, "train": 3, "paint": 3, "score": 3, "tune": 4, "serve": 4, "mini.pretrain": 4,
           "mini.evaluate": 4, "cli": 5, "ui": 5}
 METHOD_NAMES = {"dora", "loha", "lokr", "adalora", "dylora"}
 
