@@ -28,6 +28,19 @@ def test_job_runs_in_the_background_refuses_a_second_start_and_stops_with_a_chec
     assert any((config.out / "checkpoints").iterdir())
 
 
+def test_a_job_selected_by_score_keeps_the_scores_and_the_kept_step_s_previews(train_config):
+    job = TrainingJob()
+    config = train_config(max_steps=4, validation_split=0.2, validate_every=2, learning_rate=5e-2, select_by="score")
+    job.start(config)
+    job.wait(300)
+    state = job.snapshot()
+    assert state.status == "done", state.message
+    assert [step for step, _, _ in state.scores] == [2, 4]
+    kept = int(state.message.split("kept step ")[1].split()[0])
+    assert kept in (2, 4) and "preview score" in state.message
+    assert [p.name for p in state.kept_previews] == [f"step-{kept:06d}-0.png", f"step-{kept:06d}-1.png"]
+
+
 def test_job_reports_errors_as_messages(train_config, tmp_path):
     job = TrainingJob()
     job.start(train_config(data=tmp_path / "missing"))

@@ -106,3 +106,21 @@ def test_a_poll_draws_no_progress_overlay_over_what_it_updates(tmp_path):
              if any(type(demo.blocks.get(block)).__name__ == "Timer" for block, _ in fn.targets)]
     assert len(polls) == 4  # the library, the training status, the queue table, the study table
     assert {fn.show_progress for fn in polls} == {"hidden"}
+
+
+def test_a_run_selected_by_score_shows_its_score_curves_and_the_kept_step_s_previews(tmp_path):
+    from types import SimpleNamespace
+
+    from stylelora.ui.train_tab import train_status
+
+    kept = [tmp_path / "step-000004-0.png", tmp_path / "step-000004-1.png"]
+    finished = JobState("done", "done", 6, 6, losses=[(s, 0.5 / s) for s in range(1, 7)],
+                        validation_losses=[(2, 0.3), (4, 0.29), (6, 0.31)],
+                        scores=[(2, 0.70, 0.90), (4, 0.80, 0.95), (6, 0.82, 0.80)], kept_previews=kept,
+                        samples=[tmp_path / "step-000006-0.png"], started_at=1.0, finished_at=9.0)
+    session = SimpleNamespace(job=SimpleNamespace(snapshot=lambda: finished))
+    _, progress, plot, previews, _ = train_status(session, False, None)
+    assert plot.count("<svg") == 2 and "style score" in plot and "prompt score" in plot
+    assert "score 0.656" in progress  # the last validation's style x prompt
+    assert previews == [(str(kept[0]), "kept step 4, scored"), (str(kept[1]), "kept step 4, scored"),
+                        (str(tmp_path / "step-000006-0.png"), "step 6")]

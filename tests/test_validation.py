@@ -239,7 +239,45 @@ def test_preservation_trains_and_reports_the_style_loss(train_config, tmp_path, 
     assert _max_difference(_tensors(with_preservation.adapter_path), _tensors(without.adapter_path)) > 1e-5
 
 
+def _rows(out: Path, key: str) -> list[dict]:
+    return [row for row in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if key in row]
+
+
+def test_selected_by_score_the_kept_step_is_the_best_scored_and_its_scores_are_in_the_file(train_config, tmp_path):
+    config = train_config(out=tmp_path / "scored", validation_split=0.2, max_steps=6, validate_every=2,
+                          learning_rate=5e-2, select_by="score")
+    result = train(config, **QUIET)
+    scored = _rows(config.out, "score")
+    assert [row["step"] for row in scored] == [2, 4, 6]
+    for row in scored:
+        assert row["score"] == pytest.approx(row["style_score"] * row["prompt_score"], rel=1e-12)
+        assert 0 < row["style_score"] <= 1 and 0 <= row["prompt_score"] <= 1
+    best = max(scored, key=lambda row: row["score"])  # the first of equals: a later step must do better
+    assert result.kept_step == best["step"] and result.validation_loss == best["validation_loss"]
+    metadata = _metadata(result.adapter_path)
+    assert float(metadata["stylelora.style_score"]) == pytest.approx(best["style_score"], rel=1e-12)
+    assert float(metadata["stylelora.prompt_score"]) == pytest.approx(best["prompt_score"], rel=1e-12)
+    previews = sorted(p.name for p in (config.out / "scored").glob("*.png"))
+    assert previews[:2] == ["step-000002-0.png", "step-000002-1.png"] and len(previews) % 3 == 0
+
+
+def test_selection_by_score_resumes_to_the_same_kept_step_and_file(train_config, tmp_path):
+    settings = dict(validation_split=0.2, max_steps=8, validate_every=2, early_stop=2, save_every=2,
+                    learning_rate=5e-2, select_by="score", min_delta=0.0)
+    straight = train(train_config(out=tmp_path / "straight", **settings), **QUIET)
+    stopped = train_config(out=tmp_path / "resumed", **settings)
+    with pytest.raises(training.TrainingInterrupted):
+        train(stopped, **_stop_after(5), progress_bar=False, log=lambda m: None)
+    stopped.resume = True
+    resumed = train(stopped, **QUIET)
+    assert (resumed.kept_step, resumed.steps, resumed.stop_reason) == (straight.kept_step, straight.steps, straight.stop_reason)
+    assert resumed.scores == straight.scores  # the same checkpoint paints the same previews: the same scores
+    assert _max_difference(_tensors(straight.adapter_path), _tensors(resumed.adapter_path)) <= 1e-6
+
+
 @pytest.mark.parametrize("settings, message", [
+    (dict(select_by="score"), r"^--select-by = 'score': the scored previews are painted from the held-out captions"),
+    (dict(select_by="eye"), r"^--select-by = 'eye': choose one of loss, score"),
     (dict(early_stop=3), r"^--early-stop = 3: early stopping watches the validation loss: add --validation-split"),
     (dict(keep="best"), r"^--keep = 'best': the best step is the one with the lowest validation loss"),
     (dict(validate_every=5), r"^--validate-every = 5: there is nothing to validate on"),
@@ -319,9 +357,10 @@ def test_the_ui_stopping_row_sends_what_was_typed(tmp_path):
     from stylelora.ui.train_fields import STOPPING_FIELDS, stopping_settings
 
     typed = dict(validation_split=0.25, validation_data="", validate_every=3.0, early_stop=0, min_delta=0, keep="",
-                 ema_decay=0.5, preserve_prompts="a blue square\n", preserve_weight=0, reg_data=" reg ", reg_weight=0.5)
+                 select_by="score", ema_decay=0.5, preserve_prompts="a blue square\n", preserve_weight=0, reg_data=" reg ", reg_weight=0.5)
     settings = stopping_settings(tmp_path, "my style", [typed[name] for name in STOPPING_FIELDS])
-    assert settings == {"validation_split": 0.25, "validate_every": 3, "ema_decay": 0.5, "preserve_weight": 0,
+    assert settings == {"validation_split": 0.25, "validate_every": 3, "select_by": "score", "ema_decay": 0.5,
+                        "preserve_weight": 0,
                         "preserve_prompts": tmp_path / "prompts" / "my style-preserve.txt", "reg_data": Path("reg"),
                         "reg_weight": 0.5}
     assert settings["preserve_prompts"].read_text() == "a blue square\n"

@@ -229,6 +229,11 @@ def refused_list(refused: list[str]) -> str:
     return "**Refused** (left out of the training folder):\n" + "\n".join(f"- {reason}" for reason in refused)
 
 
+def _step_of(preview: Path) -> str:
+    """The step a preview's file name (step-000120-0.png) holds."""
+    return preview.stem.split("-")[1].lstrip("0") or "0"
+
+
 def train_status(session: Session, log_y: bool, last_drawn):
     """The Train tab's status line, progress bar, loss plot and previews, as the running job stands."""
     state = session.job.snapshot()
@@ -243,6 +248,7 @@ def train_status(session: Session, log_y: bool, last_drawn):
     if not state.losses:  # a new run, preparing: nothing of the last run's plot stays on the page
         plot = "" if last_drawn is not None else gr.skip()
     else:
-        plot = loss_svg(state.losses, state.validation_losses, log_y) if key != last_drawn else gr.skip()
-    previews = [(str(p), f"step {p.stem.split('-')[1].lstrip('0') or 0}") for p in reversed(state.samples)]
+        plot = loss_svg(state.losses, state.validation_losses, log_y, state.scores) if key != last_drawn else gr.skip()
+    previews = [(str(p), f"kept step {_step_of(p)}, scored") for p in state.kept_previews] + \
+        [(str(p), f"step {_step_of(p)}") for p in reversed(state.samples)]
     return message, progress_html(state, time.time()), plot, previews, key if state.losses else None

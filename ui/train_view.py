@@ -82,13 +82,36 @@ def loss_figure(losses: list[tuple[int, float]], validation: list[tuple[int, flo
     return figure
 
 
-def loss_svg(losses: list[tuple[int, float]], validation: list[tuple[int, float]], log_y: bool = False) -> str:
-    """loss_figure as inline SVG markup, its labels as <text> elements."""
+def score_figure(scores: list[tuple[int, float, float]]) -> Figure:
+    """With --select-by score: each validation's preview scores by step, style and prompt, and their product,
+    which picks the kept step."""
+    figure = Figure(figsize=(9, 2.2), dpi=100, layout="tight", facecolor="white")
+    axes = figure.add_subplot(facecolor="white")
+    steps, style, prompt = zip(*scores)
+    axes.plot(steps, style, color=RAW_COLOUR, marker="o", markersize=3, label="style score")
+    axes.plot(steps, prompt, color=VALIDATION_COLOUR, marker="o", markersize=3, label="prompt score")
+    axes.plot(steps, [a * b for a, b in zip(style, prompt)], color="#171717", linewidth=2, label="style x prompt (picks the step)")
+    axes.set_xlabel("step")
+    axes.set_ylabel("score")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(alpha=0.25)
+    axes.legend(loc="lower right", fontsize=8, frameon=False)
+    return figure
+
+
+def _svg(figure: Figure) -> str:
+    """A figure as inline SVG markup, its labels as <text> elements."""
     buffer = io.StringIO()
     with rc_context({"svg.fonttype": "none", "svg.hashsalt": "stylelora"}):
-        loss_figure(losses, validation, log_y).savefig(buffer, format="svg")
+        figure.savefig(buffer, format="svg")
     svg = buffer.getvalue()
     return svg[svg.index("<svg"):]  # no XML prolog or doctype inside an HTML page
+
+
+def loss_svg(losses: list[tuple[int, float]], validation: list[tuple[int, float]], log_y: bool = False,
+             scores: list[tuple[int, float, float]] = ()) -> str:
+    """loss_figure, and score_figure below it when the run scores its previews, as inline SVG."""
+    return _svg(loss_figure(losses, validation, log_y)) + (_svg(score_figure(list(scores))) if scores else "")
 
 
 def _duration(seconds: float) -> str:
@@ -114,6 +137,8 @@ def progress_text(state: JobState, now: float) -> str:
         parts.append(f"loss {state.losses[-1][1]:.4f}")
     if state.validation_losses:
         parts.append(f"validation loss {state.validation_losses[-1][1]:.4f}")
+    if state.scores:
+        parts.append(f"score {state.scores[-1][1] * state.scores[-1][2]:.3f}")
     return " · ".join(parts)
 
 

@@ -61,9 +61,7 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"{result.steps} steps in {result.seconds:.0f}s, final loss {result.loss:.4f}, "
           f"rank {config.rank}, alpha {config.effective_alpha:g}, base {config.base}")
     if result.validation_loss is not None:
-        base = f" (the base alone: {result.base_validation_loss:.5f})" if result.base_validation_loss is not None else ""
-        print(f"Kept step {result.kept_step} ({config.keep_step}), validation loss {result.validation_loss:.5f}{base}; "
-              f"{result.stop_reason}")
+        print(f"Kept step {result.kept_step} ({config.keep_step}), {result.kept_measures()}; {result.stop_reason}")
     return 0
 
 

@@ -77,6 +77,19 @@ def adapted_layers(model: torch.nn.Module, adapter_name: str = "default"):
 
 
 @contextmanager
+def evaluation_mode(models: list[torch.nn.Module]) -> Iterator[None]:
+    """Every module in eval mode (LoRA dropout off), then each back in the mode it was in."""
+    modes = [(module, module.training) for model in models for module in model.modules()]
+    for model in models:
+        model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@contextmanager
 def adapters_disabled(models: list[torch.nn.Module]) -> Iterator[None]:
     """Every adapter of `models` switched off (peft's enable_adapters(False)), so they compute the base's
     own output. peft's disable_adapter() exists on PeftModel only, and its enable_adapters(True) makes every

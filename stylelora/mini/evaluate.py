@@ -19,6 +19,7 @@ class Rates:
     images: int = 0
     colour_right: int = 0
     shape_right: int = 0
+    prompt_right: int = 0  # colour and shape both right
     broken: int = 0
     textures: Counter = field(default_factory=Counter)
     palettes: Counter = field(default_factory=Counter)
@@ -28,16 +29,18 @@ class Rates:
         self.images += 1
         self.colour_right += verdict.colour == colour
         self.shape_right += verdict.shape == shape
+        self.prompt_right += verdict.colour == colour and verdict.shape == shape
         self.broken += verdict.broken
         self.textures[verdict.texture or "none"] += 1
         self.palettes[verdict.palette or "none"] += 1
 
     def share(self, what: str) -> float:
-        """Share of images judged as `what`: a texture, a palette, 'colour' or 'shape' (named ones right), or
+        """Share of images judged as `what`: a texture, a palette, 'colour', 'shape' or 'prompt' (both) right, or
         'broken'."""
         if self.images == 0:
             return 0.0
-        count = {"colour": self.colour_right, "shape": self.shape_right, "broken": self.broken}.get(what)
+        count = {"colour": self.colour_right, "shape": self.shape_right, "prompt": self.prompt_right,
+                 "broken": self.broken}.get(what)
         if count is None:
             count = self.textures[what] + self.palettes[what]
         return count / self.images

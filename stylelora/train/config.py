@@ -26,6 +26,7 @@ PRECISIONS = ("auto", "no", "fp16", "bf16")
 BASE_HELP = "'mini' (built in), a hub id, a diffusers folder or a .safetensors checkpoint"
 STOP = "knowing when to stop"
 WITH_VALIDATION = "add --validation-split 0.2 or --validation-data DIR"
+SELECT_BY = ("loss", "score")  # what --keep best and --early-stop go by (score: stylelora/score/previews.py)
 
 
 def _method_names() -> list[str]:
@@ -206,6 +207,10 @@ class TrainConfig:
                               ui=UiField("Least improvement that counts"))
     keep: str | None = option(None, "which step's adapter becomes the file", STOP, choices=("best", "last"),
                               default_text="best with validation, else last", ui=UiField("Adapter kept", "dropdown"))
+    select_by: str = option("loss", "what picks the kept step and stops early: loss (the held-out denoising loss), "
+                                    "or score (previews of the held-out captions, painted at each validation and "
+                                    "scored by the base alone for style and prompt)", STOP, choices=SELECT_BY,
+                            ui=UiField("Choose the step by", "dropdown"))
     ema_decay: float = option(0.0, "exponential moving average of the adapter weights, validated and saved instead "
                                    "of them, e.g. 0.99 (0 = off)", STOP,
                                ui=UiField("EMA decay (0 = off; 0.99 is usual)"))
@@ -228,6 +233,11 @@ class TrainConfig:
     def masked(self) -> bool:
         """Whether the loss is masked (--masks DIR or --mask-from-alpha)."""
         return self.masks is not None or self.mask_from_alpha
+
+    @property
+    def paints_while_training(self) -> bool:
+        """Whether the VAE and the text encoders stay after caching: previews, or candidate steps scored by them."""
+        return bool(self.sample_every) or (self.select_by == "score" and self.validating)
 
     @property
     def validating(self) -> bool:
@@ -385,6 +395,9 @@ def validate(config: TrainConfig) -> TrainConfig:
         (c.keep in (None, "best", "last"), "keep", "choose best or last"),
         (c.keep != "best" or c.validating, "keep",
          "the best step is the one with the lowest validation loss: add --validation-split 0.2 or --validation-data DIR"),
+        (c.select_by in SELECT_BY, "select_by", f"choose one of {', '.join(SELECT_BY)}"),
+        (c.select_by == "loss" or c.validating, "select_by",
+         f"the scored previews are painted from the held-out captions: {WITH_VALIDATION}"),
         (0 <= c.ema_decay < 1, "ema_decay", "the EMA decay is in [0, 1), e.g. 0.99; 0 = off"),
         (c.preserve_weight >= 0, "preserve_weight", "the preservation weight must be 0 or more; 1 is usual"),
         (c.reg_weight >= 0, "reg_weight", "the regularisation weight must be 0 or more; 1 is usual"),

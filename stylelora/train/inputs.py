@@ -57,7 +57,7 @@ def prepare_inputs(config: TrainConfig, model: Model, folder: ImageFolder, held_
     latent_cache = cache_latents(config, model, folder.examples, buckets.by_content, accelerator, should_stop, say,
                                  regularisation)
     validation = validation_set(config, model, held_out, latent_cache) if held_out else None
-    if latent_cache is not None and not config.sample_every:  # only previews would need the VAE again
+    if latent_cache is not None and not config.paints_while_training:  # only previews need the VAE again
         latent_cache.vae = pipe.vae = None
     preserve_prompts = read_prompts(config.preserve_prompts, "--preserve-prompts") if config.preserve_prompts else []
 
@@ -71,7 +71,7 @@ def prepare_inputs(config: TrainConfig, model: Model, folder: ImageFolder, held_
         with torch.no_grad():
             for caption in sorted(captions):
                 text_cache.get(caption, encode_text)
-        if not config.sample_every:  # every caption a step can draw is encoded: the frozen encoders are done
+        if not config.paints_while_training:  # every caption a step can draw is encoded: the encoders are done
             for part in [encoder.part for encoder in model.family.text_encoders] + list(model.family.frozen_encoders):
                 setattr(pipe, part, None)  # T5 too, on the DiT bases: peak memory is then the denoiser's
     release_freed_memory()  # what the VAE and text encoder held, and their activations

@@ -26,9 +26,11 @@ class JobState:
     seconds_left: float = 0.0
     losses: list[tuple[int, float]] = field(default_factory=list)
     validation_losses: list[tuple[int, float]] = field(default_factory=list)
+    scores: list[tuple[int, float, float]] = field(default_factory=list)  # (step, style, prompt), --select-by score
     validating: bool = False  # the run measures a validation loss
     samples: list[Path] = field(default_factory=list)
     adapter_path: Path | None = None
+    kept_previews: list[Path] = field(default_factory=list)  # the kept step's scored previews, once done
     log: list[str] = field(default_factory=list)
     started_at: float = 0.0  # time.time() when the run started, and when it finished (0: not yet)
     finished_at: float = 0.0
@@ -108,7 +110,7 @@ class TrainingJob(BackgroundJob):
         with self._lock:
             s = self._state
             return replace(s, losses=list(s.losses), validation_losses=list(s.validation_losses),
-                           samples=list(s.samples), log=list(s.log))
+                           scores=list(s.scores), samples=list(s.samples), log=list(s.log))
 
     def start_queue(self, path: Path) -> None:
         """Train the queue in `path` (train/run_queue.py), one run after another, with this job's progress."""
@@ -119,12 +121,14 @@ class TrainingJob(BackgroundJob):
         with self._lock:
             s = self._state
             if s.losses and progress.step <= s.losses[-1][0]:  # the queue's next run: its own curve
-                s.losses, s.validation_losses, s.samples = [], [], []
+                s.losses, s.validation_losses, s.scores, s.samples = [], [], [], []
             s.step, s.total_steps = progress.step, progress.total_steps
             s.steps_per_second, s.seconds_left = progress.steps_per_second, progress.seconds_left
             s.losses.append((progress.step, progress.loss))
             if progress.validation_loss is not None:
                 s.validation_losses.append((progress.step, progress.validation_loss))
+            if progress.scores is not None:
+                s.scores.append((progress.step, progress.scores.style, progress.scores.prompt))
             s.samples += progress.samples
 
     def _log(self, line: str) -> None:
@@ -139,7 +143,8 @@ class TrainingJob(BackgroundJob):
                            progress_bar=False)
             with self._lock:
                 self._state.adapter_path = result.adapter_path
-            kept = (f"; kept step {result.kept_step} of {result.steps}, validation loss {result.validation_loss:.5f}"
+                self._state.kept_previews = sorted((config.out_dir / "scored").glob(f"step-{result.kept_step:06d}-*.png"))
+            kept = (f"; kept step {result.kept_step} of {result.steps}, {result.kept_measures()}"
                     if result.validation_loss is not None else "")
             return f"adapter written to {result.adapter_path} in {time.time() - started:.0f}s{kept}"
 

@@ -20,7 +20,7 @@ import torch
 from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
 
-from ..data.folder import Example, ImageFolder, describe_folder, scan_folder, warn_long_captions
+from ..data.folder import Example, ImageFolder, describe_folder, load_rgb, scan_folder, warn_long_captions
 from ..data.masks import check_masks
 from ..data.split import split_examples
 from ..errors import DatasetError, TrainingError, TrainingInterrupted
@@ -33,13 +33,14 @@ from ..model.loading import fix_mmap_threshold
 from ..model.precision import PRECISION_NAMES, choose_precision
 from ..model.quantize import check_quantize, quantization_of, quantized_share
 from ..options import refuse_first
+from ..score.previews import MOST_REFERENCES, PreviewScorer, PreviewScores
 from .checkpoint import latest_checkpoint, resume
 from .config import TrainConfig, validate
 from .inputs import prepare_inputs
 from .regularisation import read_regularisation
 from .optimizers import OPTIMIZERS, block_rates, build_optimizer, parameter_groups
 from .outputs import (Kept, MetricsLog, Outputs, phases_line, progress_bar as make_progress_bar, render_samples,
-                      seconds_since_process_start, with_preview_prompts, write_phases)
+                      save_scored_previews, seconds_since_process_start, with_preview_prompts, write_phases)
 from .stages import DTYPES, Model, Optimisation
 from .step_loss import StepLoss
 from .suggest import fill_unset
@@ -59,6 +60,7 @@ class Progress:
     seconds_left: float
     samples: list[Path] = field(default_factory=list)
     validation_loss: float | None = None  # set at the steps that validated
+    scores: PreviewScores | None = None  # set at the steps that validated, with --select-by score
 
 
 @dataclass
@@ -72,6 +74,17 @@ class TrainResult:
     validation_loss: float | None = None  # the kept step's
     stop_reason: str = ""
     base_validation_loss: float | None = None  # the base's own (no adapter), for reference
+    scores: PreviewScores | None = None  # the kept step's previews' scores, with --select-by score
+
+    def kept_measures(self) -> str:
+        """What the kept step measured, in words: its validation loss, and its previews' scores when scored."""
+        said = f"validation loss {self.validation_loss:.5f}"
+        if self.base_validation_loss is not None:
+            said += f" (the base alone: {self.base_validation_loss:.5f})"
+        if self.scores is not None:
+            said += (f", preview score {self.scores.quality:.3f} (style {self.scores.style:.3f} x prompt "
+                     f"{self.scores.prompt:.3f})")
+        return said
 
 
 def clip_gradients(accelerator: Accelerator, parameters: list[torch.nn.Parameter], max_norm: float) -> float:
@@ -264,7 +277,7 @@ def _train(config: TrainConfig, on_progress: Callable[[Progress], None] | None,
         *adapted, optimisation.optimizer, optimisation.lr_schedule)
     step_loss = StepLoss(config, folder, model, inputs, trained[0], accelerator, adapted)
     outputs = Outputs(config, folder, model, optimisation, trained, accelerator)
-    watch = prepare_watch(config, optimisation, step_loss, outputs)
+    watch = prepare_watch(config, model, optimisation, step_loss, outputs)
     unet_tensors = sum(1 for p in model.family.denoiser_of(model.pipe).parameters() if p.requires_grad)
     cores.announce(say)
     say(f"Training {unet_tensors} {KINDS[config.method]} tensors ({adapter_summary(config)}) for {optimisation.steps} "
@@ -278,16 +291,25 @@ def _train(config: TrainConfig, on_progress: Callable[[Progress], None] | None,
         write_phases(config.out_dir, kept.trained_steps, phases)
         say(phases_line(phases, kept.trained_steps - optimisation.start_step))
     return TrainResult(config.adapter_path, kept.trained_steps, loss, time.time() - started, accelerator.is_main_process,
-                       kept.step, kept.validation_loss, kept.reason, kept.base_validation_loss)
+                       kept.step, kept.validation_loss, kept.reason, kept.base_validation_loss, kept.scores)
 
 
-def prepare_watch(config: TrainConfig, optimisation: Optimisation, step_loss: StepLoss, outputs: Outputs) -> Watch:
-    """Stage: validation, early stopping and the best step, as a resumed run left them."""
+def prepare_watch(config: TrainConfig, model: Model, optimisation: Optimisation, step_loss: StepLoss,
+                  outputs: Outputs) -> Watch:
+    """Stage: validation, early stopping and the best step (by the loss or by the previews' score), as a resumed
+    run left them."""
     validation = step_loss.inputs.validation
+    scorer = None
+    if validation is not None and config.select_by == "score":
+        examples = outputs.folder.examples
+        scorer = PreviewScorer(model.pipe, model.family, [load_rgb(e.path) for e in examples[:MOST_REFERENCES]],
+                               [*validation.captions, *config.sample_prompts],
+                               [e.caption for e in examples], step_loss.adapted,
+                               model.resolution, config.seed)
     watch = Watch(validate_every(config.validate_every, optimisation.steps), optimisation.steps,
                   config.keep_step == "best", EarlyStopping(config.early_stop, config.min_delta),
                   (lambda: step_loss.validation_loss(validation)) if validation is not None else None,
-                  outputs.adapter_tensors, optimisation.average)
+                  outputs.adapter_tensors, optimisation.average, scorer)
     watch.load_state_dict(*optimisation.resumed_watch)
     return watch
 
@@ -351,7 +373,9 @@ def run_loop(config: TrainConfig, model: Model, optimisation: Optimisation, step
             if metrics is not None and (completed % config.log_every == 0 or completed == steps):
                 metrics.write(completed, loss_value, lr_schedule.get_last_lr()[0], rate, grad_norm)
             if metrics is not None and validation_loss is not None:
-                metrics.write_validation(completed, validation_loss)
+                metrics.write_validation(completed, validation_loss, watch.last_scores)
+                if watch.last_previews:
+                    save_scored_previews(watch.last_previews, out_dir / "scored", completed)
             if main and config.save_every and completed % config.save_every == 0 and completed < steps:
                 outputs.checkpoint(completed, watch)
             if main and config.sample_every and completed % config.sample_every == 0:
@@ -361,7 +385,8 @@ def run_loop(config: TrainConfig, model: Model, optimisation: Optimisation, step
             bar.set_postfix(loss=f"{loss_value:.4f}", **({"val": f"{watch.last_loss:.4f}"} if watch.last_loss is not None else {}))
             if on_progress is not None and main:
                 on_progress(Progress(completed, steps, loss_value, lr_schedule.get_last_lr()[0], rate,
-                                     (steps - completed) / max(rate, 1e-9), samples, validation_loss))
+                                     (steps - completed) / max(rate, 1e-9), samples, validation_loss,
+                                     watch.last_scores if validation_loss is not None else None))
             if watch.should_stop:
                 break
         accelerator.wait_for_everyone()

@@ -27,7 +27,8 @@ from .checkpoint import save_checkpoint, trainable_tensors
 from .config import TrainConfig
 from .loss import HUBER_C, HUBER_SCHEDULES
 from .optimizers import OPTIMIZERS
-from .step_loss import evaluation_mode
+from ..methods.attach import evaluation_mode
+from ..score.previews import PreviewScores
 
 if TYPE_CHECKING:
     from .stages import Model, Optimisation
@@ -44,6 +45,12 @@ def with_preview_prompts(config: TrainConfig, folder: ImageFolder) -> TrainConfi
         return config
     captions = list(dict.fromkeys(e.caption for e in folder.examples if e.caption))[:PREVIEW_CAPTIONS]
     return replace(config, sample_prompts=tuple(captions) or ("",))
+
+
+def save_scored_previews(images: list, folder: Path, step: int) -> list[Path]:
+    """The previews a candidate step was scored on (--select-by score), kept to be looked at: the UI shows the kept
+    step's."""
+    return [save_png(image, folder / f"step-{step:06d}-{index}.png", {"step": step}) for index, image in enumerate(images)]
 
 
 @torch.no_grad()
@@ -166,9 +173,12 @@ class Kept:
     validation_loss: float | None
     reason: str
     base_validation_loss: float | None = None  # the base's own, for reference
+    scores: PreviewScores | None = None  # the kept step's, with --select-by score
 
     def metadata(self, keep: str) -> dict[str, str]:
         losses = {"stylelora.validation_loss": self.validation_loss, "stylelora.base_validation_loss": self.base_validation_loss}
+        if self.scores is not None:
+            losses |= {"stylelora.style_score": self.scores.style, "stylelora.prompt_score": self.scores.prompt}
         return {"stylelora.keep": keep, "stylelora.kept_step": str(self.step),
                 "stylelora.trained_steps": str(self.trained_steps), "stylelora.stop_reason": self.reason,
                 **{key: repr(value) for key, value in losses.items() if value is not None}}
@@ -223,10 +233,11 @@ class Outputs:
         reason = watch.stop_reason(trained_steps)
         if watch.keep_best and watch.best_tensors is not None:
             tensors = watch.best_tensors
-            kept = Kept(watch.stopping.best_step, trained_steps, watch.stopping.best_loss, reason, watch.base_loss)
+            kept = Kept(watch.stopping.best_step, trained_steps, watch.best_loss, reason, watch.base_loss,
+                        watch.best_scores)
         else:
             tensors = self.adapter_tensors()
-            kept = Kept(trained_steps, trained_steps, watch.last_loss, reason, watch.base_loss)
+            kept = Kept(trained_steps, trained_steps, watch.last_loss, reason, watch.base_loss, watch.last_scores)
         if self.main:
             started = time.perf_counter()
             save_safetensors(self.config.adapter_path, tensors, self.metadata(kept.step) | kept.metadata(self.config.keep_step))
@@ -296,10 +307,12 @@ class MetricsLog:
         self.jsonl.flush()
         self._log({f"train/{key}": value for key, value in row.items() if key != "step"}, step)
 
-    def write_validation(self, step: int, loss: float) -> None:
-        self.jsonl.write(json.dumps({"step": step, "validation_loss": loss}) + "\n")
+    def write_validation(self, step: int, loss: float, scores: PreviewScores | None = None) -> None:
+        row = {"step": step, "validation_loss": loss} | ({} if scores is None else {
+            "style_score": scores.style, "prompt_score": scores.prompt, "score": scores.quality})
+        self.jsonl.write(json.dumps(row) + "\n")
         self.jsonl.flush()
-        self._log({"validation/loss": loss}, step)
+        self._log({f"validation/{key.removesuffix('_loss')}": value for key, value in row.items() if key != "step"}, step)
 
     def close(self) -> None:
         self.jsonl.close()

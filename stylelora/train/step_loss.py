@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Callable, NamedTuple, Sequence
 
 import torch
 from accelerate import Accelerator
@@ -17,7 +16,7 @@ from ..data.cache import encode_latents
 from ..data.folder import Example, ImageFolder, Size, load_rgb, placement, preprocess_placed, training_caption
 from ..data.masks import LossMasks
 from ..families import Conditioning, Placement
-from ..methods.attach import adapters_disabled
+from ..methods.attach import adapters_disabled, evaluation_mode
 from .config import TrainConfig
 from .loss import HUBER_C, HUBER_SCHEDULES, ddpm_loss, huber_thresholds, offset_noise
 from .objective import Noised, Sampling, objective_for
@@ -42,19 +41,6 @@ def predict(unet: torch.nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor,
     inputs = model.family.denoiser_inputs(conditioning, placements, model.weight_dtype)
     with torch.autocast(noisy.device.type, dtype=torch.bfloat16, enabled=model.precision == "bf16"):
         return model.family.predict(unet, noisy, timesteps, inputs)
-
-
-@contextmanager
-def evaluation_mode(models: list[torch.nn.Module]) -> Iterator[None]:
-    """Every module in eval mode (LoRA dropout off), then each back in the mode it was in."""
-    modes = [(module, module.training) for model in models for module in model.modules()]
-    for model in models:
-        model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 class Terms(NamedTuple):

@@ -20,6 +20,7 @@ import torch
 from diffusers.training_utils import EMAModel
 
 from ..families import Placement
+from ..score.previews import PreviewScores
 
 VALIDATION_TIMESTEPS = 8
 VALIDATIONS_PER_RUN = 20  # how often --validate-every's default validates
@@ -141,8 +142,9 @@ class AdapterAverage:
 @dataclass
 class Watch:
     """Between optimizer steps: validate when due, track the best step and keep its adapter tensors, and
-    say when to stop. `evaluate` returns the validation loss of the weights as they are, and runs under
-    the EMA weights when there are some; `export` returns a copy of the adapter tensors
+    say when to stop. `evaluate` returns the validation loss of the weights as they are, and `score` (with
+    --select-by score) their previews' scores; both run under the EMA weights when there are some. The best step
+    is the lowest loss, or the highest score quality. `export` returns a copy of the adapter tensors
     (Outputs.adapter_tensors, which applies the EMA itself)."""
 
     every: int
@@ -152,9 +154,18 @@ class Watch:
     evaluate: Callable[[], float] | None  # None: no validation
     export: Callable[[], dict[str, torch.Tensor]]
     average: AdapterAverage
+    score: Callable[[], tuple[PreviewScores, list]] | None = None  # None: select by the loss
     best_tensors: dict[str, torch.Tensor] | None = None
     last_loss: float | None = None
+    last_scores: PreviewScores | None = None
+    last_previews: list = field(default_factory=list)  # the pictures the last scores were read from
+    best_loss: float | None = None  # the best step's validation loss
+    best_scores: PreviewScores | None = None  # the best step's, with --select-by score
     base_loss: float | None = None  # the base's own, before the first step
+
+    @property
+    def measure(self) -> str:
+        return "the validation loss" if self.score is None else "the preview score (style x prompt)"
 
     def due(self, step: int) -> bool:
         return self.evaluate is not None and (step % self.every == 0 or step == self.total_steps)
@@ -170,13 +181,19 @@ class Watch:
         return self.base_loss
 
     def after_step(self, step: int) -> float | None:
-        """The validation loss if one was due at `step`, else None."""
+        """The validation loss if one was due at `step` (and the scores, in last_scores), else None."""
         if not self.due(step):
             return None
         with self.average.applied(), torch.no_grad():
             self.last_loss = self.evaluate()
-        if self.stopping.update(step, self.last_loss) and self.keep_best:
-            self.best_tensors = self.export()
+            if self.score is not None:
+                self.last_scores, self.last_previews = self.score()
+        # EarlyStopping lowers its number: the loss, or what the quality lacks of 1
+        selected = self.last_loss if self.last_scores is None else 1.0 - self.last_scores.quality
+        if self.stopping.update(step, selected):
+            self.best_loss, self.best_scores = self.last_loss, self.last_scores
+            if self.keep_best:
+                self.best_tensors = self.export()
         return self.last_loss
 
     @property
@@ -185,12 +202,15 @@ class Watch:
 
     def stop_reason(self, step: int) -> str:
         if self.should_stop:
-            return (f"early stop at step {step}: the validation loss did not improve by more than "
+            return (f"early stop at step {step}: {self.measure} did not improve by more than "
                     f"{self.stopping.min_delta:g} for {self.stopping.patience} validations")
         return f"reached the last step, {step}"
 
     def state_dict(self) -> dict:
-        return {"stopping": self.stopping.state_dict(), "last_loss": self.last_loss, "base_loss": self.base_loss}
+        scores = {name: None if value is None else [value.style, value.prompt]
+                  for name, value in (("last_scores", self.last_scores), ("best_scores", self.best_scores))}
+        return {"stopping": self.stopping.state_dict(), "last_loss": self.last_loss, "base_loss": self.base_loss,
+                "best_loss": self.best_loss, **scores}
 
     def load_state_dict(self, state: dict, best_tensors: dict[str, torch.Tensor] | None) -> None:
         if not state:
@@ -198,5 +218,9 @@ class Watch:
         self.stopping.load_state_dict(state["stopping"])
         self.last_loss = state["last_loss"]
         self.base_loss = state.get("base_loss")
+        # checkpoints from before --select-by held the best loss in the stopping rule only
+        self.best_loss = state.get("best_loss", self.stopping.best_loss)
+        self.last_scores, self.best_scores = (None if state.get(name) is None else PreviewScores(*state[name])
+                                              for name in ("last_scores", "best_scores"))
         self.best_tensors = best_tensors
 

@@ -1,0 +1,67 @@
+"""Scoring an adapter as it trains: a fixed preview set painted with it, then scored for style against the training
+images and for its prompts by the base alone (adapter off). The same checkpoint always paints the same previews
+(fixed seeds, dropout off), so it always gets the same score, and a resumed run keeps the same step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from ..methods.attach import adapters_disabled, evaluation_mode
+from .prompt import PromptJudge
+from .style import StyleReference
+
+PREVIEWS_PER_PROMPT = 2
+MOST_REFERENCES = 64  # the training images a preview's style is compared with
+MOST_PREVIEW_PROMPTS = 6  # the preview set's distinct prompts: 12 previews a candidate step
+MOST_CONTRASTS = 24  # the prompts a preview's own prompt is told apart from (the folder's captions)
+PREVIEW_STEPS = 20
+
+
+@dataclass(frozen=True)
+class PreviewScores:
+    """A candidate step's scores, each in [0, 1]: `style`, how close its previews are to the training images'
+    style; `prompt`, the mean probability, by the base, that each preview shows its own prompt."""
+
+    style: float
+    prompt: float
+
+    @property
+    def quality(self) -> float:
+        """Style that keeps the prompt: what a person looking at the previews wants, and what selection ranks."""
+        return self.style * self.prompt
+
+
+class PreviewScorer:
+    """Paints `prompts` (PREVIEWS_PER_PROMPT each, at fixed seeds) with `pipe` as its adapters stand, and scores the
+    pictures. `adapted`: the models carrying the adapter, switched to evaluation (dropout off) for painting and
+    switched off for the prompt score. `contrasts`: the captions a preview's prompt competes with."""
+
+    def __init__(self, pipe, family, training_images: Sequence[Image.Image], prompts: Sequence[str],
+                 contrasts: Sequence[str], adapted: list[torch.nn.Module], size: int, seed: int):
+        self.pipe, self.adapted, self.size, self.seed = pipe, adapted, size, seed
+        self.prompts = list(dict.fromkeys(prompts))[:MOST_PREVIEW_PROMPTS]
+        self.style = StyleReference(pipe.vae, training_images, size)
+        with adapters_disabled(adapted):  # the prompts' embeddings by the base's own text encoders
+            self.judge = PromptJudge(pipe, family, [*self.prompts, *list(dict.fromkeys(contrasts))[:MOST_CONTRASTS]])
+
+    @torch.no_grad()
+    def paint(self) -> tuple[list[Image.Image], list[str]]:
+        images, asked = [], []
+        with evaluation_mode(self.adapted):
+            for index, prompt in enumerate(self.prompts):
+                generator = torch.Generator().manual_seed(self.seed * 1000 + index)
+                images += self.pipe(prompt, num_inference_steps=PREVIEW_STEPS, num_images_per_prompt=PREVIEWS_PER_PROMPT,
+                                    height=self.size, width=self.size, generator=generator).images
+                asked += [prompt] * PREVIEWS_PER_PROMPT
+        return images, asked
+
+    def __call__(self) -> tuple[PreviewScores, list[Image.Image]]:
+        """The adapter's scores as it stands, and the previews they were read from."""
+        images, asked = self.paint()
+        with adapters_disabled(self.adapted), evaluation_mode(self.adapted):
+            prompt = self.judge.score(images, asked, self.size).probability
+        return PreviewScores(self.style.score(images), prompt), images
