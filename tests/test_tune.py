@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 import shutil
 import signal
 import subprocess
@@ -61,6 +62,39 @@ def test_a_three_trial_tune_writes_a_best_toml_that_trains_the_same_adapter(tiny
     again, trial = _tensors(tmp_path / "again" / "again.safetensors"), _tensors(result.best.attrs["adapter"])
     assert again.keys() == trial.keys()
     assert max((again[k] - trial[k]).abs().max().item() for k in again) <= 1e-6
+
+
+def test_the_score_objective_keeps_each_trial_s_best_scored_step_and_ranks_by_its_score(tiny_base, image_folder,
+                                                                                         tmp_path):
+    lines = []
+    result = tune(_tiny_study(tiny_base, image_folder, tmp_path / "study", trials=2, objective="score"),
+                  log=lines.append)
+    assert [t.state for t in result.trials] == ["COMPLETE"] * 2
+    scores = [t.value for t in result.trials]
+    assert scores == sorted(scores, reverse=True) and result.best is result.trials[0]  # best first: highest score
+    for trial in result.trials:
+        a = trial.attrs
+        assert a["score"] == trial.value == pytest.approx(a["style_score"] * a["prompt_score"], rel=1e-12)
+        assert a["train_config"]["select_by"] == "score" and a["train_config"]["keep"] == "best"
+        kept = read_safetensors(a["adapter"]).metadata
+        assert float(kept["stylelora.style_score"]) == pytest.approx(a["style_score"], rel=1e-12)
+    assert "| score |" in (tmp_path / "study" / "results.md").read_text()
+    assert any(line.startswith("trial ") and "score 0." in line for line in lines)
+    assert result.best_toml.read_text().startswith(f"# The best trial ({result.best.number}) of study")
+    assert load_toml(result.best_toml)["select-by"] == "score"
+
+
+def test_trial_0_trains_the_defaults_so_a_study_never_ends_worse_than_them(tiny_base, image_folder, tmp_path):
+    config = _tiny_study(tiny_base, image_folder, tmp_path / "study", trials=2, ranks=(2, 4, 8), min_steps=2,
+                         max_steps=6)
+    result = tune(config, **QUIET)
+    first = next(t for t in result.trials if t.number == 0)
+    fixed = config.base_train_config()
+    assert first.attrs["defaults"] is True
+    assert first.settings["rank"] == fixed.rank == 4 and first.settings["max_steps"] == 6  # 800, clamped
+    assert first.settings["learning_rate"] == pytest.approx(fixed.effective_learning_rate)
+    again = tune(replace(config, trials=3), **QUIET)  # a rerun continues: the defaults are not queued twice
+    assert sum(bool(t.attrs.get("defaults")) for t in again.trials) == 1
 
 
 def test_the_progress_line_and_results_name_every_trial(tiny_base, image_folder, tmp_path):

@@ -11,7 +11,7 @@ import pandas as pd
 
 from stylelora.errors import StyleloraError
 from stylelora.train.settings import from_dict, load_toml
-from stylelora.tune.results import best_of, table_header, table_row
+from stylelora.tune.results import best_of, objective_of, table_header, table_row
 from stylelora.tune.space import TuneConfig, tune_config_from_dict, validate_tune
 from stylelora.ui.fields import widget
 from stylelora.ui.session import Session, error_message, shown_path
@@ -77,7 +77,7 @@ def tune_tab(session: Session, form: TrainForm) -> None:
             return gr.skip(), gr.skip()
         word = {"running": "Running", "stopping": "Stopping", "done": "Done", "stopped": "Stopped",
                 "failed": "**Error**"}[state.status]
-        objective_ = "judge" if any("style" in r.attrs for r in state.trials) else "loss"
+        objective_ = objective_of(state.trials)
         best = best_of(state.trials, objective_)
         cells = [table_row(r, objective_) for r in state.trials]
         for report, row in zip(state.trials, cells):

@@ -48,6 +48,8 @@ def progress_line(report: TrialReport, finished: int, budget: int | None) -> str
     """'trial 3 (3/10) complete: rank 8, ...; validation loss 0.01452 at step 120 (41s)'."""
     a = report.attrs
     scores = [f"style {a['style']:.0%}, colour {a['colour']:.0%}"] if "style" in a else []
+    if "score" in a:
+        scores.append(f"score {a['score']:.3f} (style {a['style_score']:.3f} x prompt {a['prompt_score']:.3f})")
     if a.get("validation_loss") is not None:
         scores.append(f"validation loss {a['validation_loss']:.5f} at step {a.get('kept_step')}")
     if "pruned_at" in a:
@@ -91,15 +93,22 @@ def best_toml(config: TuneConfig, best: TrialReport) -> str:
               if k not in RUN_ONLY and v is not None and (v != defaults[k] or k == "data" or k in best.settings)}
     a = best.attrs
     lines = [f"# The best trial ({best.number}) of study {config.name!r}, objective {config.objective}: "
-             + (f"validation loss {a.get('validation_loss'):.5f}, kept step {a.get('kept_step')}"
-                if config.objective == "loss" else f"style {a['style']:.0%}, colour {a['colour']:.0%}") + ".",
+             + {"loss": lambda: f"validation loss {a.get('validation_loss'):.5f}, kept step {a.get('kept_step')}",
+                "score": lambda: f"score {a['score']:.3f}, kept step {a.get('kept_step')}",
+                "judge": lambda: f"style {a['style']:.0%}, colour {a['colour']:.0%}"}[config.objective]() + ".",
              "# `stylelora train --config best.toml` trains the same adapter again. To train on every image",
              "# instead, delete the validation lines and set max-steps to the kept step."]
     return "\n".join(lines) + "\n" + train_table(values)
 
 
+def objective_of(reports: list[TrialReport]) -> str:
+    """The objective a study's trials were scored by, read off what they recorded."""
+    recorded = {key for report in reports for key in report.attrs}
+    return "judge" if "style" in recorded else "score" if "score" in recorded else "loss"
+
+
 def best_of(reports: list[TrialReport], objective: str) -> TrialReport | None:
-    """The best finished trial so far, as the study ranks them: lowest loss, or highest judged style."""
+    """The best finished trial so far, as the study ranks them: lowest loss, or highest score or judged style."""
     scored = [r for r in reports if r.state == "COMPLETE" and r.value is not None]
     if not scored:
         return None
@@ -108,7 +117,7 @@ def best_of(reports: list[TrialReport], objective: str) -> TrialReport | None:
 
 def table_header(objective: str) -> list[str]:
     return ["trial", "state", *SETTING_NAMES.values()] + (["style", "colour"] if objective == "judge" else []) + \
-        ["validation loss", "kept step", "seconds"]
+        (["score"] if objective == "score" else []) + ["validation loss", "kept step", "seconds"]
 
 
 def table_row(report: TrialReport, objective: str) -> list[str]:
@@ -118,6 +127,8 @@ def table_row(report: TrialReport, objective: str) -> list[str]:
     cells += [_cell(report.settings[k]) for k in SETTING_NAMES]
     if objective == "judge":
         cells += [f"{a['style']:.0%}" if "style" in a else "", f"{a['colour']:.0%}" if "colour" in a else ""]
+    if objective == "score":
+        cells.append(f"{a['score']:.3f}" if "score" in a else "")
     loss = a.get("validation_loss")
     return cells + [f"{loss:.5f}" if loss is not None else "", str(a.get("kept_step", "")), str(a.get("seconds", ""))]
 

@@ -23,7 +23,7 @@ from ..errors import ConfigError, TrainingError, TrainingInterrupted
 from ..train.checkpoint import latest_checkpoint
 from ..train.config import TrainConfig
 from .results import TrialReport, TuneResult, progress_line, report_of, write_results
-from .space import TuneConfig, sample, validate_tune
+from .space import TuneConfig, default_params, sample, validate_tune
 
 HEARTBEAT_SECONDS, GRACE_SECONDS = 30, 120  # another machine's trial counts as dead after 2 minutes of silence
 COUNTED = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")  # a killed trial's FAIL is retried, a surplus one never ran
@@ -70,7 +70,7 @@ def open_study(config: TuneConfig):
     except Exception as error:  # a bad URL, a missing driver, an unreachable server: one line
         raise ConfigError(f"--storage = {url!r}: optuna cannot open it ({type(error).__name__}: "
                           f"{str(error).splitlines()[0]})") from None
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=3) if config.pruner == "median" and config.objective == "loss"
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=3) if config.pruner == "median" and config.objective != "judge"
               else optuna.pruners.NopPruner())
     study = optuna.create_study(storage=storage, study_name=config.name, load_if_exists=True, pruner=pruner,
                                 sampler=trial_seeded_tpe(config.seed),
@@ -78,6 +78,10 @@ def open_study(config: TuneConfig):
     space, wanted = study.user_attrs.get("space"), config.space()
     if space is None:
         study.set_user_attr("space", wanted)
+        from ..train.loop import DEFAULT_STEPS
+
+        # skip_if_exists: two processes opening a new study together enqueue it once
+        study.enqueue_trial(default_params(config, DEFAULT_STEPS), user_attrs={"defaults": True}, skip_if_exists=True)
     # Only what the study recorded is compared: one made by an older stylelora recorded fewer settings.
     elif changed := ", ".join(k for k in space if k in wanted and wanted[k] != space[k]):
         raise ConfigError(f"{config.out_dir}: the study {config.name!r} there was made with other settings ({changed}); "
@@ -163,7 +167,11 @@ class TrialRunner:
         attrs = {"adapter": str(result.adapter_path), "kept_step": result.kept_step,
                  "trained_steps": result.steps, "validation_loss": result.validation_loss,
                  "base_validation_loss": result.base_validation_loss, "stop_reason": result.stop_reason}
-        if self.judge is None:
+        if self.config.objective == "score":
+            attrs |= {"style_score": result.scores.style, "prompt_score": result.scores.prompt,
+                      "score": result.scores.quality}
+            value = result.scores.quality
+        elif self.judge is None:
             value = result.validation_loss
         else:
             style, colour = self.judge.rate(result.adapter_path)
@@ -183,7 +191,8 @@ class TrialRunner:
         return TrainConfig(**(vars(self.fixed) | settings | {
             "out": out, "name": f"trial-{number:04d}", "resume": latest_checkpoint(out) is not None, "auto": False,
             "save_every": max(steps // 10, 1), "validate_every": validate_every,
-            "early_stop": 0 if judged else self.config.early_stop, "keep": "last" if judged else "best"}))
+            "early_stop": 0 if judged else self.config.early_stop, "keep": "last" if judged else "best",
+            "select_by": "score" if self.config.objective == "score" else "loss"}))
 
     def _train(self, trial, run_config: TrainConfig):
         from ..train.loop import train
@@ -192,7 +201,8 @@ class TrialRunner:
 
         def on_progress(progress) -> None:
             if progress.validation_loss is not None and self.judge is None:
-                trial.report(progress.validation_loss, progress.step)
+                trial.report(progress.validation_loss if progress.scores is None else progress.scores.quality,
+                             progress.step)
                 if trial.should_prune():
                     pruned.append(progress.step)
 
@@ -250,7 +260,8 @@ def _run_study(config: TuneConfig, fixed: TrainConfig, on_trial: Callable[[Trial
 
     while True:
         recover_killed_trials(study)
-        if budget is not None and len(_counted(study)) >= budget:
+        # A queued trial (the defaults, trial 0, or a stopped trial queued again) is still to run: not spent yet.
+        if budget is not None and sum(t.state.name != "WAITING" for t in _counted(study)) >= budget:
             break
         if time.time() >= deadline or (should_stop is not None and should_stop()):
             break

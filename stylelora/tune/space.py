@@ -16,7 +16,7 @@ from ..options import UiField, option, read_toml
 from ..train.config import TrainConfig, validate
 from ..train.settings import from_dict
 
-OBJECTIVES = ("loss", "judge")
+OBJECTIVES = ("loss", "score", "judge")
 PRUNERS = ("median", "none")
 JUDGE_STYLES = ("striped", "dotted", "pastel")
 DEFAULT_TRIALS = 20
@@ -47,11 +47,12 @@ class TuneConfig:
                            ui=UiField("Most steps a trial trains", "integer", "tune-max-steps"))
     min_steps: int = option(100, "fewest steps a trial trains", BUDGET,
                            ui=UiField("Fewest steps a trial trains", "integer", "tune-min-steps"))
-    objective: str = option("loss", "loss: the held-out validation loss (any base); judge: the style rate the mini's "
-                                    "judge reads on fixed prompts and seeds, colour kept as a constraint (--base mini "
-                                    "only)", OBJECTIVE, choices=OBJECTIVES,
-                            ui=UiField("Objective (loss: held-out validation loss; judge: the mini's style rate)",
-                                       "dropdown", "tune-objective"))
+    objective: str = option("loss", "loss: the held-out validation loss (any base); score: the kept step's preview "
+                                    "score, style x prompt, as --select-by score reads it (any base); judge: the "
+                                    "style rate the mini's judge reads on fixed prompts and seeds, colour kept as a "
+                                    "constraint (--base mini only)", OBJECTIVE, choices=OBJECTIVES,
+                            ui=UiField("Objective (loss: held-out validation loss; score: the previews' style x "
+                                       "prompt; judge: the mini's style rate)", "dropdown", "tune-objective"))
     judge_style: str | None = option(None, "the style the judge counts", OBJECTIVE, choices=JUDGE_STYLES,
                                      default_text="what it sees most in the folder")
     judge_images: int = option(2, "images per colour x shape prompt the judge reads (12 prompts)", OBJECTIVE)
@@ -69,9 +70,10 @@ class TuneConfig:
                                              ui=UiField("Module presets to try", "multiselect", "tune-targets"))
     text_encoder: tuple[bool, ...] = option((False,), "off, on, or off,on to search it", SPACE, cli_type=str)
     early_stop: int = option(5, "stop a trial after PATIENCE validations without improvement, keeping its best step "
-                                "(loss objective; 0 = off)", INSIDE, metavar="PATIENCE")
-    pruner: str = option("median", "stop a trial whose validation loss is worse than the median of earlier trials "
-                                   "at the same step (loss objective)", INSIDE, choices=PRUNERS)
+                                "(loss and score objectives; 0 = off)", INSIDE, metavar="PATIENCE")
+    pruner: str = option("median", "stop a trial whose validation loss (or score) is worse than the median of "
+                                   "earlier trials at the same step (loss and score objectives)", INSIDE,
+                         choices=PRUNERS)
     seed: int = option(0, "the sampler's seed and every trial's training seed", INSIDE)
     train: dict[str, Any] = field(default_factory=dict)  # fixed training settings (flag names as keys)
 
@@ -184,6 +186,23 @@ def sample(trial, config: TuneConfig) -> dict[str, Any]:
     for name in ("method", "targets", "text_encoder"):
         choose(name)
     return settings_of(trial.params, config)
+
+
+def default_params(config: TuneConfig, default_steps: int) -> dict[str, Any]:
+    """The untuned recipe as optuna parameters, for trial 0: a study then never ends worse than the defaults. Each
+    searched setting at its default (the base's learning rate, `default_steps` for training without --max-steps),
+    clamped into its range; a choice whose default is not among the choices is left to the sampler."""
+    fixed = config.base_train_config()
+    defaults = {"rank": fixed.rank, "alpha_ratio": fixed.effective_alpha / fixed.rank, "method": fixed.method,
+                "targets": fixed.targets or "attn", "text_encoder": fixed.train_text_encoder}
+    params = {name: value for name, value in defaults.items()
+              if len(choices := getattr(config, _CHOICES[name])) > 1 and value in choices}
+    low, high = config.learning_rates()
+    if high > low:
+        params["learning_rate"] = min(max(fixed.effective_learning_rate, low), high)
+    if config.max_steps > config.min_steps:
+        params["steps"] = min(max(fixed.max_steps or default_steps, config.min_steps), config.max_steps)
+    return params
 
 
 def settings_of(params: dict[str, Any], config: TuneConfig) -> dict[str, Any]:
