@@ -68,3 +68,59 @@ def test_the_error_under_some_prompts_is_the_error_under_all_of_them_taken_in_th
     every = judge.errors(images[0], 64)
     chosen = [judge.candidates[3], judge.candidates[0]]
     assert torch.allclose(judge.errors(images[0], 64, chosen), every[[3, 0]], rtol=1e-5, atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory) -> Path:
+    """A randomly initialised CLIP (32 px, 32 wide) saved with its tokenizer and image processor: what a user's
+    local CLIP folder holds, built here so nothing is downloaded."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from stylelora.mini.tokenizer import write_tokenizer
+    from stylelora.mini.world import COLOURS, SHAPES
+
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    tokenizer = write_tokenizer(folder, [*COLOURS, *SHAPES, "a"])
+    torch.manual_seed(0)
+    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    config = CLIPConfig(text_config=tower | dict(vocab_size=tokenizer.vocab_size, max_position_embeddings=77),
+                        vision_config=tower | dict(image_size=32, patch_size=8), projection_dim=16)
+    CLIPModel(config).save_pretrained(folder)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def test_a_local_clip_scores_the_same_two_things_deterministically(tiny_clip):
+    from stylelora.score.clip import ClipScorer
+
+    images, captions = _folder("dots")
+    scorer = ClipScorer(tiny_clip)
+    references = scorer.image_embeddings(images[0::2])
+    assert scorer.style(images[0::2], references) == pytest.approx(1.0, abs=1e-5)  # each its own nearest
+    style = scorer.style(images[1::2], references)
+    assert 0 <= style < 1 and style == scorer.style(images[1::2], references)
+    candidates = list(dict.fromkeys(captions))
+    prompt = scorer.prompt(images[:6], captions[:6], candidates)
+    assert 0 < prompt < 1 and prompt == scorer.prompt(images[:6], captions[:6], candidates)
+
+
+def test_training_selects_by_a_local_clip_and_a_bad_scorer_is_one_line(train_config, tiny_clip, tmp_path):
+    from stylelora.errors import ConfigError
+    from stylelora.train.config import validate
+    from stylelora.train.loop import train
+
+    config = train_config(out=tmp_path / "clip", validation_split=0.2, max_steps=4, validate_every=2,
+                          select_by="score", scorer=f"clip:{tiny_clip}")
+    result = train(config, progress_bar=False, log=lambda m: None)
+    rows = [line for line in (config.out / "metrics.jsonl").read_text().splitlines() if '"score"' in line]
+    assert len(rows) == 2 and result.scores is not None and 0 <= result.scores.quality <= 1
+    with pytest.raises(ConfigError, match=r"^--scorer = 'clip:/nowhere': give base, or clip:PATH with PATH a folder"):
+        validate(train_config(validation_split=0.2, select_by="score", scorer="clip:/nowhere"))
+    with pytest.raises(ConfigError, match=r"^--scorer = 'clip:.*': the scorer reads the previews of --select-by score"):
+        validate(train_config(scorer=f"clip:{tiny_clip}"))
+    not_clip = tmp_path / "not-clip"
+    not_clip.mkdir()
+    with pytest.raises(ConfigError, match=r"^--scorer clip:.*not-clip: not a CLIP model folder"):
+        train(train_config(out=tmp_path / "bad", validation_split=0.2, select_by="score", scorer=f"clip:{not_clip}"),
+              progress_bar=False, log=lambda m: None)

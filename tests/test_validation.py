@@ -357,7 +357,7 @@ def test_the_ui_stopping_row_sends_what_was_typed(tmp_path):
     from stylelora.ui.train_fields import STOPPING_FIELDS, stopping_settings
 
     typed = dict(validation_split=0.25, validation_data="", validate_every=3.0, early_stop=0, min_delta=0, keep="",
-                 select_by="score", ema_decay=0.5, preserve_prompts="a blue square\n", preserve_weight=0, reg_data=" reg ", reg_weight=0.5)
+                 select_by="score", scorer="", ema_decay=0.5, preserve_prompts="a blue square\n", preserve_weight=0, reg_data=" reg ", reg_weight=0.5)
     settings = stopping_settings(tmp_path, "my style", [typed[name] for name in STOPPING_FIELDS])
     assert settings == {"validation_split": 0.25, "validate_every": 3, "select_by": "score", "ema_decay": 0.5,
                         "preserve_weight": 0,

@@ -40,7 +40,7 @@ def show_only_own_fields(method, targets, fields) -> None:
 # The fields of "Knowing when to stop", in the order stopping_row() lays them out; blank (or 0 where the field is
 # unset by default) means the default.
 STOPPING_FIELDS = ("validation_split", "validation_data", "validate_every", "early_stop", "min_delta", "keep",
-                   "select_by", "ema_decay", "preserve_prompts", "preserve_weight", "reg_data", "reg_weight")
+                   "select_by", "scorer", "ema_decay", "preserve_prompts", "preserve_weight", "reg_data", "reg_weight")
 
 
 def stopping_row() -> list:
@@ -51,7 +51,7 @@ def stopping_row() -> list:
             fields = [widget(TrainConfig, name, **({"min_width": 320} if name == "keep" else {}))
                       for name in STOPPING_FIELDS[:6]]
         with gr.Row():
-            fields += [widget(TrainConfig, "select_by"), widget(TrainConfig, "ema_decay"),
+            fields += [widget(TrainConfig, "select_by"), widget(TrainConfig, "scorer"), widget(TrainConfig, "ema_decay"),
                        widget(TrainConfig, "preserve_prompts", lines=3),
                        widget(TrainConfig, "preserve_weight")]
         with gr.Row():

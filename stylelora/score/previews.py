@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from ..methods.attach import adapters_disabled, evaluation_mode
+from .clip import ClipScorer, scorer_path
 from .prompt import PromptJudge
 from .style import StyleReference
 
@@ -38,15 +39,21 @@ class PreviewScores:
 class PreviewScorer:
     """Paints `prompts` (PREVIEWS_PER_PROMPT each, at fixed seeds) with `pipe` as its adapters stand, and scores the
     pictures. `adapted`: the models carrying the adapter, switched to evaluation (dropout off) for painting and
-    switched off for the prompt score. `contrasts`: the captions a preview's prompt competes with."""
+    switched off for the base's prompt score. `contrasts`: the captions a preview's prompt competes with.
+    `scorer`: "base" (the base's own VAE and denoiser) or "clip:PATH" (clip.py)."""
 
     def __init__(self, pipe, family, training_images: Sequence[Image.Image], prompts: Sequence[str],
-                 contrasts: Sequence[str], adapted: list[torch.nn.Module], size: int, seed: int):
+                 contrasts: Sequence[str], adapted: list[torch.nn.Module], size: int, seed: int, scorer: str = "base"):
         self.pipe, self.adapted, self.size, self.seed = pipe, adapted, size, seed
         self.prompts = list(dict.fromkeys(prompts))[:MOST_PREVIEW_PROMPTS]
+        self.candidates = [*self.prompts, *[c for c in dict.fromkeys(contrasts) if c not in self.prompts][:MOST_CONTRASTS]]
+        self.clip = ClipScorer(path) if (path := scorer_path(scorer)) is not None else None
+        if self.clip is not None:
+            self.references = self.clip.image_embeddings(training_images)
+            return
         self.style = StyleReference(pipe.vae, training_images, size)
         with adapters_disabled(adapted):  # the prompts' embeddings by the base's own text encoders
-            self.judge = PromptJudge(pipe, family, [*self.prompts, *list(dict.fromkeys(contrasts))[:MOST_CONTRASTS]])
+            self.judge = PromptJudge(pipe, family, self.candidates)
 
     @torch.no_grad()
     def paint(self) -> tuple[list[Image.Image], list[str]]:
@@ -62,6 +69,9 @@ class PreviewScorer:
     def __call__(self) -> tuple[PreviewScores, list[Image.Image]]:
         """The adapter's scores as it stands, and the previews they were read from."""
         images, asked = self.paint()
+        if self.clip is not None:
+            return PreviewScores(self.clip.style(images, self.references),
+                                 self.clip.prompt(images, asked, self.candidates)), images
         with adapters_disabled(self.adapted), evaluation_mode(self.adapted):
             prompt = self.judge.score(images, asked, self.size).probability
         return PreviewScores(self.style.score(images), prompt), images

@@ -211,6 +211,9 @@ class TrainConfig:
                                     "or score (previews of the held-out captions, painted at each validation and "
                                     "scored by the base alone for style and prompt)", STOP, choices=SELECT_BY,
                             ui=UiField("Choose the step by", "dropdown"))
+    scorer: str = option("base", "what scores the previews for --select-by score: base (the base's own VAE and "
+                                 "denoiser: nothing else is needed), or clip:PATH (a CLIP model saved in a folder on "
+                                 "this machine; nothing is downloaded)", STOP, ui=UiField("Scorer (base, or clip:PATH)"))
     ema_decay: float = option(0.0, "exponential moving average of the adapter weights, validated and saved instead "
                                    "of them, e.g. 0.99 (0 = off)", STOP,
                                ui=UiField("EMA decay (0 = off; 0.99 is usual)"))
@@ -398,6 +401,9 @@ def validate(config: TrainConfig) -> TrainConfig:
         (c.select_by in SELECT_BY, "select_by", f"choose one of {', '.join(SELECT_BY)}"),
         (c.select_by == "loss" or c.validating, "select_by",
          f"the scored previews are painted from the held-out captions: {WITH_VALIDATION}"),
+        (c.scorer == "base" or (c.scorer.startswith("clip:") and Path(c.scorer[5:]).expanduser().is_dir()),
+         "scorer", "give base, or clip:PATH with PATH a folder holding a CLIP model (CLIPModel.save_pretrained)"),
+        (c.scorer == "base" or c.select_by == "score", "scorer", "the scorer reads the previews of --select-by score"),
         (0 <= c.ema_decay < 1, "ema_decay", "the EMA decay is in [0, 1), e.g. 0.99; 0 = off"),
         (c.preserve_weight >= 0, "preserve_weight", "the preservation weight must be 0 or more; 1 is usual"),
         (c.reg_weight >= 0, "reg_weight", "the regularisation weight must be 0 or more; 1 is usual"),

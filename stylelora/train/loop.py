@@ -305,7 +305,7 @@ def prepare_watch(config: TrainConfig, model: Model, optimisation: Optimisation,
         scorer = PreviewScorer(model.pipe, model.family, [load_rgb(e.path) for e in examples[:MOST_REFERENCES]],
                                [*validation.captions, *config.sample_prompts],
                                [e.caption for e in examples], step_loss.adapted,
-                               model.resolution, config.seed)
+                               model.resolution, config.seed, config.scorer)
     watch = Watch(validate_every(config.validate_every, optimisation.steps), optimisation.steps,
                   config.keep_step == "best", EarlyStopping(config.early_stop, config.min_delta),
                   (lambda: step_loss.validation_loss(validation)) if validation is not None else None,
