@@ -97,6 +97,18 @@ def test_trial_0_trains_the_defaults_so_a_study_never_ends_worse_than_them(tiny_
     assert sum(bool(t.attrs.get("defaults")) for t in again.trials) == 1
 
 
+def test_two_studies_of_the_same_seed_draw_different_trials_and_one_study_draws_the_same_again():
+    from stylelora.tune.search import trial_seeded_tpe
+
+    def first_draws(name: str) -> list[int]:
+        study = optuna.create_study(sampler=trial_seeded_tpe(0, name))
+        study.optimize(lambda trial: trial.suggest_int("rank", 1, 10_000), n_trials=3)
+        return [t.params["rank"] for t in study.trials]
+
+    assert first_draws("stripes") == first_draws("stripes")  # reproducible
+    assert first_draws("stripes") != first_draws("dots")  # not repeated across studies
+
+
 def test_the_progress_line_and_results_name_every_trial(tiny_base, image_folder, tmp_path):
     lines = []
     tune(_tiny_study(tiny_base, image_folder, tmp_path / "study", trials=2), log=lines.append)

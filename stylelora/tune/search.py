@@ -11,6 +11,7 @@ it lacks, written here:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import socket
@@ -73,7 +74,7 @@ def open_study(config: TuneConfig):
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=3) if config.pruner == "median" and config.objective != "judge"
               else optuna.pruners.NopPruner())
     study = optuna.create_study(storage=storage, study_name=config.name, load_if_exists=True, pruner=pruner,
-                                sampler=trial_seeded_tpe(config.seed),
+                                sampler=trial_seeded_tpe(config.seed, config.name),
                                 direction="minimize" if config.objective == "loss" else "maximize")
     space, wanted = study.user_attrs.get("space"), config.space()
     if space is None:
@@ -89,16 +90,19 @@ def open_study(config: TuneConfig):
     return study
 
 
-def trial_seeded_tpe(seed: int):
-    """optuna's TPE sampler, its randomness reseeded from (seed, trial number) before each trial. With one
-    seed for the whole sampler, two processes that open a study together draw the same settings for their
-    first trials; this way no two trials share a draw, and a study run alone is reproducible."""
+def trial_seeded_tpe(seed: int, study_name: str = ""):
+    """optuna's TPE sampler, its randomness reseeded from (seed, study name, trial number) before each trial.
+    With one seed for the whole sampler, two processes that open a study together draw the same settings for
+    their first trials, and with the seed alone two studies (of two folders) repeat each other's first trials;
+    this way no two trials share a draw, and a study run alone is reproducible."""
     import optuna
+
+    study_key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:4], "little")
 
     class TrialSeededTPE(optuna.samplers.TPESampler):
         def before_trial(self, study, trial) -> None:
             for state in (self._rng, self._random_sampler._rng):  # optuna keeps no public per-trial seed
-                state.rng.seed((seed * 1_000_003 + trial.number) % 2 ** 32)
+                state.rng.seed((seed * 1_000_003 + trial.number + study_key) % 2 ** 32)
             super().before_trial(study, trial)
 
     return TrialSeededTPE(seed=seed, n_startup_trials=5)
