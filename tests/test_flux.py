@@ -178,6 +178,12 @@ def test_a_mixed_batch_equals_each_request_alone_and_the_styler_blends(tiny_flux
         styler.generate("a red circle", negative="blurry", steps=2, size=32, scheduler="euler")
 
 
+def test_selection_by_score_paints_and_scores_on_flux(flux_config, tmp_path):
+    result = train(flux_config(out=tmp_path / "s", max_steps=2, validation_split=0.34, validate_every=1,
+                               select_by="score"), **QUIET)
+    assert result.scores is not None and 0 < result.scores.style <= 1 and 0 <= result.scores.prompt <= 1
+
+
 def test_the_server_serves_a_flux_base_and_a_request_is_what_generate_paints(tiny_flux_base, flux_adapters, tmp_path):
     assert_served_is_generated(tiny_flux_base, flux_adapters[1], tmp_path)
 

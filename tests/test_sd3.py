@@ -194,6 +194,14 @@ def test_previews_validation_and_a_quantized_base_train_on_sd3(sd3_config, tmp_p
     assert read_safetensors(over_nf4.adapter_path).tensors.keys() == read_safetensors(with_previews.adapter_path).tensors.keys()
 
 
+def test_selection_by_score_paints_and_scores_on_sd3(sd3_config, tmp_path):
+    """The scorer asks the family, not the UNet: flow matching's noising, SD3's three text encoders."""
+    result = train(sd3_config(out=tmp_path / "s", max_steps=2, validation_split=0.34, validate_every=1,
+                              select_by="score"), **QUIET)
+    assert result.scores is not None and 0 < result.scores.style <= 1 and 0 <= result.scores.prompt <= 1
+    assert len(list((tmp_path / "s" / "scored").glob("step-000001-*.png"))) >= 2
+
+
 def test_the_server_serves_an_sd3_base_and_a_request_is_what_generate_paints(tiny_sd3_base, sd3_adapters, tmp_path):
     assert_served_is_generated(tiny_sd3_base, sd3_adapters[1], tmp_path)
 
