@@ -112,7 +112,8 @@ def overfitting(work: Path, steps: int, per_prompt: int) -> list[str]:
     small, held = split_stripes(work)
     keep_out = work / "outside-prompts.txt"
     keep_out.write_text("\n".join(OUTSIDE) + "\n")
-    common = dict(data=small, validation_data=held, max_steps=steps, validate_every=max(steps // 60, 1), seed=0)
+    common = dict(data=small, validation_data=held, max_steps=steps, validate_every=max(steps // 60, 1), seed=0,
+              select_by="loss")  # as measured: this bench is the held-out loss's own
     runs = {
         "last step": run("long", out=work / "long", keep="last", **common),
         "early-stopped (best)": run("early", out=work / "early", early_stop=5, **common),

@@ -137,7 +137,8 @@ def _scripted(monkeypatch, losses_by_step):
 
 def test_training_stops_at_the_right_validation_and_keeps_the_best_step(train_config, monkeypatch, tmp_path):
     calls = _scripted(monkeypatch, {2: 0.5, 4: 0.3, 6: 0.31, 8: 0.35, 10: 0.29, 12: 0.2})
-    result = train(train_config(validation_split=0.2, max_steps=12, validate_every=2, early_stop=2), **QUIET)
+    result = train(train_config(validation_split=0.2, max_steps=12, validate_every=2, early_stop=2, select_by="loss"),
+                   **QUIET)
     assert (result.steps, result.kept_step, result.validation_loss, len(calls)) == (8, 4, 0.3, 5)
     meta = _metadata(result.adapter_path)
     assert meta["stylelora.kept_step"] == "4" and meta["stylelora.trained_steps"] == "8"
@@ -245,7 +246,8 @@ def _rows(out: Path, key: str) -> list[dict]:
 
 def test_selected_by_score_the_kept_step_is_the_best_scored_and_its_scores_are_in_the_file(train_config, tmp_path):
     config = train_config(out=tmp_path / "scored", validation_split=0.2, max_steps=6, validate_every=2,
-                          learning_rate=5e-2, select_by="score")
+                          learning_rate=5e-2)  # validation on: selection by score is the default
+    assert config.selection == "score" and train_config().selection == "loss"
     result = train(config, **QUIET)
     scored = _rows(config.out, "score")
     assert [row["step"] for row in scored] == [2, 4, 6]
@@ -278,8 +280,8 @@ def test_selection_by_score_resumes_to_the_same_kept_step_and_file(train_config,
 @pytest.mark.parametrize("settings, message", [
     (dict(select_by="score"), r"^--select-by = 'score': the scored previews are painted from the held-out captions"),
     (dict(select_by="eye"), r"^--select-by = 'eye': choose one of loss, score"),
-    (dict(early_stop=3), r"^--early-stop = 3: early stopping watches the validation loss: add --validation-split"),
-    (dict(keep="best"), r"^--keep = 'best': the best step is the one with the lowest validation loss"),
+    (dict(early_stop=3), r"^--early-stop = 3: early stopping watches the validations: add --validation-split"),
+    (dict(keep="best"), r"^--keep = 'best': the best step is the best validation.s: add --validation-split"),
     (dict(validate_every=5), r"^--validate-every = 5: there is nothing to validate on"),
     (dict(validation_split=1.5), r"^--validation-split = 1.5: hold out a fraction in \[0, 1\)"),
     (dict(ema_decay=1.0), r"^--ema-decay = 1.0: the EMA decay is in \[0, 1\)"),

@@ -16,6 +16,7 @@ from .loss import HUBER_C, HUBER_SCHEDULES, LOSSES, loss_checks
 from .optimizers import OPTIMIZERS, optimizer_checks
 from .objective import TIMESTEP_SAMPLINGS, Sampling, sampling_checks
 from .trackers import TRACKERS, TRACKERS_HELP
+from .stopping import SELECT_BY, stopping_checks
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -25,8 +26,6 @@ PRECISIONS = ("auto", "no", "fp16", "bf16")
 
 BASE_HELP = "'mini' (built in), a hub id, a diffusers folder or a .safetensors checkpoint"
 STOP = "knowing when to stop"
-WITH_VALIDATION = "add --validation-split 0.2 or --validation-data DIR"
-SELECT_BY = ("loss", "score")  # what --keep best and --early-stop go by (score: stylelora/score/previews.py)
 
 
 def _method_names() -> list[str]:
@@ -207,13 +206,12 @@ class TrainConfig:
                               ui=UiField("Least improvement that counts"))
     keep: str | None = option(None, "which step's adapter becomes the file", STOP, choices=("best", "last"),
                               default_text="best with validation, else last", ui=UiField("Adapter kept", "dropdown"))
-    select_by: str = option("loss", "what picks the kept step and stops early: loss (the held-out denoising loss), "
-                                    "or score (previews of the held-out captions, painted at each validation and "
-                                    "scored by the base alone for style and prompt)", STOP, choices=SELECT_BY,
-                            ui=UiField("Choose the step by", "dropdown"))
-    scorer: str = option("base", "what scores the previews for --select-by score: base (the base's own VAE and "
-                                 "denoiser: nothing else is needed), or clip:PATH (a CLIP model saved in a folder on "
-                                 "this machine; nothing is downloaded)", STOP, ui=UiField("Scorer (base, or clip:PATH)"))
+    select_by: str | None = option(None, "what picks the kept step and stops early: score (held-out captions painted "
+                                         "and scored by the base for style and prompt) or loss (held-out loss)", STOP,
+                                   choices=SELECT_BY, default_text="score with validation",
+                                   ui=UiField("Choose the step by", "dropdown"))
+    scorer: str = option("base", "what scores the previews: base (its own VAE and denoiser) or clip:PATH (a CLIP "
+                                 "model in a folder here; nothing is downloaded)", STOP, ui=UiField("Scorer (base, or clip:PATH)"))
     ema_decay: float = option(0.0, "exponential moving average of the adapter weights, validated and saved instead "
                                    "of them, e.g. 0.99 (0 = off)", STOP,
                                ui=UiField("EMA decay (0 = off; 0.99 is usual)"))
@@ -238,9 +236,14 @@ class TrainConfig:
         return self.masks is not None or self.mask_from_alpha
 
     @property
+    def selection(self) -> str:
+        """What picks the best step: --select-by, else the previews' score whenever there is validation."""
+        return self.select_by or ("score" if self.validating else "loss")
+
+    @property
     def paints_while_training(self) -> bool:
         """Whether the VAE and the text encoders stay after caching: previews, or candidate steps scored by them."""
-        return bool(self.sample_every) or (self.select_by == "score" and self.validating)
+        return bool(self.sample_every) or (self.selection == "score" and self.validating)
 
     @property
     def validating(self) -> bool:
@@ -385,26 +388,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         (c.sample_every >= 0, "sample_every", "sample every N steps, N >= 0 (0 = never)"),
         (c.log_every >= 1, "log_every", "log every N steps, N >= 1"),
         (c.log_with in TRACKERS, "log_with", f"choose one of {', '.join(TRACKERS)}"),
-        (0 <= c.validation_split < 1, "validation_split", "hold out a fraction in [0, 1), e.g. 0.2"),
-        (not (c.validation_split and c.validation_data is not None), "validation_data",
-         "give --validation-split (held out of the folder) or --validation-data (another folder), not both"),
-        (c.validate_every is None or c.validate_every >= 1, "validate_every", "validate every N steps, N >= 1"),
-        (c.validate_every is None or c.validating, "validate_every",
-         "there is nothing to validate on: add --validation-split 0.2 or --validation-data DIR"),
-        (c.early_stop >= 0, "early_stop", "the patience is a number of validations, 0 (never stop early) or more"),
-        (not c.early_stop or c.validating, "early_stop",
-         "early stopping watches the validation loss: add --validation-split 0.2 or --validation-data DIR"),
-        (c.min_delta >= 0, "min_delta", "the least improvement that counts must be 0 or more, e.g. 0.0005"),
-        (c.keep in (None, "best", "last"), "keep", "choose best or last"),
-        (c.keep != "best" or c.validating, "keep",
-         "the best step is the one with the lowest validation loss: add --validation-split 0.2 or --validation-data DIR"),
-        (c.select_by in SELECT_BY, "select_by", f"choose one of {', '.join(SELECT_BY)}"),
-        (c.select_by == "loss" or c.validating, "select_by",
-         f"the scored previews are painted from the held-out captions: {WITH_VALIDATION}"),
-        (c.scorer == "base" or (c.scorer.startswith("clip:") and Path(c.scorer[5:]).expanduser().is_dir()),
-         "scorer", "give base, or clip:PATH with PATH a folder holding a CLIP model (CLIPModel.save_pretrained)"),
-        (c.scorer == "base" or c.select_by == "score", "scorer", "the scorer reads the previews of --select-by score"),
-        (0 <= c.ema_decay < 1, "ema_decay", "the EMA decay is in [0, 1), e.g. 0.99; 0 = off"),
+        *stopping_checks(c),  # validation, early stopping, selection and the EMA (train/stopping.py)
         (c.preserve_weight >= 0, "preserve_weight", "the preservation weight must be 0 or more; 1 is usual"),
         (c.reg_weight >= 0, "reg_weight", "the regularisation weight must be 0 or more; 1 is usual"),
         (c.reg_data is not None or c.reg_weight == 1.0, "reg_weight",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -33,7 +32,7 @@ from ..model.loading import fix_mmap_threshold
 from ..model.precision import PRECISION_NAMES, choose_precision
 from ..model.quantize import check_quantize, quantization_of, quantized_share
 from ..options import refuse_first
-from ..score.previews import MOST_REFERENCES, PreviewScorer, PreviewScores
+from ..score.previews import MOST_REFERENCES, PreviewScorer
 from .checkpoint import latest_checkpoint, resume
 from .config import TrainConfig, validate
 from .inputs import prepare_inputs
@@ -41,50 +40,13 @@ from .regularisation import read_regularisation
 from .optimizers import OPTIMIZERS, block_rates, build_optimizer, parameter_groups
 from .outputs import (Kept, MetricsLog, Outputs, phases_line, progress_bar as make_progress_bar, render_samples,
                       save_scored_previews, seconds_since_process_start, with_preview_prompts, write_phases)
-from .stages import DTYPES, Model, Optimisation
+from .stages import DTYPES, Model, Optimisation, Progress, TrainResult
 from .step_loss import StepLoss
 from .suggest import fill_unset
 from .trackers import check_trackers, hyperparameters, trackers_for
 from .validation import AdapterAverage, EarlyStopping, Watch, validate_every
 
 DEFAULT_STEPS = 800
-
-
-@dataclass
-class Progress:
-    step: int
-    total_steps: int
-    loss: float
-    learning_rate: float
-    steps_per_second: float
-    seconds_left: float
-    samples: list[Path] = field(default_factory=list)
-    validation_loss: float | None = None  # set at the steps that validated
-    scores: PreviewScores | None = None  # set at the steps that validated, with --select-by score
-
-
-@dataclass
-class TrainResult:
-    adapter_path: Path
-    steps: int  # the steps trained (fewer than planned after an early stop)
-    loss: float
-    seconds: float
-    is_main: bool = True  # False in the other processes of a multi-process run, which write nothing
-    kept_step: int = 0  # the step whose adapter is the file (--keep best: the best validation)
-    validation_loss: float | None = None  # the kept step's
-    stop_reason: str = ""
-    base_validation_loss: float | None = None  # the base's own (no adapter), for reference
-    scores: PreviewScores | None = None  # the kept step's previews' scores, with --select-by score
-
-    def kept_measures(self) -> str:
-        """What the kept step measured, in words: its validation loss, and its previews' scores when scored."""
-        said = f"validation loss {self.validation_loss:.5f}"
-        if self.base_validation_loss is not None:
-            said += f" (the base alone: {self.base_validation_loss:.5f})"
-        if self.scores is not None:
-            said += (f", preview score {self.scores.quality:.3f} (style {self.scores.style:.3f} x prompt "
-                     f"{self.scores.prompt:.3f})")
-        return said
 
 
 def clip_gradients(accelerator: Accelerator, parameters: list[torch.nn.Parameter], max_norm: float) -> float:
@@ -300,7 +262,7 @@ def prepare_watch(config: TrainConfig, model: Model, optimisation: Optimisation,
     run left them."""
     validation = step_loss.inputs.validation
     scorer = None
-    if validation is not None and config.select_by == "score":
+    if validation is not None and config.selection == "score":
         examples = outputs.folder.examples
         scorer = PreviewScorer(model.pipe, model.family, [load_rgb(e.path) for e in examples[:MOST_REFERENCES]],
                                [*validation.captions, *config.sample_prompts],

@@ -1,4 +1,5 @@
-"""The training stages' typed outputs: the frozen base (`Model`) and the optimisation (`Optimisation`).
+"""The training stages' typed outputs: the frozen base (`Model`) and the optimisation (`Optimisation`); and what
+train() reports as it goes (`Progress`) and at its end (`TrainResult`).
 
 They live apart from the loop so that the stages (inputs, step_loss, checkpoint, outputs) can name them without
 importing the loop that calls them.
@@ -7,12 +8,14 @@ importing the loop that calls them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline
 
 from ..families import Family
 from ..methods.method import StepHooks
+from ..score.previews import PreviewScores
 from .config import TrainConfig
 from .validation import AdapterAverage
 
@@ -63,3 +66,40 @@ class Optimisation:
     @property
     def trainable(self) -> list[torch.nn.Parameter]:
         return [p for group in self.groups for p in group["params"]]
+
+
+@dataclass
+class Progress:
+    step: int
+    total_steps: int
+    loss: float
+    learning_rate: float
+    steps_per_second: float
+    seconds_left: float
+    samples: list[Path] = field(default_factory=list)
+    validation_loss: float | None = None  # set at the steps that validated
+    scores: PreviewScores | None = None  # set at the steps that validated, with --select-by score
+
+
+@dataclass
+class TrainResult:
+    adapter_path: Path
+    steps: int  # the steps trained (fewer than planned after an early stop)
+    loss: float
+    seconds: float
+    is_main: bool = True  # False in the other processes of a multi-process run, which write nothing
+    kept_step: int = 0  # the step whose adapter is the file (--keep best: the best validation)
+    validation_loss: float | None = None  # the kept step's
+    stop_reason: str = ""
+    base_validation_loss: float | None = None  # the base's own (no adapter), for reference
+    scores: PreviewScores | None = None  # the kept step's previews' scores, with --select-by score
+
+    def kept_measures(self) -> str:
+        """What the kept step measured, in words: its validation loss, and its previews' scores when scored."""
+        said = f"validation loss {self.validation_loss:.5f}"
+        if self.base_validation_loss is not None:
+            said += f" (the base alone: {self.base_validation_loss:.5f})"
+        if self.scores is not None:
+            said += (f", preview score {self.scores.quality:.3f} (style {self.scores.style:.3f} x prompt "
+                     f"{self.scores.prompt:.3f})")
+        return said

@@ -1,0 +1,37 @@
+"""The knowing-when-to-stop options' rules, light enough for the CLI to read at start-up (validation.py holds the
+machinery): what selection means, and the checks train/config.py's validate runs with the rest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+WITH_VALIDATION = "add --validation-split 0.2 or --validation-data DIR"
+SELECT_BY = ("loss", "score")  # what --keep best and --early-stop go by (score: stylelora/score/previews.py)
+
+
+def stopping_checks(c) -> list[tuple[bool, str, str]]:
+    """The validation, early stopping, best-step selection and EMA options' checks (train/config.py's validate
+    runs them with the rest): (holds, field, what to do)."""
+    return [
+        (0 <= c.validation_split < 1, "validation_split", "hold out a fraction in [0, 1), e.g. 0.2"),
+        (not (c.validation_split and c.validation_data is not None), "validation_data",
+         "give --validation-split (held out of the folder) or --validation-data (another folder), not both"),
+        (c.validate_every is None or c.validate_every >= 1, "validate_every", "validate every N steps, N >= 1"),
+        (c.validate_every is None or c.validating, "validate_every",
+         f"there is nothing to validate on: {WITH_VALIDATION}"),
+        (c.early_stop >= 0, "early_stop", "the patience is a number of validations, 0 (never stop early) or more"),
+        (not c.early_stop or c.validating, "early_stop",
+         f"early stopping watches the validations: {WITH_VALIDATION}"),
+        (c.min_delta >= 0, "min_delta", "the least improvement that counts must be 0 or more, e.g. 0.0005"),
+        (c.keep in (None, "best", "last"), "keep", "choose best or last"),
+        (c.keep != "best" or c.validating, "keep",
+         f"the best step is the best validation's: {WITH_VALIDATION}"),
+        (c.select_by in (None, *SELECT_BY), "select_by", f"choose one of {', '.join(SELECT_BY)}"),
+        (c.select_by != "score" or c.validating, "select_by",
+         f"the scored previews are painted from the held-out captions: {WITH_VALIDATION}"),
+        (c.scorer == "base" or (c.scorer.startswith("clip:") and Path(c.scorer[5:]).expanduser().is_dir()),
+         "scorer", "give base, or clip:PATH with PATH a folder holding a CLIP model (CLIPModel.save_pretrained)"),
+        (c.scorer == "base" or c.selection == "score", "scorer",
+         f"the scorer reads the previews of --select-by score, which needs validation: {WITH_VALIDATION}"),
+        (0 <= c.ema_decay < 1, "ema_decay", "the EMA decay is in [0, 1), e.g. 0.99; 0 = off"),
+    ]
