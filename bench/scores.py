@@ -159,7 +159,7 @@ def main() -> None:
         measure()
     text = report()
     write_atomically(RESULTS / "scores.md", (text + "\n").encode())
-    write_section("scores-agreement", text)
+    write_section("scores-agreement", text + "\n")
     print(text)
 
 

@@ -115,7 +115,7 @@ def main() -> None:
         print(style, {k: v for k, v in results[style].items() if k != "judged"}, flush=True)
     text = report(results)
     write_atomically(RESULTS / "selection.md", (text + "\n").encode())
-    write_section("selection-report", text)
+    write_section("selection-report", text + "\n")
     print(text)
 
 
