@@ -72,7 +72,10 @@ def _train(image_folder: Path, tiny_base: Path, out: Path, cache: Path, log: Pat
         "XDG_CACHE_HOME": str(cache), "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen([sys.executable, "-m", "stylelora", "train", str(image_folder), "--base", str(tiny_base),
                              "--out", str(out), "--max-steps", "100000", "--save-every", "0", "--sample-every", "0",
-                             "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+                             "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"),
+                            # a harness run in the background starts its jobs with SIGINT ignored, and stylelora keeps
+                            # that; this test stops them as a terminal's Ctrl-C does
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(condition, what: str, seconds: float = 240) -> None:

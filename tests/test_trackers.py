@@ -41,6 +41,9 @@ def test_tensorboard_gets_the_same_numbers_as_metrics_jsonl(train_config, tmp_pa
     validation = {e.step: e.value for e in events.Scalars("validation/loss")}
     assert validation == pytest.approx({r["step"]: r["validation_loss"] for r in rows if "validation_loss" in r},
                                        rel=1e-6) and set(validation) == {0, 3}
+    for key in ("style_score", "prompt_score", "score"):  # selected by score, the default with validation
+        scored = {e.step: e.value for e in events.Scalars(f"validation/{key}")}
+        assert scored == pytest.approx({r["step"]: r[key] for r in rows if key in r}, rel=1e-6) and set(scored) == {3}
 
 
 def test_wandb_logs_offline_without_a_login_and_a_resume_continues_its_run(train_config, tmp_path, no_wandb_login):

@@ -102,6 +102,7 @@ def paint_with(page, chosen: dict[str, float], waited_for: str | None = None) ->
 
 def y_ticks(page) -> list[float]:
     """The loss plot's y tick labels as drawn, from the bottom of the axis to the top."""
-    ticks = page.evaluate("""() => Array.from(document.querySelectorAll('#loss-plot svg g[id^="ytick"] text'))
-        .map(t => [parseFloat(t.getAttribute('y')), t.textContent])""")
+    # the first figure is the loss plot; a run selected by score draws its scores in a second one below it
+    ticks = page.evaluate("""() => Array.from(document.querySelector('#loss-plot svg').querySelectorAll(
+        'g[id^="ytick"] text')).map(t => [parseFloat(t.getAttribute('y')), t.textContent])""")
     return [float(label) for _, label in sorted(ticks, key=lambda tick: -tick[0])]

@@ -47,6 +47,9 @@ def with_preview_prompts(config: TrainConfig, folder: ImageFolder) -> TrainConfi
     return replace(config, sample_prompts=tuple(captions) or ("",))
 
 
+TRACKED = {"validation_loss": "loss"}  # a metrics.jsonl key whose tracker name (validation/...) differs
+
+
 def save_scored_previews(images: list, folder: Path, step: int) -> list[Path]:
     """The previews a candidate step was scored on (--select-by score), kept to be looked at: the UI shows the kept
     step's."""
@@ -308,11 +311,12 @@ class MetricsLog:
         self._log({f"train/{key}": value for key, value in row.items() if key != "step"}, step)
 
     def write_validation(self, step: int, loss: float, scores: PreviewScores | None = None) -> None:
+        """A validation's row: its loss as `validation/loss` in the trackers, its scores under their own names."""
         row = {"step": step, "validation_loss": loss} | ({} if scores is None else {
             "style_score": scores.style, "prompt_score": scores.prompt, "score": scores.quality})
         self.jsonl.write(json.dumps(row) + "\n")
         self.jsonl.flush()
-        self._log({f"validation/{key.removesuffix('_loss')}": value for key, value in row.items() if key != "step"}, step)
+        self._log({f"validation/{TRACKED.get(key, key)}": value for key, value in row.items() if key != "step"}, step)
 
     def close(self) -> None:
         self.jsonl.close()
