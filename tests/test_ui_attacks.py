@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ui_helpers import CHROMIUM, CHROMIUM_ARGS, fill, start_ui, stop_ui
+from ui_helpers import CHROMIUM, CHROMIUM_ARGS, fill, start_ui, stop_ui, text_of
 
 playwright = pytest.importorskip("playwright.sync_api")
 
@@ -29,7 +29,7 @@ def server(ui_server):
 
 def _status(page) -> str:
     """The status line, without the timer Gradio shows above it while a poll is in flight."""
-    lines = page.locator("#train-status").inner_text().strip().splitlines()
+    lines = text_of(page, "#train-status").strip().splitlines()
     return lines[-1] if lines else ""
 
 

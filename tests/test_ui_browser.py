@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from stylelora.files import read_safetensors
-from ui_helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, fill, fill_all, paint_with, y_ticks
+from ui_helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, fill, fill_all, paint_with, y_ticks, text_of
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
@@ -57,10 +57,10 @@ def test_upload_caption_train_library_generate(page, server, image_folder, tiny_
     page.wait_for_selector("#data-message :text('4 images')", timeout=60_000)
     # Said where the images went; the refused file is listed once, as refused, with its reason, and leaves
     # the list of files to train on.
-    assert page.locator("#data-message").inner_text().startswith("4 images in datasets/mystyle.")
-    assert "1 file refused, listed below" in page.locator("#data-message").inner_text()
-    assert "notes.exe" not in page.locator("#data-message").inner_text()
-    assert "notes.exe: not an image" in page.locator("#refused").inner_text()
+    assert text_of(page, "#data-message").startswith("4 images in datasets/mystyle.")
+    assert "1 file refused, listed below" in text_of(page, "#data-message")
+    assert "notes.exe" not in text_of(page, "#data-message")
+    assert "notes.exe: not an image" in text_of(page, "#refused")
     listed = "() => document.querySelector('#uploads').innerText.replace(/\\n/g, '')"  # a name shows as "0\n.png"
     page.wait_for_function(f"names => names.every(n => ({listed})().includes(n)) && !({listed})().includes('notes')",
                            arg=[f.name for f in files], timeout=30_000)
@@ -98,7 +98,7 @@ def test_upload_caption_train_library_generate(page, server, image_folder, tiny_
                     "reg-data": image_folder, "reg-weight": 0.5})
     page.click("#start")
     page.wait_for_selector("#start-message :text-matches('Training started|Error')", timeout=60_000)
-    assert page.locator("#start-message").inner_text().startswith("Training started"), page.locator("#start-message").inner_text()
+    assert text_of(page, "#start-message").startswith("Training started"), text_of(page, "#start-message")
     status = _wait_text(page, "#train-status", ("Done", "**Error", "Error", "Stopped"), timeout=180)
     assert status.startswith("Done") and "validation loss" in status, status
     assert re.match(r"step 12 / 12 · took \d+ s · loss \d\.\d{4} · validation loss",
@@ -192,7 +192,7 @@ def test_previews_fill_during_a_run_and_the_progress_line_advances(page, server,
         if (found := re.match(r"step (\d+) / 5000", page.locator("#train-progress-text").inner_text())):
             seen.append(int(found.group(1)))
         page.wait_for_timeout(200)
-    status = page.locator("#train-status").inner_text()
+    status = text_of(page, "#train-status")
     progress = page.locator("#train-progress-text").inner_text()
     page.click("#stop")
     assert status.startswith("Training"), status  # the previews came while the run went on
@@ -229,13 +229,13 @@ def _paint(page, workspace: Path):
         folder = workspace / "outputs"
         return {(p, p.stat().st_mtime_ns) for p in folder.glob("*.png")} if folder.exists() else set()
 
-    before, said_before = written(), page.locator("#gen-status").inner_text()
+    before, said_before = written(), text_of(page, "#gen-status")
     page.click("#generate")
     deadline = time.monotonic() + 180
     # On a loaded machine the click's "Painting…" can come after a first look: an earlier paint's error still
     # showing is not this click's, so an error counts only once the status has changed.
     while not (new := {p for p, _ in written() - before}) and time.monotonic() < deadline:
-        said = page.locator("#gen-status").inner_text()
+        said = text_of(page, "#gen-status")
         assert said == said_before or "Error" not in said, said
         page.wait_for_timeout(100)
     page.wait_for_function("() => !document.querySelector('#gen-status').innerText.includes('processing')",
@@ -257,11 +257,11 @@ def _weights_and_pixels(picture) -> tuple[dict[str, float], bytes]:
 def _wait_text(page, selector: str, starts: tuple[str, ...], timeout: float = 300) -> str:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        text = page.locator(selector).inner_text()
+        text = text_of(page, selector)
         if text.startswith(starts):
             return text
         time.sleep(0.3)
-    return page.locator(selector).inner_text()
+    return text_of(page, selector)
 
 
 def test_suggest_fills_the_train_fields_and_the_tune_tab_trains_the_best_trial(page, server, image_folder, tiny_base):
@@ -288,7 +288,7 @@ def test_suggest_fills_the_train_fields_and_the_tune_tab_trains_the_best_trial(p
     fill(page, "tune-max-steps", 3)
     page.click("#tune-start")
     page.wait_for_selector("#tune-start-message :text-matches('Study started|Error')", timeout=60_000)
-    assert page.locator("#tune-start-message").inner_text().startswith("Study started")
+    assert text_of(page, "#tune-start-message").startswith("Study started")
     status = _wait_text(page, "#tune-status", ("Done", "**Error", "Error", "Stopped"))
     assert status.startswith("Done: 2 trials in"), status
     table = page.locator("#tune-trials-table")
@@ -297,7 +297,7 @@ def test_suggest_fills_the_train_fields_and_the_tune_tab_trains_the_best_trial(p
     assert table.inner_text().count("complete") == 2, table.inner_text()
     page.click("#tune-train-best")
     page.wait_for_selector("#tune-best-message :text-matches('Training|Error')", timeout=60_000)
-    assert page.locator("#tune-best-message").inner_text().startswith("Training"), page.locator("#tune-best-message").inner_text()
+    assert text_of(page, "#tune-best-message").startswith("Training"), text_of(page, "#tune-best-message")
     tuned = adapters / f"{image_folder.name}-tuned" / f"{image_folder.name}-tuned.safetensors"
     deadline = time.time() + 180
     while not tuned.exists() and time.time() < deadline:
@@ -328,7 +328,7 @@ def test_sdxl_folder_shows_its_buckets_trains_and_paints_at_a_chosen_size(page, 
     page.get_by_text("Aspect-ratio buckets").click()
     page.click("#show-buckets")
     page.wait_for_selector("#bucket-report :text('bucket(s)')", timeout=60_000)
-    report = page.locator("#bucket-report").inner_text()
+    report = text_of(page, "#bucket-report")
     from stylelora.data.buckets import plan_for_config
     from stylelora.train.config import TrainConfig
 
@@ -338,10 +338,10 @@ def test_sdxl_folder_shows_its_buckets_trains_and_paints_at_a_chosen_size(page, 
         assert f"{bucket['width']}x{bucket['height']}\t{bucket['images']}" in report, report
     page.click("#start")
     page.wait_for_selector("#start-message :text-matches('Training started|Error')", timeout=60_000)
-    assert page.locator("#start-message").inner_text().startswith("Training started"), page.locator("#start-message").inner_text()
+    assert text_of(page, "#start-message").startswith("Training started"), text_of(page, "#start-message")
     # The status still shows an earlier test's finished run until the poll reports this one: wait for its name.
     page.wait_for_selector("#train-status :text-matches('xlstyle|Error')", timeout=300_000)
-    status = page.locator("#train-status").inner_text()
+    status = text_of(page, "#train-status")
     assert status.startswith("Done") and "xlstyle" in status, status
     _wait_progress(page, "step 2 / 2")
     ticks = y_ticks(page)  # a two-step run's plot has a numeric axis too
@@ -361,7 +361,7 @@ def test_sdxl_folder_shows_its_buckets_trains_and_paints_at_a_chosen_size(page, 
     # An earlier test's "1 image" may still be shown: _paint waits for this click's own picture.
     weights, _ = _weights_and_pixels(_paint(page, workspace))
     assert weights == {"xlstyle": 1.0}
-    assert page.locator("#gen-status").inner_text().startswith("1 image"), page.locator("#gen-status").inner_text()
+    assert text_of(page, "#gen-status").startswith("1 image"), text_of(page, "#gen-status")
     from PIL import Image
 
     newest = max((workspace / "outputs").glob("*.png"), key=lambda p: p.stat().st_mtime)
@@ -380,9 +380,9 @@ def test_a_transformer_base_trains_and_paints_from_the_page(page, server, image_
     fill(page, "rank", 2)
     page.click("#start")
     page.wait_for_selector("#start-message :text-matches('Training started|Error')", timeout=60_000)
-    assert page.locator("#start-message").inner_text().startswith("Training started"), page.locator("#start-message").inner_text()
+    assert text_of(page, "#start-message").startswith("Training started"), text_of(page, "#start-message")
     page.wait_for_selector(f"#train-status :text-matches('{name}|Error')", timeout=300_000)
-    status = page.locator("#train-status").inner_text()
+    status = text_of(page, "#train-status")
     assert status.startswith("Done") and name in status, status
     metadata = read_safetensors(adapters / name / f"{name}.safetensors").metadata
     assert metadata["ss_base_model_version"] == {"sd3": "sd3", "flux": "flux1"}[family]
@@ -393,7 +393,7 @@ def test_a_transformer_base_trains_and_paints_from_the_page(page, server, image_
     fill(page, "count", 1)
     weights, _ = _weights_and_pixels(_paint(page, workspace))
     assert weights == {name: 0.8}
-    assert page.locator("#gen-status").inner_text().startswith("1 image"), page.locator("#gen-status").inner_text()
+    assert text_of(page, "#gen-status").startswith("1 image"), text_of(page, "#gen-status")
 
 
 def test_painting_over_an_nf4_base_from_the_generate_tab(page, server, tiny_base, two_adapters):
@@ -414,5 +414,5 @@ def test_painting_over_an_nf4_base_from_the_generate_tab(page, server, tiny_base
     fill(page, "gen-height", 0)
     # An earlier test's "1 image" may still be shown: _paint waits for this click's own picture.
     painted = _paint(page, workspace)
-    assert page.locator("#gen-status").inner_text().startswith("1 image"), page.locator("#gen-status").inner_text()
+    assert text_of(page, "#gen-status").startswith("1 image"), text_of(page, "#gen-status")
     assert json.loads(painted.text["stylelora"])["quantize_base"] == "nf4"

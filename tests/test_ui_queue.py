@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ui_helpers import CHROMIUM, CHROMIUM_ARGS, fill, start_ui, stop_ui
+from ui_helpers import CHROMIUM, CHROMIUM_ARGS, fill, start_ui, stop_ui, text_of
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
@@ -36,14 +36,14 @@ def test_the_queue_trains_runs_one_after_another_and_outlives_the_page(tmp_path,
                 fill(page, "adapter-name", name)
                 page.click("#queue-add")
                 page.wait_for_selector(f"#start-message :text-matches('Queued run .*{name}|Error')", timeout=60_000)
-                assert page.locator("#start-message").inner_text().startswith("Queued"), \
-                    page.locator("#start-message").inner_text()
+                assert text_of(page, "#start-message").startswith("Queued"), \
+                    text_of(page, "#start-message")
             page.locator("#queue [role=gridcell]", has_text="second").first.wait_for(timeout=30_000)
             page.click("#queue-add")  # the same name again: refused, in one line, by its label
             page.wait_for_selector("#start-message :text('already writes to')", timeout=30_000)
             page.click("#queue-run")
             page.wait_for_selector("#train-status :text-matches('Done|Error')", timeout=300_000)
-            assert "the queue is done: 2 run(s) trained" in page.locator("#train-status").inner_text()
+            assert "the queue is done: 2 run(s) trained" in text_of(page, "#train-status")
             browser.close()
     finally:
         stop_ui(process)

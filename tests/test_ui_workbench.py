@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ui_helpers import CHROMIUM, CHROMIUM_ARGS, fill, paint_with, start_ui, stop_ui
+from ui_helpers import CHROMIUM, CHROMIUM_ARGS, fill, paint_with, start_ui, stop_ui, text_of
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
@@ -72,10 +72,10 @@ def test_a_folder_outside_the_working_directory_shows_and_trains_and_the_new_ada
     fill(page, "rank", 3)
     page.click("#start")
     page.wait_for_selector("#start-message :text-matches('Training started|Error')", timeout=60_000)
-    assert page.locator("#start-message").inner_text().startswith("Training started"), \
-        page.locator("#start-message").inner_text()
+    assert text_of(page, "#start-message").startswith("Training started"), \
+        text_of(page, "#start-message")
     page.wait_for_selector("#train-status :text-matches('Done|Error')", timeout=300_000)
-    assert page.locator("#train-status").inner_text().startswith("Done"), page.locator("#train-status").inner_text()
+    assert text_of(page, "#train-status").startswith("Done"), text_of(page, "#train-status")
     # The Library and Generate list the new adapter without a Refresh
     page.get_by_role("tab", name="Library").click()
     page.locator("#library [role=gridcell]", has_text="faraway").first.wait_for(timeout=30_000)
@@ -92,7 +92,7 @@ def test_the_library_hands_over_the_file_and_its_settings(workbench, image_folde
     page.get_by_role("tab", name="Library").click()
     page.locator("#library [role=gridcell]", has_text="faraway").first.click()
     page.wait_for_selector("#library-details :text('faraway')", timeout=30_000)
-    details = page.locator("#library-details").inner_text()
+    details = text_of(page, "#library-details")
     for shown in ("LoRA", "rank", "3", "steps", "2", "the last step", "faraway/faraway.safetensors"):
         assert shown in details, details
     assert str(adapters.parent) not in details  # shown relative to where the UI was started
@@ -122,11 +122,11 @@ def test_a_failed_paint_clears_the_old_pictures_and_names_the_field(workbench, t
     page.click("#generate")
     page.wait_for_selector("#gen-status :text('1 image')", timeout=120_000)
     assert page.locator("#gallery img").count() >= 1
-    assert "saved in ws/outputs" in page.locator("#gen-status").inner_text()  # relative to where the UI started
+    assert "saved in ws/outputs" in text_of(page, "#gen-status")  # relative to where the UI started
     fill(page, "prompt", "")
     page.click("#generate")
     page.wait_for_selector("#gen-status :text('Error')", timeout=60_000)
-    status = page.locator("#gen-status").inner_text()
+    status = text_of(page, "#gen-status")
     assert "--prompt" not in status and "Prompt" in status, status
     page.wait_for_function("() => document.querySelectorAll('#gallery img').length === 0", timeout=30_000)
 
@@ -145,7 +145,7 @@ def test_the_grid_is_shown_whole_with_its_axes_named_after_the_adapters(workbenc
     page.click("#grid")  # an earlier test's error may still show until "Painting the grid…" replaces it
     page.wait_for_function("() => /^(Grid saved|Error)/.test(document.querySelector('#gen-status').innerText.trim())"
                            " && !document.querySelector('#gen-status').innerText.includes('Prompt')", timeout=180_000)
-    assert page.locator("#gen-status").inner_text().startswith("Grid saved"), page.locator("#gen-status").inner_text()
+    assert text_of(page, "#gen-status").startswith("Grid saved"), text_of(page, "#gen-status")
     label = page.locator("#grid-image").inner_text()
     assert "alpha's weight across" in label and "beta's weight down" in label, label
     from PIL import Image

@@ -106,3 +106,10 @@ def y_ticks(page) -> list[float]:
     ticks = page.evaluate("""() => Array.from(document.querySelector('#loss-plot svg').querySelectorAll(
         'g[id^="ytick"] text')).map(t => [parseFloat(t.getAttribute('y')), t.textContent])""")
     return [float(label) for _, label in sorted(ticks, key=lambda tick: -tick[0])]
+
+
+def text_of(page, selector: str) -> str:
+    """What a Markdown block shows, without the progress overlay Gradio draws over an event's outputs while it runs
+    (a running timer, "0.2s", read into inner_text when a test looks at the wrong moment)."""
+    shown = page.locator(f"{selector} [data-testid='markdown']")
+    return shown.first.inner_text() if shown.count() else page.locator(selector).inner_text()
