@@ -3,6 +3,7 @@ preview score keeps, the step the validation loss keeps, and the last step.
 
     python bench/selection.py                 # 8 images per prompt (96 per judged step)
     python bench/selection.py --quick         # 2 images per prompt
+    python bench/selection.py --preview-sets  # the same checkpoints scored from larger preview sets (after the above)
 
 For each of stripes, dots and pastel: the folder's first 8 images (a small folder, as style sets are), 1500 steps of
 the mini's default recipe with 2 of the 8 held out (--validation-split 0.25), validated every 150 steps with
@@ -12,12 +13,18 @@ validation loss of the same run (selection does not change the training, so one 
 Every checkpoint is then judged on the 12 colour x shape prompts; a step's judged quality is its style rate times its
 prompt-right rate (colour and shape both right). Judged points are stored as they come (docs/results/selection.json),
 so an interrupted run continues. Writes docs/results/selection.md and the table into the "when to stop" guide.
+
+--preview-sets asks whether a larger preview set would choose better. Each checkpoint paints its held-out captions
+at 16 seeds each with the sampler `generate` uses (DPM++, 20 steps) at guidance 4 (the judge's) and 7.5; each
+picture's style distance and prompt probability are stored (in the gitignored runs folder), and the step a set of
+the first K seeds per caption would keep is read off them. Writes docs/results/selection-previews.md and its table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -27,7 +34,12 @@ sys.path.insert(0, str(ROOT))
 
 import stylelora.train.checkpoint as checkpoint  # noqa: E402
 from stylelora.files import write_atomically  # noqa: E402
+from stylelora.data.folder import load_rgb, scan_folder  # noqa: E402
+from stylelora.data.split import split_examples  # noqa: E402
 from stylelora.mini.evaluate import measure  # noqa: E402
+from stylelora.score.prompt import PromptJudge  # noqa: E402
+from stylelora.score.style import StyleReference  # noqa: E402
+from stylelora.tune.results import spearman  # noqa: E402
 from stylelora.paint.styler import Styler  # noqa: E402
 from stylelora.train.config import TrainConfig  # noqa: E402
 from stylelora.train.loop import train  # noqa: E402
@@ -67,14 +79,12 @@ def first_best(rows: list[dict], key: str, sign: float) -> int:
     return min(rows, key=lambda row: (sign * row[key], row["step"]))["step"]
 
 
-def judge_steps(styler: Styler, style: str, out: Path, per_prompt: int) -> dict[int, dict]:
+def judge_steps(styler: Styler, style: str, per_prompt: int) -> dict[int, dict]:
     store, judged = Store(STORE), {}
     for step in range(EVERY, STEPS + 1, EVERY):
         key = f"{style}/{step}"
         if key not in store.read():
-            path = out / f"{style}.safetensors" if step == STEPS else \
-                out / "checkpoints" / f"step-{step:06d}" / "adapter.safetensors"  # the last step is the run's file
-            name = styler.load(path, f"step{step}")
+            name = styler.load(checkpoint_path(style, step), f"step{step}")  # the last step is the run's file
             styler.set_weights({name: 1.0})
             rates = measure(styler, per_prompt=per_prompt)
             styler.unload(name)
@@ -102,16 +112,102 @@ def report(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+SEEDS, SETTINGS = 16, (4.0, 7.5)  # seeds per held-out caption; guidance scales
+PREVIEWS = WORK / "previews.json"  # each scored picture (gitignored: 30 checkpoints x 64 pictures x 2)
+
+
+def checkpoint_path(style: str, step: int) -> Path:
+    out = WORK / "runs" / style
+    return out / f"{style}.safetensors" if step == STEPS else out / "checkpoints" / f"step-{step:06d}" / "adapter.safetensors"
+
+
+def score_pictures(painter: Styler, base: Styler, style: str, store: dict) -> None:
+    """Each checkpoint's pictures of its run's held-out captions, each with its style distance (to the nearest
+    training image, as StyleReference measures it) and its prompt probability (as PromptJudge reads it)."""
+    folder = scan_folder(small_folder(style), "", "")
+    training, held_out = split_examples(folder.examples, 0.25, 0)  # the run's own split (seed 0)
+    size = painter.native_size
+    reference = StyleReference(base.pipe.vae, [load_rgb(e.path) for e in training], size)
+    prompts = [e.caption for e in held_out]
+    judge = PromptJudge(base.pipe, base.family, [*prompts, *[e.caption for e in training]])
+    for step in range(EVERY, STEPS + 1, EVERY):
+        if f"{style}/{step}" in store:
+            continue
+        name = painter.load(checkpoint_path(style, step), f"step{step}")
+        painter.set_weights({name: 1.0})
+        rows = {}
+        for cfg in SETTINGS:
+            rows[str(cfg)] = []
+            for index, prompt in enumerate(prompts):
+                pictures = painter.generate(prompt, count=SEEDS, steps=20, cfg=cfg, seed=5_000_000 + 1000 * index)
+                for picture in pictures:
+                    rows[str(cfg)].append({"caption": index, "distance": reference.distance([picture]),
+                                           "prompt": judge.score([picture], [prompt], size).probability})
+        painter.unload(name)
+        store[f"{style}/{step}"] = rows
+        write_atomically(PREVIEWS, json.dumps(store).encode())
+        print(f"{style}/{step} scored", flush=True)
+
+
+def score_of(rows: list[dict], seeds: int) -> float:
+    """What --select-by score reads from the first `seeds` pictures of each caption: exp(-mean distance) x the
+    mean prompt probability."""
+    kept = [row for row in rows if sum(r["caption"] == row["caption"] for r in rows[:rows.index(row)]) < seeds]
+    return math.exp(-sum(r["distance"] for r in kept) / len(kept)) * sum(r["prompt"] for r in kept) / len(kept)
+
+
+def preview_sets_report(store: dict) -> str:
+    judged = Store(STORE).read()
+    lines = ["| guidance | seeds per caption (previews) | " + " | ".join(STYLES) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in STYLES) + " |"]
+    for cfg in SETTINGS:
+        for seeds in (2, 4, 8, 16):
+            cells = []
+            for style in STYLES:
+                steps = range(EVERY, STEPS + 1, EVERY)
+                scores = {step: score_of(store[f"{style}/{step}"][str(cfg)], seeds) for step in steps}
+                kept = min(steps, key=lambda step: (-scores[step], step))
+                cells.append(f"step {kept}: {quality(judged[f'{style}/{kept}']):.0%}")
+            lines.append(f"| {cfg:g} | {seeds} ({2 * seeds}) | " + " | ".join(cells) + " |")
+    steps = range(EVERY, STEPS + 1, EVERY)
+    for cfg in SETTINGS:  # does the style score rank the checkpoints as the judge's style rate does?
+        agreement = [spearman([math.exp(-sum(r["distance"] for r in store[f"{style}/{step}"][str(cfg)]) / (2 * SEEDS))
+                               for step in steps], [judged[f"{style}/{step}"]["style"] for step in steps])
+                     for style in STYLES]
+        lines += ["", f"Spearman of the style score ({SEEDS} seeds per caption, guidance {cfg:g}) with the judged style "
+                      "rate over the ten checkpoints: " + ", ".join(f"{style} {a:+.2f}" for style, a in zip(STYLES, agreement)) + "."]
+    best = [max(quality(judged[f"{style}/{step}"]) for step in steps) for style in STYLES]
+    lines += ["", "Best judged step: " + ", ".join(f"{style} {b:.0%}" for style, b in zip(STYLES, best)) +
+              f"; last step: " + ", ".join(f"{style} {quality(judged[f'{style}/{STEPS}']):.0%}" for style in STYLES) +
+              ". Training paints 2 seeds per caption (4 previews here) with the base's own sampler."]
+    return "\n".join(lines)
+
+
+def preview_sets() -> None:
+    store = json.loads(PREVIEWS.read_text()) if PREVIEWS.exists() else {}
+    painter, base = Styler("mini"), Styler("mini")  # base: never given an adapter, the prompt judge and the VAE
+    for style in STYLES:
+        score_pictures(painter, base, style, store)
+    text = preview_sets_report(store)
+    write_atomically(RESULTS / "selection-previews.md", (text + "\n").encode())
+    write_section("selection-previews", text + "\n")
+    print(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 images per prompt instead of 8")
-    per_prompt = 2 if parser.parse_args().quick else 8
+    parser.add_argument("--preview-sets", action="store_true", help="score the checkpoints from larger preview sets")
+    args = parser.parse_args()
+    if args.preview_sets:
+        return preview_sets()
+    per_prompt = 2 if args.quick else 8
     Store(STORE).begin(per_prompt)
     styler, results = Styler("mini"), {}
     for style in STYLES:
-        out, rows = run(style)
+        _, rows = run(style)
         results[style] = {"score": first_best(rows, "score", -1.0), "loss": first_best(rows, "validation_loss", 1.0),
-                          "judged": judge_steps(styler, style, out, per_prompt)}
+                          "judged": judge_steps(styler, style, per_prompt)}
         print(style, {k: v for k, v in results[style].items() if k != "judged"}, flush=True)
     text = report(results)
     write_atomically(RESULTS / "selection.md", (text + "\n").encode())

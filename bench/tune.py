@@ -3,6 +3,8 @@
     python bench/tune.py --part evidence   # tune each style folder at 6, 12, 36 images; fit suggest's rules
     python bench/tune.py --part search     # a 20-minute study on stripes (judge objective, default space)
     python bench/tune.py --part compare    # defaults vs the best trial vs suggest, judged on held-out seeds
+    python bench/tune.py --part score --style stripes   # a 20-minute --objective score study on 12 images
+    python bench/tune.py --part score-compare           # each score study's winner vs the defaults, judged
     python bench/tune.py                   # all three, in that order
     python bench/tune.py --quick           # tiny budgets, to check the script runs
 
@@ -22,6 +24,7 @@ import statistics
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +37,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 
 from stylelora.train.config import TrainConfig  # noqa: E402
+from stylelora.train.settings import from_dict, load_toml  # noqa: E402
 from stylelora.files import write_atomically  # noqa: E402
 from stylelora.mini.evaluate import measure  # noqa: E402
 from stylelora.paint.styler import Styler  # noqa: E402
@@ -129,13 +133,59 @@ def search(space: str, timeout: float, max_steps: int) -> None:
             shutil.copy(out / f"{plot}.png", RESULTS / f"tune-{space}-{plot}.png")
 
 
-def judged(path: Path | None, per_prompt: int) -> dict:
+def judged(path: Path | None, per_prompt: int, style: str = "striped") -> dict:
     styler = Styler("mini")
     if path is not None:
         styler.set_weights({styler.load(path): 1.0})
     rates = measure(styler, per_prompt=per_prompt, steps=20, cfg=4.0, seed=HELD_OUT_SEED)
-    return {"striped": rates.share("striped"), "colour": rates.share("colour"), "shape": rates.share("shape"),
+    return {style: rates.share(style), "colour": rates.share("colour"), "shape": rates.share("shape"),
             "images": rates.images}
+
+
+SCORE_IMAGES = 12  # a small style set, as people bring: each colour x shape pair once
+
+
+def score_search(style: str, timeout: float, max_steps: int) -> None:
+    """`stylelora tune --objective score` on a style's first 12 images, default space, for `timeout` seconds:
+    the judge is not the objective here, only the referee of score_compare."""
+    out = WORK / f"score-{style}"
+    config = TuneConfig(data=subset(style, SCORE_IMAGES), out=out, timeout=timeout, objective="score",
+                        max_steps=max_steps, min_steps=min(100, max_steps))
+    start = time.time()
+    result = tune(config, log=lambda m: print(f"  {m}", flush=True))
+    summary = {"style": style, "images": SCORE_IMAGES, "minutes": round((time.time() - start) / 60, 1),
+               "best": result.best.number if result.best else None,
+               "trials": [{"number": r.number, "state": r.state, "settings": r.settings,
+                           **{k: r.attrs.get(k) for k in ("score", "style_score", "prompt_score", "kept_step",
+                                                          "seconds", "adapter")}} for r in result.trials]}
+    write_atomically(RESULTS / f"tune-score-{style}.json", json.dumps(summary, indent=1).encode())
+
+
+def score_compare(per_prompt: int) -> None:
+    """Per score study: the defaults trained on the same 12 images, the study's best trial (trained on the images
+    it did not hold out) and the winner trained again on every image (its best.toml), each judged on
+    12 x per_prompt pictures at seeds no trial saw."""
+    report = {}
+    for style, name in STYLES.items():
+        found_path = RESULTS / f"tune-score-{style}.json"
+        if not found_path.exists():
+            continue
+        found = json.loads(found_path.read_text())
+        start = time.time()
+        defaults = train(TrainConfig(data=subset(style, SCORE_IMAGES), out=WORK / f"score-defaults-{style}", seed=0),
+                         progress_bar=False, log=lambda m: None)
+        rows = {"base": judged(None, per_prompt, name),
+                "defaults": {"seconds": round(time.time() - start)} | judged(defaults.adapter_path, per_prompt, name)}
+        best = next(t for t in found["trials"] if t["number"] == found["best"])
+        rows["best trial"] = {"trial": best["number"], "settings": best["settings"], "score": best["score"],
+                              "kept_step": best["kept_step"]} | judged(Path(best["adapter"]), per_prompt, name)
+        settings = load_toml(WORK / f"score-{style}" / "best.toml")  # the winner again, on every image
+        final = train(replace(from_dict(settings), out=WORK / f"score-final-{style}"), progress_bar=False,
+                      log=lambda m: None)
+        rows["winner on every image"] = {"steps": settings["max-steps"]} | judged(final.adapter_path, per_prompt, name)
+        report[style] = {"minutes": found["minutes"], "trials": len(found["trials"]), "rows": rows}
+        print(style, json.dumps(rows), flush=True)
+    write_atomically(RESULTS / "tune-score-compare.json", json.dumps(report, indent=1).encode())
 
 
 def compare(per_prompt: int, rules: Path) -> None:
@@ -219,7 +269,9 @@ def markdown() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("evidence", "search", "compare", "report", "all"), default="all")
+    parser.add_argument("--part", choices=("evidence", "search", "compare", "score", "score-compare", "report", "all"),
+                        default="all")
+    parser.add_argument("--style", choices=tuple(STYLES), default="stripes", help="the score part's folder")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--reverse", action="store_true",
                         help="evidence: take the studies in reverse order; a second process so started shares the "
@@ -241,6 +293,10 @@ def main() -> None:
     if args.part in ("search", "all"):
         for space in (("default", "full") if args.space == "both" else (args.space,)):
             search(space, timeout=60 if quick else 20 * 60, max_steps=60 if quick else 1600)
+    if args.part == "score":
+        score_search(args.style, timeout=60 if quick else 20 * 60, max_steps=60 if quick else 1600)
+    if args.part == "score-compare":
+        score_compare(per_prompt=1 if quick else 8)
     if args.part in ("compare", "all"):
         compare(per_prompt=1 if quick else 8, rules=RESULTS / "rules.json" if quick else RULES)
     if args.part in ("report", "all") and not quick:

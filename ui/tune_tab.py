@@ -56,7 +56,7 @@ def tune_tab(session: Session, form: TrainForm) -> None:
     status = gr.Markdown(elem_id="tune-status")
     table = gr.Dataframe(headers=table_header("loss"), interactive=False, elem_id="tune-trials-table")
     with gr.Row():
-        train_best = gr.Button("Train with the best settings", elem_id="tune-train-best")
+        train_best = gr.Button("Train the best settings on every image", elem_id="tune-train-best")
         best_message = gr.Markdown(elem_id="tune-best-message")
     timer = gr.Timer(1.0)
     fields = [folder, base, objective, trials, minutes, min_steps, max_steps, ranks, methods, targets, text_encoder]

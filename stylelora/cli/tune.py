@@ -63,7 +63,7 @@ def result_summary(result) -> str:
         lines.append("No trial has finished yet: run the same command again to continue the study.")
     else:
         lines += [f"Best trial {result.best.number}: {describe_settings(result.best.settings)}.",
-                  f"Train with it: stylelora train --config {result.best_toml}"]
+                  f"Train it again on every image: stylelora train --config {result.best_toml}"]
     lines.append("Files: " + ", ".join(str(p) for p in result.files))
     return "\n".join(lines)
 

@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 from PIL import Image
 
+from ..data.cache import encode_latents
 from ..data.folder import placement
 from ..families.family import Conditioning
 from ..train.objective import Sampling, objective_for
@@ -47,8 +48,8 @@ class PromptJudge:
         under each of `among` (candidates too) in its order."""
         chosen = list(range(len(self.candidates))) if among is None else [self.candidates.index(p) for p in among]
         vae, dtype = self.pipe.vae, self.denoiser.dtype
-        latents = vae.encode(pixels_of([image], size).to(vae.device, vae.dtype)).latent_dist.mode()
-        latents = ((latents - (vae.config.get("shift_factor") or 0.0)) * vae.config.scaling_factor).to(dtype)
+        latents = encode_latents(vae, pixels_of([image], size))  # as training encodes them, then shifted and scaled
+        latents = ((latents - (vae.config.get("shift_factor") or 0.0)) * vae.config.scaling_factor).to(vae.device, dtype)
         generator = torch.Generator().manual_seed(self.seed)
         count = len(chosen)
         where = [placement((size, size), (size, size))[2]] * count

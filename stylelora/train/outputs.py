@@ -8,7 +8,6 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -22,13 +21,12 @@ from ..families import FAMILIES, UNKNOWN, family_of_pipe
 from ..files import metadata_json, save_safetensors, write_atomically
 from ..images import save_png
 from ..methods import file_metadata, method_of
-from ..methods.attach import export
+from ..methods.attach import evaluation_mode, export
+from ..score.previews import PreviewScores
 from .checkpoint import save_checkpoint, trainable_tensors
 from .config import TrainConfig
 from .loss import HUBER_C, HUBER_SCHEDULES
 from .optimizers import OPTIMIZERS
-from ..methods.attach import evaluation_mode
-from ..score.previews import PreviewScores
 
 if TYPE_CHECKING:
     from .stages import Model, Optimisation

@@ -83,21 +83,30 @@ def ranked(study, config: TuneConfig) -> list[TrialReport]:
 
 
 RUN_ONLY = ("out", "name", "resume", "save_every", "auto")  # where the trial wrote, not how it trained
+# What only a trial needs: its held-out images and the rules that chose its step. The winner is trained again
+# without them, on every image, up to the step its trial kept.
+TRIAL_ONLY = ("validation_split", "validation_data", "validate_every", "select_by", "early_stop", "min_delta", "keep",
+              "scorer")
 
 
 def best_toml(config: TuneConfig, best: TrialReport) -> str:
-    """A `stylelora train --config` file that trains the best trial's adapter again: the trial's own training
-    settings (the same held-out images, the same stopping rule), less where it wrote."""
+    """A `stylelora train --config` file that trains the winner again on every image: the best trial's settings,
+    without its held-out images and stopping rules, for the steps its trial kept. A trial learns from the images
+    it did not hold out; the adapter a person keeps should learn from all of them (its trial's own settings are
+    in results.json)."""
     defaults = TrainConfig(data=Path(".")).to_json_dict()
-    values = {k: v for k, v in best.attrs["train_config"].items()
-              if k not in RUN_ONLY and v is not None and (v != defaults[k] or k == "data" or k in best.settings)}
+    trial = best.attrs["train_config"]
+    values = {k: v for k, v in trial.items()
+              if k not in RUN_ONLY + TRIAL_ONLY and v is not None and (v != defaults[k] or k == "data" or k in best.settings)}
+    kept = best.attrs.get("kept_step") or best.attrs.get("trained_steps") or trial["max_steps"]
+    values["max_steps"] = kept
     a = best.attrs
     lines = [f"# The best trial ({best.number}) of study {config.name!r}, objective {config.objective}: "
              + {"loss": lambda: f"validation loss {a.get('validation_loss'):.5f}, kept step {a.get('kept_step')}",
                 "score": lambda: f"score {a['score']:.3f}, kept step {a.get('kept_step')}",
                 "judge": lambda: f"style {a['style']:.0%}, colour {a['colour']:.0%}"}[config.objective]() + ".",
-             "# `stylelora train --config best.toml` trains the same adapter again. To train on every image",
-             "# instead, delete the validation lines and set max-steps to the kept step."]
+             f"# `stylelora train --config best.toml` trains it again on every image (none held out) for the "
+             f"{kept} steps its trial kept."]
     return "\n".join(lines) + "\n" + train_table(values)
 
 
