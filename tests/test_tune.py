@@ -25,7 +25,7 @@ from stylelora.train.config import TrainConfig
 from stylelora.train.settings import from_dict, load_toml
 from stylelora.train.loop import train
 from stylelora.train.suggest import fill_unset, steps_for, suggest
-from stylelora.tune.results import spearman
+from stylelora.tune.results import best_of, spearman
 from stylelora.tune.search import tune
 from stylelora.tune.space import TuneConfig, parse_duration, tune_config_from_dict
 
@@ -75,7 +75,7 @@ def test_a_three_trial_tune_writes_a_best_toml_that_trains_the_winner_again_on_e
 def test_the_score_objective_keeps_each_trial_s_best_scored_step_and_ranks_by_its_score(tiny_base, image_folder,
                                                                                          tmp_path):
     lines = []
-    result = tune(_tiny_study(tiny_base, image_folder, tmp_path / "study", trials=2, objective="score"),
+    result = tune(_tiny_study(tiny_base, image_folder, tmp_path / "study", trials=2, objective="score", confirm=0),
                   log=lines.append)
     assert [t.state for t in result.trials] == ["COMPLETE"] * 2
     scores = [t.value for t in result.trials]
@@ -90,6 +90,31 @@ def test_the_score_objective_keeps_each_trial_s_best_scored_step_and_ranks_by_it
     assert any(line.startswith("trial ") and "score 0." in line for line in lines)
     assert result.best_toml.read_text().startswith(f"# The best trial ({result.best.number}) of study")
     assert load_toml(result.best_toml)["max-steps"] == result.best.attrs["kept_step"]
+
+
+def test_the_best_trials_are_scored_again_on_more_pictures_and_the_winner_is_the_best_of_those(tiny_base, image_folder,
+                                                                                               tmp_path):
+    config = _tiny_study(tiny_base, image_folder, tmp_path / "study", trials=3, objective="score", confirm=2)
+    lines = []
+    result = tune(config, log=lines.append)
+    confirmed = [t for t in result.trials if "confirmed" in t.attrs]
+    two_best = sorted((t for t in result.trials if t.state == "COMPLETE"), key=lambda t: -t.value)[:2]
+    assert {t.number for t in confirmed} == {t.number for t in two_best}  # the two best by their own score
+    winner = max(confirmed, key=lambda t: t.attrs["confirmed"])
+    assert result.best is winner and result.trials[0] is winner  # named by the score read again
+    assert best_of(result.trials, "score") is winner  # as the UI stars it
+    assert f"# The best trial ({winner.number}) of study" in result.best_toml.read_text()
+    assert sum("scored again on 4x the pictures at new seeds" in line for line in lines) == 2
+    assert "| scored again |" in (tmp_path / "study" / "results.md").read_text()
+    stored = json.loads((tmp_path / "study" / "confirmed.json").read_text())
+    assert {int(k): v["confirmed"] for k, v in stored.items()} == {t.number: t.attrs["confirmed"] for t in confirmed}
+    # A rerun paints nothing again and names the same winner; painted again from scratch, the same scores.
+    rerun_lines = []
+    again = tune(config, log=rerun_lines.append)
+    assert not any("scored again" in line for line in rerun_lines) and again.best.number == winner.number
+    (tmp_path / "study" / "confirmed.json").unlink()
+    assert json.loads(json.dumps(stored)) == json.loads(
+        (tune(config, **QUIET).out_dir / "confirmed.json").read_text())
 
 
 def test_trial_0_trains_the_defaults_so_a_study_never_ends_worse_than_them(tiny_base, image_folder, tmp_path):

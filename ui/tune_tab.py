@@ -21,12 +21,12 @@ from stylelora.ui.train_tab import TrainForm
 TEXT_ENCODER_CHOICES = {"off": "off", "on": "on", "search both": "off,on"}
 
 
-def study_settings(workspace: Path, folder: str, base: str, objective: str, trials, minutes, min_steps, max_steps,
-                   ranks: str, methods: list[str], targets: list[str], text_encoder: str) -> dict:
+def study_settings(workspace: Path, folder: str, base: str, objective: str, confirm, trials, minutes, min_steps,
+                   max_steps, ranks: str, methods: list[str], targets: list[str], text_encoder: str) -> dict:
     """The tab's fields as `stylelora tune` settings (flag names); 0 minutes means no time limit."""
     name = re.sub(r"[^A-Za-z0-9_-]", "_", Path(folder).name or "study")
     return {"data": folder, "out": str(workspace / "tune" / name), "base": base or "mini", "objective": objective,
-            "trials": int(trials) or None, "timeout": float(minutes) * 60 if minutes else None,
+            "confirm": int(confirm), "trials": int(trials) or None, "timeout": float(minutes) * 60 if minutes else None,
             "min-steps": int(min_steps), "max-steps": int(max_steps), "ranks": ranks, "methods": ",".join(methods),
             "target-presets": ",".join(targets), "text-encoder": TEXT_ENCODER_CHOICES[text_encoder]}
 
@@ -39,7 +39,7 @@ def tune_tab(session: Session, form: TrainForm) -> None:
     with gr.Row():
         folder = gr.Textbox(label="Image folder on this machine", elem_id="tune-folder")
         base = base_dropdown(adapters, "tune-base")
-        objective = widget(TuneConfig, "objective")
+        objective, confirm = widget(TuneConfig, "objective"), widget(TuneConfig, "confirm")
     with gr.Row():
         trials = widget(TuneConfig, "trials")
         # The page asks minutes, the config (--timeout) seconds or a duration: study_settings converts.
@@ -59,7 +59,8 @@ def tune_tab(session: Session, form: TrainForm) -> None:
         train_best = gr.Button("Train the best settings on every image", elem_id="tune-train-best")
         best_message = gr.Markdown(elem_id="tune-best-message")
     timer = gr.Timer(1.0)
-    fields = [folder, base, objective, trials, minutes, min_steps, max_steps, ranks, methods, targets, text_encoder]
+    fields = [folder, base, objective, confirm, trials, minutes, min_steps, max_steps, ranks, methods, targets,
+              text_encoder]
 
     def on_start(*values):
         if not values[0]:

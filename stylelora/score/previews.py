@@ -37,14 +37,15 @@ class PreviewScores:
 
 
 class PreviewScorer:
-    """Paints `prompts` (PREVIEWS_PER_PROMPT each, at fixed seeds) with `pipe` as its adapters stand, and scores the
+    """Paints `prompts` (`per_prompt` each, at fixed seeds) with `pipe` as its adapters stand, and scores the
     pictures. `adapted`: the models carrying the adapter, switched to evaluation (dropout off) for painting and
     switched off for the base's prompt score. `contrasts`: the captions a preview's prompt competes with.
     `scorer`: "base" (the base's own VAE and denoiser) or "clip:PATH" (clip.py)."""
 
     def __init__(self, pipe, family, training_images: Sequence[Image.Image], prompts: Sequence[str],
-                 contrasts: Sequence[str], adapted: list[torch.nn.Module], size: int, seed: int, scorer: str = "base"):
-        self.pipe, self.adapted, self.size, self.seed = pipe, adapted, size, seed
+                 contrasts: Sequence[str], adapted: list[torch.nn.Module], size: int, seed: int, scorer: str = "base",
+                 per_prompt: int = PREVIEWS_PER_PROMPT):
+        self.pipe, self.adapted, self.size, self.seed, self.per_prompt = pipe, adapted, size, seed, per_prompt
         self.prompts = list(dict.fromkeys(prompts))[:MOST_PREVIEW_PROMPTS]
         self.candidates = [*self.prompts, *[c for c in dict.fromkeys(contrasts) if c not in self.prompts][:MOST_CONTRASTS]]
         self.clip = ClipScorer(path) if (path := scorer_path(scorer)) is not None else None
@@ -61,17 +62,21 @@ class PreviewScorer:
         with evaluation_mode(self.adapted):
             for index, prompt in enumerate(self.prompts):
                 generator = torch.Generator().manual_seed(self.seed * 1000 + index)
-                images += self.pipe(prompt, num_inference_steps=PREVIEW_STEPS, num_images_per_prompt=PREVIEWS_PER_PROMPT,
+                images += self.pipe(prompt, num_inference_steps=PREVIEW_STEPS, num_images_per_prompt=self.per_prompt,
                                     height=self.size, width=self.size, generator=generator).images
-                asked += [prompt] * PREVIEWS_PER_PROMPT
+                asked += [prompt] * self.per_prompt
         return images, asked
+
+    def score(self, images: list[Image.Image], asked: list[str]) -> PreviewScores:
+        """Pictures' scores, each painted for its prompt in `asked`; the prompt is read by the base, adapters off."""
+        if self.clip is not None:
+            return PreviewScores(self.clip.style(images, self.references),
+                                 self.clip.prompt(images, asked, self.candidates))
+        with adapters_disabled(self.adapted), evaluation_mode(self.adapted):
+            prompt = self.judge.score(images, asked, self.size).probability
+        return PreviewScores(self.style.score(images), prompt)
 
     def __call__(self) -> tuple[PreviewScores, list[Image.Image]]:
         """The adapter's scores as it stands, and the previews they were read from."""
         images, asked = self.paint()
-        if self.clip is not None:
-            return PreviewScores(self.clip.style(images, self.references),
-                                 self.clip.prompt(images, asked, self.candidates)), images
-        with adapters_disabled(self.adapted), evaluation_mode(self.adapted):
-            prompt = self.judge.score(images, asked, self.size).probability
-        return PreviewScores(self.style.score(images), prompt), images
+        return self.score(images, asked), images

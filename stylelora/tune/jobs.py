@@ -53,6 +53,8 @@ class TuneJob(BackgroundJob):
             result = tune(config, on_trial=self._add, should_stop=self._stop.is_set, log=self._say)
             with self._lock:
                 self._state.best_toml = result.best_toml
+                final = {r.number: r for r in result.trials}  # with the scores read again for the best ones
+                self._state.trials = [final.get(t.number, t) for t in self._state.trials]
             best = f"; best trial {result.best.number}" if result.best else ""
             return f"{len(result.trials)} trials in {result.out_dir}{best}"
 

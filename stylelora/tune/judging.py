@@ -43,10 +43,11 @@ class StyleJudge:
             self._styler = Styler(self.train.base)
         return self._styler
 
-    def _measure(self) -> tuple[float, float]:
+    def _measure(self, per_prompt: int | None = None, seed: int = 0) -> tuple[float, float]:
         from ..mini.evaluate import measure
 
-        rates = measure(self.styler, per_prompt=self.per_prompt, steps=JUDGE_STEPS, cfg=JUDGE_CFG, seed=0)
+        rates = measure(self.styler, per_prompt=per_prompt or self.per_prompt, steps=JUDGE_STEPS, cfg=JUDGE_CFG,
+                        seed=seed)
         return rates.share(self.style), rates.share("colour")
 
     @property
@@ -61,12 +62,13 @@ class StyleJudge:
     def colour_floor(self) -> float:
         return self.base_rates[1] - COLOUR_SLACK
 
-    def rate(self, adapter: Path) -> tuple[float, float]:
-        """(style share, colour-right share) of the adapter at weight 1."""
+    def rate(self, adapter: Path, per_prompt: int | None = None, seed: int = 0) -> tuple[float, float]:
+        """(style share, colour-right share) of the adapter at weight 1, from `per_prompt` pictures of each prompt
+        (default: the study's) at seeds from `seed`."""
         self.base_rates  # noqa: B018  (measured first, with no adapter loaded)
         name = self.styler.load(adapter)
         try:
             self.styler.set_weights({name: 1.0})
-            return self._measure()
+            return self._measure(per_prompt, seed)
         finally:
             self.styler.unload(name)

@@ -117,16 +117,29 @@ def objective_of(reports: list[TrialReport]) -> str:
 
 
 def best_of(reports: list[TrialReport], objective: str) -> TrialReport | None:
-    """The best finished trial so far, as the study ranks them: lowest loss, or highest score or judged style."""
+    """The best finished trial so far, as the study ranks them: lowest loss, or highest score or judged style;
+    once the best trials are scored again (confirm.py), the highest of those scores."""
+    confirmed = confirmed_first(reports)
+    if confirmed and "confirmed" in confirmed[0].attrs:
+        return confirmed[0]
     scored = [r for r in reports if r.state == "COMPLETE" and r.value is not None]
     if not scored:
         return None
     return min(scored, key=lambda r: r.value) if objective == "loss" else max(scored, key=lambda r: r.value)
 
 
+def confirmed_first(reports: list[TrialReport]) -> list[TrialReport]:
+    """The trials scored again first, highest of those scores first (under the judge, those that kept the colour
+    again before those that did not), then the others in their order."""
+    confirmed = sorted((r for r in reports if "confirmed" in r.attrs),
+                       key=lambda r: (r.attrs.get("confirmed_colour_shortfall", 0.0) > 0, -r.attrs["confirmed"]))
+    return confirmed + [r for r in reports if "confirmed" not in r.attrs]
+
+
 def table_header(objective: str) -> list[str]:
     return ["trial", "state", *SETTING_NAMES.values()] + (["style", "colour"] if objective == "judge" else []) + \
-        (["score"] if objective == "score" else []) + ["validation loss", "kept step", "seconds"]
+        (["score"] if objective == "score" else []) + \
+        (["scored again"] if objective != "loss" else []) + ["validation loss", "kept step", "seconds"]
 
 
 def table_row(report: TrialReport, objective: str) -> list[str]:
@@ -138,6 +151,9 @@ def table_row(report: TrialReport, objective: str) -> list[str]:
         cells += [f"{a['style']:.0%}" if "style" in a else "", f"{a['colour']:.0%}" if "colour" in a else ""]
     if objective == "score":
         cells.append(f"{a['score']:.3f}" if "score" in a else "")
+    if objective != "loss":
+        cells.append("" if "confirmed" not in a else f"{a['confirmed']:.0%}" if objective == "judge"
+                     else f"{a['confirmed']:.3f}")
     loss = a.get("validation_loss")
     return cells + [f"{loss:.5f}" if loss is not None else "", str(a.get("kept_step", "")), str(a.get("seconds", ""))]
 
@@ -209,9 +225,11 @@ def write_plots(study, out_dir: Path) -> list[Path]:
     return written
 
 
-def write_results(study, config: TuneConfig, judge=None) -> TuneResult:
+def write_results(study, config: TuneConfig, reports: list[TrialReport]) -> TuneResult:
+    """The results table, results.json, best.toml and the plots, from the study's `reports` as `ranked` orders
+    them; trials scored again (confirm.py) come first, and the winner is the best of those."""
     out = config.out_dir
-    reports = ranked(study, config)
+    reports = confirmed_first(reports)
     complete = [r for r in reports if r.state == "COMPLETE"]
     pairs = [(r.attrs["validation_loss"], r.attrs["style"]) for r in complete
              if r.attrs.get("validation_loss") is not None and "style" in r.attrs]

@@ -23,7 +23,8 @@ from ..data.folder import scan_folder
 from ..errors import ConfigError, TrainingError, TrainingInterrupted
 from ..train.checkpoint import latest_checkpoint
 from ..train.config import TrainConfig
-from .results import TrialReport, TuneResult, progress_line, report_of, write_results
+from .confirm import confirm_best
+from .results import TrialReport, TuneResult, progress_line, ranked, report_of, write_results
 from .space import TuneConfig, default_params, sample, validate_tune
 
 HEARTBEAT_SECONDS, GRACE_SECONDS = 30, 120  # another machine's trial counts as dead after 2 minutes of silence
@@ -270,4 +271,7 @@ def _run_study(config: TuneConfig, fixed: TrainConfig, on_trial: Callable[[Trial
         if time.time() >= deadline or (should_stop is not None and should_stop()):
             break
         study.optimize(runner, n_trials=1, catch=(SurplusTrial, TrialFailed), callbacks=[finished])
-    return write_results(study, config, runner.judge)
+    reports = ranked(study, config)
+    if not (should_stop is not None and should_stop()):  # a stop asked for now, not after more painting
+        confirm_best(reports, config, runner.judge, log)
+    return write_results(study, config, reports)

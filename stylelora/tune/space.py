@@ -56,6 +56,9 @@ class TuneConfig:
     judge_style: str | None = option(None, "the style the judge counts", OBJECTIVE, choices=JUDGE_STYLES,
                                      default_text="what it sees most in the folder")
     judge_images: int = option(2, "images per colour x shape prompt the judge reads (12 prompts)", OBJECTIVE)
+    confirm: int = option(3, "after the budget, score the best N trials again on 4x the pictures at new seeds and "
+                             "name the winner by that (score and judge objectives; 0 = off)", OBJECTIVE,
+                          ui=UiField("Best trials scored again before naming the winner", "integer", "tune-confirm"))
     ranks: tuple[int, ...] = option((2, 4, 8, 16), "ranks to try", SPACE, cli_type=str,
                                     ui=UiField("Ranks to try", "textbox", "tune-ranks"))
     alpha_ratios: tuple[float, ...] = option((0.5, 1.0, 2.0), "alpha as a multiple of the rank", SPACE, cli_type=str)
@@ -137,6 +140,7 @@ def validate_tune(config: TuneConfig) -> TuneConfig:
         (c.judge_style is None or c.objective == "judge", "judge-style", c.judge_style,
          "the style is what --objective judge measures; add --objective judge"),
         (c.judge_images >= 1, "judge-images", c.judge_images, "judge at least 1 image per prompt"),
+        (c.confirm >= 0, "confirm", c.confirm, "score 0 (off) or more of the best trials again"),
         (bool(c.ranks) and all(r >= 1 for r in c.ranks), "ranks", ",".join(map(str, c.ranks)),
          "give whole numbers of at least 1, e.g. 2,4,8,16"),
         (bool(c.alpha_ratios) and all(r > 0 for r in c.alpha_ratios), "alpha-ratios",
