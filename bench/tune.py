@@ -162,6 +162,17 @@ def score_search(style: str, timeout: float, max_steps: int) -> None:
     write_atomically(RESULTS / f"tune-score-{style}.json", json.dumps(summary, indent=1).encode())
 
 
+def cached_judgement(path: Path, per_prompt: int, style: str) -> dict:
+    """judged(), kept by the file's path and modification time: a rerun judges only adapters that changed."""
+    store = WORK / "score-judged.json"
+    known = json.loads(store.read_text()) if store.exists() else {}
+    key = f"{path.resolve()}@{path.stat().st_mtime_ns}/{per_prompt}"
+    if key not in known:
+        known[key] = judged(path, per_prompt, style)
+        write_atomically(store, json.dumps(known, indent=1).encode())
+    return known[key]
+
+
 def score_compare(per_prompt: int) -> None:
     """Per score study: the defaults trained on the same 12 images; the study's best trial by its own score (trained
     on the images it did not hold out); the winner once the best 3 are scored again on 4x the previews
@@ -173,27 +184,27 @@ def score_compare(per_prompt: int) -> None:
         if not found_path.exists():
             continue
         found = json.loads(found_path.read_text())
-        start = time.time()
-        defaults = train(TrainConfig(data=subset(style, SCORE_IMAGES), out=WORK / f"score-defaults-{style}", seed=0),
-                         progress_bar=False, log=lambda m: None)
-        rows = {"base": judged(None, per_prompt, name),
-                "defaults": {"seconds": round(time.time() - start)} | judged(defaults.adapter_path, per_prompt, name)}
+        defaults = WORK / f"score-defaults-{style}" / f"score-defaults-{style}.safetensors"
+        if not defaults.exists():
+            train(TrainConfig(data=subset(style, SCORE_IMAGES), out=defaults.parent, seed=0), progress_bar=False,
+                  log=lambda m: None)
+        judge = lambda path: cached_judgement(path, per_prompt, name)  # noqa: E731
+        rows = {"base": judged(None, per_prompt, name), "defaults": judge(defaults)}
         best = next(t for t in found["trials"] if t["number"] == found["best"])
         rows["best trial by its own score"] = {"trial": best["number"], "settings": best["settings"],
                                                "score": best["score"], "kept_step": best["kept_step"]} | \
-            judged(Path(best["adapter"]), per_prompt, name)
+            judge(Path(best["adapter"]))
         confirmed = tune(TuneConfig(data=subset(style, SCORE_IMAGES), out=WORK / f"score-{style}", objective="score",
                                     trials=len(found["trials"]), max_steps=found.get("max_steps", 1600),
                                     min_steps=min(100, found.get("max_steps", 1600)), confirm=3),
                          log=lambda m: print(f"  {m}", flush=True)).best
         rows["winner scored again (--confirm 3)"] = {"trial": confirmed.number,
                                                      "confirmed": confirmed.attrs["confirmed"]} | \
-            judged(Path(confirmed.attrs["adapter"]), per_prompt, name)
+            judge(Path(confirmed.attrs["adapter"]))
         settings = load_toml(WORK / f"score-{style}" / "best.toml")  # that winner again, on every image
         final = train(replace(from_dict(settings), out=WORK / f"score-final-{style}"), progress_bar=False,
                       log=lambda m: None)
-        rows["winner on every image (best.toml)"] = {"steps": settings["max-steps"]} | \
-            judged(final.adapter_path, per_prompt, name)
+        rows["winner on every image (best.toml)"] = {"steps": settings["max-steps"]} | judge(final.adapter_path)
         report[style] = {"minutes": found["minutes"], "trials": len(found["trials"]), "rows": rows}
         print(style, json.dumps(rows), flush=True)
     write_atomically(RESULTS / "tune-score-compare.json", json.dumps(report, indent=1).encode())

@@ -62,7 +62,8 @@ def result_summary(result) -> str:
     if result.best is None:
         lines.append("No trial has finished yet: run the same command again to continue the study.")
     else:
-        lines += [f"Best trial {result.best.number}: {describe_settings(result.best.settings)}.",
+        lines += [f"Best trial {result.best.number}: {describe_settings(result.best.settings)}; its adapter: "
+                  f"{result.best.attrs.get('adapter')}.",
                   f"Train it again on every image: stylelora train --config {result.best_toml}"]
     lines.append("Files: " + ", ".join(str(p) for p in result.files))
     return "\n".join(lines)

@@ -7,11 +7,16 @@ import random
 from ..errors import ConfigError
 
 
+def held_out_count(count: int, fraction: float) -> int:
+    """How many of `count` images --validation-split `fraction` holds out: round(fraction x count), at least 1."""
+    return max(1, round(fraction * count))
+
+
 def split_examples(examples: list, fraction: float, seed: int) -> tuple[list, list]:
     """(training, held out): round(fraction * count) images, at least 1, chosen by the seed alone, so the same
     command holds out the same images (and a resume trains on the same ones)."""
     count = len(examples)
-    held = max(1, round(fraction * count))
+    held = held_out_count(count, fraction)
     if held >= count:
         raise ConfigError(f"--validation-split = {fraction!r}: it holds out {held} of the {count} images and leaves "
                           "none to train on; lower it or add images")

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.folder import scan_folder
+from ..data.split import held_out_count
 from ..files import write_atomically
 from ..train.config import TrainConfig
 from ..train.settings import train_table
@@ -89,24 +91,33 @@ TRIAL_ONLY = ("validation_split", "validation_data", "validate_every", "select_b
               "scorer")
 
 
+def every_image_steps(trial: dict[str, Any], kept: int) -> int:
+    """The steps that give every image as many passes as the trial's `kept` steps gave the images it trained on
+    (with --validation-split, the held-out ones train too; --validation-data is another folder)."""
+    if not trial.get("validation_split"):
+        return kept
+    count = len(scan_folder(Path(trial["data"]), trial.get("caption") or "", trial.get("trigger") or "").examples)
+    return round(kept * count / (count - held_out_count(count, trial["validation_split"])))
+
+
 def best_toml(config: TuneConfig, best: TrialReport) -> str:
     """A `stylelora train --config` file that trains the winner again on every image: the best trial's settings,
-    without its held-out images and stopping rules, for the steps its trial kept. A trial learns from the images
-    it did not hold out; the adapter a person keeps should learn from all of them (its trial's own settings are
-    in results.json)."""
+    without its held-out images and stopping rules, for as many passes over the images as its kept step made. A
+    trial learns from the images it did not hold out; the adapter a person keeps should learn from all of them
+    (its trial's own settings are in results.json, its adapter in trials/)."""
     defaults = TrainConfig(data=Path(".")).to_json_dict()
     trial = best.attrs["train_config"]
     values = {k: v for k, v in trial.items()
               if k not in RUN_ONLY + TRIAL_ONLY and v is not None and (v != defaults[k] or k == "data" or k in best.settings)}
     kept = best.attrs.get("kept_step") or best.attrs.get("trained_steps") or trial["max_steps"]
-    values["max_steps"] = kept
+    values["max_steps"] = steps = every_image_steps(trial, kept)
     a = best.attrs
     lines = [f"# The best trial ({best.number}) of study {config.name!r}, objective {config.objective}: "
              + {"loss": lambda: f"validation loss {a.get('validation_loss'):.5f}, kept step {a.get('kept_step')}",
                 "score": lambda: f"score {a['score']:.3f}, kept step {a.get('kept_step')}",
                 "judge": lambda: f"style {a['style']:.0%}, colour {a['colour']:.0%}"}[config.objective]() + ".",
-             f"# `stylelora train --config best.toml` trains it again on every image (none held out) for the "
-             f"{kept} steps its trial kept."]
+             f"# `stylelora train --config best.toml` trains it again on every image (none held out), {steps} steps: "
+             f"the {kept} its trial kept, as many passes over the images."]
     return "\n".join(lines) + "\n" + train_table(values)
 
 

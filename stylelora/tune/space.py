@@ -56,8 +56,9 @@ class TuneConfig:
     judge_style: str | None = option(None, "the style the judge counts", OBJECTIVE, choices=JUDGE_STYLES,
                                      default_text="what it sees most in the folder")
     judge_images: int = option(2, "images per colour x shape prompt the judge reads (12 prompts)", OBJECTIVE)
-    confirm: int = option(3, "after the budget, score the best N trials again on 4x the pictures at new seeds and "
-                             "name the winner by that (score and judge objectives; 0 = off)", OBJECTIVE,
+    confirm: int = option(3, "after the budget, score the best N trials and the defaults' trial again on 4x the "
+                             "pictures at new seeds, and name the winner by that (score and judge objectives; "
+                             "0 = off)", OBJECTIVE,
                           ui=UiField("Best trials scored again before naming the winner", "integer", "tune-confirm"))
     ranks: tuple[int, ...] = option((2, 4, 8, 16), "ranks to try", SPACE, cli_type=str,
                                     ui=UiField("Ranks to try", "textbox", "tune-ranks"))
