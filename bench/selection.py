@@ -84,7 +84,7 @@ def judge_steps(styler: Styler, style: str, per_prompt: int) -> dict[int, dict]:
     for step in range(EVERY, STEPS + 1, EVERY):
         key = f"{style}/{step}"
         if key not in store.read():
-            name = styler.load(checkpoint_path(style, step), f"step{step}")  # the last step is the run's file
+            name = styler.load(checkpoint_path(style, step), f"step{step}")
             styler.set_weights({name: 1.0})
             rates = measure(styler, per_prompt=per_prompt)
             styler.unload(name)
@@ -118,7 +118,9 @@ PREVIEWS = WORK / "previews.json"  # each scored picture (gitignored: 30 checkpo
 
 def checkpoint_path(style: str, step: int) -> Path:
     out = WORK / "runs" / style
-    return out / f"{style}.safetensors" if step == STEPS else out / "checkpoints" / f"step-{step:06d}" / "adapter.safetensors"
+    if step == STEPS:
+        return out / f"{style}.safetensors"  # the last step is the run's file
+    return out / "checkpoints" / f"step-{step:06d}" / "adapter.safetensors"
 
 
 def score_pictures(painter: Styler, base: Styler, style: str, store: dict) -> None:
@@ -152,8 +154,18 @@ def score_pictures(painter: Styler, base: Styler, style: str, store: dict) -> No
 def score_of(rows: list[dict], seeds: int) -> float:
     """What --select-by score reads from the first `seeds` pictures of each caption: exp(-mean distance) x the
     mean prompt probability."""
-    kept = [row for row in rows if sum(r["caption"] == row["caption"] for r in rows[:rows.index(row)]) < seeds]
-    return math.exp(-sum(r["distance"] for r in kept) / len(kept)) * sum(r["prompt"] for r in kept) / len(kept)
+    seen: dict[int, int] = {}
+    kept = []
+    for row in rows:  # in painting order: each caption's pictures by seed
+        seen[row["caption"]] = seen.get(row["caption"], 0) + 1
+        if seen[row["caption"]] <= seeds:
+            kept.append(row)
+    return style_of(kept) * sum(r["prompt"] for r in kept) / len(kept)
+
+
+def style_of(rows: list[dict]) -> float:
+    """The style score of the pictures `rows`: exp(-their mean distance), as StyleReference.score reads it."""
+    return math.exp(-sum(r["distance"] for r in rows) / len(rows))
 
 
 def preview_sets_report(store: dict) -> str:
@@ -171,14 +183,14 @@ def preview_sets_report(store: dict) -> str:
             lines.append(f"| {cfg:g} | {seeds} ({2 * seeds}) | " + " | ".join(cells) + " |")
     steps = range(EVERY, STEPS + 1, EVERY)
     for cfg in SETTINGS:  # does the style score rank the checkpoints as the judge's style rate does?
-        agreement = [spearman([math.exp(-sum(r["distance"] for r in store[f"{style}/{step}"][str(cfg)]) / (2 * SEEDS))
-                               for step in steps], [judged[f"{style}/{step}"]["style"] for step in steps])
-                     for style in STYLES]
-        lines += ["", f"Spearman of the style score ({SEEDS} seeds per caption, guidance {cfg:g}) with the judged style "
-                      "rate over the ten checkpoints: " + ", ".join(f"{style} {a:+.2f}" for style, a in zip(STYLES, agreement)) + "."]
+        agreement = [spearman([style_of(store[f"{style}/{step}"][str(cfg)]) for step in steps],
+                              [judged[f"{style}/{step}"]["style"] for step in steps]) for style in STYLES]
+        lines += ["", f"Spearman of the style score ({SEEDS} seeds per caption, guidance {cfg:g}) with the judged "
+                      "style rate over the ten checkpoints: "
+                      + ", ".join(f"{style} {a:+.2f}" for style, a in zip(STYLES, agreement)) + "."]
     best = [max(quality(judged[f"{style}/{step}"]) for step in steps) for style in STYLES]
     lines += ["", "Best judged step: " + ", ".join(f"{style} {b:.0%}" for style, b in zip(STYLES, best)) +
-              f"; last step: " + ", ".join(f"{style} {quality(judged[f'{style}/{STEPS}']):.0%}" for style in STYLES) +
+              "; last step: " + ", ".join(f"{style} {quality(judged[f'{style}/{STEPS}']):.0%}" for style in STYLES) +
               ". Training paints 2 seeds per caption (4 previews here) with the base's own sampler."]
     return "\n".join(lines)
 

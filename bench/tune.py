@@ -173,6 +173,29 @@ def cached_judgement(path: Path, per_prompt: int, style: str) -> dict:
     return known[key]
 
 
+def compare(per_prompt: int, rules: Path) -> None:
+    """The defaults, suggest's settings and each search's best trial, judged on 96 images with seeds no trial
+    saw. The defaults and suggest train on all 36 images; a trial trained on the 29 it did not hold out."""
+    stripes = ROOT / "datasets" / "stripes"
+    suggested = suggest(stripes, rules=json.loads(rules.read_text()))
+    rows = {}
+    for label, settings in (("defaults", {}), ("suggest", suggested.values())):
+        start = time.time()
+        result = train(TrainConfig(data=stripes, out=WORK / f"compare-{label}", **settings), progress_bar=False,
+                       log=lambda m: None)
+        rows[label] = {"adapter": str(result.adapter_path), "seconds": round(time.time() - start), "settings": settings}
+    for space in SPACES:
+        found = json.loads((RESULTS / f"tune-search-{space}.json").read_text())
+        best = next(t for t in found["trials"] if t["number"] == found["best"])
+        rows[f"best trial, {space} space"] = {"adapter": best["adapter"], "seconds": best["seconds"],
+                                              "settings": best["settings"], "trial": best["number"]}
+    report = {"base": judged(None, per_prompt)}
+    for label, row in rows.items():
+        report[label] = row | judged(Path(row["adapter"]), per_prompt)
+        print(f"{label}: {report[label]}", flush=True)
+    write_atomically(RESULTS / "tune-compare.json", json.dumps(report, indent=1).encode())
+
+
 def score_compare(per_prompt: int) -> None:
     """Per score study: the defaults trained on the same 12 images; the study's best trial by its own score (trained
     on the images it did not hold out); the winner once the best 3 are scored again on 4x the previews
@@ -221,8 +244,8 @@ def score_markdown() -> str:
     studies = ", ".join(f"{style} {found['trials']} trials in {found['minutes']} min"
                         for style, found in report.items())
     lines += ["", "Studies: `--objective score --timeout 20m` on each folder's first 12 images, default space "
-              f"({studies}; two studies at a time, one thread each). Judged on 96 pictures per row (12 prompts x 8 seeds no trial "
-              "saw): about ±4 points of noise on each rate."]
+              f"({studies}; two studies at a time, one thread each). Judged on 96 pictures per row (12 prompts x 8 "
+              "seeds no trial saw): about ±4 points of noise on each rate."]
     return "\n".join(lines)
 
 

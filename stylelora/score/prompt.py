@@ -49,7 +49,8 @@ class PromptJudge:
         chosen = list(range(len(self.candidates))) if among is None else [self.candidates.index(p) for p in among]
         vae, dtype = self.pipe.vae, self.denoiser.dtype
         latents = encode_latents(vae, pixels_of([image], size))  # as training encodes them, then shifted and scaled
-        latents = ((latents - (vae.config.get("shift_factor") or 0.0)) * vae.config.scaling_factor).to(vae.device, dtype)
+        shift = vae.config.get("shift_factor") or 0.0
+        latents = ((latents - shift) * vae.config.scaling_factor).to(vae.device, dtype)
         generator = torch.Generator().manual_seed(self.seed)
         count = len(chosen)
         where = [placement((size, size), (size, size))[2]] * count
