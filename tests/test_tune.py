@@ -348,6 +348,12 @@ def test_the_judge_objective_scores_style_with_colour_as_a_constraint(tmp_path):
     assert any(line.startswith("Judge: the folder's style is striped") for line in lines)
     assert _study(tmp_path / "study").get_trials()[0].system_attrs["constraints:colour"] == \
         pytest.approx(trial.attrs["colour_shortfall"])
+    # Scored again (--confirm): the judge on 4x the pictures at new seeds, its colour constraint read again.
+    confirmed = json.loads((tmp_path / "study" / "confirmed.json").read_text())["0"]
+    assert trial.attrs["confirmed"] == confirmed["confirmed"] and 0 <= confirmed["confirmed"] <= 1
+    assert "confirmed_colour_shortfall" in confirmed
+    assert "| scored again |" in (tmp_path / "study" / "results.md").read_text()
+    assert any(line.startswith("trial 0 scored again on 4x the pictures") for line in lines)
 
 
 # ---- suggest and --auto ----
