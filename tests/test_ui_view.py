@@ -124,3 +124,13 @@ def test_a_run_selected_by_score_shows_its_score_curves_and_the_kept_step_s_prev
     assert "score 0.656" in progress  # the last validation's style x prompt
     assert previews == [(str(kept[0]), "kept step 4, scored"), (str(kept[1]), "kept step 4, scored"),
                         (str(tmp_path / "step-000006-0.png"), "step 6")]
+
+
+def test_the_tune_tab_sends_how_many_best_trials_are_scored_again(tmp_path):
+    from stylelora.tune.space import tune_config_from_dict, validate_tune
+    from stylelora.ui.tune_tab import study_settings
+
+    settings = study_settings(tmp_path, "images", "mini", "score", 1.0, 2, 0, 20, 60, "4,8", ["lora"], ["attn"], "off")
+    config = validate_tune(tune_config_from_dict(settings))
+    assert (config.objective, config.confirm, config.trials, config.timeout) == ("score", 1, 2, None)
+    assert config.out == tmp_path / "tune" / "images"

@@ -86,7 +86,7 @@ def ranked(study, config: TuneConfig) -> list[TrialReport]:
 
 RUN_ONLY = ("out", "name", "resume", "save_every", "auto")  # where the trial wrote, not how it trained
 # What only a trial needs: its held-out images and the rules that chose its step. The winner is trained again
-# without them, on every image, up to the step its trial kept.
+# without them, on every image (every_image_steps).
 TRIAL_ONLY = ("validation_split", "validation_data", "validate_every", "select_by", "early_stop", "min_delta", "keep",
               "scorer")
 
@@ -107,8 +107,8 @@ def best_toml(config: TuneConfig, best: TrialReport) -> str:
     (its trial's own settings are in results.json, its adapter in trials/)."""
     defaults = TrainConfig(data=Path(".")).to_json_dict()
     trial = best.attrs["train_config"]
-    values = {k: v for k, v in trial.items()
-              if k not in RUN_ONLY + TRIAL_ONLY and v is not None and (v != defaults[k] or k == "data" or k in best.settings)}
+    values = {k: v for k, v in trial.items() if k not in RUN_ONLY + TRIAL_ONLY and v is not None
+              and (v != defaults[k] or k == "data" or k in best.settings)}
     kept = best.attrs.get("kept_step") or best.attrs.get("trained_steps") or trial["max_steps"]
     values["max_steps"] = steps = every_image_steps(trial, kept)
     a = best.attrs
