@@ -41,7 +41,7 @@ def confirm_best(reports: list[TrialReport], config: TuneConfig, judge, log: Cal
         return
     path = config.out_dir / "confirmed.json"
     stored: dict[str, dict] = json.loads(path.read_text()) if path.is_file() else {}
-    painters: dict[str, object] = {}  # one base loaded for every trial scored again
+    painters: dict[tuple, tuple] = {}  # one base and one scorer for every trial that shares them
     for report in chosen(reports, config.confirm):
         key = str(report.number)
         if key not in stored:
@@ -62,21 +62,10 @@ def _judged_again(report: TrialReport, judge) -> dict:
 def _scored_again(report: TrialReport, seed: int, painters: dict) -> float:
     """The trial's preview score, read from MORE_PICTURES times its previews at new seeds: the base paints the
     trial's held-out captions with its adapter on; the base alone reads the prompts."""
-    from ..data.folder import load_rgb
-    from ..paint.styler import Styler
-    from ..score.previews import MOST_REFERENCES, PREVIEWS_PER_PROMPT, PreviewScorer
-    from ..train.loop import prepare_data
     from ..train.settings import from_dict
 
     trial = from_dict({k: v for k, v in report.attrs["train_config"].items() if v is not None})
-    folder, held_out, _ = prepare_data(trial, say=lambda m: None)
-    if trial.base not in painters:
-        painters[trial.base] = Styler(trial.base)
-    styler = painters[trial.base]
-    scorer = PreviewScorer(styler.pipe, styler.family, [load_rgb(e.path) for e in folder.examples[:MOST_REFERENCES]],
-                           [*(e.caption for e in held_out), *trial.sample_prompts], [e.caption for e in folder.examples],
-                           [], trial.resolution or styler.native_size, seed + CONFIRM_SEED, trial.scorer,
-                           per_prompt=PREVIEWS_PER_PROMPT * MORE_PICTURES)
+    styler, scorer = _painter_and_scorer(trial, seed, painters)
     name = styler.load(Path(report.attrs["adapter"]))
     try:
         styler.set_weights({name: 1.0})
@@ -84,3 +73,25 @@ def _scored_again(report: TrialReport, seed: int, painters: dict) -> float:
     finally:
         styler.unload(name)  # the base again, exactly: it reads the prompts
     return scorer.score(images, asked).quality
+
+
+def _painter_and_scorer(trial, seed: int, painters: dict) -> tuple:
+    """The base and the preview scorer for `trial`, made once for every trial that shares what they read (the
+    base, the folder and its split, the preview prompts): the trials of one study do, so the training images are
+    encoded and the prompts embedded once, not once per trial."""
+    from ..data.folder import load_rgb
+    from ..paint.styler import Styler
+    from ..score.previews import MOST_REFERENCES, PREVIEWS_PER_PROMPT, PreviewScorer
+    from ..train.loop import prepare_data
+
+    key = (trial.base, str(trial.data), trial.caption, trial.trigger, trial.validation_split,
+           str(trial.validation_data), trial.seed, trial.resolution, trial.scorer, tuple(trial.sample_prompts))
+    if key not in painters:
+        folder, held_out, _ = prepare_data(trial, say=lambda m: None)
+        styler = next((made for made, _ in painters.values() if made.base == trial.base), None) or Styler(trial.base)
+        painters[key] = styler, PreviewScorer(
+            styler.pipe, styler.family, [load_rgb(e.path) for e in folder.examples[:MOST_REFERENCES]],
+            [*(e.caption for e in held_out), *trial.sample_prompts], [e.caption for e in folder.examples], [],
+            trial.resolution or styler.native_size, seed + CONFIRM_SEED, trial.scorer,
+            per_prompt=PREVIEWS_PER_PROMPT * MORE_PICTURES)
+    return painters[key]
