@@ -6,8 +6,8 @@ judge. Which one keeps both styles?
 
 Pairs: stripes + pastel and dots + pastel (a texture and a palette: both can be present in one picture), and
 stripes + dots (two textures for one fill: the judge names one texture a picture, so "both" cannot happen there;
-the report gives each one's rate and how often either shows). Each adapter is the default recipe's (800 steps,
-seed 0; the ones bench/timesteps.py trained are reused). Methods, each at a small grid of settings:
+the report gives each one's rate and how often either shows). Each adapter is the mini's earlier recipe's (800 steps at
+2e-3, seed 0; the ones bench/timesteps.py trained are reused). Methods, each at a small grid of settings:
 - the weighted sum (`--blend merge`, the same change as `merge --method cat`), switch and composite;
 - `merge --method svd` at rank 4;
 - the merge rules (TIES, DARE linear and with TIES, magnitude pruning, K-LoRA) at three densities.

@@ -10,7 +10,7 @@
   trigger-less captions, and with regularisation images (--reg-data: 4 class images per trigger-less caption,
   painted by the base with `stylelora reg-images`). Style and colour with the trigger; leak without it.
 - curves: the optimizers and timestep samplings bench/optimizers.py and bench/timesteps.py did not measure,
-  each on stripes, dots and pastel with the default recipe, judged at steps 100, 200, 400 and 800.
+  each on stripes, dots and pastel with the mini's earlier recipe (bench/timesteps.py), judged at steps 100, 200, 400 and 800.
 
 Every trained adapter is kept under docs/results/knob-adapters (a rerun judges it again rather than retraining),
 and every judged number goes to docs/results/knobs.json as it comes, so an interrupted run continues. Writes
@@ -41,7 +41,7 @@ from stylelora.train.loop import train  # noqa: E402
 
 from judged import Store, judged  # noqa: E402
 from report_section import write_section  # noqa: E402
-from timesteps import JUDGED_STEPS, RESULTS, STYLES, judge_run, judged_table, train_run  # noqa: E402
+from timesteps import EARLIER_MINI, JUDGED_STEPS, RESULTS, STYLES, judge_run, judged_table, train_run  # noqa: E402
 
 WORK = RESULTS / "knob-adapters"
 STORE = RESULTS / "knobs.json"
@@ -94,7 +94,7 @@ def black_folder(folder: Path) -> tuple[Path, Path]:
 def trained(out: Path, **settings) -> Path:
     path = out / f"{out.name}.safetensors"
     if not path.is_file():
-        train(TrainConfig(out=out, name=out.name, seed=0, **settings), progress_bar=False, log=lambda m: None)
+        train(TrainConfig(out=out, name=out.name, seed=0, **(EARLIER_MINI | settings)), progress_bar=False, log=lambda m: None)
     return path
 
 
@@ -176,7 +176,7 @@ def report(per_prompt: int) -> str:
     done = {name: {style: measured[f"curves/{name}/{style}"] for style in STYLES} for name in CURVES
             if all(f"curves/{name}/{style}" in measured for style in STYLES)}
     if done and "masks/base" in measured:
-        lines += ["", "**Optimizers and timestep samplings** not in the two tables above, each with the default recipe "
+        lines += ["", "**Optimizers and timestep samplings** not in the two tables above, each with the mini's earlier recipe "
                   "otherwise (800 steps, seed 0):", ""]
         table = judged_table(done, measured["masks/base"], per_prompt, "knobs.py", ", one seed", ["setting"],
                              {name: [name] for name in done})

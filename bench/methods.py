@@ -4,7 +4,7 @@
     python bench/methods.py --quick    # 3 images per prompt
 
 Each method trains on the stripes, dots and pastel folders of the miniature base with the default
-settings (800 steps, rank 4, the mini's learning rate); LoRA also at ranks 2, 8 and 16 on stripes,
+settings of the mini's earlier recipe (800 steps at 2e-3, rank 4); LoRA also at ranks 2, 8 and 16 on stripes,
 LoHa at rank 2 (about rank-4 LoRA's parameter count), and one rank-8 DyLoRA run on stripes judged
 at ranks 1, 2, 4 and 8 (`stylelora resize` truncates it).
 Writes docs/results/methods.md, methods.json and methods.png, and the table into its docs page between
@@ -31,6 +31,7 @@ from stylelora.paint.styler import Styler  # noqa: E402
 from stylelora.train.loop import train  # noqa: E402
 
 from report_section import write_section  # noqa: E402  (bench/ is on the path when run as a script)
+from timesteps import EARLIER_MINI  # noqa: E402
 
 RESULTS = ROOT / "docs" / "results"
 STYLES = {"stripes": "striped", "dots": "dotted", "pastel": "pastel"}
@@ -48,7 +49,8 @@ def truncated(run: dict, rank: int) -> dict:
 
 def train_one(work: Path, style: str, method: str, rank: int = 4) -> dict:
     out = work / f"{method}-r{rank}" / style
-    result = train(TrainConfig(data=ROOT / "datasets" / style, out=out, method=method, rank=rank, seed=0),
+    result = train(TrainConfig(data=ROOT / "datasets" / style, out=out, method=method, rank=rank, seed=0,
+                               **EARLIER_MINI),
                    progress_bar=False, log=lambda m: None)
     weights, _, _ = read_lora(result.adapter_path)
     return {"path": str(result.adapter_path), "parameters": sum(m.parameter_count for m in weights.values()),
@@ -167,7 +169,7 @@ def measure_all(per_prompt: int) -> dict:
 def report(results: dict) -> str:
     per_prompt = results["per_prompt"]  # images per prompt: 3 with --quick, else 8
     header = (f"Measured by `python bench/methods.py{' --quick' if per_prompt == 3 else ''}`: each method trained with "
-              "the defaults (800 steps, rank 4, alpha 4, learning rate 2e-3, seed 0, attention modules) on each "
+              "the mini's earlier recipe (800 steps, rank 4, alpha 4, learning rate 2e-3, seed 0, attention modules) on each "
               f"sample folder; {per_prompt} images for each of the 12 colour x shape prompts per setting, 20 DPM++ "
               "steps, guidance 4, judged by `stylelora.mini.judge`. AdaLoRA prunes from rank 4 to an average of 2. "
               "The rows below the six methods train on stripes only. With 36 images per setting one image is "

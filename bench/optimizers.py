@@ -4,7 +4,7 @@ same steps.
     python bench/optimizers.py                # 8 images per prompt (96 per judged point)
     python bench/optimizers.py --quick        # 2 images per prompt
 
-Each optimizer trains on the stripes, dots and pastel folders with the mini's default recipe otherwise (800 steps,
+Each optimizer trains on the stripes, dots and pastel folders with the mini's earlier recipe otherwise (800 steps,
 seed 0, uniform timesteps), judged at steps 100, 200, 400 and 800 by the strict judge on the 12 colour x shape
 prompts. The AdamW runs are bench/timesteps.py's uniform runs, and its judged numbers are read from its
 timesteps.json when that was judged at the same images per prompt. Writes docs/results/optimizers.md and
@@ -31,7 +31,7 @@ OPTIMIZERS = {"adamw": {}, "prodigy": {"optimizer": "prodigy"}}
 
 
 def earlier_adamw(per_prompt: int) -> dict | None:
-    """bench/timesteps.py's uniform results: the same runs (the default recipe), judged the same way."""
+    """bench/timesteps.py's uniform results: the same runs (the mini's earlier recipe), judged the same way."""
     path = RESULTS / "timesteps.json"
     if not path.is_file():
         return None

@@ -6,7 +6,7 @@ preview score keeps, the step the validation loss keeps, and the last step.
     python bench/selection.py --preview-sets  # the same checkpoints scored from larger preview sets (after the above)
 
 For each of stripes, dots and pastel: the folder's first 8 images (a small folder, as style sets are), 1500 steps of
-the mini's default recipe with 2 of the 8 held out (--validation-split 0.25), validated every 150 steps with
+the mini's earlier recipe with 2 of the 8 held out (--validation-split 0.25), validated every 150 steps with
 --select-by score, and a checkpoint at each. The score's choice is the step of the highest logged score, the first
 of equals, as --keep best keeps it (tests/test_validation.py checks that it does); the loss's is the lowest
 validation loss of the same run (selection does not change the training, so one run serves both).
@@ -46,7 +46,7 @@ from stylelora.train.loop import train  # noqa: E402
 
 from judged import Store  # noqa: E402
 from report_section import write_section  # noqa: E402
-from timesteps import RESULTS, STYLES  # noqa: E402
+from timesteps import EARLIER_MINI, RESULTS, STYLES  # noqa: E402
 
 STORE = RESULTS / "selection.json"
 WORK = RESULTS / "selection-adapters"  # gitignored, as the other benches' adapters
@@ -68,7 +68,8 @@ def run(style: str) -> tuple[Path, list[dict]]:
     out = WORK / "runs" / style
     if not (out / f"{style}.safetensors").is_file():
         checkpoint.KEEP = STEPS // EVERY + 1  # keep every checkpoint: each is judged
-        train(TrainConfig(data=small_folder(style), out=out, seed=0, max_steps=STEPS, validation_split=0.25,
+        train(TrainConfig(data=small_folder(style), out=out, seed=0, **(EARLIER_MINI | {"max_steps": STEPS}),
+                          validation_split=0.25,
                           validate_every=EVERY, save_every=EVERY, select_by="score", keep="last"),
               progress_bar=False, log=lambda m: None)
     return out, [row for row in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "score" in row]

@@ -38,6 +38,7 @@ from stylelora.paint.styler import Styler  # noqa: E402
 from stylelora.train.loop import TrainResult, train  # noqa: E402
 
 from report_section import write_section  # noqa: E402  (bench/ is on the path when run as a script)
+from timesteps import EARLIER_MINI  # noqa: E402
 
 RESULTS = ROOT / "docs" / "results"
 STRIPES, PASTEL = ROOT / "datasets" / "stripes", ROOT / "datasets" / "pastel"
@@ -60,7 +61,7 @@ def split_stripes(work: Path) -> tuple[Path, Path]:
 
 def run(label: str, **settings) -> TrainResult:
     start = time.time()
-    result = train(TrainConfig(**settings), progress_bar=False, log=lambda m: None)
+    result = train(TrainConfig(**(EARLIER_MINI | settings)), progress_bar=False, log=lambda m: None)
     print(f"{label}: {result.steps} steps in {time.time() - start:.0f}s, kept step {result.kept_step}, "
           f"validation loss {result.validation_loss}", flush=True)
     return result

@@ -50,10 +50,9 @@ def shares(styler: Styler, weights: dict[str, float]) -> tuple[float, float, flo
 
 @pytest.mark.slow
 def test_style_adapters_pull_their_style_out_and_blend(mini_styler, tmp_path):
-    # Default settings but 300 steps each, under half the default 800, to keep the suite short (here, one thread:
-    # striped 50% -> 92%, pastel 46% -> 79%, the half blend 75% striped / 54% pastel, colour 83-96%).
-    # bench/style_report.py measures the defaults on 96 images per setting (striped 39% -> 94%, pastel 59% -> 82%);
-    # here 24 images, fixed seeds, and loose bounds.
+    # Default settings but 300 steps each, of the mini's 400, to keep the suite short. bench/style_report.py
+    # measures the defaults on 96 images per setting (docs/guides/mini.md); here 24 images, fixed seeds, and loose
+    # bounds.
     stripes_path = train_briefly("stripes", tmp_path / "stripes.v1")
     assert stripes_path == tmp_path / "stripes.v1" / "stripes.v1.safetensors"  # a dotted folder name is a folder
     stripes, pastel = mini_styler.load(stripes_path), mini_styler.load(train_briefly("pastel", tmp_path / "pastel"))

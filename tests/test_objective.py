@@ -10,8 +10,8 @@ from diffusers.training_utils import compute_density_for_timestep_sampling
 
 from stylelora.errors import ConfigError
 from stylelora.files import read_safetensors
-from stylelora.train.config import validate
-from stylelora.train.loop import train
+from stylelora.train.config import TrainConfig, validate
+from stylelora.train.loop import total_steps, train
 from stylelora.train.loss import ddpm_loss, huber_thresholds, per_sample_error
 from stylelora.train.objective import DDPM, FlowMatching, Sampling, flux_mu, objective_for
 
@@ -70,6 +70,19 @@ def test_auto_sampling_is_uniform_for_ddpm_and_logit_normal_for_flow_and_min_snr
     assert objective_for(FlowMatchEulerDiscreteScheduler(), "epsilon", Sampling("auto")).sampling.kind == "logit-normal"
     with pytest.raises(ConfigError, match="--min-snr-gamma"):
         objective_for(FlowMatchEulerDiscreteScheduler(), "epsilon", Sampling("auto"), min_snr_gamma=5.0)
+
+
+def test_the_mini_trains_with_its_own_recipe_where_the_options_are_unset(image_folder, tmp_path):
+    mini, other = TrainConfig(data=image_folder, base="mini"), TrainConfig(data=image_folder, base="org/model")
+    assert (mini.effective_learning_rate, mini.effective_timestep_sampling, total_steps(mini, 36, 1)) == \
+        (3e-3, "logit-normal", 400)
+    assert (other.effective_learning_rate, other.effective_timestep_sampling, total_steps(other, 36, 1)) == \
+        (1e-4, "auto", 800)  # auto: the objective decides, uniform for DDPM, logit-normal for flow matching
+    runs = {sampling: train(TrainConfig(data=image_folder, out=tmp_path / sampling, base="mini", max_steps=2,
+                                        batch_size=2, timestep_sampling=sampling), **QUIET)
+            for sampling in ("auto", "logit-normal", "uniform")}
+    assert runs["auto"].loss == runs["logit-normal"].loss != runs["uniform"].loss
+    assert read_safetensors(runs["auto"].adapter_path).metadata["ss_timestep_sampling"] == "logit-normal"
 
 
 def test_scheduled_huber_is_kohyas():

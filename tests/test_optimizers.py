@@ -48,7 +48,7 @@ def test_optimizer_args_reach_the_optimizer_and_win(train_config, monkeypatch):
 def test_the_default_rates_follow_the_optimizer(train_config):
     assert train_config(learning_rate=None, optimizer="prodigy").effective_learning_rate == 1.0
     assert train_config(learning_rate=None, optimizer="prodigy").effective_text_encoder_lr == 0.5
-    assert train_config(learning_rate=None, optimizer="lion", base="mini").effective_learning_rate == pytest.approx(2e-3 / 3)
+    assert train_config(learning_rate=None, optimizer="lion", base="mini").effective_learning_rate == pytest.approx(3e-3 / 3)
     assert train_config(learning_rate=None).effective_text_encoder_lr == 5e-5
     assert train_config(learning_rate=3e-4, optimizer="prodigy").effective_learning_rate == 3e-4  # --lr wins
 

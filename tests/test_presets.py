@@ -43,7 +43,7 @@ def test_the_ui_preset_fills_every_field_and_leaves_the_base_unless_it_names_one
     from stylelora.ui.train_tab import preset_settings
 
     fast, sdxl, none = preset_settings("mini-fast"), preset_settings("sdxl-style"), preset_settings("")
-    assert (fast["max_steps"], fast["base"], fast["rank"]) == (400, "mini", 4)
+    assert (fast["max_steps"], fast["base"], fast["rank"]) == (200, "mini", 4)
     assert "base" not in sdxl and (sdxl["rank"], sdxl["resolution"], sdxl["targets"]) == (16, 1024, "attn-mlp")
     assert "base" not in none and none["max_steps"] is None and none["rank"] == 4
     assert not {"data", "out", "name"} & set(fast)

@@ -62,7 +62,7 @@ class TrainForm:
                 saved = Path(str(settings[field_name] or ""))
                 values.append(saved.read_text() if settings[field_name] and saved.is_file() else "")
             elif settings[field_name] == default_of(declaration(TrainConfig, field_name)[0]):
-                # the page's own starting value where the setting is the default (800 steps, not 0)
+                # the page's own starting value where the setting is the default (a name, not blank)
                 values.append(page_value(TrainConfig, field_name, page_default(TrainConfig, field_name)))
             else:
                 values.append(page_value(TrainConfig, field_name, settings[field_name]))

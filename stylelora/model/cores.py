@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..paths import user_cache
+from .allocator import keep_freed_memory
 
 THREADS_HELP = "CPU threads to compute with"  # --threads, as train, generate and grid declare it
 THREADS_DEFAULT = "this machine's cores, shared among the stylelora processes computing on it"
@@ -77,6 +78,7 @@ class CoreShare:
     def __enter__(self) -> CoreShare:
         import torch
 
+        keep_freed_memory()  # every process that computes comes through here (allocator.py)
         self.before = torch.get_num_threads()
         if CoreShare._depth == 0:  # a fixed number of threads still takes a share of the machine
             try:

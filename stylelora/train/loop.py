@@ -46,9 +46,6 @@ from .suggest import fill_unset
 from .trackers import check_trackers, hyperparameters, trackers_for
 from .validation import AdapterAverage, EarlyStopping, Watch, validate_every
 
-DEFAULT_STEPS = 800
-
-
 def clip_gradients(accelerator: Accelerator, parameters: list[torch.nn.Parameter], max_norm: float) -> float:
     """Clip the global gradient norm to `max_norm` and return the norm before clipping.
     Takes a list: the diffusers example once passed a spent generator, so nothing was clipped.
@@ -69,7 +66,7 @@ def total_steps(config: TrainConfig, examples: int, world_size: int) -> int:
     if config.epochs is not None:
         per_step = config.batch_size * config.grad_accumulation * world_size
         return max(1, math.ceil(config.epochs * examples / per_step))
-    return DEFAULT_STEPS
+    return config.recipe.steps
 
 
 A1111_SD2_TEXT_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")

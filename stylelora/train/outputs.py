@@ -133,7 +133,7 @@ def adapter_metadata(config: TrainConfig, folder: ImageFolder, resolution: int, 
             "ss_loss_type": config.loss.replace("-", "_"),  # kohya's spellings: l2, huber, smooth_l1
             "ss_huber_schedule": config.huber_schedule or HUBER_SCHEDULES[0],
             "ss_huber_c": HUBER_C if config.huber_c is None else config.huber_c,
-            "ss_timestep_sampling": config.timestep_sampling,
+            "ss_timestep_sampling": config.effective_timestep_sampling,
             "ss_training_comment": f"trained with stylelora {__version__}",
         }),
         **({"ss_network_args": args} if (args := network_args(config)) else {}),

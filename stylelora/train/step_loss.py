@@ -62,8 +62,8 @@ class StepLoss:
                  unet: torch.nn.Module, accelerator: Accelerator, adapted: list[torch.nn.Module]):
         self.config, self.folder, self.model, self.inputs = config, folder, model, inputs
         self.unet, self.accelerator, self.adapted = unet, accelerator, adapted
-        sampling = Sampling.given(config.timestep_sampling, logit_mean=config.logit_mean, logit_std=config.logit_std,
-                                  mode_scale=config.mode_scale)
+        sampling = Sampling.given(config.effective_timestep_sampling, logit_mean=config.logit_mean,
+                                  logit_std=config.logit_std, mode_scale=config.mode_scale)
         self.objective = objective_for(model.pipe.scheduler, model.prediction_type, sampling, config.min_snr_gamma)
         self.masks = LossMasks(config.masks, config.mask_from_alpha) if config.masked else None
 

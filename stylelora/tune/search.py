@@ -80,10 +80,8 @@ def open_study(config: TuneConfig):
     space, wanted = study.user_attrs.get("space"), config.space()
     if space is None:
         study.set_user_attr("space", wanted)
-        from ..train.loop import DEFAULT_STEPS
-
         # skip_if_exists: two processes opening a new study together enqueue it once
-        study.enqueue_trial(default_params(config, DEFAULT_STEPS), user_attrs={"defaults": True}, skip_if_exists=True)
+        study.enqueue_trial(default_params(config), user_attrs={"defaults": True}, skip_if_exists=True)
     # Only what the study recorded is compared: one made by an older stylelora recorded fewer settings.
     elif changed := ", ".join(k for k in space if k in wanted and wanted[k] != space[k]):
         raise ConfigError(f"{config.out_dir}: the study {config.name!r} there was made with other settings ({changed}); "

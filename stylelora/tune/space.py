@@ -193,9 +193,9 @@ def sample(trial, config: TuneConfig) -> dict[str, Any]:
     return settings_of(trial.params, config)
 
 
-def default_params(config: TuneConfig, default_steps: int) -> dict[str, Any]:
+def default_params(config: TuneConfig) -> dict[str, Any]:
     """The untuned recipe as optuna parameters, for trial 0: a study then never ends worse than the defaults. Each
-    searched setting at its default (the base's learning rate, `default_steps` for training without --max-steps),
+    searched setting at its default (the base's usual learning rate and steps, train/config.py's Recipe),
     clamped into its range; a choice whose default is not among the choices is left to the sampler."""
     fixed = config.base_train_config()
     defaults = {"rank": fixed.rank, "alpha_ratio": fixed.effective_alpha / fixed.rank, "method": fixed.method,
@@ -206,7 +206,7 @@ def default_params(config: TuneConfig, default_steps: int) -> dict[str, Any]:
     if high > low:
         params["learning_rate"] = min(max(fixed.effective_learning_rate, low), high)
     if config.max_steps > config.min_steps:
-        params["steps"] = min(max(fixed.max_steps or default_steps, config.min_steps), config.max_steps)
+        params["steps"] = min(max(fixed.max_steps or fixed.recipe.steps, config.min_steps), config.max_steps)
     return params
 
 
