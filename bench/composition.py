@@ -20,7 +20,6 @@ one-time merge, which is cached.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -36,7 +35,7 @@ from stylelora.paint.styler import Styler  # noqa: E402
 
 from judged import Store, judged  # noqa: E402
 from report_section import write_section  # noqa: E402
-from timesteps import RESULTS, STYLES, train_run  # noqa: E402
+from timesteps import RESULTS, STYLES, images_per_prompt, train_run  # noqa: E402
 
 STORE = RESULTS / "composition.json"
 PAIRS = (("stripes", "pastel"), ("dots", "pastel"), ("stripes", "dots"))
@@ -126,10 +125,7 @@ def report(per_prompt: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    per_prompt = 2 if args.quick else 8
+    per_prompt = images_per_prompt(__doc__)
     Store(STORE).begin(per_prompt)
     files = adapters()
     styler = Styler("mini")

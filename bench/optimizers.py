@@ -13,7 +13,6 @@ optimizers.json, and the table into the optimizers guide between its markers. Me
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -24,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 import stylelora.train.checkpoint as checkpoint  # noqa: E402
 from stylelora.paint.styler import Styler  # noqa: E402
 
-from timesteps import (JUDGED_STEPS, RESULTS, STYLES, base_rates, judge_run, judged_table, train_run,  # noqa: E402
-                       write_report)
+from timesteps import (JUDGED_STEPS, RESULTS, STYLES, base_rates, images_per_prompt, judge_run,  # noqa: E402
+                       judged_table, train_run, write_report)
 
 OPTIMIZERS = {"adamw": {}, "prodigy": {"optimizer": "prodigy"}}
 
@@ -46,10 +45,7 @@ def table(results: dict, base: dict, per_prompt: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    per_prompt = 2 if args.quick else 8
+    per_prompt = images_per_prompt(__doc__)
     checkpoint.KEEP = len(JUDGED_STEPS) * 10  # keep every checkpoint of the run: each judged step is one
     work = RESULTS / "timestep-adapters"  # the AdamW runs are timesteps.py's uniform ones
     styler = Styler("mini")

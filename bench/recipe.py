@@ -12,7 +12,6 @@ its markers.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -25,7 +24,7 @@ from stylelora.paint.styler import Styler  # noqa: E402
 from stylelora.train.config import MINI_RECIPE, TrainConfig  # noqa: E402
 from stylelora.train.loop import train  # noqa: E402
 
-from timesteps import EARLIER_MINI, RESULTS, STYLES, base_rates, write_report  # noqa: E402
+from timesteps import EARLIER_MINI, RESULTS, STYLES, base_rates, images_per_prompt, write_report  # noqa: E402
 
 RECIPES = {"earlier": EARLIER_MINI,
            "current": {"learning_rate": MINI_RECIPE.learning_rate, "max_steps": MINI_RECIPE.steps,
@@ -71,10 +70,7 @@ def table(results: dict, base: dict, per_prompt: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    per_prompt = 2 if args.quick else 8
+    per_prompt = images_per_prompt(__doc__)
     work = RESULTS / "recipe-adapters"
     runs = {recipe: {style: {seed: trained(work, recipe, style, seed) for seed in SEEDS} for style in STYLES}
             for recipe in RECIPES}

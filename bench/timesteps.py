@@ -95,11 +95,15 @@ def judged_table(results: dict, base: dict, per_prompt: int, script: str, extra:
     return "\n".join(lines) + "\n"
 
 
+def images_per_prompt(doc: str) -> int:
+    """The images per prompt a judging bench asks of the judge: 8 (96 per judged point), or 2 with --quick."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 images per prompt instead of 8")
+    return 2 if parser.parse_args().quick else 8
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    per_prompt = 2 if args.quick else 8
+    per_prompt = images_per_prompt(__doc__)
     checkpoint.KEEP = len(JUDGED_STEPS) * 10  # keep every checkpoint of the run: each judged step is one
     work = RESULTS / "timestep-adapters"
     runs = {sampling: {style: train_run(work, style, sampling, timestep_sampling=sampling) for style in STYLES}
