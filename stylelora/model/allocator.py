@@ -6,9 +6,10 @@ whenever more than twice that threshold is free there, and moves the threshold a
 allocates and frees the same activations every step, so the pages go back and forth: the quickstart's 400 steps
 on the mini took 1.4-1.5 million page faults and 5-6 s of system time. With the settings below they took 0.14
 million and 2 s, and the 400 steps took 42.4 and 42.5 s in two runs alone, against 46.7, 49.7 and 56.1 s in three
-without (peak memory 0.58 GB in all). The sd15-style preset's two steps on the SD1.5-shaped base peaked at 3.74 GiB
-with and without them (bench/presets.py). PyTorch's CPU performance guide swaps in jemalloc or tcmalloc for the same reason;
-these are glibc's own knobs (mallopt, as its MALLOC_*_ environment variables set them), so no library is added.
+without (peak memory 0.58 GB in all). The sd15-style preset's two steps on the SD1.5-shaped base peaked at
+3.74 GiB with and without them (bench/presets.py). PyTorch's CPU performance guide swaps in jemalloc or tcmalloc
+for the same reason; these are glibc's own knobs (mallopt, as its MALLOC_*_ environment variables set them), so no
+library is added.
 
 - Allocations up to 32 MiB (glibc's own ceiling for its moving threshold) come from the heap; larger ones, a big
   base's weights, are still mapped and unmapped on their own.

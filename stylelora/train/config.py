@@ -136,8 +136,8 @@ class TrainConfig:
                                    ui=UiField("LoRA+ ratio (0 = off; 16 is usual)"))
     # optimisation
     learning_rate: float | None = option(None, "UNet adapter learning rate", "optimisation", aliases=("--lr",),
-                                         default_text=f"{USUAL_RECIPE.learning_rate:g}; {MINI_RECIPE.learning_rate:g} on the built-in "
-                                                      "mini base",
+                                         default_text=f"{USUAL_RECIPE.learning_rate:g}; "
+                                                      f"{MINI_RECIPE.learning_rate:g} on the built-in mini base",
                                          ui=UiField("Learning rate (0 = the base's usual)", elem_id="lr"))
     text_encoder_lr: float | None = option(None, "text-encoder adapter learning rate", "optimisation",
                                            default_text="5e-5; with prodigy, half the UNet's (0.5)")
@@ -168,7 +168,8 @@ class TrainConfig:
     timestep_sampling: str = option(
         "auto", "where on the noise schedule steps land: uniform, logit-normal or mode (the SD3 paper's densities), "
                 "style (biased toward high noise, where style lives: ai-toolkit's) or content (toward low noise); "
-                "auto = uniform here, logit-normal on flow-matching bases and the built-in mini", "objective", choices=TIMESTEP_SAMPLINGS,
+                "auto = uniform here, logit-normal on flow-matching bases and the built-in mini", "objective",
+        choices=TIMESTEP_SAMPLINGS,
         ui=UiField("Timestep sampling (style: more high-noise steps)", "dropdown"))
     logit_mean: float | None = option(None, "logit-normal sampling's mean", "objective",
                                       default_text=f"{Sampling.logit_mean:g}")

@@ -46,6 +46,7 @@ from .suggest import fill_unset
 from .trackers import check_trackers, hyperparameters, trackers_for
 from .validation import AdapterAverage, EarlyStopping, Watch, validate_every
 
+
 def clip_gradients(accelerator: Accelerator, parameters: list[torch.nn.Parameter], max_norm: float) -> float:
     """Clip the global gradient norm to `max_norm` and return the norm before clipping.
     Takes a list: the diffusers example once passed a spent generator, so nothing was clipped.
