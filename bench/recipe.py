@@ -4,7 +4,7 @@ two seeds (bench/quickstart.py times the default).
     python bench/recipe.py                # 8 images per prompt (96 per judged point)
     python bench/recipe.py --quick        # 2 images per prompt
 
-The earlier recipe is 800 steps at 2e-3 with uniform timesteps; the current one is train/config.py's MINI_RECIPE.
+The earlier recipe is 800 steps at 2e-3 with uniform timesteps; the current one is train/recipe.py's MINI_RECIPE.
 Each trains on the stripes, dots and pastel folders at seeds 0 and 1 and is judged by the strict judge on the 12
 colour x shape prompts. Writes docs/results/recipe.md and recipe.json, and the table into the mini's guide between
 its markers.
@@ -21,7 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 from stylelora.mini.evaluate import measure  # noqa: E402
 from stylelora.paint.styler import Styler  # noqa: E402
-from stylelora.train.config import MINI_RECIPE, TrainConfig  # noqa: E402
+from stylelora.train.config import TrainConfig  # noqa: E402
+from stylelora.train.recipe import MINI_RECIPE  # noqa: E402
 from stylelora.train.loop import train  # noqa: E402
 
 from timesteps import EARLIER_MINI, RESULTS, STYLES, base_rates, images_per_prompt, write_report  # noqa: E402

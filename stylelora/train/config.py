@@ -14,6 +14,7 @@ from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES
 from ..options import UiField, option, refuse_first
 from .loss import HUBER_C, HUBER_SCHEDULES, LOSSES, loss_checks
 from .optimizers import OPTIMIZERS, optimizer_checks
+from .recipe import MINI_RECIPE, USUAL_RECIPE, Recipe, recipe_of
 from .objective import TIMESTEP_SAMPLINGS, Sampling, sampling_checks
 from .trackers import TRACKERS, TRACKERS_HELP
 from .stopping import SELECT_BY, stopping_checks
@@ -22,22 +23,6 @@ UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 PRECISIONS = ("auto", "no", "fp16", "bf16")
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """What a base trains with where the options are left unset."""
-
-    learning_rate: float
-    steps: int
-    timestep_sampling: str  # what --timestep-sampling auto means: 'auto' leaves it to the objective (objective.py)
-
-
-# The usual LoRA recipe for Stable Diffusion, and the built-in mini's own. The mini's was measured with the strict
-# judge on its three sample styles at two seeds (bench/recipe.py, docs/guides/mini.md): its small attention layers
-# learn a style in 400 steps at 3e-3 with logit-normal timesteps about as well as in 800 at 2e-3 with uniform ones.
-USUAL_RECIPE = Recipe(learning_rate=1e-4, steps=800, timestep_sampling="auto")
-MINI_RECIPE = Recipe(learning_rate=3e-3, steps=400, timestep_sampling="logit-normal")
 
 
 BASE_HELP = "'mini' (built in), a hub id, a diffusers folder or a .safetensors checkpoint"
@@ -308,7 +293,7 @@ class TrainConfig:
 
     @property
     def recipe(self) -> Recipe:
-        return MINI_RECIPE if self.base == "mini" else USUAL_RECIPE
+        return recipe_of(self.base)
 
     @property
     def effective_learning_rate(self) -> float:

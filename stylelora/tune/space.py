@@ -195,7 +195,7 @@ def sample(trial, config: TuneConfig) -> dict[str, Any]:
 
 def default_params(config: TuneConfig) -> dict[str, Any]:
     """The untuned recipe as optuna parameters, for trial 0: a study then never ends worse than the defaults. Each
-    searched setting at its default (the base's usual learning rate and steps, train/config.py's Recipe),
+    searched setting at its default (the base's usual learning rate and steps, train/recipe.py),
     clamped into its range; a choice whose default is not among the choices is left to the sampler."""
     fixed = config.base_train_config()
     defaults = {"rank": fixed.rank, "alpha_ratio": fixed.effective_alpha / fixed.rank, "method": fixed.method,
