@@ -4,7 +4,10 @@
 - Stable Diffusion 1.5's UNet, VAE and text-encoder shapes with random weights, at 256 px
   (32x32 latents): the largest real-shaped case a CPU trains in minutes;
 - SDXL's UNet (2.6 billion parameters), VAE and both text encoders (CLIP-L and OpenCLIP-G) at their real
-  sizes with random weights (`bench/run.py --sdxl`).
+  sizes with random weights (`bench/run.py --sdxl`);
+- Flux.1-dev's transformer at its real widths with fewer of its blocks (its 12 billion parameters do not fit
+  a 24 GiB machine in bfloat16), its VAE and CLIP-L at their real sizes, and a two-layer T5 at T5-XXL's width
+  (`bench/quantize.py --base flux`).
 """
 
 from __future__ import annotations
@@ -106,6 +109,46 @@ def sdxl_pipeline(folder: Path) -> Path:
         text_encoder_2=encoder(CLIPTextModelWithProjection, 1280, 32, 20, "gelu"), tokenizer=tokenizers[0],
         tokenizer_2=tokenizers[1], unet=unet, scheduler=build_scheduler(), add_watermarker=False)
     pipe.to(torch.float16).save_pretrained(folder)
+    return folder
+
+
+def flux(double_blocks: int = 2, single_blocks: int = 4, folder: Path | None = None) -> Base:
+    name = f"stylelora-bench-flux-{double_blocks}-{single_blocks}"
+    return Base(f"Flux.1-shaped transformer ({double_blocks} of 19 double, {single_blocks} of 38 single blocks)",
+                str(flux_pipeline(folder or Path(tempfile.gettempdir()) / name, double_blocks, single_blocks)), 256, 1)
+
+
+def flux_pipeline(folder: Path, double_blocks: int, single_blocks: int) -> Path:
+    """Flux.1-dev's published transformer config (widths, heads, guidance embedding, RoPE axes) with fewer blocks,
+    its 16-channel VAE and CLIP-L, and a T5 encoder at T5-XXL's width (4096) with 2 of its 24 layers and 128
+    tokens instead of 512, random weights, saved once in the diffusers layout (bfloat16 on disk)."""
+    if (folder / "model_index.json").is_file():
+        return folder
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from stylelora.mini.tokenizer import write_tokenizer
+    from stylelora.mini.world import WORDS
+
+    torch.manual_seed(0)
+    clip_tokenizer, t5_tokenizer = write_tokenizer(folder / "tokenizer", WORDS, 77), write_tokenizer(folder / "tokenizer_2", WORDS, 128)
+    vocab = len(clip_tokenizer)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=double_blocks, num_single_layers=single_blocks,
+                                         attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
+                                         pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=16,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        shift_factor=0.1159, scaling_factor=0.3611, use_quant_conv=False, use_post_quant_conv=False)
+    clip = CLIPTextModel(CLIPTextConfig(vocab_size=vocab, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                        num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                                        bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1))
+    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tokenizer), d_model=4096, d_kv=64, d_ff=10240, num_layers=2,
+                                 num_heads=64, feed_forward_proj="gated-gelu", pad_token_id=len(t5_tokenizer) - 1))
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    pipe = FluxPipeline(scheduler=scheduler, vae=vae, transformer=transformer, tokenizer=clip_tokenizer,
+                        text_encoder=clip, text_encoder_2=t5, tokenizer_2=t5_tokenizer)
+    pipe.to(torch.bfloat16).save_pretrained(folder)
     return folder
 
 

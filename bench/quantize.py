@@ -1,11 +1,14 @@
-"""What --quantize-base saves and costs: peak memory, step time and bytes per parameter on the SD1.5-shaped base,
-and the style an adapter learns over an NF4 miniature base.
+"""What --quantize-base saves and costs: peak memory, step time and bytes per parameter on the SD1.5-shaped,
+SDXL-shaped and Flux.1-shaped bases (bench/models.py), and the style an adapter learns over an NF4 miniature base.
 
-    python bench/quantize.py            # about 25 minutes on a 2-core CPU (fp8's steps are slow there)
-    python bench/quantize.py --quick    # fewer steps and images
+    python bench/quantize.py                   # the SD1.5-shaped rows and the miniature's: about 25 minutes on a
+                                               # 2-core CPU (fp8's steps are slow there)
+    python bench/quantize.py --bases sdxl,flux # the large bases' rows (the first run builds them: minutes, ~8 GB)
+    python bench/quantize.py --quick           # fewer steps and images
 
-Each SD1.5-shaped row is a fresh process that trains on the stripes folder at 256 px, batch 1, rank 4, at the
-default precision; its peak is the whole process's (VmHWM). Writes docs/results/quantize.md and .json.
+Each row of a shaped base is a fresh process that trains on the stripes folder at 256 px, batch 1, rank 4, at the
+default precision; its peak is the whole process's (VmHWM). The rows of the bases not run are kept from the last
+run. Writes docs/results/quantize.md and .json.
 """
 
 from __future__ import annotations
@@ -25,30 +28,41 @@ sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-RESULTS = BENCH / "results"
-# (label, --quantize-base, load through diffusers' own from_pretrained instead of the streamed loader)
-ROWS = (("none, loaded by diffusers (before this change)", "none", True), ("none", "none", False),
-        ("nf4", "nf4", False), ("int8", "int8", False), ("fp8", "fp8", False))
+RESULTS = BENCH.parent / "docs" / "results"
+# Per base: (label, --quantize-base, load through diffusers' own from_pretrained instead of the streamed loader).
+# fp8 is left out of the large bases: its steps on a CPU are 10x the float run's (the SD1.5 rows).
+BEFORE = "loaded by diffusers (before the streamed loader)"
+ROWS = {"sd15": ((f"none, {BEFORE}", "none", True), ("none", "none", False), ("nf4", "nf4", False),
+                 ("int8", "int8", False), ("fp8", "fp8", False)),
+        "sdxl": (("none", "none", False), ("nf4", "nf4", False), ("int8", "int8", False)),
+        "flux": ((f"nf4, {BEFORE}", "nf4", True), ("none", "none", False), ("nf4", "nf4", False),
+                 ("int8", "int8", False))}
+SHAPED = tuple(ROWS)
 
 
-def _child(mode: str, diffusers_load: bool, steps: int, queue) -> None:
-    """Train `steps` steps in this fresh process; report its peak memory, median step time and UNet bytes."""
+def shaped_base(name: str):
+    import models
+
+    return {"sd15": models.sd15, "sdxl": lambda: models.sdxl(256), "flux": models.flux}[name]()
+
+
+def _child(base_name: str, mode: str, diffusers_load: bool, steps: int, queue) -> None:
+    """Train `steps` steps in this fresh process; report its peak memory, median step time and denoiser bytes."""
     try:
         import stylelora.model.base as base_module
-        from models import sd15
         from training_bench import STRIPES, _high_water_mark
         from stylelora.train.config import TrainConfig
         from stylelora.model.quantize import quantized_share
         from stylelora.train.loop import train
 
         if diffusers_load:
-            base_module.stream_unet = lambda *args, **kwargs: None
-        base, stamps, held = sd15(), [], {}
+            base_module.stream_denoiser = lambda *args, **kwargs: None
+        base, stamps, held = shaped_base(base_name), [], {}
         real_load = base_module.load_base
 
         def load_and_measure(*args, **kwargs):
             pipe = real_load(*args, **kwargs)
-            held["unet"] = quantized_share(pipe.unet, "unet")
+            held["unet"] = quantized_share(base_module.base_family(base.spec).denoiser_of(pipe), "denoiser")
             return pipe
 
         import stylelora.train.loop as training_module
@@ -66,10 +80,10 @@ def _child(mode: str, diffusers_load: bool, steps: int, queue) -> None:
         raise
 
 
-def sd15_row(mode: str, diffusers_load: bool, steps: int) -> dict:
+def shaped_row(base_name: str, mode: str, diffusers_load: bool, steps: int) -> dict:
     from training_bench import in_fresh_process
 
-    return in_fresh_process(_child, mode, diffusers_load, steps)
+    return in_fresh_process(_child, base_name, mode, diffusers_load, steps)
 
 
 def mini_rows(per_prompt: int, steps: int | None) -> dict:
@@ -95,52 +109,85 @@ def mini_rows(per_prompt: int, steps: int | None) -> dict:
     return rows
 
 
-def report(sd15: list[tuple[str, dict]], mini: dict, quick: bool) -> list[str]:
+def report(shaped: dict[str, list], mini: dict | None, quick: bool) -> list[str]:
     import torch
 
     from stylelora.model.precision import bf16_support
 
-    reference = dict(sd15)["none"]
     device = "CUDA" if torch.cuda.is_available() else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
     lines = [f"Measured by `python bench/quantize.py{' --quick' if quick else ''}` on {device}, torch {torch.__version__}; "
-             f"{bf16_support().reason}. SD1.5-shaped base at 256 px, batch 1, rank 4, default precision; ratios "
-             "against the `none` row.", "",
-             "| --quantize-base | peak memory (whole process) | vs none | step time | vs none | UNet weights | bits a parameter | UNet parameters quantized |",
+             f"{bf16_support().reason}. Each base at 256 px, batch 1, rank 4, default precision; ratios against its "
+             "`none` row; peak memory is the whole process's."]
+    for name, rows in shaped.items():
+        lines += ["", f"**{shaped_base_label(name)}**", ""] + shaped_table(rows)
+    if mini:
+        lines += ["", f"Miniature base, a stripes run with default settings ({mini['none']['steps']} steps) over each "
+                  f"base, painted over the same base and judged by `stylelora.mini.judge` ({mini['none']['images']} "
+                  "images a setting):", "",
+                  "| base | striped (style rate) | colour kept | base alone: colour right | base alone: shape right |",
+                  "| --- | --- | --- | --- | --- |"]
+        for mode, row in mini.items():
+            lines.append(f"| {mode} | {row['striped']:.0%} | {row['colour']:.0%} | {row['base_colour']:.0%} | {row['base_shape']:.0%} |")
+    return lines
+
+
+def shaped_base_label(name: str) -> str:
+    return {"sd15": "SD1.5-shaped UNet", "sdxl": "SDXL-shaped UNet (2.6 billion parameters)",
+            "flux": "Flux.1-shaped transformer: Flux.1-dev's widths with 2 of its 19 double and 4 of its 38 single "
+                    "blocks (1.4 billion parameters), T5 cut to 2 layers and 128 tokens"}[name]
+
+
+def shaped_table(rows: list) -> list[str]:
+    reference = dict(rows)["none"]
+    lines = ["| --quantize-base | peak memory | vs none | step time | vs none | denoiser weights | bits a parameter | denoiser parameters quantized |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for label, row in sd15:
+    for label, row in rows:
         if "error" in row:
             lines.append(f"| {label} | failed: {row['error'][:120]} | | | | | | |")
             continue
         lines.append(f"| {label} | {row['peak'] / 2**30:.2f} GiB | {row['peak'] / reference['peak']:.2f} "
                      f"| {row['step']:.2f} s | {row['step'] / reference['step']:.2f} | {row['unet_bytes'] / 2**30:.2f} GiB "
                      f"| {8 * row['unet_bytes'] / row['unet_parameters']:.1f} | {row['quantized_share']:.0%} |")
-    lines += ["", f"Miniature base, a stripes run with default settings ({mini['none']['steps']} steps) over each base, "
-              f"painted over the same base and judged by `stylelora.mini.judge` ({mini['none']['images']} images a setting):", "",
-              "| base | striped (style rate) | colour kept | base alone: colour right | base alone: shape right |",
-              "| --- | --- | --- | --- | --- |"]
-    for mode, row in mini.items():
-        lines.append(f"| {mode} | {row['striped']:.0%} | {row['colour']:.0%} | {row['base_colour']:.0%} | {row['base_shape']:.0%} |")
     return lines
+
+
+def stored_results() -> dict:
+    """The last run's rows: {"shaped": {base: rows}, "mini": rows}."""
+    try:
+        stored = json.loads((RESULTS / "quantize.json").read_text())
+    except (OSError, ValueError):
+        return {"shaped": {}, "mini": None}
+    return {"shaped": stored.get("shaped", {"sd15": stored["sd15"]} if "sd15" in stored else {}), "mini": stored.get("mini")}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--bases", default="sd15,mini", help=f"which rows to measure: any of {', '.join(SHAPED)}, mini")
     args = parser.parse_args()
-    sd15 = []
-    for label, mode, diffusers_load in ROWS:
-        steps = 4 if mode == "fp8" else (6 if args.quick else 10)
-        sd15.append((label if label != "none" else "none", sd15_row(mode, diffusers_load, steps)))
-        print(label, sd15[-1][1], flush=True)
-    mini = mini_rows(per_prompt=3 if args.quick else 8, steps=300 if args.quick else None)
-    lines = report(sd15, mini, args.quick)
+    chosen = args.bases.split(",")
+    unknown = set(chosen) - set(SHAPED) - {"mini"}
+    if unknown:
+        parser.error(f"--bases: unknown {', '.join(sorted(unknown))}; choose from {', '.join(SHAPED)}, mini")
+    results = stored_results()
+    for name in (name for name in SHAPED if name in chosen):
+        shaped_base(name)  # built once, here, so that no row's peak holds the building
+        rows = []
+        for label, mode, diffusers_load in ROWS[name]:
+            steps = 4 if mode == "fp8" else (6 if args.quick else 10)
+            rows.append((label, shaped_row(name, mode, diffusers_load, steps)))
+            print(name, label, rows[-1][1], flush=True)
+        results["shaped"][name] = rows
+    if "mini" in chosen:
+        results["mini"] = mini_rows(per_prompt=3 if args.quick else 8, steps=300 if args.quick else None)
+    lines = report(results["shaped"], results["mini"], args.quick)
     from report_section import write_section
     from stylelora.files import write_atomically
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_atomically(RESULTS / "quantize.md", ("\n".join(lines) + "\n").encode())
     write_section("quantize-report", "\n".join(lines) + "\n")
-    write_atomically(RESULTS / "quantize.json", (json.dumps({"sd15": sd15, "mini": mini}, indent=1) + "\n").encode())
+    write_atomically(RESULTS / "quantize.json", (json.dumps(results, indent=1) + "\n").encode())
     print("\n".join(lines))
 
 

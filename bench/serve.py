@@ -27,7 +27,7 @@ from stylelora.serve.loadtest import random_requests, run_load_test
 
 from models import MINI, random_adapters, sd15
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 ROOT = Path(__file__).resolve().parent.parent
 
 

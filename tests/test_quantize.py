@@ -11,7 +11,7 @@ from stylelora.cli import main as cli
 from stylelora.errors import ConfigError, TrainingInterrupted
 from stylelora.files import read_safetensors
 from stylelora.model.base import load_base
-from stylelora.model.loading import stream_unet
+from stylelora.model.loading import stream_denoiser
 from stylelora.methods import methods_over
 from stylelora.model.quantize import quantized_share
 from stylelora.paint.styler import Styler
@@ -35,7 +35,7 @@ def _unet_output(unet, generator_seed=0):
 def test_the_streamed_unet_equals_diffusers_own_loading(tiny_base, dtype):
     from diffusers import UNet2DConditionModel
 
-    ours = stream_unet(tiny_base, dtype)
+    ours = stream_denoiser(tiny_base, "unet", dtype)
     theirs = UNet2DConditionModel.from_pretrained(tiny_base, subfolder="unet", torch_dtype=dtype)
     a, b = ours.state_dict(), theirs.state_dict()
     assert a.keys() == b.keys()
@@ -48,7 +48,55 @@ def test_a_folder_the_streamed_loader_cannot_read_is_left_to_diffusers(tiny_base
 
     copy = shutil.copytree(tiny_base, tmp_path / "base")
     (copy / "unet" / "diffusion_pytorch_model.safetensors").rename(copy / "unet" / "diffusion_pytorch_model.fp16.safetensors")
-    assert stream_unet(copy, torch.float32) is None
+    assert stream_denoiser(copy, "unet", torch.float32) is None
+
+
+def _same_model(ours, theirs, dtype) -> None:
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert a.keys() == b.keys() and not ours.training
+    assert all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+    assert all(a[k].dtype == dtype for k in a if a[k].is_floating_point())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("base", ["tiny_sd3_base", "tiny_flux_base"])
+def test_a_transformer_streams_from_one_file_or_from_shards_as_diffusers_loads_it(base, dtype, request, tmp_path):
+    """SD3's and Flux's transformers stream too, from one file or from shards with diffusers' index (the hub's
+    Flux and SD3.5 folders are sharded), so a quantized DiT never holds its float weights whole."""
+    import shutil
+
+    import diffusers
+
+    folder = request.getfixturevalue(base)
+    model_class = getattr(diffusers, json.loads((folder / "transformer" / "config.json").read_text())["_class_name"])
+    theirs = model_class.from_pretrained(folder, subfolder="transformer", torch_dtype=dtype)
+    _same_model(stream_denoiser(folder, "transformer", dtype), theirs, dtype)
+    sharded = tmp_path / "sharded"
+    shutil.copytree(folder, sharded)
+    shutil.rmtree(sharded / "transformer")
+    theirs.save_pretrained(sharded / "transformer", max_shard_size="40KB")
+    assert len(list((sharded / "transformer").glob("*.safetensors"))) > 2
+    _same_model(stream_denoiser(sharded, "transformer", dtype), theirs, dtype)
+
+
+@pytest.mark.bf16
+def test_a_transformer_quantized_as_it_streams_equals_one_quantized_after_loading(tiny_flux_base):
+    from diffusers import FluxTransformer2DModel
+
+    from stylelora.model.quantize import quantize_model
+
+    ours = stream_denoiser(tiny_flux_base, "transformer", torch.bfloat16, "nf4")
+    theirs = FluxTransformer2DModel.from_pretrained(tiny_flux_base, subfolder="transformer", torch_dtype=torch.bfloat16)
+    quantize_model(theirs, "nf4", torch.bfloat16)
+    assert quantized_share(ours, "transformer") == quantized_share(theirs, "transformer")
+    assert quantized_share(ours, "transformer").quantized > 0 and ours.is_loaded_in_4bit
+    g = torch.Generator().manual_seed(0)
+    inputs = dict(hidden_states=torch.randn(1, 16, 64, generator=g), encoder_hidden_states=torch.randn(1, 8, 64, generator=g),
+                  pooled_projections=torch.randn(1, 32, generator=g), timestep=torch.tensor([0.5]),
+                  guidance=torch.tensor([3.5]), img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(8, 3))
+    with torch.no_grad():
+        outputs = [model(**{k: v.to(torch.bfloat16) for k, v in inputs.items()}).sample for model in (ours, theirs)]
+    assert torch.equal(*outputs)
 
 
 @pytest.mark.parametrize("mode", ["nf4", "int8", "fp8"])

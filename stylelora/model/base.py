@@ -14,7 +14,7 @@ from diffusers import DiffusionPipeline
 from ..errors import BaseModelError
 from ..families import SD1, Family, family_of_config, family_of_single_file
 from ..files import PICKLE_SUFFIXES
-from .loading import stream_unet
+from .loading import stream_denoiser
 from .quantize import check_quantize, quantization_of, quantize_model
 
 diffusers.utils.logging.disable_progress_bar()
@@ -87,9 +87,8 @@ def _load(spec: str, kind: str, family: Family, options: dict, quantize: str) ->
             pipe = family.pipeline_class.from_single_file(spec, dtype=options["dtype"])
         else:
             source = str(MINI_WEIGHTS) if kind == "mini" else spec
-            streamed = kind != "hub" and family.denoiser == "unet"
-            unet = stream_unet(Path(source), options["dtype"], quantize) if streamed else None
-            pipe = family.pipeline_class.from_pretrained(source, **options, **({"unet": unet} if unet else {}))
+            denoiser = stream_denoiser(Path(source), family.denoiser, options["dtype"], quantize) if kind != "hub" else None
+            pipe = family.pipeline_class.from_pretrained(source, **options, **({family.denoiser: denoiser} if denoiser else {}))
     except (OSError, ValueError, EnvironmentError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise BaseModelError(f"{spec}: cannot load the base model ({first_line})") from None

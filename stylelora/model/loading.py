@@ -1,12 +1,14 @@
-"""Read a diffusers folder's UNet one tensor at a time, straight into the run's dtype, each layer quantized as
-soon as its weights are in.
+"""Read a diffusers folder's denoiser (a UNet or a transformer) one tensor at a time, straight into the run's
+dtype, each layer quantized as soon as its weights are in.
 
 diffusers' from_pretrained maps the whole safetensors file and casts it: loading a float16 or float32 file into
 bfloat16 holds the file's pages and the cast copy at once, 1.6 GiB above the model itself for an SD1.5 UNet
-(measured: 3.6 GiB at the peak for a 2.0 GiB result), and a quantized base would peak at the unquantized size.
-Here each tensor is read with plain file reads (no mapping whose pages stay resident), cast, and placed, so the
-peak is the model as it will be held plus one tensor. Anything this reader does not know (a sharded or variant
-file, keys that differ from the model's) returns None, and diffusers loads as usual.
+(measured: 3.6 GiB at the peak for a 2.0 GiB result), and a quantized base would peak at the unquantized size:
+for Flux.1's 12-billion-parameter transformer, 24 GB in bfloat16 before NF4 holds it in 6.5. Here each tensor is
+read with plain file reads (no mapping whose pages stay resident), cast, and placed, so the peak is the model as
+it will be held plus one tensor. The weights are one file or shards listed by diffusers' index file, as the hub's
+Flux and SD3.5 folders hold them. Anything this reader does not know (a variant file, keys that differ from the
+model's, a model class that keeps some layers in float32) returns None, and diffusers loads as usual.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .quantize import mark_quantized, quantize_layer, skipped_for
 
 SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+SHARDS_INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"  # diffusers' name for sharded weights
 # Quantizing frees each layer's float weight, but glibc keeps freed pages of its heap for reuse: an SD1.5 UNet
 # quantized to NF4 then peaked 0.5 GiB above the unquantized load. Trimming every few layers gives them back.
 TRIM_EVERY = 16
@@ -55,39 +58,75 @@ def read_tensor(descriptor: int, entry: tuple[torch.dtype, list[int], int, int])
     return torch.frombuffer(data, dtype=dtype).reshape(shape)
 
 
-def stream_unet(folder: Path, dtype: torch.dtype, quantize: str = "none"):
-    """The UNet of diffusers folder `folder` in `dtype`, quantized as `quantize` says, layer by layer as it is
-    read; None where the folder is not one plain safetensors file whose keys are exactly the model's."""
-    from accelerate import init_empty_weights
-    from diffusers import UNet2DConditionModel
+def weights_index(folder: Path) -> dict[str, tuple[Path, tuple[torch.dtype, list[int], int, int]]] | None:
+    """Each tensor of a model folder's weights, with the file that holds it: one safetensors file, or the shards
+    its index file lists; None where there is neither or one is unreadable."""
+    if (folder / WEIGHTS_NAME).is_file():
+        files = [folder / WEIGHTS_NAME]
+    elif (folder / SHARDS_INDEX_NAME).is_file():
+        try:
+            files = [folder / name for name in sorted(set(json.loads((folder / SHARDS_INDEX_NAME).read_text())["weight_map"].values()))]
+        except (OSError, ValueError, KeyError, AttributeError):
+            return None
+    else:
+        return None
+    found = {}
+    for path in files:
+        index = tensor_index(path)
+        if index is None:
+            return None
+        found.update({key: (path, entry) for key, entry in index.items()})
+    return found
 
-    path = folder / "unet" / WEIGHTS_NAME
-    index = tensor_index(path) if path.is_file() else None
-    if index is None:
+
+def stream_denoiser(folder: Path, subfolder: str, dtype: torch.dtype, quantize: str = "none"):
+    """The denoiser in `folder/subfolder` (the class its config names) in `dtype`, quantized as `quantize` says,
+    layer by layer as it is read; None where this reader cannot load it exactly as diffusers would."""
+    import diffusers
+    from accelerate import init_empty_weights
+
+    try:
+        config = json.loads((folder / subfolder / "config.json").read_text())
+        model_class = getattr(diffusers, config["_class_name"])
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        return None
+    index = weights_index(folder / subfolder)
+    if index is None or getattr(model_class, "_keep_in_fp32_modules", None):
         return None
     with init_empty_weights():
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(folder), subfolder="unet"))
-    wanted = {name for name, _ in unet.named_parameters()} | {name for name, _ in unet.named_buffers()}
-    if wanted != set(index):
+        model = model_class.from_config(model_class.load_config(str(folder), subfolder=subfolder))
+    if set(model.state_dict()) != set(index):  # its parameters and persistent buffers
         return None
-    descriptor, quantized = os.open(path, os.O_RDONLY), 0
+    descriptors = {path: os.open(path, os.O_RDONLY) for path in {path for path, _ in index.values()}}
     try:
-        for module_name, module in list(unet.named_modules()):
-            own = [name for name, _ in module.named_parameters(recurse=False)]
-            for name in own:
-                value = read_tensor(descriptor, index[f"{module_name}.{name}" if module_name else name]).to(dtype)
-                module._parameters[name] = torch.nn.Parameter(value, requires_grad=False)
-            if own and module_name and not list(module.children()) and not skipped_for(module_name, quantize):
-                parent_name, _, name = module_name.rpartition(".")
-                if quantize_layer(unet.get_submodule(parent_name), name, module, quantize, dtype):
-                    quantized += 1
-                    if quantized % TRIM_EVERY == 0:
-                        trim_heap()
+        _fill(model, index, descriptors, dtype, quantize)
     finally:
-        os.close(descriptor)
+        for descriptor in descriptors.values():
+            os.close(descriptor)
     release_freed_memory()
-    mark_quantized(unet, quantize)
-    return unet.eval()
+    mark_quantized(model, quantize)
+    return model.eval()
+
+
+def _fill(model: torch.nn.Module, index: dict, descriptors: dict[Path, int], dtype: torch.dtype, quantize: str) -> None:
+    """Read each layer's weights into `model` (its parameters built on the meta device) and quantize the layer
+    once it is in; buffers are cast to `dtype` as diffusers' loading casts them."""
+    quantized = 0
+    for module_name, module in list(model.named_modules()):
+        own = [name for name, _ in module.named_parameters(recurse=False)]
+        for name in own:
+            path, entry = index[f"{module_name}.{name}" if module_name else name]
+            module._parameters[name] = torch.nn.Parameter(read_tensor(descriptors[path], entry).to(dtype), requires_grad=False)
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            key = f"{module_name}.{name}" if module_name else name
+            value = read_tensor(descriptors[index[key][0]], index[key][1]) if key in index else buffer
+            module._buffers[name] = value.to(dtype) if value.is_floating_point() else value
+        if own and module_name and not list(module.children()) and not skipped_for(module_name, quantize):
+            parent_name, _, name = module_name.rpartition(".")
+            if quantize_layer(model.get_submodule(parent_name), name, module, quantize, dtype):
+                quantized += 1
+                if quantized % TRIM_EVERY == 0:
+                    trim_heap()
 
 
 M_MMAP_THRESHOLD, M_TRIM_THRESHOLD = -3, -1  # glibc's mallopt parameters
