@@ -106,11 +106,11 @@ def quantize_model(model: torch.nn.Module, mode: str, compute_dtype: torch.dtype
     """Quantize every layer of a loaded model that `mode` holds in fewer bytes, one layer at a time."""
     if mode == "none":
         return
-    for parent_name, parent in list(model.named_modules()):
-        for name, child in list(parent.named_children()):
-            path = f"{parent_name}.{name}" if parent_name else name
-            if not skipped_for(path, mode):
-                quantize_layer(parent, name, child, mode, compute_dtype)
+    # By name: a list of the modules would keep each replaced float layer alive until the loop ends.
+    for path in [name for name, module in model.named_modules() if name and not list(module.children())]:
+        parent_name, _, name = path.rpartition(".")
+        if not skipped_for(path, mode):
+            quantize_layer(model.get_submodule(parent_name), name, model.get_submodule(path), mode, compute_dtype)
     mark_quantized(model, mode)
 
 
