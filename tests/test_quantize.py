@@ -97,12 +97,6 @@ def test_a_transformer_quantized_as_it_streams_equals_one_quantized_after_loadin
     with torch.no_grad():
         outputs = [model(**{k: v.to(torch.bfloat16) for k, v in inputs.items()}).sample for model in (ours, theirs)]
     assert torch.equal(*outputs)
-    # T5, frozen and the largest text encoder, is held quantized too (the pipeline's loading of it, not streamed)
-    pipe = load_base(str(tiny_flux_base), dtype=torch.bfloat16, quantize="nf4")
-    float_t5 = load_base(str(tiny_flux_base)).text_encoder_2
-    linear = sum(m.weight.numel() for m in float_t5.modules() if type(m) is torch.nn.Linear)
-    assert quantized_share(pipe.text_encoder_2, "text_encoder_2").quantized == linear > 0
-    assert quantized_share(pipe.transformer, "transformer") == quantized_share(theirs, "transformer")
 
 
 @pytest.mark.parametrize("mode", ["nf4", "int8", "fp8"])

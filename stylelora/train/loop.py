@@ -137,8 +137,8 @@ def prepare_model(config: TrainConfig, device: torch.device, folder: ImageFolder
                           (not config.block_lr or family.unet_blocks, "block_lr",
                            f"{family.label} has no down/mid/up blocks; leave out --block-lr")])
     if config.quantize_base != "none":
-        held = family.models(pipe) | {part: getattr(pipe, part, None) for part in family.frozen_encoders}
-        shares = [quantized_share(model, part).describe() for part, model in held.items() if quantization_of(model) != "none"]
+        shares = [quantized_share(model, part).describe() for part, model in family.models(pipe).items()
+                  if quantization_of(model) != "none"]
         say(f"Base held in {config.quantize_base}: {'; '.join(shares)}.")
     tokenizer, limit, reader = family.longest_reader(pipe)
     warn_long_captions(folder, tokenizer, say, limit, reader)
