@@ -109,17 +109,12 @@ def mini_rows(per_prompt: int, steps: int | None) -> dict:
     return rows
 
 
-def report(shaped: dict[str, list], mini: dict | None, quick: bool) -> list[str]:
-    import torch
-
-    from stylelora.model.precision import bf16_support
-
-    device = "CUDA" if torch.cuda.is_available() else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
-    lines = [f"Measured by `python bench/quantize.py{' --quick' if quick else ''}` on {device}, torch {torch.__version__}; "
-             f"{bf16_support().reason}. Each base at 256 px, batch 1, rank 4, default precision; ratios against its "
-             "`none` row; peak memory is the whole process's."]
+def report(shaped: dict[str, list], notes: dict[str, str], mini: dict | None) -> list[str]:
+    lines = ["Measured by `python bench/quantize.py --bases NAME`, each base in a run of its own (said under its "
+             "heading). Each base at 256 px, batch 1, rank 4, default precision; ratios against its `none` row; peak "
+             "memory is the whole process's."]
     for name, rows in shaped.items():
-        lines += ["", f"**{shaped_base_label(name)}**", ""] + shaped_table(rows)
+        lines += ["", f"**{shaped_base_label(name)}**: {notes.get(name, 'an earlier run')}", ""] + shaped_table(rows)
     if mini:
         lines += ["", f"Miniature base, a stripes run with default settings ({mini['none']['steps']} steps) over each "
                   f"base, painted over the same base and judged by `stylelora.mini.judge` ({mini['none']['images']} "
@@ -156,8 +151,20 @@ def stored_results() -> dict:
     try:
         stored = json.loads((RESULTS / "quantize.json").read_text())
     except (OSError, ValueError):
-        return {"shaped": {}, "mini": None}
-    return {"shaped": stored.get("shaped", {"sd15": stored["sd15"]} if "sd15" in stored else {}), "mini": stored.get("mini")}
+        return {"shaped": {}, "notes": {}, "mini": None}
+    return {"shaped": stored.get("shaped", {"sd15": stored["sd15"]} if "sd15" in stored else {}),
+            "notes": stored.get("notes", {}), "mini": stored.get("mini")}
+
+
+def run_note(quick: bool) -> str:
+    """Where and when a base's rows were measured."""
+    import torch
+
+    from stylelora.model.precision import bf16_support
+
+    device = "CUDA" if torch.cuda.is_available() else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    return (f"measured {time.strftime('%Y-%m-%d')}{' with --quick' if quick else ''} on {device}, torch "
+            f"{torch.__version__}; {bf16_support().reason}")
 
 
 def main() -> None:
@@ -177,10 +184,10 @@ def main() -> None:
             steps = 4 if mode == "fp8" else (6 if args.quick else 10)
             rows.append((label, shaped_row(name, mode, diffusers_load, steps)))
             print(name, label, rows[-1][1], flush=True)
-        results["shaped"][name] = rows
+        results["shaped"][name], results["notes"][name] = rows, run_note(args.quick)
     if "mini" in chosen:
         results["mini"] = mini_rows(per_prompt=3 if args.quick else 8, steps=300 if args.quick else None)
-    lines = report(results["shaped"], results["mini"], args.quick)
+    lines = report(results["shaped"], results["notes"], results["mini"])
     from report_section import write_section
     from stylelora.files import write_atomically
 
