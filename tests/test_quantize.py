@@ -80,6 +80,23 @@ def test_a_transformer_streams_from_one_file_or_from_shards_as_diffusers_loads_i
 
 
 @pytest.mark.bf16
+def test_a_hub_id_streams_its_denoiser_from_the_snapshot_diffusers_fetches(tiny_flux_base, monkeypatch):
+    """A hub id (Flux.1-dev's, say) is fetched as diffusers fetches it, then read as a folder: its transformer
+    streams in NF4 rather than loading whole in bf16 first."""
+    import stylelora.model.base as base_module
+    from diffusers import FluxPipeline
+
+    fetched, streamed = [], []
+    monkeypatch.setattr(FluxPipeline, "download", classmethod(lambda cls, spec, **kw: fetched.append(spec) or str(tiny_flux_base)))
+    monkeypatch.setattr(base_module, "base_family", lambda spec: base_module.family_of_config(json.loads(
+        (tiny_flux_base / "transformer" / "config.json").read_text())))
+    real = base_module.stream_denoiser
+    monkeypatch.setattr(base_module, "stream_denoiser", lambda *a, **k: streamed.append(real(*a, **k)) or streamed[-1])
+    pipe = load_base("black-forest-labs/FLUX.1-dev", dtype=torch.bfloat16, quantize="nf4")
+    assert fetched == ["black-forest-labs/FLUX.1-dev"] and streamed[0] is pipe.transformer and pipe.transformer.is_loaded_in_4bit
+
+
+@pytest.mark.bf16
 def test_a_transformer_quantized_as_it_streams_equals_one_quantized_after_loading(tiny_flux_base):
     from diffusers import FluxTransformer2DModel
 

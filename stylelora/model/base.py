@@ -89,7 +89,9 @@ def _load(spec: str, kind: str, family: Family, options: dict, quantize: str) ->
             pipe = family.pipeline_class.from_single_file(spec, dtype=options["dtype"])
         else:
             source = str(MINI_WEIGHTS) if kind == "mini" else spec
-            denoiser = stream_denoiser(Path(source), family.denoiser, options["dtype"], quantize) if kind != "hub" else None
+            if kind == "hub":  # the snapshot from_pretrained would fetch, fetched first so the denoiser streams from it
+                source = str(family.pipeline_class.download(spec))
+            denoiser = stream_denoiser(Path(source), family.denoiser, options["dtype"], quantize)
             pipe = family.pipeline_class.from_pretrained(source, **options, **({family.denoiser: denoiser} if denoiser else {}))
     except (OSError, ValueError, EnvironmentError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
