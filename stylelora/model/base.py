@@ -73,7 +73,7 @@ def load_base(spec: str, dtype: torch.dtype = torch.float32, device: str | torch
 
 def quantize_pipe(pipe: DiffusionPipeline, family: Family, quantize: str, dtype: torch.dtype,
                   quantize_text: bool = True) -> None:
-    """Quantize a loaded pipeline's UNet (unless it was quantized as it loaded) and, with `quantize_text`, its
+    """Quantize a loaded pipeline's denoiser (unless it was quantized as it loaded) and, with `quantize_text`, its
     text encoders; the VAE stays as it is (training frees it once the latents are cached). A DiT's T5 is not
     quantized: training reads it once and frees it, and quantizing it after transformers maps it in touches
     every page of its file anyway (measured on the Flux-shaped base: the peak rose from 2.20 to 2.66 GiB)."""
