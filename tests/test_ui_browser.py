@@ -188,7 +188,10 @@ def test_previews_fill_during_a_run_and_the_progress_line_advances(page, server,
     _wait_progress(page, "/ 5000")  # this run's, not an earlier run's
     seen = []
     deadline = time.monotonic() + 300
-    while (page.locator("#samples img").count() < 2 or len(set(seen)) < 2) and time.monotonic() < deadline:
+    first_preview = adapters / "previewed" / "samples" / "step-000004-0.png"
+    # The gallery may still show an earlier run's previews: wait for this run's first one on disk as well.
+    while ((page.locator("#samples img").count() < 2 or len(set(seen)) < 2 or not first_preview.is_file())
+           and time.monotonic() < deadline):
         if (found := re.match(r"step (\d+) / 5000", page.locator("#train-progress-text").inner_text())):
             seen.append(int(found.group(1)))
         page.wait_for_timeout(200)
@@ -204,7 +207,7 @@ def test_previews_fill_during_a_run_and_the_progress_line_advances(page, server,
     from stylelora.data.folder import scan_folder
 
     captions = {e.caption for e in scan_folder(image_folder).examples}  # the first ones not held out
-    assert Image.open(adapters / "previewed" / "samples" / "step-000004-0.png").text["prompt"] in captions
+    assert Image.open(first_preview).text["prompt"] in captions
 
 
 def _train_on(page, name: str, folder: Path, images: int, base: Path) -> None:
