@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -35,6 +36,26 @@ class BucketSettings:
     min_side: int | None = None  # None: half the resolution, rounded to the step
     max_side: int | None = None  # None: twice the resolution
     no_upscale: bool = False
+
+
+def bucket_checks(c: Any) -> list[tuple[bool, str, str]]:
+    """What a TrainConfig's --resolution and bucket settings refuse: (holds, field, what to do instead), as
+    config.validate lists them."""
+    return [
+        (c.resolution is None or (c.resolution >= 8 and c.resolution % 8 == 0), "resolution",
+         "the resolution must be a positive multiple of 8, e.g. 512"),
+        (c.bucket_step is None or (c.bucket_step >= 8 and c.bucket_step % 8 == 0), "bucket_step",
+         "bucket sides step by a positive multiple of 8: 64 is usual (8 for the miniature base)"),
+        (c.min_bucket is None or (c.min_bucket >= 8 and c.min_bucket % 8 == 0), "min_bucket",
+         "the shortest bucket side must be a positive multiple of 8, e.g. 256"),
+        (c.max_bucket is None or (c.max_bucket >= 8 and c.max_bucket % 8 == 0), "max_bucket",
+         "the longest bucket side must be a positive multiple of 8, e.g. 1024"),
+        (c.min_bucket is None or c.max_bucket is None or c.min_bucket <= c.max_bucket, "min_bucket",
+         f"the shortest bucket side must not exceed --max-bucket {c.max_bucket}"),
+        (c.buckets or not (c.no_upscale or c.bucket_step or c.min_bucket or c.max_bucket),
+         "no_upscale" if c.no_upscale else "bucket_step" if c.bucket_step else "min_bucket" if c.min_bucket else "max_bucket",
+         "bucket settings need bucketing: leave out --no-buckets"),
+    ]
 
 
 def bucket_sizes(resolution: int, step: int, min_side: int, max_side: int) -> list[Size]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data.buckets import BucketSettings
+from ..data.buckets import BucketSettings, bucket_checks
 from ..methods import METHODS, TARGET_PRESETS, AdapterSpec, method_checks, method_of
 from ..model.cores import THREADS_DEFAULT, THREADS_HELP
 from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES
@@ -353,19 +353,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         (0 <= c.dropout < 1, "dropout", "LoRA dropout must be in [0, 1)"),
         (0 <= c.caption_dropout < 1, "caption_dropout", "caption dropout is a rate in [0, 1)"),
         (c.keep_tags >= 0, "keep_tags", "the number of leading tags to keep must be 0 or more"),
-        (c.resolution is None or (c.resolution >= 8 and c.resolution % 8 == 0), "resolution",
-         "the resolution must be a positive multiple of 8, e.g. 512"),
-        (c.bucket_step is None or (c.bucket_step >= 8 and c.bucket_step % 8 == 0), "bucket_step",
-         "bucket sides step by a positive multiple of 8: 64 is usual (8 for the miniature base)"),
-        (c.min_bucket is None or (c.min_bucket >= 8 and c.min_bucket % 8 == 0), "min_bucket",
-         "the shortest bucket side must be a positive multiple of 8, e.g. 256"),
-        (c.max_bucket is None or (c.max_bucket >= 8 and c.max_bucket % 8 == 0), "max_bucket",
-         "the longest bucket side must be a positive multiple of 8, e.g. 1024"),
-        (c.min_bucket is None or c.max_bucket is None or c.min_bucket <= c.max_bucket, "min_bucket",
-         f"the shortest bucket side must not exceed --max-bucket {c.max_bucket}"),
-        (c.buckets or not (c.no_upscale or c.bucket_step or c.min_bucket or c.max_bucket),
-         "no_upscale" if c.no_upscale else "bucket_step" if c.bucket_step else "min_bucket" if c.min_bucket else "max_bucket",
-         "bucket settings need bucketing: leave out --no-buckets"),
+        *bucket_checks(c),  # the resolution and the bucket settings (data/buckets.py)
         (c.learning_rate is None or c.learning_rate > 0, "learning_rate", "the learning rate must be above 0, e.g. 1e-4"),
         (c.text_encoder_lr is None or c.text_encoder_lr > 0, "text_encoder_lr",
          "the learning rate must be above 0, e.g. 5e-5"),
