@@ -7,7 +7,9 @@
   sizes with random weights (`bench/run.py --sdxl`);
 - Flux.1-dev's transformer at its real widths with fewer of its blocks (its 12 billion parameters do not fit
   a 24 GiB machine in bfloat16), its VAE and CLIP-L at their real sizes, and a two-layer T5 at T5-XXL's width
-  (`bench/quantize.py --base flux`).
+  (`bench/quantize.py --bases flux`);
+- Stable Diffusion 3.5 Large's transformer at its real widths with 6 of its 38 blocks, its VAE, CLIP-L and
+  CLIP-G at their real sizes, and the same two-layer T5 (`bench/quantize.py --bases sd35`).
 """
 
 from __future__ import annotations
@@ -148,6 +150,51 @@ def flux_pipeline(folder: Path, double_blocks: int, single_blocks: int) -> Path:
                                                 base_image_seq_len=256, max_image_seq_len=4096)
     pipe = FluxPipeline(scheduler=scheduler, vae=vae, transformer=transformer, tokenizer=clip_tokenizer,
                         text_encoder=clip, text_encoder_2=t5, tokenizer_2=t5_tokenizer)
+    pipe.to(torch.bfloat16).save_pretrained(folder)
+    return folder
+
+
+def sd35(blocks: int = 6, folder: Path | None = None) -> Base:
+    return Base(f"SD3.5-Large-shaped transformer ({blocks} of 38 blocks)",
+                str(sd35_pipeline(folder or Path(tempfile.gettempdir()) / f"stylelora-bench-sd35-{blocks}", blocks)), 256, 1)
+
+
+def sd35_pipeline(folder: Path, blocks: int) -> Path:
+    """SD3.5 Large's published transformer config (widths, heads, RMS q/k norm) with fewer blocks, its 16-channel
+    VAE, CLIP-L and OpenCLIP-G with projections, and a T5 encoder at T5-XXL's width with 2 of its 24 layers and
+    128 tokens, random weights, saved once in the diffusers layout (bfloat16 on disk)."""
+    if (folder / "model_index.json").is_file():
+        return folder
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from stylelora.mini.tokenizer import write_tokenizer
+    from stylelora.mini.world import WORDS
+
+    torch.manual_seed(0)
+    tokenizers = [write_tokenizer(folder / name, WORDS, length) for name, length in
+                  (("tokenizer", 77), ("tokenizer_2", 77), ("tokenizer_3", 128))]
+    vocab = len(tokenizers[0])
+
+    def clip(width: int, layers: int, heads: int, act: str):
+        return CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=vocab, hidden_size=width, intermediate_size=width * 4, num_hidden_layers=layers,
+            num_attention_heads=heads, max_position_embeddings=77, hidden_act=act, projection_dim=width,
+            bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1))
+
+    transformer = SD3Transformer2DModel(sample_size=128, patch_size=2, in_channels=16, num_layers=blocks,
+                                        attention_head_dim=64, num_attention_heads=38, joint_attention_dim=4096,
+                                        caption_projection_dim=2432, pooled_projection_dim=2048, out_channels=16,
+                                        pos_embed_max_size=192, qk_norm="rms_norm")
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=16,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        shift_factor=0.0609, scaling_factor=1.5305, use_quant_conv=False, use_post_quant_conv=False)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizers[2]), d_model=4096, d_kv=64, d_ff=10240, num_layers=2,
+                                 num_heads=64, feed_forward_proj="gated-gelu", pad_token_id=len(tokenizers[2]) - 1))
+    pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+                                    text_encoder=clip(768, 12, 12, "quick_gelu"), tokenizer=tokenizers[0],
+                                    text_encoder_2=clip(1280, 32, 20, "gelu"), tokenizer_2=tokenizers[1],
+                                    text_encoder_3=t5, tokenizer_3=tokenizers[2])
     pipe.to(torch.bfloat16).save_pretrained(folder)
     return folder
 

@@ -3,7 +3,7 @@ SDXL-shaped and Flux.1-shaped bases (bench/models.py), and the style an adapter 
 
     python bench/quantize.py                   # the SD1.5-shaped rows and the miniature's: about 25 minutes on a
                                                # 2-core CPU (fp8's steps are slow there)
-    python bench/quantize.py --bases sdxl,flux # the large bases' rows (the first run builds them: minutes, ~8 GB)
+    python bench/quantize.py --bases sdxl,flux,sd35  # the large bases' rows (the first run builds them: minutes, ~8 GB)
     python bench/quantize.py --quick           # fewer steps and images
 
 Each row of a shaped base is a fresh process that trains on the stripes folder at 256 px, batch 1, rank 4, at the
@@ -36,6 +36,8 @@ ROWS = {"sd15": ((f"none, {BEFORE}", "none", True), ("none", "none", False), ("n
                  ("int8", "int8", False), ("fp8", "fp8", False)),
         "sdxl": (("none", "none", False), ("nf4", "nf4", False), ("int8", "int8", False)),
         "flux": ((f"nf4, {BEFORE}", "nf4", True), ("none", "none", False), ("nf4", "nf4", False),
+                 ("int8", "int8", False)),
+        "sd35": ((f"nf4, {BEFORE}", "nf4", True), ("none", "none", False), ("nf4", "nf4", False),
                  ("int8", "int8", False))}
 SHAPED = tuple(ROWS)
 
@@ -43,7 +45,7 @@ SHAPED = tuple(ROWS)
 def shaped_base(name: str):
     import models
 
-    return {"sd15": models.sd15, "sdxl": lambda: models.sdxl(256), "flux": models.flux}[name]()
+    return {"sd15": models.sd15, "sdxl": lambda: models.sdxl(256), "flux": models.flux, "sd35": models.sd35}[name]()
 
 
 def _child(base_name: str, mode: str, diffusers_load: bool, steps: int, queue) -> None:
@@ -129,7 +131,9 @@ def report(shaped: dict[str, list], notes: dict[str, str], mini: dict | None) ->
 def shaped_base_label(name: str) -> str:
     return {"sd15": "SD1.5-shaped UNet", "sdxl": "SDXL-shaped UNet (2.6 billion parameters)",
             "flux": "Flux.1-shaped transformer: Flux.1-dev's widths with 2 of its 19 double and 4 of its 38 single "
-                    "blocks (1.4 billion parameters), T5 cut to 2 layers and 128 tokens"}[name]
+                    "blocks (1.3 billion parameters), T5 cut to 2 layers and 128 tokens",
+            "sd35": "SD3.5-Large-shaped transformer: its widths with 6 of its 38 blocks (1.3 billion parameters), "
+                    "CLIP-L and CLIP-G at their sizes, T5 cut to 2 layers and 128 tokens"}[name]
 
 
 def shaped_table(rows: list) -> list[str]:
