@@ -114,6 +114,23 @@ def sdxl_pipeline(folder: Path) -> Path:
     return folder
 
 
+def _dit_vae(shift: float, scale: float):
+    """The 16-channel VAE that SD3 and Flux.1 share, at its real size, with a family's latent shift and scale."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=16,
+                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                         shift_factor=shift, scaling_factor=scale, use_quant_conv=False, use_post_quant_conv=False)
+
+
+def _two_layer_t5_xxl(vocab: int):
+    """T5-XXL's encoder widths (4096, 64 heads, gated GELU) with 2 of its 24 layers."""
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=vocab, d_model=4096, d_kv=64, d_ff=10240, num_layers=2, num_heads=64,
+                                   feed_forward_proj="gated-gelu", pad_token_id=vocab - 1))
+
+
 def flux(double_blocks: int = 2, single_blocks: int = 4, folder: Path | None = None) -> Base:
     name = f"stylelora-bench-flux-{double_blocks}-{single_blocks}"
     return Base(f"Flux.1-shaped transformer ({double_blocks} of 19 double, {single_blocks} of 38 single blocks)",
@@ -126,8 +143,8 @@ def flux_pipeline(folder: Path, double_blocks: int, single_blocks: int) -> Path:
     tokens instead of 512, random weights, saved once in the diffusers layout (bfloat16 on disk)."""
     if (folder / "model_index.json").is_file():
         return folder
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     from stylelora.mini.tokenizer import write_tokenizer
     from stylelora.mini.world import WORDS
@@ -138,14 +155,11 @@ def flux_pipeline(folder: Path, double_blocks: int, single_blocks: int) -> Path:
     transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=double_blocks, num_single_layers=single_blocks,
                                          attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
                                          pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=16,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        shift_factor=0.1159, scaling_factor=0.3611, use_quant_conv=False, use_post_quant_conv=False)
+    vae = _dit_vae(shift=0.1159, scale=0.3611)  # Flux's
     clip = CLIPTextModel(CLIPTextConfig(vocab_size=vocab, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                         num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
                                         bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1))
-    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tokenizer), d_model=4096, d_kv=64, d_ff=10240, num_layers=2,
-                                 num_heads=64, feed_forward_proj="gated-gelu", pad_token_id=len(t5_tokenizer) - 1))
+    t5 = _two_layer_t5_xxl(len(t5_tokenizer))
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                                 base_image_seq_len=256, max_image_seq_len=4096)
     pipe = FluxPipeline(scheduler=scheduler, vae=vae, transformer=transformer, tokenizer=clip_tokenizer,
@@ -165,8 +179,8 @@ def sd35_pipeline(folder: Path, blocks: int) -> Path:
     128 tokens, random weights, saved once in the diffusers layout (bfloat16 on disk)."""
     if (folder / "model_index.json").is_file():
         return folder
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     from stylelora.mini.tokenizer import write_tokenizer
     from stylelora.mini.world import WORDS
@@ -186,11 +200,8 @@ def sd35_pipeline(folder: Path, blocks: int) -> Path:
                                         attention_head_dim=64, num_attention_heads=38, joint_attention_dim=4096,
                                         caption_projection_dim=2432, pooled_projection_dim=2048, out_channels=16,
                                         pos_embed_max_size=192, qk_norm="rms_norm")
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=16,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        shift_factor=0.0609, scaling_factor=1.5305, use_quant_conv=False, use_post_quant_conv=False)
-    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizers[2]), d_model=4096, d_kv=64, d_ff=10240, num_layers=2,
-                                 num_heads=64, feed_forward_proj="gated-gelu", pad_token_id=len(tokenizers[2]) - 1))
+    vae = _dit_vae(shift=0.0609, scale=1.5305)  # SD3's
+    t5 = _two_layer_t5_xxl(len(tokenizers[2]))
     pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
                                     text_encoder=clip(768, 12, 12, "quick_gelu"), tokenizer=tokenizers[0],
                                     text_encoder_2=clip(1280, 32, 20, "gelu"), tokenizer_2=tokenizers[1],
