@@ -21,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -29,23 +30,37 @@ sys.path.insert(0, str(BENCH))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 RESULTS = BENCH.parent / "docs" / "results"
-# Per base: (label, --quantize-base, load through diffusers' own from_pretrained instead of the streamed loader).
-# fp8 is left out of the large bases: its steps on a CPU are 10x the float run's (the SD1.5 rows).
 BEFORE = "loaded by diffusers (before the streamed loader)"
-ROWS = {"sd15": ((f"none, {BEFORE}", "none", True), ("none", "none", False), ("nf4", "nf4", False),
-                 ("int8", "int8", False), ("fp8", "fp8", False)),
-        "sdxl": (("none", "none", False), ("nf4", "nf4", False), ("int8", "int8", False)),
-        "flux": ((f"nf4, {BEFORE}", "nf4", True), ("none", "none", False), ("nf4", "nf4", False),
-                 ("int8", "int8", False)),
-        "sd35": ((f"nf4, {BEFORE}", "nf4", True), ("none", "none", False), ("nf4", "nf4", False),
-                 ("int8", "int8", False))}
-SHAPED = tuple(ROWS)
+# A row: (label, --quantize-base, load through diffusers' own from_pretrained instead of the streamed loader).
+# fp8 is left out of the large bases: its steps on a CPU are 10x the float run's (the SD1.5 rows).
+QUANTIZED = (("none", "none", False), ("nf4", "nf4", False), ("int8", "int8", False))
+
+
+@dataclass(frozen=True)
+class ShapedBase:
+    label: str
+    build: str  # the bench/models.py function that builds it (once, cached on disk) and returns its Base
+    rows: tuple[tuple[str, str, bool], ...]
+    build_args: tuple = ()
+
+
+SHAPED = {
+    "sd15": ShapedBase("SD1.5-shaped UNet", "sd15",
+                       ((f"none, {BEFORE}", "none", True), *QUANTIZED, ("fp8", "fp8", False))),
+    "sdxl": ShapedBase("SDXL-shaped UNet (2.6 billion parameters)", "sdxl", QUANTIZED, build_args=(256,)),
+    "flux": ShapedBase("Flux.1-shaped transformer: Flux.1-dev's widths with 2 of its 19 double and 4 of its 38 single "
+                       "blocks (1.3 billion parameters), T5 cut to 2 layers and 128 tokens", "flux",
+                       ((f"nf4, {BEFORE}", "nf4", True), *QUANTIZED)),
+    "sd35": ShapedBase("SD3.5-Large-shaped transformer: its widths with 6 of its 38 blocks (1.3 billion parameters), "
+                       "CLIP-L and CLIP-G at their sizes, T5 cut to 2 layers and 128 tokens", "sd35",
+                       ((f"nf4, {BEFORE}", "nf4", True), *QUANTIZED)),
+}
 
 
 def shaped_base(name: str):
     import models
 
-    return {"sd15": models.sd15, "sdxl": lambda: models.sdxl(256), "flux": models.flux, "sd35": models.sd35}[name]()
+    return getattr(models, SHAPED[name].build)(*SHAPED[name].build_args)
 
 
 def _child(base_name: str, mode: str, diffusers_load: bool, steps: int, queue) -> None:
@@ -116,7 +131,7 @@ def report(shaped: dict[str, list], notes: dict[str, str], mini: dict | None) ->
              "heading). Each base at 256 px, batch 1, rank 4, default precision; ratios against its `none` row; peak "
              "memory is the whole process's."]
     for name, rows in shaped.items():
-        lines += ["", f"**{shaped_base_label(name)}**: {notes.get(name, 'an earlier run')}", ""] + shaped_table(rows)
+        lines += ["", f"**{SHAPED[name].label}**: {notes.get(name, 'an earlier run')}", ""] + shaped_table(rows)
     if mini:
         lines += ["", f"Miniature base, a stripes run with default settings ({mini['none']['steps']} steps) over each "
                   f"base, painted over the same base and judged by `stylelora.mini.judge` ({mini['none']['images']} "
@@ -126,14 +141,6 @@ def report(shaped: dict[str, list], notes: dict[str, str], mini: dict | None) ->
         for mode, row in mini.items():
             lines.append(f"| {mode} | {row['striped']:.0%} | {row['colour']:.0%} | {row['base_colour']:.0%} | {row['base_shape']:.0%} |")
     return lines
-
-
-def shaped_base_label(name: str) -> str:
-    return {"sd15": "SD1.5-shaped UNet", "sdxl": "SDXL-shaped UNet (2.6 billion parameters)",
-            "flux": "Flux.1-shaped transformer: Flux.1-dev's widths with 2 of its 19 double and 4 of its 38 single "
-                    "blocks (1.3 billion parameters), T5 cut to 2 layers and 128 tokens",
-            "sd35": "SD3.5-Large-shaped transformer: its widths with 6 of its 38 blocks (1.3 billion parameters), "
-                    "CLIP-L and CLIP-G at their sizes, T5 cut to 2 layers and 128 tokens"}[name]
 
 
 def shaped_table(rows: list) -> list[str]:
@@ -184,7 +191,7 @@ def main() -> None:
     for name in (name for name in SHAPED if name in chosen):
         shaped_base(name)  # built once, here, so that no row's peak holds the building
         rows = []
-        for label, mode, diffusers_load in ROWS[name]:
+        for label, mode, diffusers_load in SHAPED[name].rows:
             steps = 4 if mode == "fp8" else (6 if args.quick else 10)
             rows.append((label, shaped_row(name, mode, diffusers_load, steps)))
             print(name, label, rows[-1][1], flush=True)

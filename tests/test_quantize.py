@@ -31,16 +31,21 @@ def _unet_output(unet, generator_seed=0):
         return unet(x.to(unet.dtype), torch.tensor([20, 700]), text.to(unet.dtype)).sample.float()
 
 
+def _same_model(ours, theirs, dtype) -> None:
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert a.keys() == b.keys() and not ours.training
+    assert all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+    assert all(a[k].dtype == dtype for k in a if a[k].is_floating_point())
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_streamed_unet_equals_diffusers_own_loading(tiny_base, dtype):
     from diffusers import UNet2DConditionModel
 
     ours = stream_denoiser(tiny_base, "unet", dtype)
     theirs = UNet2DConditionModel.from_pretrained(tiny_base, subfolder="unet", torch_dtype=dtype)
-    a, b = ours.state_dict(), theirs.state_dict()
-    assert a.keys() == b.keys()
-    assert all(a[k].dtype == dtype and torch.equal(a[k], b[k]) for k in a)
-    assert not ours.training
+    assert all(tensor.is_floating_point() for tensor in ours.state_dict().values())  # so each is held in `dtype`
+    _same_model(ours, theirs, dtype)
 
 
 def test_a_folder_the_streamed_loader_cannot_read_is_left_to_diffusers(tiny_base, tmp_path):
@@ -49,13 +54,6 @@ def test_a_folder_the_streamed_loader_cannot_read_is_left_to_diffusers(tiny_base
     copy = shutil.copytree(tiny_base, tmp_path / "base")
     (copy / "unet" / "diffusion_pytorch_model.safetensors").rename(copy / "unet" / "diffusion_pytorch_model.fp16.safetensors")
     assert stream_denoiser(copy, "unet", torch.float32) is None
-
-
-def _same_model(ours, theirs, dtype) -> None:
-    a, b = ours.state_dict(), theirs.state_dict()
-    assert a.keys() == b.keys() and not ours.training
-    assert all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
-    assert all(a[k].dtype == dtype for k in a if a[k].is_floating_point())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

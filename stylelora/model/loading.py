@@ -99,7 +99,7 @@ def stream_denoiser(folder: Path, subfolder: str, dtype: torch.dtype, quantize: 
     if index is None or getattr(model_class, "_keep_in_fp32_modules", None):
         return None
     with init_empty_weights():
-        model = model_class.from_config(model_class.load_config(str(folder), subfolder=subfolder))
+        model = model_class.from_config(config)
     if set(model.state_dict()) != set(index):  # its parameters and persistent buffers
         return None
     descriptors = {path: os.open(path, os.O_RDONLY) for path in {path for path, _ in index.values()}}
