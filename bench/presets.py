@@ -5,10 +5,11 @@
 
 Each row is a fresh process that trains 2 steps with the preset's settings (its resolution, rank, targets,
 precision, quantization and checkpointing) and batch 1, on two stripes images: mini-fast on the built-in mini,
-sd15-style on the SD1.5-shaped base, the SDXL presets on the SDXL-shaped base. The peak is the whole process's
-(VmHWM): weights, caches, activations, gradients and optimizer state. A process that grows past --limit GiB is
-stopped and its row says so. The SD3.5 and Flux.1 presets have no shaped bench model here: SD3.5 Large's 8 billion
-and Flux.1's 12 billion random parameters do not fit this machine's 24 GiB in float32 while they are made.
+sd15-style on the SD1.5-shaped base, the SDXL presets on the SDXL-shaped base, sd35-style and flux-style on the
+SD3.5- and Flux.1-shaped bases, whose transformers hold a few of their blocks (SD3.5 Large's 8 billion and Flux.1's
+12 billion random parameters do not fit this machine's 24 GiB in float32 while they are made): their rows count
+those blocks only. The peak is the whole process's (VmHWM): weights, caches, activations, gradients and optimizer
+state. A process that grows past --limit GiB is stopped and its row says so.
 Writes docs/results/presets.md and the table into the option reference between the presets-memory markers.
 """
 
@@ -30,20 +31,20 @@ sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-MODELS = {"mini-fast": "mini", "sd15-style": "sd15", "sdxl-style-lowmem": "sdxl", "sdxl-style": "sdxl"}
-NOT_HERE = {"sd35-style": "no SD3.5-shaped bench model: 8 billion random parameters do not fit 24 GiB while made",
-            "flux-style": "no Flux.1-shaped bench model: 12 billion random parameters do not fit 24 GiB while made"}
+MODELS = {"mini-fast": "mini", "sd15-style": "sd15", "sdxl-style-lowmem": "sdxl", "sdxl-style": "sdxl",
+          "sd35-style": "sd35", "flux-style": "flux"}
 
 
 def _child(preset: str, model: str, queue) -> None:
     """Train 2 steps of `preset` on its shaped model in this fresh process; report the peak and the settings."""
     try:
-        from models import sd15, sdxl
+        from models import flux, sd15, sd35, sdxl
         from training_bench import STRIPES, _high_water_mark
         from stylelora.train.loop import train
         from stylelora.train.settings import from_dict
 
-        spec = {"mini": lambda: "mini", "sd15": lambda: sd15().spec, "sdxl": lambda: sdxl(1024).spec}[model]()
+        spec = {"mini": lambda: "mini", "sd15": lambda: sd15().spec, "sdxl": lambda: sdxl(1024).spec,
+                "sd35": lambda: sd35().spec, "flux": lambda: flux().spec}[model]()
         with tempfile.TemporaryDirectory() as work:
             images = Path(work) / "images"
             images.mkdir()
@@ -102,11 +103,11 @@ def report(rows: dict[str, dict], limit_gib: float) -> str:
              "process; the peak is the whole process's resident memory (VmHWM), on the shaped bench model named.", "",
              "| preset | bench model | resolution | base held in | gradient checkpointing | precision | peak memory |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
-    models = {"mini": "the built-in mini", "sd15": "SD1.5-shaped", "sdxl": "SDXL-shaped"}
+    models = {"mini": "the built-in mini", "sd15": "SD1.5-shaped", "sdxl": "SDXL-shaped",
+              "sd35": "SD3.5-Large-shaped, 6 of its 38 blocks", "flux": "Flux.1-shaped, 2 of 19 double and 4 of 38 "
+              "single blocks"}
     for preset, row in rows.items():
-        if preset in NOT_HERE:
-            lines.append(f"| `{preset}` | none | | | | | not measured: {NOT_HERE[preset]} |")
-        elif "error" in row and row["error"].startswith("more than"):  # stopped at --limit: a lower bound
+        if "error" in row and row["error"].startswith("more than"):  # stopped at --limit: a lower bound
             settings = preset_values(preset)
             lines.append(f"| `{preset}` | {models[MODELS[preset]]} | {settings.get('resolution', 'native')} px | "
                          f"{settings.get('quantize-base', 'its own dtype')} | "
@@ -136,8 +137,8 @@ def main() -> None:
     earlier = json.loads((results / "presets.json").read_text()) if (results / "presets.json").is_file() else {}
     rows = {}
     for preset in presets():
-        if preset in NOT_HERE or preset not in wanted:
-            rows[preset] = {} if preset in NOT_HERE else earlier.get(preset, {"error": "not run yet"})
+        if preset not in wanted:
+            rows[preset] = earlier.get(preset, {"error": "not run yet"})
             continue
         rows[preset] = measured(preset, MODELS[preset], args.limit)
         print(preset, rows[preset], flush=True)

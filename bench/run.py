@@ -17,7 +17,9 @@ import json
 import os
 import platform
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
@@ -29,11 +31,13 @@ import torch  # noqa: E402
 
 from stylelora.model.allocator import keep_freed_memory  # noqa: E402
 from stylelora.model.base import load_base  # noqa: E402
+from stylelora.families import family_of_pipe  # noqa: E402
 from stylelora.files import write_atomically  # noqa: E402
 from stylelora.model.precision import bf16_support, choose_precision  # noqa: E402
 
 from generation_bench import GenerationResult, measure_generation  # noqa: E402
-from models import MINI, Base, sd15, sdxl  # noqa: E402
+from models import MINI, Base, flux, sd15, sd35, sdxl  # noqa: E402
+from report_section import write_section  # noqa: E402
 from plots import plot_generation, plot_scaling, plot_training  # noqa: E402
 from training_bench import (cache_cost, floor_step, lora_step, naive_step, our_step_seconds,  # noqa: E402
                             peak_rss, timed)
@@ -55,7 +59,7 @@ def training_rows(base: Base, repeats: int, steps: int, cache_sample: int) -> di
     """Floor, naive loop (fp32 and bf16 autocast), and our train() (fp32 and its default), side by side."""
     row: dict = {"label": base.label, "size": f"{base.resolution}px, batch {base.batch}"}
     pipe = load_base(base.spec)
-    parameters = sum(p.numel() for p in pipe.unet.parameters())
+    parameters = sum(p.numel() for p in family_of_pipe(pipe).denoiser_of(pipe).parameters())
     row["floor"] = timed(floor_step(pipe, base), repeats)
     del pipe
     row["naive"] = timed(naive_step(load_base(base.spec), base), repeats)
@@ -100,7 +104,7 @@ def option_rows(base: Base, repeats: int, with_compile: bool) -> dict[str, float
             for name, flags in options.items()}
 
 
-def training_table(rows: list[dict], memory: list[dict]) -> list[str]:
+def training_table(rows: list[dict], memory: list[dict], memory_target: float = 1.00) -> list[str]:
     lines = ["## Training", "",
              "| base | size | our step / floor (target <= 1.10) | naive / ours, both fp32 (target >= 1.4 on SD1.5) "
              "| each at its default precision: naive (fp32) / ours | naive in bf16 autocast / ours | latent cache: one-time cost, size per image, pays off after |",
@@ -113,8 +117,8 @@ def training_table(rows: list[dict], memory: list[dict]) -> list[str]:
                      f"| {r['naive_bf16'] / r['ours_default']:.2f} "
                      f"| {r['cache_seconds']:.1f} s, "
                      f"{r['cache_bytes'] / 1024:.1f} KiB, {r['breakeven']:.0f} steps |")
-    lines += ["", "| base | peak memory, ours / naive (target <= 1.00) |", "| --- | --- |"]
-    lines += [f"| {m['label']} | {m['ours'] / m['naive']:.2f} ({verdict(m['ours'] / m['naive'], 1.00)}) "
+    lines += ["", f"| base | peak memory, ours / naive (target <= {memory_target:.2f}) |", "| --- | --- |"]
+    lines += [f"| {m['label']} | {m['ours'] / m['naive']:.2f} ({verdict(m['ours'] / m['naive'], memory_target)}) "
               f"({m['ours'] / 2**30:.2f} GiB vs {m['naive'] / 2**30:.2f} GiB) |" for m in memory]
     return lines
 
@@ -151,12 +155,14 @@ def generation_table(results: list[GenerationResult]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats, no torch.compile (under 10 minutes)")
-    parser.add_argument("--sdxl", type=int, metavar="PX", help="only the SDXL-shaped rows, at PX pixels "
-                        "(docs/results/sdxl.md; about 40 minutes at 512)")
+    for name, large in LARGE.items():
+        parser.add_argument(f"--{name}", type=int, metavar="PX", help=f"only the {large.what} rows, at PX pixels "
+                            f"(docs/results/{name}.md; {large.minutes})")
     args = parser.parse_args()
     support = bf16_support()  # before any kernel runs, so a needed oneDNN cap takes hold
-    if args.sdxl:
-        return sdxl_rows(args.sdxl, support)
+    for name, large in LARGE.items():
+        if getattr(args, name):
+            return large_rows(name, getattr(args, name), support)
     torch.manual_seed(0)
     # Every timed loop of this process runs with stylelora's malloc settings (model/allocator.py), the floor and the
     # naive loop too: the floor is then the least a step can cost, and naive / ours compares the loops alone.
@@ -192,19 +198,46 @@ def main() -> None:
     print("\n".join(lines))
 
 
-def sdxl_rows(resolution: int, support) -> None:
-    """The SDXL-shaped training and memory rows, against the same targets as the SD1.5-shaped row."""
-    base = sdxl(resolution)
+class Large(NamedTuple):
+    """A base too large for the main run, benchmarked alone: how to build it at a size, what it is, how long its
+    run takes here, and its peak-memory target against the naive loop."""
+
+    build: Callable[[int], Base]
+    what: str
+    minutes: str
+    memory_target: float
+    about: str
+
+
+LARGE = {
+    "sdxl": Large(sdxl, "SDXL-shaped", "about 40 minutes at 512", 1.00,
+                  "SDXL base 1.0's UNet, VAE and both text encoders at their real sizes, random weights."),
+    "flux": Large(lambda px: replace(flux(), resolution=px), "Flux.1-shaped", "about 15 minutes at 512", 0.70,
+                  "Flux.1-dev's transformer widths with 2 of its 19 double and 4 of its 38 single blocks (1.3 billion "
+                  "parameters), its VAE and CLIP-L at their real sizes, T5 at T5-XXL's width with 2 of its 24 "
+                  "layers and 128 tokens; random weights."),
+    "sd35": Large(lambda px: replace(sd35(), resolution=px), "SD3.5-Large-shaped", "about 15 minutes at 512", 0.70,
+                  "SD3.5 Large's transformer widths with 6 of its 38 blocks (1.3 billion parameters), its VAE, CLIP-L "
+                  "and CLIP-G at their real sizes, T5 at T5-XXL's width with 2 of its 24 layers and 128 tokens; "
+                  "random weights."),
+}
+
+
+def large_rows(name: str, resolution: int, support) -> None:
+    """One large base's training and memory rows (docs/results/NAME.md, and its guide between the NAME-bench
+    markers), against the step / floor target of the main rows and the base's own memory target."""
+    large = LARGE[name]
+    base = large.build(resolution)
     memory = [memory_row(base, 4)]
     rows = [training_rows(base, 3, 4, cache_sample=3)]
-    lines = ["# SDXL-shaped benchmark", "",
-             f"Measured by `python bench/run.py --sdxl {resolution}` on {platform.processor() or platform.machine()}, "
-             f"{torch.get_num_threads()} threads, torch {torch.__version__}; {support.reason}. SDXL base 1.0's UNet, "
-             "VAE and both text encoders at their real sizes, random weights.", ""] + training_table(rows, memory)
+    lines = [f"Measured by `python bench/run.py --{name} {resolution}` on {platform.processor() or platform.machine()}, "
+             f"{torch.get_num_threads()} threads, torch {torch.__version__}; {support.reason}. {large.about}", ""
+             ] + training_table(rows, memory, large.memory_target)[2:]  # under the guide's own heading
     RESULTS.mkdir(parents=True, exist_ok=True)
-    write_atomically(RESULTS / "sdxl.md", ("\n".join(lines) + "\n").encode())
-    write_atomically(RESULTS / "sdxl.json", (json.dumps({"training": rows, "memory": memory}, indent=1,
-                                                        default=str) + "\n").encode())
+    write_atomically(RESULTS / f"{name}.md", ("\n".join(lines) + "\n").encode())
+    write_atomically(RESULTS / f"{name}.json", (json.dumps({"training": rows, "memory": memory}, indent=1,
+                                                           default=str) + "\n").encode())
+    write_section(f"{name}-bench", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

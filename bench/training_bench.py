@@ -24,6 +24,7 @@ from stylelora.model.base import load_base
 from stylelora.train.config import UNET_TARGETS, TrainConfig
 from stylelora.train.loop import train
 from stylelora.train.loss import ddpm_loss
+from stylelora.train.objective import Sampling, objective_for
 
 from models import Base
 
@@ -43,11 +44,23 @@ def timed(step: Callable[[], object], repeats: int, warmup: int = 1) -> float:
 
 
 def _inputs(pipe, batch: int, resolution: int, requires_grad: bool = False):
-    """Random latents, timesteps, and the UNet's conditioning for a caption, as the base's family builds it
-    (SDXL: both encoders' context, the pooled embedding and square-image time ids)."""
+    """Random latents with the VAE's channels, timesteps the base's objective draws, and the denoiser's
+    conditioning for a caption, as the base's family builds it (SDXL: both encoders' context, the pooled
+    embedding and square-image time ids; SD3 and Flux: CLIP and T5)."""
     side = resolution // pipe.vae_scale_factor
-    latents = torch.randn(batch, 4, side, side, requires_grad=requires_grad)
-    return latents, _conditioning(pipe, batch, resolution), torch.randint(0, 1000, (batch,))
+    latents = torch.randn(batch, pipe.vae.config.latent_channels, side, side, requires_grad=requires_grad)
+    return latents, _conditioning(pipe, batch, resolution), _objective(pipe).draw(batch, None, (side, side))
+
+
+def _objective(pipe):
+    """The objective stylelora trains this base with: DDPM (epsilon or v) or flow matching."""
+    return objective_for(pipe.scheduler, pipe.scheduler.config.get("prediction_type", "epsilon"), Sampling("auto"))
+
+
+def _targets(pipe) -> tuple[str, ...]:
+    """The default --targets of the base's family: the attention projections."""
+    presets = family_of_pipe(pipe).target_presets
+    return presets["attn"] if presets else UNET_TARGETS
 
 
 def _conditioning(pipe, batch: int, resolution: int) -> dict:
@@ -55,17 +68,18 @@ def _conditioning(pipe, batch: int, resolution: int) -> dict:
     with torch.no_grad():
         text = family.encode(pipe, ["a red circle"] * batch, "cpu")
     square = Placement((resolution, resolution), (0, 0), (resolution, resolution))
-    return family.denoiser_inputs(text, [square] * batch, pipe.unet.dtype)
+    return family.denoiser_inputs(text, [square] * batch, family.denoiser_of(pipe).dtype)
 
 
 def floor_step(pipe, base: Base) -> Callable[[], None]:
-    """One forward and one backward (input gradients only) through the frozen UNet: a LoRA step's floor."""
-    unet = pipe.unet.requires_grad_(False)
+    """One forward and one backward (input gradients only) through the frozen denoiser: a LoRA step's floor."""
+    family = family_of_pipe(pipe)
+    denoiser = family.denoiser_of(pipe).requires_grad_(False)
     latents, text, t = _inputs(pipe, base.batch, base.resolution, requires_grad=True)
 
     def step():
         latents.grad = None
-        unet(latents, t, **text).sample.float().pow(2).mean().backward()
+        family.predict(denoiser, latents, t, text).float().pow(2).mean().backward()
 
     return step
 
@@ -73,21 +87,24 @@ def floor_step(pipe, base: Base) -> Callable[[], None]:
 def lora_step(pipe, base: Base, rank: int = 4, autocast: bool = False, channels_last: bool = False,
               compiled: bool = False, checkpointing: bool = False) -> Callable[[], None]:
     """A LoRA step on cached inputs (what our loop does per step) with one CPU option switched on."""
-    attach_lora(pipe.unet, UNET_TARGETS, rank, rank, 0.0)
-    params = [p for p in pipe.unet.parameters() if p.requires_grad]
+    family, objective = family_of_pipe(pipe), _objective(pipe)
+    denoiser = family.denoiser_of(pipe)
+    attach_lora(denoiser, _targets(pipe), rank, rank, 0.0)
+    params = [p for p in denoiser.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     if channels_last:
-        pipe.unet.to(memory_format=torch.channels_last)
+        denoiser.to(memory_format=torch.channels_last)
     if checkpointing:
-        pipe.unet.enable_gradient_checkpointing()
-    unet = torch.compile(pipe.unet) if compiled else pipe.unet
+        denoiser.enable_gradient_checkpointing()
+    compiled_denoiser = torch.compile(denoiser) if compiled else denoiser
     latents, text, t = _inputs(pipe, base.batch, base.resolution)
     noise = torch.randn_like(latents)
 
     def step():
+        noised = objective.noised(latents, noise, t)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            prediction = unet(pipe.scheduler.add_noise(latents, noise, t), t, **text).sample
-        ddpm_loss(prediction.float(), noise).backward()
+            prediction = family.predict(compiled_denoiser, noised.noisy, t, text)
+        ddpm_loss(prediction.float(), noised.target).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad()
@@ -96,23 +113,29 @@ def lora_step(pipe, base: Base, rank: int = 4, autocast: bool = False, channels_
 
 
 def naive_step(pipe, base: Base, rank: int = 4, autocast: bool = False) -> Callable[[], None]:
-    """A loop like the diffusers example scripts' (train_text_to_image_lora.py, and _sdxl.py with both text
-    encoders, pooled embeddings and time ids): VAE encode and text encoders every step, nothing cached."""
-    attach_lora(pipe.unet, UNET_TARGETS, rank, rank, 0.0, adapter_name="naive")
-    params = [p for p in pipe.unet.parameters() if p.requires_grad]
+    """A loop like the diffusers example scripts' (train_text_to_image_lora.py; _sdxl.py with both text encoders,
+    pooled embeddings and time ids; train_dreambooth_lora_sd3.py and _flux.py with CLIP and T5 and per-image
+    captions): VAE encode and text encoders every step, nothing cached, every model held."""
+    family, objective = family_of_pipe(pipe), _objective(pipe)
+    denoiser = family.denoiser_of(pipe)
+    attach_lora(denoiser, _targets(pipe), rank, rank, 0.0, adapter_name="naive")
+    params = [p for p in denoiser.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     images = [e.path for e in scan_folder(STRIPES).examples][: base.batch]
     pixels = torch.stack([preprocess(load_rgb(p), base.resolution, False, False) for p in images])
+    vae = pipe.vae.config
+    generator = torch.Generator().manual_seed(0)
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             with torch.no_grad():
-                latents = pipe.vae.encode(pixels).latent_dist.sample() * pipe.vae.config.scaling_factor
+                sample = pipe.vae.encode(pixels).latent_dist.sample()
+                latents = (sample - (vae.shift_factor or 0.0)) * vae.scaling_factor
                 text = _conditioning(pipe, base.batch, base.resolution)
-            noise = torch.randn_like(latents)
-            t = torch.randint(0, 1000, (base.batch,))
-            prediction = pipe.unet(pipe.scheduler.add_noise(latents, noise, t), t, **text).sample
-        ddpm_loss(prediction.float(), noise.float()).backward()
+            t = objective.draw(base.batch, generator, tuple(latents.shape[-2:]))
+            noised = objective.noised(latents, torch.randn_like(latents), t)
+            prediction = family.predict(denoiser, noised.noisy, t, text)
+        ddpm_loss(prediction.float(), noised.target.float()).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad()

@@ -35,7 +35,8 @@ def test_ci_runs_the_readme_test_command():
     ("optimizers-report", "optimizers.md"), ("knobs-report", "knobs.md"), ("presets-memory", "presets.md"),
     ("scores-agreement", "scores.md"), ("selection-report", "selection.md"), ("selection-previews", "selection-previews.md"),
     ("tune-score-report", "tune-score.md"),
-    ("composition-report", "composition.md"), ("recipe-report", "recipe.md")])
+    ("composition-report", "composition.md"), ("recipe-report", "recipe.md"), ("sdxl-bench", "sdxl.md"),
+    ("flux-bench", "flux.md"), ("sd35-bench", "sd35.md")])
 def test_readme_section_is_what_its_bench_script_wrote(section, report):
     """Each measured table in the docs is its bench script's output, between its markers, never typed by hand."""
     readme = next(p.read_text() for p in (ROOT / "docs").rglob("*.md") if f"<!-- {section}:start -->" in p.read_text())
