@@ -232,6 +232,23 @@ def test_two_doubtful_timings_keep_the_faster_and_a_close_call_stops_after_the_l
     assert precision.bf16_support() == fourth
 
 
+def test_a_speed_only_ever_timed_under_load_waits_for_a_quiet_machine_and_says_so(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    answers = [_timed(0.9 + i / 10, 0.6) for i in range(precision.MAX_MEASUREMENTS)] + [_timed(3.2, 0.0)]
+    monkeypatch.setattr(precision, "run_probe", lambda env: answers.pop(0))
+    monkeypatch.setattr(precision, "machine_load", lambda: 0.6)
+    for _ in range(precision.MAX_MEASUREMENTS):
+        busy = precision.bf16_support()
+    assert busy.measurements == precision.MAX_MEASUREMENTS and busy.doubt and not busy.worth_measuring_again
+    assert precision.bf16_support() == busy  # still busy: not timed again
+    assert busy.described().endswith("(uncertain: measured while the machine was busy (60% of its CPUs in use); "
+                                      "measured again when a run starts on a quiet machine)")
+    monkeypatch.setattr(precision, "machine_load", lambda: 0.1)
+    quiet = precision.bf16_support()
+    assert quiet.speedup == pytest.approx(3.2) and not quiet.doubt and not answers
+    assert quiet.described() == "bfloat16 runs on this CPU, 3.20x the speed of float32"
+
+
 def test_a_verdict_cached_by_an_older_version_keeps_its_facts_and_has_its_speed_measured_again(monkeypatch, tmp_path):
     import json
 

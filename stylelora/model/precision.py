@@ -12,7 +12,8 @@ Whether bfloat16 runs is a fact, and is kept. How fast it runs is a measurement,
 it: under another program's load the probe once timed bfloat16 at 0.93x float32 on a CPU where it runs
 3.1-3.6x, and that verdict then chose float32 for good. So a timing taken while the machine was busy, or
 whose rounds disagree, or that falls near the threshold, is kept as uncertain, said so on the precision
-line, and measured again on later runs (up to MAX_MEASUREMENTS in all) until one is sound.
+line, and measured again on later runs (up to MAX_MEASUREMENTS in all) until one is sound. A speed that was
+only ever timed under load is measured again after that too, when a run starts on a quiet machine.
 """
 
 from __future__ import annotations
@@ -119,9 +120,18 @@ class Bf16Support:
         close = self.speedup is not None and MIN_SPEEDUP / MARGIN <= self.speedup <= MIN_SPEEDUP * MARGIN
         return self.runs and (bool(self.doubt) or close) and self.measurements < MAX_MEASUREMENTS
 
+    @property
+    def waits_for_a_quiet_machine(self) -> bool:
+        """A speed timed only under load, MAX_MEASUREMENTS times: timing it under load again would say nothing
+        new, so it is measured again when a run starts on a quiet machine."""
+        return self.runs and bool(self.doubt) and self.measurements >= MAX_MEASUREMENTS
+
     def described(self) -> str:
-        """The reason, and, when the speed is uncertain, why."""
-        return self.reason + (f" (uncertain: {self.doubt}; measured again on a later run)" if self.doubt else "")
+        """The reason, and, when the speed is uncertain, why and when it is measured again."""
+        if not self.doubt:
+            return self.reason
+        when = "when a run starts on a quiet machine" if self.waits_for_a_quiet_machine else "on a later run"
+        return f"{self.reason} (uncertain: {self.doubt}; measured again {when})"
 
 
 def decide(plain: ProbeRun, capped: ProbeRun | None) -> Bf16Support:
@@ -155,6 +165,11 @@ def machine_load(window: float = 0.3) -> float | None:
         return os.getloadavg()[0] / (os.cpu_count() or 1)
     except (OSError, AttributeError):
         return None
+
+
+def _quiet() -> bool:
+    load = machine_load()
+    return load is not None and load <= BUSY_LOAD
 
 
 def run_probe(env: dict[str, str], script: str | None = None) -> ProbeRun:
@@ -291,7 +306,7 @@ def bf16_support() -> Bf16Support:
     uncertain) and cached. Applies the cap."""
     key = machine_key()  # before the cap is applied: the key holds the user's own setting
     support = cached_bf16_support(key)
-    if support is None or support.worth_measuring_again:
+    if support is None or support.worth_measuring_again or (support.waits_for_a_quiet_machine and _quiet()):
         fresh, settled = probe()
         if settled:
             support = fresh if support is None else combine(support, fresh)
