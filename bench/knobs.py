@@ -5,7 +5,8 @@
     python bench/knobs.py --parts masks,reg   # some parts only (masks, reg, curves); the rest keep their numbers
 
 - masks: a stripes folder whose backgrounds are all black, trained without and with shape-only loss masks
-  (--masks). How often does each adapter paint a dark background for prompts that name none, against the base?
+  (--masks), and with the masks and --mask-prior 0.5, 1 and 2. How often does each adapter paint a dark background
+  for prompts that name none, against the base?
 - reg: stripes and pastel trained with a trigger word, with nothing, with base-output preservation on the 12
   trigger-less captions, and with regularisation images (--reg-data: 4 class images per trigger-less caption,
   painted by the base with `stylelora reg-images`). Style and colour with the trigger; leak without it.
@@ -50,7 +51,15 @@ CURVES = {"adamw-schedulefree": {"optimizer": "adamw-schedulefree"},
           "lion": {"optimizer": "lion"}, "adamw8bit": {"optimizer": "adamw8bit"},
           "logit-normal": {"timestep_sampling": "logit-normal"}, "content": {"timestep_sampling": "content"}}
 TRIGGERS = {"stripes": "zstripes", "pastel": "zpastel"}
+# The masked-loss adapters by name (a folder name too): each one's --mask-prior weight, None where it has no masks
+MASK_RUNS = {"unmasked": None, "masked": 0.0, "prior-0.5": 0.5, "prior-1": 1.0, "prior-2": 2.0}
 PLAIN = [prompt for prompt, _, _ in prompts()]
+
+
+def mask_label(label: str) -> str:
+    if label == "base":
+        return "base, no adapter"
+    return f"masked, --mask-prior {MASK_RUNS[label]:g}" if label.startswith("prior-") else label
 
 
 def stored() -> dict:
@@ -101,11 +110,13 @@ def trained(out: Path, **settings) -> Path:
 def masks_part(styler: Styler, per_prompt: int) -> None:
     images, masks = black_folder(WORK / "black-stripes")
     among = prompts()
-    for label, settings in (("base", None), ("unmasked", {}), ("masked", {"masks": masks})):
+    for label in ("base", *MASK_RUNS):
         key = f"masks/{label}"
         if key in stored():
             continue
-        path = None if settings is None else trained(WORK / "black-stripes" / label, data=images, **settings)
+        prior = MASK_RUNS.get(label)
+        settings = {} if prior is None else {"masks": masks, "mask_prior": prior}
+        path = None if label == "base" else trained(WORK / "black-stripes" / label, data=images, **settings)
         store(key, with_adapter(styler, path, among, per_prompt))
         print(key, stored()[key], flush=True)
 
@@ -149,12 +160,13 @@ def report(per_prompt: int) -> str:
              f"judge, one seed; a rate's standard error is at most {0.5 / images ** 0.5:.0%} (binomial)."]
     if all(f"masks/{k}" in measured for k in ("base", "unmasked", "masked")):
         lines += ["", "**Masked loss.** 36 striped images, every one on a black background; the adapter trained "
-                  "without masks, and with each image's shape as its mask. Prompts name colour and shape only.", "",
+                  "without masks, with each image's shape as its mask, and with the masks and the base's own "
+                  "prediction as the target outside them (`--mask-prior`). Prompts name colour and shape only.", "",
                   "| adapter | dark background | striped | colour right | shape right | broken |",
                   "| --- | --- | --- | --- | --- | --- |"]
-        for label in ("base", "unmasked", "masked"):
+        for label in (label for label in ("base", *MASK_RUNS) if f"masks/{label}" in measured):
             m = measured[f"masks/{label}"]
-            lines.append(f"| {label if label != 'base' else 'base, no adapter'} | {m['dark']:.0%} | {m['striped']:.0%} | "
+            lines.append(f"| {mask_label(label)} | {m['dark']:.0%} | {m['striped']:.0%} | "
                          f"{m['colour']:.0%} | {m['shape']:.0%} | {m['broken']:.0%} |")
     rows = [(style, label) for style in TRIGGERS for label in ("none", "preservation", "reg images")
             if f"reg/{style}/{label}" in measured]

@@ -104,3 +104,48 @@ def test_a_masked_run_resumes_exactly_and_differs_from_an_unmasked_one(image_fol
     assert max((straight.tensors[k] - resumed.tensors[k]).abs().max().item() for k in straight.tensors) <= 1e-6
     unmasked, _ = _resumed(train_config, tmp_path / "plain", data=images, flip=True)
     assert any(not torch.equal(straight.tensors[k], unmasked.tensors[k]) for k in straight.tensors)
+
+
+def test_the_mask_prior_pulls_the_masked_out_half_toward_the_base_by_its_weight(image_folder, tmp_path, train_config,
+                                                                                 monkeypatch):
+    """--mask-prior: outside the masks the gradient is the weighted squared error against the base's own prediction
+    (the inverted mask scaled to a mean of 1), nothing else; inside it, the style loss is still there."""
+    from stylelora.train import step_loss
+    from stylelora.train.loop import train
+
+    images, masks = _masked_folder(image_folder, tmp_path)
+    predictions, grads, bases = [], [], []
+    real_predict, real_base = step_loss.predict, step_loss.StepLoss.base_prediction
+
+    def predict(*args, **kwargs):
+        out = real_predict(*args, **kwargs)
+        if out.requires_grad:
+            predictions.append(out.detach().clone())
+            out.register_hook(grads.append)
+        return out
+
+    def base_prediction(self, *args, **kwargs):
+        bases.append(real_base(self, *args, **kwargs))
+        return bases[-1]
+
+    monkeypatch.setattr(step_loss, "predict", predict)
+    monkeypatch.setattr(step_loss.StepLoss, "base_prediction", base_prediction)
+    train(train_config(data=images, masks=masks, mask_prior=0.5, max_steps=2, batch_size=2, learning_rate=1e-2),
+          progress_bar=False, log=lambda m: None)
+    assert len(grads) == len(bases) == 2
+    for prediction, grad, base in zip(predictions, grads, bases):
+        right = slice(grad.shape[-1] // 2, None)
+        # d/dp of 0.5 * mean(2 * (p - b)^2) over the right half (the inverted mask is 1 on half the pixels: 2 there)
+        expected = 0.5 * 2 * 2 * (prediction - base).float() / prediction.numel()
+        torch.testing.assert_close(grad[..., right].float(), expected[..., right], rtol=1e-4, atol=1e-12)
+        assert torch.all(grad[..., : grad.shape[-1] // 2] != 0)
+    assert torch.all(grads[0][..., right] == 0)  # the adapter starts as the base: nothing to pull back
+    assert (grads[1][..., right] != 0).float().mean() > 0.9  # once it has moved, it is pulled back
+
+
+def test_the_mask_prior_needs_masks_and_a_weight_of_0_or_more(train_config, image_folder, tmp_path):
+    _, masks = _masked_folder(image_folder, tmp_path)
+    with pytest.raises(ConfigError, match=r"--mask-prior = 0.5: it acts outside loss masks: add --masks DIR"):
+        validate(train_config(mask_prior=0.5))
+    with pytest.raises(ConfigError, match=r"--mask-prior = -1.0: the weight must be 0 or more"):
+        validate(train_config(masks=masks, mask_prior=-1.0))

@@ -31,7 +31,7 @@ from stylelora.ui.train_view import loss_svg, progress_html
 MAIN_FIELDS = ("rank", "max_steps", "learning_rate", "resolution")
 ADVANCED_FIELDS = ("sample_every", "sample_prompts", "flip", "caption_dropout", "resume", "precision", "timestep_sampling",
                    "loss", "format", "optimizer", "optimizer_args", "block_lr", "threads", "masks", "mask_from_alpha",
-                   "log_with")
+                   "mask_prior", "log_with")
 PLAIN_FIELDS = ("trigger", "base", "train_text_encoder", *MAIN_FIELDS, "batch_size", "alpha", "seed", "save_every",
                 *ADVANCED_FIELDS, "quantize_base", "method", "targets")
 NO_IMAGES = "**Error:** drop images above, or type a folder and press 'Use this folder', first"

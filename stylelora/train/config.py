@@ -62,6 +62,10 @@ class TrainConfig:
                                            "textbox"))
     mask_from_alpha: bool = option(False, "each training image's alpha channel as its loss mask", "images",
                                    ui=UiField("Loss mask from each image's transparency", "checkbox"))
+    mask_prior: float = option(0.0, "outside the loss masks, train toward the base's own prediction with this "
+                                     "weight (ai-toolkit's inverted_mask_prior), so what the masks leave out stays "
+                                     "as the base paints it; 0 is off, 1 usual", "images",
+                               ui=UiField("Base's own prediction outside the masks (weight; 0 = off)"))
     flip: bool = option(False, "random horizontal flips", "images", ui=UiField("Random flips", "checkbox"))
     buckets: bool = option(True, "aspect-ratio buckets, so no image is cropped to a square; --no-buckets trains "
                                  "centre squares", "images",
@@ -349,6 +353,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         (c.masks is None or not c.mask_from_alpha, "masks", "give --masks DIR or --mask-from-alpha, not both"),
         (not (c.masked and c.random_crop), "masks",
          "masks follow the centre crop: drop --random-crop"),
+        (c.mask_prior >= 0, "mask_prior", "the weight must be 0 or more; 1 is usual"),
+        (c.mask_prior == 0 or c.masked, "mask_prior", "it acts outside loss masks: add --masks DIR or --mask-from-alpha"),
         (c.alpha is None or c.alpha > 0, "alpha", "alpha must be above 0 (leave it out to use the rank)"),
         (0 <= c.dropout < 1, "dropout", "LoRA dropout must be in [0, 1)"),
         (0 <= c.caption_dropout < 1, "caption_dropout", "caption dropout is a rate in [0, 1)"),

@@ -80,13 +80,16 @@ class StepLoss:
                                      config.keep_tags, rng) for e in examples]
         masks = None if self.masks is None else self.masks.batch(
             examples, [self.inputs.buckets.target(e) for e in examples], flips, tuple(latents.shape[-2:]))
-        style, noised = self.denoising_loss(latents, captions, placements, generator, masks)
+        style, noised, prediction = self.denoising_loss(latents, captions, placements, generator, masks)
         objective = style
+        if masks is not None and config.mask_prior > 0:
+            objective = objective + config.mask_prior * self.mask_prior_loss(prediction, noised, captions, placements,
+                                                                             masks)
         if (regularisation := self.inputs.regularisation) is not None:  # drawn after the style batch's randomness
             reg_examples = regularisation.batch(batch, config.batch_size, config.seed)
             reg_flips = [config.flip and rng.random() < 0.5 for _ in reg_examples]
             reg_latents, reg_placements = self.latents(reg_examples, reg_flips, rng, regularisation.buckets.target)
-            reg_loss, _ = self.denoising_loss(reg_latents, [e.caption for e in reg_examples], reg_placements, generator)
+            reg_loss, _, _ = self.denoising_loss(reg_latents, [e.caption for e in reg_examples], reg_placements, generator)
             objective = objective + regularisation.weight * reg_loss
         if not self.inputs.preserve_prompts:
             return Terms(style, objective)
@@ -95,15 +98,29 @@ class StepLoss:
         return Terms(style, objective + config.preserve_weight * preservation)
 
     def denoising_loss(self, latents: torch.Tensor, captions: list[str], placements: Sequence[Placement],
-                       generator: torch.Generator, masks: torch.Tensor | None = None) -> tuple[torch.Tensor, Noised]:
-        """The objective's loss on a batch of latents: noise drawn from `generator`, at timesteps it draws."""
+                       generator: torch.Generator, masks: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, Noised, torch.Tensor]:
+        """The objective's loss on a batch of latents (noise drawn from `generator`, at timesteps it draws), the
+        noised batch and the denoiser's prediction."""
         config, model = self.config, self.model
         noise = offset_noise(torch.randn(latents.shape, generator=generator), config.noise_offset, generator)
         noise = noise.to(self.accelerator.device, model.weight_dtype)
         noised = self.objective.noised(latents, noise, self.objective.draw(len(captions), generator, latents.shape[-2:]))
         prediction = predict(self.unet, noised.noisy, noised.timesteps, self.text(captions), placements, model)
         masks = None if masks is None else masks.to(latents.device)
-        return ddpm_loss(prediction, noised.target, noised.weights, config.loss, self.thresholds(noised), masks), noised
+        loss = ddpm_loss(prediction, noised.target, noised.weights, config.loss, self.thresholds(noised), masks)
+        return loss, noised, prediction
+
+    def mask_prior_loss(self, prediction: torch.Tensor, noised: Noised, captions: list[str],
+                        placements: Sequence[Placement], masks: torch.Tensor) -> torch.Tensor:
+        """--mask-prior (ai-toolkit's inverted_mask_prior): outside the loss masks, the target is the frozen base's
+        own prediction for the same noisy latents and captions, so the adapter is held to what the base paints
+        there instead of drifting unconstrained. The inverted masks are scaled to a mean of 1, as ai-toolkit
+        scales them, so the weight means the same whatever share of the images the masks leave out."""
+        outside = 1 - masks.to(prediction.device).float()
+        outside = outside / outside.mean().clamp(min=1e-6)
+        return ddpm_loss(prediction, self.base_prediction(noised.noisy, noised.timesteps, captions, placements),
+                         masks=outside)
 
     def thresholds(self, noised: Noised) -> torch.Tensor | None:
         """Each sample's Huber threshold under --loss huber or smooth-l1 (None for l2)."""
