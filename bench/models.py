@@ -7,9 +7,9 @@
   sizes with random weights (`bench/run.py --sdxl`);
 - Flux.1-dev's transformer at its real widths with fewer of its blocks (its 12 billion parameters do not fit
   a 24 GiB machine in bfloat16), its VAE and CLIP-L at their real sizes, and a two-layer T5 at T5-XXL's width
-  (`bench/quantize.py --bases flux`);
+  (`bench/run.py --flux`, `bench/quantize.py --bases flux`);
 - Stable Diffusion 3.5 Large's transformer at its real widths with 6 of its 38 blocks, its VAE, CLIP-L and
-  CLIP-G at their real sizes, and the same two-layer T5 (`bench/quantize.py --bases sd35`).
+  CLIP-G at their real sizes, and the same two-layer T5 (`bench/run.py --sd35`, `bench/quantize.py --bases sd35`).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ scaling and CPU options; and generation with stacked adapters.
     pip install -e ".[bench]"
     python bench/run.py --quick      # under 10 minutes on a 2-core CPU
     python bench/run.py              # more repeats, and torch.compile
+    python bench/run.py --flux 512   # one large base alone: --sdxl, --flux or --sd35, at PX pixels
 
 Every number is a ratio of two things timed side by side in this run: absolute times on shared
 machines are noise. Writes docs/results/benchmarks.md and docs/results/*.png.
@@ -212,11 +213,11 @@ class Large(NamedTuple):
 LARGE = {
     "sdxl": Large(sdxl, "SDXL-shaped", "about 40 minutes at 512", 1.00,
                   "SDXL base 1.0's UNet, VAE and both text encoders at their real sizes, random weights."),
-    "flux": Large(lambda px: replace(flux(), resolution=px), "Flux.1-shaped", "about 15 minutes at 512", 0.70,
+    "flux": Large(lambda px: replace(flux(), resolution=px), "Flux.1-shaped", "about 12 minutes at 512", 0.70,
                   "Flux.1-dev's transformer widths with 2 of its 19 double and 4 of its 38 single blocks (1.3 billion "
                   "parameters), its VAE and CLIP-L at their real sizes, T5 at T5-XXL's width with 2 of its 24 "
                   "layers and 128 tokens; random weights."),
-    "sd35": Large(lambda px: replace(sd35(), resolution=px), "SD3.5-Large-shaped", "about 15 minutes at 512", 0.70,
+    "sd35": Large(lambda px: replace(sd35(), resolution=px), "SD3.5-Large-shaped", "about 12 minutes at 512", 0.70,
                   "SD3.5 Large's transformer widths with 6 of its 38 blocks (1.3 billion parameters), its VAE, CLIP-L "
                   "and CLIP-G at their real sizes, T5 at T5-XXL's width with 2 of its 24 layers and 128 tokens; "
                   "random weights."),
