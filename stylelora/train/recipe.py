@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Recipe:
-    """What a base trains with where the options are left unset."""
+    """One base's defaults for the three options a recipe sets."""
 
     learning_rate: float
     steps: int
