@@ -11,6 +11,7 @@ once per (image, flip) and kept in memory: they are a pure function of the files
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +20,17 @@ from PIL import Image, ImageOps
 
 from ..errors import DatasetError
 from .folder import IMAGE_EXTENSIONS, Example, Size, placement
+
+
+def mask_checks(c: Any) -> list[tuple[bool, str, str]]:
+    """What a TrainConfig's --masks, --mask-from-alpha and --mask-prior refuse: (holds, field, what to do instead),
+    as config.validate lists them."""
+    return [
+        (c.masks is None or not c.mask_from_alpha, "masks", "give --masks DIR or --mask-from-alpha, not both"),
+        (not (c.masked and c.random_crop), "masks", "masks follow the centre crop: drop --random-crop"),
+        (c.mask_prior >= 0, "mask_prior", "the weight must be 0 or more; 1 is usual"),
+        (c.mask_prior == 0 or c.masked, "mask_prior", "it acts outside loss masks: add --masks DIR or --mask-from-alpha"),
+    ]
 
 
 def mask_file(masks: Path, image: Path) -> Path | None:

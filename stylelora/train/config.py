@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.buckets import BucketSettings, bucket_checks
+from ..data.masks import mask_checks
 from ..methods import METHODS, TARGET_PRESETS, AdapterSpec, method_checks, method_of
 from ..model.cores import THREADS_DEFAULT, THREADS_HELP
 from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES
@@ -350,11 +351,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     checks: list[tuple[bool, str, str]] = [
         (c.rank >= 1, "rank", "the rank must be a whole number of at least 1 (4 to 32 is usual)"),
         (c.threads is None or c.threads >= 1, "threads", "use at least 1 thread, or leave it out to share the cores"),
-        (c.masks is None or not c.mask_from_alpha, "masks", "give --masks DIR or --mask-from-alpha, not both"),
-        (not (c.masked and c.random_crop), "masks",
-         "masks follow the centre crop: drop --random-crop"),
-        (c.mask_prior >= 0, "mask_prior", "the weight must be 0 or more; 1 is usual"),
-        (c.mask_prior == 0 or c.masked, "mask_prior", "it acts outside loss masks: add --masks DIR or --mask-from-alpha"),
+        *mask_checks(c),  # the loss masks and their prior (data/masks.py)
         (c.alpha is None or c.alpha > 0, "alpha", "alpha must be above 0 (leave it out to use the rank)"),
         (0 <= c.dropout < 1, "dropout", "LoRA dropout must be in [0, 1)"),
         (0 <= c.caption_dropout < 1, "caption_dropout", "caption dropout is a rate in [0, 1)"),
