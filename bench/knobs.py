@@ -49,7 +49,8 @@ STORE = RESULTS / "knobs.json"
 CURVES = {"adamw-schedulefree": {"optimizer": "adamw-schedulefree"},
           "prodigy-schedulefree": {"optimizer": "prodigy-schedulefree"},
           "lion": {"optimizer": "lion"}, "adamw8bit": {"optimizer": "adamw8bit"},
-          "logit-normal": {"timestep_sampling": "logit-normal"}, "content": {"timestep_sampling": "content"}}
+          "logit-normal": {"timestep_sampling": "logit-normal"}, "content": {"timestep_sampling": "content"},
+          "mode": {"timestep_sampling": "mode"}}
 TRIGGERS = {"stripes": "zstripes", "pastel": "zpastel"}
 # The masked-loss adapters by name (a folder name too): each one's --mask-prior weight, None where it has no masks
 MASK_RUNS = {"unmasked": None, "masked": 0.0, "prior-0.5": 0.5, "prior-1": 1.0, "prior-2": 2.0}
