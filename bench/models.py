@@ -131,10 +131,11 @@ def _two_layer_t5_xxl(vocab: int):
                                    feed_forward_proj="gated-gelu", pad_token_id=vocab - 1))
 
 
-def flux(double_blocks: int = 2, single_blocks: int = 4, folder: Path | None = None) -> Base:
+def flux(double_blocks: int = 2, single_blocks: int = 4, folder: Path | None = None, resolution: int = 256) -> Base:
     name = f"stylelora-bench-flux-{double_blocks}-{single_blocks}"
     return Base(f"Flux.1-shaped transformer ({double_blocks} of 19 double, {single_blocks} of 38 single blocks)",
-                str(flux_pipeline(folder or Path(tempfile.gettempdir()) / name, double_blocks, single_blocks)), 256, 1)
+                str(flux_pipeline(folder or Path(tempfile.gettempdir()) / name, double_blocks, single_blocks)),
+                resolution, 1)
 
 
 def flux_pipeline(folder: Path, double_blocks: int, single_blocks: int) -> Path:
@@ -168,9 +169,10 @@ def flux_pipeline(folder: Path, double_blocks: int, single_blocks: int) -> Path:
     return folder
 
 
-def sd35(blocks: int = 6, folder: Path | None = None) -> Base:
+def sd35(blocks: int = 6, folder: Path | None = None, resolution: int = 256) -> Base:
     return Base(f"SD3.5-Large-shaped transformer ({blocks} of 38 blocks)",
-                str(sd35_pipeline(folder or Path(tempfile.gettempdir()) / f"stylelora-bench-sd35-{blocks}", blocks)), 256, 1)
+                str(sd35_pipeline(folder or Path(tempfile.gettempdir()) / f"stylelora-bench-sd35-{blocks}", blocks)),
+                resolution, 1)
 
 
 def sd35_pipeline(folder: Path, blocks: int) -> Path:

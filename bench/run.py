@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -213,11 +212,11 @@ class Large(NamedTuple):
 LARGE = {
     "sdxl": Large(sdxl, "SDXL-shaped", "about 40 minutes at 512", 1.00,
                   "SDXL base 1.0's UNet, VAE and both text encoders at their real sizes, random weights."),
-    "flux": Large(lambda px: replace(flux(), resolution=px), "Flux.1-shaped", "about 12 minutes at 512", 0.70,
+    "flux": Large(lambda px: flux(resolution=px), "Flux.1-shaped", "about 12 minutes at 512", 0.70,
                   "Flux.1-dev's transformer widths with 2 of its 19 double and 4 of its 38 single blocks (1.3 billion "
                   "parameters), its VAE and CLIP-L at their real sizes, T5 at T5-XXL's width with 2 of its 24 "
                   "layers and 128 tokens; random weights."),
-    "sd35": Large(lambda px: replace(sd35(), resolution=px), "SD3.5-Large-shaped", "about 12 minutes at 512", 0.70,
+    "sd35": Large(lambda px: sd35(resolution=px), "SD3.5-Large-shaped", "about 12 minutes at 512", 0.70,
                   "SD3.5 Large's transformer widths with 6 of its 38 blocks (1.3 billion parameters), its VAE, CLIP-L "
                   "and CLIP-G at their real sizes, T5 at T5-XXL's width with 2 of its 24 layers and 128 tokens; "
                   "random weights."),

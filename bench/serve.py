@@ -132,8 +132,9 @@ def load_test(requests: int, concurrency: int, adapters: int, steps: int) -> dic
 
 def report(rows: list[dict], load: dict, quick: bool, allocator: bool) -> list[str]:
     device = f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    malloc = ", with the server's malloc settings (model/allocator.py)" if allocator else ""
     lines = [f"Measured by `python bench/serve.py{' --quick' if quick else ''}` on {device}, torch {torch.__version__}, "
-             f"float32{', with the server' + chr(39) + 's malloc settings (model/allocator.py)' if allocator else ''}. "
+             f"float32{malloc}. "
              f"{rows[0]['resident']} random rank-4 adapters resident (attention projections). A switch is making a batch's adapters active: fusing one "
              "stack into the base, or binding 8 rows their own adapters (the per-row path); the first of each kind, "
              "which allocates what the rest reuse, is timed apart. '8 adapters vs 1' is the median of interleaved pairs "
