@@ -75,16 +75,16 @@ def _child(base_name: str, mode: str, diffusers_load: bool, steps: int, queue) -
         if diffusers_load:
             base_module.stream_denoiser = lambda *args, **kwargs: None
         base, stamps, held = shaped_base(base_name), [], {}
-        real_load = base_module.load_base
+        real_load = base_module.load_denoiser
 
         def load_and_measure(*args, **kwargs):
-            pipe = real_load(*args, **kwargs)
-            held["unet"] = quantized_share(base_module.base_family(base.spec).denoiser_of(pipe), "denoiser")
-            return pipe
+            denoiser = real_load(*args, **kwargs)
+            held["unet"] = quantized_share(denoiser, "denoiser")
+            return denoiser
 
         import stylelora.train.loop as training_module
 
-        training_module.load_base = load_and_measure
+        training_module.load_denoiser = load_and_measure
         with tempfile.TemporaryDirectory() as out:
             train(TrainConfig(data=STRIPES, out=Path(out), base=base.spec, batch_size=1, resolution=256, max_steps=steps,
                               quantize_base=mode), progress_bar=False, log=lambda m: None,

@@ -52,6 +52,32 @@ def test_previews_without_a_prompt_show_the_folders_first_captions(train_config)
     assert json.loads(meta["stylelora.config"])["sample_prompts"] == captions
 
 
+def test_the_denoiser_is_read_once_the_caches_are_made_and_the_encoders_freed(train_config, tmp_path, monkeypatch):
+    """Training reads the denoiser last, so it never shares memory with the encoders and VAE; through diffusers'
+    own loading (a base the streaming reader refuses) the adapter is the same, bit for bit."""
+    import stylelora.model.base as base_module
+    from stylelora.model.base import is_unread
+
+    said, real_inputs, real_denoiser = [], training.prepare_inputs, training.load_denoiser
+
+    def inputs(config, model, *args, **kwargs):
+        said.append(("denoiser unread while caching", is_unread(model.pipe.unet)))
+        made = real_inputs(config, model, *args, **kwargs)
+        said.append(("encoders and VAE freed", model.pipe.text_encoder is None and model.pipe.vae is None))
+        return made
+
+    monkeypatch.setattr(training, "prepare_inputs", inputs)
+    monkeypatch.setattr(training, "load_denoiser", lambda *a, **k: said.append(("read", True)) or real_denoiser(*a, **k))
+    streamed = train(train_config(out=tmp_path / "streamed", max_steps=2), **QUIET)
+    assert said == [("denoiser unread while caching", True), ("encoders and VAE freed", True), ("read", True)]
+    monkeypatch.setattr(base_module, "stream_denoiser", lambda *args, **kwargs: None)
+    loaded = train(train_config(out=tmp_path / "from_pretrained", max_steps=2), **QUIET)
+    first, second = _lora_tensors(streamed.adapter_path), _lora_tensors(loaded.adapter_path)
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert read_safetensors(streamed.adapter_path).metadata["stylelora.base_hash"] == \
+        read_safetensors(loaded.adapter_path).metadata["stylelora.base_hash"]
+
+
 def _lora_tensors(path):
     return {k: v for k, v in read_safetensors(path).tensors.items()}
 

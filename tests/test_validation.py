@@ -33,8 +33,9 @@ def _stages(config):
     accelerator = Accelerator(cpu=True)
     folder, held_out, _ = training.prepare_data(config, lambda m: None)
     model = training.prepare_model(config, accelerator.device, folder, lambda m: None)
-    optimisation = training.prepare_adapters(config, model, len(folder.examples), accelerator, lambda m: None)
     inputs = prepare_inputs(config, model, folder, held_out, accelerator, None, lambda m: None)
+    training.prepare_denoiser(config, model, accelerator.device, lambda m: None)
+    optimisation = training.prepare_adapters(config, model, len(folder.examples), accelerator, lambda m: None)
     adapted = [model.pipe.unet] + ([model.pipe.text_encoder] if config.train_text_encoder else [])
     return StepLoss(config, folder, model, inputs, model.pipe.unet, accelerator, adapted), optimisation, held_out
 

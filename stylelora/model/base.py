@@ -54,21 +54,54 @@ _LOADING = threading.Lock()
 
 
 def load_base(spec: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-              quantize: str = "none", quantize_text: bool = True) -> DiffusionPipeline:
+              quantize: str = "none", quantize_text: bool = True, denoiser_later: bool = False) -> DiffusionPipeline:
     """Load the whole pipeline of the base's family (StableDiffusionPipeline or StableDiffusionXLPipeline) in
     `dtype` on `device`, with the safety checker off (we train styles, not filters). `quantize` (quantize.py)
-    holds the UNet, and the text encoders unless `quantize_text` is False, in NF4, int8 or fp8."""
+    holds the UNet, and the text encoders unless `quantize_text` is False, in NF4, int8 or fp8.
+    `denoiser_later`: leave a folder's or hub base's denoiser unread, an empty one in its place (its class and
+    config on the meta device, no weights) until `load_denoiser` reads it. Training caches latents and captions
+    first and frees the encoders and VAE, so they never share memory with the denoiser (a single file loads whole)."""
     check_quantize(quantize)
     kind = resolve_base(spec)
     family = base_family(spec)
+    later = denoiser_later and kind != "file"
     options = dict(dtype=dtype) | (dict(safety_checker=None, requires_safety_checker=False) if family.safety_checker else {})
     # Loading builds modules on the meta device inside a process-wide context, so two threads loading
     # at once (the UI: a training job and a generation) break each other. One load at a time.
     with _LOADING:
-        pipe = _load(spec, kind, family, options, quantize)
+        pipe = _load(spec, kind, family, options, quantize, denoiser_later=later)
         quantize_pipe(pipe, family, quantize, dtype, quantize_text)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    if not later:
+        return pipe.to(device)
+    for module in pipe.components.values():  # the empty denoiser has nothing to move
+        if isinstance(module, torch.nn.Module) and not is_unread(module):
+            module.to(device)
+    return pipe
+
+
+def load_denoiser(spec: str, dtype: torch.dtype, quantize: str = "none") -> torch.nn.Module:
+    """The denoiser `load_base(denoiser_later=True)` left unread, in `dtype`: streamed layer by layer and
+    quantized as it is read, else through diffusers' from_pretrained and quantized after."""
+    kind = resolve_base(spec)
+    family = base_family(spec)
+    try:
+        with _LOADING:
+            source = _source(spec, kind, family)
+            denoiser = stream_denoiser(Path(source), family.denoiser, dtype, quantize)
+            if denoiser is None:
+                model_class = getattr(diffusers, _denoiser_config(spec, kind)["_class_name"])
+                denoiser = model_class.from_pretrained(source, subfolder=family.denoiser, dtype=dtype)
+                if quantization_of(denoiser) != quantize:
+                    quantize_model(denoiser, quantize, dtype)
+    except (OSError, ValueError, EnvironmentError) as error:
+        raise BaseModelError(f"{spec}: cannot load the base model ({_first_line(error)})") from None
+    return denoiser.eval()
+
+
+def is_unread(model: torch.nn.Module) -> bool:
+    """Whether `model` is the empty stand-in `load_base(denoiser_later=True)` leaves: weights on the meta device."""
+    return any(p.is_meta for p in model.parameters())
 
 
 def quantize_pipe(pipe: DiffusionPipeline, family: Family, quantize: str, dtype: torch.dtype,
@@ -83,20 +116,29 @@ def quantize_pipe(pipe: DiffusionPipeline, family: Family, quantize: str, dtype:
             quantize_model(model, quantize, dtype)
 
 
-def _load(spec: str, kind: str, family: Family, options: dict, quantize: str) -> DiffusionPipeline:
+def _load(spec: str, kind: str, family: Family, options: dict, quantize: str, denoiser_later: bool = False) -> DiffusionPipeline:
     try:
         if kind == "file":
-            pipe = family.pipeline_class.from_single_file(spec, dtype=options["dtype"])
-        else:
-            source = str(MINI_WEIGHTS) if kind == "mini" else spec
-            if kind == "hub":  # the snapshot from_pretrained would fetch, fetched first so the denoiser streams from it
-                source = str(family.pipeline_class.download(spec))
-            denoiser = stream_denoiser(Path(source), family.denoiser, options["dtype"], quantize)
-            pipe = family.pipeline_class.from_pretrained(source, **options, **({family.denoiser: denoiser} if denoiser else {}))
+            return family.pipeline_class.from_single_file(spec, dtype=options["dtype"])
+        source = _source(spec, kind, family)
+        # The empty denoiser goes in as a component, so that the pipeline reads its config as it would the real one's
+        denoiser = _empty_denoiser(spec, kind) if denoiser_later else \
+            stream_denoiser(Path(source), family.denoiser, options["dtype"], quantize)
+        return family.pipeline_class.from_pretrained(source, **options, **({family.denoiser: denoiser} if denoiser else {}))
     except (OSError, ValueError, EnvironmentError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise BaseModelError(f"{spec}: cannot load the base model ({first_line})") from None
-    return pipe
+        raise BaseModelError(f"{spec}: cannot load the base model ({_first_line(error)})") from None
+
+
+def _source(spec: str, kind: str, family: Family) -> str:
+    """The local folder a non-file base loads from; a hub base's snapshot is fetched (or found in the cache) first,
+    so that its denoiser streams from its files."""
+    if kind == "hub":
+        return str(family.pipeline_class.download(spec))
+    return str(MINI_WEIGHTS) if kind == "mini" else spec
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def base_family(spec: str) -> Family:
@@ -139,19 +181,23 @@ def _single_file_family(path: Path) -> Family:
 def denoiser_parameter_count(spec: str) -> int | None:
     """The denoiser's parameter count from its config alone (built on the meta device, no weights read), so the
     precision can be chosen before loading; None where the config cannot be read first (a single file)."""
-    import diffusers
-    from accelerate import init_empty_weights
-
     kind = resolve_base(spec)
     if kind == "file":
         return None
     try:
-        config = _denoiser_config(spec, kind)
-        with init_empty_weights():
-            denoiser = getattr(diffusers, config.get("_class_name", "UNet2DConditionModel")).from_config(config)
+        denoiser = _empty_denoiser(spec, kind)
     except (OSError, ValueError, TypeError, AttributeError):  # loading proper says what is wrong, in its own words
         return None
     return sum(p.numel() for p in denoiser.parameters())
+
+
+def _empty_denoiser(spec: str, kind: str) -> torch.nn.Module:
+    """The denoiser its config describes, built on the meta device: every shape, no weights read or held."""
+    from accelerate import init_empty_weights
+
+    config = _denoiser_config(spec, kind)
+    with init_empty_weights():
+        return getattr(diffusers, config.get("_class_name", "UNet2DConditionModel")).from_config(config)
 
 
 def weights_fingerprint(module: torch.nn.Module) -> str:

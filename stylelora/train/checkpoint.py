@@ -129,6 +129,18 @@ def load_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor], par
             parameter.copy_(saved[name])
 
 
+def refuse_unresumable(config: TrainConfig, resolution: int) -> None:
+    """Before minutes of caching: refuse an output folder that holds an earlier run's checkpoint unless --resume,
+    and a --resume whose checkpoint was trained with other settings."""
+    path = latest_checkpoint(config.out_dir)
+    if path is None:
+        return
+    if not config.resume:
+        raise TrainingError(f"{path}: this output folder holds a checkpoint of an earlier run; add --resume to "
+                            "continue it, or choose another --out (or delete that checkpoints folder) to start afresh")
+    check_compatible(load_checkpoint(path)[1]["config"], config.to_json_dict() | {"resolution": resolution}, path)
+
+
 def resume(config: TrainConfig, models: dict[str, torch.nn.Module], optimisation: Optimisation, resolution: int,
            say: Callable[[str], None]) -> int:
     """Load the latest checkpoint's adapters, optimizer, schedule and method state; return its step (0 if none)."""
