@@ -153,7 +153,7 @@ def prepare_model(config: TrainConfig, device: torch.device, folder: ImageFolder
 
 def prepare_denoiser(config: TrainConfig, model: Model, device: torch.device, say: Callable[[str], None]) -> None:
     """Stage: read the denoiser, which prepare_model left unread until the caches were made and the encoders and
-    VAE freed (SDXL-shaped, NF4: the run's peak fell from 4.8 to 3.? GiB), and take the base's fingerprint."""
+    VAE freed (SDXL-shaped, NF4, 256 px: the peak fell from 4.8 to 3.8 GiB), and take the base's fingerprint."""
     family, pipe = model.family, model.pipe
     if is_unread(family.denoiser_of(pipe)):
         setattr(pipe, family.denoiser, load_denoiser(config.base, model.weight_dtype, config.quantize_base).to(device))
