@@ -2,7 +2,7 @@
 
     python bench/knobs.py                     # 8 images per prompt (96 per judged point)
     python bench/knobs.py --quick             # 2 images per prompt
-    python bench/knobs.py --parts masks,reg   # some parts only (masks, reg, curves); the rest keep their numbers
+    python bench/knobs.py --parts masks,reg   # some parts only (masks, reg, curves, leak); the rest keep their numbers
 
 - masks: a stripes folder whose backgrounds are all black, trained without and with shape-only loss masks
   (--masks), and with the masks and --mask-prior 0.5, 1 and 2. How often does each adapter paint a dark background
@@ -12,11 +12,14 @@
   painted by the base with `stylelora reg-images`). Style and colour with the trigger; leak without it.
 - curves: the optimizers and timestep samplings bench/optimizers.py and bench/timesteps.py did not measure,
   each on stripes, dots and pastel with the mini's earlier recipe (bench/timesteps.py), judged at steps 100, 200, 400 and 800.
+- leak: every optimizer and timestep sampling, and the masks, on stripes trained with the trigger word (as reg's
+  "none"): style and colour with the trigger, leak without it. The masked rows train on the black-background folder.
 
 Every trained adapter is kept under docs/results/knob-adapters (a rerun judges it again rather than retraining),
 and every judged number goes to docs/results/knobs.json as it comes, so an interrupted run continues. Writes
 docs/results/knobs.md and the table into the optimizers guide between the knobs-report markers. The numbers are
-judged pictures, not timings, but measure alone anyway: the run takes about 90 minutes on 2 cores.
+judged pictures, not timings, but measure alone anyway: the run takes about 90 minutes on 2 cores, and the leak
+part (12 adapters, each judged with and without its trigger) 65 minutes more beside other work.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from stylelora.train.loop import train  # noqa: E402
 
 from judged import Store, judged  # noqa: E402
 from report_section import write_section  # noqa: E402
-from timesteps import EARLIER_MINI, JUDGED_STEPS, RESULTS, STYLES, judge_run, judged_table, train_run  # noqa: E402
+from timesteps import JUDGED_STEPS, RESULTS, STYLES, earlier_recipe, judge_run, judged_table, train_run  # noqa: E402
 
 WORK = RESULTS / "knob-adapters"
 STORE = RESULTS / "knobs.json"
@@ -52,6 +55,13 @@ CURVES = {"adamw-schedulefree": {"optimizer": "adamw-schedulefree"},
           "logit-normal": {"timestep_sampling": "logit-normal"}, "content": {"timestep_sampling": "content"},
           "mode": {"timestep_sampling": "mode"}}
 TRIGGERS = {"stripes": "zstripes", "pastel": "zpastel"}
+# The leak part's stripes runs with the trigger: every optimizer and timestep sampling (AdamW, uniform is reg's
+# "none" run) and the masked-loss settings, on the black-background folder for those
+LEAK_RUNS = {"adamw, uniform": {}, **{name: {"optimizer": name} for name in
+                                      ("adamw8bit", "prodigy", "adamw-schedulefree", "prodigy-schedulefree", "lion")},
+             **{name: {"timestep_sampling": name} for name in ("logit-normal", "style", "content", "mode")},
+             "black folder, unmasked": {"mask_prior": None}, "black folder, masked": {"mask_prior": 0.0},
+             "black folder, masked, --mask-prior 1": {"mask_prior": 1.0}}
 # The masked-loss adapters by name (a folder name too): each one's --mask-prior weight, None where it has no masks
 MASK_RUNS = {"unmasked": None, "masked": 0.0, "prior-0.5": 0.5, "prior-1": 1.0, "prior-2": 2.0}
 PLAIN = [prompt for prompt, _, _ in prompts()]
@@ -104,7 +114,7 @@ def black_folder(folder: Path) -> tuple[Path, Path]:
 def trained(out: Path, **settings) -> Path:
     path = out / f"{out.name}.safetensors"
     if not path.is_file():
-        train(TrainConfig(out=out, name=out.name, seed=0, **(EARLIER_MINI | settings)), progress_bar=False, log=lambda m: None)
+        train(TrainConfig(out=out, name=out.name, seed=0, **earlier_recipe(**settings)), progress_bar=False, log=lambda m: None)
     return path
 
 
@@ -136,10 +146,30 @@ def reg_part(styler: Styler, per_prompt: int) -> None:
                 continue
             path = trained(WORK / "reg" / style / label.replace(" ", "-"), data=ROOT / "datasets" / style,
                            trigger=trigger, **settings)
-            with_trigger = with_adapter(styler, path, [(f"{trigger}, {p}", c, s) for p, c, s in prompts()], per_prompt)
-            without = with_adapter(styler, path, prompts(), per_prompt)
-            store(key, {"trigger": with_trigger, "plain": without})
+            store(key, with_and_without_trigger(styler, path, trigger, per_prompt))
             print(key, stored()[key], flush=True)
+
+
+def with_and_without_trigger(styler: Styler, path: Path, trigger: str, per_prompt: int) -> dict:
+    with_trigger = with_adapter(styler, path, [(f"{trigger}, {p}", c, s) for p, c, s in prompts()], per_prompt)
+    return {"trigger": with_trigger, "plain": with_adapter(styler, path, prompts(), per_prompt)}
+
+
+def leak_part(styler: Styler, per_prompt: int) -> None:
+    images, masks = black_folder(WORK / "black-stripes")
+    for label, settings in LEAK_RUNS.items():
+        key = f"leak/{label}"
+        if key in stored() or (label == "adamw, uniform" and "reg/stripes/none" in stored()):
+            continue
+        settings = dict(settings)
+        data = ROOT / "datasets" / "stripes"
+        if "mask_prior" in settings:
+            data, prior = images, settings.pop("mask_prior")
+            settings |= {} if prior is None else {"masks": masks, "mask_prior": prior}
+        folder = WORK / "leak" / label.replace(", ", "-").replace(" ", "-").replace("--", "")
+        path = trained(folder, data=data, trigger=TRIGGERS["stripes"], **settings)
+        store(key, with_and_without_trigger(styler, path, TRIGGERS["stripes"], per_prompt))
+        print(key, stored()[key], flush=True)
 
 
 def curves_part(styler: Styler, per_prompt: int) -> None:
@@ -194,18 +224,39 @@ def report(per_prompt: int) -> str:
         table = judged_table(done, measured["masks/base"], per_prompt, "knobs.py", ", one seed", ["setting"],
                              {name: [name] for name in done})
         lines += table.split("\n", 2)[2].rstrip("\n").split("\n")
+    lines += leak_table(measured)
     return "\n".join(lines) + "\n"
+
+
+def leak_table(measured: dict) -> list[str]:
+    runs = {label: measured.get(f"leak/{label}") for label in LEAK_RUNS}
+    runs["adamw, uniform"] = runs["adamw, uniform"] or measured.get("reg/stripes/none")  # the same run
+    if not all(runs.values()) or "masks/base" not in measured:
+        return []
+    lines = ["", "**Leak, by optimizer, timestep sampling and masks.** Stripes trained with the trigger word `zstripes` "
+             "and nothing against leaking (the mini's earlier recipe: 800 steps, AdamW at 2e-3, uniform timesteps, "
+             "unless the row changes one); the black folder's rows on the masked-loss table's 36 black-background "
+             "images. Leak: the striped rate on prompts without the trigger; dark: backgrounds painted dark.", "",
+             "| setting | striped, with trigger | colour right, with trigger | broken | leak, without trigger | colour "
+             "right, without trigger | dark background, without trigger |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for label, m in runs.items():
+        lines.append(f"| {label} | {m['trigger']['striped']:.0%} | {m['trigger']['colour']:.0%} | "
+                     f"{m['trigger']['broken']:.0%} | {m['plain']['striped']:.0%} | {m['plain']['colour']:.0%} | "
+                     f"{m['plain']['dark']:.0%} |")
+    base = measured["masks/base"]
+    lines.append(f"| base, no adapter | | | | {base['striped']:.0%} | {base['colour']:.0%} | {base['dark']:.0%} |")
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--parts", default="masks,reg,curves")
+    parser.add_argument("--parts", default="masks,reg,curves,leak")
     args = parser.parse_args()
     per_prompt = 2 if args.quick else 8
     Store(STORE).begin(per_prompt)
     styler = Styler("mini")
-    parts = {"masks": masks_part, "reg": reg_part, "curves": curves_part}
+    parts = {"masks": masks_part, "reg": reg_part, "curves": curves_part, "leak": leak_part}
     for part in args.parts.split(","):
         parts[part](styler, per_prompt)
         text = report(per_prompt)

@@ -26,6 +26,7 @@ from stylelora.mini.evaluate import measure  # noqa: E402
 from stylelora.paint.styler import Styler  # noqa: E402
 from stylelora.train.config import TrainConfig  # noqa: E402
 from stylelora.train.loop import train  # noqa: E402
+from stylelora.train.optimizers import OPTIMIZERS  # noqa: E402
 
 from report_section import write_section  # noqa: E402  (bench/ is on the path when run as a script)
 
@@ -38,12 +39,19 @@ JUDGED_STEPS = (100, 200, 400, 800)
 EARLIER_MINI = {"learning_rate": 2e-3, "max_steps": 800, "timestep_sampling": "uniform"}
 
 
+def earlier_recipe(**settings) -> dict:
+    """EARLIER_MINI with `settings` changed. An optimizer's rate is 2e-3 as it takes AdamW's usual rate (Prodigy's
+    own 1.0, Lion's third), as these runs were first trained when 2e-3 was the mini's unset rate."""
+    rate = OPTIMIZERS[settings.get("optimizer", "adamw")].learning_rate(EARLIER_MINI["learning_rate"])
+    return EARLIER_MINI | {"learning_rate": rate} | settings
+
+
 def train_run(work: Path, style: str, name: str, **settings) -> Path:
     """The mini's earlier recipe on `style` with `settings` changed, a checkpoint every 100 steps, in work/name."""
     out = work / name / style
     if (out / f"{style}.safetensors").is_file():
         return out  # trained by an earlier run of this script: judged again, not retrained
-    train(TrainConfig(data=ROOT / "datasets" / style, out=out, seed=0, save_every=100, **(EARLIER_MINI | settings)),
+    train(TrainConfig(data=ROOT / "datasets" / style, out=out, seed=0, save_every=100, **earlier_recipe(**settings)),
           progress_bar=False, log=lambda m: None)
     return out
 
