@@ -184,3 +184,34 @@ def test_a_computing_process_keeps_freed_memory_rather_than_faulting_it_in_every
     assert shared[0] == "True" and shared[1] * 20 < default[1], (default, shared)  # measured: 0 against 628,852
     # a MALLOC_* variable of the user's own: theirs win, nothing is set
     assert run("share", str(tmp_path), MALLOC_ARENA_MAX="2")[0] == "False"
+
+
+MAPPED = """
+import ctypes
+import torch
+from stylelora.model.allocator import keep_freed_memory, mapped_allocations
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+keep_freed_memory()
+mapped = lambda: libc.mallinfo2().hblkhd
+start = mapped()
+with mapped_allocations():
+    inside = torch.ones(1 << 20)  # 4 MiB
+grown_inside = mapped() - start
+after = torch.ones(1 << 20)
+print(grown_inside, mapped() - start - grown_inside)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux" or os.confstr("CS_GNU_LIBC_VERSION") is None,
+                    reason="the allocator settings are glibc's")
+def test_loading_takes_mappings_of_its_own_and_the_steps_take_the_heap_again():
+    """Within mapped_allocations a 4 MiB block is a mapping of its own (freed, it goes back to the kernel, leaving
+    no hole in the heap); after it, the settings that keep a step's memory in the heap are back."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", MAPPED], env=env, capture_output=True, text=True, check=True).stdout
+    inside, after = map(int, out.split())
+    assert inside >= 4 << 20 and after == 0, (inside, after)

@@ -20,9 +20,11 @@ Nothing changes where the C library is not glibc, or where the user set a MALLOC
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
+from collections.abc import Iterator
 
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc's malloc.h
 SETTINGS = {M_MMAP_THRESHOLD: 32 << 20, M_TRIM_THRESHOLD: 256 << 20, M_TOP_PAD: 64 << 20}
@@ -46,3 +48,18 @@ def _apply() -> bool:
     except OSError:
         return False
     return all(libc.mallopt(parameter, value) == 1 for parameter, value in SETTINGS.items())
+
+
+@contextlib.contextmanager
+def mapped_allocations(threshold: int = 1 << 20) -> Iterator[None]:
+    """Within this block, serve allocations of `threshold` bytes and more from their own mappings, which go back to
+    the kernel when freed, then restore SETTINGS. Training loads its base and makes its caches within it, so that
+    the heap a step's activations use is not left full of holes (train/loop.py's prepare_base)."""
+    libc = ctypes.CDLL("libc.so.6") if keep_freed_memory() else None
+    if libc is not None:
+        libc.mallopt(M_MMAP_THRESHOLD, threshold)
+    try:
+        yield
+    finally:
+        if libc is not None:
+            libc.mallopt(M_MMAP_THRESHOLD, SETTINGS[M_MMAP_THRESHOLD])
