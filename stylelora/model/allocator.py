@@ -30,6 +30,7 @@ M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc's malloc.h
 SETTINGS = {M_MMAP_THRESHOLD: 32 << 20, M_TRIM_THRESHOLD: 256 << 20, M_TOP_PAD: 64 << 20}
 
 _applied: bool | None = None  # once per process
+_mmap_threshold = SETTINGS[M_MMAP_THRESHOLD]  # what mapped_allocations restores (a quantized run sets it lower)
 
 
 def keep_freed_memory() -> bool:
@@ -50,10 +51,16 @@ def _apply() -> bool:
     return all(libc.mallopt(parameter, value) == 1 for parameter, value in SETTINGS.items())
 
 
+def remember_mmap_threshold(threshold: int) -> None:
+    """Note the mmap threshold set for the rest of the run (loading.fix_mmap_threshold), for mapped_allocations."""
+    global _mmap_threshold
+    _mmap_threshold = threshold
+
+
 @contextlib.contextmanager
 def mapped_allocations(threshold: int = 1 << 20) -> Iterator[None]:
     """Within this block, serve allocations of `threshold` bytes and more from their own mappings, which go back to
-    the kernel when freed, then restore SETTINGS. Training loads its base and makes its caches within it, so that
+    the kernel when freed, then restore the threshold in force for the run. Training loads its base and makes its caches within it, so that
     the heap a step's activations use is not left full of holes (train/loop.py's prepare_base)."""
     libc = ctypes.CDLL("libc.so.6") if keep_freed_memory() else None
     if libc is not None:
@@ -62,4 +69,4 @@ def mapped_allocations(threshold: int = 1 << 20) -> Iterator[None]:
         yield
     finally:
         if libc is not None:
-            libc.mallopt(M_MMAP_THRESHOLD, SETTINGS[M_MMAP_THRESHOLD])
+            libc.mallopt(M_MMAP_THRESHOLD, _mmap_threshold)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .allocator import remember_mmap_threshold
 from .quantize import mark_quantized, quantize_layer, skipped_for
 
 SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
@@ -154,6 +155,7 @@ def fix_mmap_threshold() -> None:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
         libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+        remember_mmap_threshold(MMAP_THRESHOLD)
     except (OSError, AttributeError):  # not glibc
         pass
 

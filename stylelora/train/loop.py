@@ -1,10 +1,10 @@
 """Train a LoRA style adapter: `train()` reads top to bottom, in stages.
 
 prepare_data, prepare_model (the encoders and VAE), prepare_inputs (the caches, after which those are freed),
-prepare_denoiser (read only now, so that it never shares memory with them), prepare_adapters, then run_loop. Per step: the loss of
-each micro-batch (step_loss.StepLoss: latents from the cache, noise at a uniform timestep, the UNet's
-prediction, the MSE), then clip and step AdamW, and update the EMA. Between steps, validation.Watch
-validates when due and decides when to stop. Everything else is bookkeeping: checkpoints and the
+prepare_denoiser (read only now, so that it never shares memory with them), prepare_adapters, then run_loop.
+Per step: the loss of each micro-batch (step_loss.StepLoss: latents from the cache, noise at a uniform
+timestep, the UNet's prediction, the MSE), then clip and step AdamW, and update the EMA. Between steps,
+validation.Watch validates when due and decides when to stop. Everything else is bookkeeping: checkpoints and the
 adapter (run_outputs.Outputs), samples, metrics.
 """
 
@@ -27,8 +27,8 @@ from ..errors import DatasetError, TrainingError, TrainingInterrupted
 from ..families import Family, family_of_pipe
 from ..methods import KINDS, layout_checks, method_of
 from ..methods.attach import attach
-from ..model.base import (base_fingerprint, denoiser_parameter_count, is_unread, load_base, load_denoiser, quantize_pipe,
-                          resolve_base)
+from ..model.base import (base_fingerprint, denoiser_parameter_count, is_unread, load_base, load_denoiser,
+                          quantize_pipe, resolve_base)
 from ..model.allocator import mapped_allocations
 from ..model.cores import CoreShare
 from ..model.loading import fix_mmap_threshold
@@ -147,14 +147,15 @@ def prepare_model(config: TrainConfig, device: torch.device, folder: ImageFolder
         pipe.vae.to(torch.float32)  # SDXL's VAE overflows to NaN in float16; the fp16-fix VAE says so in its config
     resolution = config.resolution or family.native_size(pipe)
     model = Model(pipe, choice.name, resolution, pipe.vae.config.scaling_factor, family,
-                  pipe.scheduler.config.get("prediction_type", "flow"), latent_shift=pipe.vae.config.get("shift_factor") or 0.0)
+                  pipe.scheduler.config.get("prediction_type", "flow"),
+                  latent_shift=pipe.vae.config.get("shift_factor") or 0.0)
     warn_partial_openclip_text_encoder(config, family, say)
     return model
 
 
 def prepare_denoiser(config: TrainConfig, model: Model, device: torch.device, say: Callable[[str], None]) -> None:
     """Stage: read the denoiser, which prepare_model left unread until the caches were made and the encoders and
-    VAE freed (SDXL-shaped, NF4, 256 px: the peak fell from 4.8 to 3.8 GiB), and take the base's fingerprint."""
+    VAE freed (SDXL-shaped, NF4, 256 px: the peak fell from 4.81 to 3.65 GiB), and take the base's fingerprint."""
     family, pipe = model.family, model.pipe
     if is_unread(family.denoiser_of(pipe)):
         setattr(pipe, family.denoiser, load_denoiser(config.base, model.weight_dtype, config.quantize_base).to(device))
