@@ -82,7 +82,7 @@ def _child(base_name: str, mode: str, diffusers_load: bool, steps: int, queue) -
             held["unet"] = quantized_share(denoiser, "denoiser")
             return denoiser
 
-        import stylelora.train.loop as training_module
+        import stylelora.train.frozen_base as training_module
 
         training_module.load_denoiser = load_and_measure
         with tempfile.TemporaryDirectory() as out:

@@ -10,7 +10,7 @@ import torch
 from stylelora.errors import TrainingError
 from stylelora.families import FAMILIES
 from stylelora.files import read_safetensors
-from stylelora.train import loop as training, objective, step_loss
+from stylelora.train import frozen_base, loop as training, objective, step_loss
 from stylelora.train.checkpoint import latest_checkpoint
 from stylelora.train.loop import train
 
@@ -58,7 +58,7 @@ def test_the_denoiser_is_read_once_the_caches_are_made_and_the_encoders_freed(tr
     import stylelora.model.base as base_module
     from stylelora.model.base import is_unread
 
-    said, real_inputs, real_denoiser = [], training.prepare_inputs, training.load_denoiser
+    said, real_inputs, real_denoiser = [], frozen_base.prepare_inputs, frozen_base.load_denoiser
 
     def inputs(config, model, *args, **kwargs):
         said.append(("denoiser unread while caching", is_unread(model.pipe.unet)))
@@ -66,8 +66,8 @@ def test_the_denoiser_is_read_once_the_caches_are_made_and_the_encoders_freed(tr
         said.append(("encoders and VAE freed", model.pipe.text_encoder is None and model.pipe.vae is None))
         return made
 
-    monkeypatch.setattr(training, "prepare_inputs", inputs)
-    monkeypatch.setattr(training, "load_denoiser", lambda *a, **k: said.append(("read", True)) or real_denoiser(*a, **k))
+    monkeypatch.setattr(frozen_base, "prepare_inputs", inputs)
+    monkeypatch.setattr(frozen_base, "load_denoiser", lambda *a, **k: said.append(("read", True)) or real_denoiser(*a, **k))
     streamed = train(train_config(out=tmp_path / "streamed", max_steps=2), **QUIET)
     assert said == [("denoiser unread while caching", True), ("encoders and VAE freed", True), ("read", True)]
     monkeypatch.setattr(base_module, "stream_denoiser", lambda *args, **kwargs: None)
@@ -225,7 +225,7 @@ def test_an_sd2_run_adapting_part_of_the_text_attention_warns_about_automatic111
                                                                                  targets, warned):
     lines: list[str] = []
     config = train_config(train_text_encoder=True, text_encoder_targets=targets)
-    training.warn_partial_openclip_text_encoder(config, FAMILIES[architecture], lines.append)
+    frozen_base.warn_partial_openclip_text_encoder(config, FAMILIES[architecture], lines.append)
     encoder = "SD2" if architecture == "sd2" else "SDXL second"
     if warned is None:
         assert lines == []

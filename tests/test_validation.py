@@ -17,7 +17,7 @@ from stylelora.data.split import split_examples
 from stylelora.errors import ConfigError, DatasetError
 from stylelora.files import read_safetensors
 from stylelora.model.base import load_base
-from stylelora.train import loop as training
+from stylelora.train import frozen_base, loop as training
 from stylelora.train.checkpoint import latest_checkpoint
 from stylelora.train.config import validate
 from stylelora.train.inputs import prepare_inputs
@@ -32,9 +32,9 @@ def _stages(config):
     """The training stages up to the step loss, as train() runs them."""
     accelerator = Accelerator(cpu=True)
     folder, held_out, _ = training.prepare_data(config, lambda m: None)
-    model = training.prepare_model(config, accelerator.device, folder, lambda m: None)
+    model = frozen_base.prepare_model(config, accelerator.device, folder, lambda m: None)
     inputs = prepare_inputs(config, model, folder, held_out, accelerator, None, lambda m: None)
-    training.prepare_denoiser(config, model, accelerator.device, lambda m: None)
+    frozen_base.prepare_denoiser(config, model, accelerator.device, lambda m: None)
     optimisation = training.prepare_adapters(config, model, len(folder.examples), accelerator, lambda m: None)
     adapted = [model.pipe.unet] + ([model.pipe.text_encoder] if config.train_text_encoder else [])
     return StepLoss(config, folder, model, inputs, model.pipe.unet, accelerator, adapted), optimisation, held_out

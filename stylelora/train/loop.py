@@ -1,7 +1,8 @@
 """Train a LoRA style adapter: `train()` reads top to bottom, in stages.
 
-prepare_data, prepare_model (the encoders and VAE), prepare_inputs (the caches, after which those are freed),
-prepare_denoiser (read only now, so that it never shares memory with them), prepare_adapters, then run_loop.
+prepare_data; frozen_base.prepare_base: prepare_model (the encoders and VAE), prepare_inputs (the caches, after
+which those are freed) and prepare_denoiser (read only now, so that it never shares memory with them); then
+prepare_adapters and run_loop.
 Per step: the loss of each micro-batch (step_loss.StepLoss: latents from the cache, noise at a uniform
 timestep, the UNet's prediction, the MSE), then clip and step AdamW, and update the EMA. Between steps,
 validation.Watch validates when due and decides when to stop. Everything else is bookkeeping: checkpoints and the
@@ -20,30 +21,24 @@ import torch
 from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
 
-from ..data.folder import Example, ImageFolder, describe_folder, load_rgb, scan_folder, warn_long_captions
+from ..data.folder import Example, ImageFolder, describe_folder, load_rgb, scan_folder
 from ..data.masks import check_masks
 from ..data.split import split_examples
 from ..errors import DatasetError, TrainingError, TrainingInterrupted
-from ..families import Family, family_of_pipe
-from ..methods import KINDS, layout_checks, method_of
+from ..methods import KINDS, method_of
 from ..methods.attach import attach
-from ..model.base import (base_fingerprint, denoiser_parameter_count, is_unread, load_base, load_denoiser,
-                          quantize_pipe, resolve_base)
-from ..model.allocator import mapped_allocations
+from ..model.base import resolve_base
 from ..model.cores import CoreShare
-from ..model.loading import fix_mmap_threshold
-from ..model.precision import PRECISION_NAMES, choose_precision
-from ..model.quantize import check_quantize, quantization_of, quantized_share
-from ..options import refuse_first
+from ..model.precision import PRECISION_NAMES
 from ..score.previews import MOST_REFERENCES, PreviewScorer
-from .checkpoint import latest_checkpoint, refuse_unresumable, resume
+from .checkpoint import latest_checkpoint, resume
 from .config import TrainConfig, validate
-from .inputs import Inputs, prepare_inputs
+from .frozen_base import prepare_base
 from .regularisation import read_regularisation
 from .optimizers import OPTIMIZERS, block_rates, build_optimizer, parameter_groups
 from .outputs import (Kept, MetricsLog, Outputs, phases_line, progress_bar as make_progress_bar, render_samples,
                       save_scored_previews, seconds_since_process_start, with_preview_prompts, write_phases)
-from .stages import DTYPES, Model, Optimisation, Progress, TrainResult
+from .stages import Model, Optimisation, Progress, TrainResult
 from .step_loss import StepLoss
 from .suggest import fill_unset
 from .trackers import check_trackers, hyperparameters, trackers_for
@@ -73,20 +68,6 @@ def total_steps(config: TrainConfig, examples: int, world_size: int) -> int:
     return config.recipe.steps
 
 
-A1111_SD2_TEXT_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
-
-
-def warn_partial_openclip_text_encoder(config: TrainConfig, family: Family, say: Callable[[str], None]) -> None:
-    """AUTOMATIC1111 folds an OpenCLIP (SD2, SDXL's second) text-encoder LoRA into a layer only when all four
-    attention projections are adapted, and silently skips the layer otherwise; ComfyUI and diffusers apply any subset."""
-    missing = [name for name in A1111_SD2_TEXT_ATTENTION if name not in config.text_encoder_targets]
-    if family.openclip_in_a1111 and config.train_text_encoder and missing:
-        say(f"  warning: --text-encoder-targets lacks {','.join(missing)}: AUTOMATIC1111 ignores an "
-            f"{family.openclip_in_a1111} text-encoder "
-            f"LoRA unless {','.join(A1111_SD2_TEXT_ATTENTION)} are all adapted (ComfyUI and diffusers apply it); "
-            "add them to load everywhere")
-
-
 def prepare_data(config: TrainConfig, say: Callable[[str], None]) -> tuple[ImageFolder, list[Example], list[Example]]:
     """Stage: the image folder, scanned and described, the images held out for validation (taken out of
     the folder with --validation-split, or from --validation-data), and the regularisation images (--reg-data)."""
@@ -109,62 +90,6 @@ def prepare_data(config: TrainConfig, say: Callable[[str], None]) -> tuple[Image
             raise DatasetError(f"--validation-data: {error}") from None
         say(f"Validation: {len(held_out)} images from {config.validation_data}.")
     return folder, held_out, read_regularisation(config, say)
-
-
-def prepare_model(config: TrainConfig, device: torch.device, folder: ImageFolder, say: Callable[[str], None]) -> Model:
-    """Stage: choose the precision (probing the CPU if need be), load the base straight into it, freeze it.
-    Where the UNet's size cannot be read before loading (a single-file checkpoint), load in float32,
-    count, cast, and only then quantize (--quantize-base): the one case that holds a float32 copy for a moment."""
-    if config.quantize_base != "none":
-        fix_mmap_threshold()
-    parameters = denoiser_parameter_count(config.base)
-    choice = choose_precision(config.precision, device.type, parameters)
-    check_quantize(config.quantize_base)  # a missing extra fails before minutes of loading
-    count_first = parameters is None and config.precision == "auto"
-    pipe = load_base(config.base, dtype=DTYPES[choice.name], device=device, denoiser_later=True,
-                     quantize="none" if count_first else config.quantize_base, quantize_text=not config.train_text_encoder)
-    if count_first:
-        denoiser = family_of_pipe(pipe).denoiser_of(pipe)
-        choice = choose_precision("auto", device.type, sum(p.numel() for p in denoiser.parameters()))
-        if choice.name != "no":
-            pipe.to(dtype=DTYPES[choice.name])
-        quantize_pipe(pipe, family_of_pipe(pipe), config.quantize_base, DTYPES[choice.name], not config.train_text_encoder)
-    say(choice.describe())
-    family = family_of_pipe(pipe)
-    refuse_first(config, [(config.format != "kohya" or family.file_layout == "kohya", "format",
-                           f"{family.label} files have no kohya layout that diffusers reads; leave out --format"),
-                          *layout_checks(config, family.plain_layout(config.format), family.label),
-                          (family.target_presets is None or (config.conv_rank is None and config.conv_alpha is None),
-                           "conv_rank" if config.conv_rank is not None else "conv_alpha",
-                           f"{family.label} has no convolutions to adapt; leave out --conv-rank/--conv-alpha"),
-                          (not config.block_lr or family.unet_blocks, "block_lr",
-                           f"{family.label} has no down/mid/up blocks; leave out --block-lr")])
-    tokenizer, limit, reader = family.longest_reader(pipe)
-    warn_long_captions(folder, tokenizer, say, limit, reader)
-    for module in [pipe.vae, *family.models(pipe).values()]:
-        module.requires_grad_(False)
-    if choice.name == "fp16" and family.vae_float32_in_fp16 and getattr(pipe.vae.config, "force_upcast", True):
-        pipe.vae.to(torch.float32)  # SDXL's VAE overflows to NaN in float16; the fp16-fix VAE says so in its config
-    resolution = config.resolution or family.native_size(pipe)
-    model = Model(pipe, choice.name, resolution, pipe.vae.config.scaling_factor, family,
-                  pipe.scheduler.config.get("prediction_type", "flow"),
-                  latent_shift=pipe.vae.config.get("shift_factor") or 0.0)
-    warn_partial_openclip_text_encoder(config, family, say)
-    return model
-
-
-def prepare_denoiser(config: TrainConfig, model: Model, device: torch.device, say: Callable[[str], None]) -> None:
-    """Stage: read the denoiser, which prepare_model left unread until the caches were made and the encoders and
-    VAE freed (SDXL-shaped, NF4, 256 px: the peak fell from 4.81 to 3.65 GiB), and take the base's fingerprint."""
-    family, pipe = model.family, model.pipe
-    if is_unread(family.denoiser_of(pipe)):
-        setattr(pipe, family.denoiser, load_denoiser(config.base, model.weight_dtype, config.quantize_base).to(device))
-    family.denoiser_of(pipe).requires_grad_(False)
-    model.base_id = base_fingerprint(config.base, family.denoiser_of(pipe))
-    if config.quantize_base != "none":
-        shares = [quantized_share(module, part).describe() for part, module in family.models(pipe).items()
-                  if quantization_of(module) != "none"]
-        say(f"Base held in {config.quantize_base}: {'; '.join(shares)}.")
 
 
 def prepare_adapters(config: TrainConfig, model: Model, examples: int, accelerator: Accelerator,
@@ -260,26 +185,6 @@ def _train(config: TrainConfig, on_progress: Callable[[Progress], None] | None,
         say(phases_line(phases, kept.trained_steps - optimisation.start_step))
     return TrainResult(config.adapter_path, kept.trained_steps, loss, time.time() - started, accelerator.is_main_process,
                        kept.step, kept.validation_loss, kept.reason, kept.base_validation_loss, kept.scores)
-
-
-def prepare_base(config: TrainConfig, folder: ImageFolder, held_out: list[Example], regularisation: list[Example],
-                 accelerator: Accelerator, should_stop: Callable[[], bool] | None, say: Callable[[str], None],
-                 clock: float, startup: float | None) -> tuple[Model, Inputs, dict[str, float]]:
-    """The stages model, inputs and denoiser, with the seconds they took. Their weights and caches take mappings of
-    their own rather than the heap (allocator.py): read after the caches, the denoiser's weights had filled the holes
-    the VAE's activations left, scattered, and a step's activations no longer fit what was left (SDXL-shaped at
-    1024 px: 5.3 GiB in use, 8.3 GiB free in the heap and 12.3 GiB resident, against 10.0 GiB read first)."""
-    with mapped_allocations():
-        model = prepare_model(config, accelerator.device, folder, say)
-        refuse_unresumable(config, model.resolution)  # before minutes of caching
-        phases = ({"startup": startup} if startup else {}) | {"load": time.perf_counter() - clock}
-        clock = time.perf_counter()
-        inputs = prepare_inputs(config, model, folder, held_out, accelerator, should_stop, say, regularisation)
-        phases["cache"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        prepare_denoiser(config, model, accelerator.device, say)
-    phases["load"] += time.perf_counter() - clock
-    return model, inputs, phases
 
 
 def prepare_watch(config: TrainConfig, model: Model, optimisation: Optimisation, step_loss: StepLoss,
