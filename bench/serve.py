@@ -135,8 +135,8 @@ def report(rows: list[dict], load: dict, quick: bool, allocator: bool) -> list[s
     malloc = ", with the server's malloc settings (model/allocator.py)" if allocator else ""
     lines = [f"Measured by `python bench/serve.py{' --quick' if quick else ''}` on {device}, torch {torch.__version__}, "
              f"float32{malloc}. "
-             f"{rows[0]['resident']} random rank-4 adapters resident (attention projections). A switch is making a batch's adapters active: fusing one "
-             "stack into the base, or binding 8 rows their own adapters (the per-row path); the first of each kind, "
+             f"{rows[0]['resident']} random rank-4 adapters resident (attention projections). A switch is making a "
+             "batch's adapters active: fusing one stack into the base, or binding 8 rows their own adapters (the per-row path); the first of each kind, "
              "which allocates what the rest reuse, is timed apart. '8 adapters vs 1' is the median of interleaved pairs "
              f"({rows[0]['pairs']} on the mini, {rows[-1]['pairs']} on SD1.5).", "",
              "| base | switch: fuse p50 / p99 | switch: bind 8 rows p50 / p99 | 8 requests, 8 adapters | 8 requests, 1 adapter | naive (load, fuse, paint, unload) | 8 adapters vs 1 | vs naive | RAM per resident adapter | its file |",

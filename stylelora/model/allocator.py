@@ -60,8 +60,9 @@ def remember_mmap_threshold(threshold: int) -> None:
 @contextlib.contextmanager
 def mapped_allocations(threshold: int = 1 << 20) -> Iterator[None]:
     """Within this block, serve allocations of `threshold` bytes and more from their own mappings, which go back to
-    the kernel when freed, then restore the threshold in force for the run. Training loads its base and makes its caches within it, so that
-    the heap a step's activations use is not left full of holes (train/loop.py's prepare_base)."""
+    the kernel when freed, then restore the threshold in force for the run. Training loads its base and makes its
+    caches within it, so that the heap a step's activations use is not left full of holes (train/frozen_base.py's
+    prepare_base)."""
     libc = ctypes.CDLL("libc.so.6") if keep_freed_memory() else None
     if libc is not None:
         libc.mallopt(M_MMAP_THRESHOLD, threshold)
