@@ -80,6 +80,22 @@ def method_of(name: str) -> Method:
     return REGISTRY[name]
 
 
+def target_checks(config: Any, default_modules: tuple[str, ...]) -> list[tuple[bool, str, str]]:
+    """The checks of which modules are adapted: a TARGET_PRESETS name or the user's own list (`default_modules`
+    when not given), and the convolutions' own rank and alpha."""
+    c = config
+    return [
+        (c.targets is None or c.targets in TARGET_PRESETS, "targets", f"choose one of {', '.join(TARGET_PRESETS)}"),
+        (c.targets is None or c.target_modules == default_modules, "targets",
+         "give --targets (a preset) or --target-modules (your own list), not both"),
+        (bool(c.target_modules), "target_modules", "name at least one module, e.g. to_q,to_k,to_v,to_out.0"),
+        (c.conv_rank is None or c.conv_rank >= 1, "conv_rank", "the conv rank must be a whole number of at least 1"),
+        (c.conv_alpha is None or c.conv_alpha > 0, "conv_alpha", "the conv alpha must be above 0"),
+        (c.targets == "all" or (c.conv_rank is None and c.conv_alpha is None), "conv_rank" if c.conv_rank else "conv_alpha",
+         "only --targets all adapts the 3x3 convolutions; add --targets all, or leave out --conv-rank/--conv-alpha"),
+    ]
+
+
 def method_checks(config: Any) -> list[tuple[bool, str, str]]:
     """The chosen method's option checks (train.config.validate runs them in its one list)."""
     return REGISTRY[config.method].checks(config, MethodFacts(REGISTRY)) if config.method in REGISTRY else []

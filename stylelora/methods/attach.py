@@ -38,6 +38,7 @@ def attach(model: torch.nn.Module, spec: AdapterSpec, targets: tuple[str, ...], 
     AdaLoRA's pruning schedule."""
     method = method_of(spec.method)
     config = _peft_config(spec, targets, model, total_steps)
+    _unquantize_adapted_convolutions(model, targets)
     try:
         with warnings.catch_warnings():
             # lora_bias on a layer without a bias: handled below (that bias stays frozen at zero)
@@ -52,6 +53,17 @@ def attach(model: torch.nn.Module, spec: AdapterSpec, targets: tuple[str, ...], 
     if spec.train_bias:
         _freeze_bias_where_the_layer_has_none(model, adapter_name)
     return sorted(name for name, _ in adapted_layers(model, adapter_name))
+
+
+def _unquantize_adapted_convolutions(model: torch.nn.Module, targets: tuple[str, ...]) -> None:
+    """Put the convolutions an adapter will wrap back in floats, where a quantized base holds them in torchao's int8
+    (model/quantize.py): peft 0.21 wraps every layer whose weight is a torchao tensor in its LoRA layer for a
+    torchao Linear, which then fails on a convolution's shape. The rest of the base stays quantized."""
+    from ..model.quantize import unquantize_layer
+
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Conv2d) and any(name == t or name.endswith("." + t) for t in targets):
+            unquantize_layer(module)
 
 
 def _freeze_bias_where_the_layer_has_none(model: torch.nn.Module, adapter_name: str) -> None:

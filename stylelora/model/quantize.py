@@ -8,6 +8,10 @@ Which backend runs where (measured on torch 2.13 CPU, bitsandbytes 0.50.2, diffu
   stream in (loading.py): the same `Params4bit(...).to(device)` / `Int8Params(...).to(device)` calls that
   diffusers' quantizer makes, in one path for both devices. bitsandbytes quantizes Linear layers only: about a
   third of an SD1.5 UNet's parameters, most of SDXL's (quantized_share() reports it per base).
+- nf4 and int8, convolutions: torchao's weight-only int8, one scale per output channel (IntxWeightOnlyConfig),
+  on CPU and CUDA, where torchao is installed (the [quant] extra). bitsandbytes has no convolution layer, and
+  an SD1.5 UNet keeps 69% of its parameters in convolutions. In nf4 runs too they are int8: torchao's 4-bit
+  convolution weight is held unpacked, a byte a value, so it would round more and save nothing.
 - fp8: torch's float8_e4m3fn storage through diffusers' layerwise casting, with no extra dependency: every
   Linear and convolution weight holds one byte per parameter and is cast up, layer by layer, for its forward.
 No quantization kernel is written here.
@@ -28,11 +32,14 @@ if TYPE_CHECKING:  # torch is imported where it is used: config.py reads this mo
 QUANTIZE_MODES = ("none", "nf4", "int8", "fp8")
 # the --quantize-base help, the same on train, generate, grid and serve (their default, none, is added where used)
 QUANTIZE_HELP = ("hold the frozen base in fewer bytes: nf4 or int8 (bitsandbytes, the [quant] extra) for its Linear "
-                 "layers, or fp8 storage for its Linear and conv layers; the adapter stays float32")
+                 "layers and int8 (torchao) for its convolutions, or fp8 storage for its Linear and conv layers; "
+                 "the adapter stays float32")
 BITSANDBYTES_MODES = ("nf4", "int8")
 EXTRA = 'pip install -e ".[quant]"  (or: pip install bitsandbytes)'
 # diffusers' own defaults for layerwise casting, plus the UNet's: normalisation layers keep their dtype.
 FP8_SKIP = ("pos_embed", "patch_embed", "norm", "^proj_in$", "^proj_out$", "lora_", "hada_", "lokr_")
+# A DiT's patch embedding is its one convolution: it stays as loaded, as diffusers' casting keeps it.
+CONV_SKIP = ("pos_embed", "patch_embed")
 
 # bitsandbytes' int8 matmul logs on every call that it casts its inputs to float16: that is its design.
 logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
@@ -78,6 +85,8 @@ def quantize_layer(parent: torch.nn.Module, name: str, layer: torch.nn.Module, m
 
         apply_layerwise_casting_hook(layer, torch.float8_e4m3fn, compute_dtype, non_blocking=False)
         return True
+    if mode in BITSANDBYTES_MODES and type(layer) is torch.nn.Conv2d:
+        return _quantize_convolution(layer)
     if mode not in BITSANDBYTES_MODES or type(layer) is not torch.nn.Linear:
         return False
     import bitsandbytes as bnb
@@ -102,6 +111,33 @@ def quantize_layer(parent: torch.nn.Module, name: str, layer: torch.nn.Module, m
     return True
 
 
+def _quantize_convolution(layer: torch.nn.Conv2d) -> bool:
+    """Hold a convolution's weight in int8, one scale per output channel, through torchao (see the module's
+    docstring); False where torchao is not installed, and the layer stays as loaded."""
+    if not convolutions_quantizable():
+        return False
+    import torch
+    from torchao.quantization import IntxWeightOnlyConfig, quantize_
+    from torchao.quantization.granularity import PerAxis
+
+    quantize_(layer, IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0)),
+              filter_fn=lambda module, name: isinstance(module, torch.nn.Conv2d))
+    return True
+
+
+def unquantize_layer(layer: torch.nn.Module) -> None:
+    """Give a layer holding a torchao weight its weight back as plain floats (dequantized: the rounding stays)."""
+    import torch
+
+    if type(getattr(layer, "weight", None)).__module__.startswith("torchao"):
+        layer.weight = torch.nn.Parameter(layer.weight.detach().dequantize(), requires_grad=False)
+
+
+def convolutions_quantizable() -> bool:
+    """Whether nf4 and int8 runs hold convolutions in int8: torchao is installed."""
+    return importlib.util.find_spec("torchao") is not None
+
+
 def quantize_model(model: torch.nn.Module, mode: str, compute_dtype: torch.dtype) -> None:
     """Quantize every layer of a loaded model that `mode` holds in fewer bytes, one layer at a time."""
     if mode == "none":
@@ -115,10 +151,12 @@ def quantize_model(model: torch.nn.Module, mode: str, compute_dtype: torch.dtype
 
 
 def skipped_for(path: str, mode: str) -> bool:
-    """Layers `mode` leaves in the run's dtype by name: fp8 keeps normalisation layers (as diffusers does)."""
+    """Layers `mode` leaves in the run's dtype by name: fp8 keeps normalisation layers (as diffusers does), and no
+    mode quantizes a DiT's patch embedding."""
     import re
 
-    return mode == "fp8" and any(re.search(pattern, path) for pattern in FP8_SKIP)
+    patterns = FP8_SKIP if mode == "fp8" else CONV_SKIP
+    return mode != "none" and any(re.search(pattern, path) for pattern in patterns)
 
 
 def mark_quantized(model: torch.nn.Module, mode: str) -> None:
@@ -134,11 +172,12 @@ def quantization_of(model: torch.nn.Module | None) -> str:
 
 
 def is_quantized_layer(layer: torch.nn.Module) -> bool:
-    """A layer whose weight is not held as plain floats: a bitsandbytes layer, or fp8 storage."""
+    """A layer whose weight is not held as plain floats: a bitsandbytes layer, a torchao weight, or fp8 storage."""
     import torch
 
     weight = getattr(layer, "weight", None)
-    return weight is not None and (weight.dtype in (torch.uint8, torch.int8, torch.float8_e4m3fn) or type(weight).__module__.startswith("bitsandbytes"))
+    return weight is not None and (weight.dtype in (torch.uint8, torch.int8, torch.float8_e4m3fn)
+                                   or type(weight).__module__.startswith(("bitsandbytes", "torchao")))
 
 
 def float_weight(layer: torch.nn.Module) -> torch.Tensor:
@@ -149,6 +188,8 @@ def float_weight(layer: torch.nn.Module) -> torch.Tensor:
         from peft.utils.integrations import dequantize_bnb_weight
 
         return dequantize_bnb_weight(weight, state=getattr(layer, "state", None)).float()
+    if type(weight).__module__.startswith("torchao"):
+        return weight.detach().dequantize().float()
     return weight.detach().float()
 
 
@@ -162,7 +203,7 @@ def quantized_share(model: torch.nn.Module, part: str) -> QuantizedShare:
             state = getattr(tensor, "quant_state", None)
             count = _logical_numel(tensor, state)
             parameters += count
-            size += tensor.numel() * tensor.element_size() + _state_bytes(state)
+            size += _held_bytes(tensor) + _state_bytes(state)
             quantized += count if is_quantized_layer(module) and tensor_name == "weight" else 0
         scb = getattr(getattr(module, "weight", None), "SCB", None)  # int8's per-row scales
         size += scb.numel() * scb.element_size() if isinstance(scb, torch.Tensor) else 0
@@ -173,6 +214,15 @@ def _logical_numel(tensor: torch.Tensor, state) -> int:
     import math
 
     return math.prod(state.shape) if state is not None else tensor.numel()
+
+
+def _held_bytes(tensor: torch.Tensor) -> int:
+    """A tensor's bytes as stored: a torchao weight is a wrapper around the tensors that hold it (data, scales)."""
+    flatten = getattr(tensor, "__tensor_flatten__", None)
+    if flatten is None or not type(tensor).__module__.startswith("torchao"):
+        return tensor.numel() * tensor.element_size()
+    names, _ = flatten()
+    return sum(_held_bytes(getattr(tensor, name)) for name in names)
 
 
 def _state_bytes(state) -> int:

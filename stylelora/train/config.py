@@ -9,7 +9,7 @@ from typing import Any
 
 from ..data.buckets import BucketSettings, bucket_checks
 from ..data.masks import mask_checks
-from ..methods import METHODS, TARGET_PRESETS, AdapterSpec, method_checks, method_of
+from ..methods import METHODS, TARGET_PRESETS, AdapterSpec, method_checks, method_of, target_checks
 from ..model.cores import THREADS_DEFAULT, THREADS_HELP
 from ..model.quantize import QUANTIZE_HELP, QUANTIZE_MODES
 from ..options import UiField, option, refuse_first
@@ -377,13 +377,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         (c.precision in PRECISIONS, "precision", f"choose one of {', '.join(PRECISIONS)}"),
         (c.quantize_base in QUANTIZE_MODES, "quantize_base", f"choose one of {', '.join(QUANTIZE_MODES)}"),
         (c.method in METHODS, "method", f"choose one of {', '.join(METHODS)}"),
-        (c.targets is None or c.targets in TARGET_PRESETS, "targets", f"choose one of {', '.join(TARGET_PRESETS)}"),
-        (c.targets is None or c.target_modules == UNET_TARGETS, "targets",
-         "give --targets (a preset) or --target-modules (your own list), not both"),
-        (c.conv_rank is None or c.conv_rank >= 1, "conv_rank", "the conv rank must be a whole number of at least 1"),
-        (c.conv_alpha is None or c.conv_alpha > 0, "conv_alpha", "the conv alpha must be above 0"),
-        (c.targets == "all" or (c.conv_rank is None and c.conv_alpha is None), "conv_rank" if c.conv_rank else "conv_alpha",
-         "only --targets all adapts the 3x3 convolutions; add --targets all, or leave out --conv-rank/--conv-alpha"),
+        *target_checks(c, UNET_TARGETS),  # the modules adapted: a preset or a list (methods/__init__.py)
         *method_checks(c),  # the method's own options (methods/method.py)
         (c.save_every >= 0, "save_every", "save every N steps, N >= 0 (0 = only at the end)"),
         (c.sample_every >= 0, "sample_every", "sample every N steps, N >= 0 (0 = never)"),
@@ -394,7 +388,6 @@ def validate(config: TrainConfig) -> TrainConfig:
         (c.reg_weight >= 0, "reg_weight", "the regularisation weight must be 0 or more; 1 is usual"),
         (c.reg_data is not None or c.reg_weight == 1.0, "reg_weight",
          "the weight is for regularisation images: add --reg-data DIR, or leave out --reg-weight"),
-        (bool(c.target_modules), "target_modules", "name at least one module, e.g. to_q,to_k,to_v,to_out.0"),
         (c.max_steps is None or c.epochs is None, "epochs", "give --max-steps or --epochs, not both"),
     ]
     refuse_first(c, checks)
