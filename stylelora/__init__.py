@@ -22,6 +22,9 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 # torchao moved is gone. None of it concerns a run; torchao's own errors still show.
 for _name in ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer"):
     logging.getLogger(_name).setLevel(logging.ERROR)
+# Loading an SD pipeline names CLIP's image processor, and transformers then warns that it falls back from a
+# torchvision backend to PIL's: the pipeline's feature extractor is never run here, and torchvision is not needed.
+logging.getLogger("transformers.utils.import_utils").setLevel(logging.ERROR)
 
 if TYPE_CHECKING:
     from .train.config import TrainConfig

@@ -14,6 +14,7 @@ from stylelora.model.base import load_base
 from stylelora.model.loading import stream_denoiser
 from stylelora.methods import methods_over
 from stylelora.model import quantize
+from stylelora.model.frozen_convolution import dequantized
 from stylelora.model.quantize import float_weight, is_quantized_layer, quantized_share
 from stylelora.paint.styler import Styler
 from stylelora.train.loop import train
@@ -146,6 +147,21 @@ def test_convolutions_are_held_in_int8_with_a_scale_for_each_output_channel(tiny
     linear_only = load_base(str(tiny_base), quantize=mode).unet
     assert not any(is_quantized_layer(linear_only.get_submodule(name)) for name in _convolutions(float_unet))
     assert quantized_share(linear_only, "unet").quantized < quantized_share(unet, "unet").quantized
+
+
+def test_a_quantized_convolution_keeps_no_float_weight_for_the_backward_pass_and_gives_torchao_s_gradient(tiny_base):
+    unet = load_base(str(tiny_base), dtype=torch.bfloat16, quantize="nf4").unet
+    layer = unet.down_blocks[0].resnets[0].conv1
+    inputs = torch.randn(2, layer.in_channels, 16, 16, dtype=torch.bfloat16, requires_grad=True)
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        output = layer(inputs)
+    assert saved == []  # torchao's own path keeps the dequantized weight (and the input) for the backward pass
+    (ours,) = torch.autograd.grad(output.float().square().sum(), inputs)
+    theirs_output = torch.nn.functional.conv2d(inputs, layer.weight.dequantize(), layer.bias, layer.stride, layer.padding)
+    (theirs,) = torch.autograd.grad(theirs_output.float().square().sum(), inputs)
+    assert torch.equal(output, theirs_output) and torch.allclose(ours.float(), theirs.float(), rtol=1e-2, atol=1e-3)
+    assert torch.equal(dequantized(layer.weight), layer.weight.dequantize())  # ours, faster, equals torchao's
 
 
 def test_an_adapter_on_the_convolutions_trains_over_int8_convolutions(train_config, tiny_base):

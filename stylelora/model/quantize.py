@@ -122,6 +122,10 @@ def _quantize_convolution(layer: torch.nn.Conv2d) -> bool:
 
     quantize_(layer, IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0)),
               filter_fn=lambda module, name: isinstance(module, torch.nn.Conv2d))
+    if layer.padding_mode == "zeros" and not isinstance(layer.padding, str):
+        from .frozen_convolution import FrozenQuantizedConv2d
+
+        layer.__class__ = FrozenQuantizedConv2d  # the same module, weights and path, with the forward below
     return True
 
 
@@ -131,6 +135,8 @@ def unquantize_layer(layer: torch.nn.Module) -> None:
 
     if type(getattr(layer, "weight", None)).__module__.startswith("torchao"):
         layer.weight = torch.nn.Parameter(layer.weight.detach().dequantize(), requires_grad=False)
+        if isinstance(layer, torch.nn.Conv2d):
+            layer.__class__ = torch.nn.Conv2d  # a plain convolution again (frozen_convolution.py)
 
 
 def convolutions_quantizable() -> bool:
