@@ -13,8 +13,12 @@ pictures do not use. Then:
   (stylelora.score.prompt): the share classified right, and the mean probability of the own prompt;
 - the held-out loss: the adapter's denoising error on 12 new pictures of the style (drawn from the mini world at
   another seed than the folder's), under their captions, at the classifier's fixed timesteps and noises.
+- the paired style scores (StyleReference.shift and .gain), against the base's own previews at the same prompts and
+  seeds, for the checkpoints whose adapters are still on disk (the runs' folders are not committed).
+The knob runs' checkpoints on disk that the knob bench did not judge (it judges steps 100, 200, 400, 800 of runs
+that keep one every 100) are judged here too, on 96 pictures each, for more points.
 Each checkpoint's numbers are stored as they come (docs/results/scores.json), so an interrupted run continues.
-Spearman is given per style (across recipes and steps: 28 checkpoints) and pooled (84).
+Spearman is given per style and pooled; the paired scores in a second table, over the checkpoints they have.
 """
 
 from __future__ import annotations
@@ -101,11 +105,81 @@ def score_checkpoint(styler: Styler, path: Path, references: dict[str, StyleRefe
             "prompt_accuracy": prompt.accuracy, "prompt_probability": prompt.probability, "held_out_loss": loss}
 
 
+def paired_style(styler: Styler, style: str, todo: list) -> None:
+    """The paired style scores (StyleReference.shift and .gain) of each checkpoint in `todo`, against the base's own
+    previews at the same prompts and seeds, added to its stored "style" numbers."""
+    store = Store(STORE)
+    references = references_for(styler, style)
+    styler.set_weights({})
+    base_images, _ = previews(styler)
+    for key, path, _ in todo:
+        name = styler.load(path, "candidate")
+        styler.set_weights({name: 1.0})
+        images, _ = previews(styler)
+        styler.unload(name)
+        paired = {f"{kind} {label}": getattr(reference, kind)(images, base_images)
+                  for label, reference in references.items() for kind in ("shift", "gain")}
+        entry = store.read()[key]
+        store.put(key, entry | {"style": entry["style"] | paired})
+        print(key, {k: round(v, 3) for k, v in paired.items() if k.endswith("@0")}, flush=True)
+
+
 def references_for(styler: Styler, style: str) -> dict[str, StyleReference]:
     training = [Image.open(e.path).convert("RGB") for e in scan_folder(ROOT / "datasets" / style).examples]
     depths = len(styler.pipe.vae.encoder.down_blocks)
     return {f"{statistic}@{depth}": StyleReference(styler.pipe.vae, training, SIZE, statistic, depths=(depth,))
             for statistic in STATISTICS for depth in range(depths)}
+
+
+def unjudged_checkpoints() -> list[tuple[str, Path, str]]:
+    """(key, adapter file, style) of the knob curves' checkpoints on disk that the knob bench did not judge (it
+    judges steps 100, 200, 400 and 800; its runs keep one every 100 steps)."""
+    import json
+
+    judged = {k.split("/", 1)[1]: v for k, v in json.loads(SOURCES["knobs"][0].read_text()).items()
+              if k.startswith("curves/")}
+    found = []
+    for run, points in sorted(judged.items()):
+        recipe, style = run.split("/")
+        for path in sorted((SOURCES["knobs"][1] / recipe / style / "checkpoints").glob("step-*/adapter.safetensors")):
+            step = int(path.parent.name.removeprefix("step-"))
+            if str(step) not in points:
+                found.append((f"knobs-more/{recipe}/{style}/{step}", path, style))
+    return found
+
+
+def judge_more() -> None:
+    """Judge (96 pictures each) and score the checkpoints unjudged_checkpoints() finds: more points for the
+    agreement, from runs whose adapters are still on disk."""
+    from stylelora.mini.evaluate import measure as judge
+
+    store, styler = Store(STORE), Styler("mini")
+    prompt_judge = PromptJudge(styler.pipe, styler.family, [p for p, _, _ in prompts()])
+    with tempfile.TemporaryDirectory() as work:
+        for style in STYLES:
+            todo = [c for c in unjudged_checkpoints() if c[2] == style and c[0] not in store.read()]
+            if not todo:
+                continue
+            references, held = references_for(styler, style), held_out(style, Path(work))
+            for key, path, _ in todo:
+                name = styler.load(path, "judged")
+                styler.set_weights({name: 1.0})
+                rates = judge(styler, per_prompt=8)
+                styler.unload(name)
+                judged = {"style": rates.share(STYLES[style]), "colour": rates.share("colour"),
+                          "broken": rates.broken / rates.images, "images": rates.images}
+                store.put(key, score_checkpoint(styler, path, references, prompt_judge, held) | {"judge": judged})
+                print(key, judged, flush=True)
+
+
+def measure_paired() -> None:
+    styler, done = Styler("mini"), Store(STORE).read()
+    on_disk = [c[:3] for c in judged_checkpoints()] + unjudged_checkpoints()
+    for style in STYLES:
+        todo = [c for c in on_disk if c[2] == style and c[0] in done
+                and not any(label.startswith("shift ") for label in done[c[0]]["style"])]
+        if todo:
+            paired_style(styler, style, todo)
 
 
 def measure() -> None:
@@ -129,8 +203,8 @@ def correlations(points: list[dict]) -> dict[str, float | None]:
     """Spearman of each score with the judge's rate it stands for (the loss negated: lower is better)."""
     style = [p["judge"]["style"] for p in points]
     colour = [p["judge"]["colour"] for p in points]
-    found = {f"style score ({label})": spearman([p["style"][label] for p in points], style)
-             for label in points[0]["style"]}
+    labels = dict.fromkeys(label for p in points for label in p["style"])
+    found = {f"style score ({label})": _spearman_where(points, label) for label in labels}
     found["held-out loss, negated (style)"] = spearman([-p["held_out_loss"] for p in points], style)
     found["prompt accuracy (colour)"] = spearman([p["prompt_accuracy"] for p in points], colour)
     found["prompt probability (colour)"] = spearman([p["prompt_probability"] for p in points], colour)
@@ -138,25 +212,48 @@ def correlations(points: list[dict]) -> dict[str, float | None]:
     return found
 
 
+def _spearman_where(points: list[dict], label: str) -> float | None:
+    """Spearman of one style score with the judge's style rate, over the checkpoints that have it (the paired scores
+    need the adapter file, which the timestep bench's runs no longer have here)."""
+    having = [p for p in points if label in p["style"]]
+    return spearman([p["style"][label] for p in having], [p["judge"]["style"] for p in having]) if len(having) >= 3 else None
+
+
+PAIRED = ("shift ", "gain ")
+
+
 def report() -> str:
+    """Two tables: every score over every judged checkpoint, the paired ones left out; then, over the checkpoints
+    whose adapters are on disk (the only ones the paired scores could be read from), the paired scores beside the
+    plain ones on those same checkpoints."""
     stored = {k: v for k, v in Store(STORE).read().items() if isinstance(v, dict)}
+    plain = {k: v | {"style": {label: value for label, value in v["style"].items() if not label.startswith(PAIRED)}}
+             for k, v in stored.items()}
+    paired = {k: v for k, v in stored.items() if any(label.startswith(PAIRED) for label in v["style"])}
+    return "\n".join(correlation_table(plain) + [""] + correlation_table(paired, paired_only=True))
+
+
+def correlation_table(stored: dict[str, dict], paired_only: bool = False) -> list[str]:
     groups = {style: [v for k, v in stored.items() if k.split("/")[2] == style] for style in STYLES}
     groups["pooled"] = list(stored.values())
     table = {group: correlations(points) for group, points in groups.items() if len(points) >= 3}
-    rows = list(next(iter(table.values())))
+    rows = [row for row in next(iter(table.values())) if not paired_only or row.startswith("style score")]
     header = "| Spearman with the judge | " + " | ".join(f"{g} ({len(groups[g])})" for g in table) + " |"
     lines = [header, "|" + " --- |" * (len(table) + 1)]
     for row in rows:
         cells = ["n/a" if table[g][row] is None else f"{table[g][row]:+.2f}" for g in table]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--report", action="store_true", help="only write the report from the stored numbers")
-    if not parser.parse_args().report:
+    args = parser.parse_args()
+    if not args.report:
         measure()
+        judge_more()
+        measure_paired()
     text = report()
     write_atomically(RESULTS / "scores.md", (text + "\n").encode())
     write_section("scores-agreement", text + "\n")

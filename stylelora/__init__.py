@@ -17,9 +17,9 @@ _precision.apply_isa_cap(_precision.cached_bf16_support())
 # diffusers imports bitsandbytes wherever it is installed, and on CPUs with AVX512-BF16 bitsandbytes logs at import
 # that the optional `kernels` package (which downloads from the hub) is missing; its own kernels run without it.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-# So does it torchao (the [quant] extra's, for convolutions): torchao 0.18 then logs each CUDA-only library a CPU
-# build of torch cannot load, torch logs its enums' deprecated registration, and diffusers 0.42 warns that a class
-# torchao moved is gone. None of it concerns a run; torchao's own errors still show.
+# It imports torchao too (the [quant] extra's, for convolutions): torchao 0.18 then logs each CUDA-only library a
+# CPU build of torch cannot load, torch logs its enums' deprecated registration, and diffusers 0.42 warns that a
+# class torchao moved is gone. None of it concerns a run; torchao's own errors still show.
 for _name in ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 # Loading an SD pipeline names CLIP's image processor, and transformers then warns that it falls back from a

@@ -134,12 +134,12 @@ def _convolutions(unet) -> list[str]:
 
 
 @pytest.mark.parametrize("mode", ["nf4", "int8"])
-def test_convolutions_are_held_in_int8_with_a_scale_for_each_output_channel(tiny_base, mode, monkeypatch):
+def test_convolutions_are_held_in_int8_within_half_a_rounding_step(tiny_base, mode, monkeypatch):
     float_unet, unet = load_base(str(tiny_base)).unet, load_base(str(tiny_base), quantize=mode).unet
     for name in _convolutions(float_unet):
         weight, held = float_unet.get_submodule(name).weight.flatten(1), unet.get_submodule(name)
         assert is_quantized_layer(held) and held.weight.qdata.dtype == torch.int8
-        # symmetric int8 rounds each weight by at most half its row's step, absmax / 127.5
+        # symmetric int8 rounds each weight by at most half a step, and a step is at most its row's absmax / 127.5
         step = weight.abs().amax(1, keepdim=True) / 127.5
         assert ((float_weight(held).flatten(1) - weight).abs() <= step / 2 * 1.001 + 1e-8).all(), name
     # without torchao the convolutions stay as loaded, and the share held in fewer bytes is the Linear layers'

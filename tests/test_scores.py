@@ -46,6 +46,18 @@ def test_each_style_s_held_out_pictures_are_nearest_their_own_folder(mini, stati
         assert min(distances, key=distances.get) == style, distances
 
 
+@pytest.mark.parametrize("statistic", ["high-pass", "gram"])
+def test_the_paired_style_scores_are_zero_for_the_base_s_own_pictures_and_one_for_the_training_images(mini, statistic):
+    stripes, pastel = _folder("stripes")[0][:6], _folder("pastel")[0][:6]  # pastel stands for the base's pictures
+    reference = StyleReference(mini.vae, stripes, 64, statistic, depths=(0, 2))
+    assert reference.shift(pastel, pastel) == 0.0 and reference.gain(pastel, pastel) == 0.0
+    # the training images themselves: the whole way along the line, and at distance 0 from their nearest
+    assert reference.shift(stripes, pastel) == pytest.approx(1.0, abs=1e-5)
+    assert reference.gain(stripes, pastel) == 1.0
+    others = _folder("stripes")[0][6:12]
+    assert reference.shift(others, pastel) == reference.shift(others, pastel)  # deterministic: no noise, no sampling
+
+
 def test_a_statistic_that_does_not_exist_is_refused_naming_the_choices(mini):
     with pytest.raises(ValueError, match="choose one of gram, moments"):
         StyleReference(mini.vae, _folder("dots")[0][:2], 64, "fourier")

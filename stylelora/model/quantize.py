@@ -8,8 +8,9 @@ Which backend runs where (measured on torch 2.13 CPU, bitsandbytes 0.50.2, diffu
   stream in (loading.py): the same `Params4bit(...).to(device)` / `Int8Params(...).to(device)` calls that
   diffusers' quantizer makes, in one path for both devices. bitsandbytes quantizes Linear layers only: about a
   third of an SD1.5 UNet's parameters, most of SDXL's (quantized_share() reports it per base).
-- nf4 and int8, convolutions: torchao's weight-only int8, one scale per output channel (IntxWeightOnlyConfig),
-  on CPU and CUDA, where torchao is installed (the [quant] extra). bitsandbytes has no convolution layer, and
+- nf4 and int8, convolutions: torchao's weight-only int8 (IntxWeightOnlyConfig with PerAxis(0): a scale for each
+  output channel and kernel position), on CPU and CUDA, where torchao is installed (the [quant] extra), trained
+  through by frozen_convolution.py. bitsandbytes has no convolution layer, and
   an SD1.5 UNet keeps 69% of its parameters in convolutions. In nf4 runs too they are int8: torchao's 4-bit
   convolution weight is held unpacked, a byte a value, so it would round more and save nothing.
 - fp8: torch's float8_e4m3fn storage through diffusers' layerwise casting, with no extra dependency: every
@@ -112,7 +113,7 @@ def quantize_layer(parent: torch.nn.Module, name: str, layer: torch.nn.Module, m
 
 
 def _quantize_convolution(layer: torch.nn.Conv2d) -> bool:
-    """Hold a convolution's weight in int8, one scale per output channel, through torchao (see the module's
+    """Hold a convolution's weight in int8 (a scale for each output channel and kernel position) through torchao (see the module's
     docstring); False where torchao is not installed, and the layer stays as loaded."""
     if not convolutions_quantizable():
         return False

@@ -87,6 +87,29 @@ class StyleReference:
         ours = self._statistics(images)
         return sum(nearest_distance(a, b) for a, b in zip(ours, self.reference)) / len(ours)
 
+    def shift(self, images: Sequence[Image.Image], base_images: Sequence[Image.Image]) -> float:
+        """How far pictures painted with an adapter moved from the base's own pictures (the same prompts and seeds,
+        adapter off) toward the training images, as a share of the way: each picture's change, projected on the line
+        from the base pictures' mean statistics to the training images', averaged over pictures and depths. 0 for
+        no change, 1 for the whole way. Pairing each picture with the base's removes what the prompt and the seed
+        put in it, which a plain distance keeps."""
+        ours, base = self._statistics(images), self._statistics(base_images)
+        shares = []
+        for adapted, bare, reference in zip(ours, base, self.reference):
+            direction = reference.mean(0) - bare.mean(0)
+            shares.append(float(((adapted - bare) @ direction).mean() / direction.dot(direction).clamp(min=1e-12)))
+        return sum(shares) / len(shares)
+
+    def gain(self, images: Sequence[Image.Image], base_images: Sequence[Image.Image]) -> float:
+        """The share by which each picture's distance to its nearest training image shrank against the base's own
+        picture for the same prompt and seed, averaged over pictures and depths: 0 for no change, 1 for a match."""
+        ours, base = self._statistics(images), self._statistics(base_images)
+        gains = []
+        for adapted, bare, reference in zip(ours, base, self.reference):
+            near, far = torch.cdist(adapted, reference).min(1).values, torch.cdist(bare, reference).min(1).values
+            gains.append(float(((far - near) / far.clamp(min=1e-12)).mean()))
+        return sum(gains) / len(gains)
+
     def score(self, images: Sequence[Image.Image]) -> float:
         """exp(-distance): 1 for the training images' own style, toward 0 away from it."""
         return math.exp(-self.distance(images))
