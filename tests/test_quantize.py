@@ -149,6 +149,7 @@ def test_convolutions_are_held_in_int8_within_half_a_rounding_step(tiny_base, mo
     assert quantized_share(linear_only, "unet").quantized < quantized_share(unet, "unet").quantized
 
 
+@pytest.mark.bf16
 def test_a_quantized_convolution_keeps_no_float_weight_for_the_backward_pass_and_gives_torchao_s_gradient(tiny_base):
     unet = load_base(str(tiny_base), dtype=torch.bfloat16, quantize="nf4").unet
     layer = unet.down_blocks[0].resnets[0].conv1
