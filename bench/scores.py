@@ -47,6 +47,7 @@ from report_section import write_section  # noqa: E402
 from timesteps import RESULTS, STYLES  # noqa: E402
 
 STORE = RESULTS / "scores.json"
+PAIRED = ("shift ", "gain ")  # the paired style scores' labels begin so
 SIZE = 64  # the mini paints, and its sample folders hold, 64 x 64 pictures
 PREVIEW_SEED, PREVIEWS_PER_PROMPT = 7_000_000, 2  # the judge paints from seed 1000 * prompt index: never these
 HELD_OUT_SEED = 900  # the sample folders are drawn from seeds 100-102
@@ -177,7 +178,7 @@ def measure_paired() -> None:
     on_disk = [c[:3] for c in judged_checkpoints()] + unjudged_checkpoints()
     for style in STYLES:
         todo = [c for c in on_disk if c[2] == style and c[0] in done
-                and not any(label.startswith("shift ") for label in done[c[0]]["style"])]
+                and not any(label.startswith(PAIRED) for label in done[c[0]]["style"])]
         if todo:
             paired_style(styler, style, todo)
 
@@ -217,9 +218,6 @@ def _spearman_where(points: list[dict], label: str) -> float | None:
     need the adapter file, which the timestep bench's runs no longer have here)."""
     having = [p for p in points if label in p["style"]]
     return spearman([p["style"][label] for p in having], [p["judge"]["style"] for p in having]) if len(having) >= 3 else None
-
-
-PAIRED = ("shift ", "gain ")
 
 
 def report() -> str:

@@ -19,11 +19,15 @@ def _is_spatial_conv(module: torch.nn.Module) -> bool:
     return isinstance(module, torch.nn.Conv2d) and module.kernel_size != (1, 1)
 
 
+def _targeted(name: str, targets: tuple[str, ...]) -> bool:
+    """Whether a module path ends in one of `targets` at a dot, as peft matches a list of target modules."""
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
 def _peft_config(spec: AdapterSpec, targets: tuple[str, ...], model: torch.nn.Module, total_steps: int):
     """The peft config of `spec`, with 3x3 convolutions at the conv rank and alpha (full module paths, so
     peft's pattern matching cannot catch a neighbour)."""
-    wanted = [name for name, module in model.named_modules() if _is_spatial_conv(module)
-              and any(name == t or name.endswith("." + t) for t in targets)]
+    wanted = [name for name, module in model.named_modules() if _is_spatial_conv(module) and _targeted(name, targets)]
     ranks = {name: spec.conv_rank for name in wanted} if spec.conv_rank else {}
     alphas = {name: spec.conv_alpha for name in wanted} if spec.conv_alpha else {}
     common = dict(r=spec.rank, target_modules=list(targets), rank_pattern=ranks, alpha_pattern=alphas)
@@ -62,7 +66,7 @@ def _unquantize_adapted_convolutions(model: torch.nn.Module, targets: tuple[str,
     from ..model.quantize import unquantize_layer
 
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Conv2d) and any(name == t or name.endswith("." + t) for t in targets):
+        if isinstance(module, torch.nn.Conv2d) and _targeted(name, targets):
             unquantize_layer(module)
 
 
