@@ -113,12 +113,13 @@ def paired_style(styler: Styler, style: str, todo: list) -> None:
     references = references_for(styler, style)
     styler.set_weights({})
     base_images, _ = previews(styler)
+    base = {label: reference.statistics(base_images) for label, reference in references.items()}
     for key, path, _ in todo:
         name = styler.load(path, "candidate")
         styler.set_weights({name: 1.0})
         images, _ = previews(styler)
         styler.unload(name)
-        paired = {f"{kind} {label}": getattr(reference, kind)(images, base_images)
+        paired = {f"{kind} {label}": getattr(reference, kind)(images, base[label])
                   for label, reference in references.items() for kind in ("shift", "gain")}
         entry = store.read()[key]
         store.put(key, entry | {"style": entry["style"] | paired})

@@ -7,9 +7,12 @@ preview score keeps, the step the validation loss keeps, and the last step.
 
 For each of stripes, dots and pastel: the folder's first 8 images (a small folder, as style sets are), 1500 steps of
 the mini's earlier recipe with 2 of the 8 held out (--validation-split 0.25), validated every 150 steps with
---select-by score, and a checkpoint at each. The score's choice is the step of the highest logged score, the first
-of equals, as --keep best keeps it (tests/test_validation.py checks that it does); the loss's is the lowest
-validation loss of the same run (selection does not change the training, so one run serves both).
+--select-by score --scorer paired, and a checkpoint at each. The paired score's choice is the step of the highest
+logged score, the first of equals, as --keep best keeps it (tests/test_validation.py checks that it does). The plain
+score's (--scorer base) is read from the same run's saved previews: its previews are the paired set's first ones,
+the held-out captions' (the paired set adds training captions), so it is what a run with --scorer base logs. The
+loss's is the lowest validation loss of the same run. Selection does not change the training, so one run serves
+all three; its kept steps are stored with the judged points.
 Every checkpoint is then judged on the 12 colour x shape prompts; a step's judged quality is its style rate times its
 prompt-right rate (colour and shape both right). Judged points are stored as they come (docs/results/selection.json),
 so an interrupted run continues. Writes docs/results/selection.md and the table into the "when to stop" guide.
@@ -37,6 +40,8 @@ from stylelora.files import write_atomically  # noqa: E402
 from stylelora.data.folder import load_rgb, scan_folder  # noqa: E402
 from stylelora.data.split import split_examples  # noqa: E402
 from stylelora.mini.evaluate import measure  # noqa: E402
+from stylelora.families import family_of_pipe  # noqa: E402
+from stylelora.score.previews import PreviewScorer  # noqa: E402
 from stylelora.score.prompt import PromptJudge  # noqa: E402
 from stylelora.score.style import StyleReference  # noqa: E402
 from stylelora.tune.results import spearman  # noqa: E402
@@ -70,9 +75,27 @@ def run(style: str) -> tuple[Path, list[dict]]:
         checkpoint.KEEP = STEPS // EVERY + 1  # keep every checkpoint: each is judged
         train(TrainConfig(data=small_folder(style), out=out, seed=0, **(EARLIER_MINI | {"max_steps": STEPS}),
                           validation_split=0.25,
-                          validate_every=EVERY, save_every=EVERY, select_by="score", keep="last"),
+                          validate_every=EVERY, save_every=EVERY, select_by="score", scorer="paired", keep="last"),
               progress_bar=False, log=lambda m: None)
     return out, [row for row in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "score" in row]
+
+
+def plain_scores(base: Styler, style: str, rows: list[dict]) -> list[dict]:
+    """Each validation's plain score (--scorer base), read from the run's saved previews of its held-out captions:
+    the first pictures of the paired set, painted at the seeds a --scorer base run paints them at."""
+    folder = scan_folder(small_folder(style), "", "")
+    training, held_out = split_examples(folder.examples, 0.25, 0)  # the run's own split (seed 0)
+    captions = [e.caption for e in held_out]
+    scorer = PreviewScorer(base.pipe, family_of_pipe(base.pipe), [load_rgb(e.path) for e in training], captions,
+                           [e.caption for e in training], [], base.native_size, 0)
+    asked = [prompt for prompt in scorer.prompts for _ in range(scorer.per_prompt)]
+    plain = []
+    for row in rows:
+        scored = WORK / "runs" / style / "scored"
+        images = [load_rgb(scored / f"step-{row['step']:06d}-{index}.png") for index in range(len(asked))]
+        scores = scorer.score(images, asked)
+        plain.append({"step": row["step"], "score": scores.quality, "style_score": scores.style})
+    return plain
 
 
 def first_best(rows: list[dict], key: str, sign: float) -> int:
@@ -95,18 +118,30 @@ def judge_steps(styler: Styler, style: str, per_prompt: int) -> dict[int, dict]:
     return judged
 
 
+def agreement(rows: list[dict], style: str) -> float:
+    """Spearman of the logged style scores with the judged style rate, over the run's checkpoints."""
+    judged = Store(STORE).read()
+    return spearman([row["style_score"] for row in rows], [judged[f"{style}/{row['step']}"]["style"] for row in rows])
+
+
 def quality(point: dict) -> float:
     return point["style"] * point["prompt"]
 
 
 def report(results: dict[str, dict]) -> str:
-    lines = ["| folder (8 images) | best judged step | score keeps | loss keeps | last step |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = ["| folder (8 images) | best judged step | paired score keeps | plain score keeps | loss keeps | last step |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for style, found in results.items():
         judged = found["judged"]
         best = max(judged, key=lambda step: quality(judged[step]))
         cell = lambda step: f"step {step}: {quality(judged[step]):.0%} ({judged[step]['style']:.0%} x {judged[step]['prompt']:.0%})"
-        lines.append(f"| {style} | {cell(best)} | {cell(found['score'])} | {cell(found['loss'])} | {cell(STEPS)} |")
+        lines.append(f"| {style} | {cell(best)} | {cell(found['paired'])} | {cell(found['plain'])} | {cell(found['loss'])} "
+                     f"| {cell(STEPS)} |")
+    lines.append("")
+    lines.append("Spearman of the style score with the judged style rate over the ten checkpoints: paired "
+                 + ", ".join(f"{style} {found['agreement']['paired']:+.2f}" for style, found in results.items())
+                 + "; plain " + ", ".join(f"{style} {found['agreement']['plain']:+.2f}" for style, found in results.items())
+                 + ".")
     lines.append("")
     lines.append("Judged quality is the style rate times the prompt-right rate (colour and shape both right), on 96 "
                  "pictures a step (12 prompts x 8 seeds): about ±4 points of noise on each rate.")
@@ -216,11 +251,15 @@ def main() -> None:
         return preview_sets()
     per_prompt = 2 if args.quick else 8
     Store(STORE).begin(per_prompt)
-    styler, results = Styler("mini"), {}
+    styler, base, results = Styler("mini"), Styler("mini"), {}  # base: never given an adapter
     for style in STYLES:
         _, rows = run(style)
-        results[style] = {"score": first_best(rows, "score", -1.0), "loss": first_best(rows, "validation_loss", 1.0),
+        plain = plain_scores(base, style, rows)
+        results[style] = {"paired": first_best(rows, "score", -1.0), "plain": first_best(plain, "score", -1.0),
+                          "agreement": {"paired": agreement(rows, style), "plain": agreement(plain, style)},
+                          "loss": first_best(rows, "validation_loss", 1.0),
                           "judged": judge_steps(styler, style, per_prompt)}
+        Store(STORE).put(f"kept/{style}", {k: v for k, v in results[style].items() if k in ("paired", "plain", "loss")})
         print(style, {k: v for k, v in results[style].items() if k != "judged"}, flush=True)
     text = report(results)
     write_atomically(RESULTS / "selection.md", (text + "\n").encode())

@@ -1,6 +1,7 @@
 """The scores from the base alone: the style score (VAE encoder texture statistics) and the prompt score (the base
 as a zero-shot classifier), on the miniature base and its sample folders."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -50,12 +51,13 @@ def test_each_style_s_held_out_pictures_are_nearest_their_own_folder(mini, stati
 def test_the_paired_style_scores_are_zero_for_the_base_s_own_pictures_and_one_for_the_training_images(mini, statistic):
     stripes, pastel = _folder("stripes")[0][:6], _folder("pastel")[0][:6]  # pastel stands for the base's pictures
     reference = StyleReference(mini.vae, stripes, 64, statistic, depths=(0, 2))
-    assert reference.shift(pastel, pastel) == 0.0 and reference.gain(pastel, pastel) == 0.0
+    base = reference.statistics(pastel)
+    assert reference.shift(pastel, base) == 0.0 and reference.gain(pastel, base) == 0.0
     # the training images themselves: the whole way along the line, and at distance 0 from their nearest
-    assert reference.shift(stripes, pastel) == pytest.approx(1.0, abs=1e-5)
-    assert reference.gain(stripes, pastel) == 1.0
+    assert reference.shift(stripes, base) == pytest.approx(1.0, abs=1e-5)
+    assert reference.gain(stripes, base) == 1.0
     others = _folder("stripes")[0][6:12]
-    assert reference.shift(others, pastel) == reference.shift(others, pastel)  # deterministic: no noise, no sampling
+    assert reference.shift(others, base) == reference.shift(others, base)  # deterministic: no noise, no sampling
 
 
 def test_a_statistic_that_does_not_exist_is_refused_naming_the_choices(mini):
@@ -127,7 +129,7 @@ def test_training_selects_by_a_local_clip_and_a_bad_scorer_is_one_line(train_con
     result = train(config, progress_bar=False, log=lambda m: None)
     rows = [line for line in (config.out / "metrics.jsonl").read_text().splitlines() if '"score"' in line]
     assert len(rows) == 2 and result.scores is not None and 0 <= result.scores.quality <= 1
-    with pytest.raises(ConfigError, match=r"^--scorer = 'clip:/nowhere': give base, or clip:PATH with PATH a folder"):
+    with pytest.raises(ConfigError, match=r"^--scorer = 'clip:/nowhere': give base, paired, clip:PATH or dinov2:PATH"):
         validate(train_config(validation_split=0.2, select_by="score", scorer="clip:/nowhere"))
     with pytest.raises(ConfigError, match=r"^--scorer = 'clip:.*': the scorer reads the previews of --select-by score"):
         validate(train_config(scorer=f"clip:{tiny_clip}"))
@@ -135,4 +137,72 @@ def test_training_selects_by_a_local_clip_and_a_bad_scorer_is_one_line(train_con
     not_clip.mkdir()
     with pytest.raises(ConfigError, match=r"^--scorer clip:.*not-clip: not a CLIP model folder"):
         train(train_config(out=tmp_path / "bad", validation_split=0.2, select_by="score", scorer=f"clip:{not_clip}"),
+              progress_bar=False, log=lambda m: None)
+
+
+def test_a_paired_scorer_reads_the_base_s_own_previews_as_no_style_and_the_training_images_as_all_of_it(mini):
+    from stylelora.score.previews import PreviewScorer
+
+    images, captions = _folder("stripes")
+    scorer = PreviewScorer(mini, family_of_pipe(mini), images[:12], captions[:2], captions, [], 64, seed=3,
+                           scorer="paired")
+    # the held-out captions first, then the training captions, up to six prompts: 12 previews
+    assert scorer.prompts == list(dict.fromkeys(captions))[:6] and len(scorer.base[0]) == 12
+    scores, previews = scorer()  # painted by the bare base: each preview is the base's own picture
+    assert scores.style == 0.0 and scorer()[0] == scores  # deterministic: the same previews, the same scores
+    asked = [prompt for prompt in scorer.prompts for _ in range(2)]
+    assert scorer.score(images[:12], asked).style == pytest.approx(1.0, abs=1e-5)  # the training images: the whole way
+
+
+def test_training_selects_by_the_paired_score(train_config, tmp_path):
+    from stylelora.train.loop import train
+
+    config = train_config(out=tmp_path / "paired", validation_split=0.2, max_steps=4, validate_every=2,
+                          learning_rate=5e-2, scorer="paired")
+    result = train(config, progress_bar=False, log=lambda m: None)
+    rows = [json.loads(line) for line in (config.out / "metrics.jsonl").read_text().splitlines() if '"score"' in line]
+    assert [row["step"] for row in rows] == [2, 4] and all(0 <= row["style_score"] <= 1 for row in rows)
+    best = max(rows, key=lambda row: row["score"])
+    assert result.kept_step == best["step"] and result.scores.style == best["style_score"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dinov2(tmp_path_factory) -> Path:
+    """A randomly initialised DINOv2 (32 px, 32 wide) saved with its image processor: what a user's local DINOv2
+    folder holds, built here so nothing is downloaded."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    folder = tmp_path_factory.mktemp("tiny-dinov2")
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=32,
+                             patch_size=8)).save_pretrained(folder)
+    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+def test_a_local_image_model_scores_the_style_deterministically(tiny_dinov2):
+    from stylelora.score.image_model import ImageModelScorer
+
+    images, _ = _folder("pastel")
+    scorer = ImageModelScorer(tiny_dinov2)
+    references = scorer.image_embeddings(images[0::2])
+    assert scorer.style(images[0::2], references) == pytest.approx(1.0, abs=1e-5)  # each its own nearest
+    style = scorer.style(images[1::2], references)
+    assert 0 <= style < 1 and style == scorer.style(images[1::2], references)
+
+
+def test_training_selects_by_a_local_dinov2_with_the_base_reading_the_prompt(train_config, tiny_dinov2, tmp_path):
+    from stylelora.errors import ConfigError
+    from stylelora.train.loop import train
+
+    config = train_config(out=tmp_path / "dinov2", validation_split=0.2, max_steps=4, validate_every=2,
+                          select_by="score", scorer=f"dinov2:{tiny_dinov2}")
+    result = train(config, progress_bar=False, log=lambda m: None)
+    rows = [json.loads(line) for line in (config.out / "metrics.jsonl").read_text().splitlines() if '"score"' in line]
+    assert [row["step"] for row in rows] == [2, 4] and 0 <= result.scores.style <= 1
+    assert 0 < result.scores.prompt <= 1  # the base's zero-shot probability, as with --scorer base
+    not_a_model = tmp_path / "empty"
+    not_a_model.mkdir()
+    with pytest.raises(ConfigError, match=r"^--scorer dinov2:.*empty: not an image model folder"):
+        train(train_config(out=tmp_path / "bad", validation_split=0.2, select_by="score", scorer=f"dinov2:{not_a_model}"),
               progress_bar=False, log=lambda m: None)

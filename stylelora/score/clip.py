@@ -12,13 +12,7 @@ import torch
 from PIL import Image
 
 from ..errors import ConfigError
-
-PREFIX = "clip:"
-
-
-def scorer_path(spec: str) -> Path | None:
-    """The model folder of a `clip:PATH` scorer, None for the base's own."""
-    return Path(spec[len(PREFIX):]).expanduser() if spec.startswith(PREFIX) else None
+from .image_model import nearest_similarity
 
 
 class ClipScorer:
@@ -52,9 +46,9 @@ class ClipScorer:
 
     def style(self, images: Sequence[Image.Image], references: torch.Tensor) -> float:
         """The mean over previews of the cosine similarity to the nearest reference embedding, clipped to [0, 1]."""
-        nearest = (self.image_embeddings(images) @ references.T).max(dim=1).values
-        return float(nearest.clamp(0, 1).mean())
+        return nearest_similarity(self.image_embeddings(images), references)
 
+    @torch.no_grad()
     def prompt(self, images: Sequence[Image.Image], prompts: Sequence[str], candidates: Sequence[str]) -> float:
         """The mean probability CLIP gives each preview's own prompt among `candidates` (its logit scale)."""
         logits = self.model.logit_scale.exp() * self.image_embeddings(images) @ self.text_embeddings(candidates).T

@@ -75,37 +75,38 @@ class StyleReference:
             raise ValueError(f"statistic {statistic!r}: choose one of {', '.join(STATISTICS)}")
         self.vae, self.size, self.statistic = vae, size, statistic
         self.depths = tuple(depths) if depths is not None else (len(vae.encoder.down_blocks) - 1,)
-        self.reference = self._statistics(references)
+        self.reference = self.statistics(references)
 
-    def _statistics(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
+    def statistics(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
+        """Each picture's statistic at each of the reference's depths (pictures x values per depth): what `shift`
+        and `gain` take for the base's own pictures, computed once a run."""
         features = encoder_features(self.vae, pixels_of(images, self.size))
         return [per_picture(features[depth], self.statistic) for depth in self.depths]
 
     def distance(self, images: Sequence[Image.Image]) -> float:
         """The mean over depths of each picture's distance to its nearest training image, relative to the training
         images' size."""
-        ours = self._statistics(images)
+        ours = self.statistics(images)
         return sum(nearest_distance(a, b) for a, b in zip(ours, self.reference)) / len(ours)
 
-    def shift(self, images: Sequence[Image.Image], base_images: Sequence[Image.Image]) -> float:
+    def shift(self, images: Sequence[Image.Image], base: Sequence[torch.Tensor]) -> float:
         """How far pictures painted with an adapter moved from the base's own pictures (the same prompts and seeds,
-        adapter off) toward the training images, as a share of the way: each picture's change, projected on the line
-        from the base pictures' mean statistics to the training images', averaged over pictures and depths. 0 for
-        no change, 1 for the whole way. Pairing each picture with the base's removes what the prompt and the seed
-        put in it, which a plain distance keeps."""
-        ours, base = self._statistics(images), self._statistics(base_images)
+        adapter off; `base` is their `statistics`, in the same order) toward the training images, as a share of the
+        way: each picture's change, projected on the line from the base pictures' mean statistics to the training
+        images', averaged over pictures and depths. 0 for no change, 1 for the whole way. Pairing each picture with
+        the base's removes what the prompt and the seed put in it, which a plain distance keeps."""
         shares = []
-        for adapted, bare, reference in zip(ours, base, self.reference):
+        for adapted, bare, reference in zip(self.statistics(images), base, self.reference):
             direction = reference.mean(0) - bare.mean(0)
             shares.append(float(((adapted - bare) @ direction).mean() / direction.dot(direction).clamp(min=1e-12)))
         return sum(shares) / len(shares)
 
-    def gain(self, images: Sequence[Image.Image], base_images: Sequence[Image.Image]) -> float:
+    def gain(self, images: Sequence[Image.Image], base: Sequence[torch.Tensor]) -> float:
         """The share by which each picture's distance to its nearest training image shrank against the base's own
-        picture for the same prompt and seed, averaged over pictures and depths: 0 for no change, 1 for a match."""
-        ours, base = self._statistics(images), self._statistics(base_images)
+        picture for the same prompt and seed (`base`: their `statistics`), averaged over pictures and depths: 0 for
+        no change, 1 for a match."""
         gains = []
-        for adapted, bare, reference in zip(ours, base, self.reference):
+        for adapted, bare, reference in zip(self.statistics(images), base, self.reference):
             near, far = torch.cdist(adapted, reference).min(1).values, torch.cdist(bare, reference).min(1).values
             gains.append(float(((far - near) / far.clamp(min=1e-12)).mean()))
         return sum(gains) / len(gains)

@@ -219,8 +219,11 @@ class TrainConfig:
                                          "and scored by the base for style and prompt) or loss (held-out loss)", STOP,
                                    choices=SELECT_BY, default_text="score with validation",
                                    ui=UiField("Choose the step by", "dropdown"))
-    scorer: str = option("base", "what scores the previews: base (its own VAE and denoiser) or clip:PATH (a CLIP "
-                                 "model in a folder here; nothing is downloaded)", STOP, ui=UiField("Scorer (base, or clip:PATH)"))
+    scorer: str = option("base", "what scores the previews: base (its own VAE and denoiser), paired (the same, the "
+                                 "style read against the base's own previews at the same seeds), clip:PATH (a CLIP "
+                                 "model in a folder here) or dinov2:PATH (an image model there, for the style; "
+                                 "nothing is downloaded)", STOP,
+                         ui=UiField("Scorer (base, paired, clip:PATH or dinov2:PATH)"))
     ema_decay: float = option(0.0, "exponential moving average of the adapter weights, validated and saved instead "
                                    "of them, e.g. 0.99 (0 = off)", STOP,
                                ui=UiField("EMA decay (0 = off; 0.99 is usual)"))

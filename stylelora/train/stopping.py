@@ -3,7 +3,7 @@ machinery): what selection means, and the checks train/config.py's validate runs
 
 from __future__ import annotations
 
-from pathlib import Path
+from ..score.plugins import scorer_named
 
 WITH_VALIDATION = "add --validation-split 0.2 or --validation-data DIR"
 SELECT_BY = ("loss", "score")  # what --keep best and --early-stop go by (score: stylelora/score/previews.py)
@@ -29,8 +29,8 @@ def stopping_checks(c) -> list[tuple[bool, str, str]]:
         (c.select_by in (None, *SELECT_BY), "select_by", f"choose one of {', '.join(SELECT_BY)}"),
         (c.select_by != "score" or c.validating, "select_by",
          f"the scored previews are painted from the held-out captions: {WITH_VALIDATION}"),
-        (c.scorer == "base" or (c.scorer.startswith("clip:") and Path(c.scorer[5:]).expanduser().is_dir()),
-         "scorer", "give base, or clip:PATH with PATH a folder holding a CLIP model (CLIPModel.save_pretrained)"),
+        (scorer_named(c.scorer), "scorer", "give base, paired, clip:PATH or dinov2:PATH, with PATH a folder holding "
+                                           "that model (save_pretrained, with its processor)"),
         (c.scorer == "base" or c.selection == "score", "scorer",
          f"the scorer reads the previews of --select-by score, which needs validation: {WITH_VALIDATION}"),
         (0 <= c.ema_decay < 1, "ema_decay", "the EMA decay is in [0, 1), e.g. 0.99; 0 = off"),
