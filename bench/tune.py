@@ -5,6 +5,7 @@
     python bench/tune.py --part compare    # defaults vs the best trial vs suggest, judged on held-out seeds
     python bench/tune.py --part score --style stripes   # a 20-minute --objective score study on 12 images
     python bench/tune.py --part score-compare           # each score study's winner vs the defaults, judged
+    python bench/tune.py --part score-agreement --style stripes   # 30 score-objective trials, each judged
     python bench/tune.py                   # all three, in that order
     python bench/tune.py --quick           # tiny budgets, to check the script runs
 
@@ -42,7 +43,7 @@ from stylelora.files import write_atomically  # noqa: E402
 from stylelora.mini.evaluate import measure  # noqa: E402
 from stylelora.paint.styler import Styler  # noqa: E402
 from stylelora.train.loop import train  # noqa: E402
-from stylelora.tune.results import describe_settings  # noqa: E402
+from stylelora.tune.results import describe_settings, spearman  # noqa: E402
 from stylelora.tune.search import tune  # noqa: E402
 from stylelora.tune.space import TuneConfig  # noqa: E402
 from stylelora.train.suggest import RULES, suggest  # noqa: E402
@@ -160,6 +161,36 @@ def score_search(style: str, timeout: float, max_steps: int) -> None:
                            **{k: r.attrs.get(k) for k in ("score", "style_score", "prompt_score", "kept_step",
                                                           "seconds", "adapter")}} for r in result.trials]}
     write_atomically(RESULTS / f"tune-score-{style}.json", json.dumps(summary, indent=1).encode())
+
+
+AGREEMENT_TRIALS = 30
+
+
+def score_agreement(style: str, trials: int, max_steps: int, per_prompt: int) -> None:
+    """Do the preview scores rank a study's trials as the judge does? A `--objective score` study of `trials`
+    trials on the style's first 12 images (default space, no pruning: each trial runs to its end), each trial's kept adapter judged on
+    12 x per_prompt pictures at seeds no trial saw; Spearman of its style score with the judged style rate, of its
+    prompt score with colour right, and of its score (style x prompt) with judged style x colour."""
+    out = WORK / f"agreement-{style}"
+    config = TuneConfig(data=subset(style, SCORE_IMAGES), out=out, trials=trials, objective="score",
+                        max_steps=max_steps, min_steps=min(100, max_steps), pruner="none")  # every trial judged
+    result = tune(config, log=lambda m: print(f"  {m}", flush=True))
+    rows = []
+    for report in result.trials:
+        adapter = Path(report.attrs.get("adapter", ""))
+        if report.state == "COMPLETE" and adapter.is_file():
+            rows.append({"number": report.number, "settings": report.settings,
+                         **{k: report.attrs.get(k) for k in ("score", "style_score", "prompt_score", "kept_step")},
+                         "judged": cached_judgement(adapter, per_prompt, STYLES[style])})
+            print(f"  trial {report.number}: {rows[-1]}", flush=True)
+    name = STYLES[style]
+    agreement = {
+        "style": spearman([r["style_score"] for r in rows], [r["judged"][name] for r in rows]),
+        "prompt": spearman([r["prompt_score"] for r in rows], [r["judged"]["colour"] for r in rows]),
+        "quality": spearman([r["score"] for r in rows], [r["judged"][name] * r["judged"]["colour"] for r in rows])}
+    write_atomically(RESULTS / f"tune-agreement-{style}.json",
+                     json.dumps({"style": style, "trials": rows, "agreement": agreement}, indent=1).encode())
+    print(style, agreement, flush=True)
 
 
 def cached_judgement(path: Path, per_prompt: int, style: str) -> dict:
@@ -307,7 +338,8 @@ def markdown() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("evidence", "search", "compare", "score", "score-compare", "report", "all"),
+    parser.add_argument("--part", choices=("evidence", "search", "compare", "score", "score-compare",
+                                           "score-agreement", "report", "all"),
                         default="all")
     parser.add_argument("--style", choices=tuple(STYLES), default="stripes", help="the score part's folder")
     parser.add_argument("--quick", action="store_true")
@@ -333,6 +365,9 @@ def main() -> None:
             search(space, timeout=60 if quick else 20 * 60, max_steps=60 if quick else 1600)
     if args.part == "score":
         score_search(args.style, timeout=60 if quick else 20 * 60, max_steps=60 if quick else 1600)
+    if args.part == "score-agreement":
+        score_agreement(args.style, trials=2 if quick else AGREEMENT_TRIALS, max_steps=60 if quick else 1600,
+                        per_prompt=1 if quick else 8)
     if args.part == "score-compare":
         score_compare(per_prompt=1 if quick else 8)
         if not quick:

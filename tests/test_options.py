@@ -72,7 +72,8 @@ def test_the_docs_option_tables_are_the_declarations():
 def test_a_ui_default_that_differs_is_declared_and_said_in_the_docs():
     differing = {f.name: opt.ui.default for f, opt in declared(TrainConfig) if opt.ui and opt.ui.default is not SAME}
     assert differing == {"name": "mystyle", "targets": "attn", "save_every": 50, "sample_every": 100}
-    assert "| `--sample-every` | 0 | render preview images every N steps (0 = off); the web UI starts at 100 |" in \
+    assert "| `--sample-every` | 0 | render preview images every N steps (0 = off); without validation they are " \
+           "scored and the best step kept (--select-by, --keep); the web UI starts at 100 |" in \
         sections()["options-train"]
 
 

@@ -18,7 +18,7 @@ QUIET = dict(progress_bar=False, log=lambda m: None)
 
 
 def test_train_writes_one_adapter_with_metadata_and_metrics(train_config):
-    config = train_config(max_steps=3, trigger="zxq", sample_every=3, sample_prompts=("a red circle",))
+    config = train_config(max_steps=3, trigger="zxq", sample_every=3, sample_prompts=("a red circle",), keep="last")
     said: list[str] = []
     result = train(config, progress_bar=False, log=said.append)
     assert result.adapter_path == config.out / "run.safetensors"
@@ -40,7 +40,7 @@ def test_train_writes_one_adapter_with_metadata_and_metrics(train_config):
 
 
 def test_previews_without_a_prompt_show_the_folders_first_captions(train_config):
-    config = train_config(max_steps=2, trigger="zxq", sample_every=2)
+    config = train_config(max_steps=2, trigger="zxq", sample_every=2, keep="last")  # plain previews, not scored
     train(config, **QUIET)
     from PIL import Image
     from stylelora.data.folder import scan_folder
@@ -48,6 +48,7 @@ def test_previews_without_a_prompt_show_the_folders_first_captions(train_config)
     captions = list(dict.fromkeys(e.caption for e in scan_folder(config.data, trigger="zxq").examples))[:2]
     drawn = [Image.open(config.out / "samples" / f"step-000002-{i}.png").text["prompt"] for i in range(2)]
     assert drawn == captions and all(c.startswith("zxq") for c in drawn)
+    assert not (config.out / "scored").exists()  # --keep last: nothing chosen, so nothing scored
     meta = read_safetensors(config.out / "run.safetensors").metadata
     assert json.loads(meta["stylelora.config"])["sample_prompts"] == captions
 

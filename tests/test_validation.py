@@ -264,6 +264,31 @@ def test_selected_by_score_the_kept_step_is_the_best_scored_and_its_scores_are_i
     assert previews[:2] == ["step-000002-0.png", "step-000002-1.png"] and len(previews) % 3 == 0
 
 
+def test_with_previews_and_no_validation_the_best_scored_preview_step_is_kept_and_the_previews_painted_once(
+        train_config, tmp_path):
+    config = train_config(out=tmp_path / "previews", max_steps=5, sample_every=2, learning_rate=5e-2)
+    assert (config.selection, config.keep_step) == ("score", "best")  # previews on: scored, the best kept
+    progress = []
+    result = train(config, on_progress=progress.append, progress_bar=False, log=lambda m: None)
+    scored = _rows(config.out, "score")
+    assert [row["step"] for row in scored] == [2, 4, 5] and not _rows(config.out, "validation_loss")
+    best = max(scored, key=lambda row: row["score"])
+    assert (result.kept_step, result.validation_loss) == (best["step"], None) and result.measured
+    assert result.scores.quality == pytest.approx(best["score"], rel=1e-12)
+    assert f"preview score {best['score']:.3f}" in result.kept_measures()
+    assert _metadata(result.adapter_path)["stylelora.kept_step"] == str(best["step"])
+    # the scored previews are the samples: painted once a preview step, not again by --sample-every
+    assert not (config.out / "samples").exists()
+    shown = {p.step: [path.name for path in p.samples] for p in progress if p.samples}
+    # the folder's first 2 captions (--sample-every's own choice), 2 previews each, with their prompts
+    assert shown[2] == [f"step-000002-{index}.png" for index in range(4)] and set(shown) == {2, 4, 5}
+    from PIL import Image
+
+    prompts = [Image.open(config.out / "scored" / name).text["prompt"] for name in shown[2]]
+    assert prompts[0] == prompts[1] != prompts[2] == prompts[3]
+    assert all(p.validation_loss is None for p in progress)
+
+
 def test_selection_by_score_resumes_to_the_same_kept_step_and_file(train_config, tmp_path):
     settings = dict(validation_split=0.2, max_steps=8, validate_every=2, early_stop=2, save_every=2,
                     learning_rate=5e-2, select_by="score", min_delta=0.0)
@@ -281,8 +306,12 @@ def test_selection_by_score_resumes_to_the_same_kept_step_and_file(train_config,
 @pytest.mark.parametrize("settings, message", [
     (dict(select_by="score"), r"^--select-by = 'score': the scored previews are painted from the held-out captions"),
     (dict(select_by="eye"), r"^--select-by = 'eye': choose one of loss, score"),
-    (dict(early_stop=3), r"^--early-stop = 3: early stopping watches the validations: add --validation-split"),
-    (dict(keep="best"), r"^--keep = 'best': the best step is the best validation.s: add --validation-split"),
+    (dict(early_stop=3), r"^--early-stop = 3: early stopping watches the validations or the scored previews: add "
+                         r"--validation-split 0.2 or --validation-data DIR, or --sample-every N to score previews$"),
+    (dict(keep="best"), r"^--keep = 'best': the best step is the best validation.s or the best-scored previews'"),
+    (dict(select_by="loss", sample_every=2), r"^--select-by = 'loss': the loss is the held-out images': add "
+                                             r"--validation-split"),
+    (dict(sample_every=2, select_by="loss", keep="best"), r"^--keep = 'best': the best step"),
     (dict(validate_every=5), r"^--validate-every = 5: there is nothing to validate on"),
     (dict(validation_split=1.5), r"^--validation-split = 1.5: hold out a fraction in \[0, 1\)"),
     (dict(ema_decay=1.0), r"^--ema-decay = 1.0: the EMA decay is in \[0, 1\)"),

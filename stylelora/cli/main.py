@@ -60,7 +60,7 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"Adapter written to {result.adapter_path}")
     print(f"{result.steps} steps in {result.seconds:.0f}s, final loss {result.loss:.4f}, "
           f"rank {config.rank}, alpha {config.effective_alpha:g}, base {config.base}")
-    if result.validation_loss is not None:
+    if result.measured:
         print(f"Kept step {result.kept_step} ({config.keep_step}), {result.kept_measures()}; {result.stop_reason}")
     return 0
 

@@ -101,7 +101,7 @@ class PreviewScorer:
             return min(max(self.style.shift(images, self.base), 0.0), 1.0)
         return self.style.score(images)
 
-    def __call__(self) -> tuple[PreviewScores, list[Image.Image]]:
-        """The adapter's scores as it stands, and the previews they were read from."""
+    def __call__(self) -> tuple[PreviewScores, list[tuple[Image.Image, str]]]:
+        """The adapter's scores as it stands, and the previews they were read from, each with its prompt."""
         images, asked = self.paint()
-        return self.score(images, asked), images
+        return self.score(images, asked), list(zip(images, asked))

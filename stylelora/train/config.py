@@ -190,7 +190,8 @@ class TrainConfig:
                              ui=UiField("Checkpoint every N steps", "integer", default=50))
     resume: bool = option(False, "continue from the latest checkpoint in the output folder", "checkpoints and samples",
                           ui=UiField("Resume: continue from this adapter's last checkpoint", "checkbox"))
-    sample_every: int = option(0, "render preview images every N steps (0 = off)", "checkpoints and samples",
+    sample_every: int = option(0, "render preview images every N steps (0 = off); without validation they are "
+                                  "scored and the best step kept (--select-by, --keep)", "checkpoints and samples",
                                ui=UiField("Preview every N steps (0 = off)", "integer", default=100))
     sample_prompts: tuple[str, ...] = option((), "prompt for previews (repeatable)", "checkpoints and samples",
                                              flag="--sample-prompt", repeat=True,
@@ -214,10 +215,12 @@ class TrainConfig:
     min_delta: float = option(0.0, "the least drop of the validation loss that counts as improvement", STOP,
                               ui=UiField("Least improvement that counts"))
     keep: str | None = option(None, "which step's adapter becomes the file", STOP, choices=("best", "last"),
-                              default_text="best with validation, else last", ui=UiField("Adapter kept", "dropdown"))
-    select_by: str | None = option(None, "what picks the kept step and stops early: score (held-out captions painted "
-                                         "and scored by the base for style and prompt) or loss (held-out loss)", STOP,
-                                   choices=SELECT_BY, default_text="score with validation",
+                              default_text="best with validation or scored previews, else last",
+                              ui=UiField("Adapter kept", "dropdown"))
+    select_by: str | None = option(None, "what picks the kept step and stops early: score (held-out captions, or "
+                                         "without validation the --sample-prompts, painted and scored for style "
+                                         "and prompt) or loss (held-out loss)", STOP,
+                                   choices=SELECT_BY, default_text="score with validation or previews",
                                    ui=UiField("Choose the step by", "dropdown"))
     scorer: str = option("base", "what scores the previews: base (its own VAE and denoiser), paired (the same, the "
                                  "style read against the base's own previews at the same seeds), clip:PATH (a CLIP "
@@ -249,8 +252,15 @@ class TrainConfig:
 
     @property
     def selection(self) -> str:
-        """What picks the best step: --select-by, else the previews' score whenever there is validation."""
-        return self.select_by or ("score" if self.validating else "loss")
+        """What picks the best step: --select-by, else the previews' score whenever there is validation or
+        previews (--sample-every)."""
+        return self.select_by or ("score" if self.validating or self.sample_every else "loss")
+
+    @property
+    def selecting(self) -> bool:
+        """Whether candidate steps are measured, so a best one can be kept: with validation, or with previews
+        (--sample-every) scored by --select-by score, unless --keep last asks for no choosing."""
+        return self.validating or (bool(self.sample_every) and self.selection == "score" and self.keep != "last")
 
     @property
     def paints_while_training(self) -> bool:
@@ -263,7 +273,7 @@ class TrainConfig:
 
     @property
     def keep_step(self) -> str:
-        return self.keep or ("best" if self.validating else "last")
+        return self.keep or ("best" if self.selecting else "last")
 
     @property
     def effective_alpha(self) -> float:

@@ -145,7 +145,7 @@ class TrainingJob(BackgroundJob):
                 self._state.adapter_path = result.adapter_path
                 self._state.kept_previews = sorted((config.out_dir / "scored").glob(f"step-{result.kept_step:06d}-*.png"))
             kept = (f"; kept step {result.kept_step} of {result.steps}, {result.kept_measures()}"
-                    if result.validation_loss is not None else "")
+                    if result.measured else "")
             return f"adapter written to {result.adapter_path} in {time.time() - started:.0f}s{kept}"
 
         self._guarded(work, str)

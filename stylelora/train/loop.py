@@ -189,18 +189,19 @@ def _train(config: TrainConfig, on_progress: Callable[[Progress], None] | None,
 
 def prepare_watch(config: TrainConfig, model: Model, optimisation: Optimisation, step_loss: StepLoss,
                   outputs: Outputs) -> Watch:
-    """Stage: validation, early stopping and the best step (by the loss or by the previews' score), as a resumed
-    run left them."""
+    """Stage: validation, early stopping and the best step (by the loss, or by the previews' score: of the held-out
+    captions with validation, else of the --sample-prompts at each preview step), as a resumed run left them."""
     validation = step_loss.inputs.validation
     scorer = None
-    if validation is not None and config.selection == "score":
+    if config.selection == "score" and config.selecting:
         examples = outputs.folder.examples
+        prompts = [*validation.captions, *config.sample_prompts] if validation is not None else config.sample_prompts
         scorer = PreviewScorer(model.pipe, model.family, [load_rgb(e.path) for e in examples[:MOST_REFERENCES]],
-                               [*validation.captions, *config.sample_prompts],
-                               [e.caption for e in examples], step_loss.adapted,
+                               prompts, [e.caption for e in examples], step_loss.adapted,
                                model.resolution, config.seed, config.scorer)
-    watch = Watch(validate_every(config.validate_every, optimisation.steps), optimisation.steps,
-                  config.keep_step == "best", EarlyStopping(config.early_stop, config.min_delta),
+    every = validate_every(config.validate_every, optimisation.steps) if validation is not None else config.sample_every
+    watch = Watch(every, optimisation.steps, config.keep_step == "best",
+                  EarlyStopping(config.early_stop, config.min_delta),
                   (lambda: step_loss.validation_loss(validation)) if validation is not None else None,
                   outputs.adapter_tensors, optimisation.average, scorer)
     watch.load_state_dict(*optimisation.resumed_watch)
@@ -247,6 +248,7 @@ def run_loop(config: TrainConfig, model: Model, optimisation: Optimisation, step
     metrics: MetricsLog | None = None
     bar = make_progress_bar(steps, start_step, progress_bar and main)
     loss_value, completed, tick = float("nan"), start_step, time.time()
+    scored_samples = config.selecting and not config.validating  # the scored previews are the samples: painted once
     try:
         metrics = MetricsLog(out_dir, start_step, trackers_for(config.log_with, out_dir, config.adapter_name, start_step > 0),
                              hyperparameters(config.to_json_dict())) if main else None
@@ -260,18 +262,20 @@ def run_loop(config: TrainConfig, model: Model, optimisation: Optimisation, step
             loss_value, grad_norm = optimizer_step(config, optimisation, step_loss, accelerator, step)
             completed = step + 1
             rate = (completed - start_step) / max(time.time() - tick, 1e-9)
-            validation_loss = watch.after_step(completed)
+            measured = watch.after_step(completed)
+            validation_loss = watch.last_loss if measured else None
             samples: list[Path] = []
             # Metrics before the checkpoint: a kill between the two leaves rows that a resume rewrites.
             if metrics is not None and (completed % config.log_every == 0 or completed == steps):
                 metrics.write(completed, loss_value, lr_schedule.get_last_lr()[0], rate, grad_norm)
-            if metrics is not None and validation_loss is not None:
+            if main and measured and watch.last_previews:
+                scored = save_scored_previews(watch.last_previews, out_dir / "scored", completed)
+                samples = scored if scored_samples else samples
+            if metrics is not None and measured:
                 metrics.write_validation(completed, validation_loss, watch.last_scores)
-                if watch.last_previews:
-                    save_scored_previews(watch.last_previews, out_dir / "scored", completed)
             if main and config.save_every and completed % config.save_every == 0 and completed < steps:
                 outputs.checkpoint(completed, watch)
-            if main and config.sample_every and completed % config.sample_every == 0:
+            if main and config.sample_every and completed % config.sample_every == 0 and not scored_samples:
                 with optimisation.average.applied():
                     samples = render_samples(model.pipe, config.sample_prompts, out_dir / "samples", completed, config.seed)
             bar.update(1)
@@ -279,7 +283,7 @@ def run_loop(config: TrainConfig, model: Model, optimisation: Optimisation, step
             if on_progress is not None and main:
                 on_progress(Progress(completed, steps, loss_value, lr_schedule.get_last_lr()[0], rate,
                                      (steps - completed) / max(rate, 1e-9), samples, validation_loss,
-                                     watch.last_scores if validation_loss is not None else None))
+                                     watch.last_scores if measured else None))
             if watch.should_stop:
                 break
         accelerator.wait_for_everyone()

@@ -29,6 +29,8 @@ from .loss import HUBER_C, HUBER_SCHEDULES
 from .optimizers import OPTIMIZERS
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from .stages import Model, Optimisation
     from .validation import Watch
 
@@ -48,10 +50,11 @@ def with_preview_prompts(config: TrainConfig, folder: ImageFolder) -> TrainConfi
 TRACKED = {"validation_loss": "loss"}  # a metrics.jsonl key whose tracker name (validation/...) differs
 
 
-def save_scored_previews(images: list, folder: Path, step: int) -> list[Path]:
+def save_scored_previews(previews: list[tuple[Image.Image, str]], folder: Path, step: int) -> list[Path]:
     """The previews a candidate step was scored on (--select-by score), kept to be looked at: the UI shows the kept
     step's."""
-    return [save_png(image, folder / f"step-{step:06d}-{index}.png", {"step": step}) for index, image in enumerate(images)]
+    return [save_png(image, folder / f"step-{step:06d}-{index}.png", {"prompt": prompt, "step": step})
+            for index, (image, prompt) in enumerate(previews)]
 
 
 @torch.no_grad()
@@ -308,9 +311,10 @@ class MetricsLog:
         self.jsonl.flush()
         self._log({f"train/{key}": value for key, value in row.items() if key != "step"}, step)
 
-    def write_validation(self, step: int, loss: float, scores: PreviewScores | None = None) -> None:
-        """A validation's row: its loss as `validation/loss` in the trackers, its scores under their own names."""
-        row = {"step": step, "validation_loss": loss} | ({} if scores is None else {
+    def write_validation(self, step: int, loss: float | None, scores: PreviewScores | None = None) -> None:
+        """A validation's row: its loss as `validation/loss` in the trackers (none for previews scored without
+        validation data), its scores under their own names."""
+        row = {"step": step} | ({} if loss is None else {"validation_loss": loss}) | ({} if scores is None else {
             "style_score": scores.style, "prompt_score": scores.prompt, "score": scores.quality})
         self.jsonl.write(json.dumps(row) + "\n")
         self.jsonl.flush()

@@ -96,10 +96,15 @@ class TrainResult:
 
     def kept_measures(self) -> str:
         """What the kept step measured, in words: its validation loss, and its previews' scores when scored."""
-        said = f"validation loss {self.validation_loss:.5f}"
-        if self.base_validation_loss is not None:
-            said += f" (the base alone: {self.base_validation_loss:.5f})"
+        said = [] if self.validation_loss is None else [f"validation loss {self.validation_loss:.5f}"]
+        if self.base_validation_loss is not None and said:
+            said[-1] += f" (the base alone: {self.base_validation_loss:.5f})"
         if self.scores is not None:
-            said += (f", preview score {self.scores.quality:.3f} (style {self.scores.style:.3f} x prompt "
-                     f"{self.scores.prompt:.3f})")
-        return said
+            said.append(f"preview score {self.scores.quality:.3f} (style {self.scores.style:.3f} x prompt "
+                        f"{self.scores.prompt:.3f})")
+        return ", ".join(said)
+
+    @property
+    def measured(self) -> bool:
+        """Whether candidate steps were measured (validated, or their previews scored), so a step was chosen."""
+        return self.validation_loss is not None or self.scores is not None

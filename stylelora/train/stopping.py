@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..score.plugins import scorer_named
 
 WITH_VALIDATION = "add --validation-split 0.2 or --validation-data DIR"
+WITH_CANDIDATES = f"{WITH_VALIDATION}, or --sample-every N to score previews"
 SELECT_BY = ("loss", "score")  # what --keep best and --early-stop go by (score: stylelora/score/previews.py)
 
 
@@ -20,18 +21,19 @@ def stopping_checks(c) -> list[tuple[bool, str, str]]:
         (c.validate_every is None or c.validating, "validate_every",
          f"there is nothing to validate on: {WITH_VALIDATION}"),
         (c.early_stop >= 0, "early_stop", "the patience is a number of validations, 0 (never stop early) or more"),
-        (not c.early_stop or c.validating, "early_stop",
-         f"early stopping watches the validations: {WITH_VALIDATION}"),
+        (not c.early_stop or c.selecting, "early_stop",
+         f"early stopping watches the validations or the scored previews: {WITH_CANDIDATES}"),
         (c.min_delta >= 0, "min_delta", "the least improvement that counts must be 0 or more, e.g. 0.0005"),
         (c.keep in (None, "best", "last"), "keep", "choose best or last"),
-        (c.keep != "best" or c.validating, "keep",
-         f"the best step is the best validation's: {WITH_VALIDATION}"),
+        (c.keep != "best" or c.selecting, "keep",
+         f"the best step is the best validation's or the best-scored previews': {WITH_CANDIDATES}"),
         (c.select_by in (None, *SELECT_BY), "select_by", f"choose one of {', '.join(SELECT_BY)}"),
-        (c.select_by != "score" or c.validating, "select_by",
-         f"the scored previews are painted from the held-out captions: {WITH_VALIDATION}"),
+        (c.select_by != "loss" or c.validating, "select_by", f"the loss is the held-out images': {WITH_VALIDATION}"),
+        (c.select_by != "score" or c.selecting, "select_by",
+         f"the scored previews are painted from the held-out captions or the --sample-prompts: {WITH_CANDIDATES}"),
         (scorer_named(c.scorer), "scorer", "give base, paired, clip:PATH or dinov2:PATH, with PATH a folder holding "
                                            "that model (save_pretrained, with its processor)"),
-        (c.scorer == "base" or c.selection == "score", "scorer",
-         f"the scorer reads the previews of --select-by score, which needs validation: {WITH_VALIDATION}"),
+        (c.scorer == "base" or (c.selection == "score" and c.selecting), "scorer",
+         f"the scorer reads the previews of --select-by score: {WITH_CANDIDATES}"),
         (0 <= c.ema_decay < 1, "ema_decay", "the EMA decay is in [0, 1), e.g. 0.99; 0 = off"),
     ]

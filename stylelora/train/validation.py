@@ -158,7 +158,7 @@ class Watch:
     best_tensors: dict[str, torch.Tensor] | None = None
     last_loss: float | None = None
     last_scores: PreviewScores | None = None
-    last_previews: list = field(default_factory=list)  # the pictures the last scores were read from
+    last_previews: list = field(default_factory=list)  # the pictures the last scores were read from, with prompts
     best_loss: float | None = None  # the best step's validation loss
     best_scores: PreviewScores | None = None  # the best step's, with --select-by score
     base_loss: float | None = None  # the base's own, before the first step
@@ -168,7 +168,8 @@ class Watch:
         return "the validation loss" if self.score is None else "the preview score (style x prompt)"
 
     def due(self, step: int) -> bool:
-        return self.evaluate is not None and (step % self.every == 0 or step == self.total_steps)
+        measures = self.evaluate is not None or self.score is not None
+        return measures and (step % self.every == 0 or step == self.total_steps)
 
     def baseline(self) -> float | None:
         """The base's own validation loss (every adapter starts as a zero change), measured before the first
@@ -180,12 +181,13 @@ class Watch:
             self.base_loss = self.evaluate()
         return self.base_loss
 
-    def after_step(self, step: int) -> float | None:
-        """The validation loss if one was due at `step` (and the scores, in last_scores), else None."""
+    def after_step(self, step: int) -> bool:
+        """Whether a validation was due at `step`, and so measured: its loss in last_loss (None without validation
+        data), its previews' scores in last_scores (with --select-by score)."""
         if not self.due(step):
-            return None
+            return False
         with self.average.applied(), torch.no_grad():
-            self.last_loss = self.evaluate()
+            self.last_loss = self.evaluate() if self.evaluate is not None else None
             if self.score is not None:
                 self.last_scores, self.last_previews = self.score()
         # EarlyStopping lowers its number: the loss, or what the quality lacks of 1
@@ -194,7 +196,7 @@ class Watch:
             self.best_loss, self.best_scores = self.last_loss, self.last_scores
             if self.keep_best:
                 self.best_tensors = self.export()
-        return self.last_loss
+        return True
 
     @property
     def should_stop(self) -> bool:
