@@ -18,7 +18,7 @@ from .optimizers import OPTIMIZERS, optimizer_checks
 from .recipe import MINI_RECIPE, USUAL_RECIPE, Recipe, recipe_of
 from .objective import TIMESTEP_SAMPLINGS, Sampling, sampling_checks
 from .trackers import TRACKERS, TRACKERS_HELP
-from .stopping import SELECT_BY, stopping_checks
+from .stopping import SELECT_BY, Selection, stopping_checks
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -35,7 +35,7 @@ def _method_names() -> list[str]:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Selection):
     """Everything one training run needs, each option declared once (options.option): the CLI flags, the TOML
     keys, the web UI's fields and the docs' option tables are built from these fields."""
 
@@ -249,31 +249,6 @@ class TrainConfig:
     def masked(self) -> bool:
         """Whether the loss is masked (--masks DIR or --mask-from-alpha)."""
         return self.masks is not None or self.mask_from_alpha
-
-    @property
-    def selection(self) -> str:
-        """What picks the best step: --select-by, else the previews' score whenever there is validation or
-        previews (--sample-every)."""
-        return self.select_by or ("score" if self.validating or self.sample_every else "loss")
-
-    @property
-    def selecting(self) -> bool:
-        """Whether candidate steps are measured, so a best one can be kept: with validation, or with previews
-        (--sample-every) scored by --select-by score, unless --keep last asks for no choosing."""
-        return self.validating or (bool(self.sample_every) and self.selection == "score" and self.keep != "last")
-
-    @property
-    def paints_while_training(self) -> bool:
-        """Whether the VAE and the text encoders stay after caching: previews, or candidate steps scored by them."""
-        return bool(self.sample_every) or (self.selection == "score" and self.validating)
-
-    @property
-    def validating(self) -> bool:
-        return bool(self.validation_split) or self.validation_data is not None
-
-    @property
-    def keep_step(self) -> str:
-        return self.keep or ("best" if self.selecting else "last")
 
     @property
     def effective_alpha(self) -> float:

@@ -10,6 +10,35 @@ WITH_CANDIDATES = f"{WITH_VALIDATION}, or --sample-every N to score previews"
 SELECT_BY = ("loss", "score")  # what --keep best and --early-stop go by (score: stylelora/score/previews.py)
 
 
+class Selection:
+    """What the knowing-when-to-stop options come to, read off TrainConfig's fields (it inherits these)."""
+
+    @property
+    def selection(self) -> str:
+        """What picks the best step: --select-by, else the previews' score whenever there is validation or
+        previews (--sample-every)."""
+        return self.select_by or ("score" if self.validating or self.sample_every else "loss")
+
+    @property
+    def selecting(self) -> bool:
+        """Whether candidate steps are measured, so a best one can be kept: with validation, or with previews
+        (--sample-every) scored by --select-by score, unless --keep last asks for no choosing."""
+        return self.validating or (bool(self.sample_every) and self.selection == "score" and self.keep != "last")
+
+    @property
+    def paints_while_training(self) -> bool:
+        """Whether the VAE and the text encoders stay after caching: previews, or candidate steps scored by them."""
+        return bool(self.sample_every) or (self.selection == "score" and self.validating)
+
+    @property
+    def validating(self) -> bool:
+        return bool(self.validation_split) or self.validation_data is not None
+
+    @property
+    def keep_step(self) -> str:
+        return self.keep or ("best" if self.selecting else "last")
+
+
 def stopping_checks(c) -> list[tuple[bool, str, str]]:
     """The validation, early stopping, best-step selection and EMA options' checks (train/config.py's validate
     runs them with the rest): (holds, field, what to do)."""
