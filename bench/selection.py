@@ -4,6 +4,7 @@ preview score keeps, the step the validation loss keeps, and the last step.
     python bench/selection.py                 # 8 images per prompt (96 per judged step)
     python bench/selection.py --quick         # 2 images per prompt
     python bench/selection.py --preview-sets  # the same checkpoints scored from larger preview sets (after the above)
+    python bench/selection.py --cost          # what scoring the previews costs, against plain previews (time it alone)
 
 For each of stripes, dots and pastel: the folder's first 8 images (a small folder, as style sets are), 1500 steps of
 the mini's earlier recipe with 2 of the 8 held out (--validation-split 0.25), validated every 150 steps with
@@ -242,13 +243,51 @@ def preview_sets() -> None:
     print(text)
 
 
+COST_STEPS, COST_EVERY = 4, 2
+COST_MODES = {"no previews": {}, "plain previews (--keep last)": {"sample_every": COST_EVERY, "keep": "last"},
+              "scored previews (the default)": {"sample_every": COST_EVERY}}
+
+
+def cost() -> str:
+    """The training loop's time with no previews, with plain previews (one picture a prompt, --keep last) and with
+    scored ones (two a prompt, scored for style and prompt: what --sample-every does without validation), on the
+    mini and the SD1.5-shaped base; the folder's first two captions are previewed, every 2 of 4 steps."""
+    from models import MINI, sd15
+
+    lines = ["| base | mode | loop time (4 steps) | a preview step costs | in training steps |",
+             "| --- | --- | --- | --- | --- |"]
+    for base in (MINI, sd15()):
+        seconds = {}
+        for mode, extra in COST_MODES.items():
+            out = WORK / "cost" / f"{base.label.split()[0]}-{len(seconds)}"
+            shutil.rmtree(out, ignore_errors=True)
+            train(TrainConfig(data=ROOT / "datasets" / "stripes", base=base.spec, out=out, max_steps=COST_STEPS,
+                              resolution=base.resolution, batch_size=base.batch, seed=0, **extra),
+                  progress_bar=False, log=lambda m: None)
+            rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+            seconds[mode] = next(row["phases"]["steps"] for row in rows if "phases" in row)
+        step = seconds["no previews"] / COST_STEPS
+        for mode, took in seconds.items():
+            preview = (took - seconds["no previews"]) / (COST_STEPS // COST_EVERY)
+            lines.append(f"| {base.label} at {base.resolution} px | {mode} | {took:.1f} s | "
+                         + ("|  |" if not preview else f"{preview:.1f} s | {preview / step:.0f} |"))
+        print(lines[-3:], flush=True)
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 images per prompt instead of 8")
     parser.add_argument("--preview-sets", action="store_true", help="score the checkpoints from larger preview sets")
+    parser.add_argument("--cost", action="store_true", help="time scored previews against plain ones (alone)")
     args = parser.parse_args()
     if args.preview_sets:
         return preview_sets()
+    if args.cost:
+        text = cost()
+        write_atomically(RESULTS / "selection-cost.md", (text + "\n").encode())
+        write_section("selection-cost", text + "\n")
+        return print(text)
     per_prompt = 2 if args.quick else 8
     Store(STORE).begin(per_prompt)
     styler, base, results = Styler("mini"), Styler("mini"), {}  # base: never given an adapter
