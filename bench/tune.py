@@ -193,23 +193,30 @@ def score_agreement(style: str, trials: int, max_steps: int, per_prompt: int) ->
     print(style, agreement, flush=True)
 
 
-def agreement_markdown(style: str) -> str:
-    """The agreement study's table: the trials by their own score, best first, each with what the judge saw."""
-    found = json.loads((RESULTS / f"tune-agreement-{style}.json").read_text())
-    name, rows = STYLES[style], sorted(found["trials"], key=lambda r: -r["score"])
-    lines = [f"| trial, by its own score | settings | kept step | score (style x prompt) | judged {name} | "
-             "judged colour right |", "| --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        lines.append(f"| {r['number']} | {describe_settings(r['settings'])} | {r['kept_step']} | {r['score']:.3f} "
-                     f"({r['style_score']:.3f} x {r['prompt_score']:.3f}) | {r['judged'][name]:.0%} | "
-                     f"{r['judged']['colour']:.0%} |")
-    a = found["agreement"]
-    lines += ["", f"Spearman over the {len(rows)} trials: style score with the judged {name} rate {a['style']:+.2f}, "
-              f"prompt score with colour right {a['prompt']:+.2f}, score with {name} x colour right "
-              f"{a['quality']:+.2f}. `--objective score`, default space, no pruning, on the folder's first 12 images; "
-              "each trial's kept adapter judged on 96 pictures (12 prompts x 8 seeds no trial saw): about ±4 points "
-              "of noise on each rate."]
-    return "\n".join(lines)
+def agreement_markdown() -> str:
+    """Each agreement study's table: its trials by their own score, best first, each with what the judge saw."""
+    parts = []
+    for style, name in STYLES.items():
+        path = RESULTS / f"tune-agreement-{style}.json"
+        if not path.is_file():
+            continue
+        found = json.loads(path.read_text())
+        rows = sorted(found["trials"], key=lambda r: -r["score"])
+        lines = [f"| {style}: trial, by its own score | settings | kept step | score (style x prompt) | judged {name} | "
+                 "judged colour right |", "| --- | --- | --- | --- | --- | --- |"]
+        for r in rows:
+            lines.append(f"| {r['number']} | {describe_settings(r['settings'])} | {r['kept_step']} | {r['score']:.3f} "
+                         f"({r['style_score']:.3f} x {r['prompt_score']:.3f}) | {r['judged'][name]:.0%} | "
+                         f"{r['judged']['colour']:.0%} |")
+        a = found["agreement"]
+        lines += ["", f"Spearman over the {style} study's {len(rows)} trials: style score with the judged {name} rate "
+                  f"{a['style']:+.2f}, prompt score with colour right {a['prompt']:+.2f}, score with {name} x colour "
+                  f"right {a['quality']:+.2f}."]
+        parts.append("\n".join(lines))
+    parts.append("Each study: `--objective score`, default space, no pruning, on the folder's first 12 images; each "
+                 "trial's kept adapter judged on 96 pictures (12 prompts x 8 seeds no trial saw): about ±4 points of "
+                 "noise on each rate.")
+    return "\n\n".join(parts)
 
 
 def cached_judgement(path: Path, per_prompt: int, style: str) -> dict:
@@ -388,7 +395,7 @@ def main() -> None:
         score_agreement(args.style, trials=2 if quick else AGREEMENT_TRIALS, max_steps=60 if quick else 1600,
                         per_prompt=1 if quick else 8)
         if not quick:  # a rerun reads the finished study and its judged trials back: nothing is trained again
-            text = agreement_markdown(args.style)
+            text = agreement_markdown()
             write_atomically(RESULTS / "tune-agreement.md", (text + "\n").encode())
             write_section("tune-agreement", text + "\n")
     if args.part == "score-compare":

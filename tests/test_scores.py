@@ -110,10 +110,7 @@ def test_a_local_clip_scores_the_same_two_things_deterministically(tiny_clip):
 
     images, captions = _folder("dots")
     scorer = ClipScorer(tiny_clip)
-    references = scorer.image_embeddings(images[0::2])
-    assert scorer.style(images[0::2], references) == pytest.approx(1.0, abs=1e-5)  # each its own nearest
-    style = scorer.style(images[1::2], references)
-    assert 0 <= style < 1 and style == scorer.style(images[1::2], references)
+    _assert_style_is_one_on_the_references_and_deterministic(scorer, images)
     candidates = list(dict.fromkeys(captions))
     prompt = scorer.prompt(images[:6], captions[:6], candidates)
     assert 0 < prompt < 1 and prompt == scorer.prompt(images[:6], captions[:6], candidates)
@@ -183,8 +180,10 @@ def tiny_dinov2(tmp_path_factory) -> Path:
 def test_a_local_image_model_scores_the_style_deterministically(tiny_dinov2):
     from stylelora.score.image_model import ImageModelScorer
 
-    images, _ = _folder("pastel")
-    scorer = ImageModelScorer(tiny_dinov2)
+    _assert_style_is_one_on_the_references_and_deterministic(ImageModelScorer(tiny_dinov2), _folder("pastel")[0])
+
+
+def _assert_style_is_one_on_the_references_and_deterministic(scorer, images: list) -> None:
     references = scorer.image_embeddings(images[0::2])
     assert scorer.style(images[0::2], references) == pytest.approx(1.0, abs=1e-5)  # each its own nearest
     style = scorer.style(images[1::2], references)

@@ -11,8 +11,7 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from ..errors import ConfigError
-from .image_model import nearest_similarity
+from .image_model import nearest_similarity, read_local
 
 
 class ClipScorer:
@@ -22,13 +21,8 @@ class ClipScorer:
     def __init__(self, path: Path):
         from transformers import CLIPModel, CLIPProcessor
 
-        try:
-            self.model = CLIPModel.from_pretrained(path, local_files_only=True).eval()
-            self.processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError) as error:
-            raise ConfigError(f"--scorer clip:{path}: not a CLIP model folder this machine can read "
-                              f"({str(error).splitlines()[0][:120]}); give a folder with config.json, the weights, "
-                              "the tokenizer and preprocessor_config.json") from None
+        self.model, self.processor = read_local(f"clip:{path}", CLIPModel, CLIPProcessor, "a CLIP model",
+                                                "config.json, the weights, the tokenizer and preprocessor_config.json")
 
     @torch.no_grad()
     def image_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:

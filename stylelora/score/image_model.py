@@ -16,6 +16,18 @@ from PIL import Image
 from ..errors import ConfigError
 
 
+def read_local(spec: str, model_class, processor_class, what: str, holding: str) -> tuple:
+    """A model and its processor from the folder of `spec` (KIND:PATH), local files only, so nothing is downloaded;
+    a folder they cannot read is a one-line ConfigError naming the flag, `what` it is not and what it must hold."""
+    path = spec.partition(":")[2]
+    try:
+        return (model_class.from_pretrained(path, local_files_only=True).eval(),
+                processor_class.from_pretrained(path, local_files_only=True))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"--scorer {spec}: not {what} folder this machine can read "
+                          f"({str(error).splitlines()[0][:120]}); give a folder with {holding}") from None
+
+
 def nearest_similarity(embeddings: torch.Tensor, references: torch.Tensor) -> float:
     """The mean over pictures of the cosine similarity (unit embeddings) to the nearest reference, clipped to [0, 1]."""
     return float((embeddings @ references.T).max(dim=1).values.clamp(0, 1).mean())
@@ -27,14 +39,9 @@ class ImageModelScorer:
     def __init__(self, path: Path):
         from transformers import AutoImageProcessor, AutoModel
 
-        try:
-            self.model = AutoModel.from_pretrained(path, local_files_only=True).eval()
-            self.processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError) as error:
-            raise ConfigError(f"--scorer dinov2:{path}: not an image model folder this machine can read "
-                              f"({str(error).splitlines()[0][:120]}); give a folder with config.json, the weights "
-                              "and preprocessor_config.json (Dinov2Model and its image processor, save_pretrained)") \
-                from None
+        self.model, self.processor = read_local(
+            f"dinov2:{path}", AutoModel, AutoImageProcessor, "an image model",
+            "config.json, the weights and preprocessor_config.json (Dinov2Model and its image processor, save_pretrained)")
 
     @torch.no_grad()
     def image_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
