@@ -270,7 +270,8 @@ def run_loop(config: TrainConfig, model: Model, optimisation: Optimisation, step
                 metrics.write(completed, loss_value, lr_schedule.get_last_lr()[0], rate, grad_norm)
             if main and measured and watch.last_previews:
                 scored = save_scored_previews(watch.last_previews, out_dir / "scored", completed)
-                samples = scored if scored_samples else samples
+                if scored_samples:
+                    samples = scored
             if metrics is not None and measured:
                 metrics.write_validation(completed, validation_loss, watch.last_scores)
             if main and config.save_every and completed % config.save_every == 0 and completed < steps:
