@@ -188,7 +188,7 @@ def test_previews_fill_during_a_run_and_the_progress_line_advances(page, server,
     _wait_progress(page, "/ 5000")  # this run's, not an earlier run's
     seen = []
     deadline = time.monotonic() + 300
-    first_preview = adapters / "previewed" / "scored" / "step-000004-0.png"  # no validation: previews are scored
+    first_preview = adapters / "previewed" / "samples" / "step-000004-0.png"
     # The gallery may still show an earlier run's previews: wait for this run's first one on disk as well.
     while ((page.locator("#samples img").count() < 2 or len(set(seen)) < 2 or not first_preview.is_file())
            and time.monotonic() < deadline):
