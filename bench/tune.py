@@ -6,12 +6,14 @@
     python bench/tune.py --part score --style stripes   # a 20-minute --objective score study on 12 images
     python bench/tune.py --part score-compare           # each score study's winner vs the defaults, judged
     python bench/tune.py --part score-agreement --style stripes   # 30 score-objective trials, each judged
+    python bench/tune.py --part suggest-compare   # suggest fitted on the score studies vs the judged fit vs defaults
     python bench/tune.py                   # all three, in that order
     python bench/tune.py --quick           # tiny budgets, to check the script runs
 
 Each part runs with one CPU thread, so a budget of T minutes is T minutes of CPU; the evidence and search
-parts can run side by side. Writes stylelora/tune/rules.json (the fit `suggest` applies),
-docs/results/tune-*.json, docs/results/tune.md and the same text into its docs page between its
+parts can run side by side. Writes docs/results/rules-judged.json (`--part evidence`: the fit to the judged
+studies), stylelora/train/rules.json (`--part suggest-compare`: the fit to the score studies, which `suggest`
+applies), docs/results/tune-*.json, docs/results/tune.md and the same text into its docs page between its
 tune-report markers (not with --quick).
 """
 
@@ -46,6 +48,7 @@ from stylelora.train.loop import train  # noqa: E402
 from stylelora.tune.results import describe_settings, spearman  # noqa: E402
 from stylelora.tune.search import tune  # noqa: E402
 from stylelora.tune.space import TuneConfig  # noqa: E402
+from stylelora.train.recipe import MINI_RECIPE  # noqa: E402
 from stylelora.train.suggest import RULES, suggest  # noqa: E402
 
 from report_section import write_section  # noqa: E402  (bench/ is on the path when run as a script)
@@ -54,6 +57,7 @@ RESULTS = ROOT / "docs" / "results"
 WORK = ROOT / "docs" / "results" / "tune-work"
 STYLES = {"stripes": "striped", "dots": "dotted", "pastel": "pastel"}
 COUNTS = (6, 12, 36)
+JUDGED_RULES = RESULTS / "rules-judged.json"  # suggest's rules as fitted on the judge-objective studies, before the score fit
 HELD_OUT_SEED = 500  # the comparison's images use seeds the studies never judged (they use 0 + 1000 x prompt)
 
 
@@ -108,6 +112,39 @@ def fit_rules(studies: list[dict]) -> dict:
             "rank": Counter(p["rank"] for _, p in points).most_common(1)[0][0], "alpha_ratio": 1.0,
             "evidence": [{"style": s["style"], "images": s["images"], "best": s["top"][0]["settings"] if s["top"] else None}
                          for s in studies]}
+
+
+def score_evidence() -> list[dict]:
+    """Every `--objective score` study on record (the agreement studies and the 20-minute score studies, each on a
+    folder's first 12 images), as its best 3 trials by their own score. A trial's steps are the step it kept (the
+    step its score chose), not the steps it was allowed."""
+    studies = []
+    for style in STYLES:
+        for name in (f"tune-agreement-{style}.json", f"tune-score-{style}.json"):
+            path = RESULTS / name
+            if path.exists():
+                trials = [t for t in json.loads(path.read_text())["trials"] if t.get("score") is not None]
+                top = sorted(trials, key=lambda t: -t["score"])[:3]
+                studies.append({"style": style, "images": SCORE_IMAGES, "study": name,
+                                "top": [{"settings": t["settings"] | {"max_steps": t["kept_step"]}, "score": t["score"]}
+                                        for t in top]})
+    return studies
+
+
+def fit_score_rules(studies: list[dict], judged: dict) -> dict:
+    """fit_rules over score evidence. The score studies hold one image count, which fixes no exponent: steps keep
+    the judged studies' exponent `b`, through the score evidence's own steps at its image count; alpha is the top
+    trials' most common share of the rank (the score studies search it)."""
+    rules = fit_rules(studies)
+    points = [(s["images"], t["settings"]) for s in studies for t in s["top"]]
+    if len({images for images, _ in points}) == 1:
+        b = judged["steps"]["b"]
+        mean_log_steps = statistics.fmean(math.log(p["max_steps"]) for _, p in points)
+        rules["steps"] |= {"a": math.exp(mean_log_steps - b * math.log(points[0][0])), "b": b}
+    ratios = Counter(round(p["alpha"] / p["rank"], 3) for _, p in points)
+    return rules | {"alpha_ratio": ratios.most_common(1)[0][0], "objective": "score",
+                    "evidence": [{"style": s["style"], "images": s["images"], "study": s["study"],
+                                  "best": s["top"][0]["settings"]} for s in studies]}
 
 
 SPACES = {  # the CLI's default space, and every searchable setting
@@ -290,6 +327,51 @@ def score_compare(per_prompt: int) -> None:
     write_atomically(RESULTS / "tune-score-compare.json", json.dumps(report, indent=1).encode())
 
 
+def suggest_compare(per_prompt: int, rules_out: Path) -> None:
+    """suggest's rules fitted on score evidence (score_evidence; written to `rules_out`, which suggest applies) and
+    on the judge-objective studies (`--part evidence`), each against the defaults, on every
+    style folder's first 12 images: pastel has no score study, so the score fit was not fitted on it. Each adapter
+    judged on 12 x per_prompt pictures at seeds no trial saw."""
+    judged_rules = json.loads(JUDGED_RULES.read_text())
+    score_rules = fit_score_rules(score_evidence(), judged_rules)
+    write_atomically(rules_out, json.dumps(score_rules, indent=1).encode())
+    report = {}
+    for style, name in STYLES.items():
+        folder = subset(style, SCORE_IMAGES)
+        rows = {}
+        for label, settings in (("defaults", {}),
+                                ("suggest, fitted on score studies", suggest(folder, rules=score_rules).values()),
+                                ("suggest, fitted on judge studies", suggest(folder, rules=judged_rules).values())):
+            out = WORK / f"suggest-{style}-{label.split()[-2] if label != 'defaults' else 'defaults'}"
+            adapter = out / f"{out.name}.safetensors"
+            if not adapter.exists():
+                train(TrainConfig(data=folder, out=out, name=out.name, seed=0, **settings), progress_bar=False,
+                      log=lambda m: None)
+            rows[label] = {"settings": settings} | cached_judgement(adapter, per_prompt, name)
+            print(style, label, json.dumps(rows[label]), flush=True)
+        report[style] = rows
+    write_atomically(RESULTS / "suggest-compare.json", json.dumps(report, indent=1).encode())
+
+
+def suggest_markdown() -> str:
+    report = json.loads((RESULTS / "suggest-compare.json").read_text())
+    rules = json.loads(RULES.read_text())
+    lines = ["| folder (12 images) | adapter | settings | style | colour right | shape right |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for style, rows in report.items():
+        for label, row in rows.items():
+            settings = ", ".join(f"{k.replace('learning_rate', 'lr').replace('max_steps', 'steps')} {v:.3g}"
+                                 for k, v in row["settings"].items()) or \
+                f"the mini's recipe: rank 4, alpha 4, lr {MINI_RECIPE.learning_rate:g}, steps {MINI_RECIPE.steps}"
+            lines.append(f"| {style}{'' if style != 'pastel' else ' (no score study)'} | {label} | {settings} | "
+                         f"{row[STYLES[style]]:.0%} | {row['colour']:.0%} | {row['shape']:.0%} |")
+    studies = ", ".join(s["study"] for s in rules["evidence"])
+    lines += ["", f"The score fit: the best 3 trials by their own score of {rules['studies']} `--objective score` studies "
+              f"({studies}), each trial's steps the step it kept. Judged on 96 pictures per row (12 prompts x 8 "
+              "seeds no trial saw): about ±4 points of noise on each rate."]
+    return "\n".join(lines)
+
+
 def score_markdown() -> str:
     report = json.loads((RESULTS / "tune-score-compare.json").read_text())
     lines = ["| folder (12 images) | adapter | style | colour right | shape right |", "| --- | --- | --- | --- | --- |"]
@@ -319,7 +401,7 @@ def _settings_text(label: str, row: dict) -> str:
 
 def markdown() -> str:
     compared = json.loads((RESULTS / "tune-compare.json").read_text())
-    rules = json.loads(RULES.read_text())
+    rules = json.loads(JUDGED_RULES.read_text())
     studies = json.loads((RESULTS / "tune-evidence.json").read_text())
     searches = {space: json.loads((RESULTS / f"tune-search-{space}.json").read_text()) for space in SPACES}
     lines = ["Measured by `python bench/tune.py` on the miniature base, one CPU thread per part, the parts two at a "
@@ -365,7 +447,7 @@ def markdown() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=("evidence", "search", "compare", "score", "score-compare",
-                                           "score-agreement", "report", "all"),
+                                           "score-agreement", "suggest-compare", "report", "all"),
                         default="all")
     parser.add_argument("--style", choices=tuple(STYLES), default="stripes", help="the score part's folder")
     parser.add_argument("--quick", action="store_true")
@@ -385,7 +467,7 @@ def main() -> None:
     if args.part in ("evidence", "all"):
         evidence(trials=2 if quick else 6, max_steps=60 if quick else 1600,
                  styles={"stripes": "striped"} if quick else STYLES, counts=(6,) if quick else COUNTS, reverse=args.reverse,
-                 rules_out=RESULTS / "rules.json" if quick else RULES)
+                 rules_out=RESULTS / "rules-judged.json" if quick else JUDGED_RULES)
     if args.part in ("search", "all"):
         for space in (("default", "full") if args.space == "both" else (args.space,)):
             search(space, timeout=60 if quick else 20 * 60, max_steps=60 if quick else 1600)
@@ -404,8 +486,14 @@ def main() -> None:
             text = score_markdown()
             write_atomically(RESULTS / "tune-score.md", (text + "\n").encode())
             write_section("tune-score-report", text + "\n")
+    if args.part == "suggest-compare":
+        suggest_compare(per_prompt=1 if quick else 8, rules_out=RESULTS / "rules.json" if quick else RULES)
+        if not quick:
+            text = suggest_markdown()
+            write_atomically(RESULTS / "suggest-compare.md", (text + "\n").encode())
+            write_section("suggest-score", text + "\n")
     if args.part in ("compare", "all"):
-        compare(per_prompt=1 if quick else 8, rules=RESULTS / "rules.json" if quick else RULES)
+        compare(per_prompt=1 if quick else 8, rules=RESULTS / "rules-judged.json" if quick else JUDGED_RULES)
     if args.part in ("report", "all") and not quick:
         text = markdown()
         write_atomically(RESULTS / "tune.md", text.encode())

@@ -363,6 +363,24 @@ def test_suggest_follows_the_measured_rules_and_is_deterministic(image_folder):
     assert steps_for(6, RULES) == 240 and steps_for(400, RULES) == 1600 and steps_for(1, RULES) == 100
     assert first.summary.startswith("6 images, 64-64 px, aspect 1.00-1.00")
     assert suggest(image_folder, base="some/sd15", rules=RULES).values()["learning_rate"] == 1e-4
+    reasons = {s.flag: s.reason for s in first.settings}
+    assert reasons["max-steps"] == ("6 images: steps = 100 x images^0.50, fitted to the best trials' steps (from 9 "
+                                    "tuning studies on the mini)")
+
+
+def test_suggest_applies_the_fit_to_the_score_studies_and_says_so(image_folder):
+    """The committed rules are bench/tune.py's fit to the --objective score studies (their best trials' kept steps)."""
+    from stylelora.train.suggest import load_rules
+
+    rules = load_rules()
+    assert rules["objective"] == "score"
+    suggestion = suggest(image_folder)
+    reasons = {s.flag: s.reason for s in suggestion.settings}
+    assert reasons["rank"].startswith(f"the rank the best trials chose most (from {rules['studies']} score-objective "
+                                      "tuning studies on the mini)")
+    assert "fitted to the steps the best trials kept" in reasons["max-steps"]
+    assert suggestion.values() == {"rank": rules["rank"], "alpha": rules["rank"] * rules["alpha_ratio"],
+                                   "learning_rate": rules["learning_rate"], "max_steps": steps_for(6, rules)}
 
 
 def test_suggest_cli_prints_each_setting_with_its_reason_and_a_toml_train_accepts(image_folder, tmp_path, capsys):

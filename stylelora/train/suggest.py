@@ -1,8 +1,10 @@
 """`stylelora suggest`: training settings for a folder in a second, with the reason for each, no training.
 
-The rules are not folklore: `bench/tune.py` ran `stylelora tune` (judge objective) on the three style
-folders at 6, 12 and 36 images on the miniature base and fitted them; the fit is `rules.json` beside this
-file and the evidence `docs/results/tune.md`. What the mini cannot vary (resolution, aspect, caption
+The rules are not folklore: `bench/tune.py` ran `stylelora tune --objective score` on the style folders'
+first 12 images on the miniature base and fitted them to each study's best trials by their own score, their
+steps the step each kept (`--part suggest-compare`); the image-count exponent comes from earlier judge-objective
+studies at 6, 12 and 36 images, as one image count cannot fix it. The fit is `rules.json` beside this file and
+the evidence and its measurement against the defaults are in docs/guides/tuning.md. What the mini cannot vary (resolution, aspect, caption
 vocabulary) is reported as advice and said to be unmeasured.
 """
 
@@ -68,7 +70,9 @@ def suggest(data: Path, base: str = "mini", caption: str = "", trigger: str = ""
     function of the folder's image count, sizes and captions, the base, and the measured rules."""
     rules = rules or load_rules()
     images, sizes, captions = _folder_facts(Path(data), caption, trigger)
-    evidence = f"(from {rules['studies']} tuning studies on the mini)"
+    scored = rules.get("objective") == "score"
+    evidence = f"(from {rules['studies']} {'score-objective ' if scored else ''}tuning studies on the mini)"
+    steps_fitted = "steps the best trials kept" if scored else "best trials' steps"
     steps = steps_for(images, rules)
     lr = rules["learning_rate"] if base == "mini" else SD_LEARNING_RATE
     lr_reason = (f"the median learning rate of the best trials {evidence}" if base == "mini" else
@@ -81,7 +85,7 @@ def suggest(data: Path, base: str = "mini", caption: str = "", trigger: str = ""
                 f"alpha = {rules['alpha_ratio']:g} x rank, the best trials' most common ratio {evidence}"),
         Setting("learning-rate", "learning_rate", lr, lr_reason),
         Setting("max-steps", "max_steps", steps, f"{images} images: steps = {rules['steps']['a']:.0f} x images^"
-                f"{rules['steps']['b']:.2f}, fitted to the best trials' steps {evidence}"),
+                f"{rules['steps']['b']:.2f}, fitted to the {steps_fitted} {evidence}"),
     )
     return Suggestion(images, _summary(images, sizes, captions, base), settings, _advice(sizes, captions))
 
