@@ -273,3 +273,20 @@ def test_an_adapter_whose_name_has_dots_or_spaces_paints_like_any_other(tiny_bas
     styler.unload(name)
     styler.set_weights({plain: 0.8})
     assert torch.equal(unet_probe(styler), expected)
+
+
+def test_painting_leaves_the_pipe_s_own_sampler_to_whatever_else_paints_with_it(tiny_base):
+    """A generate call samples with its --scheduler, then puts the pipe's sampler back: a preview scorer painting
+    through the same pipe afterwards (tune's confirmation, the benches) paints what it painted before."""
+    styler = Styler(str(tiny_base))
+    own = styler.pipe.scheduler
+
+    def direct() -> np.ndarray:
+        generator = torch.Generator().manual_seed(3)
+        return np.asarray(styler.pipe("a red circle", num_inference_steps=3, height=64, width=64,
+                                      generator=generator).images[0])
+
+    before = direct()
+    styler.generate("a red circle", count=1, steps=3, seed=1, scheduler="euler")
+    assert styler.pipe.scheduler is own
+    assert np.array_equal(direct(), before)

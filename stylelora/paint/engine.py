@@ -180,12 +180,18 @@ class Engine:
             embeds = [self._encode(job, adapters, fused) for job in jobs]
             if not fused:
                 self._make_active(None, samples, first, adapters)
+            # The job's sampler for this call only: a pipe shared with another painter (the preview scorer paints
+            # with the pipe's own sampler) is left as it was found, so what it paints does not depend on this call.
+            sampler = self.pipe.scheduler
             use_scheduler(self.pipe, first.scheduler, self.flow_config)
             seeded = [g for job in jobs for g in generators(job.config.seed, job.config.count)]
             width, height = image_size(first.width, first.height, first.size, self.native_size)
-            with self._rows(None if fused else samples, first.blend, adapters):
-                images = self.pipe(**_joined(embeds), num_inference_steps=first.steps, guidance_scale=first.cfg,
-                                   generator=seeded, height=height, width=width, output_type=output_type).images
+            try:
+                with self._rows(None if fused else samples, first.blend, adapters):
+                    images = self.pipe(**_joined(embeds), num_inference_steps=first.steps, guidance_scale=first.cfg,
+                                       generator=seeded, height=height, width=width, output_type=output_type).images
+            finally:
+                self.pipe.scheduler = sampler
         bounds = list(itertools.accumulate(job.config.count for job in jobs))
         return [list(images[end - job.config.count:end]) for job, end in zip(jobs, bounds)]
 
