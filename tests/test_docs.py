@@ -36,6 +36,7 @@ def test_ci_runs_the_readme_test_command():
     ("scores-agreement", "scores.md"), ("selection-report", "selection.md"), ("selection-previews", "selection-previews.md"),
     ("selection-cost", "selection-cost.md"), ("tune-score-report", "tune-score.md"),
     ("tune-agreement", "tune-agreement.md"), ("suggest-score", "suggest-compare.md"),
+    ("preview-agreement", "agreement.md"),
     ("composition-report", "composition.md"), ("recipe-report", "recipe.md"), ("sdxl-bench", "sdxl.md"),
     ("flux-bench", "flux.md"), ("sd35-bench", "sd35.md")])
 def test_readme_section_is_what_its_bench_script_wrote(section, report):
