@@ -327,44 +327,52 @@ def score_compare(per_prompt: int) -> None:
     write_atomically(RESULTS / "tune-score-compare.json", json.dumps(report, indent=1).encode())
 
 
+SUGGEST_COUNTS = (SCORE_IMAGES, 36)  # the score studies' image count, and whole folders: one they never saw
+
+
 def suggest_compare(per_prompt: int, rules_out: Path) -> None:
     """suggest's rules fitted on score evidence (score_evidence; written to `rules_out`, which suggest applies) and
-    on the judge-objective studies (`--part evidence`), each against the defaults, on every
-    style folder's first 12 images: pastel has no score study, so the score fit was not fitted on it. Each adapter
-    judged on 12 x per_prompt pictures at seeds no trial saw."""
+    on the judge-objective studies (`--part evidence`), each against the defaults, on every style folder's first 12
+    images and on the whole 36: pastel has no score study, and no score study held 36 images, so the score fit was
+    fitted on neither. Each adapter judged on 12 x per_prompt pictures at seeds no trial saw."""
     judged_rules = json.loads(JUDGED_RULES.read_text())
     score_rules = fit_score_rules(score_evidence(), judged_rules)
     write_atomically(rules_out, json.dumps(score_rules, indent=1).encode())
     report = {}
-    for style, name in STYLES.items():
-        folder = subset(style, SCORE_IMAGES)
-        rows = {}
-        for label, settings in (("defaults", {}),
-                                ("suggest, fitted on score studies", suggest(folder, rules=score_rules).values()),
-                                ("suggest, fitted on judge studies", suggest(folder, rules=judged_rules).values())):
-            out = WORK / f"suggest-{style}-{label.split()[-2] if label != 'defaults' else 'defaults'}"
-            adapter = out / f"{out.name}.safetensors"
-            if not adapter.exists():
-                train(TrainConfig(data=folder, out=out, name=out.name, seed=0, **settings), progress_bar=False,
-                      log=lambda m: None)
-            rows[label] = {"settings": settings} | cached_judgement(adapter, per_prompt, name)
-            print(style, label, json.dumps(rows[label]), flush=True)
-        report[style] = rows
+    for count in SUGGEST_COUNTS:
+        for style, name in STYLES.items():
+            folder = subset(style, count)
+            rows = {}
+            for label, settings in (("defaults", {}),
+                                    ("suggest, fitted on score studies", suggest(folder, rules=score_rules).values()),
+                                    ("suggest, fitted on judge studies", suggest(folder, rules=judged_rules).values())):
+                kind = label.split()[-2] if label != "defaults" else "defaults"
+                out = WORK / (f"suggest-{style}-{kind}" if count == SCORE_IMAGES else f"suggest-{style}-{count}-{kind}")
+                adapter = out / f"{out.name}.safetensors"
+                if not adapter.exists():
+                    train(TrainConfig(data=folder, out=out, name=out.name, seed=0, **settings), progress_bar=False,
+                          log=lambda m: None)
+                rows[label] = {"settings": settings} | cached_judgement(adapter, per_prompt, name)
+                print(style, count, label, json.dumps(rows[label]), flush=True)
+            report[style if count == SCORE_IMAGES else f"{style}-{count}"] = rows
     write_atomically(RESULTS / "suggest-compare.json", json.dumps(report, indent=1).encode())
 
 
 def suggest_markdown() -> str:
     report = json.loads((RESULTS / "suggest-compare.json").read_text())
     rules = json.loads(RULES.read_text())
-    lines = ["| folder (12 images) | adapter | settings | style | colour right | shape right |",
+    lines = ["| folder | adapter | settings | style | colour right | shape right |",
              "| --- | --- | --- | --- | --- | --- |"]
-    for style, rows in report.items():
+    for key, rows in report.items():
+        style, _, count = key.partition("-")
+        unfitted = [why for why, applies in (("no score study", style == "pastel"), ("size unseen", bool(count))) if applies]
+        folder = f"{style}, {count or SCORE_IMAGES} images" + (f" ({', '.join(unfitted)})" if unfitted else "")
         for label, row in rows.items():
             settings = ", ".join(f"{k.replace('learning_rate', 'lr').replace('max_steps', 'steps')} {v:.3g}"
                                  for k, v in row["settings"].items()) or \
                 f"the mini's recipe: rank 4, alpha 4, lr {MINI_RECIPE.learning_rate:g}, steps {MINI_RECIPE.steps}"
-            lines.append(f"| {style}{'' if style != 'pastel' else ' (no score study)'} | {label} | {settings} | "
-                         f"{row[STYLES[style]]:.0%} | {row['colour']:.0%} | {row['shape']:.0%} |")
+            lines.append(f"| {folder} | {label} | {settings} | {row[STYLES[style]]:.0%} | {row['colour']:.0%} | "
+                         f"{row['shape']:.0%} |")
     studies = ", ".join(s["study"] for s in rules["evidence"])
     lines += ["", f"The score fit: the best 3 trials by their own score of {rules['studies']} `--objective score` studies "
               f"({studies}), each trial's steps the step it kept. Judged on 96 pictures per row (12 prompts x 8 "
