@@ -18,7 +18,6 @@ itself. Numbers are stored as they come (docs/results/agreement.json), so an int
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -37,7 +36,7 @@ from stylelora.train.loop import prepare_data  # noqa: E402
 from stylelora.train.settings import from_dict  # noqa: E402
 from stylelora.tune.results import spearman  # noqa: E402
 
-from report_section import write_section  # noqa: E402
+from report_section import run_bench  # noqa: E402
 
 RESULTS = ROOT / "docs" / "results"
 WORK = RESULTS / "tune-work"
@@ -237,17 +236,13 @@ def statistics_table(stored: dict) -> list[str]:
     return lines
 
 
+def measure_everything() -> None:
+    measure_all()
+    statistics_sweep()
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--report", action="store_true", help="only write the report from the stored numbers")
-    args = parser.parse_args()
-    if not args.report:
-        measure_all()
-        statistics_sweep()
-    text = report()
-    write_atomically(RESULTS / "agreement.md", (text + "\n").encode())
-    write_section("preview-agreement", text + "\n")
-    print(text)
+    run_bench(__doc__.splitlines()[0], measure_everything, report, "preview-agreement", RESULTS / "agreement.md")
 
 
 if __name__ == "__main__":

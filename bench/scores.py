@@ -23,7 +23,6 @@ Spearman is given per style and pooled; the paired scores in a second table, ove
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -34,7 +33,6 @@ sys.path.insert(0, str(ROOT))
 from PIL import Image  # noqa: E402
 
 from stylelora.data.folder import scan_folder  # noqa: E402
-from stylelora.files import write_atomically  # noqa: E402
 from stylelora.mini.evaluate import prompts  # noqa: E402
 from stylelora.mini.samples import STYLES as SAMPLE_STYLES, make  # noqa: E402
 from stylelora.paint.styler import Styler  # noqa: E402
@@ -43,7 +41,7 @@ from stylelora.score.style import STATISTICS, StyleReference  # noqa: E402
 from stylelora.tune.results import spearman  # noqa: E402
 
 from judged import Store  # noqa: E402
-from report_section import write_section  # noqa: E402
+from report_section import run_bench  # noqa: E402
 from timesteps import RESULTS, STYLES  # noqa: E402
 
 STORE = RESULTS / "scores.json"
@@ -245,18 +243,14 @@ def correlation_table(stored: dict[str, dict], paired_only: bool = False) -> lis
     return lines
 
 
+def measure_everything() -> None:
+    measure()
+    judge_more()
+    measure_paired()
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--report", action="store_true", help="only write the report from the stored numbers")
-    args = parser.parse_args()
-    if not args.report:
-        measure()
-        judge_more()
-        measure_paired()
-    text = report()
-    write_atomically(RESULTS / "scores.md", (text + "\n").encode())
-    write_section("scores-agreement", text + "\n")
-    print(text)
+    run_bench(__doc__.splitlines()[0], measure_everything, report, "scores-agreement", RESULTS / "scores.md")
 
 
 if __name__ == "__main__":
