@@ -9,11 +9,12 @@ kept adapter is scored again at seeds no trial saw, on preview sets of four size
 - "2 x 2": the trial's own prompts, 2 pictures each (the size it was ranked on, painted anew);
 - "2 x 6": the same prompts, 6 pictures each;
 - "12 x 1" and "12 x 2": every colour x shape caption of the folder, 1 and 2 pictures each.
-and judged a second time on 96 pictures at other seeds. These previews are painted with DPM++ at 20 steps, the
-sampler `stylelora generate` and the judge use. A second pass reads the "12 x 2" previews with every texture
-statistic at every depth, painted with the base's own sampler (DDPM for the mini), as a training run's previews are. Spearman of the first judging with the second is the
+and judged a second time on 96 pictures at other seeds. Spearman of the first judging with the second is the
 judge's own repeatability: no score can be expected to agree with one judging better than the judge agrees with
-itself. Numbers are stored as they come (docs/results/agreement.json), so an interrupted run continues.
+itself. These previews are painted with DPM++ at 20 steps, the sampler `stylelora generate` and the judge use. A
+second pass reads the "12 x 2" previews with every texture statistic at every depth, painted with the base's own
+sampler (DDPM for the mini), as a training run's previews are. Numbers are stored as they come
+(docs/results/agreement.json), so an interrupted run continues.
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ def scorer_for(styler: Styler, style: str, prompts: list[str], per_prompt: int) 
     contrasts), painting `prompts`, `per_prompt` pictures each: every caption is a candidate the base tells
     a picture's own prompt apart from."""
     folder, _, _ = prepare_data(trial_config(style), say=lambda m: None)
-    scorer = PreviewScorer(styler.pipe, styler.family, [load_rgb(e.path) for e in folder.examples],
-                           prompts, [*prompts, *(e.caption for e in folder.examples)], [], 64, PREVIEW_SEED, per_prompt=per_prompt)
+    scorer = PreviewScorer(styler.pipe, styler.family, [load_rgb(e.path) for e in folder.examples], prompts,
+                           [*prompts, *(e.caption for e in folder.examples)], [], 64, PREVIEW_SEED,
+                           per_prompt=per_prompt)
     scorer.prompts = prompts  # every one of them, past the 6 a training run previews
     return scorer
 
@@ -172,17 +174,20 @@ def statistics_sweep() -> None:
 def report() -> str:
     """Per folder, Spearman over its trials of each preview set's scores with the first judging, beside the
     trials' own ranking scores and the judge's second judging."""
-    stored = {k: v for k, v in json.loads(STORE.read_text()).items() if not k.startswith("winner/")}
+    everything = json.loads(STORE.read_text())
+    stored = {k: v for k, v in everything.items() if not k.startswith("winner/")}
     lines = ["| Spearman with the judged rate | " + " | ".join(
         f"{style} ({sum(k.startswith(style + '/') for k in stored)} trials)" for style in STYLES) + " |",
              "| --- |" + " --- |" * len(STYLES)]
-    rows = {"style: the trial's own score (2 x 2, best of its checks)": lambda v, s: (v["trial_score"]["style_score"], v["judged"][s])}
+    rows = {"style: the trial's own score (2 x 2, best of its checks)":
+            lambda v, s: (v["trial_score"]["style_score"], v["judged"][s])}
     for label in SETS:
         pictures = SUBSETS[label][1] * (2 if PAINTED[SUBSETS[label][0]][0] == "held out" else 12)
         rows[f"style: previews {label} ({pictures} pictures), at new seeds"] = \
             lambda v, s, label=label: (v["scores"][label]["style"], v["judged"][s])
     rows["style: the judge again, 96 pictures at other seeds"] = lambda v, s: (v["judged_again"][s], v["judged"][s])
-    rows["colour: the trial's own prompt score"] = lambda v, s: (v["trial_score"]["prompt_score"], v["judged"]["colour"])
+    rows["colour: the trial's own prompt score"] = \
+        lambda v, s: (v["trial_score"]["prompt_score"], v["judged"]["colour"])
     for label in SETS:
         rows[f"colour: prompt score, previews {label}"] = \
             lambda v, s, label=label: (v["scores"][label]["prompt"], v["judged"]["colour"])
@@ -194,7 +199,7 @@ def report() -> str:
             rho = spearman([x for x, _ in points], [y for _, y in points])
             cells.append("n/a" if rho is None else f"{rho:+.2f}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines + [""] + statistics_table(stored) + [""] + winners_lines(json.loads(STORE.read_text())))
+    return "\n".join(lines + [""] + statistics_table(stored) + [""] + winners_lines(everything))
 
 
 def winners_lines(stored: dict) -> list[str]:
@@ -231,7 +236,8 @@ def statistics_table(stored: dict) -> list[str]:
     ranked = sorted(table, key=lambda label: -sum(r or 0 for r in table[label]))
     lines = ["| style statistic on the previews (12 x 2 unless named) | " + " | ".join(STYLES) + " |",
              "| --- |" + " --- |" * len(STYLES)]
-    for label in ranked[:8] + [label for label in ("gram@2", "6 x 2 gram@2") if label in table and label not in ranked[:8]]:
+    in_use = [label for label in ("gram@2", "6 x 2 gram@2") if label in table and label not in ranked[:8]]
+    for label in ranked[:8] + in_use:
         lines.append(f"| {label} | " + " | ".join("n/a" if r is None else f"{r:+.2f}" for r in table[label]) + " |")
     return lines
 

@@ -57,7 +57,7 @@ RESULTS = ROOT / "docs" / "results"
 WORK = ROOT / "docs" / "results" / "tune-work"
 STYLES = {"stripes": "striped", "dots": "dotted", "pastel": "pastel"}
 COUNTS = (6, 12, 36)
-JUDGED_RULES = RESULTS / "rules-judged.json"  # suggest's rules as fitted on the judge-objective studies, before the score fit
+JUDGED_RULES = RESULTS / "rules-judged.json"  # suggest's fit to the judge-objective studies (--part evidence)
 HELD_OUT_SEED = 500  # the comparison's images use seeds the studies never judged (they use 0 + 1000 x prompt)
 
 
@@ -365,7 +365,8 @@ def suggest_markdown() -> str:
              "| --- | --- | --- | --- | --- | --- |"]
     for key, rows in report.items():
         style, _, count = key.partition("-")
-        unfitted = [why for why, applies in (("no score study", style == "pastel"), ("size unseen", bool(count))) if applies]
+        unfitted = [why for why, applies in (("no score study", style == "pastel"), ("size unseen", bool(count)))
+                    if applies]
         folder = f"{style}, {count or SCORE_IMAGES} images" + (f" ({', '.join(unfitted)})" if unfitted else "")
         for label, row in rows.items():
             settings = ", ".join(f"{k.replace('learning_rate', 'lr').replace('max_steps', 'steps')} {v:.3g}"
@@ -374,8 +375,8 @@ def suggest_markdown() -> str:
             lines.append(f"| {folder} | {label} | {settings} | {row[STYLES[style]]:.0%} | {row['colour']:.0%} | "
                          f"{row['shape']:.0%} |")
     studies = ", ".join(s["study"] for s in rules["evidence"])
-    lines += ["", f"The score fit: the best 3 trials by their own score of {rules['studies']} `--objective score` studies "
-              f"({studies}), each trial's steps the step it kept. Judged on 96 pictures per row (12 prompts x 8 "
+    lines += ["", f"The score fit: the best 3 trials by their own score of {rules['studies']} `--objective score` "
+              f"studies ({studies}), each trial's steps the step it kept. Judged on 96 pictures per row (12 prompts x 8 "
               "seeds no trial saw): about ±4 points of noise on each rate."]
     return "\n".join(lines)
 

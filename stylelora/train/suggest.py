@@ -3,9 +3,9 @@
 The rules are not folklore: `bench/tune.py` ran `stylelora tune --objective score` on the style folders'
 first 12 images on the miniature base and fitted them to each study's best trials by their own score, their
 steps the step each kept (`--part suggest-compare`); the image-count exponent comes from earlier judge-objective
-studies at 6, 12 and 36 images, as one image count cannot fix it. The fit is `rules.json` beside this file and
-the evidence and its measurement against the defaults are in docs/guides/tuning.md. What the mini cannot vary (resolution, aspect, caption
-vocabulary) is reported as advice and said to be unmeasured.
+studies at 6, 12 and 36 images, as one image count cannot fix it. The fit is `rules.json` beside this file; the
+evidence and its measurement against the defaults are in docs/guides/tuning.md. What the mini cannot vary
+(resolution, aspect, caption vocabulary) is reported as advice and said to be unmeasured.
 """
 
 from __future__ import annotations
