@@ -410,7 +410,10 @@ def test_train_auto_from_the_cli_and_toml(train_config, tmp_path, capsys):
     config = train_config()
     code = cli(["train", str(config.data), "--base", config.base, "--auto", "--max-steps", "2", "--out",
                 str(tmp_path / "a"), "--quiet"])
-    assert code == 0 and "Auto: --rank" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert code == 0 and "Auto: --rank" in printed.err
+    rules = suggest(config.data).values()  # the summary names the settings trained, the suggested ones
+    assert f"rank {rules['rank']}, alpha {rules['alpha']:g}, base {config.base}" in printed.out.splitlines()[1]
     (tmp_path / "auto.toml").write_text("auto = true\n")
     assert from_dict(load_toml(tmp_path / "auto.toml") | {"data": "x"}).auto is True
 

@@ -58,8 +58,9 @@ def run_train(args: argparse.Namespace) -> int:
     if not result.is_main:
         return 0
     print(f"Adapter written to {result.adapter_path}")
+    trained = result.trained or config
     print(f"{result.steps} steps in {result.seconds:.0f}s, final loss {result.loss:.4f}, "
-          f"rank {config.rank}, alpha {config.effective_alpha:g}, base {config.base}")
+          f"rank {trained.rank}, alpha {trained.effective_alpha:g}, base {trained.base}")
     if result.measured:
         print(f"Kept step {result.kept_step} ({config.keep_step}), {result.kept_measures()}; {result.stop_reason}")
     return 0

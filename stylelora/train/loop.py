@@ -184,7 +184,7 @@ def _train(config: TrainConfig, on_progress: Callable[[Progress], None] | None,
         write_phases(config.out_dir, kept.trained_steps, phases)
         say(phases_line(phases, kept.trained_steps - optimisation.start_step))
     return TrainResult(config.adapter_path, kept.trained_steps, loss, time.time() - started, accelerator.is_main_process,
-                       kept.step, kept.validation_loss, kept.reason, kept.base_validation_loss, kept.scores)
+                       kept.step, kept.validation_loss, kept.reason, kept.base_validation_loss, kept.scores, config)
 
 
 def prepare_watch(config: TrainConfig, model: Model, optimisation: Optimisation, step_loss: StepLoss,

@@ -93,6 +93,7 @@ class TrainResult:
     stop_reason: str = ""
     base_validation_loss: float | None = None  # the base's own (no adapter), for reference
     scores: PreviewScores | None = None  # the kept step's previews' scores, with --select-by score
+    trained: TrainConfig | None = None  # the settings the run trained with: --auto's suggestions filled in
 
     def kept_measures(self) -> str:
         """What the kept step measured, in words: its validation loss, and its previews' scores when scored."""
