@@ -12,6 +12,9 @@ import numpy as np
 from stylelora.files import write_atomically
 from stylelora.mini.evaluate import Rates
 from stylelora.mini.judge import judge
+from stylelora.mini.samples import HELD_OUT, HELD_OUT_SEED, make
+
+ROOT = Path(__file__).resolve().parent.parent
 
 DARK = 80  # a picture's background is dark when the median of its border ring is below this (the world's: 24)
 
@@ -34,6 +37,17 @@ def judged(styler, among: list[tuple[str, str, str]], per_prompt: int, **paint) 
             "colour": rates.share("colour"), "shape": rates.share("shape"), "broken": rates.share("broken"),
             "dark": dark / rates.images, "images": rates.images,
             "pairs": {pair: count / rates.images for pair, count in sorted(pairs.items())}}
+
+
+def sample_folder(style: str, work: Path) -> Path:
+    """A sample style's 36 images: datasets/<style>, or, for the held-out style (flat), the same kind of folder drawn
+    into `work` (gitignored) by stylelora.mini.samples."""
+    if style not in HELD_OUT:
+        return ROOT / "datasets" / style
+    folder = work / "held-out" / style
+    if not folder.is_dir():
+        make(folder, HELD_OUT[style], HELD_OUT_SEED)
+    return folder
 
 
 class Store:

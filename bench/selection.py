@@ -50,10 +50,11 @@ from stylelora.paint.styler import Styler  # noqa: E402
 from stylelora.train.config import TrainConfig  # noqa: E402
 from stylelora.train.loop import train  # noqa: E402
 
-from judged import Store  # noqa: E402
+from judged import Store, sample_folder  # noqa: E402
 from report_section import write_section  # noqa: E402
-from timesteps import EARLIER_MINI, RESULTS, STYLES  # noqa: E402
+from timesteps import EARLIER_MINI, RESULTS, STYLES as SAMPLE_STYLES  # noqa: E402
 
+STYLES = SAMPLE_STYLES | {"flat": "flat"}  # and the held-out style the base seldom draws (stylelora.mini.samples)
 STORE = RESULTS / "selection.json"
 WORK = RESULTS / "selection-adapters"  # gitignored, as the other benches' adapters
 STEPS, EVERY, IMAGES = 1500, 150, 8
@@ -63,7 +64,7 @@ def small_folder(style: str) -> Path:
     folder = WORK / "folders" / style
     if not folder.is_dir():
         folder.mkdir(parents=True)
-        for image in sorted((ROOT / "datasets" / style).glob("*.png"))[:IMAGES]:
+        for image in sorted(sample_folder(style, WORK).glob("*.png"))[:IMAGES]:
             shutil.copy(image, folder / image.name)
             shutil.copy(image.with_suffix(".txt"), folder / f"{image.stem}.txt")
     return folder

@@ -51,11 +51,14 @@ from stylelora.tune.space import TuneConfig  # noqa: E402
 from stylelora.train.recipe import MINI_RECIPE  # noqa: E402
 from stylelora.train.suggest import RULES, suggest  # noqa: E402
 
-from report_section import write_section  # noqa: E402  (bench/ is on the path when run as a script)
+from judged import sample_folder  # noqa: E402  (bench/ is on the path when run as a script)
+from report_section import write_section  # noqa: E402
 
 RESULTS = ROOT / "docs" / "results"
 WORK = ROOT / "docs" / "results" / "tune-work"
-STYLES = {"stripes": "striped", "dots": "dotted", "pastel": "pastel"}
+STYLES = {"stripes": "striped", "dots": "dotted", "pastel": "pastel"}  # the sample folders: suggest's evidence
+# and flat, the held-out style the base seldom draws (stylelora.mini.samples.HELD_OUT): never evidence, only measured
+FOLDERS = STYLES | {"flat": "flat"}
 COUNTS = (6, 12, 36)
 JUDGED_RULES = RESULTS / "rules-judged.json"  # suggest's fit to the judge-objective studies (--part evidence)
 HELD_OUT_SEED = 500  # the comparison's images use seeds the studies never judged (they use 0 + 1000 x prompt)
@@ -66,7 +69,7 @@ def subset(style: str, count: int) -> Path:
     folder = WORK / "folders" / f"{style}-{count}"
     if not folder.exists():
         folder.mkdir(parents=True)
-        for image in sorted((ROOT / "datasets" / style).glob("*.png"))[:count]:
+        for image in sorted(sample_folder(style, WORK).glob("*.png"))[:count]:
             shutil.copy(image, folder / image.name)
             shutil.copy(image.with_suffix(".txt"), folder / image.with_suffix(".txt").name)
     return folder
@@ -218,9 +221,9 @@ def score_agreement(style: str, trials: int, max_steps: int, per_prompt: int) ->
         if report.state == "COMPLETE" and adapter.is_file():
             rows.append({"number": report.number, "settings": report.settings,
                          **{k: report.attrs.get(k) for k in ("score", "style_score", "prompt_score", "kept_step")},
-                         "judged": cached_judgement(adapter, per_prompt, STYLES[style])})
+                         "judged": cached_judgement(adapter, per_prompt, FOLDERS[style])})
             print(f"  trial {report.number}: {rows[-1]}", flush=True)
-    name = STYLES[style]
+    name = FOLDERS[style]
     agreement = {
         "style": spearman([r["style_score"] for r in rows], [r["judged"][name] for r in rows]),
         "prompt": spearman([r["prompt_score"] for r in rows], [r["judged"]["colour"] for r in rows]),
@@ -290,13 +293,16 @@ def compare(per_prompt: int, rules: Path) -> None:
     write_atomically(RESULTS / "tune-compare.json", json.dumps(report, indent=1).encode())
 
 
-def score_compare(per_prompt: int) -> None:
+def score_compare(per_prompt: int, styles: tuple[str, ...]) -> None:
     """Per score study: the defaults trained on the same 12 images; the study's best trial by its own score (trained
     on the images it did not hold out); the winner once the best 3 are scored again on 4x the previews
     (`--confirm 3`, run here on the finished study: no new trial); and that winner trained again on every image
-    (its best.toml). Each is judged on 12 x per_prompt pictures at seeds no trial saw."""
-    report = {}
-    for style, name in STYLES.items():
+    (its best.toml). Each is judged on 12 x per_prompt pictures at seeds no trial saw. The other folders' rows
+    stay as measured."""
+    path = RESULTS / "tune-score-compare.json"
+    report = json.loads(path.read_text()) if path.exists() else {}
+    for style in styles:
+        name = FOLDERS[style]
         found_path = RESULTS / f"tune-score-{style}.json"
         if not found_path.exists():
             continue
@@ -324,38 +330,51 @@ def score_compare(per_prompt: int) -> None:
         rows["winner on every image (best.toml)"] = {"steps": settings["max-steps"]} | judge(final.adapter_path)
         report[style] = {"minutes": found["minutes"], "trials": len(found["trials"]), "rows": rows}
         print(style, json.dumps(rows), flush=True)
-    write_atomically(RESULTS / "tune-score-compare.json", json.dumps(report, indent=1).encode())
+        write_atomically(path, json.dumps(report, indent=1).encode())
 
 
 SUGGEST_COUNTS = (SCORE_IMAGES, 36)  # the score studies' image count, and whole folders: one they never saw
+SUGGEST_SEEDS = (0, 1)  # training seeds of the defaults and the score fit: one run a row is one draw of its noise
 
 
 def suggest_compare(per_prompt: int, rules_out: Path) -> None:
     """suggest's rules fitted on score evidence (score_evidence; written to `rules_out`, which suggest applies) and
     on the judge-objective studies (`--part evidence`), each against the defaults, on every style folder's first 12
     images and on the whole 36: pastel has no score study, and no score study held 36 images, so the score fit was
-    fitted on neither. Each adapter judged on 12 x per_prompt pictures at seeds no trial saw."""
+    fitted on neither. The defaults and the score fit train at each of SUGGEST_SEEDS, the retired judged fit at the
+    first. Each adapter judged on 12 x per_prompt pictures at seeds no trial saw."""
     judged_rules = json.loads(JUDGED_RULES.read_text())
     score_rules = fit_score_rules(score_evidence(), judged_rules)
     write_atomically(rules_out, json.dumps(score_rules, indent=1).encode())
     report = {}
     for count in SUGGEST_COUNTS:
-        for style, name in STYLES.items():
+        for style, name in FOLDERS.items():
             folder = subset(style, count)
             rows = {}
-            for label, settings in (("defaults", {}),
-                                    ("suggest, fitted on score studies", suggest(folder, rules=score_rules).values()),
-                                    ("suggest, fitted on judge studies", suggest(folder, rules=judged_rules).values())):
+            for label, settings, seeds in (
+                    ("defaults", {}, SUGGEST_SEEDS),
+                    ("suggest, fitted on score studies", suggest(folder, rules=score_rules).values(), SUGGEST_SEEDS),
+                    ("suggest, fitted on judge studies", suggest(folder, rules=judged_rules).values(), (0,))):
                 kind = label.split()[-2] if label != "defaults" else "defaults"
-                out = WORK / (f"suggest-{style}-{kind}" if count == SCORE_IMAGES else f"suggest-{style}-{count}-{kind}")
-                adapter = out / f"{out.name}.safetensors"
-                if not adapter.exists():
-                    train(TrainConfig(data=folder, out=out, name=out.name, seed=0, **settings), progress_bar=False,
-                          log=lambda m: None)
-                rows[label] = {"settings": settings} | cached_judgement(adapter, per_prompt, name)
-                print(style, count, label, json.dumps(rows[label]), flush=True)
+                stem = f"suggest-{style}-{kind}" if count == SCORE_IMAGES else f"suggest-{style}-{count}-{kind}"
+                rows[label] = {"settings": settings, "seeds": {}}
+                for seed in seeds:
+                    out = WORK / (stem if seed == 0 else f"{stem}-seed{seed}")  # seed 0 keeps its first runs' folders
+                    adapter = out / f"{out.name}.safetensors"
+                    if not adapter.exists():
+                        train(TrainConfig(data=folder, out=out, name=out.name, seed=seed, **settings),
+                              progress_bar=False, log=lambda m: None)
+                    rows[label]["seeds"][str(seed)] = cached_judgement(adapter, per_prompt, name)
+                    print(style, count, label, seed, json.dumps(rows[label]["seeds"][str(seed)]), flush=True)
             report[style if count == SCORE_IMAGES else f"{style}-{count}"] = rows
     write_atomically(RESULTS / "suggest-compare.json", json.dumps(report, indent=1).encode())
+
+
+def _over_seeds(row: dict, rate: str) -> str:
+    """A rate's mean over the row's training seeds, and each seed's when there are several: "91% (93, 89)"."""
+    rates = [judged[rate] for judged in row["seeds"].values()]
+    each = f" ({', '.join(f'{100 * r:.0f}' for r in rates)})" if len(rates) > 1 else ""
+    return f"{statistics.mean(rates):.0%}{each}"
 
 
 def suggest_markdown() -> str:
@@ -365,19 +384,22 @@ def suggest_markdown() -> str:
              "| --- | --- | --- | --- | --- | --- |"]
     for key, rows in report.items():
         style, _, count = key.partition("-")
-        unfitted = [why for why, applies in (("no score study", style == "pastel"), ("size unseen", bool(count)))
-                    if applies]
+        unfitted = [why for why, applies in (("no score study", style == "pastel"), ("held-out style", style not in STYLES),
+                                             ("size unseen", bool(count))) if applies]
         folder = f"{style}, {count or SCORE_IMAGES} images" + (f" ({', '.join(unfitted)})" if unfitted else "")
         for label, row in rows.items():
             settings = ", ".join(f"{k.replace('learning_rate', 'lr').replace('max_steps', 'steps')} {v:.3g}"
                                  for k, v in row["settings"].items()) or \
                 f"the mini's recipe: rank 4, alpha 4, lr {MINI_RECIPE.learning_rate:g}, steps {MINI_RECIPE.steps}"
-            lines.append(f"| {folder} | {label} | {settings} | {row[STYLES[style]]:.0%} | {row['colour']:.0%} | "
-                         f"{row['shape']:.0%} |")
+            lines.append(f"| {folder} | {label} | {settings} | {_over_seeds(row, FOLDERS[style])} | "
+                         f"{_over_seeds(row, 'colour')} | {_over_seeds(row, 'shape')} |")
     studies = ", ".join(s["study"] for s in rules["evidence"])
+    seeds = " and ".join(map(str, SUGGEST_SEEDS))
     lines += ["", f"The score fit: the best 3 trials by their own score of {rules['studies']} `--objective score` "
-              f"studies ({studies}), each trial's steps the step it kept. Judged on 96 pictures per row (12 prompts x 8 "
-              "seeds no trial saw): about ±4 points of noise on each rate."]
+              f"studies ({studies}), each trial's steps the step it kept. The defaults and the score fit are trained "
+              f"at seeds {seeds}: each rate is their mean, with each seed's in brackets; the judged fit (retired) at "
+              "seed 0. Each adapter is judged on 96 pictures (12 prompts x 8 seeds no trial saw): about ±4 points of "
+              "noise on each rate, about ±3 on a mean of two."]
     return "\n".join(lines)
 
 
@@ -385,7 +407,7 @@ def score_markdown() -> str:
     report = json.loads((RESULTS / "tune-score-compare.json").read_text())
     lines = ["| folder (12 images) | adapter | style | colour right | shape right |", "| --- | --- | --- | --- | --- |"]
     for style, found in report.items():
-        name = STYLES[style]
+        name = FOLDERS[style]
         for label, row in found["rows"].items():
             what = label + (f" (trial {row['trial']})" if "trial" in row else "")
             lines.append(f"| {style} | {what} | {row[name]:.0%} | {row['colour']:.0%} | {row['shape']:.0%} |")
@@ -458,7 +480,8 @@ def main() -> None:
     parser.add_argument("--part", choices=("evidence", "search", "compare", "score", "score-compare",
                                            "score-agreement", "suggest-compare", "report", "all"),
                         default="all")
-    parser.add_argument("--style", choices=tuple(STYLES), default="stripes", help="the score part's folder")
+    parser.add_argument("--style", choices=tuple(FOLDERS), default=None,
+                        help="the score parts' folder (score-compare: every folder with a score study if not given)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--reverse", action="store_true",
                         help="evidence: take the studies in reverse order; a second process so started shares the "
@@ -481,16 +504,17 @@ def main() -> None:
         for space in (("default", "full") if args.space == "both" else (args.space,)):
             search(space, timeout=60 if quick else 20 * 60, max_steps=60 if quick else 1600)
     if args.part == "score":
-        score_search(args.style, timeout=60 if quick else 20 * 60, max_steps=60 if quick else 1600)
+        score_search(args.style or "stripes", timeout=60 if quick else 20 * 60, max_steps=60 if quick else 1600)
     if args.part == "score-agreement":
-        score_agreement(args.style, trials=2 if quick else AGREEMENT_TRIALS, max_steps=60 if quick else 1600,
+        score_agreement(args.style or "stripes", trials=2 if quick else AGREEMENT_TRIALS, max_steps=60 if quick else 1600,
                         per_prompt=1 if quick else 8)
         if not quick:  # a rerun reads the finished study and its judged trials back: nothing is trained again
             text = agreement_markdown()
             write_atomically(RESULTS / "tune-agreement.md", (text + "\n").encode())
             write_section("tune-agreement", text + "\n")
     if args.part == "score-compare":
-        score_compare(per_prompt=1 if quick else 8)
+        studied = tuple(style for style in FOLDERS if (RESULTS / f"tune-score-{style}.json").exists())
+        score_compare(per_prompt=1 if quick else 8, styles=(args.style,) if args.style else studied)
         if not quick:
             text = score_markdown()
             write_atomically(RESULTS / "tune-score.md", (text + "\n").encode())

@@ -328,6 +328,28 @@ def test_folder_style_reads_what_each_sample_folder_teaches():
         assert folder_style(images) == style
 
 
+def test_the_held_out_flat_style_is_read_as_flat_and_counted_as_one_look(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from stylelora.mini.evaluate import Rates
+    from stylelora.mini.judge import judge
+    from stylelora.mini.samples import HELD_OUT, HELD_OUT_SEED, make
+
+    make(tmp_path, HELD_OUT["flat"], HELD_OUT_SEED, count=12)
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(tmp_path.glob("*.png"))]
+    assert folder_style(images) == "flat"
+    rates = Rates()
+    for image in images:  # flat is a solid shape in a normal colour: counted when the judge reads both
+        rates.count(judge(image), "red", "circle")
+    make(tmp_path / "striped", {"texture": "striped", "palette": "normal"}, 0, count=1)
+    make(tmp_path / "pastel", {"texture": "solid", "palette": "pastel"}, 0, count=1)
+    for other in ("striped", "pastel"):  # striped and normal, solid and pastel: neither is flat
+        rates.count(judge(np.asarray(Image.open(tmp_path / other / "000.png").convert("RGB"))), "red", "circle")
+    assert rates.share("flat") == 12 / 14
+    assert rates.share("solid") == 13 / 14 and rates.share("normal") == 13 / 14
+
+
 @pytest.mark.slow
 def test_the_judge_objective_scores_style_with_colour_as_a_constraint(tmp_path):
     folder = tmp_path / "stripes"

@@ -14,6 +14,11 @@ from .judge import judge
 from .world import COLOURS, SHAPES
 
 
+# A look named by its texture and palette together: "flat" is a solid shape in a normal (not pastel) colour, the
+# held-out style (stylelora.mini.samples.HELD_OUT), which the base seldom draws unasked.
+LOOKS = {"flat": ("solid", "normal")}
+
+
 @dataclass
 class Rates:
     images: int = 0
@@ -23,6 +28,7 @@ class Rates:
     broken: int = 0
     textures: Counter = field(default_factory=Counter)
     palettes: Counter = field(default_factory=Counter)
+    looks: Counter = field(default_factory=Counter)  # (texture, palette) pairs
 
     def count(self, verdict, colour: str, shape: str) -> None:
         """Count one picture's verdict (a judge.Verdict) for a prompt that asked for `colour` and `shape`."""
@@ -33,14 +39,17 @@ class Rates:
         self.broken += verdict.broken
         self.textures[verdict.texture or "none"] += 1
         self.palettes[verdict.palette or "none"] += 1
+        self.looks[verdict.texture, verdict.palette] += 1
 
     def share(self, what: str) -> float:
-        """Share of images judged as `what`: a texture, a palette, 'colour', 'shape' or 'prompt' (both) right, or
-        'broken'."""
+        """Share of images judged as `what`: a texture, a palette, a look of LOOKS, 'colour', 'shape' or 'prompt'
+        (both) right, or 'broken'."""
         if self.images == 0:
             return 0.0
         count = {"colour": self.colour_right, "shape": self.shape_right, "prompt": self.prompt_right,
                  "broken": self.broken}.get(what)
+        if count is None and what in LOOKS:
+            count = self.looks[LOOKS[what]]
         if count is None:
             count = self.textures[what] + self.palettes[what]
         return count / self.images
@@ -63,16 +72,17 @@ def measure(styler, per_prompt: int = 4, steps: int = 20, cfg: float = 4.0, seed
     return rates
 
 
-STYLES = ("striped", "dotted", "pastel")
+STYLES = ("striped", "dotted", "pastel", "flat")
 
 
 def folder_style(images: list[np.ndarray]) -> str:
-    """The style a folder teaches, as the judge sees it: the most common of striped, dotted and pastel among
-    its images (ties go to the first)."""
+    """The style a folder teaches, as the judge sees it: the most common of striped, dotted, pastel and flat (a
+    solid shape in a normal colour) among its images (ties go to the first)."""
     counts = Counter()
     for image in images:
         verdict = judge(image)
-        counts.update(s for s in (verdict.texture, verdict.palette) if s in STYLES)
+        looks = [name for name, pair in LOOKS.items() if pair == (verdict.texture, verdict.palette)]
+        counts.update(s for s in (verdict.texture, verdict.palette, *looks) if s in STYLES)
     if not counts:
-        raise ValueError("the judge sees no striped, dotted or pastel image in the folder")
+        raise ValueError("the judge sees no striped, dotted, pastel or flat image in the folder")
     return max(STYLES, key=lambda s: counts[s])

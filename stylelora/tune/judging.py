@@ -28,7 +28,7 @@ class StyleJudge:
             try:
                 style = folder_style([np.asarray(load_rgb(e.path).resize((size, size))) for e in folder.examples])
             except ValueError:
-                raise ConfigError(f"--objective judge: the judge sees no striped, dotted or pastel image in "
+                raise ConfigError(f"--objective judge: the judge sees no striped, dotted, pastel or flat image in "
                                   f"{train.data}; name the style with --judge-style") from None
             log(f"Judge: the folder's style is {style} (as the judge reads its images).")
         self.style = style

@@ -12,13 +12,13 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..methods import METHODS, TARGET_PRESETS
+from ..mini.evaluate import STYLES as JUDGE_STYLES  # the looks the strict judge counts
 from ..options import UiField, option, read_toml
 from ..train.config import TrainConfig, validate
 from ..train.settings import from_dict
 
 OBJECTIVES = ("loss", "score", "judge")
 PRUNERS = ("median", "none")
-JUDGE_STYLES = ("striped", "dotted", "pastel")
 DEFAULT_TRIALS = 20
 # Settings the search owns; a fixed training setting (--train-config, or the flags) may not name them.
 SEARCHED = ("rank", "alpha", "learning_rate", "max_steps", "method", "targets", "train_text_encoder")
