@@ -6,7 +6,8 @@ preview score keeps, the step the validation loss keeps, and the last step.
     python bench/selection.py --preview-sets  # the same checkpoints scored from larger preview sets (after the above)
     python bench/selection.py --cost          # what scoring the previews costs, against plain previews (time it alone)
 
-For each of stripes, dots and pastel: the folder's first 8 images (a small folder, as style sets are), 1500 steps of
+For each of stripes, dots, pastel and flat (the held-out style, drawn by stylelora.mini.samples into the work
+folder): the folder's first 8 images (a small folder, as style sets are), 1500 steps of
 the mini's earlier recipe with 2 of the 8 held out (--validation-split 0.25), validated every 150 steps with
 --select-by score --scorer paired, and a checkpoint at each. The paired score's choice is the step of the highest
 logged score, the first of equals, as --keep best keeps it (tests/test_validation.py checks that it does). The plain
@@ -295,10 +296,10 @@ def main() -> None:
     for style in STYLES:
         _, rows = run(style)
         plain = plain_scores(base, style, rows)
+        judged = judge_steps(styler, style, per_prompt)  # before the agreement, which reads the judged steps
         results[style] = {"paired": first_best(rows, "score", -1.0), "plain": first_best(plain, "score", -1.0),
                           "agreement": {"paired": agreement(rows, style), "plain": agreement(plain, style)},
-                          "loss": first_best(rows, "validation_loss", 1.0),
-                          "judged": judge_steps(styler, style, per_prompt)}
+                          "loss": first_best(rows, "validation_loss", 1.0), "judged": judged}
         Store(STORE).put(f"kept/{style}", {k: v for k, v in results[style].items() if k in ("paired", "plain", "loss")})
         print(style, {k: v for k, v in results[style].items() if k != "judged"}, flush=True)
     text = report(results)

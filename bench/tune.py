@@ -3,7 +3,8 @@
     python bench/tune.py --part evidence   # tune each style folder at 6, 12, 36 images; fit suggest's rules
     python bench/tune.py --part search     # a 20-minute study on stripes (judge objective, default space)
     python bench/tune.py --part compare    # defaults vs the best trial vs suggest, judged on held-out seeds
-    python bench/tune.py --part score --style stripes   # a 20-minute --objective score study on 12 images
+    python bench/tune.py --part score --style stripes   # a 20-minute --objective score study on 12 images (also
+                                                        # dots, and flat: the held-out style, datasets/README.md)
     python bench/tune.py --part score-compare           # each score study's winner vs the defaults, judged
     python bench/tune.py --part score-agreement --style stripes   # 30 score-objective trials, each judged
     python bench/tune.py --part suggest-compare   # suggest fitted on the score studies vs the judged fit vs defaults
@@ -236,7 +237,7 @@ def score_agreement(style: str, trials: int, max_steps: int, per_prompt: int) ->
 def agreement_markdown() -> str:
     """Each agreement study's table: its trials by their own score, best first, each with what the judge saw."""
     parts = []
-    for style, name in STYLES.items():
+    for style, name in FOLDERS.items():
         path = RESULTS / f"tune-agreement-{style}.json"
         if not path.is_file():
             continue
@@ -250,13 +251,17 @@ def agreement_markdown() -> str:
                          f"{r['judged']['colour']:.0%} |")
         a = found["agreement"]
         lines += ["", f"Spearman over the {style} study's {len(rows)} trials: style score with the judged {name} rate "
-                  f"{a['style']:+.2f}, prompt score with colour right {a['prompt']:+.2f}, score with {name} x colour "
-                  f"right {a['quality']:+.2f}."]
+                  f"{_rho(a['style'])}, prompt score with colour right {_rho(a['prompt'])}, score with {name} x "
+                  f"colour right {_rho(a['quality'])}."]
         parts.append("\n".join(lines))
     parts.append("Each study: `--objective score`, default space, no pruning, on the folder's first 12 images; each "
                  "trial's kept adapter judged on 96 pictures (12 prompts x 8 seeds no trial saw): about ±4 points of "
                  "noise on each rate.")
     return "\n\n".join(parts)
+
+
+def _rho(value: float | None) -> str:
+    return "none (one side has no spread)" if value is None else f"{value:+.2f}"
 
 
 def cached_judgement(path: Path, per_prompt: int, style: str) -> dict:
@@ -297,8 +302,8 @@ def score_compare(per_prompt: int, styles: tuple[str, ...]) -> None:
     """Per score study: the defaults trained on the same 12 images; the study's best trial by its own score (trained
     on the images it did not hold out); the winner once the best 3 are scored again on 4x the previews
     (`--confirm 3`, run here on the finished study: no new trial); and that winner trained again on every image
-    (its best.toml). Each is judged on 12 x per_prompt pictures at seeds no trial saw. The other folders' rows
-    stay as measured."""
+    (its best.toml). The defaults and best.toml train at each of SUGGEST_SEEDS, one row a seed. Each is judged on
+    12 x per_prompt pictures at seeds no trial saw. The other folders' rows stay as measured."""
     path = RESULTS / "tune-score-compare.json"
     report = json.loads(path.read_text()) if path.exists() else {}
     for style in styles:
@@ -307,13 +312,16 @@ def score_compare(per_prompt: int, styles: tuple[str, ...]) -> None:
         if not found_path.exists():
             continue
         found = json.loads(found_path.read_text())
-        defaults = WORK / f"score-defaults-{style}" / f"score-defaults-{style}.safetensors"
-        if not defaults.exists():
-            train(TrainConfig(data=subset(style, SCORE_IMAGES), out=defaults.parent, seed=0), progress_bar=False,
-                  log=lambda m: None)
+        # the study's best is the confirmed winner when it ran with --confirm; this row is the best before that
+        best = max((t for t in found["trials"] if t.get("score") is not None), key=lambda t: t["score"])
+        if not Path(best["adapter"]).is_file():
+            print(f"{style}: the study's adapters are gone (its work folder); its measured rows stay", flush=True)
+            continue
         judge = lambda path: cached_judgement(path, per_prompt, name)  # noqa: E731
-        rows = {"base": judged(None, per_prompt, name), "defaults": judge(defaults)}
-        best = next(t for t in found["trials"] if t["number"] == found["best"])
+        rows = {"base": judged(None, per_prompt, name)}
+        for seed in SUGGEST_SEEDS:
+            defaults = TrainConfig(data=subset(style, SCORE_IMAGES), out=WORK / f"score-defaults-{style}", seed=seed)
+            rows[_seeded("defaults", seed)] = judge(_trained(defaults))
         rows["best trial by its own score"] = {"trial": best["number"], "settings": best["settings"],
                                                "score": best["score"], "kept_step": best["kept_step"]} | \
             judge(Path(best["adapter"]))
@@ -325,12 +333,28 @@ def score_compare(per_prompt: int, styles: tuple[str, ...]) -> None:
                                                      "confirmed": confirmed.attrs["confirmed"]} | \
             judge(Path(confirmed.attrs["adapter"]))
         settings = load_toml(WORK / f"score-{style}" / "best.toml")  # that winner again, on every image
-        final = train(replace(from_dict(settings), out=WORK / f"score-final-{style}"), progress_bar=False,
-                      log=lambda m: None)
-        rows["winner on every image (best.toml)"] = {"steps": settings["max-steps"]} | judge(final.adapter_path)
+        for seed in SUGGEST_SEEDS:
+            final = replace(from_dict(settings), out=WORK / f"score-final-{style}", seed=seed)
+            rows[_seeded("winner on every image (best.toml)", seed)] = {"steps": settings["max-steps"]} | \
+                judge(_trained(final))
         report[style] = {"minutes": found["minutes"], "trials": len(found["trials"]), "rows": rows}
         print(style, json.dumps(rows), flush=True)
         write_atomically(path, json.dumps(report, indent=1).encode())
+
+
+def _seeded(label: str, seed: int) -> str:
+    return label if seed == 0 else f"{label}, seed {seed}"
+
+
+def _trained(config: TrainConfig) -> Path:
+    """The adapter `config` trains, trained unless it is there: seed 0 in `config.out`, another seed beside it."""
+    if config.seed != 0:
+        config = replace(config, out=config.out.with_name(f"{config.out.name}-seed{config.seed}"))
+    config = replace(config, name=config.out.name)
+    adapter = config.out / f"{config.name}.safetensors"
+    if not adapter.exists():
+        train(config, progress_bar=False, log=lambda m: None)
+    return adapter
 
 
 SUGGEST_COUNTS = (SCORE_IMAGES, 36)  # the score studies' image count, and whole folders: one they never saw
@@ -359,11 +383,7 @@ def suggest_compare(per_prompt: int, rules_out: Path) -> None:
                 stem = f"suggest-{style}-{kind}" if count == SCORE_IMAGES else f"suggest-{style}-{count}-{kind}"
                 rows[label] = {"settings": settings, "seeds": {}}
                 for seed in seeds:
-                    out = WORK / (stem if seed == 0 else f"{stem}-seed{seed}")  # seed 0 keeps its first runs' folders
-                    adapter = out / f"{out.name}.safetensors"
-                    if not adapter.exists():
-                        train(TrainConfig(data=folder, out=out, name=out.name, seed=seed, **settings),
-                              progress_bar=False, log=lambda m: None)
+                    adapter = _trained(TrainConfig(data=folder, out=WORK / stem, seed=seed, **settings))
                     rows[label]["seeds"][str(seed)] = cached_judgement(adapter, per_prompt, name)
                     print(style, count, label, seed, json.dumps(rows[label]["seeds"][str(seed)]), flush=True)
             report[style if count == SCORE_IMAGES else f"{style}-{count}"] = rows
@@ -414,8 +434,9 @@ def score_markdown() -> str:
     studies = ", ".join(f"{style} {found['trials']} trials in {found['minutes']} min"
                         for style, found in report.items())
     lines += ["", "Studies: `--objective score --timeout 20m` on each folder's first 12 images, default space "
-              f"({studies}; two studies at a time, one thread each). Judged on 96 pictures per row (12 prompts x 8 "
-              "seeds no trial saw): about ±4 points of noise on each rate."]
+              f"({studies}; one thread each, stripes and dots two at a time, flat alone). flat is the held-out "
+              "style (datasets/README.md). Judged on 96 pictures per row (12 prompts x 8 seeds no trial saw): about "
+              "±4 points of noise on each rate."]
     return "\n".join(lines)
 
 
