@@ -404,8 +404,9 @@ def suggest_markdown() -> str:
              "| --- | --- | --- | --- | --- | --- |"]
     for key, rows in report.items():
         style, _, count = key.partition("-")
-        unfitted = [why for why, applies in (("no score study", style == "pastel"), ("held-out style", style not in STYLES),
-                                             ("size unseen", bool(count))) if applies]
+        unfitted = [why for why, applies in (("no score study", style == "pastel"),
+                                             ("held-out style", style not in STYLES), ("size unseen", bool(count)))
+                    if applies]
         folder = f"{style}, {count or SCORE_IMAGES} images" + (f" ({', '.join(unfitted)})" if unfitted else "")
         for label, row in rows.items():
             settings = ", ".join(f"{k.replace('learning_rate', 'lr').replace('max_steps', 'steps')} {v:.3g}"
@@ -525,10 +526,11 @@ def main() -> None:
         for space in (("default", "full") if args.space == "both" else (args.space,)):
             search(space, timeout=60 if quick else 20 * 60, max_steps=60 if quick else 1600)
     if args.part == "score":
-        score_search(args.style or "stripes", timeout=60 if quick else 20 * 60, max_steps=60 if quick else 1600)
+        score_search(args.style or "stripes", timeout=60 if quick else 20 * 60,
+                     max_steps=60 if quick else 1600)
     if args.part == "score-agreement":
-        score_agreement(args.style or "stripes", trials=2 if quick else AGREEMENT_TRIALS, max_steps=60 if quick else 1600,
-                        per_prompt=1 if quick else 8)
+        score_agreement(args.style or "stripes", trials=2 if quick else AGREEMENT_TRIALS,
+                        max_steps=60 if quick else 1600, per_prompt=1 if quick else 8)
         if not quick:  # a rerun reads the finished study and its judged trials back: nothing is trained again
             text = agreement_markdown()
             write_atomically(RESULTS / "tune-agreement.md", (text + "\n").encode())

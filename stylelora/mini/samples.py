@@ -20,9 +20,9 @@ from .world import COLOURS, SHAPES, random_scene, render
 STYLES = {"stripes": {"texture": "striped"}, "dots": {"texture": "dotted"}, "pastel": {"palette": "pastel"}}
 COUNT = 36
 FIRST_SEED = 100  # stripes draws from seed 100, dots 101, pastel 102
-# A style the base seldom draws unasked: 9 of its 96 pictures of the 12 prompts are solid shapes in normal colours,
-# where it draws stripes, dots or pastel 27-60% of the time. Not written by `sample-data`: the benches teach it to
-# measure what tune, suggest and selection add where the base leaves room (flat, seed 103).
+# A style the base seldom draws unasked: 9 of its 96 pictures of the 12 prompts are solid shapes in normal colours
+# (docs/results/tune-score.md), where it draws each of the three above 29-61% of the time. Not written by
+# `sample-data`: the benches teach it, to measure what tune, suggest and selection add where the base leaves room.
 HELD_OUT = {"flat": {"texture": "solid", "palette": "normal"}}
 HELD_OUT_SEED = FIRST_SEED + len(STYLES)
 
