@@ -5,6 +5,7 @@ preview score keeps, the step the validation loss keeps, and the last step.
     python bench/selection.py --quick         # 2 images per prompt
     python bench/selection.py --preview-sets  # the same checkpoints scored from larger preview sets (after the above)
     python bench/selection.py --cost          # what scoring the previews costs, against plain previews (time it alone)
+    python bench/selection.py --statistics    # the step each style statistic would keep (after the above)
 
 For each of stripes, dots, pastel and flat (the held-out style, drawn by stylelora.mini.samples into the work
 folder): the folder's first 8 images (a small folder, as style sets are), 1500 steps of
@@ -45,7 +46,7 @@ from stylelora.mini.evaluate import measure  # noqa: E402
 from stylelora.families import family_of_pipe  # noqa: E402
 from stylelora.score.previews import PreviewScorer  # noqa: E402
 from stylelora.score.prompt import PromptJudge  # noqa: E402
-from stylelora.score.style import StyleReference  # noqa: E402
+from stylelora.score.style import STATISTICS, StyleReference  # noqa: E402
 from stylelora.tune.results import spearman  # noqa: E402
 from stylelora.paint.styler import Styler  # noqa: E402
 from stylelora.train.config import TrainConfig  # noqa: E402
@@ -86,19 +87,27 @@ def run(style: str) -> tuple[Path, list[dict]]:
 def plain_scores(base: Styler, style: str, rows: list[dict]) -> list[dict]:
     """Each validation's plain score (--scorer base), read from the run's saved previews of its held-out captions:
     the first pictures of the paired set, painted at the seeds a --scorer base run paints them at."""
-    folder = scan_folder(small_folder(style), "", "")
-    training, held_out = split_examples(folder.examples, 0.25, 0)  # the run's own split (seed 0)
-    captions = [e.caption for e in held_out]
-    scorer = PreviewScorer(base.pipe, family_of_pipe(base.pipe), [load_rgb(e.path) for e in training], captions,
-                           [e.caption for e in training], [], base.native_size, 0)
+    training, captions, contrasts = run_split(style)
+    scorer = PreviewScorer(base.pipe, family_of_pipe(base.pipe), training, captions, contrasts, [], base.native_size, 0)
     asked = [prompt for prompt in scorer.prompts for _ in range(scorer.per_prompt)]
     plain = []
     for row in rows:
-        scored = WORK / "runs" / style / "scored"
-        images = [load_rgb(scored / f"step-{row['step']:06d}-{index}.png") for index in range(len(asked))]
-        scores = scorer.score(images, asked)
-        plain.append({"step": row["step"], "score": scores.quality, "style_score": scores.style})
+        scores = scorer.score(saved_previews(style, row["step"], len(asked)), asked)
+        plain.append({"step": row["step"], "score": scores.quality, "style_score": scores.style,
+                      "prompt_score": scores.prompt})
     return plain
+
+
+def run_split(style: str) -> tuple[list, list[str], list[str]]:
+    """The run's own split (seed 0): its training images, its held-out captions and its training captions."""
+    folder = scan_folder(small_folder(style), "", "")
+    training, held_out = split_examples(folder.examples, 0.25, 0)
+    return [load_rgb(e.path) for e in training], [e.caption for e in held_out], [e.caption for e in training]
+
+
+def saved_previews(style: str, step: int, count: int) -> list:
+    scored = WORK / "runs" / style / "scored"
+    return [load_rgb(scored / f"step-{step:06d}-{index}.png") for index in range(count)]
 
 
 def first_best(rows: list[dict], key: str, sign: float) -> int:
@@ -165,12 +174,10 @@ def checkpoint_path(style: str, step: int) -> Path:
 def score_pictures(painter: Styler, base: Styler, style: str, store: dict) -> None:
     """Each checkpoint's pictures of its run's held-out captions, each with its style distance (to the nearest
     training image, as StyleReference measures it) and its prompt probability (as PromptJudge reads it)."""
-    folder = scan_folder(small_folder(style), "", "")
-    training, held_out = split_examples(folder.examples, 0.25, 0)  # the run's own split (seed 0)
+    training, prompts, contrasts = run_split(style)
     size = painter.native_size
-    reference = StyleReference(base.pipe.vae, [load_rgb(e.path) for e in training], size)
-    prompts = [e.caption for e in held_out]
-    judge = PromptJudge(base.pipe, base.family, [*prompts, *[e.caption for e in training]])
+    reference = StyleReference(base.pipe.vae, training, size)
+    judge = PromptJudge(base.pipe, base.family, [*prompts, *contrasts])
     for step in range(EVERY, STEPS + 1, EVERY):
         if f"{style}/{step}" in store:
             continue
@@ -245,6 +252,35 @@ def preview_sets() -> None:
     print(text)
 
 
+def statistics_report(base: Styler) -> str:
+    """--statistics: the step --select-by score would keep with each style statistic in place of gram@2, read from
+    each run's saved previews of its held-out captions (4 a validation) times the run's prompt score, and how the
+    statistic alone ranks the ten checkpoints against the judged style rate."""
+    judged, steps = Store(STORE).read(), range(EVERY, STEPS + 1, EVERY)
+    cells: dict[str, list[str]] = {}
+    for style in STYLES:
+        training, captions, _ = run_split(style)
+        prompt = {row["step"]: row["prompt_score"] for row in plain_scores(base, style, run(style)[1])}
+        pictures = {step: saved_previews(style, step, 2 * len(captions)) for step in steps}
+        for statistic in STATISTICS:
+            for depth in range(len(base.pipe.vae.encoder.down_blocks)):
+                reference = StyleReference(base.pipe.vae, training, base.native_size, statistic, (depth,))
+                styled = {step: reference.score(pictures[step]) for step in steps}
+                kept = min(steps, key=lambda step: (-styled[step] * prompt[step], step))
+                rho = spearman([styled[step] for step in steps], [judged[f"{style}/{step}"]["style"] for step in steps])
+                cells.setdefault(f"{statistic}@{depth}", []).append(
+                    f"step {kept}: {quality(judged[f'{style}/{kept}']):.0%} ({rho:+.2f})")
+    best = [max(quality(judged[f"{style}/{step}"]) for step in steps) for style in STYLES]
+    lines = ["| style statistic | " + " | ".join(STYLES) + " |", "| --- | " + " | ".join("---" for _ in STYLES) + " |",
+             *(f"| {name} | " + " | ".join(row) + " |" for name, row in cells.items()),
+             "| best judged step, last step | " + " | ".join(
+                 f"{b:.0%}, {quality(judged[f'{style}/{STEPS}']):.0%}" for style, b in zip(STYLES, best)) + " |",
+             "", "Each cell: the step kept, its judged quality (style x prompt right), and in brackets the Spearman of "
+                 "the statistic's style score with the judged style rate over the ten checkpoints. gram@2 is the "
+                 "statistic in use: its row is the plain score's choice in the table above."]
+    return "\n".join(lines)
+
+
 COST_STEPS, COST_EVERY = 4, 2
 COST_MODES = {"no previews": {}, "plain previews (--keep last)": {"sample_every": COST_EVERY, "keep": "last"},
               "scored previews (the default)": {"sample_every": COST_EVERY}}
@@ -282,9 +318,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 images per prompt instead of 8")
     parser.add_argument("--preview-sets", action="store_true", help="score the checkpoints from larger preview sets")
     parser.add_argument("--cost", action="store_true", help="time scored previews against plain ones (alone)")
+    parser.add_argument("--statistics", action="store_true",
+                        help="the step each style statistic would keep, read from the runs' saved previews")
     args = parser.parse_args()
     if args.preview_sets:
         return preview_sets()
+    if args.statistics:
+        text = statistics_report(Styler("mini"))
+        write_atomically(RESULTS / "selection-statistics.md", (text + "\n").encode())
+        write_section("selection-statistics", text + "\n")
+        return print(text)
     if args.cost:
         text = cost()
         write_atomically(RESULTS / "selection-cost.md", (text + "\n").encode())

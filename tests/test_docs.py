@@ -34,6 +34,7 @@ def test_ci_runs_the_readme_test_command():
     ("quickstart-report", "quickstart.md"), ("timesteps-report", "timesteps.md"),
     ("optimizers-report", "optimizers.md"), ("knobs-report", "knobs.md"), ("presets-memory", "presets.md"),
     ("scores-agreement", "scores.md"), ("selection-report", "selection.md"), ("selection-previews", "selection-previews.md"),
+    ("selection-statistics", "selection-statistics.md"),
     ("selection-cost", "selection-cost.md"), ("tune-score-report", "tune-score.md"),
     ("tune-agreement", "tune-agreement.md"), ("suggest-score", "suggest-compare.md"),
     ("preview-agreement", "agreement.md"),
