@@ -19,6 +19,11 @@ from .world import COLOURS, SHAPES
 LOOKS = {"flat": ("solid", "normal")}
 
 
+def looks_of(verdict) -> list[str]:
+    """The LOOKS a judge.Verdict reads as."""
+    return [name for name, pair in LOOKS.items() if pair == (verdict.texture, verdict.palette)]
+
+
 @dataclass
 class Rates:
     images: int = 0
@@ -28,7 +33,7 @@ class Rates:
     broken: int = 0
     textures: Counter = field(default_factory=Counter)
     palettes: Counter = field(default_factory=Counter)
-    looks: Counter = field(default_factory=Counter)  # (texture, palette) pairs
+    looks: Counter = field(default_factory=Counter)
 
     def count(self, verdict, colour: str, shape: str) -> None:
         """Count one picture's verdict (a judge.Verdict) for a prompt that asked for `colour` and `shape`."""
@@ -39,7 +44,7 @@ class Rates:
         self.broken += verdict.broken
         self.textures[verdict.texture or "none"] += 1
         self.palettes[verdict.palette or "none"] += 1
-        self.looks[verdict.texture, verdict.palette] += 1
+        self.looks.update(looks_of(verdict))
 
     def share(self, what: str) -> float:
         """Share of images judged as `what`: a texture, a palette, a look of LOOKS, 'colour', 'shape' or 'prompt'
@@ -49,7 +54,7 @@ class Rates:
         count = {"colour": self.colour_right, "shape": self.shape_right, "prompt": self.prompt_right,
                  "broken": self.broken}.get(what)
         if count is None and what in LOOKS:
-            count = self.looks[LOOKS[what]]
+            count = self.looks[what]
         if count is None:
             count = self.textures[what] + self.palettes[what]
         return count / self.images
@@ -81,8 +86,7 @@ def folder_style(images: list[np.ndarray]) -> str:
     counts = Counter()
     for image in images:
         verdict = judge(image)
-        looks = [name for name, pair in LOOKS.items() if pair == (verdict.texture, verdict.palette)]
-        counts.update(s for s in (verdict.texture, verdict.palette, *looks) if s in STYLES)
+        counts.update(s for s in (verdict.texture, verdict.palette, *looks_of(verdict)) if s in STYLES)
     if not counts:
         raise ValueError("the judge sees no striped, dotted, pastel or flat image in the folder")
     return max(STYLES, key=lambda s: counts[s])
