@@ -35,6 +35,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -140,6 +142,24 @@ def quality(point: dict) -> float:
     return point["style"] * point["prompt"]
 
 
+def oracle_meets(judged: dict[int, dict], draws: int = 20_000) -> float:
+    """How often keeping the truly best step would meet the target, under the judge's own noise: the judged rates
+    taken as the true ones, and each judging drawn again as binomial counts over its pictures (a parametric
+    bootstrap, seeded). The best judged step of one judging is the highest of ten noisy values."""
+    rng = np.random.default_rng(0)
+    steps = sorted(judged)
+    images = judged[steps[0]]["images"]
+    style, prompt = (np.array([judged[step][rate] for step in steps]) for rate in ("style", "prompt"))
+    drawn = (rng.binomial(images, style, (draws, len(steps))) * rng.binomial(images, prompt, (draws, len(steps)))
+             / images ** 2)
+    best = int(np.argmax(style * prompt))
+    kept = drawn[:, best]
+    return float(np.mean((kept >= drawn.max(axis=1) - TOLERANCE) & (kept >= drawn[:, -1])))
+
+
+TOLERANCE = 0.03  # the target: within 3 points of the best judged step
+
+
 def report(results: dict[str, dict]) -> str:
     lines = ["| folder (8 images) | best judged step | paired score keeps | plain score keeps | loss keeps | last step |",
              "| --- | --- | --- | --- | --- | --- |"]
@@ -154,6 +174,11 @@ def report(results: dict[str, dict]) -> str:
                  + ", ".join(f"{style} {found['agreement']['paired']:+.2f}" for style, found in results.items())
                  + "; plain " + ", ".join(f"{style} {found['agreement']['plain']:+.2f}" for style, found in results.items())
                  + ".")
+    lines.append("")
+    lines.append("A choice of the truly best step would meet the target in "
+                 + ", ".join(f"{style} {oracle_meets(found['judged']):.0%}" for style, found in results.items())
+                 + " of judgings: the judge's own noise, with each step's judged rates taken as true and each judging "
+                 "drawn again (bench/selection.py's oracle_meets).")
     lines.append("")
     lines.append("Judged quality is the style rate times the prompt-right rate (colour and shape both right), on 96 "
                  "pictures a step (12 prompts x 8 seeds): about ±4 points of noise on each rate.")

@@ -4,7 +4,7 @@
     python bench/tune.py --part search     # a 20-minute study on stripes (judge objective, default space)
     python bench/tune.py --part compare    # defaults vs the best trial vs suggest, judged on held-out seeds
     python bench/tune.py --part score --style stripes   # a 20-minute --objective score study on 12 images (also
-                                                        # dots, and flat: the held-out style, datasets/README.md)
+                                                        # dots, pastel, and flat: the held-out style)
     python bench/tune.py --part score-compare           # each score study's winner vs the defaults, judged
     python bench/tune.py --part score-agreement --style stripes   # 30 score-objective trials, each judged
     python bench/tune.py --part suggest-compare   # suggest fitted on the score studies vs the judged fit vs defaults
@@ -60,6 +60,7 @@ WORK = ROOT / "docs" / "results" / "tune-work"
 STYLES = {"stripes": "striped", "dots": "dotted", "pastel": "pastel"}  # the sample folders: suggest's evidence
 # and flat, the held-out style the base seldom draws (stylelora.mini.samples.HELD_OUT): never evidence, only measured
 FOLDERS = STYLES | {"flat": "flat"}
+EVIDENCE = ("stripes", "dots")  # suggest's score fit reads these folders' score studies; pastel's and flat's measure it
 COUNTS = (6, 12, 36)
 JUDGED_RULES = RESULTS / "rules-judged.json"  # suggest's fit to the judge-objective studies (--part evidence)
 HELD_OUT_SEED = 500  # the comparison's images use seeds the studies never judged (they use 0 + 1000 x prompt)
@@ -119,11 +120,11 @@ def fit_rules(studies: list[dict]) -> dict:
 
 
 def score_evidence() -> list[dict]:
-    """Every `--objective score` study on record (the agreement studies and the 20-minute score studies, each on a
-    folder's first 12 images), as its best 3 trials by their own score. A trial's steps are the step it kept (the
-    step its score chose), not the steps it was allowed."""
+    """The `--objective score` studies on record for the EVIDENCE folders (the agreement studies and the 20-minute
+    score studies, each on a folder's first 12 images), as its best 3 trials by their own score. A trial's steps
+    are the step it kept (the step its score chose), not the steps it was allowed."""
     studies = []
-    for style in STYLES:
+    for style in EVIDENCE:
         for name in (f"tune-agreement-{style}.json", f"tune-score-{style}.json"):
             path = RESULTS / name
             if path.exists():
@@ -364,8 +365,8 @@ SUGGEST_SEEDS = (0, 1)  # training seeds of the defaults and the score fit: one 
 def suggest_compare(per_prompt: int, rules_out: Path) -> None:
     """suggest's rules fitted on score evidence (score_evidence; written to `rules_out`, which suggest applies) and
     on the judge-objective studies (`--part evidence`), each against the defaults, on every style folder's first 12
-    images and on the whole 36: pastel has no score study, and no score study held 36 images, so the score fit was
-    fitted on neither. The defaults and the score fit train at each of SUGGEST_SEEDS, the retired judged fit at the
+    images and on the whole 36: the fit reads no pastel or flat study (EVIDENCE), and no score study held 36
+    images, so the score fit was fitted on neither. The defaults and the score fit train at each of SUGGEST_SEEDS, the retired judged fit at the
     first. Each adapter judged on 12 x per_prompt pictures at seeds no trial saw."""
     judged_rules = json.loads(JUDGED_RULES.read_text())
     score_rules = fit_score_rules(score_evidence(), judged_rules)
@@ -404,7 +405,7 @@ def suggest_markdown() -> str:
              "| --- | --- | --- | --- | --- | --- |"]
     for key, rows in report.items():
         style, _, count = key.partition("-")
-        unfitted = [why for why, applies in (("no score study", style == "pastel"),
+        unfitted = [why for why, applies in (("not in the fit", style in STYLES and style not in EVIDENCE),
                                              ("held-out style", style not in STYLES), ("size unseen", bool(count)))
                     if applies]
         folder = f"{style}, {count or SCORE_IMAGES} images" + (f" ({', '.join(unfitted)})" if unfitted else "")
@@ -435,8 +436,8 @@ def score_markdown() -> str:
     studies = ", ".join(f"{style} {found['trials']} trials in {found['minutes']} min"
                         for style, found in report.items())
     lines += ["", "Studies: `--objective score --timeout 20m` on each folder's first 12 images, default space "
-              f"({studies}; one thread each, stripes and dots two at a time, flat alone). flat is the held-out "
-              "style (datasets/README.md). Judged on 96 pictures per row (12 prompts x 8 seeds no trial saw): about "
+              f"({studies}; one thread each, stripes and dots two at a time, flat and pastel alone). flat is the "
+              "held-out style (datasets/README.md). Judged on 96 pictures per row (12 prompts x 8 seeds no trial saw): about "
               "±4 points of noise on each rate."]
     return "\n".join(lines)
 
