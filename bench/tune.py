@@ -359,7 +359,7 @@ def _trained(config: TrainConfig) -> Path:
 
 
 SUGGEST_COUNTS = (SCORE_IMAGES, 36)  # the score studies' image count, and whole folders: one they never saw
-SUGGEST_SEEDS = (0, 1)  # training seeds of the defaults and the score fit: one run a row is one draw of its noise
+SUGGEST_SEEDS = (0, 1, 2)  # training seeds of the defaults and the score fit: one run a row is one draw of its noise
 
 
 def suggest_compare(per_prompt: int, rules_out: Path) -> None:
@@ -416,12 +416,13 @@ def suggest_markdown() -> str:
             lines.append(f"| {folder} | {label} | {settings} | {_over_seeds(row, FOLDERS[style])} | "
                          f"{_over_seeds(row, 'colour')} | {_over_seeds(row, 'shape')} |")
     studies = ", ".join(s["study"] for s in rules["evidence"])
-    seeds = " and ".join(map(str, SUGGEST_SEEDS))
+    seeds = ", ".join(map(str, SUGGEST_SEEDS[:-1])) + f" and {SUGGEST_SEEDS[-1]}"
+    runs = len(SUGGEST_SEEDS)
     lines += ["", f"The score fit: the best 3 trials by their own score of {rules['studies']} `--objective score` "
               f"studies ({studies}), each trial's steps the step it kept. The defaults and the score fit are trained "
               f"at seeds {seeds}: each rate is their mean, with each seed's in brackets; the judged fit (retired) at "
               "seed 0. Each adapter is judged on 96 pictures (12 prompts x 8 seeds no trial saw): about ±4 points of "
-              "noise on each rate, about ±3 on a mean of two."]
+              f"noise on each rate, about ±{4 / math.sqrt(runs):.1f} on a mean of {runs}."]
     return "\n".join(lines)
 
 
