@@ -366,8 +366,9 @@ def suggest_compare(per_prompt: int, rules_out: Path) -> None:
     """suggest's rules fitted on score evidence (score_evidence; written to `rules_out`, which suggest applies) and
     on the judge-objective studies (`--part evidence`), each against the defaults, on every style folder's first 12
     images and on the whole 36: the fit reads no pastel or flat study (EVIDENCE), and no score study held 36
-    images, so the score fit was fitted on neither. The defaults and the score fit train at each of SUGGEST_SEEDS, the retired judged fit at the
-    first. Each adapter judged on 12 x per_prompt pictures at seeds no trial saw."""
+    images, so the score fit was fitted on neither. The defaults and the score fit train at each of SUGGEST_SEEDS,
+    the retired judged fit at the first; on the fitted folders at 36 images, the score fit at the defaults' steps
+    too (_at_default_steps). Each adapter judged on 12 x per_prompt pictures at seeds no trial saw."""
     judged_rules = json.loads(JUDGED_RULES.read_text())
     score_rules = fit_score_rules(score_evidence(), judged_rules)
     write_atomically(rules_out, json.dumps(score_rules, indent=1).encode())
@@ -376,11 +377,12 @@ def suggest_compare(per_prompt: int, rules_out: Path) -> None:
         for style, name in FOLDERS.items():
             folder = subset(style, count)
             rows = {}
-            for label, settings, seeds in (
-                    ("defaults", {}, SUGGEST_SEEDS),
-                    ("suggest, fitted on score studies", suggest(folder, rules=score_rules).values(), SUGGEST_SEEDS),
-                    ("suggest, fitted on judge studies", suggest(folder, rules=judged_rules).values(), (0,))):
-                kind = label.split()[-2] if label != "defaults" else "defaults"
+            fitted = suggest(folder, rules=score_rules).values()
+            for label, kind, settings, seeds in (
+                    ("defaults", "defaults", {}, SUGGEST_SEEDS),
+                    ("suggest, fitted on score studies", "score", fitted, SUGGEST_SEEDS),
+                    ("suggest, fitted on judge studies", "judge", suggest(folder, rules=judged_rules).values(), (0,)),
+                    *_at_default_steps(style, count, fitted)):
                 stem = f"suggest-{style}-{kind}" if count == SCORE_IMAGES else f"suggest-{style}-{count}-{kind}"
                 rows[label] = {"settings": settings, "seeds": {}}
                 for seed in seeds:
@@ -389,6 +391,15 @@ def suggest_compare(per_prompt: int, rules_out: Path) -> None:
                     print(style, count, label, seed, json.dumps(rows[label]["seeds"][str(seed)]), flush=True)
             report[style if count == SCORE_IMAGES else f"{style}-{count}"] = rows
     write_atomically(RESULTS / "suggest-compare.json", json.dumps(report, indent=1).encode())
+
+
+def _at_default_steps(style: str, count: int, fitted: dict) -> tuple:
+    """Where the score fit fell short (the fitted folders at 36 images), the same settings at the defaults' steps:
+    whether the shortfall is its fewer passes over the images."""
+    if count == SCORE_IMAGES or style not in EVIDENCE:
+        return ()
+    return (("suggest, fitted on score studies, at the defaults' steps", f"score-{MINI_RECIPE.steps}",
+             fitted | {"max_steps": MINI_RECIPE.steps}, SUGGEST_SEEDS),)
 
 
 def _over_seeds(row: dict, rate: str) -> str:
@@ -438,8 +449,8 @@ def score_markdown() -> str:
                         for style, found in report.items())
     lines += ["", "Studies: `--objective score --timeout 20m` on each folder's first 12 images, default space "
               f"({studies}; one thread each, stripes and dots two at a time, flat and pastel alone). flat is the "
-              "held-out style (datasets/README.md). Judged on 96 pictures per row (12 prompts x 8 seeds no trial saw): about "
-              "±4 points of noise on each rate."]
+              "held-out style (datasets/README.md). Judged on 96 pictures per row (12 prompts x 8 seeds no trial "
+              "saw): about ±4 points of noise on each rate."]
     return "\n".join(lines)
 
 
