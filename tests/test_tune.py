@@ -126,6 +126,23 @@ def test_trial_0_trains_the_defaults_so_a_study_never_ends_worse_than_them(tiny_
     assert sum(bool(t.attrs.get("defaults")) for t in again.trials) == 1
 
 
+def test_results_say_when_the_defaults_won_and_only_then(tmp_path):
+    from stylelora.tune.results import TrialReport, best_mark, results_markdown
+
+    config = TuneConfig(data=tmp_path, out=tmp_path / "study", objective="score")
+    settings = {"rank": 4, "alpha": 4.0, "learning_rate": 3e-3, "max_steps": 400, "method": "lora", "targets": "attn",
+                "train_text_encoder": False}
+    defaults = TrialReport(0, "COMPLETE", 0.8, settings, {"defaults": True, "score": 0.8, "kept_step": 320})
+    found = TrialReport(7, "COMPLETE", 0.9, settings | {"rank": 16}, {"score": 0.9, "kept_step": 160})
+    pruned = TrialReport(3, "PRUNED", None, settings, {"pruned_at": 80})
+    won = results_markdown(config, [pruned, defaults, found], None)
+    assert won.rstrip().endswith("Trial 0, the best, is the defaults' own settings: nothing else this study tried "
+                                 "did better on the pictures that named the winner, so the defaults are as good a "
+                                 "choice here.")
+    assert "defaults' own settings" not in results_markdown(config, [found, defaults], None)
+    assert best_mark(defaults) == " ★ best (the defaults)" and best_mark(found) == " ★ best"
+
+
 def test_two_studies_of_the_same_seed_draw_different_trials_and_one_study_draws_the_same_again():
     from stylelora.tune.search import trial_seeded_tpe
 

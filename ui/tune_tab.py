@@ -11,7 +11,7 @@ import pandas as pd
 
 from stylelora.errors import StyleloraError
 from stylelora.train.settings import from_dict, load_toml
-from stylelora.tune.results import best_of, objective_of, table_header, table_row
+from stylelora.tune.results import best_mark, best_of, objective_of, table_header, table_row
 from stylelora.tune.space import TuneConfig, tune_config_from_dict, validate_tune
 from stylelora.ui.fields import widget
 from stylelora.ui.session import Session, error_message, shown_path
@@ -82,7 +82,7 @@ def tune_tab(session: Session, form: TrainForm) -> None:
         best = best_of(state.trials, objective_)
         cells = [table_row(r, objective_) for r in state.trials]
         for report, row in zip(state.trials, cells):
-            row[1] += " ★ best" if report is best else ""
+            row[1] += best_mark(report) if report is best else ""
         rows = pd.DataFrame(cells, columns=table_header(objective_))
         count = f" ({len(state.trials)} trials finished)" if state.status in ("running", "stopping") else ""
         return f"{word}: {state.message}{count}", rows
