@@ -181,8 +181,8 @@ def results_markdown(config: TuneConfig, reports: list[TrialReport], correlation
     return f"# Study {config.name!r}: objective {config.objective}, best first\n\n" + "\n".join(rows) + "\n" + note
 
 
-# On the mini, every score study's search found nothing that beat the defaults on new pictures (docs/guides/tuning.md):
-# when the defaults' own trial wins, say so rather than present it as a found setting.
+# On the mini, no score study's search found settings measurably better than the defaults on new pictures
+# (docs/guides/tuning.md): when the defaults' own trial wins, say so rather than present it as a found setting.
 DEFAULTS_WON = ("Trial {number}, the best, is the defaults' own settings: nothing else this study tried did better on "
                 "the pictures that named the winner, so the defaults are as good a choice here.")
 
