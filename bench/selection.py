@@ -142,6 +142,9 @@ def quality(point: dict) -> float:
     return point["style"] * point["prompt"]
 
 
+TOLERANCE = 0.03  # the target: within 3 points of the best judged step
+
+
 def oracle_meets(judged: dict[int, dict], draws: int = 20_000) -> float:
     """How often keeping the truly best step would meet the target, under the judge's own noise: the judged rates
     taken as the true ones, and each judging drawn again as binomial counts over its pictures (a parametric
@@ -155,9 +158,6 @@ def oracle_meets(judged: dict[int, dict], draws: int = 20_000) -> float:
     best = int(np.argmax(style * prompt))
     kept = drawn[:, best]
     return float(np.mean((kept >= drawn.max(axis=1) - TOLERANCE) & (kept >= drawn[:, -1])))
-
-
-TOLERANCE = 0.03  # the target: within 3 points of the best judged step
 
 
 def report(results: dict[str, dict]) -> str:
