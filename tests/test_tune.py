@@ -122,6 +122,9 @@ def test_trial_0_trains_the_defaults_so_a_study_never_ends_worse_than_them(tiny_
     assert first.attrs["defaults"] is True
     assert first.settings["rank"] == fixed.rank == 4 and first.settings["max_steps"] == 6  # 800, clamped
     assert first.settings["learning_rate"] == pytest.approx(fixed.effective_learning_rate)
+    from stylelora.tune.results import DEFAULTS_WON  # results.md says so exactly when the study's winner is trial 0
+    said = DEFAULTS_WON.format(number=0) in (result.out_dir / "results.md").read_text()
+    assert said == bool(result.best.attrs.get("defaults"))
     again = tune(replace(config, trials=3), **QUIET)  # a rerun continues: the defaults are not queued twice
     assert sum(bool(t.attrs.get("defaults")) for t in again.trials) == 1
 
@@ -135,11 +138,11 @@ def test_results_say_when_the_defaults_won_and_only_then(tmp_path):
     defaults = TrialReport(0, "COMPLETE", 0.8, settings, {"defaults": True, "score": 0.8, "kept_step": 320})
     found = TrialReport(7, "COMPLETE", 0.9, settings | {"rank": 16}, {"score": 0.9, "kept_step": 160})
     pruned = TrialReport(3, "PRUNED", None, settings, {"pruned_at": 80})
-    won = results_markdown(config, [pruned, defaults, found], None)
+    won = results_markdown(config, [pruned, defaults, found], None, defaults)
     assert won.rstrip().endswith("Trial 0, the best, is the defaults' own settings: nothing else this study tried "
                                  "did better on the pictures that named the winner, so the defaults are as good a "
                                  "choice here.")
-    assert "defaults' own settings" not in results_markdown(config, [found, defaults], None)
+    assert "defaults' own settings" not in results_markdown(config, [found, defaults], None, found)
     assert best_mark(defaults) == " ★ best (the defaults)" and best_mark(found) == " ★ best"
 
 

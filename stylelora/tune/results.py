@@ -169,13 +169,13 @@ def table_row(report: TrialReport, objective: str) -> list[str]:
     return cells + [f"{loss:.5f}" if loss is not None else "", str(a.get("kept_step", "")), str(a.get("seconds", ""))]
 
 
-def results_markdown(config: TuneConfig, reports: list[TrialReport], correlation: float | None) -> str:
+def results_markdown(config: TuneConfig, reports: list[TrialReport], correlation: float | None,
+                     winner: TrialReport | None) -> str:
     head = table_header(config.objective)
     rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     rows += ["| " + " | ".join(table_row(r, config.objective)) + " |" for r in reports]
     note = "" if correlation is None else \
         f"\nSpearman rank correlation of validation loss and style rate over the complete trials: {correlation:+.2f}\n"
-    winner = next((r for r in reports if r.state == "COMPLETE"), None)
     if winner is not None and winner.attrs.get("defaults"):
         note += f"\n{DEFAULTS_WON.format(number=winner.number)}\n"
     return f"# Study {config.name!r}: objective {config.objective}, best first\n\n" + "\n".join(rows) + "\n" + note
@@ -259,11 +259,11 @@ def write_results(study, config: TuneConfig, reports: list[TrialReport]) -> Tune
     pairs = [(r.attrs["validation_loss"], r.attrs["style"]) for r in complete
              if r.attrs.get("validation_loss") is not None and "style" in r.attrs]
     correlation = spearman(*map(list, zip(*pairs))) if pairs else None
-    write_atomically(out / "results.md", results_markdown(config, reports, correlation).encode())
+    best = complete[0] if complete else None
+    write_atomically(out / "results.md", results_markdown(config, reports, correlation, best).encode())
     write_atomically(out / "results.json", json.dumps(
         [{"number": r.number, "state": r.state, "value": r.value, "settings": r.settings, "attrs": r.attrs}
          for r in reports], indent=1).encode())
-    best = complete[0] if complete else None
     toml = None
     if best is not None and "train_config" in best.attrs:  # (a trial of an older stylelora kept no config)
         toml = out / "best.toml"
